@@ -1,0 +1,1 @@
+//! Realtime broker: accepts sends, serves pulls and acks on top of the store.

@@ -1,0 +1,1 @@
+//! Meta server: broker registry, subject routing, client state and admin operations.

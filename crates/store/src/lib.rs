@@ -1,0 +1,1 @@
+//! Partition-free storage: message log, consume logs, pull logs, action log, checkpoints and recovery.
