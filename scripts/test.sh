@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the whole qmq-rs test suite on a fresh machine.
+# Makes sure the loopback databases the tests use (PostgreSQL, MariaDB, Redis) are up first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+services=../shared/services.sh
+if [ -x "$services" ] || [ -f "$services" ]; then
+  bash "$services" postgres mariadb redis
+fi
+
+cargo test --workspace "$@"
