@@ -1,1 +1,3 @@
 //! Realtime broker: accepts sends, serves pulls and acks on top of the store.
+
+pub mod scheduler;
