@@ -1,0 +1,232 @@
+//! The message wire form shared by sends, delay forwards and pull responses.
+//!
+//! A message on the wire ("stored form", what a broker keeps and hands back to consumers):
+//!
+//! ```text
+//! u8  flag                 bit 0 set = not reliable; bit 1 = delay message; bit 2 = has tags
+//! i64 created_time         ms since the epoch
+//! i64 expire_or_schedule   delay messages: delivery time (ms); others: the producer's send time
+//! short string subject
+//! short string message_id
+//! [if flag bit 2] u8 tag count, then that many short strings
+//! i32 attrs_len            bytes of the attributes that follow
+//! attrs                    (short string key, u16-length string value) pairs
+//! ```
+//!
+//! Inside a SEND_MESSAGE body every message is preceded by an `i64` whose low 32 bits are the
+//! CRC-32 (IEEE, as `java.util.zip.CRC32`) of its stored form.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::wire::{put_string, put_ushort_bytes, utf8, EncodeError, Reader};
+use crate::DecodeError;
+
+/// The flag byte of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct MessageFlags(pub u8);
+
+impl MessageFlags {
+    const UNRELIABLE: u8 = 1;
+    const DELAY: u8 = 2;
+    const TAGS: u8 = 4;
+
+    /// Whether the message must be durable (bit 0 clear).
+    pub fn is_reliable(self) -> bool {
+        self.0 & Self::UNRELIABLE == 0
+    }
+
+    /// Whether this is a delay/scheduled message (bit 1).
+    pub fn is_delay(self) -> bool {
+        self.0 & Self::DELAY != 0
+    }
+
+    /// Whether a tag list follows the message id (bit 2).
+    pub fn has_tags(self) -> bool {
+        self.0 & Self::TAGS != 0
+    }
+
+    /// The flags with the delay bit set or cleared.
+    pub fn with_delay(self, on: bool) -> Self {
+        Self::set(self, Self::DELAY, on)
+    }
+
+    /// The flags with the tags bit set or cleared.
+    pub fn with_tags(self, on: bool) -> Self {
+        Self::set(self, Self::TAGS, on)
+    }
+
+    /// The flags with reliability on (bit 0 clear) or off (bit 0 set).
+    pub fn with_reliable(self, reliable: bool) -> Self {
+        Self::set(self, Self::UNRELIABLE, !reliable)
+    }
+
+    fn set(self, bit: u8, on: bool) -> Self {
+        if on {
+            Self(self.0 | bit)
+        } else {
+            Self(self.0 & !bit)
+        }
+    }
+}
+
+/// One message in its wire form.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    /// Flag bits.
+    pub flags: MessageFlags,
+    /// Creation time, ms since the epoch.
+    pub created_time: i64,
+    /// Delay messages: the delivery time; others: the producer's send time (ms since the epoch).
+    pub expire_or_schedule: i64,
+    /// The subject.
+    pub subject: String,
+    /// The producer-assigned message id (duplicate sends carry the same id).
+    pub message_id: String,
+    /// Tags; on the wire only when the flags say so.
+    pub tags: Vec<String>,
+    /// Attributes (the message's properties, body included), in wire order.
+    pub attrs: Vec<(String, String)>,
+}
+
+impl Message {
+    /// Appends the stored form (no CRC) to `out`.
+    pub fn encode_stored(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        out.put_u8(self.flags.0);
+        out.put_i64(self.created_time);
+        out.put_i64(self.expire_or_schedule);
+        put_string(out, &self.subject, "subject")?;
+        put_string(out, &self.message_id, "message id")?;
+        if self.flags.has_tags() {
+            let count = u8::try_from(self.tags.len()).map_err(|_| EncodeError::TooMany {
+                field: "tags",
+                count: self.tags.len(),
+                max: u8::MAX as usize,
+            })?;
+            out.put_u8(count);
+            for tag in &self.tags {
+                put_string(out, tag, "tag")?;
+            }
+        }
+        let len_at = out.len();
+        out.put_i32(0);
+        for (key, value) in &self.attrs {
+            put_string(out, key, "attribute key")?;
+            put_ushort_bytes(out, value.as_bytes(), "attribute value")?;
+        }
+        let attrs_len = out.len() - len_at - 4;
+        let attrs_len = i32::try_from(attrs_len).map_err(|_| EncodeError::TooLong {
+            field: "attributes",
+            len: attrs_len,
+            max: i32::MAX as usize,
+        })?;
+        out[len_at..len_at + 4].copy_from_slice(&attrs_len.to_be_bytes());
+        Ok(())
+    }
+
+    /// Appends the send form (CRC, then the stored form) to `out`.
+    pub fn encode_with_crc(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let crc_at = out.len();
+        out.put_i64(0);
+        self.encode_stored(out)?;
+        let crc = crc32fast::hash(&out[crc_at + 8..]);
+        out[crc_at..crc_at + 8].copy_from_slice(&i64::from(crc).to_be_bytes());
+        Ok(())
+    }
+
+    /// The stored form as bytes.
+    pub fn to_stored(&self) -> Result<Bytes, EncodeError> {
+        let mut out = BytesMut::new();
+        self.encode_stored(&mut out)?;
+        Ok(out.freeze())
+    }
+
+    /// Reads one stored-form message.
+    pub fn decode_stored(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let flags = MessageFlags(r.u8("message flag")?);
+        let created_time = r.i64("created time")?;
+        let expire_or_schedule = r.i64("expire/schedule time")?;
+        let subject = r.string("subject")?;
+        let message_id = r.string("message id")?;
+        let mut tags = Vec::new();
+        if flags.has_tags() {
+            let count = r.u8("tag count")?;
+            for _ in 0..count {
+                tags.push(r.string("tag")?);
+            }
+        }
+        let attrs_len = r.i32("attributes length")?;
+        let attrs_len = usize::try_from(attrs_len).map_err(|_| DecodeError::NegativeLength {
+            field: "attributes length",
+            len: i64::from(attrs_len),
+        })?;
+        let mut attrs_reader = Reader::new(r.bytes(attrs_len, "attributes")?);
+        let mut attrs = Vec::new();
+        while !attrs_reader.is_empty() {
+            let key = attrs_reader.string("attribute key")?;
+            let value = utf8(
+                attrs_reader.ushort_bytes("attribute value")?,
+                "attribute value",
+            )?;
+            attrs.push((key, value));
+        }
+        Ok(Self {
+            flags,
+            created_time,
+            expire_or_schedule,
+            subject,
+            message_id,
+            tags,
+            attrs,
+        })
+    }
+
+    /// The value of attribute `key`, if present (the first one, if repeated).
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets attribute `key` to `value`, replacing an existing one in place or appending.
+    pub fn set_attr(&mut self, key: &str, value: impl Into<String>) {
+        let value = value.into();
+        match self.attrs.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.attrs.push((key.to_owned(), value)),
+        }
+    }
+}
+
+/// A message as received in a SEND_MESSAGE body: the decoded message, the CRC it carried and its
+/// raw stored-form bytes (what a broker appends to its log unchanged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMessage {
+    /// The decoded message.
+    pub message: Message,
+    /// The CRC-32 the sender computed over the stored form.
+    pub carried_crc: u32,
+    /// The stored-form bytes exactly as received.
+    pub stored: Bytes,
+}
+
+impl SentMessage {
+    /// Whether the carried CRC matches the bytes received.
+    pub fn crc_ok(&self) -> bool {
+        crc32fast::hash(&self.stored) == self.carried_crc
+    }
+
+    /// Reads one send-form message (CRC + stored form) from `body`, whose reader `r` is over
+    /// the same bytes.
+    pub fn decode(body: &Bytes, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let crc = r.i64("message crc")?;
+        let start = r.position();
+        let message = Message::decode_stored(r)?;
+        let stored = body.slice(start..r.position());
+        Ok(Self {
+            message,
+            carried_crc: crc as u32,
+            stored,
+        })
+    }
+}

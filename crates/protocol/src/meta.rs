@@ -1,0 +1,460 @@
+//! Meta-server payloads: client registration (routes), broker registration and heartbeats,
+//! broker meta acquisition.
+//!
+//! CLIENT_REGISTER request body: `i16 count`, then `count` (short string key, short string
+//! value) pairs: clientId, clientTypeCode, requestType, subject, appCode, consumerGroup and
+//! optional others (e.g. clientLDC). Response body:
+//!
+//! ```text
+//! i64 timestamp, short string subject, short string consumer group,
+//! u8 on/offline state, u8 client type code,
+//! i16 group count, then per group: short string name, short string master address,
+//!                                  i64 update time, u8 broker state
+//! ```
+//!
+//! BROKER_REGISTER body: `i32 request type`, short strings group name and broker address,
+//! `i32 role`, `i32 state`. BROKER_ACQUIRE_META request: short string hostname, `i32 port`;
+//! response: short strings name and master, `i32 role`.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::wire::{put_string, EncodeError, Reader};
+use crate::DecodeError;
+
+macro_rules! wire_enum {
+    ($(#[$doc:meta])* $name:ident : $field:literal { $($(#[$vdoc:meta])* $variant:ident = $code:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// The wire code.
+            pub fn code(self) -> i32 {
+                match self {
+                    $(Self::$variant => $code),+
+                }
+            }
+
+            /// The value for a wire code.
+            pub fn from_code(code: i32) -> Result<Self, DecodeError> {
+                match code {
+                    $($code => Ok(Self::$variant),)+
+                    other => Err(DecodeError::UnknownCode { field: $field, code: i64::from(other) }),
+                }
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// What kind of client is asking for routes.
+    ClientType: "client type" {
+        /// A producer of realtime messages.
+        Producer = 1,
+        /// A consumer.
+        Consumer = 2,
+        /// Anything else.
+        Other = 3,
+        /// A producer of delay messages (routes to delay servers).
+        DelayProducer = 4,
+    }
+}
+
+wire_enum! {
+    /// Why a client calls CLIENT_REGISTER.
+    ClientRequestType: "client request type" {
+        /// First registration (online).
+        Online = 1,
+        /// Periodic refresh.
+        Heartbeat = 2,
+    }
+}
+
+wire_enum! {
+    /// Whether a consumer should be consuming (set by operators through the meta server).
+    OnOfflineState: "on/offline state" {
+        /// Consume.
+        Online = 0,
+        /// Stop consuming.
+        Offline = 1,
+    }
+}
+
+wire_enum! {
+    /// What a broker group may do.
+    BrokerState: "broker state" {
+        /// Read and write.
+        ReadWrite = 1,
+        /// Read only (no new messages).
+        Read = 2,
+        /// Write only.
+        Write = 3,
+        /// Neither.
+        None = 4,
+    }
+}
+
+wire_enum! {
+    /// A server's role in its group.
+    BrokerRole: "broker role" {
+        /// Realtime master.
+        Master = 0,
+        /// Realtime slave.
+        Slave = 1,
+        /// Standby.
+        Standby = 2,
+        /// Delay server.
+        Delay = 3,
+        /// Realtime backup.
+        Backup = 4,
+        /// Delay master.
+        DelayMaster = 5,
+        /// Delay slave.
+        DelaySlave = 6,
+        /// Delay backup.
+        DelayBackup = 7,
+    }
+}
+
+wire_enum! {
+    /// Why a broker calls BROKER_REGISTER.
+    BrokerRequestType: "broker request type" {
+        /// Coming online.
+        Online = 0,
+        /// Periodic heartbeat.
+        Heartbeat = 1,
+        /// Going offline.
+        Offline = 2,
+    }
+}
+
+impl BrokerState {
+    /// Whether consumers may read from a group in this state.
+    pub fn can_read(self) -> bool {
+        matches!(self, Self::ReadWrite | Self::Read)
+    }
+
+    /// Whether producers may write to a group in this state.
+    pub fn can_write(self) -> bool {
+        matches!(self, Self::ReadWrite | Self::Write)
+    }
+}
+
+impl BrokerRole {
+    /// Whether this role belongs to a delay group.
+    pub fn is_delay(self) -> bool {
+        matches!(
+            self,
+            Self::Delay | Self::DelayMaster | Self::DelaySlave | Self::DelayBackup
+        )
+    }
+}
+
+/// Well-known CLIENT_REGISTER keys.
+pub mod keys {
+    /// The subject asked about.
+    pub const SUBJECT: &str = "subject";
+    /// [`super::ClientType`] code.
+    pub const CLIENT_TYPE_CODE: &str = "clientTypeCode";
+    /// Application name.
+    pub const APP_CODE: &str = "appCode";
+    /// Client id.
+    pub const CLIENT_ID: &str = "clientId";
+    /// Consumer group (consumers).
+    pub const CONSUMER_GROUP: &str = "consumerGroup";
+    /// [`super::ClientRequestType`] code.
+    pub const REQUEST_TYPE: &str = "requestType";
+    /// Client data centre.
+    pub const CLIENT_LDC: &str = "clientLDC";
+}
+
+/// A CLIENT_REGISTER request: the attribute map in wire order, with typed accessors.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetaInfoRequest {
+    /// The attributes, in the order they were (or will be) written.
+    pub attrs: Vec<(String, String)>,
+}
+
+impl MetaInfoRequest {
+    /// A request with the standard keys, in the Java client's order.
+    pub fn new(
+        client_id: &str,
+        client_type: ClientType,
+        request_type: ClientRequestType,
+        subject: &str,
+        app_code: &str,
+        consumer_group: &str,
+    ) -> Self {
+        let attrs = [
+            (keys::CLIENT_ID, client_id.to_owned()),
+            (keys::CLIENT_TYPE_CODE, client_type.code().to_string()),
+            (keys::REQUEST_TYPE, request_type.code().to_string()),
+            (keys::SUBJECT, subject.to_owned()),
+            (keys::APP_CODE, app_code.to_owned()),
+            (keys::CONSUMER_GROUP, consumer_group.to_owned()),
+        ];
+        Self {
+            attrs: attrs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        }
+    }
+
+    fn get(&self, key: &str) -> &str {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    /// The subject ("" when absent).
+    pub fn subject(&self) -> &str {
+        self.get(keys::SUBJECT)
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        self.get(keys::CLIENT_ID)
+    }
+
+    /// The application code.
+    pub fn app_code(&self) -> &str {
+        self.get(keys::APP_CODE)
+    }
+
+    /// The consumer group ("" for producers).
+    pub fn consumer_group(&self) -> &str {
+        self.get(keys::CONSUMER_GROUP)
+    }
+
+    /// The client type; unknown or missing codes mean [`ClientType::Other`], as in QMQ.
+    pub fn client_type(&self) -> ClientType {
+        self.get(keys::CLIENT_TYPE_CODE)
+            .parse()
+            .ok()
+            .and_then(|c| ClientType::from_code(c).ok())
+            .unwrap_or(ClientType::Other)
+    }
+
+    /// The request type; missing or unknown codes mean [`ClientRequestType::Online`], as in QMQ.
+    pub fn request_type(&self) -> ClientRequestType {
+        self.get(keys::REQUEST_TYPE)
+            .parse()
+            .ok()
+            .and_then(|c| ClientRequestType::from_code(c).ok())
+            .unwrap_or(ClientRequestType::Online)
+    }
+
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let count = i16::try_from(self.attrs.len()).map_err(|_| EncodeError::TooMany {
+            field: "client register attributes",
+            count: self.attrs.len(),
+            max: i16::MAX as usize,
+        })?;
+        out.put_i16(count);
+        for (k, v) in &self.attrs {
+            put_string(out, k, "attribute key")?;
+            put_string(out, v, "attribute value")?;
+        }
+        Ok(())
+    }
+
+    /// Decodes a body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let count = r.i16("attribute count")?;
+        let mut attrs = Vec::new();
+        for _ in 0..count.max(0) {
+            attrs.push((r.string("attribute key")?, r.string("attribute value")?));
+        }
+        r.finish("client register request")?;
+        Ok(Self { attrs })
+    }
+}
+
+/// One broker group in a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerGroup {
+    /// Group name.
+    pub name: String,
+    /// Master address, `host:port`.
+    pub master: String,
+    /// Last update time, ms since the epoch.
+    pub update_time: i64,
+    /// What the group may do.
+    pub state: BrokerState,
+}
+
+/// A CLIENT_REGISTER response: the route of a subject for one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaInfoResponse {
+    /// Server time of the answer, ms since the epoch.
+    pub timestamp: i64,
+    /// The subject.
+    pub subject: String,
+    /// The consumer group ("" for producers).
+    pub consumer_group: String,
+    /// Whether the consumer should consume.
+    pub state: OnOfflineState,
+    /// Echo of the request's client type code.
+    pub client_type_code: u8,
+    /// The broker groups to use.
+    pub groups: Vec<BrokerGroup>,
+}
+
+impl MetaInfoResponse {
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        out.put_i64(self.timestamp);
+        put_string(out, &self.subject, "subject")?;
+        put_string(out, &self.consumer_group, "consumer group")?;
+        out.put_u8(self.state.code() as u8);
+        out.put_u8(self.client_type_code);
+        let count = i16::try_from(self.groups.len()).map_err(|_| EncodeError::TooMany {
+            field: "broker groups",
+            count: self.groups.len(),
+            max: i16::MAX as usize,
+        })?;
+        out.put_i16(count);
+        for g in &self.groups {
+            put_string(out, &g.name, "group name")?;
+            put_string(out, &g.master, "master address")?;
+            out.put_i64(g.update_time);
+            out.put_u8(g.state.code() as u8);
+        }
+        Ok(())
+    }
+
+    /// Decodes a body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let timestamp = r.i64("timestamp")?;
+        let subject = r.string("subject")?;
+        let consumer_group = r.string("consumer group")?;
+        let state = OnOfflineState::from_code(i32::from(r.u8("on/offline state")?))?;
+        let client_type_code = r.u8("client type")?;
+        let count = r.i16("group count")?;
+        let mut groups = Vec::new();
+        for _ in 0..count.max(0) {
+            groups.push(BrokerGroup {
+                name: r.string("group name")?,
+                master: r.string("master address")?,
+                update_time: r.i64("update time")?,
+                state: BrokerState::from_code(i32::from(r.u8("broker state")?))?,
+            });
+        }
+        r.finish("client register response")?;
+        Ok(Self {
+            timestamp,
+            subject,
+            consumer_group,
+            state,
+            client_type_code,
+            groups,
+        })
+    }
+}
+
+/// A BROKER_REGISTER request: a broker or delay server comes online, heartbeats or leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerRegisterRequest {
+    /// Why it calls.
+    pub request_type: BrokerRequestType,
+    /// Its group's name.
+    pub group_name: String,
+    /// Its client-facing address, `host:port`.
+    pub broker_address: String,
+    /// Its role.
+    pub role: BrokerRole,
+    /// Its state.
+    pub state: BrokerState,
+}
+
+impl BrokerRegisterRequest {
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        out.put_i32(self.request_type.code());
+        put_string(out, &self.group_name, "group name")?;
+        put_string(out, &self.broker_address, "broker address")?;
+        out.put_i32(self.role.code());
+        out.put_i32(self.state.code());
+        Ok(())
+    }
+
+    /// Decodes a body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let req = Self {
+            request_type: BrokerRequestType::from_code(r.i32("request type")?)?,
+            group_name: r.string("group name")?,
+            broker_address: r.string("broker address")?,
+            role: BrokerRole::from_code(r.i32("broker role")?)?,
+            state: BrokerState::from_code(r.i32("broker state")?)?,
+        };
+        r.finish("broker register request")?;
+        Ok(req)
+    }
+}
+
+/// A BROKER_ACQUIRE_META request: a server asks which group and role it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAcquireMetaRequest {
+    /// The server's hostname.
+    pub hostname: String,
+    /// The server's serving port.
+    pub port: i32,
+}
+
+impl BrokerAcquireMetaRequest {
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        put_string(out, &self.hostname, "hostname")?;
+        out.put_i32(self.port);
+        Ok(())
+    }
+
+    /// Decodes a body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let req = Self {
+            hostname: r.string("hostname")?,
+            port: r.i32("port")?,
+        };
+        r.finish("broker acquire meta request")?;
+        Ok(req)
+    }
+}
+
+/// A BROKER_ACQUIRE_META response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAcquireMetaResponse {
+    /// The server's group name.
+    pub name: String,
+    /// The sync address of the master to replicate from ("" for masters).
+    pub master: String,
+    /// The server's role.
+    pub role: BrokerRole,
+}
+
+impl BrokerAcquireMetaResponse {
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        put_string(out, &self.name, "group name")?;
+        put_string(out, &self.master, "master")?;
+        out.put_i32(self.role.code());
+        Ok(())
+    }
+
+    /// Decodes a body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let resp = Self {
+            name: r.string("group name")?,
+            master: r.string("master")?,
+            role: BrokerRole::from_code(r.i32("broker role")?)?,
+        };
+        r.finish("broker acquire meta response")?;
+        Ok(resp)
+    }
+}
