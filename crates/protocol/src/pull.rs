@@ -127,12 +127,14 @@ impl PullRequest {
             return Ok(());
         }
         if version < VERSION_9 {
+            // Version 8 carries one tag filter: the active one, else any (kept as received).
             let (tag_type, tags): (TagType, &[Vec<u8>]) = self
-                .filters
-                .iter()
-                .find_map(|f| match f {
-                    PullFilter::Tag { tag_type, tags } => Some((*tag_type, tags.as_slice())),
-                    PullFilter::SubEnv { .. } => None,
+                .tag_filter()
+                .or_else(|| {
+                    self.filters.iter().find_map(|f| match f {
+                        PullFilter::Tag { tag_type, tags } => Some((*tag_type, tags.as_slice())),
+                        PullFilter::SubEnv { .. } => None,
+                    })
                 })
                 .unwrap_or((TagType::NoTag, &[]));
             return put_tag_filter(out, tag_type, tags);
