@@ -1,0 +1,100 @@
+//! Checkpoints: a consistent snapshot of where every derived structure is complete, so recovery
+//! only replays the logs after it. Written atomically (temp file, fsync, rename, directory
+//! fsync); the newest `retain` are kept, and a damaged newest one falls back to the one before.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::action::ConsumerKey;
+use crate::error::{io, Result, StoreError};
+use crate::log::sync_dir;
+
+/// Progress of one consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ConsumerProgress {
+    /// Last pull-log sequence handed out (-1: none).
+    pub pulled: i64,
+    /// Last pull-log sequence acked (-1: none).
+    pub acked: i64,
+}
+
+/// Everything recovery needs besides the logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// Message-log offset below which every message is in its consume log.
+    pub message_indexed: u64,
+    /// Consume-log length per subject at `message_indexed`.
+    pub subjects: BTreeMap<String, u64>,
+    /// Action-log offset below which every action is applied to this state and the pull logs.
+    pub action_applied: u64,
+    /// Next consume-log sequence per group (consumer field empty) or broadcast consumer.
+    pub groups: Vec<(ConsumerKey, u64)>,
+    /// Per-consumer pull/ack progress.
+    pub consumers: Vec<(ConsumerKey, ConsumerProgress)>,
+}
+
+const PREFIX: &str = "checkpoint.";
+
+fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
+        let path = entry.map_err(io("list", dir))?.path();
+        let gen = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(gen) = gen {
+            out.push((gen, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Loads the newest readable checkpoint in `dir` and its generation.
+pub fn load(dir: &Path) -> Result<Option<(u64, Checkpoint)>> {
+    std::fs::create_dir_all(dir).map_err(io("create dir", dir))?;
+    for (gen, path) in files(dir)?.into_iter().rev() {
+        let parsed = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(cp) => return Ok(Some((gen, cp))),
+            Err(reason) => {
+                let err = StoreError::BadCheckpoint { path, reason };
+                tracing::error!(error = %err, "skipping a damaged checkpoint");
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Writes checkpoint generation `gen` and deletes all but the newest `retain`. Returns the
+/// oldest retained checkpoint (recovery may fall back to it, so logs must be kept from there).
+pub fn store(dir: &Path, gen: u64, cp: &Checkpoint, retain: usize) -> Result<Checkpoint> {
+    let path = dir.join(format!("{PREFIX}{gen:020}"));
+    let tmp = dir.join(format!("{PREFIX}{gen:020}.tmp"));
+    let bytes = serde_json::to_vec(cp).map_err(|e| StoreError::BadCheckpoint {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io("fsync", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+    sync_dir(dir)?;
+    let all = files(dir)?;
+    let keep = retain.max(1);
+    let cut = all.len().saturating_sub(keep);
+    for (_, old) in &all[..cut] {
+        std::fs::remove_file(old).map_err(io("delete", old))?;
+    }
+    let oldest = &all[cut].1;
+    let bytes = std::fs::read(oldest).map_err(io("read", oldest))?;
+    serde_json::from_slice(&bytes).map_err(|e| StoreError::BadCheckpoint {
+        path: oldest.clone(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,76 @@
+//! Store errors.
+
+use std::path::PathBuf;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A record failed its CRC or length check: the bytes on disk are damaged.
+    #[error("corrupt record at offset {offset} of {log}")]
+    Corrupt {
+        /// The log.
+        log: &'static str,
+        /// The record's offset.
+        offset: u64,
+    },
+    /// An offset or sequence that does not exist (deleted by retention or never written).
+    #[error("{what} {value} is out of range")]
+    OutOfRange {
+        /// What was asked for.
+        what: &'static str,
+        /// The value.
+        value: u64,
+    },
+    /// A record is larger than a segment can hold.
+    #[error("record of {size} bytes exceeds the segment size {segment}")]
+    TooLarge {
+        /// The record size.
+        size: usize,
+        /// The segment size.
+        segment: u64,
+    },
+    /// A name (subject, group, consumer) that cannot be stored.
+    #[error("invalid {what}: {reason}")]
+    InvalidName {
+        /// Which name.
+        what: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A checkpoint file could not be parsed.
+    #[error("checkpoint {path}: {reason}")]
+    BadCheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The store's writer has stopped (the store was closed or a write failed fatally).
+    #[error("store writer stopped")]
+    Closed,
+}
+
+/// Result alias for store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Wraps an I/O error with the operation and path.
+pub(crate) fn io<'a>(
+    op: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,412 @@
+//! A segmented, append-only record log: the shape of both the message log and the action log.
+//!
+//! Records are `u32 length | u32 CRC32C(payload) | payload`. Offsets are logical byte positions
+//! across the whole log; a segment file is named by the offset of its first byte (20 digits) and
+//! holds at most `segment_size` bytes. A record never spans two segments: when it does not fit,
+//! the next segment starts where the current one ends.
+//!
+//! Reads use `pread` on the segment files (no mmap): memory use does not grow with the log, and
+//! the page cache does the caching. On open the tail is scanned from a given offset: a torn tail
+//! (a partial or garbled last record) is truncated; a damaged record followed by good ones is
+//! skipped with an error log, so one flipped byte never costs the records after it.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::{io, Result, StoreError};
+
+/// Bytes before a record's payload.
+pub const RECORD_HEADER: u64 = 8;
+
+struct Segment {
+    base: u64,
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+/// A segmented record log. Appends need `&mut self`; reads go through a cheap [`LogReader`].
+pub struct RecordLog {
+    name: &'static str,
+    dir: PathBuf,
+    segment_size: u64,
+    segments: Arc<RwLock<BTreeMap<u64, Segment>>>,
+    /// Offset where the next record goes.
+    end: u64,
+    /// Records known to be damaged (skipped on scans).
+    skipped: Vec<u64>,
+}
+
+/// A read handle on a [`RecordLog`], shareable across threads.
+#[derive(Clone)]
+pub struct LogReader {
+    name: &'static str,
+    segments: Arc<RwLock<BTreeMap<u64, Segment>>>,
+}
+
+impl RecordLog {
+    /// Opens (or creates) the log in `dir`, checking every record from `scan_from` to the end:
+    /// a torn tail is truncated, damaged records followed by good ones are skipped.
+    pub fn open(name: &'static str, dir: &Path, segment_size: u64, scan_from: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(io("create dir", dir))?;
+        let mut segments = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
+            let entry = entry.map_err(io("list", dir))?;
+            let path = entry.path();
+            let Some(base) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io("open", &path))?;
+            segments.insert(
+                base,
+                Segment {
+                    base,
+                    path,
+                    file: Arc::new(file),
+                },
+            );
+        }
+        let mut log = Self {
+            name,
+            dir: dir.to_path_buf(),
+            segment_size,
+            segments: Arc::new(RwLock::new(segments)),
+            end: 0,
+            skipped: Vec::new(),
+        };
+        log.recover(scan_from)?;
+        Ok(log)
+    }
+
+    fn recover(&mut self, scan_from: u64) -> Result<()> {
+        let bases: Vec<u64> = self.segments.read().keys().copied().collect();
+        let Some(&last_base) = bases.last() else {
+            self.end = 0;
+            return Ok(());
+        };
+        // Scan every segment that holds bytes at or after `scan_from`.
+        let first_to_scan = bases
+            .iter()
+            .rev()
+            .find(|&&b| b <= scan_from)
+            .copied()
+            .unwrap_or(bases[0]);
+        let reader = self.reader();
+        for &base in bases.iter().filter(|&&b| b >= first_to_scan) {
+            let (path, file) = {
+                let segs = self.segments.read();
+                let s = &segs[&base];
+                (s.path.clone(), s.file.clone())
+            };
+            let len = file.metadata().map_err(io("stat", &path))?.len();
+            let end = base + len;
+            let mut pos = scan_from.clamp(base, end);
+            while pos < end {
+                match reader.read(pos) {
+                    Ok(payload) => pos += RECORD_HEADER + payload.len() as u64,
+                    Err(StoreError::Corrupt { .. }) => match reader.resync(pos) {
+                        Some(next) => {
+                            tracing::error!(
+                                log = self.name,
+                                offset = pos,
+                                "skipping a damaged record"
+                            );
+                            self.skipped.push(pos);
+                            pos = next;
+                        }
+                        None => {
+                            tracing::warn!(
+                                log = self.name,
+                                offset = pos,
+                                dropped = end - pos,
+                                "truncating a torn tail"
+                            );
+                            file.set_len(pos - base).map_err(io("truncate", &path))?;
+                            file.sync_all().map_err(io("fsync", &path))?;
+                            break;
+                        }
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
+            if base == last_base {
+                self.end = pos;
+            }
+        }
+        Ok(())
+    }
+
+    /// A read handle.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            name: self.name,
+            segments: self.segments.clone(),
+        }
+    }
+
+    /// Offset where the next record goes.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Offset of the first byte still on disk.
+    pub fn start(&self) -> u64 {
+        self.segments
+            .read()
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.end)
+    }
+
+    /// Records found damaged on open, skipped.
+    pub fn skipped(&self) -> &[u64] {
+        &self.skipped
+    }
+
+    /// Appends one record (not yet durable: see [`RecordLog::sync`]) and returns its offset.
+    pub fn append(&mut self, payload: &[u8]) -> Result<u64> {
+        let size = RECORD_HEADER + payload.len() as u64;
+        if size > self.segment_size {
+            return Err(StoreError::TooLarge {
+                size: size as usize,
+                segment: self.segment_size,
+            });
+        }
+        let (base, file, path) = self.segment_for(size)?;
+        let offset = self.end;
+        let mut buf = Vec::with_capacity(size as usize);
+        buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&crc32c::crc32c(payload).to_be_bytes());
+        buf.extend_from_slice(payload);
+        file.write_all_at(&buf, offset - base)
+            .map_err(io("write", &path))?;
+        self.end += size;
+        Ok(offset)
+    }
+
+    /// The segment the next `size` bytes go to, rolling to a new one when they do not fit.
+    fn segment_for(&mut self, size: u64) -> Result<(u64, Arc<File>, PathBuf)> {
+        let mut segs = self.segments.write();
+        if let Some((&base, s)) = segs.iter().next_back() {
+            if self.end + size <= base + self.segment_size {
+                return Ok((base, s.file.clone(), s.path.clone()));
+            }
+            // The full segment is done: make it durable before moving on.
+            s.file.sync_data().map_err(io("fsync", &s.path))?;
+        }
+        let base = self.end;
+        let path = self.dir.join(format!("{base:020}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io("create", &path))?;
+        sync_dir(&self.dir)?;
+        let file = Arc::new(file);
+        segs.insert(
+            base,
+            Segment {
+                base,
+                path: path.clone(),
+                file: file.clone(),
+            },
+        );
+        Ok((base, file, path))
+    }
+
+    /// Makes every appended record durable (fdatasync of the active segment).
+    pub fn sync(&self) -> Result<()> {
+        self.reader().sync()
+    }
+
+    /// Deletes whole segments that end at or before `offset` and were last written before
+    /// `older_than` (the active segment is never deleted). Returns how many were deleted.
+    pub fn delete_before(
+        &mut self,
+        offset: u64,
+        older_than: std::time::SystemTime,
+    ) -> Result<usize> {
+        let mut segs = self.segments.write();
+        let bases: Vec<u64> = segs.keys().copied().collect();
+        let mut deleted = 0;
+        for pair in bases.windows(2) {
+            let (base, next) = (pair[0], pair[1]);
+            if next > offset {
+                break;
+            }
+            let s = &segs[&base];
+            let modified = s
+                .file
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_err(io("stat", &s.path))?;
+            if modified > older_than {
+                break;
+            }
+            std::fs::remove_file(&s.path).map_err(io("delete", &s.path))?;
+            tracing::info!(log = self.name, segment = base, "deleted by retention");
+            segs.remove(&base);
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+}
+
+impl LogReader {
+    fn locate(&self, offset: u64) -> Result<(u64, Arc<File>)> {
+        let segs = self.segments.read();
+        let (_, s) = segs
+            .range(..=offset)
+            .next_back()
+            .ok_or(StoreError::OutOfRange {
+                what: "log offset",
+                value: offset,
+            })?;
+        Ok((s.base, s.file.clone()))
+    }
+
+    /// Makes every record written so far durable (fdatasync of the active segment); usable
+    /// without the writer's lock.
+    pub fn sync(&self) -> Result<()> {
+        let segs = self.segments.read();
+        if let Some(s) = segs.values().next_back() {
+            s.file.sync_data().map_err(io("fsync", &s.path))?;
+        }
+        Ok(())
+    }
+
+    /// The offset of the first intact record after a damaged one at `offset` in the same
+    /// segment: the first position whose length fits and whose CRC matches. Only runs when
+    /// damage is found, and reads the rest of one segment at most.
+    pub fn resync(&self, offset: u64) -> Option<u64> {
+        let (base, file) = self.locate(offset).ok()?;
+        let file_len = file.metadata().ok()?.len();
+        let start = offset - base + 1;
+        if start >= file_len {
+            return None;
+        }
+        let mut buf = vec![0u8; (file_len - start) as usize];
+        file.read_exact_at(&mut buf, start).ok()?;
+        let head = RECORD_HEADER as usize;
+        (0..buf.len().saturating_sub(head)).find_map(|i| {
+            let len = u32::from_be_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]) as usize;
+            let crc = u32::from_be_bytes([buf[i + 4], buf[i + 5], buf[i + 6], buf[i + 7]]);
+            let body = buf.get(i + head..i + head + len)?;
+            // Payloads are never empty, so runs of zero bytes do not look like records.
+            (len > 0 && crc32c::crc32c(body) == crc).then_some(base + start + i as u64)
+        })
+    }
+
+    /// Reads and checks the record at `offset`.
+    pub fn read(&self, offset: u64) -> Result<Vec<u8>> {
+        let (base, file) = self.locate(offset)?;
+        let pos = offset - base;
+        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let corrupt = StoreError::Corrupt {
+            log: self.name,
+            offset,
+        };
+        if pos + RECORD_HEADER > file_len {
+            return Err(corrupt);
+        }
+        let mut head = [0u8; 8];
+        file.read_exact_at(&mut head, pos)
+            .map_err(|_| StoreError::Corrupt {
+                log: self.name,
+                offset,
+            })?;
+        let len = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
+        let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        if pos + RECORD_HEADER + len > file_len {
+            return Err(corrupt);
+        }
+        let mut payload = vec![0u8; len as usize];
+        file.read_exact_at(&mut payload, pos + RECORD_HEADER)
+            .map_err(|_| StoreError::Corrupt {
+                log: self.name,
+                offset,
+            })?;
+        if crc32c::crc32c(&payload) != crc {
+            return Err(corrupt);
+        }
+        Ok(payload)
+    }
+
+    /// Reads records from `offset` until `end`, calling `visit(offset, payload)` for each;
+    /// damaged records listed in `skipped` are passed over.
+    pub fn scan(
+        &self,
+        mut offset: u64,
+        end: u64,
+        skipped: &[u64],
+        mut visit: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        while offset < end {
+            match self.read(offset) {
+                Ok(payload) => {
+                    visit(offset, &payload)?;
+                    offset += RECORD_HEADER + payload.len() as u64;
+                }
+                Err(StoreError::Corrupt { .. }) => {
+                    if let Some(next) = self.next_segment_after(offset) {
+                        // The end of a segment that was cut short: go on with the next one.
+                        offset = next;
+                    } else if let Some(next) = self.resync(offset) {
+                        if !skipped.contains(&offset) {
+                            tracing::error!(log = self.name, offset, "skipping a damaged record");
+                        }
+                        offset = next;
+                    } else if let Some(next) = self.segments.read().range(offset + 1..).next() {
+                        tracing::error!(
+                            log = self.name,
+                            offset,
+                            "skipping the damaged rest of a segment"
+                        );
+                        offset = *next.0;
+                    } else {
+                        return Err(StoreError::Corrupt {
+                            log: self.name,
+                            offset,
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The base of the segment after the one holding `offset`, if `offset` is that segment's
+    /// end (records never span segments).
+    fn next_segment_after(&self, offset: u64) -> Option<u64> {
+        let segs = self.segments.read();
+        let (_, s) = segs.range(..=offset).next_back()?;
+        let len = s.file.metadata().ok()?.len();
+        if offset != s.base + len {
+            return None;
+        }
+        segs.range(offset + 1..).next().map(|(&b, _)| b)
+    }
+}
+
+/// fsyncs a directory so a created or renamed file survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync dir", dir))
+}
