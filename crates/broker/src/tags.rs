@@ -5,16 +5,7 @@
 //! matches when it carries every requested tag, in OR mode when it carries at least one of them.
 //! Tags compare as exact byte strings.
 
-/// How the requested tags combine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TagMode {
-    /// No filtering.
-    NoTag,
-    /// The message must carry every requested tag.
-    And,
-    /// The message must carry at least one requested tag.
-    Or,
-}
+pub use qmq_protocol::TagType as TagMode;
 
 /// A tag filter taken from a pull request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +37,24 @@ impl TagFilter {
             TagMode::Or => self.tags.iter().any(has),
         }
     }
+}
+
+/// The tags of a stored-form message, read without decoding the rest of it. Malformed
+/// messages have no tags.
+pub fn message_tags(message: &[u8]) -> Vec<&[u8]> {
+    read_tags(&mut qmq_protocol::wire::Reader::new(message)).unwrap_or_default()
+}
+
+fn read_tags<'a>(r: &mut qmq_protocol::wire::Reader<'a>) -> Option<Vec<&'a [u8]>> {
+    let flags = qmq_protocol::MessageFlags(r.u8("flag").ok()?);
+    if !flags.has_tags() {
+        return Some(Vec::new());
+    }
+    r.bytes(16, "times").ok()?;
+    r.short_bytes("subject").ok()?;
+    r.short_bytes("message id").ok()?;
+    let count = r.u8("tag count").ok()?;
+    (0..count).map(|_| r.short_bytes("tag").ok()).collect()
 }
 
 #[cfg(test)]
@@ -85,6 +94,23 @@ mod tests {
         assert!(filter(TagMode::NoTag, &["a"]).matches(&none));
         assert!(filter(TagMode::And, &[]).matches(&none));
         assert!(filter(TagMode::Or, &[]).is_pass_all());
+    }
+
+    #[test]
+    fn tags_are_read_from_stored_messages() {
+        let m = qmq_protocol::Message {
+            flags: qmq_protocol::MessageFlags(0).with_tags(true),
+            subject: "s".into(),
+            message_id: "id".into(),
+            tags: vec!["a".into(), "bb".into()],
+            attrs: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        let stored = m.to_stored().unwrap();
+        assert_eq!(message_tags(&stored), vec![&b"a"[..], &b"bb"[..]]);
+        let plain = qmq_protocol::Message::default().to_stored().unwrap();
+        assert!(message_tags(&plain).is_empty());
+        assert!(message_tags(&stored[..20]).is_empty());
     }
 
     #[test]

@@ -1,0 +1,327 @@
+//! End-to-end: a real broker on a free loopback port, driven over the QMQ wire protocol.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use qmq_broker::{serve, BrokerConfig, BrokerHandle};
+use qmq_client::Connection;
+use qmq_protocol::codes::{command, response};
+use qmq_protocol::send::{decode_send_response, encode_send_request};
+use qmq_protocol::*;
+use qmq_store::{FlushPolicy, StoreConfig};
+
+const T: Duration = Duration::from_secs(10);
+
+fn config(dir: &std::path::Path) -> BrokerConfig {
+    let mut store = StoreConfig::new(dir);
+    store.flush = FlushPolicy::SyncBeforeAck;
+    let mut c = BrokerConfig::new(store);
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c
+}
+
+async fn start(dir: &std::path::Path) -> (BrokerHandle, Connection) {
+    start_with(config(dir)).await
+}
+
+async fn start_with(c: BrokerConfig) -> (BrokerHandle, Connection) {
+    let broker = serve(c).await.unwrap();
+    let conn = Connection::connect(&broker.addr().to_string())
+        .await
+        .unwrap();
+    (broker, conn)
+}
+
+fn message(subject: &str, id: &str, tags: &[&str], body: &str) -> Message {
+    Message {
+        flags: MessageFlags(0).with_tags(!tags.is_empty()),
+        created_time: 1_700_000_000_000,
+        expire_or_schedule: 1_700_000_000_000,
+        subject: subject.into(),
+        message_id: id.into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        attrs: vec![("body".into(), body.into())],
+    }
+}
+
+async fn send(conn: &Connection, messages: &[Message]) -> Vec<SendFailure> {
+    let mut body = BytesMut::new();
+    encode_send_request(messages, &mut body).unwrap();
+    let resp = conn
+        .request(command::SEND_MESSAGE, body.freeze(), T)
+        .await
+        .unwrap();
+    assert_eq!(resp.header.code, response::SUCCESS);
+    decode_send_response(&resp.body).unwrap()
+}
+
+fn pull_request(
+    subject: &str,
+    group: &str,
+    consumer: &str,
+    n: i32,
+    timeout_ms: i64,
+) -> PullRequest {
+    PullRequest {
+        subject: subject.into(),
+        group: group.into(),
+        consumer_id: consumer.into(),
+        request_num: n,
+        offset: -1,
+        pull_offset_begin: -1,
+        pull_offset_last: -1,
+        timeout_ms,
+        broadcast: false,
+        filters: Vec::new(),
+    }
+}
+
+/// Pulls; returns the first pull-log offset and the messages (empty on NO_MESSAGE).
+async fn pull(conn: &Connection, req: &PullRequest) -> (i64, Vec<Message>) {
+    let mut body = BytesMut::new();
+    req.encode(frame::VERSION_9, &mut body).unwrap();
+    let resp = conn
+        .request(
+            command::PULL_MESSAGE,
+            body.freeze(),
+            T + Duration::from_millis(req.timeout_ms.max(0) as u64),
+        )
+        .await
+        .unwrap();
+    if resp.header.code == response::NO_MESSAGE {
+        return (-1, Vec::new());
+    }
+    assert_eq!(resp.header.code, response::SUCCESS);
+    let r = PullResponse::decode(&resp.body).unwrap();
+    (r.pull_log_offset, r.messages)
+}
+
+async fn ack(conn: &Connection, subject: &str, group: &str, consumer: &str, first: i64, last: i64) {
+    let mut body = BytesMut::new();
+    AckRequest {
+        subject: subject.into(),
+        group: group.into(),
+        consumer_id: consumer.into(),
+        pull_offset_begin: first,
+        pull_offset_last: last,
+        broadcast: false,
+    }
+    .encode(&mut body)
+    .unwrap();
+    let resp = conn
+        .request(command::ACK_REQUEST, body.freeze(), T)
+        .await
+        .unwrap();
+    assert_eq!(resp.header.code, response::SUCCESS);
+}
+
+fn bodies(ms: &[Message]) -> Vec<String> {
+    ms.iter()
+        .map(|m| m.attr("body").unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn send_pull_ack_and_resume_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, conn) = start(dir.path()).await;
+    let batch: Vec<Message> = (0..10)
+        .map(|i| message("orders", &format!("id{i}"), &[], &format!("m{i}")))
+        .collect();
+    assert!(send(&conn, &batch).await.is_empty());
+    let (first, got) = pull(&conn, &pull_request("orders", "g", "c1", 4, -1)).await;
+    assert_eq!(first, 0);
+    assert_eq!(bodies(&got), ["m0", "m1", "m2", "m3"]);
+    assert_eq!(got[0], batch[0], "message comes back exactly as sent");
+    ack(&conn, "orders", "g", "c1", 0, 3).await;
+    broker.shutdown().await.unwrap();
+
+    let (broker, conn) = start(dir.path()).await;
+    let mut req = pull_request("orders", "g", "c1", 100, -1);
+    req.pull_offset_last = 3;
+    let (first, got) = pull(&conn, &req).await;
+    assert_eq!(first, 4);
+    assert_eq!(
+        bodies(&got),
+        (4..10).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn pulled_but_unacked_messages_are_redelivered_to_a_restarted_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, conn) = start(dir.path()).await;
+    let batch: Vec<Message> = (0..5)
+        .map(|i| message("s", &format!("id{i}"), &[], &format!("m{i}")))
+        .collect();
+    send(&conn, &batch).await;
+    let (_, got) = pull(&conn, &pull_request("s", "g", "c1", 5, -1)).await;
+    assert_eq!(got.len(), 5);
+    ack(&conn, "s", "g", "c1", 0, 1).await;
+    // The consumer restarts knowing nothing (pull_offset_last -1): it gets m2..m4 again.
+    let (first, again) = pull(&conn, &pull_request("s", "g", "c1", 10, -1)).await;
+    assert_eq!(first, 2);
+    assert_eq!(bodies(&again), ["m2", "m3", "m4"]);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn tag_filters_and_or() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, conn) = start(dir.path()).await;
+    send(
+        &conn,
+        &[
+            message("t", "1", &["a"], "a"),
+            message("t", "2", &["a", "b"], "ab"),
+            message("t", "3", &["b"], "b"),
+            message("t", "4", &[], "none"),
+        ],
+    )
+    .await;
+    let with = |tag_type, tags: &[&str], group: &str| {
+        let mut r = pull_request("t", group, "c", 10, -1);
+        r.filters = vec![PullFilter::Tag {
+            tag_type,
+            tags: tags.iter().map(|t| t.as_bytes().to_vec()).collect(),
+        }];
+        r
+    };
+    let (_, and) = pull(&conn, &with(TagType::And, &["a", "b"], "g-and")).await;
+    assert_eq!(bodies(&and), ["ab"]);
+    let (_, or) = pull(&conn, &with(TagType::Or, &["a", "b"], "g-or")).await;
+    assert_eq!(bodies(&or), ["a", "ab", "b"]);
+    let (_, all) = pull(&conn, &with(TagType::NoTag, &["a"], "g-all")).await;
+    assert_eq!(all.len(), 4);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_long_poll_is_answered_when_a_message_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, conn) = start(dir.path()).await;
+    let consumer = conn.clone();
+    let waiting =
+        tokio::spawn(
+            async move { pull(&consumer, &pull_request("lp", "g", "c", 10, 30_000)).await },
+        );
+    // The pull is parked (nothing to deliver) until the send; no sleep: the send happens-before
+    // the answer can contain the message, whenever the pull got parked.
+    send(&conn, &[message("lp", "1", &[], "hello")]).await;
+    let (_, got) = tokio::time::timeout(T, waiting).await.unwrap().unwrap();
+    assert_eq!(bodies(&got), ["hello"]);
+    // And a long poll with nothing to deliver ends with NO_MESSAGE when its wait runs out.
+    // (The consumer says it received pull-log offset 0, so nothing is re-delivered.)
+    let mut req = pull_request("lp", "g", "c", 10, 200);
+    req.pull_offset_last = 0;
+    let (first, none) = pull(&conn, &req).await;
+    assert_eq!((first, none.len()), (-1, 0));
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_messages_are_refused_one_by_one_and_the_rest_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.max_message_bytes = 1024;
+    let (broker, conn) = start_with(c).await;
+    let ok = message("b", "ok", &[], "fine");
+    let big = message("b", "big", &[], &"x".repeat(5000));
+    let mut body = BytesMut::new();
+    encode_send_request(&[ok.clone(), big], &mut body).unwrap();
+    // A third message whose CRC is wrong.
+    let at = body.len();
+    message("b", "crc", &[], "bad")
+        .encode_with_crc(&mut body)
+        .unwrap();
+    body[at + 7] ^= 0xff;
+    let resp = conn
+        .request(command::SEND_MESSAGE, body.freeze(), T)
+        .await
+        .unwrap();
+    let failures = decode_send_response(&resp.body).unwrap();
+    let codes: Vec<(&str, ProducerCode)> = failures
+        .iter()
+        .map(|f| (f.message_id.as_str(), f.code))
+        .collect();
+    assert_eq!(
+        codes,
+        [("big", ProducerCode::Block), ("crc", ProducerCode::Block)]
+    );
+    let (_, got) = pull(&conn, &pull_request("b", "g", "c", 10, -1)).await;
+    assert_eq!(got, vec![ok]);
+    // A truncated batch is refused whole.
+    let resp = conn
+        .request(
+            command::SEND_MESSAGE,
+            Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 1, 0]),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.header.code, response::BROKER_ERROR);
+    // Read-only brokers refuse sends per message.
+    broker.set_readonly(true);
+    let f = send(&conn, &[message("b", "ro", &[], "x")]).await;
+    assert_eq!(f[0].code, ProducerCode::ReadOnly);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn consumers_join_a_backlog_and_a_departed_consumers_messages_go_to_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.consumer_lease = Duration::from_millis(300);
+    c.consumer_check_interval = Duration::from_millis(50);
+    let (broker, conn) = start_with(c).await;
+    let batch: Vec<Message> = (0..60)
+        .map(|i| message("bk", &format!("{i}"), &[], &format!("{i}")))
+        .collect();
+    send(&conn, &batch).await;
+    // c1 takes 20 and vanishes without acking; c2 and c3 join with no rebalance and drain the rest.
+    let (_, lost) = pull(&conn, &pull_request("bk", "g", "c1", 20, -1)).await;
+    assert_eq!(lost.len(), 20);
+    let mut seen = std::collections::BTreeSet::new();
+    for consumer in ["c2", "c3"].iter().cycle().take(4) {
+        let (first, got) = pull(&conn, &pull_request("bk", "g", consumer, 10, -1)).await;
+        if got.is_empty() {
+            continue;
+        }
+        ack(
+            &conn,
+            "bk",
+            "g",
+            consumer,
+            first,
+            first + got.len() as i64 - 1,
+        )
+        .await;
+        seen.extend(bodies(&got));
+    }
+    assert_eq!(seen.len(), 40);
+    // c1's 20 reappear on the group's retry subject once c1's lease ends.
+    let retry = qmq_broker::subjects::retry_subject("bk", "g");
+    let (_, again) = pull(&conn, &pull_request(&retry, "g", "c2", 100, 5_000)).await;
+    let again_bodies = bodies(&again);
+    assert_eq!(again_bodies, bodies(&lost));
+    seen.extend(again_bodies);
+    assert_eq!(seen.len(), 60, "every message delivered");
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn acked_messages_survive_a_crash_with_fsync_before_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, conn) = start(dir.path()).await;
+    let batch: Vec<Message> = (0..50)
+        .map(|i| message("d", &format!("{i}"), &[], &format!("{i}")))
+        .collect();
+    assert!(send(&conn, &batch).await.is_empty());
+    // No shutdown, no checkpoint: the process "dies" with the runtime still holding the broker.
+    std::mem::forget(broker);
+    let (broker, conn) = start(dir.path()).await;
+    let (_, got) = pull(&conn, &pull_request("d", "g", "c", 100, -1)).await;
+    assert_eq!(got, batch);
+    broker.shutdown().await.unwrap();
+}
