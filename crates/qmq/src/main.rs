@@ -1,13 +1,44 @@
 //! `qmq`: one executable for every qmq-rs server and tool.
 
-use clap::Parser;
+mod cli;
+mod servers;
+
+use clap::{Parser, Subcommand};
 
 /// qmq-rs: a QMQ-compatible message queue.
 #[derive(Parser)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+#[derive(Subcommand)]
+enum Command {
+    /// Everything in one process on embedded defaults: a broker (and, as they land, the meta
+    /// and delay servers) with all data under one directory.
+    Standalone(servers::StandaloneArgs),
+    /// A realtime broker.
+    Broker(servers::BrokerArgs),
+    /// Send messages from the shell.
+    Send(cli::SendArgs),
+    /// Consume messages from the shell (printed one per line, then acked).
+    Consume(cli::ConsumeArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Standalone(args) => servers::standalone(args).await,
+        Command::Broker(args) => servers::broker(args).await,
+        Command::Send(args) => cli::send(args).await,
+        Command::Consume(args) => cli::consume(args).await,
+    }
 }

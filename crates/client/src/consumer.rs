@@ -1,0 +1,134 @@
+//! Pulling messages from a broker and acknowledging them.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use qmq_protocol::codes::{command, response};
+use qmq_protocol::frame::VERSION_9;
+use qmq_protocol::{AckRequest, Message, PullFilter, PullRequest, PullResponse, TagType};
+
+use crate::{Connection, ConnectionError};
+
+/// Why a pull or ack failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The connection failed.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// A request could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] qmq_protocol::EncodeError),
+    /// A response could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] qmq_protocol::DecodeError),
+    /// The broker answered with an error code.
+    #[error("broker answered code {0}")]
+    Broker(i16),
+}
+
+/// A consumer of one subject in one group, pulling from one broker. Each pulled batch must be
+/// acked (in order); what is not acked is handed out again.
+pub struct PullConsumer {
+    conn: Connection,
+    subject: String,
+    group: String,
+    consumer_id: String,
+    broadcast: bool,
+    filters: Vec<PullFilter>,
+    /// Last pull-log offset received.
+    last_received: i64,
+}
+
+impl PullConsumer {
+    /// A consumer of `subject` in `group` named `consumer_id`.
+    pub fn new(conn: Connection, subject: &str, group: &str, consumer_id: &str) -> Self {
+        Self {
+            conn,
+            subject: subject.into(),
+            group: group.into(),
+            consumer_id: consumer_id.into(),
+            broadcast: false,
+            filters: Vec::new(),
+            last_received: -1,
+        }
+    }
+
+    /// Only messages whose tags match (`And`: all of them, `Or`: any of them).
+    pub fn with_tags(mut self, tag_type: TagType, tags: &[String]) -> Self {
+        self.filters = vec![PullFilter::Tag {
+            tag_type,
+            tags: tags.iter().map(|t| t.as_bytes().to_vec()).collect(),
+        }];
+        self
+    }
+
+    /// Every consumer of the group sees every message.
+    pub fn broadcast(mut self, on: bool) -> Self {
+        self.broadcast = on;
+        self
+    }
+
+    /// Pulls up to `max` messages, waiting up to `wait` for some to arrive. Returns the
+    /// pull-log offset of the first and the messages (none when the wait ran out).
+    pub async fn pull(
+        &mut self,
+        max: i32,
+        wait: Duration,
+    ) -> Result<(i64, Vec<Message>), PullError> {
+        let req = PullRequest {
+            subject: self.subject.clone(),
+            group: self.group.clone(),
+            consumer_id: self.consumer_id.clone(),
+            request_num: max,
+            offset: -1,
+            pull_offset_begin: -1,
+            pull_offset_last: self.last_received,
+            timeout_ms: wait.as_millis() as i64,
+            broadcast: self.broadcast,
+            filters: self.filters.clone(),
+        };
+        let mut body = BytesMut::new();
+        req.encode(VERSION_9, &mut body)?;
+        let resp = self
+            .conn
+            .request(
+                command::PULL_MESSAGE,
+                body.freeze(),
+                wait + Duration::from_secs(5),
+            )
+            .await?;
+        match resp.header.code {
+            response::NO_MESSAGE => Ok((-1, Vec::new())),
+            response::SUCCESS => {
+                let r = PullResponse::decode(&resp.body)?;
+                if !r.messages.is_empty() {
+                    self.last_received = r.pull_log_offset + r.messages.len() as i64 - 1;
+                }
+                Ok((r.pull_log_offset, r.messages))
+            }
+            code => Err(PullError::Broker(code)),
+        }
+    }
+
+    /// Acknowledges pull-log offsets `first..=last`.
+    pub async fn ack(&self, first: i64, last: i64) -> Result<(), PullError> {
+        let mut body = BytesMut::new();
+        AckRequest {
+            subject: self.subject.clone(),
+            group: self.group.clone(),
+            consumer_id: self.consumer_id.clone(),
+            pull_offset_begin: first,
+            pull_offset_last: last,
+            broadcast: self.broadcast,
+        }
+        .encode(&mut body)?;
+        let resp = self
+            .conn
+            .request(command::ACK_REQUEST, body.freeze(), Duration::from_secs(5))
+            .await?;
+        if resp.header.code != response::SUCCESS {
+            return Err(PullError::Broker(resp.header.code));
+        }
+        Ok(())
+    }
+}
