@@ -1,0 +1,119 @@
+//! The `qmq` executable as a user runs it: start, send, kill -9 or SIGTERM, restart, consume.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use qmq_client::{new_message, send_batch, Connection, PullConsumer};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `qmq standalone` and waits for its "ready" line.
+fn start(dir: &std::path::Path, port: u16) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qmq"))
+        .args(["standalone", "--flush", "sync", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("ready"), "unexpected first line {line:?}");
+    child
+}
+
+async fn send_n(addr: &str, subject: &str, range: std::ops::Range<usize>) {
+    let conn = Connection::connect(addr).await.unwrap();
+    let all: Vec<_> = range
+        .map(|i| {
+            let mut m = new_message(subject);
+            m.set_attr("body", i.to_string());
+            m
+        })
+        .collect();
+    for chunk in all.chunks(30) {
+        for r in send_batch(&conn, chunk, Duration::from_secs(10))
+            .await
+            .unwrap()
+        {
+            r.unwrap();
+        }
+    }
+}
+
+async fn drain(addr: &str, subject: &str, group: &str, expect: usize) -> Vec<usize> {
+    let conn = Connection::connect(addr).await.unwrap();
+    let mut consumer = PullConsumer::new(conn, subject, group, "c1");
+    let mut got = Vec::new();
+    while got.len() < expect {
+        let want = (expect - got.len()).min(100) as i32;
+        let (first, ms) = consumer.pull(want, Duration::from_secs(5)).await.unwrap();
+        assert!(!ms.is_empty(), "only {} of {expect} messages", got.len());
+        consumer
+            .ack(first, first + ms.len() as i64 - 1)
+            .await
+            .unwrap();
+        got.extend(
+            ms.iter()
+                .map(|m| m.attr("body").unwrap().parse::<usize>().unwrap()),
+        );
+    }
+    got
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = start(dir.path(), port);
+    send_n(&addr, "k9", 0..500).await;
+    server.kill().unwrap(); // SIGKILL: no flush, no checkpoint
+    server.wait().unwrap();
+
+    let mut server = start(dir.path(), port);
+    let got = drain(&addr, "k9", "g", 500).await;
+    assert_eq!(got, (0..500).collect::<Vec<_>>());
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_checkpoints_and_a_restart_resumes_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = start(dir.path(), port);
+    send_n(&addr, "st", 0..100).await;
+    assert_eq!(drain(&addr, "st", "g", 40).await.len(), 40);
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = server.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+    assert!(
+        std::fs::read_dir(dir.path().join("broker/checkpoint"))
+            .unwrap()
+            .count()
+            > 0
+    );
+
+    let mut server = start(dir.path(), port);
+    let rest = drain(&addr, "st", "g", 60).await;
+    assert_eq!(rest, (40..100).collect::<Vec<_>>());
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
