@@ -119,6 +119,23 @@ impl ConsumeLog {
         Ok(seq)
     }
 
+    /// Appends several entries with one write and returns the first one's sequence.
+    pub fn append_many(&mut self, entries: &[Entry]) -> Result<u64> {
+        let seq = self.len;
+        let mut buf = Vec::with_capacity(entries.len() * ENTRY as usize);
+        for e in entries {
+            buf.extend_from_slice(&e.encode());
+        }
+        self.file
+            .write_all_at(&buf, seq * ENTRY)
+            .map_err(io("write", &self.path))?;
+        self.len += entries.len() as u64;
+        if let Some(last) = entries.last() {
+            self.last_offset = Some(last.offset);
+        }
+        Ok(seq)
+    }
+
     /// Reads up to `max` entries from `seq`.
     pub fn read(&self, seq: u64, max: usize) -> Result<Vec<Entry>> {
         if seq >= self.len || max == 0 {

@@ -39,6 +39,9 @@ pub struct RecordLog {
     end: u64,
     /// Records known to be damaged (skipped on scans).
     skipped: Vec<u64>,
+    /// Records appended but not yet written, and the segment they go to.
+    pending: Vec<u8>,
+    pending_at: (u64, Arc<File>, PathBuf),
 }
 
 /// A read handle on a [`RecordLog`], shareable across threads.
@@ -78,6 +81,7 @@ impl RecordLog {
                 },
             );
         }
+        let placeholder = Arc::new(File::open(dir).map_err(io("open dir", dir))?);
         let mut log = Self {
             name,
             dir: dir.to_path_buf(),
@@ -85,6 +89,8 @@ impl RecordLog {
             segments: Arc::new(RwLock::new(segments)),
             end: 0,
             skipped: Vec::new(),
+            pending: Vec::new(),
+            pending_at: (0, placeholder, dir.to_path_buf()),
         };
         log.recover(scan_from)?;
         Ok(log)
@@ -176,25 +182,58 @@ impl RecordLog {
         &self.skipped
     }
 
-    /// Appends one record (not yet durable: see [`RecordLog::sync`]) and returns its offset.
+    /// Appends one record, written at once (not yet durable: see [`RecordLog::sync`]), and
+    /// returns its offset.
     pub fn append(&mut self, payload: &[u8]) -> Result<u64> {
-        let size = RECORD_HEADER + payload.len() as u64;
+        let offset = self.append_buffered(payload)?;
+        self.write_pending()?;
+        Ok(offset)
+    }
+
+    /// Appends one record to the write buffer and returns its offset; it reaches the file (and
+    /// readers) with the next [`RecordLog::write_pending`], so a batch costs one write call.
+    pub fn append_buffered(&mut self, payload: &[u8]) -> Result<u64> {
+        self.append_parts(&[payload])
+    }
+
+    /// Like [`RecordLog::append_buffered`] for a payload given in parts (no copy to join them).
+    pub fn append_parts(&mut self, parts: &[&[u8]]) -> Result<u64> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let size = RECORD_HEADER + len as u64;
         if size > self.segment_size {
             return Err(StoreError::TooLarge {
                 size: size as usize,
                 segment: self.segment_size,
             });
         }
+        self.pending.reserve(size as usize);
         let (base, file, path) = self.segment_for(size)?;
+        if self.pending.is_empty() {
+            self.pending_at = (base, file, path);
+        }
         let offset = self.end;
-        let mut buf = Vec::with_capacity(size as usize);
-        buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        buf.extend_from_slice(&crc32c::crc32c(payload).to_be_bytes());
-        buf.extend_from_slice(payload);
-        file.write_all_at(&buf, offset - base)
-            .map_err(io("write", &path))?;
+        let crc = parts.iter().fold(0, |crc, p| crc32c::crc32c_append(crc, p));
+        self.pending.extend_from_slice(&(len as u32).to_be_bytes());
+        self.pending.extend_from_slice(&crc.to_be_bytes());
+        for p in parts {
+            self.pending.extend_from_slice(p);
+        }
         self.end += size;
         Ok(offset)
+    }
+
+    /// Writes the buffered records to their segment.
+    pub fn write_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let (base, file, path) = &self.pending_at;
+        let at = self.end - self.pending.len() as u64 - base;
+        let written = file
+            .write_all_at(&self.pending, at)
+            .map_err(io("write", path));
+        self.pending.clear();
+        written
     }
 
     /// The segment the next `size` bytes go to, rolling to a new one when they do not fit.
@@ -203,6 +242,15 @@ impl RecordLog {
         if let Some((&base, s)) = segs.iter().next_back() {
             if self.end + size <= base + self.segment_size {
                 return Ok((base, s.file.clone(), s.path.clone()));
+            }
+            // The buffered records belong to the full segment: write them there first.
+            if !self.pending.is_empty() {
+                let (pbase, pfile, ppath) = &self.pending_at;
+                let at = self.end - self.pending.len() as u64 - pbase;
+                pfile
+                    .write_all_at(&self.pending, at)
+                    .map_err(io("write", ppath))?;
+                self.pending.clear();
             }
             // The full segment is done: make it durable before moving on.
             s.file.sync_data().map_err(io("fsync", &s.path))?;

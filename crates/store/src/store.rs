@@ -188,14 +188,6 @@ const ACTION_DIR: &str = "actionlog";
 const PULL_DIR: &str = "pulllog";
 const CHECKPOINT_DIR: &str = "checkpoint";
 
-fn message_payload(subject: &str, message: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(2 + subject.len() + message.len());
-    p.extend_from_slice(&(subject.len() as u16).to_be_bytes());
-    p.extend_from_slice(subject.as_bytes());
-    p.extend_from_slice(message);
-    p
-}
-
 fn split_payload(p: &[u8], offset: u64) -> Result<(&str, &[u8])> {
     let corrupt = || StoreError::Corrupt {
         log: "message log",
@@ -915,12 +907,9 @@ fn writer_loop(inner: &Inner, jobs: &mpsc::Receiver<WriteJob>) {
                 break;
             }
         }
-        let mut results = Vec::with_capacity(batch.len());
-        {
+        let results = {
             let mut side = inner.messages.lock();
-            for job in &batch {
-                results.push(write_job(inner, &mut side, &job.messages));
-            }
+            let mut results = write_batch(inner, &mut side, &batch);
             if inner.config.flush == FlushPolicy::SyncBeforeAck && results.iter().any(|r| r.is_ok())
             {
                 if let Err(e) = side.log.sync() {
@@ -937,41 +926,141 @@ fn writer_loop(inner: &Inner, jobs: &mpsc::Receiver<WriteJob>) {
                     }
                 }
             }
-        }
+            results
+        };
         for (job, result) in batch.into_iter().zip(results) {
             let _ = job.reply.send(result);
         }
     }
 }
 
-fn write_job(
+/// Writes every job's messages with one write to the message log, then each subject's new
+/// consume-log entries with one write per subject. A job whose message cannot be written fails
+/// whole; jobs before it are unaffected.
+fn write_batch(
     inner: &Inner,
     side: &mut MessageSide,
-    messages: &[(String, Bytes)],
-) -> Result<Vec<Appended>> {
-    let mut out = Vec::with_capacity(messages.len());
-    for (subject, message) in messages {
-        let payload = message_payload(subject, message);
-        let offset = side.log.append(&payload)?;
-        let clog = match side.consume.get(subject) {
-            Some(c) => c.clone(),
-            None => {
-                let path = inner
-                    .config
-                    .dir
-                    .join(CONSUME_DIR)
-                    .join(names::encode(subject));
-                let c = Arc::new(RwLock::new(ConsumeLog::open(&path, u64::MAX)?));
-                side.consume.insert(subject.clone(), c.clone());
-                inner.consume.write().insert(subject.clone(), c.clone());
-                c
+    batch: &[WriteJob],
+) -> Vec<Result<Vec<Appended>>> {
+    let mut placed: Vec<Result<Vec<(usize, Entry)>>> = Vec::with_capacity(batch.len());
+    let mut subjects: Vec<&str> = Vec::new();
+    for job in batch {
+        // A job is stored whole or not at all: refuse it before writing any of it.
+        let limit = inner.config.segment_size - crate::log::RECORD_HEADER;
+        if let Some((s, m)) = job
+            .messages
+            .iter()
+            .find(|(s, m)| (2 + s.len() + m.len()) as u64 > limit)
+        {
+            placed.push(Err(StoreError::TooLarge {
+                size: 2 + s.len() + m.len(),
+                segment: inner.config.segment_size,
+            }));
+            continue;
+        }
+        let mut entries = Vec::with_capacity(job.messages.len());
+        let mut failed = None;
+        for (subject, message) in &job.messages {
+            let subject_len = (subject.len() as u16).to_be_bytes();
+            let len = (2 + subject.len() + message.len()) as u32;
+            match side
+                .log
+                .append_parts(&[&subject_len, subject.as_bytes(), message])
+            {
+                Ok(offset) => {
+                    let idx = match subjects.iter().position(|s| s == subject) {
+                        Some(i) => i,
+                        None => {
+                            subjects.push(subject);
+                            subjects.len() - 1
+                        }
+                    };
+                    entries.push((idx, Entry { offset, len }));
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        placed.push(match failed {
+            Some(e) => Err(e),
+            None => Ok(entries),
+        });
+    }
+    if let Err(e) = side.log.write_pending() {
+        tracing::error!(error = %e, "message log write failed");
+        return batch.iter().map(|_| Err(StoreError::Closed)).collect();
+    }
+    // Index: one consume-log write per subject, in message order.
+    let mut firsts = vec![0u64; subjects.len()];
+    for (i, subject) in subjects.iter().enumerate() {
+        let entries: Vec<Entry> = placed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .flatten()
+            .filter(|(s, _)| *s == i)
+            .map(|(_, e)| *e)
+            .collect();
+        let clog = match consume_log_for(inner, side, subject) {
+            Ok(c) => c,
+            Err(e) => {
+                return batch
+                    .iter()
+                    .map(|_| {
+                        Err(StoreError::Io {
+                            op: "open consume log",
+                            path: inner.config.dir.join(CONSUME_DIR),
+                            source: std::io::Error::other(e.to_string()),
+                        })
+                    })
+                    .collect()
             }
         };
-        let sequence = clog.write().append(Entry {
-            offset,
-            len: payload.len() as u32,
-        })?;
-        out.push(Appended { offset, sequence });
+        let appended = clog.write().append_many(&entries);
+        match appended {
+            Ok(first) => firsts[i] = first,
+            Err(e) => {
+                tracing::error!(error = %e, "consume log write failed");
+                return batch.iter().map(|_| Err(StoreError::Closed)).collect();
+            }
+        }
     }
-    Ok(out)
+    placed
+        .into_iter()
+        .map(|p| {
+            p.map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|(s, e)| {
+                        let sequence = firsts[s];
+                        firsts[s] += 1;
+                        Appended {
+                            offset: e.offset,
+                            sequence,
+                        }
+                    })
+                    .collect()
+            })
+        })
+        .collect()
+}
+
+fn consume_log_for(
+    inner: &Inner,
+    side: &mut MessageSide,
+    subject: &str,
+) -> Result<Arc<RwLock<ConsumeLog>>> {
+    if let Some(c) = side.consume.get(subject) {
+        return Ok(c.clone());
+    }
+    let path = inner
+        .config
+        .dir
+        .join(CONSUME_DIR)
+        .join(names::encode(subject));
+    let c = Arc::new(RwLock::new(ConsumeLog::open(&path, u64::MAX)?));
+    side.consume.insert(subject.to_owned(), c.clone());
+    inner.consume.write().insert(subject.to_owned(), c.clone());
+    Ok(c)
 }
