@@ -1,1 +1,32 @@
 //! Meta server: broker registry, subject routing, client state and admin operations.
+//!
+//! - [`serve`] starts a server from a [`MetaConfig`] and returns a [`MetaServerHandle`].
+//! - The TCP listener speaks the QMQ meta protocol (CLIENT_REGISTER, BROKER_REGISTER,
+//!   BROKER_ACQUIRE_META); the HTTP listener answers discovery (`GET /meta/address`), the
+//!   token-protected admin API (see [`http`]) and broker directives (see [`broker_api`]).
+//! - State lives in a database ([`store::Store`]: embedded SQLite, PostgreSQL or
+//!   MySQL/MariaDB); every meta server on one database serves the same routes.
+//! - [`cli`] is the admin tool (`qmq tools ...`); [`standalone`] registers a local broker.
+
+pub mod admin;
+pub mod broker_api;
+mod cache;
+pub mod cli;
+mod config;
+mod core;
+mod error;
+pub mod http;
+mod http_client;
+pub mod model;
+mod routing;
+mod server;
+pub mod standalone;
+pub mod store;
+pub mod subject;
+mod tcp;
+
+pub use crate::config::MetaConfig;
+pub use crate::core::MetaCore;
+pub use crate::error::MetaError;
+pub use crate::http_client::{ApiResult, TOKEN_HEADER};
+pub use crate::server::{serve, MetaServerHandle};

@@ -1,0 +1,357 @@
+//! Admin operations (what the tools call through the HTTP admin API).
+
+use qmq_protocol::BrokerRole;
+use serde::{Deserialize, Serialize};
+
+use crate::core::MetaCore;
+use crate::model::{
+    BrokerGroupInfo, BrokerSpec, ClientDb, ClientStateSetting, ReadonlySetting, ResetAction,
+    ResetOffsetRequest, SubjectRoute,
+};
+use crate::{subject, MetaError};
+
+/// Attempts of replace-broker against concurrent changes.
+const REPLACE_TRIES: usize = 20;
+
+/// Parameters of mark-readonly / unmark-readonly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadonlyParams {
+    /// Broker group.
+    pub broker_group: String,
+    /// Subject, or `*` (the default) for every subject.
+    #[serde(default = "any_subject")]
+    pub subject: String,
+}
+
+fn any_subject() -> String {
+    crate::cache::ANY.to_owned()
+}
+
+/// Parameters of reset-offset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResetOffsetParams {
+    /// Subject.
+    pub subject: String,
+    /// Consumer group.
+    pub consumer_group: String,
+    /// LATEST or EARLIEST.
+    pub action: ResetAction,
+}
+
+/// Parameters of add-db: a database for the transactional-message watchdog.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddDbParams {
+    /// Database type (URL scheme), default `mysql`.
+    #[serde(default = "default_db_type", rename = "type")]
+    pub db_type: String,
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// Data centre, default `default`.
+    #[serde(default = "default_room")]
+    pub room: String,
+}
+
+fn default_db_type() -> String {
+    "mysql".into()
+}
+
+fn default_room() -> String {
+    "default".into()
+}
+
+/// One consumer group of a subject with its known clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerGroupInfo {
+    /// Subject.
+    pub subject: String,
+    /// Consumer group.
+    pub consumer_group: String,
+    /// Its clients.
+    pub clients: Vec<ConsumerClient>,
+}
+
+/// One consumer client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerClient {
+    /// Client id.
+    pub client_id: String,
+    /// Application.
+    pub app_code: String,
+    /// Data centre.
+    pub room: String,
+    /// Last registration/heartbeat recorded, ms since the epoch.
+    pub last_seen_ms: i64,
+    /// Whether an operator switched it offline.
+    pub offline: bool,
+}
+
+fn require(what: &str, value: &str) -> Result<(), MetaError> {
+    if value.trim().is_empty() {
+        return Err(MetaError::InvalidArgument(format!("{what} is required")));
+    }
+    Ok(())
+}
+
+fn validate_broker(b: &BrokerSpec) -> Result<BrokerRole, MetaError> {
+    require("broker group", &b.group)?;
+    require("hostname", &b.hostname)?;
+    require("ip", &b.ip)?;
+    if b.ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(MetaError::InvalidArgument(format!("ip {:?} is not an IP address", b.ip)));
+    }
+    let role = BrokerRole::from_code(b.role)
+        .ok()
+        .filter(|r| *r != BrokerRole::Standby && *r != BrokerRole::Delay)
+        .ok_or_else(|| MetaError::InvalidArgument(format!("invalid broker role code {}", b.role)))?;
+    let backup = matches!(role, BrokerRole::Backup | BrokerRole::DelayBackup);
+    let port_ok = |p: i32| (1..=65535).contains(&p);
+    if !port_ok(b.serve_port)
+        || (!backup && !port_ok(b.sync_port))
+        || b.serve_port == b.sync_port
+    {
+        return Err(MetaError::InvalidArgument(
+            "serve port and sync port must be valid, different ports".into(),
+        ));
+    }
+    Ok(role)
+}
+
+impl MetaCore {
+    /// add-broker: registers a server (group, role, host, ports) for BROKER_ACQUIRE_META.
+    pub async fn add_broker(&self, b: &BrokerSpec) -> Result<BrokerSpec, MetaError> {
+        let role = validate_broker(b)?;
+        let peers = self.store.brokers(Some(&b.group)).await?;
+        if let Some(p) = peers.iter().find(|p| p.role == b.role) {
+            return Err(MetaError::Conflict(format!(
+                "broker group {} already has a {:?} ({}:{})",
+                b.group, role, p.hostname, p.serve_port
+            )));
+        }
+        if peers.len() >= 3 {
+            return Err(MetaError::Conflict(format!(
+                "broker group {} already has {} servers",
+                b.group,
+                peers.len()
+            )));
+        }
+        if let Some(other) = self.store.broker_by_host(&b.hostname, b.serve_port).await? {
+            return Err(MetaError::Conflict(format!(
+                "{}:{} is already registered in group {}",
+                b.hostname, b.serve_port, other.group
+            )));
+        }
+        if !self.store.insert_broker(b).await? {
+            return Err(MetaError::Conflict(
+                "broker group role or host:port already registered".into(),
+            ));
+        }
+        tracing::info!(group = b.group, ?role, host = b.hostname, "broker added");
+        Ok(b.clone())
+    }
+
+    /// list-brokers: the registered servers, of one group or all.
+    pub async fn list_brokers(&self, group: Option<&str>) -> Result<Vec<BrokerSpec>, MetaError> {
+        self.store.brokers(group.filter(|g| !g.is_empty())).await
+    }
+
+    /// list-broker-groups: groups as registered by their masters, fresh from the database.
+    pub async fn list_broker_groups(&self) -> Result<Vec<BrokerGroupInfo>, MetaError> {
+        self.store.broker_groups().await
+    }
+
+    /// replace-broker: moves a group's role to another machine (manual failover). Returns the
+    /// server that was replaced.
+    pub async fn replace_broker(&self, b: &BrokerSpec) -> Result<BrokerSpec, MetaError> {
+        validate_broker(b)?;
+        if let Some(other) = self.store.broker_by_host(&b.hostname, b.serve_port).await? {
+            if other.group != b.group || other.role != b.role {
+                return Err(MetaError::Conflict(format!(
+                    "{}:{} is already registered as role {} of group {}",
+                    b.hostname, b.serve_port, other.role, other.group
+                )));
+            }
+        }
+        for _ in 0..REPLACE_TRIES {
+            let peers = self.store.brokers(Some(&b.group)).await?;
+            let current = peers.into_iter().find(|p| p.role == b.role).ok_or_else(|| {
+                MetaError::NotFound(format!("group {} has no server with role {}", b.group, b.role))
+            })?;
+            if self.store.replace_broker(&current, b).await? {
+                tracing::info!(group = b.group, role = b.role, from = current.hostname,
+                    to = b.hostname, "broker replaced");
+                return Ok(current);
+            }
+        }
+        Err(MetaError::Conflict(format!(
+            "group {} kept changing; replace gave up after {REPLACE_TRIES} tries",
+            b.group
+        )))
+    }
+
+    /// mark-readonly: producers stop getting the group for the subject (or `*`); consumers
+    /// keep it. Returns `false` if it was marked already.
+    pub async fn mark_readonly(&self, p: &ReadonlyParams) -> Result<bool, MetaError> {
+        require("broker group", &p.broker_group)?;
+        require("subject", &p.subject)?;
+        if self.store.broker_group(&p.broker_group).await?.is_none()
+            && self.store.brokers(Some(&p.broker_group)).await?.is_empty()
+        {
+            return Err(MetaError::NotFound(format!("broker group {}", p.broker_group)));
+        }
+        let added = self
+            .store
+            .add_readonly(&ReadonlySetting {
+                subject: p.subject.clone(),
+                broker_group: p.broker_group.clone(),
+            })
+            .await?;
+        self.refresh().await?;
+        Ok(added)
+    }
+
+    /// unmark-readonly: undoes mark-readonly. Returns `false` if it was not marked.
+    pub async fn unmark_readonly(&self, p: &ReadonlyParams) -> Result<bool, MetaError> {
+        require("broker group", &p.broker_group)?;
+        require("subject", &p.subject)?;
+        let removed = self
+            .store
+            .remove_readonly(&ReadonlySetting {
+                subject: p.subject.clone(),
+                broker_group: p.broker_group.clone(),
+            })
+            .await?;
+        self.refresh().await?;
+        Ok(removed)
+    }
+
+    /// reset-offset: records the request; the brokers serving the subject pick it up through
+    /// the broker directives endpoint and apply it.
+    pub async fn reset_offset(&self, p: &ResetOffsetParams) -> Result<ResetOffsetRequest, MetaError> {
+        require("subject", &p.subject)?;
+        require("consumer group", &p.consumer_group)?;
+        let real = subject::real_subject(&p.subject);
+        if self.store.subject_route(real).await?.is_none() {
+            return Err(MetaError::NotFound(format!("no route for subject {}", p.subject)));
+        }
+        let req = self
+            .store
+            .add_reset_offset(&p.subject, &p.consumer_group, p.action)
+            .await?;
+        tracing::info!(subject = p.subject, group = p.consumer_group, action = ?p.action,
+            id = req.id, "reset offset recorded");
+        Ok(req)
+    }
+
+    /// add-db: registers a database for the transactional-message watchdog.
+    pub async fn add_db(&self, p: &AddDbParams) -> Result<ClientDb, MetaError> {
+        require("type", &p.db_type)?;
+        require("host", &p.host)?;
+        require("username", &p.username)?;
+        if p.port == 0 {
+            return Err(MetaError::InvalidArgument("port must be positive".into()));
+        }
+        let room = if p.room.trim().is_empty() { default_room() } else { p.room.clone() };
+        let db = ClientDb {
+            url: format!("{}://{}:{}", p.db_type, p.host, p.port),
+            user_name: p.username.clone(),
+            password: p.password.clone(),
+            room,
+        };
+        if !self.store.add_client_db(&db).await? {
+            return Err(MetaError::Conflict(format!("database {} is registered already", db.url)));
+        }
+        Ok(ClientDb {
+            password: String::new(),
+            ..db
+        })
+    }
+
+    /// list-subjects: every subject route, fresh from the database.
+    pub async fn list_subjects(&self) -> Result<Vec<SubjectRoute>, MetaError> {
+        self.store.subject_routes().await
+    }
+
+    /// list-consumers: consumer groups and their clients, of one subject or all.
+    pub async fn list_consumers(
+        &self,
+        subject: Option<&str>,
+    ) -> Result<Vec<ConsumerGroupInfo>, MetaError> {
+        let records = self.store.consumers(subject.filter(|s| !s.is_empty())).await?;
+        let mut out: Vec<ConsumerGroupInfo> = Vec::new();
+        for r in records {
+            let offline = self.cache.read(|v| {
+                v.client_state(&r.client_id, &r.subject, &r.consumer_group)
+                    == qmq_protocol::OnOfflineState::Offline
+            });
+            let client = ConsumerClient {
+                client_id: r.client_id,
+                app_code: r.app_code,
+                room: r.room,
+                last_seen_ms: r.last_seen_ms,
+                offline,
+            };
+            match out.last_mut() {
+                Some(g) if g.subject == r.subject && g.consumer_group == r.consumer_group => {
+                    g.clients.push(client)
+                }
+                _ => out.push(ConsumerGroupInfo {
+                    subject: r.subject,
+                    consumer_group: r.consumer_group,
+                    clients: vec![client],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// set-client-state: switches consumers on or offline (client id `*` = whole group).
+    pub async fn set_client_state(&self, s: &ClientStateSetting) -> Result<(), MetaError> {
+        require("client id", &s.client_id)?;
+        require("subject", &s.subject)?;
+        require("consumer group", &s.consumer_group)?;
+        self.store.set_client_state(s).await?;
+        self.refresh().await
+    }
+
+    /// What a broker group must know from the meta server: the subjects it is readonly for
+    /// and the reset-offset requests (above `after`) for subjects it serves.
+    pub async fn broker_directives(
+        &self,
+        group: &str,
+        after: i64,
+    ) -> Result<crate::broker_api::BrokerDirectives, MetaError> {
+        require("group", group)?;
+        let known = self.store.broker_group(group).await?;
+        let resets = self.store.reset_offsets_after(after).await?;
+        let routes = self.store.subject_routes().await?;
+        let serves = |subject: &str| {
+            let real = subject::real_subject(subject);
+            routes
+                .iter()
+                .any(|r| r.subject == real && r.groups.iter().any(|g| g == group))
+        };
+        let mut readonly_subjects: Vec<String> = self
+            .store
+            .readonly_settings()
+            .await?
+            .into_iter()
+            .filter(|s| s.broker_group == group)
+            .map(|s| s.subject)
+            .collect();
+        readonly_subjects.sort();
+        let last_id = resets.last().map_or(after, |r| r.id);
+        Ok(crate::broker_api::BrokerDirectives {
+            group: group.to_owned(),
+            registered: known.is_some(),
+            readonly_subjects,
+            reset_offsets: resets.into_iter().filter(|r| serves(&r.subject)).collect(),
+            last_id,
+        })
+    }
+}

@@ -1,0 +1,198 @@
+//! The HTTP front end: discovery for QMQ clients, the admin API and broker directives.
+//!
+//! - `GET /meta/address` -> `host:port` of the TCP meta listener (plain text, what the QMQ
+//!   Java client asks first).
+//! - `GET /broker/directives?group=G&after=N` -> [`crate::broker_api::BrokerDirectives`].
+//! - `/admin/...` (header `X-Api-Token` must hold a configured token; JSON in and out):
+//!   `GET  brokers[?group=G]`, `POST brokers` (add-broker), `POST brokers/replace`,
+//!   `GET  broker-groups`, `POST readonly/mark`, `POST readonly/unmark`, `POST reset-offset`,
+//!   `POST dbs` (add-db), `GET subjects`, `GET consumers[?subject=S]`, `POST client-state`.
+//!
+//! Every JSON answer is `{"status": 0 | -1, "message": "...", "data": ...}`; errors also carry
+//! a matching HTTP status (400 bad input, 401 bad token, 404 unknown, 409 conflict,
+//! 503 database unavailable).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::admin::{AddDbParams, ReadonlyParams, ResetOffsetParams};
+use crate::core::MetaCore;
+use crate::http_client::{ApiResult, TOKEN_HEADER};
+use crate::model::{BrokerSpec, ClientStateSetting};
+use crate::MetaError;
+
+/// Shared state of the HTTP handlers.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpState {
+    pub core: Arc<MetaCore>,
+    /// `host:port` answered by `/meta/address`.
+    pub tcp_advertised: String,
+}
+
+fn status_of(e: &MetaError) -> StatusCode {
+    match e {
+        MetaError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        MetaError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        MetaError::NotFound(_) => StatusCode::NOT_FOUND,
+        MetaError::Conflict(_) | MetaError::NoBrokerGroups(_) => StatusCode::CONFLICT,
+        MetaError::Db(_) | MetaError::Migrate(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_response(e: &MetaError) -> Response {
+    let body = ApiResult::<()> {
+        status: -1,
+        message: e.to_string(),
+        data: None,
+    };
+    (status_of(e), Json(body)).into_response()
+}
+
+fn answer<T: Serialize>(result: Result<T, MetaError>) -> Response {
+    match result {
+        Ok(data) => Json(ApiResult {
+            status: 0,
+            message: String::new(),
+            data: Some(data),
+        })
+        .into_response(),
+        Err(e) => {
+            tracing::info!(error = %e, "admin request refused");
+            error_response(&e)
+        }
+    }
+}
+
+fn body<T: DeserializeOwned>(json: Result<Json<T>, JsonRejection>) -> Result<T, MetaError> {
+    json.map(|Json(v)| v)
+        .map_err(|e| MetaError::InvalidArgument(format!("malformed request body: {}", e.body_text())))
+}
+
+async fn require_token(State(state): State<HttpState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let token = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
+    let tokens = &state.core.config.admin_tokens;
+    let refusal = match token {
+        _ if tokens.is_empty() => Some("no admin tokens are configured on this meta server"),
+        None => Some("missing X-Api-Token header"),
+        Some(t) if !tokens.iter().any(|k| k == t) => Some("invalid api token"),
+        Some(_) => None,
+    };
+    match refusal {
+        Some(why) => error_response(&MetaError::Unauthorized(why.into())),
+        None => next.run(req).await,
+    }
+}
+
+async fn meta_address(State(state): State<HttpState>) -> String {
+    state.tcp_advertised.clone()
+}
+
+async fn directives(State(state): State<HttpState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let group = q.get("group").cloned().unwrap_or_default();
+    let after = match q.get("after").map(|a| a.parse::<i64>()) {
+        None => Ok(0),
+        Some(Ok(a)) => Ok(a),
+        Some(Err(_)) => Err(MetaError::InvalidArgument("after must be an integer".into())),
+    };
+    match after {
+        Ok(after) => answer(state.core.broker_directives(&group, after).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn list_brokers(State(s): State<HttpState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    answer(s.core.list_brokers(q.get("group").map(String::as_str)).await)
+}
+
+async fn add_broker(State(s): State<HttpState>, json: Result<Json<BrokerSpec>, JsonRejection>) -> Response {
+    match body(json) {
+        Ok(b) => answer(s.core.add_broker(&b).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn replace_broker(State(s): State<HttpState>, json: Result<Json<BrokerSpec>, JsonRejection>) -> Response {
+    match body(json) {
+        Ok(b) => answer(s.core.replace_broker(&b).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn broker_groups(State(s): State<HttpState>) -> Response {
+    answer(s.core.list_broker_groups().await)
+}
+
+async fn mark_readonly(State(s): State<HttpState>, json: Result<Json<ReadonlyParams>, JsonRejection>) -> Response {
+    match body(json) {
+        Ok(p) => answer(s.core.mark_readonly(&p).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn unmark_readonly(State(s): State<HttpState>, json: Result<Json<ReadonlyParams>, JsonRejection>) -> Response {
+    match body(json) {
+        Ok(p) => answer(s.core.unmark_readonly(&p).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn reset_offset(State(s): State<HttpState>, json: Result<Json<ResetOffsetParams>, JsonRejection>) -> Response {
+    match body(json) {
+        Ok(p) => answer(s.core.reset_offset(&p).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn add_db(State(s): State<HttpState>, json: Result<Json<AddDbParams>, JsonRejection>) -> Response {
+    match body(json) {
+        Ok(p) => answer(s.core.add_db(&p).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn subjects(State(s): State<HttpState>) -> Response {
+    answer(s.core.list_subjects().await)
+}
+
+async fn consumers(State(s): State<HttpState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    answer(s.core.list_consumers(q.get("subject").map(String::as_str)).await)
+}
+
+async fn client_state(State(s): State<HttpState>, json: Result<Json<ClientStateSetting>, JsonRejection>) -> Response {
+    match body(json) {
+        Ok(p) => answer(s.core.set_client_state(&p).await.map(|()| p)),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+/// The HTTP application.
+pub(crate) fn router(state: HttpState) -> Router {
+    let admin = Router::new()
+        .route("/brokers", get(list_brokers).post(add_broker))
+        .route("/brokers/replace", post(replace_broker))
+        .route("/broker-groups", get(broker_groups))
+        .route("/readonly/mark", post(mark_readonly))
+        .route("/readonly/unmark", post(unmark_readonly))
+        .route("/reset-offset", post(reset_offset))
+        .route("/dbs", post(add_db))
+        .route("/subjects", get(subjects))
+        .route("/consumers", get(consumers))
+        .route("/client-state", post(client_state))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/meta/address", get(meta_address))
+        .route("/broker/directives", get(directives))
+        .nest("/admin", admin)
+        .with_state(state)
+}

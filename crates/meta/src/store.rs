@@ -1,0 +1,730 @@
+//! The meta database: SQLite (embedded default), PostgreSQL or MySQL/MariaDB through sqlx.
+//!
+//! Every statement is written once with `?` placeholders and rewritten for PostgreSQL; the few
+//! statements whose syntax differs (insert-or-ignore, upsert) come from [`Dialect`]. The schema
+//! lives in versioned migrations, one directory per dialect, applied on every start.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::time::Duration;
+
+use qmq_protocol::{BrokerRole, BrokerState};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+
+use crate::model::{
+    now_ms, BrokerGroupInfo, BrokerSpec, ClientDb, ClientRecord, ClientStateSetting, GroupKind,
+    ReadonlySetting, ResetAction, ResetOffsetRequest, SubjectRoute,
+};
+use crate::MetaError;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
+
+/// The SQL dialect of the configured database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite (embedded file).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+}
+
+impl Dialect {
+    /// The dialect of a connection URL, from its scheme.
+    pub fn of_url(url: &str) -> Result<Self, MetaError> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "sqlite" => Ok(Self::Sqlite),
+            "postgres" | "postgresql" => Ok(Self::Postgres),
+            "mysql" | "mariadb" => Ok(Self::MySql),
+            other => Err(MetaError::Config(format!(
+                "unsupported database URL scheme {other:?} (use sqlite:, postgres: or mysql:)"
+            ))),
+        }
+    }
+
+    fn migrator(self) -> &'static Migrator {
+        match self {
+            Self::Sqlite => &SQLITE_MIGRATIONS,
+            Self::Postgres => &POSTGRES_MIGRATIONS,
+            Self::MySql => &MYSQL_MIGRATIONS,
+        }
+    }
+
+    /// `INSERT ... ` that silently skips rows violating a unique key.
+    fn insert_ignore(self, table_and_values: &str) -> String {
+        match self {
+            Self::MySql => format!("INSERT IGNORE INTO {table_and_values}"),
+            Self::Sqlite | Self::Postgres => {
+                format!("INSERT INTO {table_and_values} ON CONFLICT DO NOTHING")
+            }
+        }
+    }
+
+    /// `INSERT ... ` that updates `update_cols` when the key `key_cols` exists.
+    fn upsert(self, table_and_values: &str, key_cols: &str, update_cols: &[&str]) -> String {
+        match self {
+            Self::MySql => {
+                let sets: Vec<String> = update_cols
+                    .iter()
+                    .map(|c| format!("{c} = VALUES({c})"))
+                    .collect();
+                format!(
+                    "INSERT INTO {table_and_values} ON DUPLICATE KEY UPDATE {}",
+                    sets.join(", ")
+                )
+            }
+            Self::Sqlite | Self::Postgres => {
+                let sets: Vec<String> = update_cols
+                    .iter()
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect();
+                format!(
+                    "INSERT INTO {table_and_values} ON CONFLICT ({key_cols}) DO UPDATE SET {}",
+                    sets.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// The meta database. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+fn state_from(code: i64) -> Result<BrokerState, MetaError> {
+    i32::try_from(code)
+        .ok()
+        .and_then(|c| BrokerState::from_code(c).ok())
+        .ok_or_else(|| MetaError::Corrupt(format!("unknown broker state code {code}")))
+}
+
+fn group_from_row(row: &AnyRow) -> Result<BrokerGroupInfo, MetaError> {
+    let kind: i64 = row.try_get("kind")?;
+    Ok(BrokerGroupInfo {
+        name: row.try_get("group_name")?,
+        kind: GroupKind::from_code(kind)
+            .ok_or_else(|| MetaError::Corrupt(format!("unknown group kind {kind}")))?,
+        master_address: row.try_get("master_address")?,
+        state: state_from(row.try_get("state")?)?,
+        tag: row.try_get("tag")?,
+        heartbeat_ms: row.try_get("heartbeat_ms")?,
+        updated_ms: row.try_get("updated_ms")?,
+    })
+}
+
+fn broker_from_row(row: &AnyRow) -> Result<BrokerSpec, MetaError> {
+    let int = |name: &str| -> Result<i32, MetaError> {
+        let v: i64 = row.try_get(name)?;
+        i32::try_from(v).map_err(|_| MetaError::Corrupt(format!("{name} {v} out of range")))
+    };
+    Ok(BrokerSpec {
+        group: row.try_get("group_name")?,
+        role: int("role")?,
+        hostname: row.try_get("hostname")?,
+        ip: row.try_get("ip")?,
+        serve_port: int("serve_port")?,
+        sync_port: int("sync_port")?,
+    })
+}
+
+fn route_from_row(row: &AnyRow) -> Result<SubjectRoute, MetaError> {
+    let subject: String = row.try_get("subject")?;
+    let json: String = row.try_get("broker_groups")?;
+    let groups: Vec<String> = serde_json::from_str(&json)
+        .map_err(|e| MetaError::Corrupt(format!("route of {subject}: {e}")))?;
+    Ok(SubjectRoute {
+        subject,
+        groups,
+        version: row.try_get("version")?,
+        updated_ms: row.try_get("updated_ms")?,
+    })
+}
+
+fn client_from_row(row: &AnyRow) -> Result<ClientRecord, MetaError> {
+    let client_type: i64 = row.try_get("client_type")?;
+    Ok(ClientRecord {
+        subject: row.try_get("subject")?,
+        client_type: client_type as i32,
+        consumer_group: row.try_get("consumer_group")?,
+        client_id: row.try_get("client_id")?,
+        app_code: row.try_get("app_code")?,
+        room: row.try_get("room")?,
+        last_seen_ms: row.try_get("last_seen_ms")?,
+    })
+}
+
+fn reset_from_row(row: &AnyRow) -> Result<ResetOffsetRequest, MetaError> {
+    let action: i64 = row.try_get("action")?;
+    Ok(ResetOffsetRequest {
+        id: row.try_get("id")?,
+        subject: row.try_get("subject")?,
+        consumer_group: row.try_get("consumer_group")?,
+        action: ResetAction::from_code(action)
+            .ok_or_else(|| MetaError::Corrupt(format!("unknown reset action {action}")))?,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite:`, `postgres:` or `mysql:`) and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, MetaError> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of_url(url)?;
+        // One SQLite connection: the meta load is tiny and a single writer never sees
+        // "database is locked".
+        let max = if dialect == Dialect::Sqlite { 1 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        dialect.migrator().run(&pool).await?;
+        Ok(Self { pool, dialect })
+    }
+
+    /// Opens (creating it if needed) the embedded SQLite database `meta.db` in `data_dir`.
+    pub async fn open_sqlite_dir(data_dir: &Path) -> Result<Self, MetaError> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("meta.db");
+        let path = path
+            .to_str()
+            .ok_or_else(|| MetaError::Config(format!("data dir {data_dir:?} is not UTF-8")))?;
+        Self::connect(&format!("sqlite://{path}?mode=rwc")).await
+    }
+
+    /// The dialect in use.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Closes every connection; later calls fail as if the database were down.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn sql<'a>(&self, sql: &'a str) -> Cow<'a, str> {
+        if self.dialect != Dialect::Postgres {
+            return Cow::Borrowed(sql);
+        }
+        let mut out = String::with_capacity(sql.len() + 8);
+        let mut n = 0;
+        for c in sql.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    // ---- broker groups ----
+
+    /// Every registered broker group.
+    pub async fn broker_groups(&self) -> Result<Vec<BrokerGroupInfo>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT group_name, kind, master_address, state, tag, heartbeat_ms, updated_ms \
+             FROM broker_group ORDER BY group_name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(group_from_row).collect()
+    }
+
+    /// One broker group.
+    pub async fn broker_group(&self, name: &str) -> Result<Option<BrokerGroupInfo>, MetaError> {
+        let sql = self.sql(
+            "SELECT group_name, kind, master_address, state, tag, heartbeat_ms, updated_ms \
+             FROM broker_group WHERE group_name = ?",
+        );
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(group_from_row).transpose()
+    }
+
+    /// Creates or updates a group's master address, kind and state, and records a heartbeat.
+    pub async fn upsert_broker_group(
+        &self,
+        name: &str,
+        kind: GroupKind,
+        master_address: &str,
+        state: BrokerState,
+    ) -> Result<(), MetaError> {
+        let now = now_ms();
+        let stmt = self.dialect.upsert(
+            "broker_group (group_name, kind, master_address, state, tag, heartbeat_ms, \
+             created_ms, updated_ms) VALUES (?, ?, ?, ?, '', ?, ?, ?)",
+            "group_name",
+            &["kind", "master_address", "state", "heartbeat_ms", "updated_ms"],
+        );
+        let sql = self.sql(&stmt);
+        sqlx::query(&sql)
+            .bind(name)
+            .bind(kind.code())
+            .bind(master_address)
+            .bind(i64::from(state.code()))
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a heartbeat and the reported state of an existing group; `false` if unknown.
+    pub async fn heartbeat_broker_group(
+        &self,
+        name: &str,
+        state: BrokerState,
+    ) -> Result<bool, MetaError> {
+        let now = now_ms();
+        let code = i64::from(state.code());
+        // updated_ms is assigned before state: MySQL evaluates assignments left to right.
+        let sql = self.sql(
+            "UPDATE broker_group SET heartbeat_ms = ?, \
+             updated_ms = CASE WHEN state <> ? THEN ? ELSE updated_ms END, state = ? \
+             WHERE group_name = ?",
+        );
+        let done = sqlx::query(&sql)
+            .bind(now)
+            .bind(code)
+            .bind(now)
+            .bind(code)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        // MySQL counts changed rows only: tell "unchanged" from "absent".
+        Ok(self.broker_group(name).await?.is_some())
+    }
+
+    /// Marks `NRW` every group whose last heartbeat is older than `deadline_ms`; returns
+    /// the names of the groups marked.
+    pub async fn expire_broker_groups(&self, deadline_ms: i64) -> Result<Vec<String>, MetaError> {
+        let nrw = i64::from(BrokerState::None.code());
+        let sql = self.sql(
+            "SELECT group_name FROM broker_group WHERE state <> ? AND heartbeat_ms < ?",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(nrw)
+            .bind(deadline_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut expired = Vec::new();
+        for row in rows {
+            let name: String = row.try_get("group_name")?;
+            // Re-check the deadline in the update: a heartbeat may have arrived meanwhile.
+            let sql = self.sql(
+                "UPDATE broker_group SET state = ?, updated_ms = ? \
+                 WHERE group_name = ? AND state <> ? AND heartbeat_ms < ?",
+            );
+            let done = sqlx::query(&sql)
+                .bind(nrw)
+                .bind(now_ms())
+                .bind(&name)
+                .bind(nrw)
+                .bind(deadline_ms)
+                .execute(&self.pool)
+                .await?;
+            if done.rows_affected() > 0 {
+                expired.push(name);
+            }
+        }
+        Ok(expired)
+    }
+
+    // ---- brokers (servers) ----
+
+    /// The servers of `group`, or of every group.
+    pub async fn brokers(&self, group: Option<&str>) -> Result<Vec<BrokerSpec>, MetaError> {
+        let cols = "SELECT group_name, role, hostname, ip, serve_port, sync_port FROM broker";
+        let rows = match group {
+            Some(g) => {
+                let stmt = format!("{cols} WHERE group_name = ? ORDER BY role");
+                let sql = self.sql(&stmt);
+                sqlx::query(&sql).bind(g).fetch_all(&self.pool).await?
+            }
+            None => {
+                let sql = format!("{cols} ORDER BY group_name, role");
+                sqlx::query(&sql).fetch_all(&self.pool).await?
+            }
+        };
+        rows.iter().map(broker_from_row).collect()
+    }
+
+    /// The server listening on `hostname:serve_port`.
+    pub async fn broker_by_host(
+        &self,
+        hostname: &str,
+        serve_port: i32,
+    ) -> Result<Option<BrokerSpec>, MetaError> {
+        let sql = self.sql(
+            "SELECT group_name, role, hostname, ip, serve_port, sync_port FROM broker \
+             WHERE hostname = ? AND serve_port = ?",
+        );
+        let row = sqlx::query(&sql)
+            .bind(hostname)
+            .bind(i64::from(serve_port))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(broker_from_row).transpose()
+    }
+
+    /// Adds a server; `false` if its group already has that role or its host:port is taken.
+    pub async fn insert_broker(&self, b: &BrokerSpec) -> Result<bool, MetaError> {
+        let now = now_ms();
+        let stmt = self.dialect.insert_ignore(
+            "broker (group_name, role, hostname, ip, serve_port, sync_port, created_ms, \
+             updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        );
+        let sql = self.sql(&stmt);
+        let done = sqlx::query(&sql)
+            .bind(&b.group)
+            .bind(i64::from(b.role))
+            .bind(&b.hostname)
+            .bind(&b.ip)
+            .bind(i64::from(b.serve_port))
+            .bind(i64::from(b.sync_port))
+            .bind(now)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Replaces the machine of `new.group`'s `new.role` if it is still `old`'s; `false` if
+    /// the row changed meanwhile.
+    pub async fn replace_broker(&self, old: &BrokerSpec, new: &BrokerSpec) -> Result<bool, MetaError> {
+        let sql = self.sql(
+            "UPDATE broker SET hostname = ?, ip = ?, serve_port = ?, sync_port = ?, updated_ms = ? \
+             WHERE group_name = ? AND role = ? AND hostname = ? AND serve_port = ?",
+        );
+        let done = sqlx::query(&sql)
+            .bind(&new.hostname)
+            .bind(&new.ip)
+            .bind(i64::from(new.serve_port))
+            .bind(i64::from(new.sync_port))
+            .bind(now_ms())
+            .bind(&old.group)
+            .bind(i64::from(old.role))
+            .bind(&old.hostname)
+            .bind(i64::from(old.serve_port))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- subject routes ----
+
+    /// Every subject route.
+    pub async fn subject_routes(&self) -> Result<Vec<SubjectRoute>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT subject, broker_groups, version, updated_ms FROM subject_route ORDER BY subject",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(route_from_row).collect()
+    }
+
+    /// One subject's route.
+    pub async fn subject_route(&self, subject: &str) -> Result<Option<SubjectRoute>, MetaError> {
+        let sql = self.sql(
+            "SELECT subject, broker_groups, version, updated_ms FROM subject_route WHERE subject = ?",
+        );
+        let row = sqlx::query(&sql)
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(route_from_row).transpose()
+    }
+
+    fn groups_json(groups: &[String]) -> Result<String, MetaError> {
+        serde_json::to_string(groups).map_err(|e| MetaError::Corrupt(e.to_string()))
+    }
+
+    /// Stores a first route for `subject` (version 1); `false` if one exists already.
+    pub async fn insert_subject_route(
+        &self,
+        subject: &str,
+        groups: &[String],
+    ) -> Result<bool, MetaError> {
+        let now = now_ms();
+        let stmt = self.dialect.insert_ignore(
+            "subject_route (subject, broker_groups, version, created_ms, updated_ms) \
+             VALUES (?, ?, 1, ?, ?)",
+        );
+        let sql = self.sql(&stmt);
+        let done = sqlx::query(&sql)
+            .bind(subject)
+            .bind(Self::groups_json(groups)?)
+            .bind(now)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Replaces a route's groups if its version is still `version`; `false` otherwise.
+    pub async fn update_subject_route(
+        &self,
+        subject: &str,
+        version: i64,
+        groups: &[String],
+    ) -> Result<bool, MetaError> {
+        let sql = self.sql(
+            "UPDATE subject_route SET broker_groups = ?, version = version + 1, updated_ms = ? \
+             WHERE subject = ? AND version = ?",
+        );
+        let done = sqlx::query(&sql)
+            .bind(Self::groups_json(groups)?)
+            .bind(now_ms())
+            .bind(subject)
+            .bind(version)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- clients ----
+
+    /// Records a client registration or heartbeat.
+    pub async fn upsert_client(&self, c: &ClientRecord) -> Result<(), MetaError> {
+        let stmt = self.dialect.upsert(
+            "client_meta_info (subject, client_type, consumer_group, client_id, app_code, room, \
+             created_ms, last_seen_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "subject, client_type, consumer_group, client_id",
+            &["app_code", "room", "last_seen_ms"],
+        );
+        let sql = self.sql(&stmt);
+        sqlx::query(&sql)
+            .bind(&c.subject)
+            .bind(i64::from(c.client_type))
+            .bind(&c.consumer_group)
+            .bind(&c.client_id)
+            .bind(&c.app_code)
+            .bind(&c.room)
+            .bind(c.last_seen_ms)
+            .bind(c.last_seen_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Known consumers (client type 2) of `subject`, or of every subject.
+    pub async fn consumers(&self, subject: Option<&str>) -> Result<Vec<ClientRecord>, MetaError> {
+        let cols = "SELECT subject, client_type, consumer_group, client_id, app_code, room, \
+                    last_seen_ms FROM client_meta_info WHERE client_type = 2";
+        let order = "ORDER BY subject, consumer_group, client_id";
+        let rows = match subject {
+            Some(s) => {
+                let stmt = format!("{cols} AND subject = ? {order}");
+                let sql = self.sql(&stmt);
+                sqlx::query(&sql).bind(s).fetch_all(&self.pool).await?
+            }
+            None => {
+                sqlx::query(&format!("{cols} {order}"))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(client_from_row).collect()
+    }
+
+    /// Every stored on/offline setting.
+    pub async fn client_states(&self) -> Result<Vec<ClientStateSetting>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT client_id, subject, consumer_group, state FROM client_offline_state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let state: i64 = r.try_get("state")?;
+                Ok(ClientStateSetting {
+                    client_id: r.try_get("client_id")?,
+                    subject: r.try_get("subject")?,
+                    consumer_group: r.try_get("consumer_group")?,
+                    offline: state == 1,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores an offline setting, or deletes the setting when `offline` is false.
+    pub async fn set_client_state(&self, s: &ClientStateSetting) -> Result<(), MetaError> {
+        if s.offline {
+            let stmt = self.dialect.upsert(
+                "client_offline_state (client_id, subject, consumer_group, state, updated_ms) \
+                 VALUES (?, ?, ?, 1, ?)",
+                "client_id, subject, consumer_group",
+                &["state", "updated_ms"],
+            );
+            let sql = self.sql(&stmt);
+            sqlx::query(&sql)
+                .bind(&s.client_id)
+                .bind(&s.subject)
+                .bind(&s.consumer_group)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+        } else {
+            let sql = self.sql(
+                "DELETE FROM client_offline_state \
+                 WHERE client_id = ? AND subject = ? AND consumer_group = ?",
+            );
+            sqlx::query(&sql)
+                .bind(&s.client_id)
+                .bind(&s.subject)
+                .bind(&s.consumer_group)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    // ---- readonly settings ----
+
+    /// Every readonly setting.
+    pub async fn readonly_settings(&self) -> Result<Vec<ReadonlySetting>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT subject, broker_group FROM readonly_broker_group ORDER BY broker_group, subject",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReadonlySetting {
+                    subject: r.try_get("subject")?,
+                    broker_group: r.try_get("broker_group")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a readonly setting; `false` if it existed.
+    pub async fn add_readonly(&self, s: &ReadonlySetting) -> Result<bool, MetaError> {
+        let stmt = self
+            .dialect
+            .insert_ignore("readonly_broker_group (subject, broker_group, created_ms) VALUES (?, ?, ?)");
+        let sql = self.sql(&stmt);
+        let done = sqlx::query(&sql)
+            .bind(&s.subject)
+            .bind(&s.broker_group)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Removes a readonly setting; `false` if it did not exist.
+    pub async fn remove_readonly(&self, s: &ReadonlySetting) -> Result<bool, MetaError> {
+        let sql = self.sql("DELETE FROM readonly_broker_group WHERE subject = ? AND broker_group = ?");
+        let done = sqlx::query(&sql)
+            .bind(&s.subject)
+            .bind(&s.broker_group)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- client databases ----
+
+    /// Registers a database; `false` if its URL is registered already.
+    pub async fn add_client_db(&self, db: &ClientDb) -> Result<bool, MetaError> {
+        let stmt = self.dialect.insert_ignore(
+            "client_db (url, user_name, password, room, created_ms) VALUES (?, ?, ?, ?, ?)",
+        );
+        let sql = self.sql(&stmt);
+        let done = sqlx::query(&sql)
+            .bind(&db.url)
+            .bind(&db.user_name)
+            .bind(&db.password)
+            .bind(&db.room)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every registered database (for the transactional-message watchdog).
+    pub async fn client_dbs(&self) -> Result<Vec<ClientDb>, MetaError> {
+        let rows = sqlx::query("SELECT url, user_name, password, room FROM client_db ORDER BY url")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ClientDb {
+                    url: r.try_get("url")?,
+                    user_name: r.try_get("user_name")?,
+                    password: r.try_get("password")?,
+                    room: r.try_get("room")?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- reset offset requests ----
+
+    /// Records a reset-offset request and returns it with its id.
+    pub async fn add_reset_offset(
+        &self,
+        subject: &str,
+        consumer_group: &str,
+        action: ResetAction,
+    ) -> Result<ResetOffsetRequest, MetaError> {
+        let now = now_ms();
+        let sql = self.sql(
+            "INSERT INTO reset_offset_request (subject, consumer_group, action, created_ms) \
+             VALUES (?, ?, ?, ?)",
+        );
+        sqlx::query(&sql)
+            .bind(subject)
+            .bind(consumer_group)
+            .bind(action.code())
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        // Read the id back portably (no RETURNING on MySQL): the newest row with these values.
+        let sql = self.sql(
+            "SELECT id, subject, consumer_group, action, created_ms FROM reset_offset_request \
+             WHERE subject = ? AND consumer_group = ? AND created_ms = ? ORDER BY id DESC",
+        );
+        let row = sqlx::query(&sql)
+            .bind(subject)
+            .bind(consumer_group)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        reset_from_row(&row)
+    }
+
+    /// Reset-offset requests with an id above `after`, oldest first.
+    pub async fn reset_offsets_after(&self, after: i64) -> Result<Vec<ResetOffsetRequest>, MetaError> {
+        let sql = self.sql(
+            "SELECT id, subject, consumer_group, action, created_ms FROM reset_offset_request \
+             WHERE id > ? ORDER BY id",
+        );
+        let rows = sqlx::query(&sql).bind(after).fetch_all(&self.pool).await?;
+        rows.iter().map(reset_from_row).collect()
+    }
+}
+
+/// Whether a role is a group's master (realtime or delay).
+pub fn is_master(role: BrokerRole) -> bool {
+    matches!(role, BrokerRole::Master | BrokerRole::DelayMaster)
+}

@@ -1,0 +1,130 @@
+//! The TCP front end: the QMQ meta protocol (CLIENT_REGISTER, BROKER_REGISTER,
+//! BROKER_ACQUIRE_META), byte-compatible with the Java client and servers.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use qmq_protocol::codes::{command, response};
+use qmq_protocol::{
+    BrokerAcquireMetaRequest, BrokerRegisterRequest, Frame, FrameCodec, Header, MetaInfoRequest,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::core::MetaCore;
+use crate::MetaError;
+
+/// Accepts connections until `stop` is cancelled; each connection gets its own task.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    core: Arc<MetaCore>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let core = core.clone();
+                let stop = stop.clone();
+                tracker.spawn(async move {
+                    if let Err(e) = serve_connection(stream, core, stop).await {
+                        tracing::debug!(%peer, error = %e, "meta connection closed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                // Back off briefly so a persistent error (e.g. out of fds) does not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    core: Arc<MetaCore>,
+    stop: CancellationToken,
+) -> Result<(), qmq_protocol::FrameError> {
+    stream.set_nodelay(true)?;
+    let mut framed = Framed::new(stream, FrameCodec::new(core.config.max_frame));
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            n = framed.next() => n,
+        };
+        let frame = match next {
+            None => return Ok(()),
+            Some(f) => f?,
+        };
+        if frame.header.is_response() {
+            continue;
+        }
+        let reply = handle(&core, &frame).await;
+        framed.send(reply).await?;
+    }
+}
+
+fn reply(header: &Header, code: i16, body: Bytes) -> Frame {
+    Frame::new(header.response(code), body)
+}
+
+fn refuse(header: &Header, code: i16, what: &str, e: &dyn std::fmt::Display) -> Frame {
+    tracing::warn!(request = header.code, error = %e, "{what}");
+    reply(header, code, Bytes::new())
+}
+
+fn error_code(e: &MetaError) -> i16 {
+    match e {
+        MetaError::InvalidArgument(_) | MetaError::NotFound(_) => response::PARAM_ERROR,
+        MetaError::Conflict(_) => response::BROKER_REJECT,
+        _ => response::BROKER_ERROR,
+    }
+}
+
+/// Answers one request frame.
+pub(crate) async fn handle(core: &MetaCore, frame: &Frame) -> Frame {
+    let h = &frame.header;
+    match h.code {
+        command::CLIENT_REGISTER => match MetaInfoRequest::decode(&frame.body) {
+            Ok(req) => {
+                let resp = core.client_register(&req).await;
+                let mut out = BytesMut::new();
+                match resp.encode(&mut out) {
+                    Ok(()) => reply(h, response::SUCCESS, out.freeze()),
+                    Err(e) => refuse(h, response::BROKER_ERROR, "cannot encode route", &e),
+                }
+            }
+            Err(e) => refuse(h, response::PARAM_ERROR, "malformed client register", &e),
+        },
+        command::BROKER_REGISTER => match BrokerRegisterRequest::decode(&frame.body) {
+            Ok(req) => match core.broker_register(&req).await {
+                Ok(()) => reply(h, response::SUCCESS, Bytes::new()),
+                Err(e) => refuse(h, error_code(&e), "broker register refused", &e),
+            },
+            Err(e) => refuse(h, response::PARAM_ERROR, "malformed broker register", &e),
+        },
+        command::BROKER_ACQUIRE_META => match BrokerAcquireMetaRequest::decode(&frame.body) {
+            Ok(req) => match core.acquire_meta(&req).await {
+                Ok(resp) => {
+                    let mut out = BytesMut::new();
+                    match resp.encode(&mut out) {
+                        Ok(()) => reply(h, response::SUCCESS, out.freeze()),
+                        Err(e) => refuse(h, response::BROKER_ERROR, "cannot encode meta", &e),
+                    }
+                }
+                Err(e) => refuse(h, error_code(&e), "broker acquire meta refused", &e),
+            },
+            Err(e) => refuse(h, response::PARAM_ERROR, "malformed acquire meta", &e),
+        },
+        command::HEARTBEAT => reply(h, response::SUCCESS, Bytes::new()),
+        other => refuse(h, response::UNKNOWN_CODE, "unknown command", &other),
+    }
+}
