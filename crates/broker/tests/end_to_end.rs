@@ -325,3 +325,43 @@ async fn acked_messages_survive_a_crash_with_fsync_before_ack() {
     assert_eq!(got, batch);
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_crowded_group_does_not_starve_a_small_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.pull_workers = 1;
+    let (broker, conn) = start_with(c).await;
+    let batch: Vec<Message> = (0..30)
+        .map(|i| message("fair", &format!("{i}"), &[], "x"))
+        .collect();
+    for _ in 0..10 {
+        send(&conn, &batch).await;
+    }
+    // 100 consumers of group "big" and 2 of group "small" pull at once, on one connection.
+    let order = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (group, consumers) in [("big", 100), ("small", 2)] {
+        for i in 0..consumers {
+            let (conn, order) = (conn.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let (_, got) =
+                    pull(&conn, &pull_request("fair", group, &format!("c{i}"), 1, -1)).await;
+                assert_eq!(got.len(), 1);
+                order.lock().push(group);
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let order = order.lock();
+    let last_small = order.iter().rposition(|g| *g == "small").unwrap();
+    // Served in turns by group, "small" finishes among the first answers, not after "big"'s 100.
+    assert!(
+        last_small < 30,
+        "small group's last answer was #{last_small} of {}",
+        order.len()
+    );
+    broker.shutdown().await.unwrap();
+}
