@@ -355,7 +355,7 @@ async fn a_crowded_group_does_not_starve_a_small_one() {
     for t in tasks {
         t.await.unwrap();
     }
-    let order = order.lock();
+    let order = order.lock().clone();
     let last_small = order.iter().rposition(|g| *g == "small").unwrap();
     // Served in turns by group, "small" finishes among the first answers, not after "big"'s 100.
     assert!(
