@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +32,8 @@ struct Shared {
     config: BrokerConfig,
     store: Store,
     puller: Arc<Puller>,
-    readonly: AtomicBool,
+    /// Subjects producers may not send to here (`*`: all), as the meta server directs.
+    readonly: parking_lot::RwLock<std::collections::HashSet<String>>,
     /// Last time each consumer pulled or acked, and whether it consumes in broadcast mode.
     seen: Mutex<HashMap<ConsumerKey, (Instant, bool)>>,
     started: Instant,
@@ -58,9 +58,39 @@ impl BrokerHandle {
         &self.shared.store
     }
 
-    /// Refuses (or accepts again) new messages; pulls and acks go on.
+    /// Refuses (or accepts again) new messages for every subject; pulls and acks go on.
     pub fn set_readonly(&self, readonly: bool) {
-        self.shared.readonly.store(readonly, Ordering::Release);
+        let subjects = if readonly {
+            vec!["*".to_owned()]
+        } else {
+            Vec::new()
+        };
+        self.set_readonly_subjects(subjects);
+    }
+
+    /// Refuses new messages for exactly these subjects (`*`: all of them), as the meta
+    /// server's readonly marks say; pulls and acks go on.
+    pub fn set_readonly_subjects(&self, subjects: Vec<String>) {
+        *self.shared.readonly.write() = subjects.into_iter().collect();
+    }
+
+    /// Moves `group`'s position on `subject` to the earliest or latest message (an operator's
+    /// reset-offset request). Returns the new next sequence.
+    pub async fn reset_offset(
+        &self,
+        subject: &str,
+        group: &str,
+        to: qmq_store::ResetTo,
+    ) -> Result<u64, BrokerError> {
+        let store = self.shared.store.clone();
+        let key = ConsumerKey {
+            subject: subject.to_owned(),
+            group: group.to_owned(),
+            consumer: String::new(),
+        };
+        let next = tokio::task::spawn_blocking(move || store.reset(&key, false, to)).await??;
+        self.shared.puller.notify(subject);
+        Ok(next)
     }
 
     /// Pull requests dropped unserved because their deadline passed.
@@ -106,7 +136,7 @@ pub async fn serve(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     let shared = Arc::new(Shared {
         store,
         puller,
-        readonly: AtomicBool::new(false),
+        readonly: parking_lot::RwLock::new(std::collections::HashSet::new()),
         seen: Mutex::new(HashMap::new()),
         started: Instant::now(),
         config,
@@ -275,14 +305,15 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
     };
     let mut failures = Vec::new();
     let mut accepted = Vec::new();
-    let readonly = shared.readonly.load(Ordering::Acquire);
+    let readonly = shared.readonly.read().clone();
+    let all_readonly = readonly.contains("*");
     for m in messages {
         let refuse = |code, remark: &str| SendFailure {
             message_id: m.message.message_id.clone(),
             code,
             remark: remark.to_owned(),
         };
-        if readonly {
+        if all_readonly || readonly.contains(&m.message.subject) {
             failures.push(refuse(ProducerCode::ReadOnly, "BROKER READ ONLY"));
         } else if !m.crc_ok() {
             failures.push(refuse(ProducerCode::Block, "message CRC mismatch"));
@@ -431,7 +462,7 @@ async fn register(
         .advertised
         .clone()
         .unwrap_or_else(|| addr.to_string());
-    let state = if shared.readonly.load(Ordering::Acquire) {
+    let state = if shared.readonly.read().contains("*") {
         BrokerState::Read
     } else {
         BrokerState::ReadWrite

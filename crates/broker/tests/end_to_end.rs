@@ -167,6 +167,42 @@ async fn pulled_but_unacked_messages_are_redelivered_to_a_restarted_consumer() {
 }
 
 #[tokio::test]
+async fn reset_offset_replays_or_skips_a_groups_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, conn) = start(dir.path()).await;
+    let batch: Vec<Message> = (0..5)
+        .map(|i| message("r", &format!("{i}"), &[], &format!("m{i}")))
+        .collect();
+    send(&conn, &batch).await;
+    let (_, got) = pull(&conn, &pull_request("r", "g", "c", 10, -1)).await;
+    ack(&conn, "r", "g", "c", 0, 4).await;
+    assert_eq!(got.len(), 5);
+    assert_eq!(
+        broker
+            .reset_offset("r", "g", qmq_store::ResetTo::Earliest)
+            .await
+            .unwrap(),
+        0
+    );
+    let mut req = pull_request("r", "g", "c", 10, -1);
+    req.pull_offset_last = 4;
+    let (_, again) = pull(&conn, &req).await;
+    assert_eq!(bodies(&again), bodies(&got));
+    assert_eq!(
+        broker
+            .reset_offset("r", "g", qmq_store::ResetTo::Latest)
+            .await
+            .unwrap(),
+        5
+    );
+    send(&conn, &[message("r", "5", &[], "m5")]).await;
+    req.pull_offset_last = 9;
+    let (_, after) = pull(&conn, &req).await;
+    assert_eq!(bodies(&after), ["m5"]);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn tag_filters_and_or() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, conn) = start(dir.path()).await;
@@ -261,10 +297,28 @@ async fn bad_messages_are_refused_one_by_one_and_the_rest_stored() {
         .await
         .unwrap();
     assert_eq!(resp.header.code, response::BROKER_ERROR);
-    // Read-only brokers refuse sends per message.
+    // Read-only subjects are refused per message; other subjects are still accepted.
+    broker.set_readonly_subjects(vec!["b".into()]);
+    let f = send(
+        &conn,
+        &[
+            message("b", "ro", &[], "x"),
+            message("other", "ok2", &[], "y"),
+        ],
+    )
+    .await;
+    assert_eq!(f.len(), 1);
+    assert_eq!(
+        (f[0].message_id.as_str(), f[0].code),
+        ("ro", ProducerCode::ReadOnly)
+    );
     broker.set_readonly(true);
-    let f = send(&conn, &[message("b", "ro", &[], "x")]).await;
+    let f = send(&conn, &[message("other", "ro2", &[], "x")]).await;
     assert_eq!(f[0].code, ProducerCode::ReadOnly);
+    broker.set_readonly(false);
+    assert!(send(&conn, &[message("b", "ok3", &[], "x")])
+        .await
+        .is_empty());
     broker.shutdown().await.unwrap();
 }
 
