@@ -103,18 +103,20 @@ fn validate_broker(b: &BrokerSpec) -> Result<BrokerRole, MetaError> {
     require("hostname", &b.hostname)?;
     require("ip", &b.ip)?;
     if b.ip.parse::<std::net::IpAddr>().is_err() {
-        return Err(MetaError::InvalidArgument(format!("ip {:?} is not an IP address", b.ip)));
+        return Err(MetaError::InvalidArgument(format!(
+            "ip {:?} is not an IP address",
+            b.ip
+        )));
     }
     let role = BrokerRole::from_code(b.role)
         .ok()
         .filter(|r| *r != BrokerRole::Standby && *r != BrokerRole::Delay)
-        .ok_or_else(|| MetaError::InvalidArgument(format!("invalid broker role code {}", b.role)))?;
+        .ok_or_else(|| {
+            MetaError::InvalidArgument(format!("invalid broker role code {}", b.role))
+        })?;
     let backup = matches!(role, BrokerRole::Backup | BrokerRole::DelayBackup);
     let port_ok = |p: i32| (1..=65535).contains(&p);
-    if !port_ok(b.serve_port)
-        || (!backup && !port_ok(b.sync_port))
-        || b.serve_port == b.sync_port
-    {
+    if !port_ok(b.serve_port) || (!backup && !port_ok(b.sync_port)) || b.serve_port == b.sync_port {
         return Err(MetaError::InvalidArgument(
             "serve port and sync port must be valid, different ports".into(),
         ));
@@ -179,12 +181,23 @@ impl MetaCore {
         }
         for _ in 0..REPLACE_TRIES {
             let peers = self.store.brokers(Some(&b.group)).await?;
-            let current = peers.into_iter().find(|p| p.role == b.role).ok_or_else(|| {
-                MetaError::NotFound(format!("group {} has no server with role {}", b.group, b.role))
-            })?;
+            let current = peers
+                .into_iter()
+                .find(|p| p.role == b.role)
+                .ok_or_else(|| {
+                    MetaError::NotFound(format!(
+                        "group {} has no server with role {}",
+                        b.group, b.role
+                    ))
+                })?;
             if self.store.replace_broker(&current, b).await? {
-                tracing::info!(group = b.group, role = b.role, from = current.hostname,
-                    to = b.hostname, "broker replaced");
+                tracing::info!(
+                    group = b.group,
+                    role = b.role,
+                    from = current.hostname,
+                    to = b.hostname,
+                    "broker replaced"
+                );
                 return Ok(current);
             }
         }
@@ -202,7 +215,10 @@ impl MetaCore {
         if self.store.broker_group(&p.broker_group).await?.is_none()
             && self.store.brokers(Some(&p.broker_group)).await?.is_empty()
         {
-            return Err(MetaError::NotFound(format!("broker group {}", p.broker_group)));
+            return Err(MetaError::NotFound(format!(
+                "broker group {}",
+                p.broker_group
+            )));
         }
         let added = self
             .store
@@ -232,12 +248,18 @@ impl MetaCore {
 
     /// reset-offset: records the request; the brokers serving the subject pick it up through
     /// the broker directives endpoint and apply it.
-    pub async fn reset_offset(&self, p: &ResetOffsetParams) -> Result<ResetOffsetRequest, MetaError> {
+    pub async fn reset_offset(
+        &self,
+        p: &ResetOffsetParams,
+    ) -> Result<ResetOffsetRequest, MetaError> {
         require("subject", &p.subject)?;
         require("consumer group", &p.consumer_group)?;
         let real = subject::real_subject(&p.subject);
         if self.store.subject_route(real).await?.is_none() {
-            return Err(MetaError::NotFound(format!("no route for subject {}", p.subject)));
+            return Err(MetaError::NotFound(format!(
+                "no route for subject {}",
+                p.subject
+            )));
         }
         let req = self
             .store
@@ -256,7 +278,11 @@ impl MetaCore {
         if p.port == 0 {
             return Err(MetaError::InvalidArgument("port must be positive".into()));
         }
-        let room = if p.room.trim().is_empty() { default_room() } else { p.room.clone() };
+        let room = if p.room.trim().is_empty() {
+            default_room()
+        } else {
+            p.room.clone()
+        };
         let db = ClientDb {
             url: format!("{}://{}:{}", p.db_type, p.host, p.port),
             user_name: p.username.clone(),
@@ -264,7 +290,10 @@ impl MetaCore {
             room,
         };
         if !self.store.add_client_db(&db).await? {
-            return Err(MetaError::Conflict(format!("database {} is registered already", db.url)));
+            return Err(MetaError::Conflict(format!(
+                "database {} is registered already",
+                db.url
+            )));
         }
         Ok(ClientDb {
             password: String::new(),
@@ -282,7 +311,10 @@ impl MetaCore {
         &self,
         subject: Option<&str>,
     ) -> Result<Vec<ConsumerGroupInfo>, MetaError> {
-        let records = self.store.consumers(subject.filter(|s| !s.is_empty())).await?;
+        let records = self
+            .store
+            .consumers(subject.filter(|s| !s.is_empty()))
+            .await?;
         let mut out: Vec<ConsumerGroupInfo> = Vec::new();
         for r in records {
             let offline = self.cache.read(|v| {

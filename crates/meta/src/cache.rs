@@ -103,7 +103,10 @@ impl Cache {
         let states = store.client_states().await?;
         let mut readonly: HashMap<String, HashSet<String>> = HashMap::new();
         for r in readonly_rows {
-            readonly.entry(r.broker_group).or_default().insert(r.subject);
+            readonly
+                .entry(r.broker_group)
+                .or_default()
+                .insert(r.subject);
         }
         let view = View {
             groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),

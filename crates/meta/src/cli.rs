@@ -178,10 +178,16 @@ pub async fn run_tools(args: ToolsArgs) -> Result<String, MetaError> {
     };
     let token = Some(args.token.as_str());
     let (method, path, body) = match &args.command {
-        ToolsCommand::AddBroker(b) => (Method::POST, "/admin/brokers".to_owned(), Some(broker_json(b))),
-        ToolsCommand::ReplaceBroker(b) => {
-            (Method::POST, "/admin/brokers/replace".to_owned(), Some(broker_json(b)))
-        }
+        ToolsCommand::AddBroker(b) => (
+            Method::POST,
+            "/admin/brokers".to_owned(),
+            Some(broker_json(b)),
+        ),
+        ToolsCommand::ReplaceBroker(b) => (
+            Method::POST,
+            "/admin/brokers/replace".to_owned(),
+            Some(broker_json(b)),
+        ),
         ToolsCommand::ListBrokers { broker_group } => {
             let path = match broker_group {
                 Some(g) => format!("/admin/brokers?group={}", encode(g)),
@@ -190,17 +196,27 @@ pub async fn run_tools(args: ToolsArgs) -> Result<String, MetaError> {
             (Method::GET, path, None)
         }
         ToolsCommand::ListBrokerGroups => (Method::GET, "/admin/broker-groups".to_owned(), None),
-        ToolsCommand::MarkReadonly { broker_group, subject } => (
+        ToolsCommand::MarkReadonly {
+            broker_group,
+            subject,
+        } => (
             Method::POST,
             "/admin/readonly/mark".to_owned(),
             Some(json!({"broker_group": broker_group, "subject": subject})),
         ),
-        ToolsCommand::UnmarkReadonly { broker_group, subject } => (
+        ToolsCommand::UnmarkReadonly {
+            broker_group,
+            subject,
+        } => (
             Method::POST,
             "/admin/readonly/unmark".to_owned(),
             Some(json!({"broker_group": broker_group, "subject": subject})),
         ),
-        ToolsCommand::ResetOffset { subject, group, action } => {
+        ToolsCommand::ResetOffset {
+            subject,
+            group,
+            action,
+        } => {
             let action = match action {
                 ResetArg::Latest => ResetAction::Latest,
                 ResetArg::Earliest => ResetAction::Earliest,
@@ -211,11 +227,20 @@ pub async fn run_tools(args: ToolsArgs) -> Result<String, MetaError> {
                 Some(json!({"subject": subject, "consumer_group": group, "action": action})),
             )
         }
-        ToolsCommand::AddDb { db_type, host, port, username, password, room } => (
+        ToolsCommand::AddDb {
+            db_type,
+            host,
+            port,
+            username,
+            password,
+            room,
+        } => (
             Method::POST,
             "/admin/dbs".to_owned(),
-            Some(json!({"type": db_type, "host": host, "port": port, "username": username,
-                        "password": password, "room": room})),
+            Some(
+                json!({"type": db_type, "host": host, "port": port, "username": username,
+                        "password": password, "room": room}),
+            ),
         ),
         ToolsCommand::ListSubjects => (Method::GET, "/admin/subjects".to_owned(), None),
         ToolsCommand::ListConsumers { subject } => {
@@ -225,11 +250,18 @@ pub async fn run_tools(args: ToolsArgs) -> Result<String, MetaError> {
             };
             (Method::GET, path, None)
         }
-        ToolsCommand::SetClientState { client_id, subject, group, state } => (
+        ToolsCommand::SetClientState {
+            client_id,
+            subject,
+            group,
+            state,
+        } => (
             Method::POST,
             "/admin/client-state".to_owned(),
-            Some(json!({"client_id": client_id, "subject": subject, "consumer_group": group,
-                        "offline": matches!(state, ClientStateArg::Offline)})),
+            Some(
+                json!({"client_id": client_id, "subject": subject, "consumer_group": group,
+                        "offline": matches!(state, ClientStateArg::Offline)}),
+            ),
         ),
     };
     let data: Value = http_client::call(&addr, method, &path, token, body.as_ref()).await?;

@@ -105,7 +105,9 @@ impl MetaConfig {
             ));
         }
         if self.max_frame < 64 {
-            return Err(MetaError::Config("max_frame must be at least 64 bytes".into()));
+            return Err(MetaError::Config(
+                "max_frame must be at least 64 bytes".into(),
+            ));
         }
         Ok(())
     }

@@ -85,15 +85,18 @@ impl MetaCore {
         };
         let real = subject::real_subject(req.subject());
         if !subject::is_valid(real) {
-            tracing::warn!(subject = req.subject(), "client register with an invalid subject");
+            tracing::warn!(
+                subject = req.subject(),
+                "client register with an invalid subject"
+            );
             return refused();
         }
         self.record_client(req, real).await;
 
         let names = match client_type {
-            ClientType::DelayProducer => self.cache.read(|v| {
-                routing::delay_groups(v, real, self.config.min_group_num)
-            }),
+            ClientType::DelayProducer => self
+                .cache
+                .read(|v| routing::delay_groups(v, real, self.config.min_group_num)),
             _ => match routing::realtime_groups(
                 &self.store,
                 &self.cache,
@@ -109,7 +112,10 @@ impl MetaCore {
                 }
             },
         };
-        let producer = matches!(client_type, ClientType::Producer | ClientType::DelayProducer);
+        let producer = matches!(
+            client_type,
+            ClientType::Producer | ClientType::DelayProducer
+        );
         self.cache.read(|v| {
             let groups = names
                 .iter()
@@ -227,7 +233,10 @@ impl MetaCore {
                 .upsert_broker_group(&req.group_name, kind, &req.broker_address, state)
                 .await?;
         }
-        if existing.as_ref().is_none_or(|g| g.state != state || !same_master) {
+        if existing
+            .as_ref()
+            .is_none_or(|g| g.state != state || !same_master)
+        {
             tracing::info!(group = req.group_name, address = req.broker_address, ?state,
                 request = ?req.request_type, "broker group registered");
         }
@@ -300,6 +309,7 @@ impl MetaCore {
 
     /// The heartbeat sweep period: a fraction of the timeout, between 20 ms and 5 s.
     pub fn sweep_interval(&self) -> Duration {
-        (self.config.heartbeat_timeout() / 5).clamp(Duration::from_millis(20), Duration::from_secs(5))
+        (self.config.heartbeat_timeout() / 5)
+            .clamp(Duration::from_millis(20), Duration::from_secs(5))
     }
 }

@@ -75,11 +75,17 @@ fn answer<T: Serialize>(result: Result<T, MetaError>) -> Response {
 }
 
 fn body<T: DeserializeOwned>(json: Result<Json<T>, JsonRejection>) -> Result<T, MetaError> {
-    json.map(|Json(v)| v)
-        .map_err(|e| MetaError::InvalidArgument(format!("malformed request body: {}", e.body_text())))
+    json.map(|Json(v)| v).map_err(|e| {
+        MetaError::InvalidArgument(format!("malformed request body: {}", e.body_text()))
+    })
 }
 
-async fn require_token(State(state): State<HttpState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+async fn require_token(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
     let token = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
     let tokens = &state.core.config.admin_tokens;
     let refusal = match token {
@@ -98,12 +104,17 @@ async fn meta_address(State(state): State<HttpState>) -> String {
     state.tcp_advertised.clone()
 }
 
-async fn directives(State(state): State<HttpState>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn directives(
+    State(state): State<HttpState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let group = q.get("group").cloned().unwrap_or_default();
     let after = match q.get("after").map(|a| a.parse::<i64>()) {
         None => Ok(0),
         Some(Ok(a)) => Ok(a),
-        Some(Err(_)) => Err(MetaError::InvalidArgument("after must be an integer".into())),
+        Some(Err(_)) => Err(MetaError::InvalidArgument(
+            "after must be an integer".into(),
+        )),
     };
     match after {
         Ok(after) => answer(state.core.broker_directives(&group, after).await),
@@ -111,18 +122,31 @@ async fn directives(State(state): State<HttpState>, Query(q): Query<HashMap<Stri
     }
 }
 
-async fn list_brokers(State(s): State<HttpState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    answer(s.core.list_brokers(q.get("group").map(String::as_str)).await)
+async fn list_brokers(
+    State(s): State<HttpState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    answer(
+        s.core
+            .list_brokers(q.get("group").map(String::as_str))
+            .await,
+    )
 }
 
-async fn add_broker(State(s): State<HttpState>, json: Result<Json<BrokerSpec>, JsonRejection>) -> Response {
+async fn add_broker(
+    State(s): State<HttpState>,
+    json: Result<Json<BrokerSpec>, JsonRejection>,
+) -> Response {
     match body(json) {
         Ok(b) => answer(s.core.add_broker(&b).await),
         Err(e) => answer::<()>(Err(e)),
     }
 }
 
-async fn replace_broker(State(s): State<HttpState>, json: Result<Json<BrokerSpec>, JsonRejection>) -> Response {
+async fn replace_broker(
+    State(s): State<HttpState>,
+    json: Result<Json<BrokerSpec>, JsonRejection>,
+) -> Response {
     match body(json) {
         Ok(b) => answer(s.core.replace_broker(&b).await),
         Err(e) => answer::<()>(Err(e)),
@@ -133,28 +157,40 @@ async fn broker_groups(State(s): State<HttpState>) -> Response {
     answer(s.core.list_broker_groups().await)
 }
 
-async fn mark_readonly(State(s): State<HttpState>, json: Result<Json<ReadonlyParams>, JsonRejection>) -> Response {
+async fn mark_readonly(
+    State(s): State<HttpState>,
+    json: Result<Json<ReadonlyParams>, JsonRejection>,
+) -> Response {
     match body(json) {
         Ok(p) => answer(s.core.mark_readonly(&p).await),
         Err(e) => answer::<()>(Err(e)),
     }
 }
 
-async fn unmark_readonly(State(s): State<HttpState>, json: Result<Json<ReadonlyParams>, JsonRejection>) -> Response {
+async fn unmark_readonly(
+    State(s): State<HttpState>,
+    json: Result<Json<ReadonlyParams>, JsonRejection>,
+) -> Response {
     match body(json) {
         Ok(p) => answer(s.core.unmark_readonly(&p).await),
         Err(e) => answer::<()>(Err(e)),
     }
 }
 
-async fn reset_offset(State(s): State<HttpState>, json: Result<Json<ResetOffsetParams>, JsonRejection>) -> Response {
+async fn reset_offset(
+    State(s): State<HttpState>,
+    json: Result<Json<ResetOffsetParams>, JsonRejection>,
+) -> Response {
     match body(json) {
         Ok(p) => answer(s.core.reset_offset(&p).await),
         Err(e) => answer::<()>(Err(e)),
     }
 }
 
-async fn add_db(State(s): State<HttpState>, json: Result<Json<AddDbParams>, JsonRejection>) -> Response {
+async fn add_db(
+    State(s): State<HttpState>,
+    json: Result<Json<AddDbParams>, JsonRejection>,
+) -> Response {
     match body(json) {
         Ok(p) => answer(s.core.add_db(&p).await),
         Err(e) => answer::<()>(Err(e)),
@@ -165,11 +201,21 @@ async fn subjects(State(s): State<HttpState>) -> Response {
     answer(s.core.list_subjects().await)
 }
 
-async fn consumers(State(s): State<HttpState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    answer(s.core.list_consumers(q.get("subject").map(String::as_str)).await)
+async fn consumers(
+    State(s): State<HttpState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    answer(
+        s.core
+            .list_consumers(q.get("subject").map(String::as_str))
+            .await,
+    )
 }
 
-async fn client_state(State(s): State<HttpState>, json: Result<Json<ClientStateSetting>, JsonRejection>) -> Response {
+async fn client_state(
+    State(s): State<HttpState>,
+    json: Result<Json<ClientStateSetting>, JsonRejection>,
+) -> Response {
     match body(json) {
         Ok(p) => answer(s.core.set_client_state(&p).await.map(|()| p)),
         Err(e) => answer::<()>(Err(e)),

@@ -46,7 +46,10 @@ pub async fn send(
             .await
             .map_err(|e| MetaError::Http(format!("handshake with {addr}: {e}")))?;
         let driver = tokio::spawn(conn);
-        let mut builder = Request::builder().method(method).uri(path).header(HOST, addr);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, addr);
         if let Some(t) = token {
             builder = builder.header(TOKEN_HEADER, t);
         }

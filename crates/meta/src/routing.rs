@@ -71,7 +71,9 @@ pub async fn realtime_groups(
     }
     // Another meta server created it first: use theirs.
     let route = store.subject_route(subject).await?.ok_or_else(|| {
-        MetaError::Corrupt(format!("route of {subject} vanished after a conflicting insert"))
+        MetaError::Corrupt(format!(
+            "route of {subject} vanished after a conflicting insert"
+        ))
     })?;
     cache.put_route(route.clone());
     extend_if_needed(store, cache, route, min_groups).await

@@ -91,7 +91,12 @@ pub async fn serve(config: MetaConfig) -> Result<MetaServerHandle, MetaError> {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    tracker.spawn(tcp::accept_loop(tcp, core.clone(), stop.clone(), tracker.clone()));
+    tracker.spawn(tcp::accept_loop(
+        tcp,
+        core.clone(),
+        stop.clone(),
+        tracker.clone(),
+    ));
 
     let app = router(HttpState {
         core: core.clone(),

@@ -26,7 +26,10 @@ pub fn default_local_broker(hostname: &str, ip: &str) -> BrokerSpec {
 /// and updates its IP / sync port if the same group role on the same host:port changed them.
 /// Fails with [`MetaError::Conflict`] if its host:port or group role belongs to another server.
 pub async fn register_local_broker(store: &Store, broker: &BrokerSpec) -> Result<(), MetaError> {
-    if let Some(existing) = store.broker_by_host(&broker.hostname, broker.serve_port).await? {
+    if let Some(existing) = store
+        .broker_by_host(&broker.hostname, broker.serve_port)
+        .await?
+    {
         if existing.group != broker.group || existing.role != broker.role {
             return Err(MetaError::Conflict(format!(
                 "{}:{} is registered as role {} of group {}",
@@ -39,7 +42,11 @@ pub async fn register_local_broker(store: &Store, broker: &BrokerSpec) -> Result
         return Ok(());
     }
     if store.insert_broker(broker).await? {
-        tracing::info!(group = broker.group, host = broker.hostname, "registered local broker");
+        tracing::info!(
+            group = broker.group,
+            host = broker.hostname,
+            "registered local broker"
+        );
         return Ok(());
     }
     Err(MetaError::Conflict(format!(

@@ -268,7 +268,13 @@ impl Store {
             "broker_group (group_name, kind, master_address, state, tag, heartbeat_ms, \
              created_ms, updated_ms) VALUES (?, ?, ?, ?, '', ?, ?, ?)",
             "group_name",
-            &["kind", "master_address", "state", "heartbeat_ms", "updated_ms"],
+            &[
+                "kind",
+                "master_address",
+                "state",
+                "heartbeat_ms",
+                "updated_ms",
+            ],
         );
         let sql = self.sql(&stmt);
         sqlx::query(&sql)
@@ -317,9 +323,8 @@ impl Store {
     /// the names of the groups marked.
     pub async fn expire_broker_groups(&self, deadline_ms: i64) -> Result<Vec<String>, MetaError> {
         let nrw = i64::from(BrokerState::None.code());
-        let sql = self.sql(
-            "SELECT group_name FROM broker_group WHERE state <> ? AND heartbeat_ms < ?",
-        );
+        let sql =
+            self.sql("SELECT group_name FROM broker_group WHERE state <> ? AND heartbeat_ms < ?");
         let rows = sqlx::query(&sql)
             .bind(nrw)
             .bind(deadline_ms)
@@ -409,7 +414,11 @@ impl Store {
 
     /// Replaces the machine of `new.group`'s `new.role` if it is still `old`'s; `false` if
     /// the row changed meanwhile.
-    pub async fn replace_broker(&self, old: &BrokerSpec, new: &BrokerSpec) -> Result<bool, MetaError> {
+    pub async fn replace_broker(
+        &self,
+        old: &BrokerSpec,
+        new: &BrokerSpec,
+    ) -> Result<bool, MetaError> {
         let sql = self.sql(
             "UPDATE broker SET hostname = ?, ip = ?, serve_port = ?, sync_port = ?, updated_ms = ? \
              WHERE group_name = ? AND role = ? AND hostname = ? AND serve_port = ?",
@@ -618,9 +627,9 @@ impl Store {
 
     /// Adds a readonly setting; `false` if it existed.
     pub async fn add_readonly(&self, s: &ReadonlySetting) -> Result<bool, MetaError> {
-        let stmt = self
-            .dialect
-            .insert_ignore("readonly_broker_group (subject, broker_group, created_ms) VALUES (?, ?, ?)");
+        let stmt = self.dialect.insert_ignore(
+            "readonly_broker_group (subject, broker_group, created_ms) VALUES (?, ?, ?)",
+        );
         let sql = self.sql(&stmt);
         let done = sqlx::query(&sql)
             .bind(&s.subject)
@@ -633,7 +642,8 @@ impl Store {
 
     /// Removes a readonly setting; `false` if it did not exist.
     pub async fn remove_readonly(&self, s: &ReadonlySetting) -> Result<bool, MetaError> {
-        let sql = self.sql("DELETE FROM readonly_broker_group WHERE subject = ? AND broker_group = ?");
+        let sql =
+            self.sql("DELETE FROM readonly_broker_group WHERE subject = ? AND broker_group = ?");
         let done = sqlx::query(&sql)
             .bind(&s.subject)
             .bind(&s.broker_group)
@@ -714,7 +724,10 @@ impl Store {
     }
 
     /// Reset-offset requests with an id above `after`, oldest first.
-    pub async fn reset_offsets_after(&self, after: i64) -> Result<Vec<ResetOffsetRequest>, MetaError> {
+    pub async fn reset_offsets_after(
+        &self,
+        after: i64,
+    ) -> Result<Vec<ResetOffsetRequest>, MetaError> {
         let sql = self.sql(
             "SELECT id, subject, consumer_group, action, created_ms FROM reset_offset_request \
              WHERE id > ? ORDER BY id",

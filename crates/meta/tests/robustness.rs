@@ -9,7 +9,10 @@ use bytes::{BufMut, BytesMut};
 use common::{http, Backend, MetaConn, TestDb, TOKEN};
 use qmq_meta::{serve, MetaConfig};
 use qmq_protocol::codes::{command, response};
-use qmq_protocol::{BrokerRequestType, BrokerRole, BrokerState, ClientType, Frame, FrameCodec, MetaInfoResponse, OnOfflineState};
+use qmq_protocol::{
+    BrokerRequestType, BrokerRole, BrokerState, ClientType, Frame, FrameCodec, MetaInfoResponse,
+    OnOfflineState,
+};
 use serde_json::json;
 use tokio_util::codec::Decoder;
 
@@ -43,12 +46,24 @@ async fn malformed_requests_get_clear_errors(backend: Backend) {
     let resp = c.call(command::BROKER_REGISTER, 8, body).await;
     assert_eq!(resp.header.code, response::PARAM_ERROR);
     // Empty group name / address.
-    let code = c.broker(BrokerRequestType::Online, "", "127.0.0.1:1", BrokerRole::Master, BrokerState::ReadWrite).await;
+    let code = c
+        .broker(
+            BrokerRequestType::Online,
+            "",
+            "127.0.0.1:1",
+            BrokerRole::Master,
+            BrokerState::ReadWrite,
+        )
+        .await;
     assert_eq!(code, response::PARAM_ERROR);
     // Invalid subjects are refused the QMQ way: timestamp -2, offline, no groups.
     for bad in ["", "a b", "a/b", "line\nbreak"] {
         let r = c.route(ClientType::Producer, bad, "").await;
-        assert_eq!((r.timestamp, r.state, r.groups.len()), (-2, OnOfflineState::Offline, 0), "{bad:?}");
+        assert_eq!(
+            (r.timestamp, r.state, r.groups.len()),
+            (-2, OnOfflineState::Offline, 0),
+            "{bad:?}"
+        );
     }
     // Nothing bad was stored.
     assert_eq!(meta.store().broker_groups().await.unwrap().len(), 1);
@@ -76,11 +91,19 @@ on_all_backends!(malformed_requests_get_clear_errors);
 
 async fn database_down_keeps_cached_routes(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let meta = serve(MetaConfig { refresh_interval_ms: 20, ..db.config() }).await.unwrap();
+    let meta = serve(MetaConfig {
+        refresh_interval_ms: 20,
+        ..db.config()
+    })
+    .await
+    .unwrap();
     let mut c = MetaConn::connect(&meta).await;
     c.online("g1", "127.0.0.1:30001").await;
     c.online("g2", "127.0.0.1:30002").await;
-    assert_eq!(c.groups(ClientType::Producer, "s.known").await, ["g1", "g2"]);
+    assert_eq!(
+        c.groups(ClientType::Producer, "s.known").await,
+        ["g1", "g2"]
+    );
 
     // Lose the database: dropped under the servers (PostgreSQL, MariaDB) or closed (SQLite).
     if backend == Backend::Sqlite {
@@ -92,20 +115,42 @@ async fn database_down_keeps_cached_routes(backend: Backend) {
 
     // Known routes keep being served, across many failed cache refreshes.
     for _ in 0..20 {
-        assert_eq!(c.groups(ClientType::Producer, "s.known").await, ["g1", "g2"]);
-        assert_eq!(c.groups(ClientType::Consumer, "s.known").await, ["g1", "g2"]);
+        assert_eq!(
+            c.groups(ClientType::Producer, "s.known").await,
+            ["g1", "g2"]
+        );
+        assert_eq!(
+            c.groups(ClientType::Consumer, "s.known").await,
+            ["g1", "g2"]
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // New subjects cannot be assigned: an empty route, nothing invented.
     assert!(c.groups(ClientType::Producer, "s.new").await.is_empty());
     // New broker registrations fail clearly.
-    let code = c.broker(BrokerRequestType::Online, "g3", "127.0.0.1:30003", BrokerRole::Master, BrokerState::ReadWrite).await;
+    let code = c
+        .broker(
+            BrokerRequestType::Online,
+            "g3",
+            "127.0.0.1:30003",
+            BrokerRole::Master,
+            BrokerState::ReadWrite,
+        )
+        .await;
     assert_eq!(code, response::BROKER_ERROR);
     // Admin calls answer 503 with the database error.
     let (status, body) = http(&meta, "POST", "/admin/brokers", Some(TOKEN), Some(json!({"group": "g9", "role": 0, "hostname": "h", "ip": "10.0.0.9", "serve_port": 1, "sync_port": 2}))).await;
     assert_eq!(status, 503, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("database"), "{body}");
-    assert_eq!(http(&meta, "GET", "/admin/subjects", Some(TOKEN), None).await.0, 503);
+    assert!(
+        body["message"].as_str().unwrap().contains("database"),
+        "{body}"
+    );
+    assert_eq!(
+        http(&meta, "GET", "/admin/subjects", Some(TOKEN), None)
+            .await
+            .0,
+        503
+    );
     meta.shutdown().await;
 
     // A meta server cannot start without its database.
@@ -117,20 +162,35 @@ on_all_backends!(database_down_keeps_cached_routes);
 
 async fn two_meta_servers_agree(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let config = MetaConfig { refresh_interval_ms: 50, ..db.config() };
+    let config = MetaConfig {
+        refresh_interval_ms: 50,
+        ..db.config()
+    };
     let a = serve(config.clone()).await.unwrap();
     let b = serve(config).await.unwrap();
     let mut ca = MetaConn::connect(&a).await;
     let mut cb = MetaConn::connect(&b).await;
-    for (g, addr) in [("g1", "127.0.0.1:30001"), ("g2", "127.0.0.1:30002"), ("g3", "127.0.0.1:30003")] {
+    for (g, addr) in [
+        ("g1", "127.0.0.1:30001"),
+        ("g2", "127.0.0.1:30002"),
+        ("g3", "127.0.0.1:30003"),
+    ] {
         ca.online(g, addr).await;
     }
     // B learns the groups from the database.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while b.store().broker_groups().await.unwrap().len() < 3
-        || cb.route(ClientType::Consumer, "s.probe", "cg").await.groups.len() < 2
+        || cb
+            .route(ClientType::Consumer, "s.probe", "cg")
+            .await
+            .groups
+            .len()
+            < 2
     {
-        assert!(tokio::time::Instant::now() < deadline, "server B never saw the groups");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server B never saw the groups"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Both servers assign new subjects at the same time: they must agree.
@@ -197,21 +257,40 @@ async fn java_captures_get_java_answers(backend: Backend) {
 
     // Broker and delay server heartbeats: byte-identical answers.
     for (req, resp) in [
-        ("send-consume/conn06_port20880_c2s_58590.bin", "send-consume/conn06_port20880_s2c_20880.bin"),
-        ("delay-5s/conn06_port20880_c2s_34926.bin", "delay-5s/conn06_port20880_s2c_20880.bin"),
+        (
+            "send-consume/conn06_port20880_c2s_58590.bin",
+            "send-consume/conn06_port20880_s2c_20880.bin",
+        ),
+        (
+            "delay-5s/conn06_port20880_c2s_34926.bin",
+            "delay-5s/conn06_port20880_s2c_20880.bin",
+        ),
     ] {
         let raw = std::fs::read(format!("{VECTORS}/{req}")).unwrap();
         c.send_raw(&raw).await;
         let ours = c.next().await.unwrap();
-        assert_eq!(encoded(&ours), std::fs::read(format!("{VECTORS}/{resp}")).unwrap(), "{req}");
+        assert_eq!(
+            encoded(&ours),
+            std::fs::read(format!("{VECTORS}/{resp}")).unwrap(),
+            "{req}"
+        );
     }
 
     // Client registrations: consumer, retry consumer, producer; delay producer and the delay
     // server's producer lookup.
     for (req, resp) in [
-        ("send-consume/conn04_port20880_c2s_43074.bin", "send-consume/conn04_port20880_s2c_20880.bin"),
-        ("delay-5s/conn03_port20880_c2s_59326.bin", "delay-5s/conn03_port20880_s2c_20880.bin"),
-        ("delay-5s/conn09_port20880_c2s_59342.bin", "delay-5s/conn09_port20880_s2c_20880.bin"),
+        (
+            "send-consume/conn04_port20880_c2s_43074.bin",
+            "send-consume/conn04_port20880_s2c_20880.bin",
+        ),
+        (
+            "delay-5s/conn03_port20880_c2s_59326.bin",
+            "delay-5s/conn03_port20880_s2c_20880.bin",
+        ),
+        (
+            "delay-5s/conn09_port20880_c2s_59342.bin",
+            "delay-5s/conn09_port20880_s2c_20880.bin",
+        ),
     ] {
         let expected = frames(&format!("{VECTORS}/{resp}"));
         let raw = std::fs::read(format!("{VECTORS}/{req}")).unwrap();
@@ -219,7 +298,10 @@ async fn java_captures_get_java_answers(backend: Backend) {
         for want in &expected {
             let got = c.next().await.unwrap();
             assert_eq!(got.header, want.header, "{req}");
-            let (mut got, mut want) = (MetaInfoResponse::decode(&got.body).unwrap(), MetaInfoResponse::decode(&want.body).unwrap());
+            let (mut got, mut want) = (
+                MetaInfoResponse::decode(&got.body).unwrap(),
+                MetaInfoResponse::decode(&want.body).unwrap(),
+            );
             assert!(got.timestamp > 0);
             got.timestamp = 0;
             want.timestamp = 0;
@@ -231,14 +313,22 @@ async fn java_captures_get_java_answers(backend: Backend) {
     }
 
     // HTTP discovery, replaying the Java client's request bytes.
-    let raw = std::fs::read(format!("{VECTORS}/send-consume/conn02_port18080_c2s_52066.bin")).unwrap();
-    let mut s = tokio::net::TcpStream::connect(meta.http_addr()).await.unwrap();
+    let raw = std::fs::read(format!(
+        "{VECTORS}/send-consume/conn02_port18080_c2s_52066.bin"
+    ))
+    .unwrap();
+    let mut s = tokio::net::TcpStream::connect(meta.http_addr())
+        .await
+        .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(&raw).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let mut text = String::new();
     while !text.ends_with(&format!("127.0.0.1:{}", meta.tcp_addr().port())) {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "connection closed: {text}");
         text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
     }
@@ -249,10 +339,18 @@ async fn java_captures_get_java_answers(backend: Backend) {
     meta.shutdown().await;
 
     // An advertised host overrides the bind address.
-    let meta = serve(MetaConfig { advertised_host: Some("meta.example".into()), ..db.config() }).await.unwrap();
+    let meta = serve(MetaConfig {
+        advertised_host: Some("meta.example".into()),
+        ..db.config()
+    })
+    .await
+    .unwrap();
     let (status, body) = http(&meta, "GET", "/meta/address", None, None).await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!(format!("meta.example:{}", meta.tcp_addr().port())));
+    assert_eq!(
+        body,
+        json!(format!("meta.example:{}", meta.tcp_addr().port()))
+    );
     meta.shutdown().await;
 }
 on_all_backends!(java_captures_get_java_answers);
@@ -276,6 +374,12 @@ async fn sqlite_database_is_created_in_the_data_dir() {
     assert_eq!(meta.store().broker_groups().await.unwrap()[0].name, "g1");
     meta.shutdown().await;
     // A bad URL is a configuration error.
-    let bad = MetaConfig { database_url: Some("oracle://x".into()), ..MetaConfig::default() };
-    assert!(matches!(serve(bad).await, Err(qmq_meta::MetaError::Config(_))));
+    let bad = MetaConfig {
+        database_url: Some("oracle://x".into()),
+        ..MetaConfig::default()
+    };
+    assert!(matches!(
+        serve(bad).await,
+        Err(qmq_meta::MetaError::Config(_))
+    ));
 }

@@ -35,7 +35,10 @@ async fn routes_follow_min_group_num(backend: Backend) {
     assert_eq!(c.groups(ClientType::Producer, "s.a").await, ["g1", "g2"]);
     assert_eq!(c.groups(ClientType::Consumer, "s.a").await, ["g1", "g2"]);
     // ... and the new, empty group is used for new subjects.
-    assert!(c.groups(ClientType::Producer, "s.b").await.contains(&"g3".to_owned()));
+    assert!(c
+        .groups(ClientType::Producer, "s.b")
+        .await
+        .contains(&"g3".to_owned()));
     // Retry subjects share their subject's route; the response echoes the asked subject.
     let retry = c.route(ClientType::Consumer, "%RETRY%s.a%cg", "cg").await;
     assert_eq!(retry.subject, "%RETRY%s.a%cg");
@@ -50,7 +53,12 @@ async fn routes_follow_min_group_num(backend: Backend) {
     assert_eq!(c.groups(ClientType::Producer, "s.a").await, ["g1", "g2"]);
     let (status, subjects) = http(&meta, "GET", "/admin/subjects", Some(TOKEN), None).await;
     assert_eq!(status, 200);
-    let listed: Vec<&str> = subjects["data"].as_array().unwrap().iter().map(|r| r["subject"].as_str().unwrap()).collect();
+    let listed: Vec<&str> = subjects["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap())
+        .collect();
     assert_eq!(listed, ["s.a", "s.b"]);
     meta.shutdown().await;
 }
@@ -62,17 +70,32 @@ async fn delay_and_realtime_groups_are_separate(backend: Backend) {
     let mut c = MetaConn::connect(&meta).await;
     c.online("rt", "127.0.0.1:30001").await;
     let code = c
-        .broker(BrokerRequestType::Online, "delay-1", "127.0.0.1:30801", BrokerRole::DelayMaster, BrokerState::ReadWrite)
+        .broker(
+            BrokerRequestType::Online,
+            "delay-1",
+            "127.0.0.1:30801",
+            BrokerRole::DelayMaster,
+            BrokerState::ReadWrite,
+        )
         .await;
     assert_eq!(code, 0);
-    assert_eq!(c.groups(ClientType::DelayProducer, "s.d").await, ["delay-1"]);
+    assert_eq!(
+        c.groups(ClientType::DelayProducer, "s.d").await,
+        ["delay-1"]
+    );
     let r = c.route(ClientType::DelayProducer, "s.d", "").await;
     assert_eq!(r.client_type_code, 4);
     assert_eq!(c.groups(ClientType::Producer, "s.d").await, ["rt"]);
     assert_eq!(c.groups(ClientType::Consumer, "s.d").await, ["rt"]);
     // A delay server cannot join a realtime group's name.
     let code = c
-        .broker(BrokerRequestType::Online, "rt", "127.0.0.1:30001", BrokerRole::DelayMaster, BrokerState::ReadWrite)
+        .broker(
+            BrokerRequestType::Online,
+            "rt",
+            "127.0.0.1:30001",
+            BrokerRole::DelayMaster,
+            BrokerState::ReadWrite,
+        )
         .await;
     assert_ne!(code, 0);
     meta.shutdown().await;
@@ -88,31 +111,83 @@ async fn readonly_groups_serve_consumers_only(backend: Backend) {
     assert_eq!(c.groups(ClientType::Producer, "s.r").await, ["g1", "g2"]);
 
     let mark = json!({"broker_group": "g1", "subject": "s.r"});
-    let (status, _) = http(&meta, "POST", "/admin/readonly/mark", Some(TOKEN), Some(mark.clone())).await;
+    let (status, _) = http(
+        &meta,
+        "POST",
+        "/admin/readonly/mark",
+        Some(TOKEN),
+        Some(mark.clone()),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(c.groups(ClientType::Producer, "s.r").await, ["g2"]);
     assert_eq!(c.groups(ClientType::Consumer, "s.r").await, ["g1", "g2"]);
     // Other subjects still produce to g1.
-    assert_eq!(c.groups(ClientType::Producer, "s.other").await, ["g1", "g2"]);
+    assert_eq!(
+        c.groups(ClientType::Producer, "s.other").await,
+        ["g1", "g2"]
+    );
 
     // The broker learns its readonly subjects from the directives endpoint.
-    let d = qmq_meta::broker_api::fetch_directives(&meta.http_addr().to_string(), "g1", 0).await.unwrap();
+    let d = qmq_meta::broker_api::fetch_directives(&meta.http_addr().to_string(), "g1", 0)
+        .await
+        .unwrap();
     assert!(d.registered);
     assert_eq!(d.readonly_subjects, ["s.r"]);
 
     // `*` marks every subject; new subjects avoid the group entirely.
     let all = json!({"broker_group": "g2"});
-    assert_eq!(http(&meta, "POST", "/admin/readonly/mark", Some(TOKEN), Some(all.clone())).await.0, 200);
+    assert_eq!(
+        http(
+            &meta,
+            "POST",
+            "/admin/readonly/mark",
+            Some(TOKEN),
+            Some(all.clone())
+        )
+        .await
+        .0,
+        200
+    );
     assert!(c.groups(ClientType::Producer, "s.r").await.is_empty());
     assert_eq!(c.groups(ClientType::Consumer, "s.new").await, ["g1"]);
 
     // Unmark restores producers.
-    assert_eq!(http(&meta, "POST", "/admin/readonly/unmark", Some(TOKEN), Some(mark)).await.0, 200);
-    assert_eq!(http(&meta, "POST", "/admin/readonly/unmark", Some(TOKEN), Some(all)).await.0, 200);
+    assert_eq!(
+        http(
+            &meta,
+            "POST",
+            "/admin/readonly/unmark",
+            Some(TOKEN),
+            Some(mark)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        http(
+            &meta,
+            "POST",
+            "/admin/readonly/unmark",
+            Some(TOKEN),
+            Some(all)
+        )
+        .await
+        .0,
+        200
+    );
     assert_eq!(c.groups(ClientType::Producer, "s.r").await, ["g1", "g2"]);
 
     // Unknown group: refused.
-    let (status, body) = http(&meta, "POST", "/admin/readonly/mark", Some(TOKEN), Some(json!({"broker_group": "nope"}))).await;
+    let (status, body) = http(
+        &meta,
+        "POST",
+        "/admin/readonly/mark",
+        Some(TOKEN),
+        Some(json!({"broker_group": "nope"})),
+    )
+    .await;
     assert_eq!(status, 404, "{body}");
     meta.shutdown().await;
 }
@@ -120,7 +195,12 @@ on_all_backends!(readonly_groups_serve_consumers_only);
 
 async fn heartbeat_timeout_marks_group_unavailable(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let meta = serve(qmq_meta::MetaConfig { heartbeat_timeout_ms: 300, ..db.config() }).await.unwrap();
+    let meta = serve(qmq_meta::MetaConfig {
+        heartbeat_timeout_ms: 300,
+        ..db.config()
+    })
+    .await
+    .unwrap();
     let mut c = MetaConn::connect(&meta).await;
     c.online("g1", "127.0.0.1:30001").await;
     c.online("g2", "127.0.0.1:30002").await;
@@ -129,12 +209,25 @@ async fn heartbeat_timeout_marks_group_unavailable(backend: Backend) {
     // g2 keeps heartbeating, g1 goes silent: g1 becomes NRW and leaves every route.
     let state_of = |meta_http: String, group: &'static str| async move {
         let (_, v) = common::http_raw(&meta_http, "/admin/broker-groups").await;
-        v["data"].as_array().unwrap().iter().find(|g| g["name"] == group).map(|g| g["state"].as_str().unwrap().to_owned())
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == group)
+            .map(|g| g["state"].as_str().unwrap().to_owned())
     };
     let http_addr = meta.http_addr().to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let code = c.broker(BrokerRequestType::Heartbeat, "g2", "127.0.0.1:30002", BrokerRole::Master, BrokerState::ReadWrite).await;
+        let code = c
+            .broker(
+                BrokerRequestType::Heartbeat,
+                "g2",
+                "127.0.0.1:30002",
+                BrokerRole::Master,
+                BrokerState::ReadWrite,
+            )
+            .await;
         assert_eq!(code, 0);
         if state_of(http_addr.clone(), "g1").await.as_deref() == Some("NRW") {
             break;
@@ -142,25 +235,56 @@ async fn heartbeat_timeout_marks_group_unavailable(backend: Backend) {
         assert!(tokio::time::Instant::now() < deadline, "g1 never timed out");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(state_of(http_addr.clone(), "g2").await.as_deref(), Some("RW"));
+    assert_eq!(
+        state_of(http_addr.clone(), "g2").await.as_deref(),
+        Some("RW")
+    );
     assert_eq!(c.groups(ClientType::Producer, "s.h").await, ["g2"]);
     assert_eq!(c.groups(ClientType::Consumer, "s.h").await, ["g2"]);
 
     // A heartbeat brings it back.
-    let code = c.broker(BrokerRequestType::Heartbeat, "g1", "127.0.0.1:30001", BrokerRole::Master, BrokerState::ReadWrite).await;
+    let code = c
+        .broker(
+            BrokerRequestType::Heartbeat,
+            "g1",
+            "127.0.0.1:30001",
+            BrokerRole::Master,
+            BrokerState::ReadWrite,
+        )
+        .await;
     assert_eq!(code, 0);
     assert_eq!(c.groups(ClientType::Producer, "s.h").await, ["g1", "g2"]);
 
     // A broker reporting itself readonly (state R) is kept for consumers only.
-    let code = c.broker(BrokerRequestType::Heartbeat, "g1", "127.0.0.1:30001", BrokerRole::Master, BrokerState::Read).await;
+    let code = c
+        .broker(
+            BrokerRequestType::Heartbeat,
+            "g1",
+            "127.0.0.1:30001",
+            BrokerRole::Master,
+            BrokerState::Read,
+        )
+        .await;
     assert_eq!(code, 0);
     assert_eq!(c.groups(ClientType::Producer, "s.h").await, ["g2"]);
     assert_eq!(c.groups(ClientType::Consumer, "s.h").await, ["g1", "g2"]);
 
     // Offline: gone for everyone.
-    let code = c.broker(BrokerRequestType::Offline, "g2", "127.0.0.1:30002", BrokerRole::Master, BrokerState::ReadWrite).await;
+    let code = c
+        .broker(
+            BrokerRequestType::Offline,
+            "g2",
+            "127.0.0.1:30002",
+            BrokerRole::Master,
+            BrokerState::ReadWrite,
+        )
+        .await;
     assert_eq!(code, 0);
-    assert!(c.groups(ClientType::Consumer, "s.h").await.iter().all(|g| g != "g2"));
+    assert!(c
+        .groups(ClientType::Consumer, "s.h")
+        .await
+        .iter()
+        .all(|g| g != "g2"));
     meta.shutdown().await;
 }
 on_all_backends!(heartbeat_timeout_marks_group_unavailable);
@@ -171,8 +295,20 @@ async fn duplicate_group_names_are_refused(backend: Backend) {
     let mut c = MetaConn::connect(&meta).await;
     c.online("dup", "127.0.0.1:30001").await;
     // Another master claiming the live group's name is refused, and changes nothing.
-    for kind in [BrokerRequestType::Online, BrokerRequestType::Heartbeat, BrokerRequestType::Offline] {
-        let code = c.broker(kind, "dup", "127.0.0.1:39999", BrokerRole::Master, BrokerState::ReadWrite).await;
+    for kind in [
+        BrokerRequestType::Online,
+        BrokerRequestType::Heartbeat,
+        BrokerRequestType::Offline,
+    ] {
+        let code = c
+            .broker(
+                kind,
+                "dup",
+                "127.0.0.1:39999",
+                BrokerRole::Master,
+                BrokerState::ReadWrite,
+            )
+            .await;
         assert_eq!(code, qmq_protocol::codes::response::BROKER_REJECT);
     }
     let r = c.route(ClientType::Producer, "s.dup", "").await;
@@ -180,13 +316,29 @@ async fn duplicate_group_names_are_refused(backend: Backend) {
     assert_eq!(r.groups[0].master, "127.0.0.1:30001");
     assert_eq!(r.groups[0].state, BrokerState::ReadWrite);
     // Once the group is offline, a replacement master may take the name over.
-    let code = c.broker(BrokerRequestType::Offline, "dup", "127.0.0.1:30001", BrokerRole::Master, BrokerState::ReadWrite).await;
+    let code = c
+        .broker(
+            BrokerRequestType::Offline,
+            "dup",
+            "127.0.0.1:30001",
+            BrokerRole::Master,
+            BrokerState::ReadWrite,
+        )
+        .await;
     assert_eq!(code, 0);
     c.online("dup", "127.0.0.1:39999").await;
     let r = c.route(ClientType::Producer, "s.dup", "").await;
     assert_eq!(r.groups[0].master, "127.0.0.1:39999");
     // Slaves' registrations are acknowledged and do not touch the group.
-    let code = c.broker(BrokerRequestType::Online, "dup", "127.0.0.1:40000", BrokerRole::Slave, BrokerState::ReadWrite).await;
+    let code = c
+        .broker(
+            BrokerRequestType::Online,
+            "dup",
+            "127.0.0.1:40000",
+            BrokerRole::Slave,
+            BrokerState::ReadWrite,
+        )
+        .await;
     assert_eq!(code, 0);
     let r = c.route(ClientType::Producer, "s.dup", "").await;
     assert_eq!(r.groups[0].master, "127.0.0.1:39999");

@@ -42,7 +42,10 @@ pub struct TestDb {
 fn drop_sql(backend: Backend, name: &str) -> Option<(String, &'static str)> {
     match backend {
         Backend::Sqlite => None,
-        Backend::Postgres => Some((format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), PG_ADMIN)),
+        Backend::Postgres => Some((
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            PG_ADMIN,
+        )),
         Backend::MySql => Some((format!("DROP DATABASE IF EXISTS {name}"), MY_ADMIN)),
     }
 }
@@ -74,7 +77,12 @@ impl TestDb {
                 Some(format!("mysql://root@127.0.0.1:3306/{name}"))
             }
         };
-        Self { backend, url, dir, name }
+        Self {
+            backend,
+            url,
+            dir,
+            name,
+        }
     }
 
     /// Drops the database now (simulates losing it while servers run).
@@ -157,7 +165,10 @@ impl MetaConn {
     pub async fn call(&mut self, code: i16, version: i16, body: BytesMut) -> Frame {
         self.opaque += 1;
         let header = Header::request(code, version, self.opaque);
-        self.framed.send(Frame::new(header, body.freeze())).await.unwrap();
+        self.framed
+            .send(Frame::new(header, body.freeze()))
+            .await
+            .unwrap();
         let frame = tokio::time::timeout(Duration::from_secs(10), self.framed.next())
             .await
             .expect("response within 10 s")
@@ -182,7 +193,14 @@ impl MetaConn {
         self.framed.get_mut().write_all(bytes).await.unwrap();
     }
 
-    pub async fn broker(&mut self, kind: BrokerRequestType, group: &str, addr: &str, role: BrokerRole, state: BrokerState) -> i16 {
+    pub async fn broker(
+        &mut self,
+        kind: BrokerRequestType,
+        group: &str,
+        addr: &str,
+        role: BrokerRole,
+        state: BrokerState,
+    ) -> i16 {
         let mut body = BytesMut::new();
         BrokerRegisterRequest {
             request_type: kind,
@@ -193,19 +211,40 @@ impl MetaConn {
         }
         .encode(&mut body)
         .unwrap();
-        self.call(command::BROKER_REGISTER, 8, body).await.header.code
+        self.call(command::BROKER_REGISTER, 8, body)
+            .await
+            .header
+            .code
     }
 
     /// Registers a live realtime master group.
     pub async fn online(&mut self, group: &str, addr: &str) {
         let code = self
-            .broker(BrokerRequestType::Online, group, addr, BrokerRole::Master, BrokerState::ReadWrite)
+            .broker(
+                BrokerRequestType::Online,
+                group,
+                addr,
+                BrokerRole::Master,
+                BrokerState::ReadWrite,
+            )
             .await;
         assert_eq!(code, 0, "online of {group}");
     }
 
-    pub async fn route(&mut self, client_type: ClientType, subject: &str, group: &str) -> MetaInfoResponse {
-        let req = MetaInfoRequest::new("client-1", client_type, ClientRequestType::Online, subject, "app", group);
+    pub async fn route(
+        &mut self,
+        client_type: ClientType,
+        subject: &str,
+        group: &str,
+    ) -> MetaInfoResponse {
+        let req = MetaInfoRequest::new(
+            "client-1",
+            client_type,
+            ClientRequestType::Online,
+            subject,
+            "app",
+            group,
+        );
         let mut body = BytesMut::new();
         req.encode(&mut body).unwrap();
         let resp = self.call(command::CLIENT_REGISTER, 9, body).await;
@@ -215,7 +254,11 @@ impl MetaConn {
 
     /// Group names of a route, sorted.
     pub async fn groups(&mut self, client_type: ClientType, subject: &str) -> Vec<String> {
-        let group = if client_type == ClientType::Consumer { "cg" } else { "" };
+        let group = if client_type == ClientType::Consumer {
+            "cg"
+        } else {
+            ""
+        };
         let mut names: Vec<String> = self
             .route(client_type, subject, group)
             .await
@@ -229,7 +272,13 @@ impl MetaConn {
 }
 
 /// An admin/API HTTP call: returns (status, JSON body).
-pub async fn http(handle: &MetaServerHandle, method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+pub async fn http(
+    handle: &MetaServerHandle,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(handle.http_addr()).await.unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -237,14 +286,23 @@ pub async fn http(handle: &MetaServerHandle, method: &str, path: &str, token: Op
     if let Some(t) = token {
         req.push_str(&format!("X-Api-Token: {t}\r\n"));
     }
-    req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    req.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8(out).unwrap();
     let status: u16 = text[9..12].parse().unwrap();
     let payload = text.split_once("\r\n\r\n").unwrap().1;
-    let payload = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let payload = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(payload)
     } else {
         payload.to_owned()
@@ -256,7 +314,9 @@ pub async fn http(handle: &MetaServerHandle, method: &str, path: &str, token: Op
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     loop {
-        let Some((size, rest)) = s.split_once("\r\n") else { return out };
+        let Some((size, rest)) = s.split_once("\r\n") else {
+            return out;
+        };
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
         if n == 0 {
             return out;
@@ -277,7 +337,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {limit:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -294,7 +357,10 @@ async fn qmq_meta_test_send(addr: &str, path: &str) -> (u16, Vec<u8>) {
     let req = format!("GET {path} HTTP/1.0\r\nHost: meta\r\nX-Api-Token: {TOKEN}\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
     let status = std::str::from_utf8(&out[9..12]).unwrap().parse().unwrap();
     let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     (status, out[at + 4..].to_vec())
