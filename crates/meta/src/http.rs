@@ -7,6 +7,8 @@
 //!   `GET  brokers[?group=G]`, `POST brokers` (add-broker), `POST brokers/replace`,
 //!   `GET  broker-groups`, `POST readonly/mark`, `POST readonly/unmark`, `POST reset-offset`,
 //!   `POST dbs` (add-db), `GET subjects`, `GET consumers[?subject=S]`, `POST client-state`.
+//! - `POST /management`: QMQ's form-encoded admin endpoint for the Java tools (see
+//!   [`crate::http_compat`]).
 //!
 //! Every JSON answer is `{"status": 0 | -1, "message": "...", "data": ...}`; errors also carry
 //! a matching HTTP status (400 bad input, 401 bad token, 404 unknown, 409 conflict,
@@ -50,7 +52,7 @@ fn status_of(e: &MetaError) -> StatusCode {
     }
 }
 
-fn error_response(e: &MetaError) -> Response {
+pub(crate) fn error_response(e: &MetaError) -> Response {
     let body = ApiResult::<()> {
         status: -1,
         message: e.to_string(),
@@ -59,7 +61,7 @@ fn error_response(e: &MetaError) -> Response {
     (status_of(e), Json(body)).into_response()
 }
 
-fn answer<T: Serialize>(result: Result<T, MetaError>) -> Response {
+pub(crate) fn answer<T: Serialize>(result: Result<T, MetaError>) -> Response {
     match result {
         Ok(data) => Json(ApiResult {
             status: 0,
@@ -80,23 +82,28 @@ fn body<T: DeserializeOwned>(json: Result<Json<T>, JsonRejection>) -> Result<T, 
     })
 }
 
+/// Accepts the request if it carries a configured admin token.
+pub(crate) fn check_token(state: &HttpState, headers: &HeaderMap) -> Result<(), MetaError> {
+    let token = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
+    let tokens = &state.core.config.admin_tokens;
+    let refusal = match token {
+        _ if tokens.is_empty() => "no admin tokens are configured on this meta server",
+        None => "missing X-Api-Token header",
+        Some(t) if !tokens.iter().any(|k| k == t) => "invalid api token",
+        Some(_) => return Ok(()),
+    };
+    Err(MetaError::Unauthorized(refusal.into()))
+}
+
 async fn require_token(
     State(state): State<HttpState>,
     headers: HeaderMap,
     req: Request,
     next: Next,
 ) -> Response {
-    let token = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
-    let tokens = &state.core.config.admin_tokens;
-    let refusal = match token {
-        _ if tokens.is_empty() => Some("no admin tokens are configured on this meta server"),
-        None => Some("missing X-Api-Token header"),
-        Some(t) if !tokens.iter().any(|k| k == t) => Some("invalid api token"),
-        Some(_) => None,
-    };
-    match refusal {
-        Some(why) => error_response(&MetaError::Unauthorized(why.into())),
-        None => next.run(req).await,
+    match check_token(&state, &headers) {
+        Ok(()) => next.run(req).await,
+        Err(e) => error_response(&e),
     }
 }
 
@@ -240,5 +247,6 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/meta/address", get(meta_address))
         .route("/broker/directives", get(directives))
         .nest("/admin", admin)
+        .route("/management", post(crate::http_compat::management))
         .with_state(state)
 }

@@ -17,6 +17,7 @@ mod core;
 mod error;
 pub mod http;
 mod http_client;
+mod http_compat;
 pub mod model;
 mod routing;
 mod server;

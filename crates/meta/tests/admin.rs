@@ -585,3 +585,96 @@ async fn standalone_broker_registers_itself(backend: Backend) {
     meta.shutdown().await;
 }
 on_all_backends!(standalone_broker_registers_itself);
+
+/// What the Java `tools.sh` sends: a form POST to /management with X-Api-Token.
+async fn java_form(
+    meta: &qmq_meta::MetaServerHandle,
+    token: &str,
+    form: &str,
+) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(meta.http_addr())
+        .await
+        .unwrap();
+    let req = format!(
+        "POST /management HTTP/1.1\r\nHost: meta\r\nX-Api-Token: {token}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+async fn java_tools_management_endpoint(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let meta = db.start().await;
+    let add = "action=AddBroker&brokerGroup=g1&role=0&hostname=h1&ip=10.2.2.2&servePort=20881&syncPort=20882";
+    let refused = java_form(&meta, "nope", add).await;
+    assert_eq!(refused["status"], -1);
+    assert!(refused["message"]
+        .as_str()
+        .unwrap()
+        .contains("invalid api token"));
+    assert!(meta.store().brokers(None).await.unwrap().is_empty());
+    assert_eq!(java_form(&meta, TOKEN, add).await["status"], 0);
+    let dup = java_form(&meta, TOKEN, add).await;
+    assert_eq!(dup["status"], -1, "{dup}");
+    let listed = java_form(&meta, TOKEN, "action=ListBrokers&brokerGroup=g1").await;
+    assert_eq!(listed["data"][0]["hostname"], "h1");
+    let mut c = MetaConn::connect(&meta).await;
+    c.online("g1", "127.0.0.1:30001").await;
+    let _ = c.groups(ClientType::Consumer, "s.j").await;
+    assert_eq!(
+        java_form(
+            &meta,
+            TOKEN,
+            "action=MarkReadonlyBrokerGroup&brokerGroup=g1"
+        )
+        .await["status"],
+        0
+    );
+    assert!(c.groups(ClientType::Producer, "s.j").await.is_empty());
+    assert_eq!(
+        java_form(
+            &meta,
+            TOKEN,
+            "action=UnMarkReadonlyBrokerGroup&brokerGroup=g1"
+        )
+        .await["status"],
+        0
+    );
+    assert_eq!(
+        java_form(
+            &meta,
+            TOKEN,
+            "action=ResetOffset&subject=s.j&group=cg&code=2"
+        )
+        .await["status"],
+        0
+    );
+    assert_eq!(
+        java_form(
+            &meta,
+            TOKEN,
+            "action=ResetOffset&subject=s.j&group=cg&code=3"
+        )
+        .await["status"],
+        -1
+    );
+    assert_eq!(
+        meta.store().reset_offsets_after(0).await.unwrap()[0].action,
+        qmq_meta::model::ResetAction::Earliest
+    );
+    let db_add = "action=AddDb&type=mysql&host=db&port=3306&username=u&password=p%26w";
+    assert_eq!(java_form(&meta, TOKEN, db_add).await["status"], 0);
+    assert_eq!(meta.store().client_dbs().await.unwrap()[0].password, "p&w");
+    assert_eq!(
+        java_form(&meta, TOKEN, "action=Explode").await["status"],
+        -1
+    );
+    assert_eq!(java_form(&meta, TOKEN, "").await["status"], -1);
+    meta.shutdown().await;
+}
+on_all_backends!(java_tools_management_endpoint);
