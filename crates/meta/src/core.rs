@@ -30,6 +30,9 @@ pub struct MetaCore {
     pub(crate) store: Store,
     pub(crate) cache: Cache,
     pub(crate) config: MetaConfig,
+    /// When this server started: no group is expired during its first heartbeat timeout, so
+    /// brokers that could not reach a restarting meta server get a chance to heartbeat again.
+    started_ms: i64,
     client_touched: Mutex<HashMap<ClientKey, i64>>,
 }
 
@@ -42,6 +45,7 @@ impl MetaCore {
             store,
             cache,
             config,
+            started_ms: now_ms(),
             client_touched: Mutex::new(HashMap::new()),
         })
     }
@@ -59,9 +63,13 @@ impl MetaCore {
     /// Marks groups without a recent heartbeat unavailable; returns their names.
     pub async fn expire_heartbeats(&self) -> Result<Vec<String>, MetaError> {
         let timeout = i64::try_from(self.config.heartbeat_timeout_ms).unwrap_or(i64::MAX);
+        let now = now_ms();
+        if now.saturating_sub(self.started_ms) < timeout {
+            return Ok(Vec::new());
+        }
         let expired = self
             .store
-            .expire_broker_groups(now_ms().saturating_sub(timeout))
+            .expire_broker_groups(now.saturating_sub(timeout))
             .await?;
         if !expired.is_empty() {
             tracing::warn!(groups = ?expired, "broker groups lost their heartbeat, marked NRW");

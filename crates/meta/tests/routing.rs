@@ -229,12 +229,17 @@ async fn heartbeat_timeout_marks_group_unavailable(backend: Backend) {
             )
             .await;
         assert_eq!(code, 0);
-        if state_of(http_addr.clone(), "g1").await.as_deref() == Some("NRW") {
+        // Wait for what clients see (the cache follows the database).
+        if c.groups(ClientType::Producer, "s.h").await == ["g2"] {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "g1 never timed out");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        state_of(http_addr.clone(), "g1").await.as_deref(),
+        Some("NRW")
+    );
     assert_eq!(
         state_of(http_addr.clone(), "g2").await.as_deref(),
         Some("RW")
