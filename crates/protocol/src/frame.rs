@@ -27,15 +27,27 @@ pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bit 0 of the header flag: the frame is a response.
 pub const FLAG_RESPONSE: i32 = 1;
 
-/// Protocol version 4 (oldest clients).
+/// Protocol version 4: the oldest layout QMQ still reads. Pull requests carry no filter, acks
+/// no broadcast byte, pull responses no message tags.
 pub const VERSION_4: i16 = 4;
-/// Protocol version 7.
+/// Protocol version 7: delay messages carry their schedule time (flag bit 1, see
+/// [`crate::message`]); the Java delay server forwards due messages to brokers with it.
 pub const VERSION_7: i16 = 7;
-/// Protocol version 8: pull responses keep message tags; pull requests carry one tag filter;
-/// brokers and delay servers talk to the meta server with it.
+/// Protocol version 8: message tags. Pull responses keep the tag list (brokers strip it for
+/// older requests), pull requests carry one tag filter, acks end with a broadcast byte. Java
+/// brokers and delay servers talk to the meta server with it (the Java header default).
 pub const VERSION_8: i16 = 8;
-/// Protocol version 9: pull requests carry a list of typed filters; current Java clients.
+/// Protocol version 9: pull requests carry a list of typed filters (tag, sub-environment).
+/// Every request of the current Java client uses it.
 pub const VERSION_9: i16 = 9;
+/// The version the current Java client sends: what a client of ours should send.
+pub const CLIENT_VERSION: i16 = VERSION_9;
+/// The version Java servers use for their own requests to the meta server.
+pub const SERVER_VERSION: i16 = VERSION_8;
+
+/// Largest number of bytes the decoder reserves ahead of data actually received. A peer that
+/// announces a large frame and then stalls costs at most this much, not the whole frame.
+const MAX_RESERVE_AHEAD: usize = 256 * 1024;
 
 /// The fixed header of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,9 +87,50 @@ impl Header {
         }
     }
 
+    /// A request header as Java servers write their own requests to the meta server
+    /// (BROKER_REGISTER, BROKER_ACQUIRE_META): [`SERVER_VERSION`] and the placeholder request
+    /// code `-1`.
+    pub fn server_request(code: i16, opaque: i32) -> Self {
+        Self {
+            code,
+            version: SERVER_VERSION,
+            opaque,
+            flag: 0,
+            request_code: crate::codes::PLACEHOLDER,
+        }
+    }
+
     /// Whether this frame is a response.
     pub fn is_response(&self) -> bool {
         self.flag & FLAG_RESPONSE != 0
+    }
+
+    /// Whether this frame is a request.
+    pub fn is_request(&self) -> bool {
+        !self.is_response()
+    }
+
+    /// The command this frame is about: a request's own code, a response's request code.
+    pub fn command_code(&self) -> i16 {
+        if self.is_response() {
+            self.request_code
+        } else {
+            self.code
+        }
+    }
+
+    /// The command as a closed type, `None` for codes QMQ does not define.
+    pub fn command(&self) -> Option<crate::codes::Command> {
+        crate::codes::Command::from_code(self.command_code())
+    }
+
+    /// A response's code as a closed type (`None` for requests and unknown codes).
+    pub fn response_code(&self) -> Option<crate::codes::ResponseCode> {
+        if self.is_response() {
+            crate::codes::ResponseCode::from_code(self.code)
+        } else {
+            None
+        }
     }
 }
 
@@ -99,7 +152,8 @@ impl Frame {
         }
     }
 
-    /// Appends the encoded frame to `out`.
+    /// Appends the encoded frame to `out` without a size check (the body must be smaller than
+    /// 2 GiB; [`FrameCodec`] checks its configured limit).
     pub fn encode_into(&self, out: &mut BytesMut) {
         out.reserve(PREFIX_LEN + self.body.len());
         let total = 2 + HEADER_LEN as usize + self.body.len();
@@ -152,7 +206,8 @@ pub enum FrameError {
 /// A tokio-util codec for QMQ frames with a frame-size limit.
 ///
 /// The decoder checks the magic number, header length and size limit from the first 10 bytes,
-/// before it buffers the rest, so an oversized or foreign frame costs no allocation.
+/// before it buffers the rest, so an oversized or foreign frame costs no allocation; it reserves
+/// at most 256 KiB ahead of the bytes received. The encoder refuses frames over the limit.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCodec {
     max_frame: usize,
@@ -204,7 +259,7 @@ impl Decoder for FrameCodec {
             });
         }
         if src.len() < 4 + total {
-            src.reserve(4 + total - src.len());
+            src.reserve((4 + total - src.len()).min(MAX_RESERVE_AHEAD));
             return Ok(None);
         }
         let mut frame = src.split_to(4 + total);

@@ -15,11 +15,29 @@
 //!
 //! Inside a SEND_MESSAGE body every message is preceded by an `i64` whose low 32 bits are the
 //! CRC-32 (IEEE, as `java.util.zip.CRC32`) of its stored form.
+//!
+//! The layout does not depend on the header version, with one exception: pull responses to
+//! requests older than [`VERSION_8`] carry no tag list, although the flag still says "has tags"
+//! (the Java broker cuts the list out and leaves the flag byte alone). The `*_for_version`
+//! methods handle that; the plain ones are the version-8+ form.
+//!
+//! The Java reader takes the tag count as a signed byte, so at most 127 tags can be sent; the
+//! Java writer sends each attribute value's length as a 16-bit number that readers take as
+//! unsigned, so values may be up to 65535 bytes and keys up to 32767.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::frame::VERSION_8;
 use crate::wire::{put_string, put_ushort_bytes, utf8, EncodeError, Reader};
 use crate::DecodeError;
+
+/// Most tags a message can carry (the Java reader takes the count as a signed byte).
+pub const MAX_TAGS: usize = i8::MAX as usize;
+
+/// Whether messages sent to a peer of protocol `version` carry their tag list.
+pub fn tags_on_wire(version: i16) -> bool {
+    version >= VERSION_8
+}
 
 /// The flag byte of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -89,20 +107,37 @@ pub struct Message {
 }
 
 impl Message {
-    /// Appends the stored form (no CRC) to `out`.
+    /// Appends the stored form (no CRC) to `out`. The tag list is written when the flags say
+    /// so; tags without the flag are not sent.
     pub fn encode_stored(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        self.encode_stored_inner(true, out)
+    }
+
+    /// Appends the stored form as a peer of protocol `version` reads it in a pull response:
+    /// below version 8 the tag list is left out (the flag byte is kept, as Java brokers do).
+    pub fn encode_stored_for_version(
+        &self,
+        version: i16,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        self.encode_stored_inner(tags_on_wire(version), out)
+    }
+
+    fn encode_stored_inner(&self, with_tags: bool, out: &mut BytesMut) -> Result<(), EncodeError> {
         out.put_u8(self.flags.0);
         out.put_i64(self.created_time);
         out.put_i64(self.expire_or_schedule);
         put_string(out, &self.subject, "subject")?;
         put_string(out, &self.message_id, "message id")?;
-        if self.flags.has_tags() {
-            let count = u8::try_from(self.tags.len()).map_err(|_| EncodeError::TooMany {
-                field: "tags",
-                count: self.tags.len(),
-                max: u8::MAX as usize,
-            })?;
-            out.put_u8(count);
+        if with_tags && self.flags.has_tags() {
+            if self.tags.len() > MAX_TAGS {
+                return Err(EncodeError::TooMany {
+                    field: "tags",
+                    count: self.tags.len(),
+                    max: MAX_TAGS,
+                });
+            }
+            out.put_u8(self.tags.len() as u8);
             for tag in &self.tags {
                 put_string(out, tag, "tag")?;
             }
@@ -140,16 +175,35 @@ impl Message {
         Ok(out.freeze())
     }
 
-    /// Reads one stored-form message.
+    /// Reads one stored-form message (version 8+ layout: tags present when flagged).
     pub fn decode_stored(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_stored_inner(true, r)
+    }
+
+    /// Reads one stored-form message from a pull response to a request of protocol `version`
+    /// (below version 8 there is no tag list whatever the flag says).
+    pub fn decode_stored_for_version(
+        version: i16,
+        r: &mut Reader<'_>,
+    ) -> Result<Self, DecodeError> {
+        Self::decode_stored_inner(tags_on_wire(version), r)
+    }
+
+    fn decode_stored_inner(with_tags: bool, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let flags = MessageFlags(r.u8("message flag")?);
         let created_time = r.i64("created time")?;
         let expire_or_schedule = r.i64("expire/schedule time")?;
         let subject = r.string("subject")?;
         let message_id = r.string("message id")?;
         let mut tags = Vec::new();
-        if flags.has_tags() {
-            let count = r.u8("tag count")?;
+        if with_tags && flags.has_tags() {
+            let count = usize::from(r.u8("tag count")?);
+            if count > MAX_TAGS {
+                return Err(DecodeError::Invalid {
+                    field: "tag count",
+                    reason: "more than 127 tags (Java reads the count as a signed byte)",
+                });
+            }
             for _ in 0..count {
                 tags.push(r.string("tag")?);
             }
@@ -216,16 +270,39 @@ impl SentMessage {
         crc32fast::hash(&self.stored) == self.carried_crc
     }
 
+    /// Fails with [`DecodeError::CrcMismatch`] unless the carried CRC matches the bytes received.
+    pub fn verify_crc(&self) -> Result<(), DecodeError> {
+        let computed = crc32fast::hash(&self.stored);
+        if computed == self.carried_crc {
+            Ok(())
+        } else {
+            Err(DecodeError::CrcMismatch {
+                carried: self.carried_crc,
+                computed,
+            })
+        }
+    }
+
+    /// Appends the send form exactly as received: the carried CRC, then the stored bytes.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_i64(i64::from(self.carried_crc));
+        out.put_slice(&self.stored);
+    }
+
     /// Reads one send-form message (CRC + stored form) from `body`, whose reader `r` is over
-    /// the same bytes.
+    /// the same bytes. The CRC is not checked here: see [`Self::verify_crc`].
     pub fn decode(body: &Bytes, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let crc = r.i64("message crc")?;
+        let crc = u32::try_from(crc).map_err(|_| DecodeError::Invalid {
+            field: "message crc",
+            reason: "a CRC-32 must fill only the low 32 bits",
+        })?;
         let start = r.position();
         let message = Message::decode_stored(r)?;
         let stored = body.slice(start..r.position());
         Ok(Self {
             message,
-            carried_crc: crc as u32,
+            carried_crc: crc,
             stored,
         })
     }

@@ -168,6 +168,16 @@ pub mod keys {
     pub const REQUEST_TYPE: &str = "requestType";
     /// Client data centre.
     pub const CLIENT_LDC: &str = "clientLDC";
+    /// Every well-known key.
+    pub const ALL: &[&str] = &[
+        SUBJECT,
+        CLIENT_TYPE_CODE,
+        APP_CODE,
+        CLIENT_ID,
+        CONSUMER_GROUP,
+        REQUEST_TYPE,
+        CLIENT_LDC,
+    ];
 }
 
 /// A CLIENT_REGISTER request: the attribute map in wire order, with typed accessors.
@@ -200,11 +210,36 @@ impl MetaInfoRequest {
         }
     }
 
-    fn get(&self, key: &str) -> &str {
+    /// The value of `key` ("" when absent). A key sent twice keeps its last value, as in the
+    /// Java map the meta server reads the body into.
+    pub fn get(&self, key: &str) -> &str {
         self.attrs
             .iter()
+            .rev()
             .find(|(k, _)| k == key)
             .map_or("", |(_, v)| v.as_str())
+    }
+
+    /// Sets `key` to `value`, replacing its existing entry in place or appending one.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        let value = value.into();
+        match self.attrs.iter_mut().rev().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.attrs.push((key.to_owned(), value)),
+        }
+    }
+
+    /// The client's data centre ("" when absent).
+    pub fn client_ldc(&self) -> &str {
+        self.get(keys::CLIENT_LDC)
+    }
+
+    /// The entries whose keys are none of the well-known [`keys`], in wire order.
+    pub fn extra_attrs(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.attrs
+            .iter()
+            .filter(|(k, _)| !keys::ALL.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// The subject ("" when absent).
@@ -264,8 +299,14 @@ impl MetaInfoRequest {
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let count = r.i16("attribute count")?;
+        if count < 0 {
+            return Err(DecodeError::NegativeLength {
+                field: "attribute count",
+                len: i64::from(count),
+            });
+        }
         let mut attrs = Vec::new();
-        for _ in 0..count.max(0) {
+        for _ in 0..count {
             attrs.push((r.string("attribute key")?, r.string("attribute value")?));
         }
         r.finish("client register request")?;
@@ -304,6 +345,11 @@ pub struct MetaInfoResponse {
 }
 
 impl MetaInfoResponse {
+    /// The echoed client type; unknown codes mean [`ClientType::Other`], as in QMQ.
+    pub fn client_type(&self) -> ClientType {
+        ClientType::from_code(i32::from(self.client_type_code)).unwrap_or(ClientType::Other)
+    }
+
     /// Appends the body to `out`.
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
         out.put_i64(self.timestamp);
@@ -335,8 +381,14 @@ impl MetaInfoResponse {
         let state = OnOfflineState::from_code(i32::from(r.u8("on/offline state")?))?;
         let client_type_code = r.u8("client type")?;
         let count = r.i16("group count")?;
+        if count < 0 {
+            return Err(DecodeError::NegativeLength {
+                field: "group count",
+                len: i64::from(count),
+            });
+        }
         let mut groups = Vec::new();
-        for _ in 0..count.max(0) {
+        for _ in 0..count {
             groups.push(BrokerGroup {
                 name: r.string("group name")?,
                 master: r.string("master address")?,

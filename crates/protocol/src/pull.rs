@@ -10,21 +10,26 @@
 //! i64 pull_offset_last       consumer's view of its pull log (last pulled)
 //! i64 timeout_ms             long-poll wait; < 0 = return at once
 //! u8  broadcast
-//! version 8:  one tag filter: i16 tag type, u8 count, count x (i16 len + bytes)
-//! version 9+: i32 filter count, then per filter: i16 type, then its fields
-//!             (1 TAG: as above; 2 SUB_ENV_ISOLATION: short string env, short string sub_env)
+//! version < 8: nothing more
+//! version 8:   one tag filter: i16 tag type, u8 count, count x (i16 len + bytes)
+//!              (tag type 0 = NO_TAG: no filter)
+//! version 9+:  i32 filter count, then per filter: i16 type, then its fields
+//!              (1 TAG: as above; 2 SUB_ENV_ISOLATION: short string env, short string sub_env)
 //! ```
 //!
-//! Pull response body (code SUCCESS): `i64 pull log offset of the first message`, `i64 -1`,
-//! then messages in stored form. NO_MESSAGE responses have an empty body.
+//! Pull response body (code SUCCESS): `i64 pull-log offset of the first message` (the next
+//! messages have the next offsets), `i64 consume offset` (brokers send -1, clients ignore it),
+//! then messages in stored form; for requests older than version 8 without their tag lists.
+//! NO_MESSAGE responses have an empty body.
 //!
 //! Ack request body: subject, group, consumer_id (short strings), `i64 pull_offset_begin`,
-//! `i64 pull_offset_last`, `u8 broadcast`.
+//! `i64 pull_offset_last`, and from version 8 on `u8 broadcast`. A negative
+//! `pull_offset_begin` makes it a heartbeat that acks nothing.
 
 use bytes::{BufMut, BytesMut};
 
 use crate::frame::{VERSION_8, VERSION_9};
-use crate::message::Message;
+use crate::message::{tags_on_wire, Message, MessageFlags, MAX_TAGS};
 use crate::wire::{put_short_bytes, put_string, EncodeError, Reader};
 use crate::DecodeError;
 
@@ -106,13 +111,16 @@ pub struct PullRequest {
     pub timeout_ms: i64,
     /// Broadcast consumption: every consumer sees every message.
     pub broadcast: bool,
-    /// Server-side filters. Version 8 carries exactly one tag filter on the wire (a `NoTag`
-    /// filter when none); version 9 a list.
+    /// Server-side filters, in wire order. Versions before 8 carry none; version 8 at most one
+    /// tag filter (none is sent as a `NoTag` filter without tags); version 9 a list, kept as
+    /// received (an inactive `NoTag` filter included, so re-encoding is byte-exact).
     pub filters: Vec<PullFilter>,
 }
 
 impl PullRequest {
-    /// Appends the body for protocol `version` to `out`.
+    /// Appends the body for protocol `version` to `out`. Fails with
+    /// [`EncodeError::NotInVersion`] when the filters cannot be said in that version (any filter
+    /// before version 8; more than one tag filter or a sub-environment filter in version 8).
     pub fn encode(&self, version: i16, out: &mut BytesMut) -> Result<(), EncodeError> {
         put_string(out, &self.subject, "subject")?;
         put_string(out, &self.group, "group")?;
@@ -124,20 +132,23 @@ impl PullRequest {
         out.put_i64(self.timeout_ms);
         out.put_u8(u8::from(self.broadcast));
         if version < VERSION_8 {
+            if !self.filters.is_empty() {
+                return Err(EncodeError::NotInVersion {
+                    what: "pull filters",
+                    version,
+                });
+            }
             return Ok(());
         }
         if version < VERSION_9 {
-            // Version 8 carries one tag filter: the active one, else any (kept as received).
-            let (tag_type, tags): (TagType, &[Vec<u8>]) = self
-                .tag_filter()
-                .or_else(|| {
-                    self.filters.iter().find_map(|f| match f {
-                        PullFilter::Tag { tag_type, tags } => Some((*tag_type, tags.as_slice())),
-                        PullFilter::SubEnv { .. } => None,
-                    })
-                })
-                .unwrap_or((TagType::NoTag, &[]));
-            return put_tag_filter(out, tag_type, tags);
+            return match self.filters.as_slice() {
+                [] => put_tag_filter(out, TagType::NoTag, &[]),
+                [PullFilter::Tag { tag_type, tags }] => put_tag_filter(out, *tag_type, tags),
+                _ => Err(EncodeError::NotInVersion {
+                    what: "pull filters other than one tag filter",
+                    version,
+                }),
+            };
         }
         let count = i32::try_from(self.filters.len()).map_err(|_| EncodeError::TooMany {
             field: "filters",
@@ -172,11 +183,17 @@ impl PullRequest {
         let pull_offset_begin = r.i64("pull offset begin")?;
         let pull_offset_last = r.i64("pull offset last")?;
         let timeout_ms = r.i64("timeout")?;
-        let broadcast = r.u8("broadcast")? != 0;
+        let broadcast = r.bool("broadcast")?;
         let mut filters = Vec::new();
         if version >= VERSION_9 {
             let count = r.i32("filter count")?;
-            for _ in 0..count.max(0) {
+            if count < 0 {
+                return Err(DecodeError::NegativeLength {
+                    field: "filter count",
+                    len: i64::from(count),
+                });
+            }
+            for _ in 0..count {
                 let kind = r.i16("filter type")?;
                 filters.push(match kind {
                     FILTER_TAG => read_tag_filter(&mut r)?,
@@ -193,8 +210,16 @@ impl PullRequest {
                 });
             }
         } else if version >= VERSION_8 {
-            filters.push(read_tag_filter(&mut r)?);
+            match read_tag_filter(&mut r)? {
+                // "No tag" without tags is how version 8 says "no filter".
+                PullFilter::Tag {
+                    tag_type: TagType::NoTag,
+                    tags,
+                } if tags.is_empty() => {}
+                filter => filters.push(filter),
+            }
         }
+        r.finish("pull request")?;
         Ok(Self {
             subject,
             group,
@@ -228,12 +253,14 @@ fn put_tag_filter(
     tags: &[Vec<u8>],
 ) -> Result<(), EncodeError> {
     out.put_i16(tag_type.code());
-    let count = u8::try_from(tags.len()).map_err(|_| EncodeError::TooMany {
-        field: "tags",
-        count: tags.len(),
-        max: u8::MAX as usize,
-    })?;
-    out.put_u8(count);
+    if tags.len() > MAX_TAGS {
+        return Err(EncodeError::TooMany {
+            field: "filter tags",
+            count: tags.len(),
+            max: MAX_TAGS,
+        });
+    }
+    out.put_u8(tags.len() as u8);
     for tag in tags {
         put_short_bytes(out, tag, "tag")?;
     }
@@ -242,7 +269,13 @@ fn put_tag_filter(
 
 fn read_tag_filter(r: &mut Reader<'_>) -> Result<PullFilter, DecodeError> {
     let tag_type = TagType::from_code(r.i16("tag type")?)?;
-    let count = r.u8("tag count")?;
+    let count = usize::from(r.u8("filter tag count")?);
+    if count > MAX_TAGS {
+        return Err(DecodeError::Invalid {
+            field: "filter tag count",
+            reason: "more than 127 tags (Java reads the count as a signed byte)",
+        });
+    }
     let mut tags = Vec::new();
     for _ in 0..count {
         tags.push(r.short_bytes("tag")?.to_vec());
@@ -253,39 +286,51 @@ fn read_tag_filter(r: &mut Reader<'_>) -> Result<PullFilter, DecodeError> {
 /// The body of a successful pull response.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PullResponse {
-    /// Pull-log offset of the first message; the rest follow consecutively.
+    /// Pull-log offset of the first message; the next messages have the next offsets.
     pub pull_log_offset: i64,
-    /// The second header field; QMQ brokers always send -1.
+    /// The consumer's consume offset; Java brokers send -1 and Java clients ignore it.
     pub reserved: i64,
     /// The messages, in stored form.
     pub messages: Vec<Message>,
 }
 
 impl PullResponse {
-    /// Writes the response header fields; append stored-form messages after it.
+    /// Writes the two head fields (`pull_log_offset`, then -1); append the messages after it,
+    /// e.g. with [`append_stored_for_version`].
     pub fn encode_head(pull_log_offset: i64, out: &mut BytesMut) {
         out.put_i64(pull_log_offset);
         out.put_i64(-1);
     }
 
-    /// Appends the whole body to `out`.
+    /// Appends the whole body, for a request of version 8 or later, to `out`.
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        self.encode_for_version(VERSION_9, out)
+    }
+
+    /// Appends the whole body as the answer to a request of protocol `version` (below 8 the
+    /// messages' tag lists are left out).
+    pub fn encode_for_version(&self, version: i16, out: &mut BytesMut) -> Result<(), EncodeError> {
         out.put_i64(self.pull_log_offset);
         out.put_i64(self.reserved);
         for m in &self.messages {
-            m.encode_stored(out)?;
+            m.encode_stored_for_version(version, out)?;
         }
         Ok(())
     }
 
-    /// Decodes a body.
+    /// Decodes a body answering a request of version 8 or later.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_for_version(VERSION_9, body)
+    }
+
+    /// Decodes a body answering a request of protocol `version`.
+    pub fn decode_for_version(version: i16, body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let pull_log_offset = r.i64("pull log offset")?;
-        let reserved = r.i64("consume log offset")?;
+        let reserved = r.i64("consume offset")?;
         let mut messages = Vec::new();
         while !r.is_empty() {
-            messages.push(Message::decode_stored(&mut r)?);
+            messages.push(Message::decode_stored_for_version(version, &mut r)?);
         }
         Ok(Self {
             pull_log_offset,
@@ -293,6 +338,38 @@ impl PullResponse {
             messages,
         })
     }
+
+    /// The messages with their pull-log offsets (what the consumer acks).
+    pub fn messages_with_offsets(&self) -> impl Iterator<Item = (i64, &Message)> + '_ {
+        (self.pull_log_offset..).zip(&self.messages)
+    }
+}
+
+/// Appends one message's stored-form bytes (as a broker keeps them, version 8+ layout) to a pull
+/// response for a request of protocol `version`: unchanged from version 8 on; below it with the
+/// tag list cut out and the flag byte left as it is, as the Java broker does.
+pub fn append_stored_for_version(
+    stored: &[u8],
+    version: i16,
+    out: &mut BytesMut,
+) -> Result<(), DecodeError> {
+    let mut r = Reader::new(stored);
+    let flags = MessageFlags(r.u8("message flag")?);
+    if tags_on_wire(version) || !flags.has_tags() {
+        out.put_slice(stored);
+        return Ok(());
+    }
+    r.bytes(16, "message times")?;
+    r.short_bytes("subject")?;
+    r.short_bytes("message id")?;
+    let tags_at = r.position();
+    let count = r.u8("tag count")?;
+    for _ in 0..count {
+        r.short_bytes("tag")?;
+    }
+    out.put_slice(&stored[..tags_at]);
+    out.put_slice(&stored[r.position()..]);
+    Ok(())
 }
 
 /// An ack: the consumer has finished the pull-log range `[pull_offset_begin, pull_offset_last]`.
@@ -313,19 +390,43 @@ pub struct AckRequest {
 }
 
 impl AckRequest {
-    /// Appends the body to `out`.
+    /// Whether this ack only keeps the consumer alive (negative begin offset: nothing acked).
+    pub fn is_heartbeat(&self) -> bool {
+        self.pull_offset_begin < 0
+    }
+
+    /// Appends the body (version 8+ layout) to `out`.
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        self.encode_for_version(VERSION_9, out)
+    }
+
+    /// Appends the body for protocol `version` to `out`. Below version 8 there is no broadcast
+    /// byte: a broadcast ack cannot be sent.
+    pub fn encode_for_version(&self, version: i16, out: &mut BytesMut) -> Result<(), EncodeError> {
+        if version < VERSION_8 && self.broadcast {
+            return Err(EncodeError::NotInVersion {
+                what: "broadcast ack",
+                version,
+            });
+        }
         put_string(out, &self.subject, "subject")?;
         put_string(out, &self.group, "group")?;
         put_string(out, &self.consumer_id, "consumer id")?;
         out.put_i64(self.pull_offset_begin);
         out.put_i64(self.pull_offset_last);
-        out.put_u8(u8::from(self.broadcast));
+        if version >= VERSION_8 {
+            out.put_u8(u8::from(self.broadcast));
+        }
         Ok(())
     }
 
-    /// Decodes a body.
+    /// Decodes a body (version 8+ layout).
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_for_version(VERSION_9, body)
+    }
+
+    /// Decodes a body sent with protocol `version`.
+    pub fn decode_for_version(version: i16, body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
         let req = Self {
             subject: r.string("subject")?,
@@ -333,7 +434,11 @@ impl AckRequest {
             consumer_id: r.string("consumer id")?,
             pull_offset_begin: r.i64("pull offset begin")?,
             pull_offset_last: r.i64("pull offset last")?,
-            broadcast: r.u8("broadcast")? != 0,
+            broadcast: if version >= VERSION_8 {
+                r.bool("broadcast")?
+            } else {
+                false
+            },
         };
         r.finish("ack request")?;
         Ok(req)

@@ -11,7 +11,7 @@ use crate::message::{Message, SentMessage};
 use crate::wire::{put_string, EncodeError, Reader};
 use crate::DecodeError;
 
-/// Per-message producer result codes.
+/// Per-message producer result codes (Java `MessageProducerCode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProducerCode {
     /// Stored.
@@ -82,6 +82,25 @@ pub fn decode_send_request(body: &Bytes) -> Result<Vec<SentMessage>, DecodeError
         out.push(SentMessage::decode(body, &mut r)?);
     }
     Ok(out)
+}
+
+/// Decodes a SEND_MESSAGE body and checks every message's CRC: the first mismatch fails the
+/// whole body with [`DecodeError::CrcMismatch`]. Servers that prefer to refuse only the damaged
+/// message use [`decode_send_request`] and [`SentMessage::verify_crc`] per message.
+pub fn decode_send_request_verified(body: &Bytes) -> Result<Vec<SentMessage>, DecodeError> {
+    let messages = decode_send_request(body)?;
+    for m in &messages {
+        m.verify_crc()?;
+    }
+    Ok(messages)
+}
+
+/// Re-encodes received messages as a SEND_MESSAGE body, byte for byte as they arrived (what a
+/// delay server does when it forwards due messages to a broker).
+pub fn encode_sent_messages(messages: &[SentMessage], out: &mut BytesMut) {
+    for m in messages {
+        m.encode(out);
+    }
 }
 
 /// The result of one message that was not stored.

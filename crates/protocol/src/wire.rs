@@ -66,6 +66,19 @@ impl<'a> Reader<'a> {
         Ok(self.array::<1>(field)?[0])
     }
 
+    /// Reads a boolean byte; only 0 and 1 are accepted (what Java writers send), so a decoded
+    /// payload re-encodes byte for byte.
+    pub fn bool(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Invalid {
+                field,
+                reason: "a boolean byte must be 0 or 1",
+            }),
+        }
+    }
+
     /// Reads a big-endian `i16`.
     pub fn i16(&mut self, field: &'static str) -> Result<i16, DecodeError> {
         Ok(i16::from_be_bytes(self.array(field)?))
@@ -171,6 +184,15 @@ pub enum EncodeError {
         len: usize,
         /// The largest length allowed.
         max: usize,
+    },
+    /// The payload holds something the requested protocol version cannot carry (e.g. pull
+    /// filters for a version-7 peer); sending it anyway would silently drop it.
+    #[error("{what} cannot be sent with protocol version {version}")]
+    NotInVersion {
+        /// What cannot be carried.
+        what: &'static str,
+        /// The protocol version asked for.
+        version: i16,
     },
     /// A list has more entries than its count field can say.
     #[error("{field} has {count} entries, more than the {max} the wire format allows")]
