@@ -4,6 +4,7 @@
 //! fails (database down), the previous view stays in place, so known routes keep being served.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use qmq_protocol::{BrokerState, OnOfflineState};
@@ -91,35 +92,73 @@ impl View {
 #[derive(Debug, Default)]
 pub struct Cache {
     view: RwLock<View>,
+    /// Bumped by every local put, so a refresh can tell it raced with one.
+    generation: AtomicU64,
+}
+
+/// Attempts of a refresh that keeps racing with local puts before it merges.
+const REFRESH_TRIES: usize = 3;
+
+async fn load(store: &Store) -> Result<View, MetaError> {
+    let loaded_ms = now_ms();
+    let groups = store.broker_groups().await?;
+    let routes = store.subject_routes().await?;
+    let readonly_rows = store.readonly_settings().await?;
+    let states = store.client_states().await?;
+    let mut readonly: HashMap<String, HashSet<String>> = HashMap::new();
+    for r in readonly_rows {
+        readonly
+            .entry(r.broker_group)
+            .or_default()
+            .insert(r.subject);
+    }
+    Ok(View {
+        groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
+        routes: routes.into_iter().map(|r| (r.subject.clone(), r)).collect(),
+        readonly,
+        offline: states
+            .into_iter()
+            .filter(|s| s.offline)
+            .map(|s| (s.client_id, s.subject, s.consumer_group))
+            .collect(),
+        loaded_ms,
+    })
 }
 
 impl Cache {
     /// Loads a fresh view from `store`; on error the old view is kept and the error returned.
+    ///
+    /// A load that overlapped a local put (a route or group written meanwhile) is retried; if
+    /// it keeps overlapping, it is merged: routes keep the higher version, and groups the load
+    /// missed are kept (neither is ever deleted).
     pub async fn refresh(&self, store: &Store) -> Result<(), MetaError> {
-        let loaded_ms = now_ms();
-        let groups = store.broker_groups().await?;
-        let routes = store.subject_routes().await?;
-        let readonly_rows = store.readonly_settings().await?;
-        let states = store.client_states().await?;
-        let mut readonly: HashMap<String, HashSet<String>> = HashMap::new();
-        for r in readonly_rows {
-            readonly
-                .entry(r.broker_group)
-                .or_default()
-                .insert(r.subject);
+        for attempt in 1..=REFRESH_TRIES {
+            let generation = self.generation.load(Ordering::Acquire);
+            let mut fresh = load(store).await?;
+            let mut view = self.view.write();
+            let raced = self.generation.load(Ordering::Acquire) != generation;
+            if raced && attempt < REFRESH_TRIES {
+                continue;
+            }
+            for (subject, route) in &view.routes {
+                let newer = fresh
+                    .routes
+                    .get(subject)
+                    .is_none_or(|r| r.version < route.version);
+                if newer {
+                    fresh.routes.insert(subject.clone(), route.clone());
+                }
+            }
+            if raced {
+                for (name, group) in &view.groups {
+                    if !fresh.groups.contains_key(name) {
+                        fresh.groups.insert(name.clone(), group.clone());
+                    }
+                }
+            }
+            *view = fresh;
+            return Ok(());
         }
-        let view = View {
-            groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
-            routes: routes.into_iter().map(|r| (r.subject.clone(), r)).collect(),
-            readonly,
-            offline: states
-                .into_iter()
-                .filter(|s| s.offline)
-                .map(|s| (s.client_id, s.subject, s.consumer_group))
-                .collect(),
-            loaded_ms,
-        };
-        *self.view.write() = view;
         Ok(())
     }
 
@@ -138,10 +177,47 @@ impl Cache {
         if newer {
             view.routes.insert(route.subject.clone(), route);
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Puts a group just written to the database into the view.
     pub fn put_group(&self, group: BrokerGroupInfo) {
-        self.view.write().groups.insert(group.name.clone(), group);
+        let mut view = self.view.write();
+        view.groups.insert(group.name.clone(), group);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refresh_never_rolls_a_route_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite_dir(dir.path()).await.unwrap();
+        assert!(store
+            .insert_subject_route("s", &["g1".to_owned()])
+            .await
+            .unwrap());
+        let cache = Cache::default();
+        cache.refresh(&store).await.unwrap();
+        assert_eq!(cache.read(|v| v.routes["s"].version), 1);
+        // A newer version written by this server after the load started must survive it.
+        let newer = SubjectRoute {
+            subject: "s".into(),
+            groups: vec!["g1".into(), "g2".into()],
+            version: 2,
+            updated_ms: 0,
+        };
+        cache.put_route(newer.clone());
+        cache.refresh(&store).await.unwrap();
+        assert_eq!(cache.read(|v| v.routes["s"].clone()), newer);
+        // Older puts do not win over the cache either.
+        cache.put_route(SubjectRoute {
+            version: 1,
+            ..newer.clone()
+        });
+        assert_eq!(cache.read(|v| v.routes["s"].version), 2);
     }
 }

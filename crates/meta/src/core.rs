@@ -248,8 +248,15 @@ impl MetaCore {
             tracing::info!(group = req.group_name, address = req.broker_address, ?state,
                 request = ?req.request_type, "broker group registered");
         }
-        if let Some(g) = self.store.broker_group(&req.group_name).await? {
-            self.cache.put_group(g);
+        // The cache ignores heartbeat times: only put a group whose routing facts changed.
+        let cached = self.cache.read(|v| v.groups.get(&req.group_name).cloned());
+        let changed = cached.is_none_or(|c| {
+            c.state != state || c.master_address != req.broker_address || c.kind != kind
+        });
+        if changed {
+            if let Some(g) = self.store.broker_group(&req.group_name).await? {
+                self.cache.put_group(g);
+            }
         }
         Ok(())
     }
