@@ -1,14 +1,27 @@
-//! Native async Rust client for QMQ: speaks the same wire protocol as the QMQ Java client.
+//! Native async Rust client for QMQ: speaks the same wire protocol as the QMQ Java client, so it
+//! works against qmq-rs and Java QMQ servers alike.
 //!
-//! - [`Connection`]: one multiplexed connection to a QMQ server.
-//! - [`producer`]: build messages with QMQ-style ids and send batches with per-message results.
+//! - [`Producer`]: an async send queue with batching, retries keeping message ids, routing
+//!   through a [`Router`] ([`StaticRouter`] or [`MetaRouter`]) and per-broker
+//!   [`CircuitBreaker`]s. [`MessageExt`] gives typed message properties, tags, delay and expiry.
 //! - [`consumer`]: [`PullConsumer`] pulls (with long poll and tag filters) and acks.
+//! - [`Connection`]: one multiplexed connection to a QMQ server.
 
+pub mod breaker;
+mod brokers;
 pub mod connection;
 pub mod consumer;
 mod id;
+pub mod message;
+mod meta_router;
 pub mod producer;
+pub mod router;
 
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use connection::{Connection, ConnectionError};
 pub use consumer::{PullConsumer, PullError};
-pub use producer::{new_message, send_batch, SendError};
+pub use message::{MessageExt, PropertyError};
+pub use meta_router::{MetaRouter, MetaRouterConfig};
+pub use producer::{new_message, send_batch, Producer, ProducerConfig, SendError, SendReceipt};
+pub use qmq_protocol::{BrokerGroup, BrokerState as BrokerGroupState, ClientType, Message};
+pub use router::{RouteError, Router, StaticRouter};

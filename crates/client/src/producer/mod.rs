@@ -1,4 +1,9 @@
-//! Sending messages to a broker.
+//! Sending messages: [`Producer`] (queue, batching, retries, routing, circuit breakers) and the
+//! one-shot [`send_batch`] it is built on.
+
+mod queue;
+
+pub use queue::{Producer, ProducerConfig, SendReceipt};
 
 use std::time::Duration;
 
@@ -24,6 +29,32 @@ pub enum SendError {
     /// The broker refused the whole batch.
     #[error("broker answered code {0}")]
     Broker(i16),
+    /// The producer's queue is full (fire-and-forget sends do not wait for room).
+    #[error("send queue is full")]
+    QueueFull,
+    /// The producer is closed.
+    #[error("producer is closed")]
+    Closed,
+    /// No route: the router knows no writable broker for the subject.
+    #[error("no writable broker for subject {0}")]
+    NoBroker(String),
+    /// Every broker of the subject has its circuit breaker open.
+    #[error("every broker for subject {0} is unavailable (circuit open)")]
+    BrokersUnavailable(String),
+    /// Routing failed.
+    #[error(transparent)]
+    Route(#[from] crate::router::RouteError),
+    /// The message's expiry time passed before it could be stored.
+    #[error("message {0} expired before it could be sent")]
+    Expired(String),
+    /// Every try failed; `last` says how the last one did.
+    #[error("gave up after {tries} tries: {last}")]
+    GaveUp {
+        /// Tries made.
+        tries: u32,
+        /// The last try's error.
+        last: String,
+    },
     /// The broker refused this message.
     #[error("message {message_id} refused: {code:?} {remark}")]
     Refused {
@@ -36,7 +67,13 @@ pub enum SendError {
     },
 }
 
-/// A new message for `subject` with a fresh id.
+/// A new message for `subject` with a fresh QMQ-style id and its `qmq_createTime` set (as the
+/// Java client sets it; consumers read the creation time from it).
+///
+/// ```
+/// let m = qmq_client::new_message("order.created");
+/// assert_eq!(m.subject, "order.created");
+/// ```
 pub fn new_message(subject: &str) -> Message {
     let now = chrono::Utc::now().timestamp_millis();
     Message {
@@ -44,14 +81,13 @@ pub fn new_message(subject: &str) -> Message {
         created_time: now,
         expire_or_schedule: now,
         subject: subject.to_owned(),
-        message_id: crate::id::next_id(&local_host()),
+        message_id: crate::id::next_id(&crate::id::local_host()),
         tags: Vec::new(),
-        attrs: Vec::new(),
+        attrs: vec![(
+            crate::message::keys::CREATE_TIME.to_owned(),
+            now.to_string(),
+        )],
     }
-}
-
-fn local_host() -> String {
-    std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".into())
 }
 
 /// Sends a batch to the broker on `conn`; returns one result per message, in order.

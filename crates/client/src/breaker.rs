@@ -1,0 +1,175 @@
+//! A per-broker circuit breaker, so a dead or overloaded broker stops eating send attempts.
+//!
+//! Closed (normal) until `failure_threshold` consecutive failures; then open: requests are
+//! refused at once for `open_for`; then half-open: one probe request is let through. The
+//! probe's success closes the breaker, its failure opens it again for another `open_for`.
+//! Time is `tokio::time`'s, so tests drive it with a paused clock.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+/// The breaker's state, as reported by [`CircuitBreaker::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Requests flow.
+    Closed,
+    /// Requests are refused until the open period ends.
+    Open,
+    /// One probe request is (or may be) in flight.
+    HalfOpen,
+}
+
+/// When a breaker trips and how long it stays open.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before letting a probe through.
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Inner {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+/// One breaker (the producer keeps one per broker address).
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    config: BreakerConfig,
+    inner: Mutex<Inner>,
+}
+
+impl CircuitBreaker {
+    /// A closed breaker.
+    pub fn new(config: BreakerConfig) -> Self {
+        Self {
+            config,
+            inner: Mutex::new(Inner::Closed { failures: 0 }),
+        }
+    }
+
+    /// The current state (an open breaker whose time is up reports half-open).
+    pub fn state(&self) -> BreakerState {
+        match *self.inner.lock() {
+            Inner::Closed { .. } => BreakerState::Closed,
+            Inner::Open { until } if Instant::now() >= until => BreakerState::HalfOpen,
+            Inner::Open { .. } => BreakerState::Open,
+            Inner::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Whether a request may go now. In half-open state only the first caller gets `true`
+    /// (the probe); it must report [`Self::on_success`] or [`Self::on_failure`].
+    pub fn try_acquire(&self) -> bool {
+        let mut inner = self.inner.lock();
+        match *inner {
+            Inner::Closed { .. } => true,
+            Inner::Open { until } if Instant::now() >= until => {
+                *inner = Inner::HalfOpen { probing: true };
+                true
+            }
+            Inner::Open { .. } => false,
+            Inner::HalfOpen { probing: true } => false,
+            Inner::HalfOpen { probing: false } => {
+                *inner = Inner::HalfOpen { probing: true };
+                true
+            }
+        }
+    }
+
+    /// A request succeeded: the breaker closes.
+    pub fn on_success(&self) {
+        *self.inner.lock() = Inner::Closed { failures: 0 };
+    }
+
+    /// A request failed: counts towards opening; a failed probe reopens at once.
+    pub fn on_failure(&self) {
+        let mut inner = self.inner.lock();
+        let open = Inner::Open {
+            until: Instant::now() + self.config.open_for,
+        };
+        *inner = match *inner {
+            Inner::Closed { failures } if failures + 1 < self.config.failure_threshold => {
+                Inner::Closed {
+                    failures: failures + 1,
+                }
+            }
+            Inner::Closed { .. } | Inner::HalfOpen { .. } => open,
+            Inner::Open { until } => Inner::Open { until },
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> CircuitBreaker {
+        CircuitBreaker::new(BreakerConfig {
+            failure_threshold: 3,
+            open_for: Duration::from_secs(10),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_failures_only() {
+        let b = breaker();
+        b.on_failure();
+        b.on_failure();
+        b.on_success(); // resets the count
+        b.on_failure();
+        b.on_failure();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.try_acquire());
+        b.on_failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(!b.try_acquire());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_lets_one_probe_through_and_closes_on_success() {
+        let b = breaker();
+        for _ in 0..3 {
+            b.on_failure();
+        }
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!b.try_acquire());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(b.try_acquire(), "the probe");
+        assert!(!b.try_acquire(), "only one probe at a time");
+        b.on_success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.try_acquire());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_probe_reopens_for_a_full_period() {
+        let b = breaker();
+        for _ in 0..3 {
+            b.on_failure();
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(b.try_acquire());
+        b.on_failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!b.try_acquire());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(b.try_acquire());
+    }
+}

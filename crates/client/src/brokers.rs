@@ -1,0 +1,135 @@
+//! The broker side shared by producers and consumers: routes, one connection and one circuit
+//! breaker per broker address, and "send this batch of one subject to some writable broker".
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use qmq_protocol::{ClientType, Message, ProducerCode};
+
+use crate::breaker::{BreakerConfig, CircuitBreaker};
+use crate::producer::{send_batch, SendError};
+use crate::router::Router;
+use crate::{Connection, ConnectionError};
+
+/// Connections and breakers per broker address, plus the router.
+pub(crate) struct Brokers {
+    pub(crate) router: Arc<dyn Router>,
+    conns: Mutex<HashMap<String, Connection>>,
+    breakers: Mutex<HashMap<String, Arc<CircuitBreaker>>>,
+    breaker_config: BreakerConfig,
+    next: AtomicUsize,
+}
+
+/// What happened to each message of a batch sent to one broker.
+pub(crate) enum Outcome {
+    /// Stored (or already stored: a duplicate of an earlier try).
+    Stored,
+    /// Worth another try, maybe on another broker.
+    Retry(SendError),
+    /// Refused for good.
+    Failed(SendError),
+}
+
+impl Brokers {
+    pub(crate) fn new(router: Arc<dyn Router>, breaker_config: BreakerConfig) -> Self {
+        Self {
+            router,
+            conns: Mutex::new(HashMap::new()),
+            breakers: Mutex::new(HashMap::new()),
+            breaker_config,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The breaker of broker `addr`.
+    pub(crate) fn breaker(&self, addr: &str) -> Arc<CircuitBreaker> {
+        self.breakers
+            .lock()
+            .entry(addr.to_owned())
+            .or_insert_with(|| Arc::new(CircuitBreaker::new(self.breaker_config)))
+            .clone()
+    }
+
+    /// An open connection to `addr`, reusing the cached one while it is usable.
+    pub(crate) async fn connection(&self, addr: &str) -> Result<Connection, ConnectionError> {
+        if let Some(c) = self.conns.lock().get(addr).filter(|c| c.is_open()) {
+            return Ok(c.clone());
+        }
+        let conn = Connection::connect(addr).await?;
+        self.conns.lock().insert(addr.to_owned(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends `messages` (all of `subject`) once, to the next writable broker whose breaker lets
+    /// the request through. Returns the broker's address and one outcome per message; an `Err`
+    /// means nothing was stored by this try.
+    pub(crate) async fn send_once(
+        &self,
+        subject: &str,
+        client_type: ClientType,
+        messages: &[Message],
+        timeout: Duration,
+    ) -> Result<(String, Vec<Outcome>), SendError> {
+        let groups = self.router.route(subject, client_type, "").await?;
+        let writable: Vec<_> = groups.iter().filter(|g| g.state.can_write()).collect();
+        if writable.is_empty() {
+            self.router.invalidate(subject);
+            return Err(SendError::NoBroker(subject.to_owned()));
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let chosen = (0..writable.len())
+            .map(|i| writable[(start + i) % writable.len()])
+            .find(|g| self.breaker(&g.master).try_acquire());
+        let Some(group) = chosen else {
+            return Err(SendError::BrokersUnavailable(subject.to_owned()));
+        };
+        let addr = group.master.clone();
+        let breaker = self.breaker(&addr);
+        let conn = match self.connection(&addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                breaker.on_failure();
+                return Err(e.into());
+            }
+        };
+        let results = match send_batch(&conn, messages, timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                breaker.on_failure();
+                return Err(e);
+            }
+        };
+        let mut overloaded = false;
+        let outcomes = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(()) => Outcome::Stored,
+                Err(SendError::Refused {
+                    code: ProducerCode::Duplicate,
+                    ..
+                }) => Outcome::Stored,
+                Err(e @ SendError::Refused { code, .. }) => match code {
+                    ProducerCode::Block => Outcome::Failed(e),
+                    ProducerCode::SubjectNotAssigned | ProducerCode::ReadOnly => {
+                        self.router.invalidate(subject);
+                        Outcome::Retry(e)
+                    }
+                    _ => {
+                        overloaded = true;
+                        Outcome::Retry(e)
+                    }
+                },
+                Err(e) => Outcome::Retry(e),
+            })
+            .collect();
+        if overloaded {
+            breaker.on_failure();
+        } else {
+            breaker.on_success();
+        }
+        Ok((addr, outcomes))
+    }
+}

@@ -1,0 +1,232 @@
+//! Routes from a QMQ meta server, the way the Java client gets them.
+//!
+//! 1. `GET http://<meta-http>/meta/address` answers the meta server's TCP address (`host:port`,
+//!    plain text).
+//! 2. Over TCP, CLIENT_REGISTER per (subject, client type, group) answers the broker groups.
+//!    The first call is an `Online` registration; a background task then re-registers every
+//!    cached route with `Heartbeat` each refresh period, so routes follow the meta server (new
+//!    brokers, groups turned read-only). A broken TCP connection is replaced, rediscovering the
+//!    address over HTTP.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use qmq_protocol::codes::{command, response};
+use qmq_protocol::{BrokerGroup, ClientRequestType, ClientType, MetaInfoRequest, MetaInfoResponse};
+use tokio::task::JoinHandle;
+
+use crate::router::{RouteError, Router};
+use crate::Connection;
+
+/// How to reach the meta server and who this client is.
+#[derive(Debug, Clone)]
+pub struct MetaRouterConfig {
+    /// The meta server's HTTP address, `host:port`.
+    pub meta_http: String,
+    /// The application code sent with every registration.
+    pub app_code: String,
+    /// This client's id.
+    pub client_id: String,
+    /// How often cached routes are refreshed.
+    pub refresh: Duration,
+    /// Deadline of one HTTP or TCP request.
+    pub timeout: Duration,
+}
+
+impl MetaRouterConfig {
+    /// Defaults (refresh every 30 s, 5 s timeouts) for the meta server at `meta_http`.
+    pub fn new(meta_http: &str, app_code: &str) -> Self {
+        Self {
+            meta_http: meta_http.to_owned(),
+            app_code: app_code.to_owned(),
+            client_id: crate::id::client_id(),
+            refresh: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+type Key = (String, ClientType, String);
+
+struct Inner {
+    config: MetaRouterConfig,
+    conn: tokio::sync::Mutex<Option<Connection>>,
+    cache: Mutex<HashMap<Key, Vec<BrokerGroup>>>,
+}
+
+/// A [`Router`] backed by a QMQ meta server.
+///
+/// ```no_run
+/// # async fn demo() {
+/// use qmq_client::{MetaRouter, MetaRouterConfig};
+/// let router = MetaRouter::new(MetaRouterConfig::new("127.0.0.1:8080", "my-app"));
+/// # }
+/// ```
+pub struct MetaRouter {
+    inner: Arc<Inner>,
+    refresher: JoinHandle<()>,
+}
+
+impl MetaRouter {
+    /// A router for `config`; starts the refresh task (stopped when the router is dropped).
+    pub fn new(config: MetaRouterConfig) -> Self {
+        let period = config.refresh;
+        let inner = Arc::new(Inner {
+            config,
+            conn: tokio::sync::Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
+        });
+        let refresher = tokio::spawn(refresh_loop(Arc::downgrade(&inner), period));
+        Self { inner, refresher }
+    }
+}
+
+impl Drop for MetaRouter {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
+}
+
+impl Router for MetaRouter {
+    fn route<'a>(
+        &'a self,
+        subject: &'a str,
+        client_type: ClientType,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<BrokerGroup>, RouteError>> {
+        Box::pin(async move {
+            let key = (subject.to_owned(), client_type, group.to_owned());
+            if let Some(groups) = self.inner.cache.lock().get(&key) {
+                return Ok(groups.clone());
+            }
+            let groups = self.inner.register(&key, ClientRequestType::Online).await?;
+            self.inner.cache.lock().insert(key, groups.clone());
+            Ok(groups)
+        })
+    }
+
+    fn invalidate(&self, subject: &str) {
+        self.inner.cache.lock().retain(|k, _| k.0 != subject);
+    }
+}
+
+async fn refresh_loop(inner: Weak<Inner>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let keys: Vec<Key> = inner.cache.lock().keys().cloned().collect();
+        for key in keys {
+            match inner.register(&key, ClientRequestType::Heartbeat).await {
+                Ok(groups) => {
+                    inner.cache.lock().insert(key, groups);
+                }
+                Err(e) => tracing::warn!(subject = %key.0, error = %e, "route refresh failed"),
+            }
+        }
+    }
+}
+
+impl Inner {
+    async fn register(
+        &self,
+        (subject, client_type, group): &Key,
+        request_type: ClientRequestType,
+    ) -> Result<Vec<BrokerGroup>, RouteError> {
+        let req = MetaInfoRequest::new(
+            &self.config.client_id,
+            *client_type,
+            request_type,
+            subject,
+            &self.config.app_code,
+            group,
+        );
+        let mut body = BytesMut::new();
+        req.encode(&mut body)?;
+        let conn = self.connection().await?;
+        let resp = match conn
+            .request(command::CLIENT_REGISTER, body.freeze(), self.config.timeout)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                // Rediscover next time: the meta server may have moved.
+                self.conn.lock().await.take();
+                return Err(e.into());
+            }
+        };
+        if resp.header.code != response::SUCCESS {
+            return Err(RouteError::Meta(resp.header.code));
+        }
+        Ok(MetaInfoResponse::decode(&resp.body)?.groups)
+    }
+
+    async fn connection(&self) -> Result<Connection, RouteError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| c.is_open()) {
+            return Ok(conn.clone());
+        }
+        let addr = discover(&self.config.meta_http, self.config.timeout).await?;
+        let conn = Connection::connect(&addr).await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
+/// Asks the meta server's HTTP endpoint for its TCP address.
+pub(crate) async fn discover(meta_http: &str, timeout: Duration) -> Result<String, RouteError> {
+    let url = format!("http://{meta_http}/meta/address");
+    let fail = |reason: String| RouteError::Discovery {
+        url: url.clone(),
+        reason,
+    };
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(meta_http)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "meta http connection ended");
+            }
+        });
+        let req = hyper::Request::get("/meta/address")
+            .header(hyper::header::HOST, meta_http)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| fail(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(fail(format!("HTTP status {status}")));
+        }
+        let addr = std::str::from_utf8(&body)
+            .map_err(|e| fail(e.to_string()))?
+            .trim()
+            .to_owned();
+        if addr.is_empty() {
+            return Err(fail("empty answer".into()));
+        }
+        Ok(addr)
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| fail(format!("no answer within {timeout:?}")))?
+}

@@ -1,0 +1,283 @@
+//! [`Producer`]: an async send queue drained in batches per subject, with retries that keep
+//! each message's id (so a broker or consumer can recognise a duplicate), routing through a
+//! [`Router`] and one circuit breaker per broker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use qmq_protocol::{ClientType, Message};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::SendError;
+use crate::breaker::BreakerConfig;
+use crate::brokers::{Brokers, Outcome};
+use crate::message::MessageExt;
+use crate::router::Router;
+
+/// Producer settings; the defaults are QMQ's.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Messages of one subject sent in one request (QMQ: 30).
+    pub batch_size: usize,
+    /// Messages waiting to be sent (QMQ: 10000).
+    pub queue_capacity: usize,
+    /// Tries per message before giving up (QMQ: 10).
+    pub max_tries: u32,
+    /// Deadline of one send request.
+    pub send_timeout: Duration,
+    /// Batches in flight at once.
+    pub max_in_flight: usize,
+    /// Pause after a failed try, multiplied by the try number.
+    pub retry_backoff: Duration,
+    /// Per-broker circuit breaker settings.
+    pub breaker: BreakerConfig,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 30,
+            queue_capacity: 10_000,
+            max_tries: 10,
+            send_timeout: Duration::from_secs(5),
+            max_in_flight: 4,
+            retry_backoff: Duration::from_millis(50),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The message's id.
+    pub message_id: String,
+    /// The broker (`host:port`) that stored it.
+    pub broker: String,
+    /// Tries it took (1 = first).
+    pub tries: u32,
+}
+
+type Callback = Box<dyn FnOnce(Result<SendReceipt, SendError>) + Send>;
+
+enum Reply {
+    Wait(oneshot::Sender<Result<SendReceipt, SendError>>),
+    Callback(Callback),
+}
+
+struct Job {
+    message: Message,
+    reply: Reply,
+}
+
+impl Job {
+    fn complete(self, result: Result<SendReceipt, SendError>) {
+        match self.reply {
+            Reply::Wait(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Callback(cb) => cb(result),
+        }
+    }
+}
+
+/// Sends messages to QMQ brokers.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use qmq_client::{new_message, Producer, ProducerConfig, StaticRouter};
+///
+/// let producer = Producer::new(
+///     Arc::new(StaticRouter::new(["127.0.0.1:20881"])),
+///     ProducerConfig::default(),
+/// );
+/// let receipt = producer.send(new_message("order.created")).await?;
+/// println!("stored {} on {}", receipt.message_id, receipt.broker);
+/// producer.close().await;
+/// # Ok(()) }
+/// ```
+pub struct Producer {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Producer {
+    /// A producer routing with `router`; starts its dispatcher task.
+    pub fn new(router: Arc<dyn Router>, config: ProducerConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let brokers = Arc::new(Brokers::new(router, config.breaker));
+        let worker = tokio::spawn(dispatch(rx, brokers, config));
+        Self {
+            tx: Mutex::new(Some(tx)),
+            worker: Mutex::new(Some(worker)),
+        }
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Job>, SendError> {
+        self.tx.lock().clone().ok_or(SendError::Closed)
+    }
+
+    /// Queues `message` (waiting for room when the queue is full) and resolves once it is
+    /// stored or given up on.
+    pub async fn send(&self, message: Message) -> Result<SendReceipt, SendError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Job {
+                message,
+                reply: Reply::Wait(reply),
+            })
+            .await
+            .map_err(|_| SendError::Closed)?;
+        rx.await.map_err(|_| SendError::Closed)?
+    }
+
+    /// Queues `message` without waiting; `callback` gets the result on the producer's task (keep
+    /// it short). Fails at once with [`SendError::QueueFull`] when the queue is full, as QMQ's
+    /// non-blocking queue does.
+    pub fn send_with_callback(
+        &self,
+        message: Message,
+        callback: impl FnOnce(Result<SendReceipt, SendError>) + Send + 'static,
+    ) -> Result<(), SendError> {
+        let job = Job {
+            message,
+            reply: Reply::Callback(Box::new(callback)),
+        };
+        self.sender()?.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
+    /// Stops taking messages and waits until every queued one is stored or given up on.
+    pub async fn close(&self) {
+        self.tx.lock().take();
+        let worker = self.worker.lock().take();
+        if let Some(w) = worker {
+            if let Err(e) = w.await {
+                tracing::error!(error = %e, "producer dispatcher failed");
+            }
+        }
+    }
+}
+
+async fn dispatch(mut rx: mpsc::Receiver<Job>, brokers: Arc<Brokers>, config: ProducerConfig) {
+    let config = Arc::new(config);
+    let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let mut running = JoinSet::new();
+    let batch = config.batch_size.max(1);
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < batch * config.max_in_flight.max(1) {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut by_subject: HashMap<(String, bool), Vec<Job>> = HashMap::new();
+        for job in jobs {
+            let key = (job.message.subject.clone(), job.message.flags.is_delay());
+            by_subject.entry(key).or_default().push(job);
+        }
+        for ((subject, delay), mut jobs) in by_subject {
+            while !jobs.is_empty() {
+                let rest = jobs.split_off(jobs.len().min(batch));
+                let chunk = std::mem::replace(&mut jobs, rest);
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let brokers = brokers.clone();
+                let config = config.clone();
+                let subject = subject.clone();
+                running.spawn(async move {
+                    send_with_retries(&brokers, &config, &subject, delay, chunk).await;
+                    drop(permit);
+                });
+            }
+        }
+        while running.try_join_next().is_some() {}
+    }
+    while running.join_next().await.is_some() {}
+}
+
+/// Sends one batch of one subject until every message is stored, refused for good, expired or
+/// out of tries. Retries keep the message ids.
+async fn send_with_retries(
+    brokers: &Brokers,
+    config: &ProducerConfig,
+    subject: &str,
+    delay: bool,
+    mut pending: Vec<Job>,
+) {
+    let client_type = if delay {
+        ClientType::DelayProducer
+    } else {
+        ClientType::Producer
+    };
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let now = chrono::Utc::now();
+        let (expired, live): (Vec<Job>, Vec<Job>) = pending
+            .into_iter()
+            .partition(|j| j.message.expire_time().is_some_and(|t| t <= now));
+        for job in expired {
+            let id = job.message.message_id.clone();
+            job.complete(Err(SendError::Expired(id)));
+        }
+        pending = live;
+        if pending.is_empty() {
+            return;
+        }
+        let messages: Vec<Message> = pending.iter().map(|j| j.message.clone()).collect();
+        let last_error = match brokers
+            .send_once(subject, client_type, &messages, config.send_timeout)
+            .await
+        {
+            Ok((broker, outcomes)) => {
+                let mut again = Vec::new();
+                let mut last = None;
+                for (job, outcome) in pending.into_iter().zip(outcomes) {
+                    match outcome {
+                        Outcome::Stored => {
+                            let receipt = SendReceipt {
+                                message_id: job.message.message_id.clone(),
+                                broker: broker.clone(),
+                                tries,
+                            };
+                            job.complete(Ok(receipt));
+                        }
+                        Outcome::Failed(e) => job.complete(Err(e)),
+                        Outcome::Retry(e) => {
+                            last = Some(e.to_string());
+                            again.push(job);
+                        }
+                    }
+                }
+                pending = again;
+                last.unwrap_or_default()
+            }
+            Err(e) => {
+                tracing::debug!(subject, tries, error = %e, "send try failed");
+                e.to_string()
+            }
+        };
+        if pending.is_empty() {
+            return;
+        }
+        if tries >= config.max_tries {
+            for job in pending {
+                job.complete(Err(SendError::GaveUp {
+                    tries,
+                    last: last_error.clone(),
+                }));
+            }
+            return;
+        }
+        tokio::time::sleep(config.retry_backoff * tries).await;
+    }
+}

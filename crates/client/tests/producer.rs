@@ -1,0 +1,192 @@
+//! Producer end to end against real brokers (and a fake meta server for routing).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use qmq_client::*;
+use qmq_protocol::{ClientRequestType, ClientType};
+use tokio::sync::mpsc;
+
+fn config() -> ProducerConfig {
+    ProducerConfig {
+        retry_backoff: Duration::from_millis(5),
+        ..ProducerConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn awaited_and_callback_sends_arrive_with_their_properties() {
+    let (b, _dir) = broker().await;
+    let producer = Arc::new(Producer::new(
+        Arc::new(StaticRouter::new([addr(&b)])),
+        config(),
+    ));
+    let big = "x".repeat(message::LARGE_STRING_PART_CHARS * 3);
+    let mut sends = Vec::new();
+    for i in 0..70 {
+        let mut m = new_message("p.basic");
+        m.set_i32("n", i).unwrap();
+        m.set_large_string("big", &big).unwrap();
+        m.add_tag("t1").unwrap();
+        let p = producer.clone();
+        sends.push(tokio::spawn(async move { p.send(m).await }));
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for i in 70..100 {
+        let mut m = new_message("p.basic");
+        m.set_i32("n", i).unwrap();
+        let tx = tx.clone();
+        producer
+            .send_with_callback(m, move |r| {
+                let _ = tx.send(r);
+            })
+            .unwrap();
+    }
+    let mut sent = std::collections::HashSet::new();
+    for s in sends {
+        let r = s.await.unwrap().unwrap();
+        assert_eq!(r.broker, addr(&b));
+        assert_eq!(r.tries, 1);
+        sent.insert(r.message_id);
+    }
+    for _ in 70..100 {
+        sent.insert(rx.recv().await.unwrap().unwrap().message_id);
+    }
+    producer.close().await;
+    assert!(matches!(
+        producer.send(new_message("p.basic")).await,
+        Err(SendError::Closed)
+    ));
+
+    let got = pull_n(&addr(&b), "p.basic", "g", 100).await;
+    assert_eq!(ids(&got), sent);
+    let mut ns: Vec<i32> = got.iter().map(|m| m.get_i32("n").unwrap()).collect();
+    ns.sort();
+    assert_eq!(ns, (0..100).collect::<Vec<_>>());
+    for m in got.iter().filter(|m| m.get_i32("n").unwrap() < 70) {
+        assert_eq!(m.get_large_string("big").as_deref(), Some(big.as_str()));
+        assert_eq!(m.tags, vec!["t1".to_string()]);
+    }
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_retried_with_the_same_message_id() {
+    let (b, _dir) = broker().await;
+    let proxy = lossy_proxy(addr(&b)).await;
+    let producer = Producer::new(Arc::new(StaticRouter::new([proxy])), config());
+    let m = new_message("p.dup");
+    let id = m.message_id.clone();
+    let r = producer.send(m).await.unwrap();
+    assert_eq!(r.tries, 2, "the first answer was lost");
+    assert_eq!(r.message_id, id);
+    // The broker got the message twice; both copies carry the one id, so consumers dedupe.
+    let got = pull_n(&addr(&b), "p.dup", "g", 2).await;
+    assert!(got.iter().all(|m| m.message_id == id));
+}
+
+#[tokio::test]
+async fn the_breaker_keeps_a_dead_broker_out_of_the_way() {
+    let (b, _dir) = broker().await;
+    let dead = dead_addr().await;
+    let producer = Producer::new(
+        Arc::new(StaticRouter::new([dead, addr(&b)])),
+        ProducerConfig {
+            breaker: BreakerConfig {
+                failure_threshold: 1,
+                open_for: Duration::from_secs(3600),
+            },
+            ..config()
+        },
+    );
+    let mut retried = 0;
+    for _ in 0..20 {
+        let r = producer.send(new_message("p.breaker")).await.unwrap();
+        assert_eq!(r.broker, addr(&b));
+        if r.tries > 1 {
+            retried += 1;
+        }
+    }
+    // Without the breaker, round robin would send every other message to the dead broker first.
+    assert!(retried <= 1, "{retried} sends hit the dead broker");
+}
+
+#[tokio::test]
+async fn gives_up_after_max_tries_and_drops_expired_messages() {
+    let dead = dead_addr().await;
+    let producer = Producer::new(
+        Arc::new(StaticRouter::new([dead])),
+        ProducerConfig {
+            max_tries: 3,
+            ..config()
+        },
+    );
+    match producer.send(new_message("p.dead")).await {
+        Err(SendError::GaveUp { tries: 3, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let mut m = new_message("p.dead");
+    m.set_expire_at(chrono::Utc::now() - chrono::Duration::seconds(1));
+    assert!(matches!(producer.send(m).await, Err(SendError::Expired(_))));
+}
+
+#[tokio::test]
+async fn meta_router_discovers_registers_and_follows_route_changes() {
+    let (b1, _d1) = broker().await;
+    let (b2, _d2) = broker().await;
+    let meta = fake_meta(vec![addr(&b1)]).await;
+    let mut cfg = MetaRouterConfig::new(&meta.http, "test-app");
+    cfg.refresh = Duration::from_millis(50);
+    let router = Arc::new(MetaRouter::new(cfg));
+    let producer = Producer::new(router.clone(), config());
+
+    let r = producer.send(new_message("p.meta")).await.unwrap();
+    assert_eq!(r.broker, addr(&b1));
+    {
+        let reqs = meta.requests.lock();
+        let first = &reqs[0];
+        assert_eq!(first.subject(), "p.meta");
+        assert_eq!(first.app_code(), "test-app");
+        assert_eq!(first.client_type(), ClientType::Producer);
+        assert_eq!(first.request_type(), ClientRequestType::Online);
+    }
+
+    *meta.brokers.lock() = vec![addr(&b2)];
+    tokio::time::timeout(T, async {
+        loop {
+            let groups = router
+                .route("p.meta", ClientType::Producer, "")
+                .await
+                .unwrap();
+            if groups[0].master == addr(&b2) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("route refreshed");
+    assert!(meta
+        .requests
+        .lock()
+        .iter()
+        .any(|r| r.request_type() == ClientRequestType::Heartbeat));
+    let r = producer.send(new_message("p.meta")).await.unwrap();
+    assert_eq!(r.broker, addr(&b2));
+    assert_eq!(pull_n(&addr(&b1), "p.meta", "g", 1).await.len(), 1);
+    assert_eq!(pull_n(&addr(&b2), "p.meta", "g", 1).await.len(), 1);
+}
+
+#[tokio::test]
+async fn meta_router_reports_a_broken_discovery_endpoint() {
+    let dead = dead_addr().await;
+    let mut cfg = MetaRouterConfig::new(&dead, "app");
+    cfg.timeout = Duration::from_secs(2);
+    let router = MetaRouter::new(cfg);
+    assert!(matches!(
+        router.route("s", ClientType::Producer, "").await,
+        Err(RouteError::Discovery { .. })
+    ));
+}
