@@ -4,7 +4,9 @@
 //! - [`Producer`]: an async send queue with batching, retries keeping message ids, routing
 //!   through a [`Router`] ([`StaticRouter`] or [`MetaRouter`]) and per-broker
 //!   [`CircuitBreaker`]s. [`MessageExt`] gives typed message properties, tags, delay and expiry.
-//! - [`consumer`]: [`PullConsumer`] pulls (with long poll and tag filters) and acks.
+//! - [`Consumer`]: listeners ([`Consumer::subscribe`]) with bounded concurrency, QMQ's
+//!   retry and dead-letter subjects, at-most-once and broadcast modes, tag filters and
+//!   [`Filter`] hooks; the pull API ([`PullClient`]); the single-broker [`PullConsumer`].
 //! - [`Connection`]: one multiplexed connection to a QMQ server.
 
 pub mod breaker;
@@ -19,9 +21,15 @@ pub mod router;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use connection::{Connection, ConnectionError};
-pub use consumer::{PullConsumer, PullError};
+pub use consumer::{
+    ConsumeError, Consumer, ConsumerConfig, Filter, FilterContext, HandleError, HandleResult,
+    MessageHandler, PullClient, PullConsumer, PullError, PulledBatch, ReceivedMessage,
+    SubscribeOptions, Subscription,
+};
 pub use message::{MessageExt, PropertyError};
 pub use meta_router::{MetaRouter, MetaRouterConfig};
 pub use producer::{new_message, send_batch, Producer, ProducerConfig, SendError, SendReceipt};
-pub use qmq_protocol::{BrokerGroup, BrokerState as BrokerGroupState, ClientType, Message};
+pub use qmq_protocol::{
+    BrokerGroup, BrokerState as BrokerGroupState, ClientType, Message, TagType,
+};
 pub use router::{RouteError, Router, StaticRouter};

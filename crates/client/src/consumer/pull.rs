@@ -1,4 +1,4 @@
-//! Pulling messages from a broker and acknowledging them.
+//! Pulling messages from one broker and acknowledging them.
 
 use std::time::Duration;
 

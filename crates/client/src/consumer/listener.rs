@@ -1,0 +1,415 @@
+//! Listener consumers: [`Consumer::subscribe`] pulls a subject (and its group's retry subject)
+//! from every broker of its route and runs a handler on each message, with bounded
+//! concurrency, QMQ's ack/retry/dead-letter rules and clean shutdown.
+//!
+//! Per pulled batch: every message is handled (at most `concurrency` at once per
+//! subscription); a failed one is sent, with `qmq_times` incremented, to
+//! `%RETRY%<subject>%<group>`, or to `%DEAD_RETRY%<subject>%<group>` once `qmq_times` would
+//! exceed the maximum retry number (the message's `qmq_maxRetryNum`, else the consumer's
+//! setting, QMQ's default 32); then the batch's pull-log range is acked. A batch whose failures
+//! could not be sent back is not acked, so the broker hands it out again. Routes are looked up
+//! once, when subscribing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use qmq_protocol::{ClientType, Message, TagType};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::{Filter, FilterContext, HandleResult, MessageHandler, ReceivedMessage};
+use super::PullConsumer;
+use crate::breaker::BreakerConfig;
+use crate::brokers::{Brokers, Outcome};
+use crate::message::{keys, MessageExt};
+use crate::router::{RouteError, Router};
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// This consumer's id (unique per process; broadcast consumers each get every message).
+    pub consumer_id: String,
+    /// Messages asked for per pull.
+    pub pull_batch: i32,
+    /// How long a pull waits on the broker for messages (also bounds shutdown latency).
+    pub pull_wait: Duration,
+    /// Handlers running at once per subscription.
+    pub concurrency: usize,
+    /// Failed deliveries tolerated before the dead-letter subject, for messages that do not
+    /// carry `qmq_maxRetryNum` (QMQ: 32).
+    pub max_retry_num: u32,
+    /// Tries to send a failed message back, or to ack, before leaving it to the broker.
+    pub send_back_tries: u32,
+    /// Pause between those tries and after pull errors.
+    pub backoff: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            consumer_id: crate::id::client_id(),
+            pull_batch: 30,
+            pull_wait: Duration::from_secs(1),
+            concurrency: 16,
+            max_retry_num: 32,
+            send_back_tries: 10,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// How a subscription consumes (QMQ's `@QmqConsumer` attributes).
+#[derive(Clone, Default)]
+pub struct SubscribeOptions {
+    /// Only messages with these tags (see `tag_type`); empty: every message.
+    pub tags: Vec<String>,
+    /// `And`: messages with all `tags`; `Or`: with any of them.
+    pub tag_type: Option<TagType>,
+    /// Every consumer of the group gets every message; failures are logged, not retried.
+    pub broadcast: bool,
+    /// Ack before handling: a message is never handed out twice, and lost if its handler fails.
+    pub consume_most_once: bool,
+    /// Hooks run around the handler, in order.
+    pub filters: Vec<Arc<dyn Filter>>,
+}
+
+/// Why subscribing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The route could not be had.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The route lists no readable broker.
+    #[error("no readable broker for subject {0}")]
+    NoBroker(String),
+    /// The consumer was shut down.
+    #[error("consumer is shut down")]
+    Closed,
+}
+
+/// A running subscription; [`Subscription::shutdown`] stops it cleanly.
+pub struct Subscription {
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Subscription {
+    /// Stops pulling, lets in-flight handlers finish, sends their failures back and acks.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "pull task failed");
+            }
+        }
+    }
+}
+
+/// Subscribes listeners to subjects.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use qmq_client::{Consumer, ConsumerConfig, ReceivedMessage, StaticRouter, SubscribeOptions};
+///
+/// let consumer = Consumer::new(Arc::new(StaticRouter::new(["127.0.0.1:20881"])), ConsumerConfig::default());
+/// consumer
+///     .subscribe("order.created", "billing", |m: ReceivedMessage| async move {
+///         println!("got {}", m.message_id);
+///         Ok(())
+///     }, SubscribeOptions::default())
+///     .await?;
+/// // ... later
+/// consumer.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Consumer {
+    brokers: Arc<Brokers>,
+    config: ConsumerConfig,
+    subscriptions: Mutex<Option<Vec<Subscription>>>,
+}
+
+struct Ctx {
+    brokers: Arc<Brokers>,
+    config: ConsumerConfig,
+    subject: String,
+    group: String,
+    options: SubscribeOptions,
+    handler: Arc<dyn MessageHandler>,
+    slots: Arc<Semaphore>,
+    cancel: CancellationToken,
+}
+
+impl Consumer {
+    /// A consumer routing with `router`.
+    pub fn new(router: Arc<dyn Router>, config: ConsumerConfig) -> Self {
+        Self {
+            brokers: Arc::new(Brokers::new(router, BreakerConfig::default())),
+            config,
+            subscriptions: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    /// This consumer's settings.
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    pub(crate) fn brokers(&self) -> &Arc<Brokers> {
+        &self.brokers
+    }
+
+    /// Starts consuming `subject` as `group` with `handler`; runs until [`Consumer::shutdown`].
+    pub async fn subscribe(
+        &self,
+        subject: &str,
+        group: &str,
+        handler: impl MessageHandler,
+        options: SubscribeOptions,
+    ) -> Result<(), ConsumeError> {
+        let sub = self
+            .subscribe_handle(subject, group, Arc::new(handler), options)
+            .await?;
+        match self.subscriptions.lock().as_mut() {
+            Some(subs) => {
+                subs.push(sub);
+                Ok(())
+            }
+            None => Err(ConsumeError::Closed),
+        }
+    }
+
+    /// Like [`Consumer::subscribe`], but the caller owns the returned [`Subscription`] and
+    /// stops it on its own.
+    pub async fn subscribe_handle(
+        &self,
+        subject: &str,
+        group: &str,
+        handler: Arc<dyn MessageHandler>,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, ConsumeError> {
+        let groups = self
+            .brokers
+            .router
+            .route(subject, ClientType::Consumer, group)
+            .await?;
+        let readable: Vec<String> = groups
+            .into_iter()
+            .filter(|g| g.state.can_read())
+            .map(|g| g.master)
+            .collect();
+        if readable.is_empty() {
+            return Err(ConsumeError::NoBroker(subject.to_owned()));
+        }
+        let cancel = CancellationToken::new();
+        let ctx = Arc::new(Ctx {
+            brokers: self.brokers.clone(),
+            config: self.config.clone(),
+            subject: subject.to_owned(),
+            group: group.to_owned(),
+            slots: Arc::new(Semaphore::new(self.config.concurrency.max(1))),
+            options,
+            handler,
+            cancel: cancel.clone(),
+        });
+        let mut pulled = vec![subject.to_owned()];
+        if !ctx.options.broadcast {
+            pulled.push(retry_subject(subject, group));
+        }
+        let mut tasks = JoinSet::new();
+        for addr in &readable {
+            for s in &pulled {
+                tasks.spawn(pull_loop(ctx.clone(), addr.clone(), s.clone()));
+            }
+        }
+        Ok(Subscription { cancel, tasks })
+    }
+
+    /// Stops every subscription made with [`Consumer::subscribe`] (see
+    /// [`Subscription::shutdown`]); later subscribes fail.
+    pub async fn shutdown(&self) {
+        let subs = self.subscriptions.lock().take().unwrap_or_default();
+        futures::future::join_all(subs.into_iter().map(Subscription::shutdown)).await;
+    }
+}
+
+/// `%RETRY%<subject>%<group>`: where a group's failed messages go.
+pub fn retry_subject(subject: &str, group: &str) -> String {
+    format!("%RETRY%{subject}%{group}")
+}
+
+/// `%DEAD_RETRY%<subject>%<group>`: where a group's messages go after the last retry.
+pub fn dead_retry_subject(subject: &str, group: &str) -> String {
+    format!("%DEAD_RETRY%{subject}%{group}")
+}
+
+async fn pull_loop(ctx: Arc<Ctx>, addr: String, pulled_subject: String) {
+    let mut consumer: Option<PullConsumer> = None;
+    while !ctx.cancel.is_cancelled() {
+        let c = match consumer.as_mut() {
+            Some(c) => c,
+            None => match ctx.brokers.connection(&addr).await {
+                Ok(conn) => {
+                    let mut c = PullConsumer::new(
+                        conn,
+                        &pulled_subject,
+                        &ctx.group,
+                        &ctx.config.consumer_id,
+                    )
+                    .broadcast(ctx.options.broadcast);
+                    if !ctx.options.tags.is_empty() {
+                        let tag_type = ctx.options.tag_type.unwrap_or(TagType::Or);
+                        c = c.with_tags(tag_type, &ctx.options.tags);
+                    }
+                    consumer.insert(c)
+                }
+                Err(e) => {
+                    tracing::warn!(broker = %addr, error = %e, "cannot connect for pulling");
+                    pause(&ctx).await;
+                    continue;
+                }
+            },
+        };
+        match c.pull(ctx.config.pull_batch, ctx.config.pull_wait).await {
+            Ok((_, messages)) if messages.is_empty() => {}
+            Ok((first, messages)) => {
+                let last = first + messages.len() as i64 - 1;
+                consume_batch(&ctx, c, first, last, messages).await;
+            }
+            Err(e) => {
+                tracing::warn!(broker = %addr, subject = %pulled_subject, error = %e, "pull failed");
+                consumer = None;
+                pause(&ctx).await;
+            }
+        }
+    }
+}
+
+async fn pause(ctx: &Ctx) {
+    tokio::select! {
+        _ = ctx.cancel.cancelled() => {}
+        _ = tokio::time::sleep(ctx.config.backoff) => {}
+    }
+}
+
+async fn consume_batch(
+    ctx: &Arc<Ctx>,
+    c: &PullConsumer,
+    first: i64,
+    last: i64,
+    messages: Vec<Message>,
+) {
+    if ctx.options.consume_most_once {
+        ack(ctx, c, first, last).await;
+    }
+    let mut running = JoinSet::new();
+    for mut m in messages {
+        m.set_attr(keys::CONSUMER_GROUP_NAME, ctx.group.clone());
+        let Ok(permit) = ctx.slots.clone().acquire_owned().await else {
+            return;
+        };
+        let ctx = ctx.clone();
+        running.spawn(async move {
+            let result = handle(
+                &ctx,
+                ReceivedMessage::new(m.clone(), &ctx.subject, &ctx.group),
+            )
+            .await;
+            drop(permit);
+            (m, result)
+        });
+    }
+    let mut all_settled = true;
+    while let Some(joined) = running.join_next().await {
+        let (m, result) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                // A panicking handler: its message cannot be recovered here; leave the batch
+                // unacked so the broker hands it out again.
+                tracing::error!(error = %e, "message handler panicked");
+                all_settled = false;
+                continue;
+            }
+        };
+        let Err(e) = result else { continue };
+        tracing::warn!(subject = %ctx.subject, group = %ctx.group, id = %m.message_id, error = %e, "message handling failed");
+        if ctx.options.consume_most_once || ctx.options.broadcast {
+            continue;
+        }
+        if !send_back(ctx, m).await {
+            all_settled = false;
+        }
+    }
+    if !ctx.options.consume_most_once && all_settled {
+        ack(ctx, c, first, last).await;
+    }
+}
+
+async fn handle(ctx: &Ctx, message: ReceivedMessage) -> HandleResult {
+    let mut fctx = FilterContext::default();
+    let filters = &ctx.options.filters;
+    let mut ran = 0;
+    for f in filters {
+        if !f.pre_on_message(&message, &mut fctx) {
+            break;
+        }
+        ran += 1;
+    }
+    let result = if ran == filters.len() {
+        ctx.handler.handle(message.clone()).await
+    } else {
+        Ok(())
+    };
+    for f in filters[..ran].iter().rev() {
+        f.post_on_message(&message, &mut fctx, &result);
+    }
+    result
+}
+
+/// Sends a failed message to the retry (or dead-letter) subject with `qmq_times` incremented.
+async fn send_back(ctx: &Ctx, mut m: Message) -> bool {
+    let next = m.times() + 1;
+    let max = m.max_retry_num().unwrap_or(ctx.config.max_retry_num);
+    m.subject = if next > max {
+        tracing::warn!(id = %m.message_id, times = next - 1, "retries exhausted, dead-lettering");
+        dead_retry_subject(&ctx.subject, &ctx.group)
+    } else {
+        retry_subject(&ctx.subject, &ctx.group)
+    };
+    m.set_attr(keys::TIMES, next.to_string());
+    m.set_attr(
+        keys::CREATE_TIME,
+        chrono::Utc::now().timestamp_millis().to_string(),
+    );
+    let batch = [m];
+    for _ in 0..ctx.config.send_back_tries.max(1) {
+        match ctx
+            .brokers
+            .send_once(
+                &batch[0].subject,
+                ClientType::Producer,
+                &batch,
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            Ok((_, outcomes)) if matches!(outcomes.first(), Some(Outcome::Stored)) => return true,
+            Ok(_) => tracing::warn!(id = %batch[0].message_id, "send back refused"),
+            Err(e) => tracing::warn!(id = %batch[0].message_id, error = %e, "send back failed"),
+        }
+        tokio::time::sleep(ctx.config.backoff).await;
+    }
+    false
+}
+
+async fn ack(ctx: &Ctx, c: &PullConsumer, first: i64, last: i64) {
+    for _ in 0..ctx.config.send_back_tries.max(1) {
+        match c.ack(first, last).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(first, last, error = %e, "ack failed"),
+        }
+        tokio::time::sleep(ctx.config.backoff).await;
+    }
+}

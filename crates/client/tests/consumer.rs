@@ -1,0 +1,423 @@
+//! Listener and pull consumers end to end against a real broker.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use parking_lot::Mutex;
+use qmq_client::consumer::{dead_retry_subject, retry_subject};
+use qmq_client::*;
+use tokio::sync::{mpsc, Notify};
+
+fn consumer_config() -> ConsumerConfig {
+    ConsumerConfig {
+        pull_wait: Duration::from_millis(100),
+        backoff: Duration::from_millis(10),
+        ..ConsumerConfig::default()
+    }
+}
+
+fn setup(b: &qmq_broker::BrokerHandle) -> (Arc<StaticRouter>, Producer) {
+    let router = Arc::new(StaticRouter::new([addr(b)]));
+    let producer = Producer::new(router.clone(), ProducerConfig::default());
+    (router, producer)
+}
+
+async fn produce(p: &Producer, subject: &str, n: usize, tags: &[&str]) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for _ in 0..n {
+        let mut m = new_message(subject);
+        for t in tags {
+            m.add_tag(t).unwrap();
+        }
+        ids.insert(p.send(m).await.unwrap().message_id);
+    }
+    ids
+}
+
+/// Receives until `n` items arrived or the deadline passes.
+async fn recv_n<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize) -> Vec<T> {
+    let mut out = Vec::new();
+    tokio::time::timeout(T, async {
+        while out.len() < n {
+            out.push(rx.recv().await.unwrap());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {n} arrived", out.len()));
+    out
+}
+
+/// Asserts the group has nothing left on `subject` (one long poll comes back empty).
+async fn assert_drained(broker: &str, subject: &str, group: &str) {
+    let conn = Connection::connect(broker).await.unwrap();
+    let mut c = PullConsumer::new(conn, subject, group, "checker");
+    let (_, msgs) = c.pull(10, Duration::from_millis(300)).await.unwrap();
+    assert!(msgs.is_empty(), "{} left on {subject}", msgs.len());
+}
+
+#[tokio::test]
+async fn handled_messages_are_acked() {
+    let (b, _dir) = broker().await;
+    let (router, producer) = setup(&b);
+    let sent = produce(&producer, "c.ok", 50, &[]).await;
+    let consumer = Consumer::new(router, consumer_config());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    consumer
+        .subscribe(
+            "c.ok",
+            "g",
+            move |m: ReceivedMessage| {
+                let tx = tx.clone();
+                async move {
+                    assert_eq!(m.subject(), "c.ok");
+                    tx.send(m.message_id.clone()).unwrap();
+                    Ok(())
+                }
+            },
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    let got: HashSet<String> = recv_n(&mut rx, 50).await.into_iter().collect();
+    assert_eq!(got, sent);
+    consumer.shutdown().await;
+    assert_drained(&addr(&b), "c.ok", "g").await;
+    assert_drained(&addr(&b), &retry_subject("c.ok", "g"), "g").await;
+}
+
+#[tokio::test]
+async fn failures_are_retried_with_qmq_times_then_dead_lettered() {
+    let (b, _dir) = broker().await;
+    let (router, producer) = setup(&b);
+    let flaky = produce(&producer, "c.retry", 5, &[]).await;
+    let poison = produce(&producer, "c.retry", 1, &[]).await;
+    let poison_id = poison.iter().next().unwrap().clone();
+    let mut cfg = consumer_config();
+    cfg.max_retry_num = 2;
+    let consumer = Consumer::new(router, cfg);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let pid = poison_id.clone();
+    consumer
+        .subscribe(
+            "c.retry",
+            "g",
+            move |m: ReceivedMessage| {
+                let tx = tx.clone();
+                let poison = m.message_id == pid;
+                async move {
+                    tx.send((m.message_id.clone(), m.times(), m.subject().to_owned()))
+                        .unwrap();
+                    if poison || m.times() == 1 {
+                        return Err(HandleError::msg("boom"));
+                    }
+                    Ok(())
+                }
+            },
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    // 5 flaky: times 1 then 2; poison: times 1 and 2, then dead.
+    let seen = recv_n(&mut rx, 12).await;
+    let mut by_id: HashMap<String, Vec<u32>> = HashMap::new();
+    for (id, times, subject) in seen {
+        assert_eq!(subject, "c.retry");
+        by_id.entry(id).or_default().push(times);
+    }
+    for id in flaky.iter().chain(poison.iter()) {
+        let mut t = by_id.remove(id).unwrap();
+        t.sort();
+        assert_eq!(t, vec![1, 2], "{id}");
+    }
+    let dead = pull_n(&addr(&b), &dead_retry_subject("c.retry", "g"), "inspect", 1).await;
+    assert_eq!(dead[0].message_id, poison_id);
+    assert_eq!(dead[0].times(), 3);
+    consumer.shutdown().await;
+    assert_drained(&addr(&b), "c.retry", "g").await;
+    assert_drained(&addr(&b), &retry_subject("c.retry", "g"), "g").await;
+}
+
+#[tokio::test]
+async fn need_retry_sends_the_message_back_now() {
+    let (b, _dir) = broker().await;
+    let (router, producer) = setup(&b);
+    produce(&producer, "c.needretry", 1, &[]).await;
+    let consumer = Consumer::new(router, consumer_config());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    consumer
+        .subscribe(
+            "c.needretry",
+            "g",
+            move |m: ReceivedMessage| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(m.times()).unwrap();
+                    if m.times() == 1 {
+                        return Err(HandleError::retry_after(Duration::from_secs(3600), "later"));
+                    }
+                    Ok(())
+                }
+            },
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recv_n(&mut rx, 2).await, vec![1, 2]);
+    consumer.shutdown().await;
+}
+
+#[tokio::test]
+async fn at_most_once_acks_first_and_never_retries() {
+    let (b, _dir) = broker().await;
+    let (router, producer) = setup(&b);
+    produce(&producer, "c.once", 3, &[]).await;
+    let consumer = Consumer::new(router, consumer_config());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    consumer
+        .subscribe(
+            "c.once",
+            "g",
+            move |m: ReceivedMessage| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(m.message_id.clone()).unwrap();
+                    Err(HandleError::msg("always fails"))
+                }
+            },
+            SubscribeOptions {
+                consume_most_once: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(recv_n(&mut rx, 3).await.len(), 3);
+    consumer.shutdown().await;
+    assert!(rx.try_recv().is_err(), "a message came twice");
+    assert_drained(&addr(&b), "c.once", "g").await;
+    assert_drained(&addr(&b), &retry_subject("c.once", "g"), "g").await;
+}
+
+#[tokio::test]
+async fn broadcast_gives_every_consumer_every_message() {
+    let (b, _dir) = broker().await;
+    let (router, producer) = setup(&b);
+    let sent = produce(&producer, "c.bcast", 10, &[]).await;
+    let mut rxs = Vec::new();
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        let consumer = Consumer::new(router.clone(), consumer_config());
+        let (tx, rx) = mpsc::unbounded_channel();
+        consumer
+            .subscribe(
+                "c.bcast",
+                "g",
+                move |m: ReceivedMessage| {
+                    let tx = tx.clone();
+                    async move {
+                        tx.send(m.message_id.clone()).unwrap();
+                        Ok(())
+                    }
+                },
+                SubscribeOptions {
+                    broadcast: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        rxs.push(rx);
+        consumers.push(consumer);
+    }
+    for rx in &mut rxs {
+        let got: HashSet<String> = recv_n(rx, 10).await.into_iter().collect();
+        assert_eq!(got, sent);
+    }
+    for c in consumers {
+        c.shutdown().await;
+    }
+}
+
+async fn tagged(tags: &[&str], tag_type: TagType) -> HashSet<String> {
+    let (b, _dir) = broker().await;
+    let (router, producer) = setup(&b);
+    let only_a = produce(&producer, "c.tags", 2, &["a"]).await;
+    let only_b = produce(&producer, "c.tags", 2, &["b"]).await;
+    let both = produce(&producer, "c.tags", 2, &["a", "b"]).await;
+    produce(&producer, "c.tags", 2, &[]).await;
+    let consumer = Consumer::new(router, consumer_config());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    consumer
+        .subscribe(
+            "c.tags",
+            "g",
+            move |m: ReceivedMessage| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(m.message_id.clone()).unwrap();
+                    Ok(())
+                }
+            },
+            SubscribeOptions {
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                tag_type: Some(tag_type),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let expected: HashSet<String> = match tag_type {
+        TagType::And => both,
+        _ => only_a.union(&both).cloned().collect(),
+    };
+    let got: HashSet<String> = recv_n(&mut rx, expected.len()).await.into_iter().collect();
+    consumer.shutdown().await;
+    assert!(
+        rx.try_recv().is_err(),
+        "a message outside the filter arrived"
+    );
+    assert!(got.is_disjoint(&only_b));
+    assert_eq!(got, expected);
+    got
+}
+
+#[tokio::test]
+async fn tag_filters_and_or() {
+    assert_eq!(tagged(&["a", "b"], TagType::And).await.len(), 2);
+    assert_eq!(tagged(&["a"], TagType::Or).await.len(), 4);
+}
+
+struct Recorder {
+    skip: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Filter for Recorder {
+    fn pre_on_message(&self, m: &ReceivedMessage, ctx: &mut FilterContext) -> bool {
+        ctx.insert("seen-by-pre", m.message_id.clone());
+        m.message_id != self.skip
+    }
+
+    fn post_on_message(&self, m: &ReceivedMessage, ctx: &mut FilterContext, r: &HandleResult) {
+        let from_pre = ctx
+            .get::<String>("seen-by-pre")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(from_pre, m.message_id);
+        self.log
+            .lock()
+            .push(format!("post {} ok={}", m.message_id, r.is_ok()));
+    }
+}
+
+#[tokio::test]
+async fn filters_run_around_the_handler_and_can_skip() {
+    let (b, _dir) = broker().await;
+    let (router, producer) = setup(&b);
+    let ids: Vec<String> = produce(&producer, "c.filter", 3, &[])
+        .await
+        .into_iter()
+        .collect();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let consumer = Consumer::new(router, consumer_config());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    consumer
+        .subscribe(
+            "c.filter",
+            "g",
+            move |m: ReceivedMessage| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(m.message_id.clone()).unwrap();
+                    Ok(())
+                }
+            },
+            SubscribeOptions {
+                filters: vec![Arc::new(Recorder {
+                    skip: ids[0].clone(),
+                    log: log.clone(),
+                })],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let got: HashSet<String> = recv_n(&mut rx, 2).await.into_iter().collect();
+    consumer.shutdown().await;
+    assert!(!got.contains(&ids[0]));
+    let log = log.lock().clone();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log.iter().all(|l| l.ends_with("ok=true")));
+    // The skipped message was acked, not retried.
+    assert_drained(&addr(&b), "c.filter", "g").await;
+    assert_drained(&addr(&b), &retry_subject("c.filter", "g"), "g").await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_in_flight_handlers_and_acks() {
+    let (b, _dir) = broker().await;
+    let (router, producer) = setup(&b);
+    produce(&producer, "c.shutdown", 1, &[]).await;
+    let consumer = Arc::new(Consumer::new(router, consumer_config()));
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let done = Arc::new(AtomicBool::new(false));
+    let (s, r, d) = (started.clone(), release.clone(), done.clone());
+    consumer
+        .subscribe(
+            "c.shutdown",
+            "g",
+            move |_m: ReceivedMessage| {
+                let (s, r, d) = (s.clone(), r.clone(), d.clone());
+                async move {
+                    s.notify_one();
+                    r.notified().await;
+                    d.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
+            },
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(T, started.notified()).await.unwrap();
+    let c = consumer.clone();
+    let stopping = tokio::spawn(async move { c.shutdown().await });
+    release.notify_one();
+    tokio::time::timeout(T, stopping).await.unwrap().unwrap();
+    assert!(done.load(Ordering::SeqCst));
+    assert_drained(&addr(&b), "c.shutdown", "g").await;
+}
+
+#[tokio::test]
+async fn pull_client_pulls_and_acks() {
+    let (b, _dir) = broker().await;
+    let (router, producer) = setup(&b);
+    let sent = produce(&producer, "c.pull", 10, &[]).await;
+    let consumer = Consumer::new(router, consumer_config());
+    let mut pull = consumer.pull_client("c.pull", "g").await.unwrap();
+    let mut got = HashSet::new();
+    tokio::time::timeout(T, async {
+        while got.len() < 10 {
+            if let Some(batch) = pull.pull(4, Duration::from_millis(200)).await.unwrap() {
+                assert!(batch.messages.len() <= 4);
+                got.extend(batch.messages.iter().map(|m| m.message_id.clone()));
+                pull.ack(&batch).await.unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, sent);
+    assert!(pull
+        .pull(4, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_none());
+    assert_drained(&addr(&b), "c.pull", "g").await;
+}
