@@ -15,4 +15,4 @@ pub mod tags;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;
-pub use server::{serve, BrokerHandle};
+pub use server::{serve, BrokerControl, BrokerHandle};

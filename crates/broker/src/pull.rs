@@ -9,9 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use qmq_protocol::codes::response;
-use qmq_protocol::frame::VERSION_8;
-use qmq_protocol::wire::Reader;
-use qmq_protocol::{Frame, Header, Message, PullRequest, PullResponse};
+use qmq_protocol::{Frame, Header, PullRequest, PullResponse};
 use qmq_store::{ConsumerKey, PullSpec, Pulled, Store};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -250,22 +248,14 @@ impl Puller {
     }
 }
 
-/// The SUCCESS response carrying `pulled` (pull-log sequences consecutive from the first).
-/// Clients older than version 8 do not understand tags: theirs are stripped.
+/// The SUCCESS response carrying `pulled` (pull-log sequences consecutive from the first),
+/// each message laid out for the requester's protocol version (older clients get no tags).
 fn encode_pulled(request: &Header, pulled: &[Pulled]) -> Result<Frame, BrokerError> {
     let mut body =
         BytesMut::with_capacity(16 + pulled.iter().map(|p| p.message.len()).sum::<usize>());
     PullResponse::encode_head(pulled[0].pull_seq as i64, &mut body);
     for p in pulled {
-        let flags = qmq_protocol::MessageFlags(p.message.first().copied().unwrap_or(0));
-        if request.version >= VERSION_8 || !flags.has_tags() {
-            body.extend_from_slice(&p.message);
-        } else {
-            let mut m = Message::decode_stored(&mut Reader::new(&p.message))?;
-            m.tags.clear();
-            m.flags = m.flags.with_tags(false);
-            m.encode_stored(&mut body)?;
-        }
+        qmq_protocol::pull::append_stored_for_version(&p.message, request.version, &mut body)?;
     }
     Ok(Frame::new(
         request.response(response::SUCCESS),

@@ -39,25 +39,13 @@ struct Shared {
     started: Instant,
 }
 
-/// A running broker.
-pub struct BrokerHandle {
-    addr: SocketAddr,
+/// Operations on a running broker, for operators and the meta server's directives.
+#[derive(Clone)]
+pub struct BrokerControl {
     shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl BrokerHandle {
-    /// The address the broker listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The broker's store (for tools and tests).
-    pub fn store(&self) -> &Store {
-        &self.shared.store
-    }
-
+impl BrokerControl {
     /// Refuses (or accepts again) new messages for every subject; pulls and acks go on.
     pub fn set_readonly(&self, readonly: bool) {
         let subjects = if readonly {
@@ -91,6 +79,33 @@ impl BrokerHandle {
         let next = tokio::task::spawn_blocking(move || store.reset(&key, false, to)).await??;
         self.shared.puller.notify(subject);
         Ok(next)
+    }
+}
+
+/// A running broker.
+pub struct BrokerHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl BrokerHandle {
+    /// The address the broker listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The broker's store (for tools and tests).
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// A cheap handle for operating the broker while it runs (readonly marks, resets).
+    pub fn control(&self) -> BrokerControl {
+        BrokerControl {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Pull requests dropped unserved because their deadline passed.
@@ -149,7 +164,17 @@ pub async fn serve(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     )));
     tasks.push(tokio::spawn(offline_sweeper(shared.clone())));
     if let Some(meta) = shared.config.meta.clone() {
-        tasks.push(tokio::spawn(heartbeat_loop(shared.clone(), meta, addr)));
+        // Register before returning, so clients asking the meta server find this broker at once.
+        let online = register(&shared, &meta, BrokerRequestType::Online, &addr).await;
+        if let Err(e) = &online {
+            tracing::warn!(meta = %meta, error = %e, "meta server registration failed; retrying");
+        }
+        tasks.push(tokio::spawn(heartbeat_loop(
+            shared.clone(),
+            meta,
+            addr,
+            online.is_ok(),
+        )));
     }
     tracing::info!(%addr, group = %shared.config.group, "broker listening");
     Ok(BrokerHandle {
@@ -248,7 +273,7 @@ async fn dispatch(shared: &Arc<Shared>, frame: Frame, tx: &mpsc::Sender<Frame>) 
         command::ACK_REQUEST => {
             let (shared, tx) = (shared.clone(), tx.clone());
             tokio::spawn(async move {
-                let code = match AckRequest::decode(&frame.body) {
+                let code = match AckRequest::decode_for_version(header.version, &frame.body) {
                     Ok(ack) => match handle_ack(&shared, ack).await {
                         Ok(()) => response::SUCCESS,
                         Err(e) => {
@@ -439,9 +464,14 @@ async fn sweep_offline(shared: &Shared) -> Result<usize, BrokerError> {
     Ok(moved)
 }
 
-async fn heartbeat_loop(shared: Arc<Shared>, meta: String, addr: SocketAddr) {
-    let mut kind = BrokerRequestType::Online;
+async fn heartbeat_loop(shared: Arc<Shared>, meta: String, addr: SocketAddr, online: bool) {
+    let mut kind = if online {
+        BrokerRequestType::Heartbeat
+    } else {
+        BrokerRequestType::Online
+    };
     let mut tick = tokio::time::interval(shared.config.heartbeat_interval);
+    tick.tick().await;
     loop {
         tick.tick().await;
         match register(&shared, &meta, kind, &addr).await {

@@ -179,6 +179,7 @@ async fn reset_offset_replays_or_skips_a_groups_messages() {
     assert_eq!(got.len(), 5);
     assert_eq!(
         broker
+            .control()
             .reset_offset("r", "g", qmq_store::ResetTo::Earliest)
             .await
             .unwrap(),
@@ -190,6 +191,7 @@ async fn reset_offset_replays_or_skips_a_groups_messages() {
     assert_eq!(bodies(&again), bodies(&got));
     assert_eq!(
         broker
+            .control()
             .reset_offset("r", "g", qmq_store::ResetTo::Latest)
             .await
             .unwrap(),
@@ -298,7 +300,7 @@ async fn bad_messages_are_refused_one_by_one_and_the_rest_stored() {
         .unwrap();
     assert_eq!(resp.header.code, response::BROKER_ERROR);
     // Read-only subjects are refused per message; other subjects are still accepted.
-    broker.set_readonly_subjects(vec!["b".into()]);
+    broker.control().set_readonly_subjects(vec!["b".into()]);
     let f = send(
         &conn,
         &[
@@ -312,10 +314,10 @@ async fn bad_messages_are_refused_one_by_one_and_the_rest_stored() {
         (f[0].message_id.as_str(), f[0].code),
         ("ro", ProducerCode::ReadOnly)
     );
-    broker.set_readonly(true);
+    broker.control().set_readonly(true);
     let f = send(&conn, &[message("other", "ro2", &[], "x")]).await;
     assert_eq!(f[0].code, ProducerCode::ReadOnly);
-    broker.set_readonly(false);
+    broker.control().set_readonly(false);
     assert!(send(&conn, &[message("b", "ok3", &[], "x")])
         .await
         .is_empty());

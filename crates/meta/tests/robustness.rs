@@ -16,7 +16,8 @@ use qmq_protocol::{
 use serde_json::json;
 use tokio_util::codec::Decoder;
 
-const VECTORS: &str = "/work/shared/spec/vectors";
+/// Captures from the official QMQ Java stack (copied from the shared spec vectors).
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors");
 
 async fn malformed_requests_get_clear_errors(backend: Backend) {
     let db = TestDb::new(backend).await;

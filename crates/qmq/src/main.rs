@@ -15,11 +15,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Everything in one process on embedded defaults: a broker (and, as they land, the meta
-    /// and delay servers) with all data under one directory.
+    /// Everything in one process on embedded defaults: meta server (SQLite) and broker (and,
+    /// once it lands, the delay server), all data under one directory.
     Standalone(servers::StandaloneArgs),
+    /// A meta server.
+    Meta(servers::MetaOnlyArgs),
     /// A realtime broker.
-    Broker(servers::BrokerArgs),
+    Broker(servers::BrokerOnlyArgs),
+    /// Admin tools (talk to a meta server's admin API with a token).
+    Tools(qmq_meta::cli::ToolsArgs),
     /// Send messages from the shell.
     Send(cli::SendArgs),
     /// Consume messages from the shell (printed one per line, then acked).
@@ -37,7 +41,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Standalone(args) => servers::standalone(args).await,
+        Command::Meta(args) => servers::meta(args).await,
         Command::Broker(args) => servers::broker(args).await,
+        Command::Tools(args) => {
+            println!("{}", qmq_meta::cli::run_tools(args).await?);
+            Ok(())
+        }
         Command::Send(args) => cli::send(args).await,
         Command::Consume(args) => cli::consume(args).await,
     }

@@ -1,13 +1,14 @@
-//! Server subcommands: `standalone` and `broker`.
+//! Server subcommands: `standalone`, `meta` and `broker`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use qmq_broker::BrokerConfig;
-use qmq_store::{FlushPolicy, StoreConfig};
+use qmq_broker::{BrokerConfig, BrokerControl};
+use qmq_meta::MetaConfig;
+use qmq_store::{FlushPolicy, ResetTo, StoreConfig};
 
 /// When an acknowledged send is durable.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -28,15 +29,13 @@ pub struct BrokerArgs {
     /// Address for clients.
     #[arg(long, default_value = "0.0.0.0:20881", env = "QMQ_BROKER_LISTEN")]
     listen: SocketAddr,
-    /// Address registered with the meta server (default: the listen address).
+    /// Address registered with the meta server (default: the meta server's advertised host and
+    /// the listen port).
     #[arg(long)]
     advertise: Option<String>,
     /// Broker group name.
     #[arg(long, default_value = "broker-1")]
     group: String,
-    /// Meta server TCP address to register with (host:port).
-    #[arg(long)]
-    meta: Option<String>,
     /// Durability of acknowledged sends.
     #[arg(long, value_enum, default_value = "async")]
     flush: Flush,
@@ -51,16 +50,61 @@ pub struct BrokerArgs {
     max_message_bytes: usize,
 }
 
+/// `broker` settings.
+#[derive(Args, Debug)]
+pub struct BrokerOnlyArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Meta server TCP address to register and heartbeat with (host:port).
+    #[arg(long)]
+    meta: Option<String>,
+    /// Meta server HTTP address (host:port) to take readonly marks and reset-offset requests from.
+    #[arg(long)]
+    meta_http: Option<String>,
+}
+
+/// Meta server settings shared by `meta` and `standalone`.
+#[derive(Args, Debug)]
+pub struct MetaArgs {
+    /// HTTP address: client discovery (`GET /meta/address`) and the admin API.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "QMQ_META_HTTP_LISTEN")]
+    meta_http_listen: SocketAddr,
+    /// TCP address for the QMQ meta protocol.
+    #[arg(long, default_value = "0.0.0.0:20880", env = "QMQ_META_TCP_LISTEN")]
+    meta_tcp_listen: SocketAddr,
+    /// Meta database: `postgres://…` or `mysql://…`; default: SQLite under the data directory.
+    #[arg(long, env = "QMQ_META_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Host clients use to reach this machine (default: the bind IP, or the outbound IP).
+    #[arg(long)]
+    advertised_host: Option<String>,
+    /// Admin API token (repeat for several); without one the admin API refuses every call.
+    #[arg(long = "admin-token", env = "QMQ_ADMIN_TOKENS", value_delimiter = ',')]
+    admin_tokens: Vec<String>,
+}
+
+/// `meta` settings.
+#[derive(Args, Debug)]
+pub struct MetaOnlyArgs {
+    #[command(flatten)]
+    meta: MetaArgs,
+    /// Data directory (for the embedded SQLite database).
+    #[arg(long, default_value = "./qmq-data", env = "QMQ_DATA_DIR")]
+    data_dir: PathBuf,
+}
+
 /// `standalone` settings.
 #[derive(Args, Debug)]
 pub struct StandaloneArgs {
     #[command(flatten)]
     broker: BrokerArgs,
+    #[command(flatten)]
+    meta: MetaArgs,
 }
 
 impl BrokerArgs {
-    fn config(&self, dir: PathBuf) -> BrokerConfig {
-        let mut store = StoreConfig::new(dir);
+    fn config(&self, meta: Option<String>) -> BrokerConfig {
+        let mut store = StoreConfig::new(self.data_dir.join("broker"));
         store.flush = match self.flush {
             Flush::Async => FlushPolicy::Async {
                 interval: Duration::from_millis(self.flush_interval_ms),
@@ -72,20 +116,46 @@ impl BrokerArgs {
         c.listen = self.listen;
         c.advertised = self.advertise.clone();
         c.group = self.group.clone();
-        c.meta = self.meta.clone();
+        c.meta = meta;
         c.max_message_bytes = self.max_message_bytes;
         c
     }
 }
 
+impl MetaArgs {
+    fn config(&self, data_dir: &Path) -> MetaConfig {
+        MetaConfig {
+            data_dir: data_dir.join("meta"),
+            database_url: self.database_url.clone(),
+            http_addr: self.meta_http_listen,
+            tcp_addr: self.meta_tcp_listen,
+            advertised_host: self.advertised_host.clone(),
+            admin_tokens: self.admin_tokens.clone(),
+            ..MetaConfig::default()
+        }
+    }
+}
+
 /// Runs a broker until SIGINT/SIGTERM, then shuts it down cleanly (flush + checkpoint).
-pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
-    let config = args.config(args.data_dir.join("broker"));
+pub async fn broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
+    let config = args.broker.config(args.meta.clone());
+    let data_dir = config.store.dir.clone();
     let handle = qmq_broker::serve(config)
         .await
         .context("starting the broker")?;
+    let poller = args.meta_http.map(|http| {
+        tokio::spawn(follow_directives(
+            http,
+            args.broker.group.clone(),
+            data_dir,
+            handle.control(),
+        ))
+    });
     println!("qmq broker ready on {}", handle.addr());
     wait_for_signal().await?;
+    if let Some(p) = poller {
+        p.abort();
+    }
     handle
         .shutdown()
         .await
@@ -93,11 +163,110 @@ pub async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the standalone server until SIGINT/SIGTERM.
+/// Runs a meta server until SIGINT/SIGTERM.
+pub async fn meta(args: MetaOnlyArgs) -> anyhow::Result<()> {
+    let handle = qmq_meta::serve(args.meta.config(&args.data_dir))
+        .await
+        .context("starting the meta server")?;
+    println!(
+        "qmq meta ready: http {} tcp {}",
+        handle.http_addr(),
+        handle.advertised_tcp_address()
+    );
+    wait_for_signal().await?;
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// Runs meta server + broker in one process until SIGINT/SIGTERM. The broker registers with
+/// the meta server before "ready" is printed, so clients find a route at once.
 pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.broker.data_dir)
-        .with_context(|| format!("creating {}", args.broker.data_dir.display()))?;
-    broker(args.broker).await
+    let data_dir = args.broker.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let meta = qmq_meta::serve(args.meta.config(&data_dir))
+        .await
+        .context("starting the meta server")?;
+    let meta_tcp = format!("127.0.0.1:{}", meta.tcp_addr().port());
+    let mut config = args.broker.config(Some(meta_tcp));
+    let host = meta
+        .advertised_tcp_address()
+        .rsplit_once(':')
+        .map_or("127.0.0.1".to_owned(), |(h, _)| h.to_owned());
+    if config.advertised.is_none() {
+        config.advertised = Some(format!("{host}:{}", config.listen.port()));
+    }
+    let broker = qmq_broker::serve(config)
+        .await
+        .context("starting the broker")?;
+    let meta_http = format!("127.0.0.1:{}", meta.http_addr().port());
+    let poller = tokio::spawn(follow_directives(
+        meta_http,
+        args.broker.group.clone(),
+        data_dir.join("broker"),
+        broker.control(),
+    ));
+    println!(
+        "qmq standalone ready: broker {} meta http {} tcp {}",
+        broker.addr(),
+        meta.http_addr(),
+        meta.tcp_addr()
+    );
+    wait_for_signal().await?;
+    poller.abort();
+    broker
+        .shutdown()
+        .await
+        .context("shutting the broker down")?;
+    meta.shutdown().await;
+    Ok(())
+}
+
+/// Applies the meta server's readonly marks and reset-offset requests to the broker, polling
+/// every few seconds. The last applied reset id is kept in `<dir>/directives.json` so each
+/// request is applied once, across restarts.
+async fn follow_directives(meta_http: String, group: String, dir: PathBuf, broker: BrokerControl) {
+    let state_file = dir.join("directives.json");
+    let mut after: i64 = std::fs::read(&state_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(0);
+    let mut tick = tokio::time::interval(Duration::from_secs(3));
+    loop {
+        tick.tick().await;
+        let d = match qmq_meta::broker_api::fetch_directives(&meta_http, &group, after).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "fetching meta directives failed");
+                continue;
+            }
+        };
+        broker.set_readonly_subjects(d.readonly_subjects.clone());
+        let mut failed = false;
+        for r in &d.reset_offsets {
+            let to = match r.action {
+                qmq_meta::model::ResetAction::Earliest => ResetTo::Earliest,
+                qmq_meta::model::ResetAction::Latest => ResetTo::Latest,
+            };
+            match broker.reset_offset(&r.subject, &r.consumer_group, to).await {
+                Ok(next) => {
+                    tracing::info!(subject = %r.subject, group = %r.consumer_group, next, "offset reset")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "applying a reset-offset request failed");
+                    failed = true;
+                    break;
+                }
+            }
+            after = r.id;
+            if let Err(e) = std::fs::write(&state_file, after.to_string()) {
+                tracing::error!(error = %e, "recording the applied reset id failed");
+            }
+        }
+        if !failed {
+            after = after.max(d.last_id);
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

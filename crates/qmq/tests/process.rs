@@ -16,9 +16,20 @@ fn free_port() -> u16 {
 
 /// Starts `qmq standalone` and waits for its "ready" line.
 fn start(dir: &std::path::Path, port: u16) -> Child {
+    start_with_line(dir, port).0
+}
+
+/// Starts `qmq standalone`; returns it and its "ready" line.
+fn start_with_line(dir: &std::path::Path, port: u16) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qmq"))
         .args(["standalone", "--flush", "sync", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "--meta-http-listen",
+            "127.0.0.1:0",
+            "--meta-tcp-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::piped())
@@ -30,7 +41,7 @@ fn start(dir: &std::path::Path, port: u16) -> Child {
         .read_line(&mut line)
         .unwrap();
     assert!(line.contains("ready"), "unexpected first line {line:?}");
-    child
+    (child, line)
 }
 
 async fn send_n(addr: &str, subject: &str, range: std::ops::Range<usize>) {
@@ -114,6 +125,69 @@ async fn sigterm_checkpoints_and_a_restart_resumes_the_group() {
     let mut server = start(dir.path(), port);
     let rest = drain(&addr, "st", "g", 60).await;
     assert_eq!(rest, (40..100).collect::<Vec<_>>());
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+/// The value after `key` in the ready line (`... meta http 127.0.0.1:1234 tcp ...`).
+fn field(line: &str, key: &str) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == key).unwrap();
+    words[i + 1].to_owned()
+}
+
+#[tokio::test]
+async fn a_client_finds_the_broker_through_the_meta_server_as_the_java_client_does() {
+    use bytes::BytesMut;
+    use qmq_protocol::codes::{command, response};
+    use qmq_protocol::{ClientRequestType, ClientType, MetaInfoRequest, MetaInfoResponse};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (mut server, line) = start_with_line(dir.path(), port);
+    // 1. Discovery over HTTP, as the Java client: GET /meta/address answers host:port.
+    let http = field(&line, "http");
+    let mut s = tokio::net::TcpStream::connect(&http).await.unwrap();
+    s.write_all(b"GET /meta/address HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.") && reply.contains(" 200 "),
+        "{reply}"
+    );
+    let meta_tcp = reply.rsplit("\r\n\r\n").next().unwrap().trim().to_owned();
+    // 2. CLIENT_REGISTER for a producer of a new subject: the route names our broker.
+    let meta = Connection::connect(&meta_tcp).await.unwrap();
+    let mut body = BytesMut::new();
+    MetaInfoRequest::new(
+        "test-client",
+        ClientType::Producer,
+        ClientRequestType::Online,
+        "via.meta",
+        "test-app",
+        "",
+    )
+    .encode(&mut body)
+    .unwrap();
+    let resp = meta
+        .request(
+            command::CLIENT_REGISTER,
+            body.freeze(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.header.code, response::SUCCESS);
+    let route = MetaInfoResponse::decode(&resp.body).unwrap();
+    assert_eq!(route.groups.len(), 1, "{route:?}");
+    let broker = route.groups[0].master.clone();
+    assert!(broker.ends_with(&format!(":{port}")), "{broker}");
+    // 3. Send and consume through the address the route gave.
+    send_n(&broker, "via.meta", 0..3).await;
+    assert_eq!(drain(&broker, "via.meta", "g", 3).await, vec![0, 1, 2]);
     server.kill().unwrap();
     server.wait().unwrap();
 }
