@@ -29,6 +29,8 @@ fn start_with_line(dir: &std::path::Path, port: u16) -> (Child, String) {
             "127.0.0.1:0",
             "--meta-tcp-listen",
             "127.0.0.1:0",
+            "--admin-token",
+            "secret",
         ])
         .arg("--data-dir")
         .arg(dir)
@@ -136,11 +138,41 @@ fn field(line: &str, key: &str) -> String {
     words[i + 1].to_owned()
 }
 
-#[tokio::test]
-async fn a_client_finds_the_broker_through_the_meta_server_as_the_java_client_does() {
+/// Asks the meta server (TCP) for a producer route of `subject`, as the Java client does;
+/// returns the one broker group's master address.
+async fn route(meta_tcp: &str, subject: &str) -> String {
     use bytes::BytesMut;
     use qmq_protocol::codes::{command, response};
     use qmq_protocol::{ClientRequestType, ClientType, MetaInfoRequest, MetaInfoResponse};
+
+    let meta = Connection::connect(meta_tcp).await.unwrap();
+    let mut body = BytesMut::new();
+    MetaInfoRequest::new(
+        "test-client",
+        ClientType::Producer,
+        ClientRequestType::Online,
+        subject,
+        "test-app",
+        "",
+    )
+    .encode(&mut body)
+    .unwrap();
+    let resp = meta
+        .request(
+            command::CLIENT_REGISTER,
+            body.freeze(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.header.code, response::SUCCESS);
+    let route = MetaInfoResponse::decode(&resp.body).unwrap();
+    assert_eq!(route.groups.len(), 1, "{route:?}");
+    route.groups[0].master.clone()
+}
+
+#[tokio::test]
+async fn a_client_finds_the_broker_through_the_meta_server_as_the_java_client_does() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let dir = tempfile::tempdir().unwrap();
@@ -160,34 +192,125 @@ async fn a_client_finds_the_broker_through_the_meta_server_as_the_java_client_do
     );
     let meta_tcp = reply.rsplit("\r\n\r\n").next().unwrap().trim().to_owned();
     // 2. CLIENT_REGISTER for a producer of a new subject: the route names our broker.
-    let meta = Connection::connect(&meta_tcp).await.unwrap();
-    let mut body = BytesMut::new();
-    MetaInfoRequest::new(
-        "test-client",
-        ClientType::Producer,
-        ClientRequestType::Online,
-        "via.meta",
-        "test-app",
-        "",
-    )
-    .encode(&mut body)
-    .unwrap();
-    let resp = meta
-        .request(
-            command::CLIENT_REGISTER,
-            body.freeze(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.header.code, response::SUCCESS);
-    let route = MetaInfoResponse::decode(&resp.body).unwrap();
-    assert_eq!(route.groups.len(), 1, "{route:?}");
-    let broker = route.groups[0].master.clone();
+    let broker = route(&meta_tcp, "via.meta").await;
     assert!(broker.ends_with(&format!(":{port}")), "{broker}");
     // 3. Send and consume through the address the route gave.
     send_n(&broker, "via.meta", 0..3).await;
     assert_eq!(drain(&broker, "via.meta", "g", 3).await, vec![0, 1, 2]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+/// Runs `qmq tools` against the meta server at `http`.
+fn tools(http: &str, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_qmq"))
+        .args(["tools", "--metaserver", http, "--token", token])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Sends one message to `subject`; true when the broker stored it.
+async fn try_send(addr: &str, subject: &str) -> bool {
+    let conn = Connection::connect(addr).await.unwrap();
+    let m = new_message(subject);
+    send_batch(&conn, &[m], Duration::from_secs(5))
+        .await
+        .unwrap()[0]
+        .is_ok()
+}
+
+/// Polls `check` every 100 ms until it holds; fails after `limit`.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let end = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "condition not reached within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn admin_tools_need_a_token_and_readonly_and_reset_reach_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (mut server, line) = start_with_line(dir.path(), port);
+    let http = field(&line, "http");
+    // A wrong token is refused and changes nothing.
+    let refused = tools(
+        &http,
+        "wrong",
+        &[
+            "mark-readonly",
+            "--broker-group",
+            "broker-1",
+            "--subject",
+            "ro",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(try_send(&addr, "ro").await);
+    // The right token marks the subject readonly; the broker refuses it within a few seconds.
+    let ok = tools(
+        &http,
+        "secret",
+        &[
+            "mark-readonly",
+            "--broker-group",
+            "broker-1",
+            "--subject",
+            "ro",
+        ],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    eventually(Duration::from_secs(15), || async {
+        !try_send(&addr, "ro").await
+    })
+    .await;
+    assert!(
+        try_send(&addr, "other").await,
+        "other subjects still accepted"
+    );
+    // reset-offset to earliest makes a group see its consumed messages again.
+    let meta_tcp = field(&line, "tcp");
+    assert_eq!(route(&meta_tcp, "rs").await, addr);
+    send_n(&addr, "rs", 0..3).await;
+    assert_eq!(drain(&addr, "rs", "g", 3).await, vec![0, 1, 2]);
+    let ok = tools(
+        &http,
+        "secret",
+        &[
+            "reset-offset",
+            "--subject",
+            "rs",
+            "--group",
+            "g",
+            "--action",
+            "earliest",
+        ],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    eventually(Duration::from_secs(15), || async {
+        let conn = Connection::connect(&addr).await.unwrap();
+        let mut c = PullConsumer::new(conn, "rs", "g", "c2");
+        let (_, ms) = c.pull(10, Duration::from_millis(200)).await.unwrap();
+        !ms.is_empty()
+    })
+    .await;
     server.kill().unwrap();
     server.wait().unwrap();
 }
