@@ -1,18 +1,19 @@
 //! Consume logs: one per subject, a dense array of fixed-size entries pointing into the message
 //! log. Entry `n` is the subject's `n`-th message (its consume-log sequence).
 //!
-//! Entry: `u64 message-log offset | u32 record length | u32 CRC32C of the first 12 bytes`.
-//! The CRC lets recovery drop a torn or garbled last entry instead of trusting it. Consume logs
-//! are derived data: whatever is missing after a crash is re-indexed from the message log.
+//! Entry (24 bytes, big-endian): `u64 message-log offset | u32 record payload length |
+//! u64 tag summary | u32 CRC32C of the first 20 bytes`. The tag summary lets tag filters pass
+//! over messages without reading them. The CRC makes a torn or garbled entry recognisable: it
+//! is never trusted. Consume logs are derived data: whatever is missing after a crash is
+//! re-indexed from the message log, and segments whose messages retention deleted are deleted.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::error::{io, Result, StoreError};
+use crate::error::Result;
+use crate::fixed::FixedLog;
 
 /// Bytes per entry.
-pub const ENTRY: u64 = 16;
+pub const ENTRY: u64 = 24;
 
 /// Where one message is in the message log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,86 +22,121 @@ pub struct Entry {
     pub offset: u64,
     /// Length of the record's payload.
     pub len: u32,
+    /// Summary of the message's tags (see [`crate::filter::Filter::may_match`]).
+    pub tags: u64,
 }
 
 impl Entry {
-    fn encode(self) -> [u8; ENTRY as usize] {
-        let mut b = [0u8; ENTRY as usize];
-        b[..8].copy_from_slice(&self.offset.to_be_bytes());
-        b[8..12].copy_from_slice(&self.len.to_be_bytes());
-        let crc = crc32c::crc32c(&b[..12]);
-        b[12..].copy_from_slice(&crc.to_be_bytes());
-        b
+    fn encode(self, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.len.to_be_bytes());
+        out.extend_from_slice(&self.tags.to_be_bytes());
+        let crc = crc32c::crc32c(&out[at..]);
+        out.extend_from_slice(&crc.to_be_bytes());
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        let crc = u32::from_be_bytes([b[12], b[13], b[14], b[15]]);
-        if crc32c::crc32c(&b[..12]) != crc {
+        let crc = u32::from_be_bytes([b[20], b[21], b[22], b[23]]);
+        if crc32c::crc32c(&b[..20]) != crc {
             return None;
         }
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_be_bytes(a)
+        };
         Some(Self {
-            offset: u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            offset: u64_at(0),
             len: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+            tags: u64_at(12),
         })
     }
 }
 
 /// One subject's consume log.
 pub struct ConsumeLog {
-    path: PathBuf,
-    file: File,
-    /// Number of entries (the next sequence).
-    len: u64,
-    /// Offset of the last entry's message, to skip already-indexed records on recovery.
+    log: FixedLog,
+    /// Offset of the newest indexed message, to skip already-indexed records on recovery.
     last_offset: Option<u64>,
 }
 
+/// Entries checked per read while recovering.
+const CHUNK: usize = 4096;
+
 impl ConsumeLog {
-    /// Opens or creates the consume log at `path`, dropping a torn tail and any entry that points
-    /// at or past `log_end` (its message did not survive).
-    pub fn open(path: &Path, log_end: u64) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io("open", path))?;
-        let size = file.metadata().map_err(io("stat", path))?.len();
-        let mut len = size / ENTRY;
-        let mut last_offset = None;
-        while len > 0 {
-            let mut b = [0u8; ENTRY as usize];
-            file.read_exact_at(&mut b, (len - 1) * ENTRY)
-                .map_err(io("read", path))?;
-            match Entry::decode(&b) {
-                Some(e) if e.offset < log_end => {
-                    last_offset = Some(e.offset);
-                    break;
+    /// Opens or creates the consume log in `dir`. Entries before `trusted` were made durable by
+    /// a checkpoint; those after it are checked (CRC, increasing offsets, below `log_end`) and
+    /// the log is cut at the first bad one. Entries pointing at or past `log_end` are dropped.
+    pub fn open(dir: &Path, per_segment: u64, trusted: u64, log_end: u64) -> Result<Self> {
+        let mut log = FixedLog::open(dir, ENTRY, per_segment)?;
+        let start = trusted.min(log.len()).max(log.first());
+        let mut prev = match start.checked_sub(1) {
+            Some(p) if p >= log.first() => Self::decode_at(&log, p)?.map(|e| e.offset),
+            _ => None,
+        };
+        let mut cut = None;
+        let mut seq = start;
+        'scan: while seq < log.len() {
+            let bytes = log.read(seq, CHUNK)?;
+            for b in bytes.chunks_exact(ENTRY as usize) {
+                let ok = Entry::decode(b)
+                    .filter(|e| e.offset < log_end && prev.is_none_or(|p| e.offset > p));
+                match ok {
+                    Some(e) => prev = Some(e.offset),
+                    None => {
+                        cut = Some(seq);
+                        break 'scan;
+                    }
                 }
-                _ => len -= 1,
+                seq += 1;
             }
         }
-        if len * ENTRY != size {
-            tracing::warn!(path = %path.display(), kept = len, "truncating consume log tail");
-            file.set_len(len * ENTRY).map_err(io("truncate", path))?;
+        // Trusted entries pointing past the log's end (its tail was lost): drop them too.
+        let mut len = cut.unwrap_or(log.len());
+        while len > log.first() {
+            match Self::decode_at(&log, len - 1)? {
+                Some(e) if e.offset >= log_end => len -= 1,
+                _ => break,
+            }
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            len,
-            last_offset,
-        })
+        if len < log.len() {
+            tracing::warn!(path = %dir.display(), kept = len, dropped = log.len() - len, "cutting a consume log's unverifiable tail");
+            log.truncate(len)?;
+        }
+        // The newest readable entry (a damaged trusted one is passed over).
+        let mut last_offset = None;
+        let mut at = len;
+        while at > log.first() && len - at < CHUNK as u64 {
+            if let Some(e) = Self::decode_at(&log, at - 1)? {
+                last_offset = Some(e.offset);
+                break;
+            }
+            at -= 1;
+        }
+        Ok(Self { log, last_offset })
+    }
+
+    fn decode_at(log: &FixedLog, seq: u64) -> Result<Option<Entry>> {
+        let b = log.read(seq, 1)?;
+        Ok((b.len() == ENTRY as usize)
+            .then(|| Entry::decode(&b))
+            .flatten())
     }
 
     /// Number of entries; the next message gets this sequence.
     pub fn len(&self) -> u64 {
-        self.len
+        self.log.len()
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.log.len() == 0
+    }
+
+    /// First sequence still stored (earlier segments were deleted by retention).
+    pub fn first(&self) -> u64 {
+        self.log.first()
     }
 
     /// Offset of the newest indexed message.
@@ -108,57 +144,52 @@ impl ConsumeLog {
         self.last_offset
     }
 
-    /// Appends an entry and returns its sequence.
-    pub fn append(&mut self, entry: Entry) -> Result<u64> {
-        let seq = self.len;
-        self.file
-            .write_all_at(&entry.encode(), seq * ENTRY)
-            .map_err(io("write", &self.path))?;
-        self.len += 1;
-        self.last_offset = Some(entry.offset);
-        Ok(seq)
-    }
-
-    /// Appends several entries with one write and returns the first one's sequence.
+    /// Appends entries with one write and returns the first one's sequence.
     pub fn append_many(&mut self, entries: &[Entry]) -> Result<u64> {
-        let seq = self.len;
+        let seq = self.log.len();
         let mut buf = Vec::with_capacity(entries.len() * ENTRY as usize);
         for e in entries {
-            buf.extend_from_slice(&e.encode());
+            e.encode(&mut buf);
         }
-        self.file
-            .write_all_at(&buf, seq * ENTRY)
-            .map_err(io("write", &self.path))?;
-        self.len += entries.len() as u64;
+        self.log.write(seq, &buf)?;
         if let Some(last) = entries.last() {
             self.last_offset = Some(last.offset);
         }
         Ok(seq)
     }
 
-    /// Reads up to `max` entries from `seq`.
-    pub fn read(&self, seq: u64, max: usize) -> Result<Vec<Entry>> {
-        if seq >= self.len || max == 0 {
-            return Ok(Vec::new());
+    /// Reads up to `max` entries from `seq`; `None` for an entry that is damaged or deleted.
+    pub fn read(&self, seq: u64, max: usize) -> Result<Vec<Option<Entry>>> {
+        let bytes = self.log.read(seq, max)?;
+        Ok(bytes
+            .chunks_exact(ENTRY as usize)
+            .map(Entry::decode)
+            .collect())
+    }
+
+    /// The first sequence whose message is at or after message-log offset `offset` (entries
+    /// are in message-log order; unreadable entries count as before it).
+    pub fn first_at_or_after(&self, offset: u64) -> Result<u64> {
+        let (mut lo, mut hi) = (self.log.first(), self.log.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if Self::decode_at(&self.log, mid)?.is_some_and(|e| e.offset >= offset) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
         }
-        let n = (self.len - seq).min(max as u64);
-        let mut buf = vec![0u8; (n * ENTRY) as usize];
-        self.file
-            .read_exact_at(&mut buf, seq * ENTRY)
-            .map_err(io("read", &self.path))?;
-        buf.chunks_exact(ENTRY as usize)
-            .enumerate()
-            .map(|(i, b)| {
-                Entry::decode(b).ok_or(StoreError::Corrupt {
-                    log: "consume log",
-                    offset: (seq + i as u64) * ENTRY,
-                })
-            })
-            .collect()
+        Ok(lo)
+    }
+
+    /// Deletes whole segments whose messages all lie before message-log offset `offset`.
+    pub fn delete_before_offset(&mut self, offset: u64) -> Result<usize> {
+        let seq = self.first_at_or_after(offset)?;
+        self.log.delete_before(seq)
     }
 
     /// Makes the entries durable.
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(io("fsync", &self.path))
+        self.log.sync()
     }
 }

@@ -55,9 +55,16 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
-    /// The store's writer has stopped (the store was closed or a write failed fatally).
-    #[error("store writer stopped")]
+    /// The store was closed.
+    #[error("store closed")]
     Closed,
+    /// A message-log write or fsync failed: what is on disk is unknown, so the store refuses
+    /// appends until it is reopened and recovery has checked the log.
+    #[error("store failed, reopen it: {reason}")]
+    Failed {
+        /// The original failure.
+        reason: String,
+    },
 }
 
 /// Result alias for store operations.

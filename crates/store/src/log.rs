@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -29,12 +30,22 @@ struct Segment {
     file: Arc<File>,
 }
 
+/// How far a log is written (visible to readers) and fsynced (durable).
+#[derive(Default)]
+struct Marks {
+    written: AtomicU64,
+    synced: AtomicU64,
+    /// Held while fsyncing for [`LogReader::sync_to`], so waiting callers share one fsync.
+    syncing: parking_lot::Mutex<()>,
+}
+
 /// A segmented record log. Appends need `&mut self`; reads go through a cheap [`LogReader`].
 pub struct RecordLog {
     name: &'static str,
     dir: PathBuf,
     segment_size: u64,
     segments: Arc<RwLock<BTreeMap<u64, Segment>>>,
+    marks: Arc<Marks>,
     /// Offset where the next record goes.
     end: u64,
     /// Records known to be damaged (skipped on scans).
@@ -49,6 +60,7 @@ pub struct RecordLog {
 pub struct LogReader {
     name: &'static str,
     segments: Arc<RwLock<BTreeMap<u64, Segment>>>,
+    marks: Arc<Marks>,
 }
 
 impl RecordLog {
@@ -87,12 +99,17 @@ impl RecordLog {
             dir: dir.to_path_buf(),
             segment_size,
             segments: Arc::new(RwLock::new(segments)),
+            marks: Arc::default(),
             end: 0,
             skipped: Vec::new(),
             pending: Vec::new(),
             pending_at: (0, placeholder, dir.to_path_buf()),
         };
         log.recover(scan_from)?;
+        // What recovery kept may sit in the page cache only (a killed process): make it durable
+        // so the durable mark starts at the end.
+        log.marks.written.store(log.end, Ordering::Release);
+        log.sync()?;
         Ok(log)
     }
 
@@ -159,6 +176,7 @@ impl RecordLog {
         LogReader {
             name: self.name,
             segments: self.segments.clone(),
+            marks: self.marks.clone(),
         }
     }
 
@@ -233,6 +251,9 @@ impl RecordLog {
             .write_all_at(&self.pending, at)
             .map_err(io("write", path));
         self.pending.clear();
+        if written.is_ok() {
+            self.marks.written.store(self.end, Ordering::Release);
+        }
         written
     }
 
@@ -328,14 +349,48 @@ impl LogReader {
         Ok((s.base, s.file.clone()))
     }
 
-    /// Makes every record written so far durable (fdatasync of the active segment); usable
-    /// without the writer's lock.
+    /// Makes every record written so far durable (fdatasync of the active segment; full
+    /// segments were made durable when the log moved past them); usable without the writer's
+    /// lock.
     pub fn sync(&self) -> Result<()> {
-        let segs = self.segments.read();
-        if let Some(s) = segs.values().next_back() {
-            s.file.sync_data().map_err(io("fsync", &s.path))?;
+        let target = self.marks.written.load(Ordering::Acquire);
+        if self.marks.synced.load(Ordering::Acquire) >= target {
+            return Ok(());
         }
+        let file = {
+            let segs = self.segments.read();
+            segs.values()
+                .next_back()
+                .map(|s| (s.file.clone(), s.path.clone()))
+        };
+        if let Some((file, path)) = file {
+            file.sync_data().map_err(io("fsync", &path))?;
+        }
+        self.marks.synced.fetch_max(target, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Makes the log durable at least up to `end`; callers arriving while another one fsyncs
+    /// wait for it and usually find their records already durable (group commit).
+    pub fn sync_to(&self, end: u64) -> Result<()> {
+        if self.durable() >= end {
+            return Ok(());
+        }
+        let _one_at_a_time = self.marks.syncing.lock();
+        if self.durable() >= end {
+            return Ok(());
+        }
+        self.sync()
+    }
+
+    /// Offset of the first byte still on disk (0 for an empty log).
+    pub fn start(&self) -> u64 {
+        self.segments.read().keys().next().copied().unwrap_or(0)
+    }
+
+    /// Offset below which every record is durable (fsynced).
+    pub fn durable(&self) -> u64 {
+        self.marks.synced.load(Ordering::Acquire)
     }
 
     /// The offset of the first intact record after a damaged one at `offset` in the same

@@ -37,6 +37,15 @@ async fn append_n(store: &Store, subject: &str, range: std::ops::Range<usize>) {
     }
 }
 
+fn last_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.pop().unwrap()
+}
+
 fn pull(store: &Store, k: &ConsumerKey, max: usize) -> Vec<qmq_store::Pulled> {
     store
         .pull(
@@ -64,9 +73,9 @@ async fn appended_messages_survive_reopen_in_order_across_segments() {
     assert_eq!(store.subject_len("b"), 50);
     let all = store.read("a", 0, 1000).unwrap();
     assert_eq!(all.len(), 300);
-    for (i, (seq, m)) in all.iter().enumerate() {
-        assert_eq!(*seq, i as u64);
-        assert_eq!(m, &msg(i));
+    for (i, m) in all.iter().enumerate() {
+        assert_eq!(m.sequence, i as u64);
+        assert_eq!(m.message, msg(i));
     }
     assert!(
         std::fs::read_dir(dir.path().join("messagelog"))
@@ -229,7 +238,7 @@ async fn damaged_files_recover_without_losing_intact_records() {
         bytes[at] ^= 0x5a;
         std::fs::write(victim, bytes).unwrap();
         // A consume log cut short, and sometimes every checkpoint deleted.
-        let clog = dir.path().join("consumelog/s");
+        let clog = last_file(&dir.path().join("consumelog/s"));
         let clen = std::fs::metadata(&clog).unwrap().len();
         std::fs::OpenOptions::new()
             .write(true)
@@ -245,7 +254,8 @@ async fn damaged_files_recover_without_losing_intact_records() {
         let got = store.read("s", 0, 1000).unwrap_or_default();
         // Every returned message is exactly one that was written, in order, no duplicates.
         let mut last_i = None;
-        for (_, m) in &got {
+        for m in &got {
+            let m = &m.message;
             let s = std::str::from_utf8(m).unwrap();
             let i: usize = s[8..13].parse().unwrap();
             assert_eq!(m, &msg(i), "round {round}: corrupt message returned");
@@ -262,7 +272,7 @@ async fn damaged_files_recover_without_losing_intact_records() {
         // The store keeps working.
         store.append(vec![("s".into(), msg(999))]).await.unwrap();
         assert_eq!(
-            store.read("s", store.subject_len("s") - 1, 1).unwrap()[0].1,
+            store.read("s", store.subject_len("s") - 1, 1).unwrap()[0].message,
             msg(999)
         );
     }

@@ -1,0 +1,616 @@
+//! The consumer side: group positions, per-consumer pull logs and progress, and the action log
+//! that records every change to them.
+//!
+//! Locking: each group's position and each consumer's state has its own mutex, so pulls of
+//! different groups run in parallel and a pull is atomic for its group. Order is always
+//! group → consumer → action log; an action is appended and applied while its group/consumer
+//! locks are held, so the action log's order is the order of the changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use super::{check_name, Store};
+use crate::action::{Action, ConsumerKey};
+use crate::checkpoint::ConsumerProgress;
+use crate::error::{Result, StoreError};
+use crate::filter::{BytesFilter, Filter};
+use crate::log::{LogReader, RecordLog};
+use crate::names;
+use crate::pull_log::PullLog;
+
+/// What a pull asks for.
+#[derive(Debug, Clone)]
+pub struct PullSpec<'a> {
+    /// The consumer.
+    pub key: &'a ConsumerKey,
+    /// Broadcast: the consumer has a position of its own instead of sharing the group's.
+    pub broadcast: bool,
+    /// Most messages to hand out.
+    pub max: usize,
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// Its pull-log sequence for that consumer (what the consumer acks).
+    pub pull_seq: u64,
+    /// Its consume-log sequence in the subject.
+    pub sequence: u64,
+    /// The message bytes as appended.
+    pub message: Bytes,
+    /// Its tags as appended.
+    pub tags: Vec<String>,
+}
+
+/// Progress of one consumer, for listings and redelivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// The consumer.
+    pub key: ConsumerKey,
+    /// Last pull-log sequence handed out (-1: none).
+    pub pulled: i64,
+    /// Last pull-log sequence acked (-1: none).
+    pub acked: i64,
+}
+
+impl ConsumerInfo {
+    /// Messages handed out and not acked yet.
+    pub fn unacked(&self) -> u64 {
+        (self.pulled - self.acked).max(0) as u64
+    }
+}
+
+/// Position of one group (or broadcast consumer) on a subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Subject and group; the consumer field is empty for a shared group and names the
+    /// consumer for a broadcast one.
+    pub key: ConsumerKey,
+    /// Next consume-log sequence the group will be handed.
+    pub next: u64,
+    /// Messages in the subject's consume log.
+    pub subject_len: u64,
+}
+
+impl GroupInfo {
+    /// Messages appended that the group has not been handed yet.
+    pub fn lag(&self) -> u64 {
+        self.subject_len.saturating_sub(self.next)
+    }
+}
+
+/// Where to move a group's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    /// The oldest message still stored.
+    Earliest,
+    /// After the newest message.
+    Latest,
+}
+
+const NONE: ConsumerProgress = ConsumerProgress {
+    pulled: -1,
+    acked: -1,
+};
+
+/// The key holding a group's position: the group's (consumer empty), or the consumer's own in
+/// broadcast mode.
+fn group_key(key: &ConsumerKey, broadcast: bool) -> ConsumerKey {
+    if broadcast {
+        key.clone()
+    } else {
+        ConsumerKey {
+            subject: key.subject.clone(),
+            group: key.group.clone(),
+            consumer: String::new(),
+        }
+    }
+}
+
+pub(crate) struct ConsumerState {
+    progress: ConsumerProgress,
+    pull_log: Option<PullLog>,
+    /// Pull-log entries written since the last checkpoint synced them.
+    dirty: bool,
+}
+
+pub(crate) struct ConsumerSide {
+    actions: Mutex<RecordLog>,
+    action_reader: LogReader,
+    groups: RwLock<HashMap<ConsumerKey, Arc<Mutex<u64>>>>,
+    consumers: RwLock<HashMap<ConsumerKey, Arc<Mutex<ConsumerState>>>>,
+    pull_dir: PathBuf,
+    per_segment: u64,
+    /// Pulls, acks and resets return only once their action is fsynced.
+    sync_each: bool,
+}
+
+/// What a checkpoint records of the consumer side.
+pub(crate) struct Snapshot {
+    pub action_applied: u64,
+    pub groups: Vec<(ConsumerKey, u64)>,
+    pub consumers: Vec<(ConsumerKey, ConsumerProgress)>,
+}
+
+impl ConsumerState {
+    fn pull_log(&mut self, side: &ConsumerSide, key: &ConsumerKey) -> Result<&mut PullLog> {
+        if self.pull_log.is_none() {
+            let dir = side
+                .pull_dir
+                .join(names::encode(&key.subject))
+                .join(names::encode(&key.group))
+                .join(names::encode(&key.consumer));
+            self.pull_log = Some(PullLog::open(&dir, side.per_segment)?);
+        }
+        self.pull_log.as_mut().ok_or(StoreError::Closed)
+    }
+
+    fn record_pull(
+        &mut self,
+        side: &ConsumerSide,
+        key: &ConsumerKey,
+        first: u64,
+        seqs: &[u64],
+    ) -> Result<()> {
+        if !seqs.is_empty() {
+            self.pull_log(side, key)?.write(first, seqs)?;
+            self.dirty = true;
+        }
+        self.progress.pulled = self
+            .progress
+            .pulled
+            .max(first as i64 + seqs.len() as i64 - 1);
+        Ok(())
+    }
+}
+
+impl ConsumerSide {
+    pub(crate) fn new(
+        actions: RecordLog,
+        pull_dir: &Path,
+        per_segment: u64,
+        sync_each: bool,
+        groups: &[(ConsumerKey, u64)],
+        consumers: &[(ConsumerKey, ConsumerProgress)],
+    ) -> Self {
+        Self {
+            action_reader: actions.reader(),
+            actions: Mutex::new(actions),
+            groups: RwLock::new(
+                groups
+                    .iter()
+                    .map(|(k, n)| (k.clone(), Arc::new(Mutex::new(*n))))
+                    .collect(),
+            ),
+            consumers: RwLock::new(
+                consumers
+                    .iter()
+                    .map(|(k, p)| {
+                        let state = ConsumerState {
+                            progress: *p,
+                            pull_log: None,
+                            dirty: false,
+                        };
+                        (k.clone(), Arc::new(Mutex::new(state)))
+                    })
+                    .collect(),
+            ),
+            pull_dir: pull_dir.to_path_buf(),
+            per_segment,
+            sync_each,
+        }
+    }
+
+    fn group(&self, key: &ConsumerKey) -> Arc<Mutex<u64>> {
+        if let Some(g) = self.groups.read().get(key) {
+            return g.clone();
+        }
+        self.groups.write().entry(key.clone()).or_default().clone()
+    }
+
+    fn consumer(&self, key: &ConsumerKey) -> Arc<Mutex<ConsumerState>> {
+        if let Some(c) = self.consumers.read().get(key) {
+            return c.clone();
+        }
+        self.consumers
+            .write()
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(ConsumerState {
+                    progress: NONE,
+                    pull_log: None,
+                    dirty: false,
+                }))
+            })
+            .clone()
+    }
+
+    /// Appends an action; returns the action log's end after it.
+    fn log_action(&self, action: &Action) -> Result<u64> {
+        let mut log = self.actions.lock();
+        log.append(&action.encode())?;
+        Ok(log.end())
+    }
+
+    /// With `SyncBeforeAck`, waits until the action log is durable up to `end`.
+    fn settle(&self, end: u64) -> Result<()> {
+        if self.sync_each {
+            self.action_reader.sync_to(end)?;
+        }
+        Ok(())
+    }
+
+    /// fsyncs the action log (the async flusher calls this).
+    pub(crate) fn sync_actions(&self) -> Result<()> {
+        self.action_reader.sync()
+    }
+
+    /// Applies an action read back from the action log during recovery.
+    pub(crate) fn replay(&self, action: &Action) -> Result<()> {
+        match action {
+            Action::Pull {
+                key,
+                broadcast,
+                first_pull,
+                seqs,
+                next,
+            } => {
+                self.consumer(key)
+                    .lock()
+                    .record_pull(self, key, *first_pull, seqs)?;
+                let g = self.group(&group_key(key, *broadcast));
+                let mut g = g.lock();
+                *g = (*g).max(*next);
+            }
+            Action::Ack { key, last, .. } => {
+                let c = self.consumer(key);
+                let mut c = c.lock();
+                c.progress.acked = c.progress.acked.max(*last as i64);
+            }
+            Action::Reset { key, next } => *self.group(key).lock() = *next,
+        }
+        Ok(())
+    }
+
+    /// Moves positions past a subject's end back to it (messages the action log saw were lost
+    /// with an un-fsynced message-log tail), so new messages are not passed over.
+    pub(crate) fn clamp_groups(&self, len_of: impl Fn(&str) -> u64) {
+        for (key, g) in self.groups.read().iter() {
+            let mut next = g.lock();
+            let len = len_of(&key.subject);
+            if *next > len {
+                tracing::warn!(subject = %key.subject, group = %key.group, from = *next, to = len, "moving a group position back to its subject's end");
+                *next = len;
+            }
+        }
+    }
+
+    /// The consumer side as of the action log's current end, with pull logs and the action
+    /// log made durable up to there.
+    pub(crate) fn snapshot(&self) -> Result<Snapshot> {
+        // Every action before this end was appended under its group/consumer lock and is
+        // applied before that lock is released, so locking each below waits for it. Actions
+        // after the end may show in the state too: replaying them again is harmless.
+        let action_applied = self.actions.lock().end();
+        let groups: Vec<_> = self
+            .groups
+            .read()
+            .iter()
+            .map(|(k, g)| (k.clone(), g.clone()))
+            .collect();
+        let groups = groups.into_iter().map(|(k, g)| (k, *g.lock())).collect();
+        let consumers: Vec<_> = self
+            .consumers
+            .read()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        let mut progress = Vec::with_capacity(consumers.len());
+        for (k, c) in consumers {
+            let mut c = c.lock();
+            if c.dirty {
+                if let Some(log) = &c.pull_log {
+                    log.sync()?;
+                }
+                c.dirty = false;
+            }
+            progress.push((k, c.progress));
+        }
+        self.action_reader.sync_to(action_applied)?;
+        Ok(Snapshot {
+            action_applied,
+            groups,
+            consumers: progress,
+        })
+    }
+
+    /// (subject, consume-log sequence) of every message some group or consumer still needs:
+    /// each group's next one, and each consumer's first unacked one.
+    pub(crate) fn needed(&self) -> Result<Vec<(String, u64)>> {
+        let mut out: Vec<(String, u64)> = self
+            .groups
+            .read()
+            .iter()
+            .map(|(k, g)| (k.subject.clone(), *g.lock()))
+            .collect();
+        let consumers: Vec<_> = self
+            .consumers
+            .read()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        for (k, c) in consumers {
+            let mut c = c.lock();
+            if c.progress.acked >= c.progress.pulled {
+                continue;
+            }
+            let first = (c.progress.acked + 1) as u64;
+            if let Some(Some(seq)) = c.pull_log(self, &k)?.read(first, 1)?.first() {
+                out.push((k.subject.clone(), *seq));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes pull-log segments holding only acked entries and action-log segments before
+    /// `action_keep`.
+    pub(crate) fn trim(&self, action_keep: u64) -> Result<()> {
+        let consumers: Vec<_> = self.consumers.read().values().cloned().collect();
+        for c in consumers {
+            let mut c = c.lock();
+            let acked = c.progress.acked;
+            if let Some(log) = c.pull_log.as_mut() {
+                log.delete_before((acked + 1) as u64)?;
+            }
+        }
+        self.actions
+            .lock()
+            .delete_before(action_keep, std::time::SystemTime::now())?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Hands the consumer its group's next messages: takes up to `spec.max` messages from the
+    /// group's position on, passing over (and consuming) those `keep` rejects, records them in
+    /// the consumer's pull log and the action log, and returns them.
+    pub fn pull(&self, spec: PullSpec<'_>, keep: impl Fn(&[u8]) -> bool) -> Result<Vec<Pulled>> {
+        self.pull_matching(spec, &BytesFilter(keep))
+    }
+
+    /// Like [`Store::pull`] with any [`Filter`], e.g. a [`crate::TagFilter`], which passes over
+    /// non-matching messages by their consume-log tag summary without reading them.
+    pub fn pull_matching(&self, spec: PullSpec<'_>, filter: &impl Filter) -> Result<Vec<Pulled>> {
+        let key = spec.key;
+        check_name("subject", &key.subject)?;
+        check_name("group", &key.group)?;
+        check_name("consumer", &key.consumer)?;
+        let side = &self.inner.consumers;
+        let group = side.group(&group_key(key, spec.broadcast));
+        let mut next = group.lock();
+        let Some(clog) = self.inner.consume_log(&key.subject) else {
+            return Ok(Vec::new());
+        };
+        // Look at a bounded window so a filter rejecting everything cannot stall the group.
+        let window = spec.max.saturating_mul(4).max(1024);
+        let (start, entries) = {
+            let clog = clog.read();
+            // Entries before the log's first stored one were deleted with their messages.
+            let start = (*next).max(clog.first());
+            if start >= clog.len() || spec.max == 0 {
+                return Ok(Vec::new());
+            }
+            (start, clog.read(start, window)?)
+        };
+        let mut taken = Vec::new();
+        let mut new_next = start;
+        for (i, entry) in entries.into_iter().enumerate() {
+            if taken.len() == spec.max {
+                break;
+            }
+            let seq = start + i as u64;
+            new_next = seq + 1;
+            let Some(entry) = entry.filter(|e| filter.may_match(e.tags)) else {
+                continue;
+            };
+            let Some(m) = self.inner.message_at(&key.subject, seq, entry) else {
+                continue;
+            };
+            let tags: Vec<&str> = m.tags.iter().map(String::as_str).collect();
+            if filter.matches(&tags, &m.message) {
+                taken.push(m);
+            }
+        }
+        let consumer = side.consumer(key);
+        let mut state = consumer.lock();
+        let first_pull = (state.progress.pulled + 1) as u64;
+        let seqs: Vec<u64> = taken.iter().map(|m| m.sequence).collect();
+        let action = Action::Pull {
+            key: key.clone(),
+            broadcast: spec.broadcast,
+            first_pull,
+            seqs,
+            next: new_next,
+        };
+        let end = side.log_action(&action)?;
+        if let Action::Pull { seqs, .. } = &action {
+            state.record_pull(side, key, first_pull, seqs)?;
+        }
+        *next = (*next).max(new_next);
+        drop(state);
+        drop(next);
+        side.settle(end)?;
+        Ok(taken
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| Pulled {
+                pull_seq: first_pull + i as u64,
+                sequence: m.sequence,
+                message: m.message,
+                tags: m.tags,
+            })
+            .collect())
+    }
+
+    /// The consumer's progress (pulled and acked pull-log sequences; -1 when none).
+    pub fn progress(&self, key: &ConsumerKey) -> ConsumerInfo {
+        let c = self.inner.consumers.consumers.read().get(key).cloned();
+        let progress = c.map_or(NONE, |c| c.lock().progress);
+        ConsumerInfo {
+            key: key.clone(),
+            pulled: progress.pulled,
+            acked: progress.acked,
+        }
+    }
+
+    /// Messages already handed to the consumer at pull-log sequences `first..` (at most `max`),
+    /// for redelivery of what it pulled and did not ack. Messages deleted by retention or
+    /// damaged are left out.
+    pub fn pulled_since(&self, key: &ConsumerKey, first: u64, max: usize) -> Result<Vec<Pulled>> {
+        let side = &self.inner.consumers;
+        let Some(c) = side.consumers.read().get(key).cloned() else {
+            return Ok(Vec::new());
+        };
+        let seqs = {
+            let mut c = c.lock();
+            let pulled = c.progress.pulled;
+            if (first as i64) > pulled {
+                return Ok(Vec::new());
+            }
+            let n = ((pulled - first as i64 + 1) as usize).min(max);
+            c.pull_log(side, key)?.read(first, n)?
+        };
+        let Some(clog) = self.inner.consume_log(&key.subject) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(seqs.len());
+        for (i, seq) in seqs.into_iter().enumerate() {
+            let pull_seq = first + i as u64;
+            let Some(seq) = seq else {
+                tracing::error!(subject = %key.subject, consumer = %key.consumer, pull_seq, "damaged pull-log entry; not redelivered");
+                continue;
+            };
+            let entry = clog.read().read(seq, 1)?.into_iter().next().flatten();
+            if let Some(m) = entry.and_then(|e| self.inner.message_at(&key.subject, seq, e)) {
+                out.push(Pulled {
+                    pull_seq,
+                    sequence: seq,
+                    message: m.message,
+                    tags: m.tags,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that the consumer finished pull-log sequences up to `last` (inclusive; QMQ's
+    /// range ack). Acks at or below what is acked are ignored; acks beyond what was pulled are
+    /// refused. The ack covers everything from the first unacked sequence.
+    pub fn ack(&self, key: &ConsumerKey, last: u64) -> Result<()> {
+        let side = &self.inner.consumers;
+        let c = side.consumer(key);
+        let mut c = c.lock();
+        if (last as i64) <= c.progress.acked {
+            return Ok(());
+        }
+        if (last as i64) > c.progress.pulled {
+            return Err(StoreError::OutOfRange {
+                what: "ack of pull-log sequence",
+                value: last,
+            });
+        }
+        let action = Action::Ack {
+            key: key.clone(),
+            first: (c.progress.acked + 1) as u64,
+            last,
+        };
+        let end = side.log_action(&action)?;
+        c.progress.acked = last as i64;
+        drop(c);
+        side.settle(end)
+    }
+
+    /// Moves a group's (or broadcast consumer's) position to the earliest stored or the latest
+    /// message; returns the new position.
+    pub fn reset(&self, key: &ConsumerKey, broadcast: bool, to: ResetTo) -> Result<u64> {
+        let side = &self.inner.consumers;
+        let gkey = group_key(key, broadcast);
+        let group = side.group(&gkey);
+        let mut next = group.lock();
+        let to = match to {
+            ResetTo::Latest => self.subject_len(&key.subject),
+            ResetTo::Earliest => self.inner.earliest_sequence(&key.subject)?,
+        };
+        let end = side.log_action(&Action::Reset {
+            key: gkey,
+            next: to,
+        })?;
+        *next = to;
+        drop(next);
+        side.settle(end)?;
+        Ok(to)
+    }
+
+    /// A group's (or broadcast consumer's) next consume-log sequence.
+    pub fn position(&self, key: &ConsumerKey, broadcast: bool) -> u64 {
+        let g = self
+            .inner
+            .consumers
+            .groups
+            .read()
+            .get(&group_key(key, broadcast))
+            .cloned();
+        g.map_or(0, |g| *g.lock())
+    }
+
+    /// Every group's (and broadcast consumer's) position and lag, sorted.
+    pub fn groups(&self) -> Vec<GroupInfo> {
+        let groups: Vec<_> = self
+            .inner
+            .consumers
+            .groups
+            .read()
+            .iter()
+            .map(|(k, g)| (k.clone(), g.clone()))
+            .collect();
+        let mut out: Vec<GroupInfo> = groups
+            .into_iter()
+            .map(|(key, g)| GroupInfo {
+                next: *g.lock(),
+                subject_len: self.subject_len(&key.subject),
+                key,
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// Every consumer's progress, sorted.
+    pub fn consumers(&self) -> Vec<ConsumerInfo> {
+        let consumers: Vec<_> = self
+            .inner
+            .consumers
+            .consumers
+            .read()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        let mut out: Vec<ConsumerInfo> = consumers
+            .into_iter()
+            .map(|(key, c)| {
+                let p = c.lock().progress;
+                ConsumerInfo {
+                    key,
+                    pulled: p.pulled,
+                    acked: p.acked,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+}

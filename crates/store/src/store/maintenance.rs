@@ -1,0 +1,156 @@
+//! Checkpoints, retention, the maintenance thread and shutdown.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use super::{Store, CHECKPOINT_DIR};
+use crate::checkpoint::{self, Checkpoint};
+use crate::error::{io, Result};
+
+impl Store {
+    /// Makes everything durable and writes a checkpoint, so the next open replays only what
+    /// comes after it.
+    pub fn checkpoint(&self) -> Result<()> {
+        // Held throughout: checkpoints are written one at a time, in generation order.
+        let mut gen = self.inner.checkpoint_gen.lock();
+        // Consumer side first: its state may only point at messages the message side has.
+        let consumers = self.inner.consumers.snapshot()?;
+        let (message_indexed, subjects) = {
+            // The writer is paused while the message side is captured: every message before
+            // `message_indexed` is in its consume log.
+            let log = self.inner.log.lock();
+            log.sync()?;
+            let consume: Vec<_> = self
+                .inner
+                .consume
+                .read()
+                .iter()
+                .map(|(s, c)| (s.clone(), c.clone()))
+                .collect();
+            let mut subjects = BTreeMap::new();
+            for (s, c) in consume {
+                let c = c.read();
+                c.sync()?;
+                subjects.insert(s, c.len());
+            }
+            (log.end(), subjects)
+        };
+        let cp = Checkpoint {
+            message_indexed,
+            subjects,
+            action_applied: consumers.action_applied,
+            groups: consumers.groups,
+            consumers: consumers.consumers,
+        };
+        *gen += 1;
+        let oldest = checkpoint::store(
+            &self.inner.config.dir.join(CHECKPOINT_DIR),
+            *gen,
+            &cp,
+            self.inner.config.checkpoints_retained,
+        )?;
+        *self.inner.oldest_checkpoint.lock() = oldest;
+        tracing::debug!(generation = *gen, message_indexed, "checkpoint written");
+        Ok(())
+    }
+
+    /// Deletes message-log segments last written before `now - retention` (sparing any a group
+    /// or consumer still needs, unless configured otherwise), then index segments pointing only
+    /// at deleted messages, pull-log segments holding only acked entries, and action-log
+    /// segments no retained checkpoint needs. Returns the number of message-log segments
+    /// deleted.
+    pub fn apply_retention(&self, now: SystemTime) -> Result<usize> {
+        let cutoff = now
+            .checked_sub(self.inner.config.retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let keep_from = if self.inner.config.retention_deletes_unconsumed {
+            u64::MAX
+        } else {
+            self.oldest_needed_offset()?
+        };
+        let (deleted, start) = {
+            let mut log = self.inner.log.lock();
+            let deleted = log.delete_before(keep_from, cutoff)?;
+            (deleted, log.start())
+        };
+        let consume: Vec<_> = self.inner.consume.read().values().cloned().collect();
+        for c in consume {
+            c.write().delete_before_offset(start)?;
+        }
+        let action_keep = self.inner.oldest_checkpoint.lock().action_applied;
+        self.inner.consumers.trim(action_keep)?;
+        if deleted > 0 {
+            tracing::info!(deleted, "message-log segments deleted by retention");
+        }
+        Ok(deleted)
+    }
+
+    /// The lowest message-log offset a group or consumer still needs.
+    fn oldest_needed_offset(&self) -> Result<u64> {
+        let mut min = u64::MAX;
+        for (subject, seq) in self.inner.consumers.needed()? {
+            let Some(clog) = self.inner.consume_log(&subject) else {
+                continue;
+            };
+            let clog = clog.read();
+            // A position before the stored range needs the first stored message.
+            let seq = seq.max(clog.first());
+            if let Some(Some(e)) = clog.read(seq, 1)?.first() {
+                min = min.min(e.offset);
+            }
+        }
+        Ok(min)
+    }
+
+    /// Starts a thread that checkpoints and applies retention every `checkpoint_interval`,
+    /// until [`Store::close`].
+    pub fn spawn_maintenance(&self) -> Result<()> {
+        let store = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("qmq-store-maintenance".into())
+            .spawn(move || {
+                let interval = store.inner.config.checkpoint_interval;
+                let mut last = std::time::Instant::now();
+                while !store.inner.closed.load(Ordering::Acquire) {
+                    // Unparked by close(); spurious wake-ups just loop.
+                    std::thread::park_timeout(interval.saturating_sub(last.elapsed()));
+                    if store.inner.closed.load(Ordering::Acquire) {
+                        break;
+                    }
+                    if last.elapsed() < interval {
+                        continue;
+                    }
+                    last = std::time::Instant::now();
+                    if let Err(e) = store.checkpoint() {
+                        tracing::error!(error = %e, "checkpoint failed");
+                    }
+                    if let Err(e) = store.apply_retention(SystemTime::now()) {
+                        tracing::error!(error = %e, "retention failed");
+                    }
+                }
+            })
+            .map_err(io("spawn maintenance", &self.inner.config.dir))?;
+        self.threads.lock().push(handle);
+        Ok(())
+    }
+
+    /// Stops the background threads, then makes everything durable and checkpoints. Appends
+    /// after this fail with [`crate::StoreError::Closed`].
+    pub fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        let threads: Vec<JoinHandle<()>> = self.threads.lock().drain(..).collect();
+        for t in &threads {
+            t.thread().unpark();
+        }
+        // The writer thread ends when every sender is gone (it finishes queued appends first);
+        // only wait for the threads that watch `closed`.
+        for t in threads {
+            if t.thread().name() != Some("qmq-store-writer") && t.join().is_err() {
+                tracing::error!("a store thread panicked");
+            }
+        }
+        self.checkpoint()
+    }
+}

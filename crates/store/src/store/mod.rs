@@ -1,0 +1,394 @@
+//! The store: a message side (message log + consume logs, written by one group-commit thread)
+//! and a consumer side (action log + pull logs + positions, locked per group and per consumer).
+
+mod consumers;
+mod maintenance;
+mod recover;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{oneshot, watch};
+
+use crate::checkpoint::Checkpoint;
+use crate::consume_log::{ConsumeLog, Entry};
+use crate::error::{io, Result, StoreError};
+use crate::log::{LogReader, RecordLog};
+use crate::record;
+
+pub use consumers::{ConsumerInfo, GroupInfo, PullSpec, Pulled, ResetTo};
+
+/// When appended messages become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// An append is acknowledged once written to the OS; a flusher fsyncs every `interval`.
+    /// A machine crash may lose the last `interval` of acknowledged messages (a killed process
+    /// loses nothing: the OS has the bytes).
+    Async {
+        /// Time between fsyncs.
+        interval: Duration,
+    },
+    /// An append is acknowledged only after fsync; concurrent appends share one fsync. Pulls and
+    /// acks also return only once their action-log record is fsynced.
+    SyncBeforeAck,
+}
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Data directory.
+    pub dir: PathBuf,
+    /// Message-log segment size in bytes (also bounds the largest message).
+    pub segment_size: u64,
+    /// Action-log segment size in bytes.
+    pub action_segment_size: u64,
+    /// Entries per consume-log and pull-log segment file.
+    pub index_segment_entries: u64,
+    /// Durability of appends (and, with `SyncBeforeAck`, of pulls and acks).
+    pub flush: FlushPolicy,
+    /// How often [`Store::spawn_maintenance`] checkpoints and applies retention.
+    pub checkpoint_interval: Duration,
+    /// Checkpoints kept on disk (recovery falls back to an older one if the newest is damaged).
+    pub checkpoints_retained: usize,
+    /// Message-log segments last written longer ago than this may be deleted.
+    pub retention: Duration,
+    /// Delete old segments even when a group has not consumed (or a consumer not acked) them.
+    pub retention_deletes_unconsumed: bool,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory: 256 MiB message segments, 64 MiB action segments,
+    /// 1 Mi entries per index segment, async flush every 10 ms, checkpoint every 10 s,
+    /// 3 checkpoints kept, 72 h retention that spares unconsumed messages.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_size: 256 * 1024 * 1024,
+            action_segment_size: 64 * 1024 * 1024,
+            index_segment_entries: 1 << 20,
+            flush: FlushPolicy::Async {
+                interval: Duration::from_millis(10),
+            },
+            checkpoint_interval: Duration::from_secs(10),
+            checkpoints_retained: 3,
+            retention: Duration::from_secs(72 * 3600),
+            retention_deletes_unconsumed: false,
+        }
+    }
+}
+
+/// A message to append: its subject and tags (metadata the store indexes) and its bytes
+/// (opaque to the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Subject (1..=1024 bytes).
+    pub subject: String,
+    /// Tags for server-side filtering ([`crate::TagFilter`]); at most 255.
+    pub tags: Vec<String>,
+    /// The message bytes as they will be handed to consumers.
+    pub body: Bytes,
+}
+
+/// Where an appended message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of its record in the message log (identifies the message).
+    pub offset: u64,
+    /// Its consume-log sequence in its subject.
+    pub sequence: u64,
+}
+
+/// A stored message read by sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its consume-log sequence in its subject.
+    pub sequence: u64,
+    /// Offset of its record in the message log.
+    pub offset: u64,
+    /// Its tags as appended.
+    pub tags: Vec<String>,
+    /// When the store appended it (ms since the Unix epoch).
+    pub appended_at_ms: u64,
+    /// The message bytes as appended.
+    pub message: Bytes,
+}
+
+/// A subject's stored range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectInfo {
+    /// The subject.
+    pub subject: String,
+    /// First consume-log sequence whose message is still stored.
+    pub first: u64,
+    /// Next consume-log sequence (number of messages ever appended).
+    pub len: u64,
+}
+
+pub(crate) struct WriteJob {
+    messages: Vec<NewMessage>,
+    reply: oneshot::Sender<Result<Vec<Result<Appended>>>>,
+}
+
+pub(crate) struct Inner {
+    config: StoreConfig,
+    /// The message log, owned by the writer thread (and retention).
+    log: Mutex<RecordLog>,
+    message_reader: LogReader,
+    consume: RwLock<HashMap<String, Arc<RwLock<ConsumeLog>>>>,
+    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    consumers: consumers::ConsumerSide,
+    checkpoint_gen: Mutex<u64>,
+    /// The oldest retained checkpoint: action-log segments before it must stay.
+    oldest_checkpoint: Mutex<Checkpoint>,
+    /// Set after a failed write or fsync: the message log's state is unknown, so appends are
+    /// refused until the store is reopened (and recovery decides what is on disk).
+    failed: Mutex<Option<String>>,
+    closed: AtomicBool,
+}
+
+/// The store. Cheap to clone; every method is thread-safe. Methods other than `append*` do
+/// file I/O on the calling thread: call them from blocking threads (`spawn_blocking`).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    writer: mpsc::Sender<WriteJob>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+pub(crate) const MESSAGE_DIR: &str = "messagelog";
+pub(crate) const CONSUME_DIR: &str = "consumelog";
+pub(crate) const ACTION_DIR: &str = "actionlog";
+pub(crate) const PULL_DIR: &str = "pulllog";
+pub(crate) const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// Longest subject, group or consumer name.
+const MAX_NAME: usize = 1024;
+
+pub(crate) fn check_name(what: &'static str, name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "empty"
+    } else if name.len() > MAX_NAME {
+        "longer than 1024 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::InvalidName { what, reason })
+}
+
+impl Store {
+    /// Opens the store in `config.dir`, recovering from the newest readable checkpoint and the
+    /// logs after it, and starts the writer (and, with async flush, the flusher) thread.
+    pub fn open(config: StoreConfig) -> Result<Self> {
+        let dir = config.dir.clone();
+        let inner = Arc::new(recover::open(config)?);
+        let (writer, jobs) = mpsc::channel::<WriteJob>();
+        let mut threads = Vec::new();
+        let w = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("qmq-store-writer".into())
+                .spawn(move || writer::run(&w, &jobs))
+                .map_err(io("spawn writer", &dir))?,
+        );
+        if let FlushPolicy::Async { interval } = inner.config.flush {
+            let f = inner.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("qmq-store-flusher".into())
+                    .spawn(move || {
+                        while !f.closed.load(Ordering::Acquire) {
+                            std::thread::park_timeout(interval);
+                            if let Err(e) = f.message_reader.sync() {
+                                tracing::error!(error = %e, "message log fsync failed");
+                                f.fail(&e);
+                            }
+                            if let Err(e) = f.consumers.sync_actions() {
+                                tracing::error!(error = %e, "action log fsync failed");
+                            }
+                        }
+                    })
+                    .map_err(io("spawn flusher", &dir))?,
+            );
+        }
+        Ok(Self {
+            inner,
+            writer,
+            threads: Arc::new(Mutex::new(threads)),
+        })
+    }
+
+    /// The settings this store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Appends messages with their metadata, in order, and resolves once they are stored under
+    /// the flush policy. Each message gets its own result: an invalid one (bad subject, too many
+    /// tags, too large) fails alone. The outer error means nothing of the batch is acknowledged
+    /// (store closed, or a write/fsync failed). Concurrent batches share one write and one fsync.
+    pub async fn append_messages(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Result<Appended>>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteJob { messages, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Appends untagged `(subject, bytes)` messages all or nothing: if any is invalid, none is
+    /// written. Otherwise as [`Store::append_messages`].
+    pub async fn append(&self, messages: Vec<(String, Bytes)>) -> Result<Vec<Appended>> {
+        let messages: Vec<NewMessage> = messages
+            .into_iter()
+            .map(|(subject, body)| NewMessage {
+                subject,
+                tags: Vec::new(),
+                body,
+            })
+            .collect();
+        for m in &messages {
+            writer::validate(m, self.inner.config.segment_size)?;
+        }
+        self.append_messages(messages).await?.into_iter().collect()
+    }
+
+    /// A receiver of `subject`'s length (its next consume-log sequence), updated after every
+    /// append to it (after the fsync with `SyncBeforeAck`). Long-polling pulls wait on
+    /// `changed()` and pull again.
+    pub fn watch_subject(&self, subject: &str) -> watch::Receiver<u64> {
+        let mut watchers = self.inner.watchers.lock();
+        if let Some(tx) = watchers.get(subject) {
+            return tx.subscribe();
+        }
+        // Read the length while holding the map: the writer updates lengths before it looks
+        // for watchers, so no append can fall between this read and the registration.
+        let (tx, rx) = watch::channel(self.subject_len(subject));
+        watchers.insert(subject.to_owned(), tx);
+        rx
+    }
+
+    /// Number of messages ever appended to `subject` (its next consume-log sequence).
+    pub fn subject_len(&self, subject: &str) -> u64 {
+        self.inner
+            .consume_log(subject)
+            .map_or(0, |c| c.read().len())
+    }
+
+    /// Every subject with stored messages, sorted.
+    pub fn subjects(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.inner.consume.read().keys().cloned().collect();
+        s.sort();
+        s
+    }
+
+    /// Every subject with its stored range, sorted by subject.
+    pub fn subject_infos(&self) -> Result<Vec<SubjectInfo>> {
+        self.subjects()
+            .into_iter()
+            .map(|subject| {
+                let first = self.inner.earliest_sequence(&subject)?;
+                let len = self.subject_len(&subject);
+                Ok(SubjectInfo {
+                    subject,
+                    first,
+                    len,
+                })
+            })
+            .collect()
+    }
+
+    /// Reads the messages at consume-log sequences `seq..` of `subject` (at most `max`
+    /// entries looked at). Messages deleted by retention or damaged are left out.
+    pub fn read(&self, subject: &str, seq: u64, max: usize) -> Result<Vec<StoredMessage>> {
+        let Some(clog) = self.inner.consume_log(subject) else {
+            return Ok(Vec::new());
+        };
+        let entries = clog.read().read(seq, max)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, e) in entries.into_iter().enumerate() {
+            if let Some(m) = e.and_then(|e| self.inner.message_at(subject, seq + i as u64, e)) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Message-log offset below which every message is durable (fsynced).
+    pub fn durable_offset(&self) -> u64 {
+        self.inner.message_reader.durable()
+    }
+}
+
+impl Inner {
+    pub(crate) fn consume_log(&self, subject: &str) -> Option<Arc<RwLock<ConsumeLog>>> {
+        self.consume.read().get(subject).cloned()
+    }
+
+    /// The message an entry points at, if it is intact and really is `subject`'s: damaged or
+    /// deleted messages are never handed out (the rest of the subject stays readable).
+    pub(crate) fn message_at(
+        &self,
+        subject: &str,
+        sequence: u64,
+        e: Entry,
+    ) -> Option<StoredMessage> {
+        let payload = match self.message_reader.read(e.offset) {
+            Ok(p) => p,
+            Err(StoreError::OutOfRange { .. }) => return None,
+            Err(err) => {
+                tracing::error!(error = %err, subject, sequence, "skipping an unreadable message");
+                return None;
+            }
+        };
+        let (tags, appended_at_ms, body_at) = match record::decode(&payload, e.offset) {
+            Ok(v) if v.subject == subject && payload.len() == e.len as usize => (
+                v.tags.iter().map(|t| (*t).to_owned()).collect(),
+                v.time_ms,
+                payload.len() - v.body.len(),
+            ),
+            _ => {
+                tracing::error!(
+                    subject,
+                    sequence,
+                    offset = e.offset,
+                    "consume-log entry does not match its record; skipping it"
+                );
+                return None;
+            }
+        };
+        let message = Bytes::from(payload).slice(body_at..);
+        Some(StoredMessage {
+            sequence,
+            offset: e.offset,
+            tags,
+            appended_at_ms,
+            message,
+        })
+    }
+
+    /// The first consume-log sequence of `subject` whose message is still stored.
+    pub(crate) fn earliest_sequence(&self, subject: &str) -> Result<u64> {
+        let start = self.message_reader.start();
+        match self.consume_log(subject) {
+            Some(c) => c.read().first_at_or_after(start),
+            None => Ok(0),
+        }
+    }
+
+    /// Refuses further appends after a failed write or fsync.
+    pub(crate) fn fail(&self, e: &StoreError) {
+        self.failed.lock().get_or_insert_with(|| e.to_string());
+    }
+}
