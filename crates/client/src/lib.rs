@@ -7,13 +7,19 @@
 //! - [`Consumer`]: listeners ([`Consumer::subscribe`]) with bounded concurrency, QMQ's
 //!   retry and dead-letter subjects, at-most-once and broadcast modes, tag filters and
 //!   [`Filter`] hooks; the pull API ([`PullClient`]); the single-broker [`PullConsumer`].
+//! - [`idempotent`]: run handlers at most once per message with a database, a database
+//!   transaction shared with the handler, or Redis.
+//! - [`consumer`](macro@consumer): `#[qmq_client::consumer(...)]`, QMQ's `@QmqConsumer` (see
+//!   [`annotation`]).
 //! - [`Connection`]: one multiplexed connection to a QMQ server.
 
+pub mod annotation;
 pub mod breaker;
 mod brokers;
 pub mod connection;
 pub mod consumer;
 mod id;
+pub mod idempotent;
 pub mod message;
 mod meta_router;
 pub mod producer;
@@ -33,3 +39,13 @@ pub use qmq_protocol::{
     BrokerGroup, BrokerState as BrokerGroupState, ClientType, Message, TagType,
 };
 pub use router::{RouteError, Router, StaticRouter};
+
+/// Registers an async fn as a listener; see [`annotation`].
+pub use qmq_client_macros::consumer;
+
+#[doc(hidden)]
+pub mod __private {
+    //! Re-exports the `#[consumer]` macro's expansion refers to.
+    pub use futures::future::BoxFuture;
+    pub use inventory;
+}

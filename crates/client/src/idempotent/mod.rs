@@ -1,0 +1,112 @@
+//! Idempotent consumption (QMQ's `IdempotentChecker`): brokers deliver at least once, so a
+//! handler wrapped in [`Idempotent`] runs at most once per message key, whatever the number of
+//! deliveries.
+//!
+//! The wrapper claims the key before the handler runs; a key already claimed means "done
+//! before": the message is acked without running the handler. When the handler fails, the claim
+//! is removed again, so the retry runs it. Stores: [`SqlChecker`] (PostgreSQL, MySQL/MariaDB,
+//! SQLite through sqlx, QMQ's `deduplicate_tbl` layout), [`RedisChecker`] (keys with an expiry)
+//! and [`Transactional`], which runs the handler inside the same database transaction as the
+//! claim, so the handler's writes and the claim commit or roll back together.
+
+mod redis_checker;
+mod sql;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::consumer::{HandleError, HandleResult, MessageHandler, ReceivedMessage};
+
+pub use redis_checker::RedisChecker;
+pub use sql::{Dialect, SqlChecker, Transactional, TransactionalHandler};
+
+/// Why a checker's store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdempotentError {
+    /// The database failed.
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    /// Redis failed.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    /// A table name that is not a plain identifier (letters, digits, `_`).
+    #[error("invalid table name {0:?}")]
+    BadTable(String),
+    /// A database URL whose scheme is not postgres, mysql/mariadb or sqlite.
+    #[error("unsupported database URL {0:?}")]
+    BadUrl(String),
+}
+
+/// A store of message keys already handled.
+pub trait IdempotentChecker: Send + Sync + 'static {
+    /// Claims `key`; `true` when it was claimed before (the message was handled already).
+    fn claim<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, IdempotentError>>;
+
+    /// The handler failed: releases the claim so a later delivery runs it again.
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), IdempotentError>>;
+}
+
+/// QMQ's key of a message: `<subject>%<group>%<message id>`.
+pub fn message_key(message: &ReceivedMessage) -> String {
+    format!(
+        "{}%{}%{}",
+        message.subject(),
+        message.group(),
+        message.message_id
+    )
+}
+
+/// A [`MessageHandler`] running `handler` at most once per [`message_key`].
+///
+/// ```no_run
+/// # async fn demo(consumer: qmq_client::Consumer) -> Result<(), Box<dyn std::error::Error>> {
+/// use qmq_client::idempotent::{Idempotent, SqlChecker};
+/// use qmq_client::{ReceivedMessage, SubscribeOptions};
+///
+/// let checker = SqlChecker::connect("postgres://postgres@127.0.0.1/test", "deduplicate_tbl").await?;
+/// checker.create_table().await?;
+/// let handler = Idempotent::new(checker, |m: ReceivedMessage| async move {
+///     println!("charging for {}", m.message_id);
+///     Ok(())
+/// });
+/// consumer.subscribe("order.paid", "billing", handler, SubscribeOptions::default()).await?;
+/// # Ok(()) }
+/// ```
+pub struct Idempotent<C, H> {
+    checker: Arc<C>,
+    handler: Arc<H>,
+}
+
+impl<C: IdempotentChecker, H: MessageHandler> Idempotent<C, H> {
+    /// Wraps `handler` with `checker`.
+    pub fn new(checker: C, handler: H) -> Self {
+        Self {
+            checker: Arc::new(checker),
+            handler: Arc::new(handler),
+        }
+    }
+}
+
+impl<C: IdempotentChecker, H: MessageHandler> MessageHandler for Idempotent<C, H> {
+    fn handle(&self, message: ReceivedMessage) -> BoxFuture<'static, HandleResult> {
+        let checker = self.checker.clone();
+        let handler = self.handler.clone();
+        Box::pin(async move {
+            let key = message_key(&message);
+            if checker.claim(&key).await? {
+                tracing::debug!(key, "already handled, skipping");
+                return Ok(());
+            }
+            let result = MessageHandler::handle(&*handler, message).await;
+            if result.is_err() {
+                if let Err(e) = checker.release(&key).await {
+                    // The claim stays: the retry would be skipped. Report it loudly.
+                    tracing::error!(key, error = %e, "cannot release the idempotency claim");
+                    return Err(HandleError::from(e));
+                }
+            }
+            result
+        })
+    }
+}
