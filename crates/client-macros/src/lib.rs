@@ -2,6 +2,8 @@
 //! which re-exports it; see `qmq_client::annotation` for what it registers and how registered
 //! listeners are started.
 
+#![warn(missing_docs)]
+
 use proc_macro::TokenStream;
 use proc_macro2::Span;
 use quote::quote;

@@ -12,6 +12,32 @@
 //! - [`consumer`](macro@consumer): `#[qmq_client::consumer(...)]`, QMQ's `@QmqConsumer` (see
 //!   [`annotation`]).
 //! - [`Connection`]: one multiplexed connection to a QMQ server.
+//!
+//! Quick start:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use qmq_client::*;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let router = Arc::new(StaticRouter::new(["127.0.0.1:20881"]));
+//!
+//! let producer = Producer::new(router.clone(), ProducerConfig::default());
+//! let mut m = new_message("order.created");
+//! m.set_i64("orderId", 42)?;
+//! producer.send(m).await?;
+//!
+//! let consumer = Consumer::new(router, ConsumerConfig::default());
+//! consumer
+//!     .subscribe("order.created", "billing", |m: ReceivedMessage| async move {
+//!         println!("order {:?}", m.get_i64("orderId"));
+//!         Ok(())
+//!     }, SubscribeOptions::default())
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod annotation;
 pub mod breaker;
