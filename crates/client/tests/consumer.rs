@@ -421,3 +421,54 @@ async fn pull_client_pulls_and_acks() {
         .is_none());
     assert_drained(&addr(&b), "c.pull", "g").await;
 }
+
+#[tokio::test]
+async fn subscriptions_follow_route_changes_from_the_meta_server() {
+    let (b1, _d1) = broker().await;
+    let (b2, _d2) = broker().await;
+    let meta = fake_meta(vec![addr(&b1)]).await;
+    let mut mc = MetaRouterConfig::new(&meta.http, "app");
+    mc.refresh = Duration::from_millis(50);
+    let router = Arc::new(MetaRouter::new(mc));
+    let mut cfg = consumer_config();
+    cfg.route_refresh = Duration::from_millis(50);
+    let consumer = Consumer::new(router, cfg);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    consumer
+        .subscribe(
+            "c.meta",
+            "g",
+            move |m: ReceivedMessage| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(m.message_id.clone()).unwrap();
+                    Ok(())
+                }
+            },
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(meta
+        .requests
+        .lock()
+        .iter()
+        .any(|r| r.client_type() == qmq_protocol::ClientType::Consumer
+            && r.consumer_group() == "g"
+            && r.subject() == "c.meta"));
+    let (_, p1) = setup(&b1);
+    let first = produce(&p1, "c.meta", 1, &[]).await;
+    assert_eq!(
+        recv_n(&mut rx, 1).await.into_iter().collect::<HashSet<_>>(),
+        first
+    );
+
+    *meta.brokers.lock() = vec![addr(&b2)];
+    let (_, p2) = setup(&b2);
+    let second = produce(&p2, "c.meta", 1, &[]).await;
+    assert_eq!(
+        recv_n(&mut rx, 1).await.into_iter().collect::<HashSet<_>>(),
+        second
+    );
+    consumer.shutdown().await;
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use qmq_client::*;
-use qmq_protocol::{ClientRequestType, ClientType};
+use qmq_protocol::ClientRequestType;
 use tokio::sync::mpsc;
 
 fn config() -> ProducerConfig {
@@ -189,4 +189,90 @@ async fn meta_router_reports_a_broken_discovery_endpoint() {
         router.route("s", ClientType::Producer, "").await,
         Err(RouteError::Discovery { .. })
     ));
+}
+
+/// A router that answers only once released, to hold the producer's first batch.
+struct Gate {
+    broker: String,
+    entered: tokio::sync::Notify,
+    open: tokio::sync::Semaphore,
+}
+
+impl Router for Gate {
+    fn route<'a>(
+        &'a self,
+        _s: &'a str,
+        _t: ClientType,
+        _g: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<BrokerGroup>, RouteError>> {
+        Box::pin(async move {
+            self.entered.notify_one();
+            let _permit = self.open.acquire().await.unwrap();
+            StaticRouter::new([self.broker.clone()])
+                .route("", ClientType::Producer, "")
+                .await
+        })
+    }
+
+    fn invalidate(&self, _subject: &str) {}
+}
+
+#[tokio::test]
+async fn fire_and_forget_reports_a_full_queue_and_accepted_sends_complete() {
+    let (b, _dir) = broker().await;
+    let gate = Arc::new(Gate {
+        broker: addr(&b),
+        entered: tokio::sync::Notify::new(),
+        open: tokio::sync::Semaphore::new(0),
+    });
+    let producer = Producer::new(
+        gate.clone(),
+        ProducerConfig {
+            queue_capacity: 1,
+            max_in_flight: 1,
+            batch_size: 1,
+            ..config()
+        },
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let send = |tx: mpsc::UnboundedSender<Result<SendReceipt, SendError>>| {
+        producer.send_with_callback(new_message("p.full"), move |r| {
+            let _ = tx.send(r);
+        })
+    };
+    send(tx.clone()).unwrap();
+    gate.entered.notified().await; // the first batch is held in routing
+    let results: Vec<_> = (0..3).map(|_| send(tx.clone())).collect();
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(SendError::QueueFull))),
+        "{results:?}"
+    );
+    gate.open.add_permits(100);
+    for _ in 0..1 + accepted {
+        rx.recv().await.unwrap().unwrap();
+    }
+    producer.close().await;
+    assert_eq!(
+        pull_n(&addr(&b), "p.full", "g", 1 + accepted).await.len(),
+        1 + accepted
+    );
+}
+
+#[tokio::test]
+async fn delay_messages_are_routed_as_delay_producer() {
+    let (b, _dir) = broker().await;
+    let meta = fake_meta(vec![addr(&b)]).await;
+    let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(&meta.http, "app")));
+    let producer = Producer::new(router, config());
+    let mut m = new_message("p.delay");
+    m.set_delay(Duration::from_secs(30));
+    producer.send(m).await.unwrap();
+    let reqs = meta.requests.lock();
+    assert!(reqs
+        .iter()
+        .any(|r| r.subject() == "p.delay" && r.client_type() == ClientType::DelayProducer));
+    assert!(!reqs.iter().any(|r| r.client_type() == ClientType::Producer));
 }

@@ -8,8 +8,10 @@
 //! exceed the maximum retry number (the message's `qmq_maxRetryNum`, else the consumer's
 //! setting, QMQ's default 32); then the batch's pull-log range is acked. A batch whose failures
 //! could not be sent back is not acked, so the broker hands it out again. Routes are looked up
-//! once, when subscribing.
+//! again every `route_refresh`: pulling starts on brokers that joined the route and stops
+//! (after the batch in hand) on brokers that left it.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +46,8 @@ pub struct ConsumerConfig {
     pub send_back_tries: u32,
     /// Pause between those tries and after pull errors.
     pub backoff: Duration,
+    /// How often a subscription looks its route up again.
+    pub route_refresh: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -56,6 +60,7 @@ impl Default for ConsumerConfig {
             max_retry_num: 32,
             send_back_tries: 10,
             backoff: Duration::from_millis(100),
+            route_refresh: Duration::from_secs(30),
         }
     }
 }
@@ -190,16 +195,7 @@ impl Consumer {
         handler: Arc<dyn MessageHandler>,
         options: SubscribeOptions,
     ) -> Result<Subscription, ConsumeError> {
-        let groups = self
-            .brokers
-            .router
-            .route(subject, ClientType::Consumer, group)
-            .await?;
-        let readable: Vec<String> = groups
-            .into_iter()
-            .filter(|g| g.state.can_read())
-            .map(|g| g.master)
-            .collect();
+        let readable = readable_brokers(&self.brokers, subject, group).await?;
         if readable.is_empty() {
             return Err(ConsumeError::NoBroker(subject.to_owned()));
         }
@@ -219,11 +215,7 @@ impl Consumer {
             pulled.push(retry_subject(subject, group));
         }
         let mut tasks = JoinSet::new();
-        for addr in &readable {
-            for s in &pulled {
-                tasks.spawn(pull_loop(ctx.clone(), addr.clone(), s.clone()));
-            }
-        }
+        tasks.spawn(supervise(ctx, readable, pulled));
         Ok(Subscription { cancel, tasks })
     }
 
@@ -245,9 +237,75 @@ pub fn dead_retry_subject(subject: &str, group: &str) -> String {
     format!("%DEAD_RETRY%{subject}%{group}")
 }
 
-async fn pull_loop(ctx: Arc<Ctx>, addr: String, pulled_subject: String) {
+async fn readable_brokers(
+    brokers: &Brokers,
+    subject: &str,
+    group: &str,
+) -> Result<HashSet<String>, RouteError> {
+    let groups = brokers
+        .router
+        .route(subject, ClientType::Consumer, group)
+        .await?;
+    Ok(groups
+        .into_iter()
+        .filter(|g| g.state.can_read())
+        .map(|g| g.master)
+        .collect())
+}
+
+/// Runs the pull loops of a subscription: one per (broker, pulled subject), following the
+/// route as it changes; on shutdown waits for all of them.
+async fn supervise(ctx: Arc<Ctx>, initial: HashSet<String>, pulled: Vec<String>) {
+    let mut loops = JoinSet::new();
+    let mut running: HashMap<String, CancellationToken> = HashMap::new();
+    let mut wanted = initial;
+    loop {
+        running.retain(|addr, token| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                tracing::info!(broker = %addr, subject = %ctx.subject, "broker left the route");
+                token.cancel();
+            }
+            keep
+        });
+        for addr in &wanted {
+            if running.contains_key(addr) {
+                continue;
+            }
+            let token = ctx.cancel.child_token();
+            for s in &pulled {
+                loops.spawn(pull_loop(
+                    ctx.clone(),
+                    addr.clone(),
+                    s.clone(),
+                    token.clone(),
+                ));
+            }
+            running.insert(addr.clone(), token);
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            _ = tokio::time::sleep(ctx.config.route_refresh) => {}
+        }
+        match readable_brokers(&ctx.brokers, &ctx.subject, &ctx.group).await {
+            Ok(now) if !now.is_empty() => wanted = now,
+            Ok(_) => {
+                tracing::warn!(subject = %ctx.subject, "route lists no readable broker; keeping the old one")
+            }
+            Err(e) => tracing::warn!(subject = %ctx.subject, error = %e, "route refresh failed"),
+        }
+        while loops.try_join_next().is_some() {}
+    }
+    while let Some(r) = loops.join_next().await {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "pull task failed");
+        }
+    }
+}
+
+async fn pull_loop(ctx: Arc<Ctx>, addr: String, pulled_subject: String, cancel: CancellationToken) {
     let mut consumer: Option<PullConsumer> = None;
-    while !ctx.cancel.is_cancelled() {
+    while !cancel.is_cancelled() {
         let c = match consumer.as_mut() {
             Some(c) => c,
             None => match ctx.brokers.connection(&addr).await {
@@ -267,7 +325,7 @@ async fn pull_loop(ctx: Arc<Ctx>, addr: String, pulled_subject: String) {
                 }
                 Err(e) => {
                     tracing::warn!(broker = %addr, error = %e, "cannot connect for pulling");
-                    pause(&ctx).await;
+                    pause(&ctx, &cancel).await;
                     continue;
                 }
             },
@@ -281,15 +339,15 @@ async fn pull_loop(ctx: Arc<Ctx>, addr: String, pulled_subject: String) {
             Err(e) => {
                 tracing::warn!(broker = %addr, subject = %pulled_subject, error = %e, "pull failed");
                 consumer = None;
-                pause(&ctx).await;
+                pause(&ctx, &cancel).await;
             }
         }
     }
 }
 
-async fn pause(ctx: &Ctx) {
+async fn pause(ctx: &Ctx, cancel: &CancellationToken) {
     tokio::select! {
-        _ = ctx.cancel.cancelled() => {}
+        _ = cancel.cancelled() => {}
         _ = tokio::time::sleep(ctx.config.backoff) => {}
     }
 }
