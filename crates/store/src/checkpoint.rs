@@ -1,6 +1,7 @@
 //! Checkpoints: a consistent snapshot of where every derived structure is complete, so recovery
-//! only replays the logs after it. Written atomically (temp file, fsync, rename, directory
-//! fsync); the newest `retain` are kept, and a damaged newest one falls back to the one before.
+//! only replays the logs after it. A file is `CRC32C as 8 hex digits | newline | JSON`, written
+//! atomically (temp file, fsync, rename, directory fsync); the newest `retain` are kept, and a
+//! damaged or missing newest one falls back to the one before.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,7 +59,7 @@ pub fn load(dir: &Path) -> Result<Option<(u64, Checkpoint)>> {
     for (gen, path) in files(dir)?.into_iter().rev() {
         let parsed = std::fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).map_err(|e| e.to_string()));
+            .and_then(|b| decode(&b));
         match parsed {
             Ok(cp) => return Ok(Some((gen, cp))),
             Err(reason) => {
@@ -75,10 +76,12 @@ pub fn load(dir: &Path) -> Result<Option<(u64, Checkpoint)>> {
 pub fn store(dir: &Path, gen: u64, cp: &Checkpoint, retain: usize) -> Result<Checkpoint> {
     let path = dir.join(format!("{PREFIX}{gen:020}"));
     let tmp = dir.join(format!("{PREFIX}{gen:020}.tmp"));
-    let bytes = serde_json::to_vec(cp).map_err(|e| StoreError::BadCheckpoint {
+    let json = serde_json::to_vec(cp).map_err(|e| StoreError::BadCheckpoint {
         path: path.clone(),
         reason: e.to_string(),
     })?;
+    let mut bytes = format!("{:08x}\n", crc32c::crc32c(&json)).into_bytes();
+    bytes.extend_from_slice(&json);
     std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
@@ -93,8 +96,20 @@ pub fn store(dir: &Path, gen: u64, cp: &Checkpoint, retain: usize) -> Result<Che
     }
     let oldest = &all[cut].1;
     let bytes = std::fs::read(oldest).map_err(io("read", oldest))?;
-    serde_json::from_slice(&bytes).map_err(|e| StoreError::BadCheckpoint {
+    decode(&bytes).map_err(|reason| StoreError::BadCheckpoint {
         path: oldest.clone(),
-        reason: e.to_string(),
+        reason,
     })
+}
+
+fn decode(b: &[u8]) -> Result<Checkpoint, String> {
+    let (head, json) = b.split_at_checked(9).ok_or("too short")?;
+    let crc = std::str::from_utf8(&head[..8])
+        .ok()
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or("no checksum")?;
+    if head[8] != b'\n' || crc32c::crc32c(json) != crc {
+        return Err("checksum mismatch".into());
+    }
+    serde_json::from_slice(json).map_err(|e| e.to_string())
 }

@@ -4,7 +4,10 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use qmq_store::{ConsumerKey, FlushPolicy, PullSpec, ResetTo, Store, StoreConfig};
+use qmq_store::{
+    ConsumerKey, FlushPolicy, NewMessage, PullSpec, ResetTo, Store, StoreConfig, StoreError,
+    TagFilter, TagMode,
+};
 use rand::{Rng, SeedableRng};
 
 fn config(dir: &std::path::Path) -> StoreConfig {
@@ -309,4 +312,227 @@ async fn retention_deletes_old_segments_but_spares_unconsumed_ones() {
         store.reset(&k, false, ResetTo::Earliest).unwrap(),
         store.subject_len("s") - store.read("s", 0, 1000).unwrap().len() as u64
     );
+}
+
+fn tagged(subject: &str, i: usize, tags: &[&str]) -> NewMessage {
+    NewMessage {
+        subject: subject.into(),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        body: msg(i),
+    }
+}
+
+#[tokio::test]
+async fn tag_filters_hand_out_matching_messages_and_consume_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let tag_sets: [&[&str]; 4] = [&["red"], &["blue"], &["red", "blue"], &[]];
+    let batch = (0..40).map(|i| tagged("s", i, tag_sets[i % 4])).collect();
+    for r in store.append_messages(batch).await.unwrap() {
+        r.unwrap();
+    }
+    let spec = |k| PullSpec {
+        key: k,
+        broadcast: false,
+        max: 100,
+    };
+    let red = key("s", "g-red", "c");
+    let got = store
+        .pull_matching(
+            spec(&red),
+            &TagFilter::new(TagMode::Any, vec!["red".into()]),
+        )
+        .unwrap();
+    let seqs: Vec<u64> = got.iter().map(|p| p.sequence).collect();
+    assert_eq!(
+        seqs,
+        (0..40)
+            .filter(|i| i % 4 == 0 || i % 4 == 2)
+            .collect::<Vec<_>>()
+    );
+    assert!(got.iter().all(|p| p.tags.contains(&"red".to_owned())));
+    assert_eq!(got[3].message, msg(6));
+    // What the filter rejected counts as consumed: the group is at the end.
+    assert_eq!(store.position(&red, false), 40);
+    let both = key("s", "g-both", "c");
+    let all = TagFilter::new(TagMode::All, vec!["red".into(), "blue".into()]);
+    let got = store.pull_matching(spec(&both), &all).unwrap();
+    assert_eq!(
+        got.iter().map(|p| p.sequence).collect::<Vec<_>>(),
+        (0..40).filter(|i| i % 4 == 2).collect::<Vec<_>>()
+    );
+    // No tags: everything.
+    let any = key("s", "g-any", "c");
+    let got = store
+        .pull_matching(spec(&any), &TagFilter::new(TagMode::Any, vec![]))
+        .unwrap();
+    assert_eq!(got.len(), 40);
+}
+
+#[tokio::test]
+async fn a_bad_message_fails_alone_and_plain_append_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let huge = NewMessage {
+        subject: "s".into(),
+        tags: vec![],
+        body: Bytes::from(vec![0u8; 5000]),
+    };
+    let results = store
+        .append_messages(vec![
+            tagged("s", 0, &[]),
+            huge.clone(),
+            tagged("", 1, &[]),
+            tagged("s", 2, &[]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0].as_ref().unwrap().sequence, 0);
+    assert!(matches!(results[1], Err(StoreError::TooLarge { .. })));
+    assert!(matches!(results[2], Err(StoreError::InvalidName { .. })));
+    assert_eq!(results[3].as_ref().unwrap().sequence, 1);
+    let err = store
+        .append(vec![("s".into(), msg(3)), ("s".into(), huge.body)])
+        .await;
+    assert!(err.is_err());
+    assert_eq!(
+        store.subject_len("s"),
+        2,
+        "nothing of the refused batch stored"
+    );
+    store.close().unwrap();
+    assert!(matches!(
+        store.append(vec![("s".into(), msg(4))]).await,
+        Err(StoreError::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn watchers_wake_on_appends_to_their_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    append_n(&store, "s", 0..3).await;
+    let mut rx = store.watch_subject("s");
+    let mut other = store.watch_subject("t");
+    assert_eq!(*rx.borrow_and_update(), 3);
+    let waiter = tokio::spawn(async move {
+        rx.changed().await.unwrap();
+        *rx.borrow_and_update()
+    });
+    store.append(vec![("s".into(), msg(3))]).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("woken")
+        .unwrap();
+    assert_eq!(seen, 4);
+    assert!(!other.has_changed().unwrap(), "other subjects stay quiet");
+    store.append(vec![("t".into(), msg(0))]).await.unwrap();
+    assert!(other.has_changed().unwrap());
+    assert_eq!(*other.borrow_and_update(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_pulls_of_one_group_hand_out_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    append_n(&store, "s", 0..2000).await;
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let k = key("s", "g", &format!("c{t}"));
+                let mut got = Vec::new();
+                loop {
+                    let p = pull(&store, &k, 7);
+                    if p.is_empty() {
+                        break got;
+                    }
+                    // Each consumer's pull-log sequences are dense.
+                    assert_eq!(p[0].pull_seq, got.len() as u64);
+                    got.extend(p.into_iter().map(|p| p.sequence));
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..2000).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn listings_show_positions_lag_and_unacked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    append_n(&store, "s", 0..10).await;
+    append_n(&store, "t", 0..4).await;
+    let c = key("s", "g", "c");
+    pull(&store, &c, 6);
+    store.ack(&c, 1).unwrap();
+    let groups = store.groups();
+    assert_eq!(groups.len(), 1);
+    assert_eq!((groups[0].next, groups[0].lag()), (6, 4));
+    let consumers = store.consumers();
+    assert_eq!(consumers[0].unacked(), 4);
+    let subjects = store.subject_infos().unwrap();
+    assert_eq!(
+        subjects
+            .iter()
+            .map(|s| (s.subject.as_str(), s.first, s.len))
+            .collect::<Vec<_>>(),
+        [("s", 0, 10), ("t", 0, 4)]
+    );
+}
+
+#[tokio::test]
+async fn retention_also_drops_index_and_pull_log_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.retention = Duration::from_secs(3600);
+    cfg.index_segment_entries = 16;
+    let store = Store::open(cfg.clone()).unwrap();
+    append_n(&store, "s", 0..300).await;
+    let k = key("s", "g", "c");
+    let files = |sub: &str| walk(&dir.path().join(sub));
+    let all = pull(&store, &k, 1000);
+    assert_eq!(all.len(), 300);
+    let (clog_before, plog_before) = (files("consumelog"), files("pulllog"));
+    store.ack(&k, 149).unwrap();
+    let later = SystemTime::now() + Duration::from_secs(7200);
+    let deleted = store.apply_retention(later).unwrap();
+    assert!(deleted > 0);
+    assert!(
+        files("consumelog") < clog_before,
+        "consume-log segments deleted"
+    );
+    assert!(
+        files("pulllog") < plog_before,
+        "acked pull-log segments deleted"
+    );
+    // Unacked messages are still there for redelivery, and survive a reopen.
+    let again = store.pulled_since(&k, 150, 1000).unwrap();
+    assert_eq!(again.len(), 150);
+    assert_eq!(again[0].message, msg(150));
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(store.pulled_since(&k, 150, 1000).unwrap().len(), 150);
+    let first = store.subject_infos().unwrap()[0].first;
+    assert!(first > 0 && first <= 150, "first stored sequence {first}");
+    assert_eq!(
+        store.read("s", first, 1).unwrap()[0].message,
+        msg(first as usize)
+    );
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        n += if p.is_dir() { walk(&p) } else { 1 };
+    }
+    n
 }
