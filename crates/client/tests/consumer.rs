@@ -472,3 +472,31 @@ async fn subscriptions_follow_route_changes_from_the_meta_server() {
     );
     consumer.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_panicking_handler_counts_as_a_failure() {
+    let (b, _dir) = broker().await;
+    let (router, producer) = setup(&b);
+    produce(&producer, "c.panic", 1, &[]).await;
+    let consumer = Consumer::new(router, consumer_config());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    consumer
+        .subscribe(
+            "c.panic",
+            "g",
+            move |m: ReceivedMessage| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(m.times()).unwrap();
+                    assert!(m.times() > 1, "first delivery panics");
+                    Ok(())
+                }
+            },
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recv_n(&mut rx, 2).await, vec![1, 2]);
+    consumer.shutdown().await;
+    assert_drained(&addr(&b), "c.panic", "g").await;
+}

@@ -355,3 +355,22 @@ async fn duplicates_through_a_broker_run_the_handler_once() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_panicking_handler_releases_its_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+    let table = unique("qmq_dedup");
+    let checker = SqlChecker::connect(&url, &table).await.unwrap();
+    checker.create_table().await.unwrap();
+    let handler = Idempotent::new(checker.clone(), |_m: ReceivedMessage| async move {
+        if true {
+            panic!("handler bug");
+        }
+        Ok(())
+    });
+    let m = received("idem.panic");
+    let err = handler.handle(m.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("handler bug"), "{err}");
+    assert_eq!(rows(&checker, &table, "k", &message_key(&m)).await, 0);
+}

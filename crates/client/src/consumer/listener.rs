@@ -21,7 +21,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{Filter, FilterContext, HandleResult, MessageHandler, ReceivedMessage};
+use super::handler::{
+    Filter, FilterContext, HandleError, HandleResult, MessageHandler, ReceivedMessage,
+};
 use super::PullConsumer;
 use crate::breaker::BreakerConfig;
 use crate::brokers::{Brokers, Outcome};
@@ -384,9 +386,9 @@ async fn consume_batch(
         let (m, result) = match joined {
             Ok(done) => done,
             Err(e) => {
-                // A panicking handler: its message cannot be recovered here; leave the batch
-                // unacked so the broker hands it out again.
-                tracing::error!(error = %e, "message handler panicked");
+                // A panicking filter (handler panics are caught earlier): its message cannot be
+                // recovered here; leave the batch unacked so the broker hands it out again.
+                tracing::error!(error = %e, "message task failed");
                 all_settled = false;
                 continue;
             }
@@ -416,7 +418,7 @@ async fn handle(ctx: &Ctx, message: ReceivedMessage) -> HandleResult {
         ran += 1;
     }
     let result = if ran == filters.len() {
-        ctx.handler.handle(message.clone()).await
+        run_guarded(ctx.handler.handle(message.clone())).await
     } else {
         Ok(())
     };
@@ -424,6 +426,25 @@ async fn handle(ctx: &Ctx, message: ReceivedMessage) -> HandleResult {
         f.post_on_message(&message, &mut fctx, &result);
     }
     result
+}
+
+/// Runs a handler's future; a panic becomes a failure (so the message is retried) instead of
+/// taking the batch down with it.
+pub(crate) async fn run_guarded(
+    fut: futures::future::BoxFuture<'static, HandleResult>,
+) -> HandleResult {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(HandleError::msg(format!("handler panicked: {what}")))
+        }
+    }
 }
 
 /// Sends a failed message to the retry (or dead-letter) subject with `qmq_times` incremented.

@@ -9,6 +9,7 @@ mod pull_client;
 pub use handler::{
     Filter, FilterContext, HandleError, HandleResult, MessageHandler, ReceivedMessage,
 };
+pub(crate) use listener::run_guarded;
 pub use listener::{
     dead_retry_subject, retry_subject, ConsumeError, Consumer, ConsumerConfig, SubscribeOptions,
     Subscription,

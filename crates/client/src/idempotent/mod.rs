@@ -98,7 +98,9 @@ impl<C: IdempotentChecker, H: MessageHandler> MessageHandler for Idempotent<C, H
                 tracing::debug!(key, "already handled, skipping");
                 return Ok(());
             }
-            let result = MessageHandler::handle(&*handler, message).await;
+            // A panic counts as a failure: the claim must not outlive it.
+            let result =
+                crate::consumer::run_guarded(MessageHandler::handle(&*handler, message)).await;
             if result.is_err() {
                 if let Err(e) = checker.release(&key).await {
                     // The claim stays: the retry would be skipped. Report it loudly.
