@@ -500,3 +500,34 @@ async fn a_panicking_handler_counts_as_a_failure() {
     consumer.shutdown().await;
     assert_drained(&addr(&b), "c.panic", "g").await;
 }
+
+#[tokio::test]
+async fn pull_client_retries_handed_back_messages() {
+    let (b, _dir) = broker().await;
+    let (router, producer) = setup(&b);
+    let sent = produce(&producer, "c.pullretry", 1, &[]).await;
+    let consumer = Consumer::new(router, consumer_config());
+    let mut pull = consumer.pull_client("c.pullretry", "g").await.unwrap();
+    let mut deliveries = Vec::new();
+    tokio::time::timeout(T, async {
+        while deliveries.len() < 2 {
+            if let Some(batch) = pull.pull(4, Duration::from_millis(100)).await.unwrap() {
+                for m in &batch.messages {
+                    deliveries.push((m.message_id.clone(), m.times(), m.subject().to_owned()));
+                    if m.times() == 1 {
+                        assert!(pull.retry_later(m).await);
+                    }
+                }
+                pull.ack(&batch).await.unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let id = sent.into_iter().next().unwrap();
+    let subject = "c.pullretry".to_string();
+    assert_eq!(
+        deliveries,
+        vec![(id.clone(), 1, subject.clone()), (id, 2, subject)]
+    );
+}

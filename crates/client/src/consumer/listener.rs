@@ -448,14 +448,26 @@ pub(crate) async fn run_guarded(
 }
 
 /// Sends a failed message to the retry (or dead-letter) subject with `qmq_times` incremented.
-async fn send_back(ctx: &Ctx, mut m: Message) -> bool {
+async fn send_back(ctx: &Ctx, m: Message) -> bool {
+    send_back_to(&ctx.brokers, &ctx.config, &ctx.subject, &ctx.group, m).await
+}
+
+/// Sends `m`, which failed in `group` of `subject`, to the group's retry subject (or the
+/// dead-letter one once out of retries) with `qmq_times` incremented; `true` once stored.
+pub(crate) async fn send_back_to(
+    brokers: &Brokers,
+    config: &ConsumerConfig,
+    subject: &str,
+    group: &str,
+    mut m: Message,
+) -> bool {
     let next = m.times() + 1;
-    let max = m.max_retry_num().unwrap_or(ctx.config.max_retry_num);
+    let max = m.max_retry_num().unwrap_or(config.max_retry_num);
     m.subject = if next > max {
         tracing::warn!(id = %m.message_id, times = next - 1, "retries exhausted, dead-lettering");
-        dead_retry_subject(&ctx.subject, &ctx.group)
+        dead_retry_subject(subject, group)
     } else {
-        retry_subject(&ctx.subject, &ctx.group)
+        retry_subject(subject, group)
     };
     m.set_attr(keys::TIMES, next.to_string());
     m.set_attr(
@@ -463,9 +475,8 @@ async fn send_back(ctx: &Ctx, mut m: Message) -> bool {
         chrono::Utc::now().timestamp_millis().to_string(),
     );
     let batch = [m];
-    for _ in 0..ctx.config.send_back_tries.max(1) {
-        match ctx
-            .brokers
+    for _ in 0..config.send_back_tries.max(1) {
+        match brokers
             .send_once(
                 &batch[0].subject,
                 ClientType::Producer,
@@ -478,7 +489,7 @@ async fn send_back(ctx: &Ctx, mut m: Message) -> bool {
             Ok(_) => tracing::warn!(id = %batch[0].message_id, "send back refused"),
             Err(e) => tracing::warn!(id = %batch[0].message_id, error = %e, "send back failed"),
         }
-        tokio::time::sleep(ctx.config.backoff).await;
+        tokio::time::sleep(config.backoff).await;
     }
     false
 }
