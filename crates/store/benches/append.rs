@@ -1,5 +1,8 @@
-//! Append throughput of the message log (async flush) against a plain sequential `write` of the
-//! same bytes to the same disk, in the same run. Prints msgs/s, MB/s and the ratio.
+//! Append throughput of the store (async flush) against a plain sequential `write` of the same
+//! bytes (the store's own record framing, so both write exactly as many bytes) to the same disk,
+//! in the same run; then a read-back of everything through a consumer group. Prints msgs/s,
+//! MB/s, the ratio, and the process's resident memory (current and peak) against the bytes
+//! stored, to show memory does not grow with the log.
 //!
 //! `cargo bench -p qmq-store` (set QMQ_BENCH_DIR to measure another disk; default: a temp dir
 //! under the target directory).
@@ -8,10 +11,12 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use qmq_store::{FlushPolicy, Store, StoreConfig};
+use qmq_store::{ConsumerKey, FlushPolicy, PullSpec, Store, StoreConfig};
 
 const BATCH: usize = 30;
 const PRODUCERS: usize = 16;
+/// Record framing (length + CRC) and metadata (format, subject "benchNN", no tags, time).
+const OVERHEAD: usize = 8 + 1 + 2 + 7 + 1 + 8;
 
 fn bench_dir() -> tempfile::TempDir {
     match std::env::var_os("QMQ_BENCH_DIR") {
@@ -20,17 +25,11 @@ fn bench_dir() -> tempfile::TempDir {
     }
 }
 
-/// Sequential `write` calls of the same framed bytes, one call per batch, then one fsync.
+/// Sequential `write` calls of the same number of bytes, one call per batch, then one fsync.
 fn raw_write(size: usize, count: usize) -> Duration {
     let dir = bench_dir();
     let mut f = std::fs::File::create(dir.path().join("raw")).expect("create");
-    let record = vec![7u8; size + 8 + 2 + 5];
-    let batch: Vec<u8> = record
-        .iter()
-        .copied()
-        .cycle()
-        .take(record.len() * BATCH)
-        .collect();
+    let batch = vec![7u8; (size + OVERHEAD) * BATCH];
     let start = Instant::now();
     for _ in 0..count / BATCH {
         f.write_all(&batch).expect("write");
@@ -39,7 +38,13 @@ fn raw_write(size: usize, count: usize) -> Duration {
     start.elapsed()
 }
 
-fn store_append(rt: &tokio::runtime::Runtime, size: usize, count: usize) -> Duration {
+struct Run {
+    append: Duration,
+    read: Duration,
+    read_count: usize,
+}
+
+fn store_run(rt: &tokio::runtime::Runtime, size: usize, count: usize) -> Run {
     let dir = bench_dir();
     let mut config = StoreConfig::new(dir.path());
     config.flush = FlushPolicy::Async {
@@ -54,7 +59,7 @@ fn store_append(rt: &tokio::runtime::Runtime, size: usize, count: usize) -> Dura
             let store = store.clone();
             let body = body.clone();
             tasks.push(tokio::spawn(async move {
-                let subject = format!("bench{p}");
+                let subject = format!("bench{p:02}");
                 for _ in 0..count / BATCH / PRODUCERS {
                     let batch = (0..BATCH)
                         .map(|_| (subject.clone(), body.clone()))
@@ -67,8 +72,56 @@ fn store_append(rt: &tokio::runtime::Runtime, size: usize, count: usize) -> Dura
             t.await.expect("producer");
         }
     });
+    // Durable like the raw write's final fsync.
+    store.checkpoint().expect("checkpoint");
+    let append = start.elapsed();
+
+    // Read everything back through one consumer per subject.
+    let start = Instant::now();
+    let mut read_count = 0;
+    for p in 0..PRODUCERS {
+        let key = ConsumerKey {
+            subject: format!("bench{p:02}"),
+            group: "g".into(),
+            consumer: "c".into(),
+        };
+        loop {
+            let got = store
+                .pull(
+                    PullSpec {
+                        key: &key,
+                        broadcast: false,
+                        max: 256,
+                    },
+                    |_| true,
+                )
+                .expect("pull");
+            let Some(last) = got.last() else { break };
+            read_count += got.len();
+            store.ack(&key, last.pull_seq).expect("ack");
+        }
+    }
+    let read = start.elapsed();
     store.close().expect("close");
-    start.elapsed()
+    Run {
+        append,
+        read,
+        read_count,
+    }
+}
+
+/// (VmRSS, VmHWM) of this process in MB, from /proc/self/status (Linux).
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 fn main() {
@@ -77,24 +130,47 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "{:>6} {:>10} {:>14} {:>10} {:>14} {:>10} {:>7}",
-        "size", "messages", "store msg/s", "store MB/s", "raw msg/s", "raw MB/s", "ratio"
+        "{:>5} {:>8} {:>11} {:>8} {:>11} {:>8} {:>6} {:>11} {:>8} {:>9} {:>8} {:>8}",
+        "size",
+        "msgs",
+        "store msg/s",
+        "MB/s",
+        "raw msg/s",
+        "MB/s",
+        "ratio",
+        "read msg/s",
+        "MB/s",
+        "stored MB",
+        "RSS MB",
+        "peak MB"
     );
-    for (size, count) in [(100usize, 600_000usize), (1024, 240_000)] {
+    for (size, count) in [(100usize, 960_000usize), (1024, 240_000)] {
         let count = count / (BATCH * PRODUCERS) * BATCH * PRODUCERS;
         let raw = raw_write(size, count);
-        let store = store_append(&rt, size, count);
+        let run = store_run(&rt, size, count);
+        assert_eq!(run.read_count, count, "read back everything");
         let mb = (count * size) as f64 / 1e6;
-        let (s, r) = (store.as_secs_f64(), raw.as_secs_f64());
+        let stored = (count * (size + OVERHEAD + 24)) as f64 / 1e6;
+        let (s, r, rd) = (
+            run.append.as_secs_f64(),
+            raw.as_secs_f64(),
+            run.read.as_secs_f64(),
+        );
+        let (rss, peak) = rss_mb();
         println!(
-            "{:>6} {:>10} {:>14.0} {:>10.1} {:>14.0} {:>10.1} {:>7.2}",
+            "{:>5} {:>8} {:>11.0} {:>8.1} {:>11.0} {:>8.1} {:>6.2} {:>11.0} {:>8.1} {:>9.0} {:>8.1} {:>8.1}",
             size,
             count,
             count as f64 / s,
             mb / s,
             count as f64 / r,
             mb / r,
-            r / s
+            r / s,
+            count as f64 / rd,
+            mb / rd,
+            stored,
+            rss,
+            peak
         );
     }
 }

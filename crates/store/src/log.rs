@@ -225,9 +225,14 @@ impl RecordLog {
             });
         }
         self.pending.reserve(size as usize);
-        let (base, file, path) = self.segment_for(size)?;
-        if self.pending.is_empty() {
-            self.pending_at = (base, file, path);
+        // While records are buffered, their segment is the active one: no lookup if it fits.
+        let fits_pending =
+            !self.pending.is_empty() && self.end + size <= self.pending_at.0 + self.segment_size;
+        if !fits_pending {
+            let (base, file, path) = self.segment_for(size)?;
+            if self.pending.is_empty() {
+                self.pending_at = (base, file, path);
+            }
         }
         let offset = self.end;
         let crc = parts.iter().fold(0, |crc, p| crc32c::crc32c_append(crc, p));

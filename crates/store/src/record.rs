@@ -11,10 +11,10 @@ const FORMAT: u8 = 1;
 /// Most tags one message may carry (QMQ sends a one-byte count).
 pub const MAX_TAGS: usize = 255;
 
-/// The metadata part of a record (everything before the message bytes).
-pub fn header(subject: &str, tags: &[String], time_ms: u64) -> Vec<u8> {
-    let mut h =
-        Vec::with_capacity(12 + subject.len() + tags.iter().map(|t| 2 + t.len()).sum::<usize>());
+/// Writes the metadata part of a record (everything before the message bytes) into `h`,
+/// replacing what it held (so one buffer serves a whole batch).
+pub fn header(h: &mut Vec<u8>, subject: &str, tags: &[String], time_ms: u64) {
+    h.clear();
     h.push(FORMAT);
     h.extend_from_slice(&(subject.len() as u16).to_be_bytes());
     h.extend_from_slice(subject.as_bytes());
@@ -24,7 +24,6 @@ pub fn header(subject: &str, tags: &[String], time_ms: u64) -> Vec<u8> {
         h.extend_from_slice(t.as_bytes());
     }
     h.extend_from_slice(&time_ms.to_be_bytes());
-    h
 }
 
 /// A decoded record, borrowing from the payload.
@@ -95,7 +94,8 @@ mod tests {
     #[test]
     fn header_round_trips_and_damage_is_an_error() {
         let tags = vec!["red".to_owned(), "主".to_owned()];
-        let mut p = header("order.paid", &tags, 1234);
+        let mut p = Vec::new();
+        header(&mut p, "order.paid", &tags, 1234);
         p.extend_from_slice(b"body");
         let v = decode(&p, 0).unwrap();
         assert_eq!(v.subject, "order.paid");

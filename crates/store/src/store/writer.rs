@@ -93,9 +93,11 @@ fn write_batch(inner: &Inner, batch: &[WriteJob]) -> (Vec<JobResult>, Vec<(Strin
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let mut log = inner.log.lock();
-    // Per job, per message: (subject index, entry) or the message's own error.
-    let mut placed: Vec<Vec<Result<(usize, Entry)>>> = Vec::with_capacity(batch.len());
+    // Per job, per message: (subject index, index in that subject's entries) or its error.
+    let mut placed: Vec<Vec<Result<(usize, usize)>>> = Vec::with_capacity(batch.len());
     let mut subjects: Vec<&str> = Vec::new();
+    let mut entries: Vec<Vec<Entry>> = Vec::new();
+    let mut header = Vec::with_capacity(64);
     let mut fatal = None;
     'jobs: for job in batch {
         let mut out = Vec::with_capacity(job.messages.len());
@@ -104,24 +106,23 @@ fn write_batch(inner: &Inner, batch: &[WriteJob]) -> (Vec<JobResult>, Vec<(Strin
                 out.push(Err(e));
                 continue;
             }
-            let header = record::header(&m.subject, &m.tags, now_ms);
+            record::header(&mut header, &m.subject, &m.tags, now_ms);
             match log.append_parts(&[&header, &m.body]) {
                 Ok(offset) => {
-                    let idx = match subjects.iter().position(|s| *s == m.subject) {
+                    let idx = match subjects.iter().rposition(|s| *s == m.subject) {
                         Some(i) => i,
                         None => {
                             subjects.push(&m.subject);
+                            entries.push(Vec::new());
                             subjects.len() - 1
                         }
                     };
-                    out.push(Ok((
-                        idx,
-                        Entry {
-                            offset,
-                            len: (header.len() + m.body.len()) as u32,
-                            tags: record::tag_summary(&m.tags),
-                        },
-                    )));
+                    out.push(Ok((idx, entries[idx].len())));
+                    entries[idx].push(Entry {
+                        offset,
+                        len: (header.len() + m.body.len()) as u32,
+                        tags: record::tag_summary(&m.tags),
+                    });
                 }
                 Err(e) => {
                     fatal = Some(e);
@@ -152,16 +153,9 @@ fn write_batch(inner: &Inner, batch: &[WriteJob]) -> (Vec<JobResult>, Vec<(Strin
     let mut firsts = vec![0u64; subjects.len()];
     let mut touched = Vec::with_capacity(subjects.len());
     for (i, subject) in subjects.iter().enumerate() {
-        let entries: Vec<Entry> = placed
-            .iter()
-            .flatten()
-            .filter_map(|p| p.as_ref().ok())
-            .filter(|(s, _)| *s == i)
-            .map(|(_, e)| *e)
-            .collect();
         let indexed = consume_log_for(inner, subject).and_then(|c| {
             let mut c = c.write();
-            let first = c.append_many(&entries)?;
+            let first = c.append_many(&entries[i])?;
             Ok((first, c.len()))
         });
         match indexed {
@@ -183,13 +177,9 @@ fn write_batch(inner: &Inner, batch: &[WriteJob]) -> (Vec<JobResult>, Vec<(Strin
             Ok(job
                 .into_iter()
                 .map(|p| {
-                    p.map(|(s, e)| {
-                        let sequence = firsts[s];
-                        firsts[s] += 1;
-                        Appended {
-                            offset: e.offset,
-                            sequence,
-                        }
+                    p.map(|(s, i)| Appended {
+                        offset: entries[s][i].offset,
+                        sequence: firsts[s] + i as u64,
                     })
                 })
                 .collect())
