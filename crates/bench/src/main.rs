@@ -1,0 +1,354 @@
+//! `qmq-bench`: qmq-rs against NATS JetStream and RabbitMQ on this machine, in one run.
+//!
+//! Workloads: produce throughput and produce+consume throughput (100 B / 1 KiB bodies, 1 and 4
+//! producers, 1 and 4 consumers), end-to-end latency at a fixed offered rate, and backlog drain
+//! by 1, 2 and 4 consumers of one group. Prints a table with ratios to qmq-rs, the durability
+//! settings of each system, and the peak RSS of the qmq-rs server process.
+//!
+//! Needs the `qmq` executable built next to this one (`cargo build --release -p qmq`), NATS on
+//! 127.0.0.1:4222 (with JetStream) and RabbitMQ on 127.0.0.1:5672.
+
+mod server;
+mod systems;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use systems::{hist::Hist, ConsumeTask, Endpoints, System};
+
+/// Benchmarks qmq-rs against NATS JetStream and RabbitMQ.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// A one-minute smoke run with small counts.
+    #[arg(long)]
+    quick: bool,
+    /// Print results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// NATS URL.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// RabbitMQ URL.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    rabbit: String,
+    /// Offered rate for the latency workload, messages per second.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// Only these systems (default: all three).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// One measured line.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    workload: String,
+    system: System,
+    messages: usize,
+    seconds: f64,
+    msgs_per_sec: f64,
+    mb_per_sec: f64,
+    latency_ms: Option<(f64, f64, f64, f64)>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let data = tempfile::tempdir().context("temp dir for the qmq-rs server")?;
+    let qmq = server::QmqServer::start(data.path()).context("starting qmq standalone")?;
+    let ep = Endpoints {
+        qmq: qmq.addr.clone(),
+        nats: args.nats.clone(),
+        rabbit: args.rabbit.clone(),
+    };
+    let systems: Vec<System> = [System::Qmq, System::Nats, System::Rabbit]
+        .into_iter()
+        .filter(|s| {
+            args.only.is_empty() || args.only.iter().any(|o| s.name().starts_with(o.as_str()))
+        })
+        .collect();
+    let scale = if args.quick { 1 } else { 10 };
+    let mut rows = Vec::new();
+    let mut run = 0usize;
+    let mut name = |w: &str| {
+        run += 1;
+        format!("bench_{}_{w}_{run}", std::process::id())
+    };
+
+    // Throughput: produce only, then produce + consume together.
+    for size in [100usize, 1024] {
+        for (producers, consumers) in [(1usize, 0usize), (4, 0), (1, 1), (4, 4)] {
+            let count = 20_000 * scale;
+            let workload = if consumers == 0 {
+                format!("produce {size}B x{producers}p")
+            } else {
+                format!("produce+consume {size}B {producers}p/{consumers}c")
+            };
+            for &system in &systems {
+                let n = name("tp");
+                let r = throughput(
+                    system, &ep, &n, count, size, producers, consumers, &workload,
+                )
+                .await;
+                systems::cleanup(system, &ep, &n).await;
+                rows.push(r.with_context(|| format!("{workload} on {}", system.name()))?);
+            }
+        }
+    }
+    // Latency at a fixed offered rate.
+    let secs = if args.quick { 3 } else { 15 };
+    for &system in &systems {
+        let n = name("lat");
+        let r = latency(system, &ep, &n, args.rate, secs).await;
+        systems::cleanup(system, &ep, &n).await;
+        rows.push(r.with_context(|| format!("latency on {}", system.name()))?);
+    }
+    // Backlog drain: store first, then drain with 1, 2, 4 consumers of one group.
+    let backlog = if args.quick { 50_000 } else { 1_000_000 };
+    for consumers in [1usize, 2, 4] {
+        for &system in &systems {
+            let n = name("drain");
+            let r = drain(system, &ep, &n, backlog, consumers).await;
+            systems::cleanup(system, &ep, &n).await;
+            rows.push(r.with_context(|| format!("drain on {}", system.name()))?);
+        }
+    }
+    let rss = qmq.peak_rss_kib();
+    drop(qmq);
+
+    if args.json {
+        let out = serde_json::json!({
+            "rows": rows,
+            "qmq_peak_rss_kib": rss,
+            "durability": systems.iter().map(|s| (s.name(), s.durability())).collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_table(&rows, &systems, rss);
+    }
+    Ok(())
+}
+
+fn bar(len: u64, label: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{msg:40} {bar:30} {pos}/{len} {per_sec}") {
+        pb.set_style(style);
+    }
+    pb.set_message(label.to_owned());
+    pb
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn throughput(
+    system: System,
+    ep: &Endpoints,
+    name: &str,
+    count: usize,
+    size: usize,
+    producers: usize,
+    consumers: usize,
+    workload: &str,
+) -> anyhow::Result<Row> {
+    systems::prepare(system, ep, name).await?;
+    let total = if consumers > 0 { 2 * count } else { count } as u64;
+    let pb = bar(total, &format!("{workload} {}", system.name()));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..producers {
+        let (ep, name, pb) = (ep.clone(), name.to_owned(), pb.clone());
+        tasks.spawn(async move {
+            systems::produce(system, &ep, &name, count / producers, size, None, &pb).await
+        });
+    }
+    let shared = Arc::new(AtomicUsize::new(0));
+    let consumed = count / producers * producers;
+    for id in 0..consumers {
+        let (ep, name, pb, shared) = (ep.clone(), name.to_owned(), pb.clone(), shared.clone());
+        tasks.spawn(async move {
+            systems::consume(
+                system,
+                &ep,
+                &name,
+                ConsumeTask {
+                    id,
+                    count: consumed,
+                    shared,
+                    latency: None,
+                },
+                &pb,
+            )
+            .await
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    pb.finish_and_clear();
+    Ok(row(workload, system, count, size, start.elapsed(), None))
+}
+
+async fn latency(
+    system: System,
+    ep: &Endpoints,
+    name: &str,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<Row> {
+    systems::prepare(system, ep, name).await?;
+    let count = (rate * secs) as usize;
+    let workload = format!("latency 100B @{rate}/s");
+    let pb = bar(2 * count as u64, &format!("{workload} {}", system.name()));
+    let hist = Arc::new(Hist::new()?);
+    let shared = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let consumer = {
+        let (ep, name, pb, hist, shared) = (
+            ep.clone(),
+            name.to_owned(),
+            pb.clone(),
+            hist.clone(),
+            shared.clone(),
+        );
+        tokio::spawn(async move {
+            systems::consume(
+                system,
+                &ep,
+                &name,
+                ConsumeTask {
+                    id: 0,
+                    count,
+                    shared,
+                    latency: Some(hist),
+                },
+                &pb,
+            )
+            .await
+        })
+    };
+    systems::produce(system, ep, name, count, 100, Some(rate), &pb).await?;
+    consumer.await??;
+    pb.finish_and_clear();
+    Ok(row(
+        &workload,
+        system,
+        count,
+        100,
+        start.elapsed(),
+        Some(hist.percentiles()),
+    ))
+}
+
+async fn drain(
+    system: System,
+    ep: &Endpoints,
+    name: &str,
+    backlog: usize,
+    consumers: usize,
+) -> anyhow::Result<Row> {
+    systems::prepare(system, ep, name).await?;
+    let workload = format!("drain {backlog} x{consumers}c");
+    let pb = bar(
+        backlog as u64,
+        &format!("fill {workload} {}", system.name()),
+    );
+    let mut fill = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (ep, name, pb) = (ep.clone(), name.to_owned(), pb.clone());
+        fill.spawn(async move {
+            systems::produce(system, &ep, &name, backlog / 4, 100, None, &pb).await
+        });
+    }
+    while let Some(r) = fill.join_next().await {
+        r??;
+    }
+    pb.finish_and_clear();
+    let total = backlog / 4 * 4;
+    let pb = bar(total as u64, &format!("{workload} {}", system.name()));
+    let shared = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in 0..consumers {
+        let (ep, name, pb, shared) = (ep.clone(), name.to_owned(), pb.clone(), shared.clone());
+        tasks.spawn(async move {
+            systems::consume(
+                system,
+                &ep,
+                &name,
+                ConsumeTask {
+                    id,
+                    count: total,
+                    shared,
+                    latency: None,
+                },
+                &pb,
+            )
+            .await
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    pb.finish_and_clear();
+    Ok(row(&workload, system, total, 100, start.elapsed(), None))
+}
+
+fn row(
+    workload: &str,
+    system: System,
+    messages: usize,
+    size: usize,
+    took: Duration,
+    latency_ms: Option<(f64, f64, f64, f64)>,
+) -> Row {
+    let s = took.as_secs_f64().max(1e-9);
+    Row {
+        workload: workload.to_owned(),
+        system,
+        messages,
+        seconds: s,
+        msgs_per_sec: messages as f64 / s,
+        mb_per_sec: (messages * size) as f64 / s / 1e6,
+        latency_ms,
+    }
+}
+
+fn print_table(rows: &[Row], systems: &[System], rss: Option<u64>) {
+    println!(
+        "{:<34} {:<15} {:>10} {:>12} {:>9} {:>9}  latency ms p50/p99/p99.9/max",
+        "workload", "system", "messages", "msgs/s", "MB/s", "vs qmq"
+    );
+    for r in rows {
+        let base = rows
+            .iter()
+            .find(|b| b.workload == r.workload && b.system == System::Qmq)
+            .map(|b| b.msgs_per_sec);
+        let ratio = base.map_or("-".to_owned(), |b| format!("{:.2}", r.msgs_per_sec / b));
+        let lat = r.latency_ms.map_or(String::new(), |(a, b, c, d)| {
+            format!("{a:.2}/{b:.2}/{c:.2}/{d:.2}")
+        });
+        println!(
+            "{:<34} {:<15} {:>10} {:>12.0} {:>9.1} {:>9}  {}",
+            r.workload,
+            r.system.name(),
+            r.messages,
+            r.msgs_per_sec,
+            r.mb_per_sec,
+            ratio,
+            lat
+        );
+    }
+    println!("\n\"vs qmq\" is the system's rate divided by qmq-rs's (below 1: qmq-rs is faster).");
+    println!("durability:");
+    for s in systems {
+        println!("  {:<15} {}", s.name(), s.durability());
+    }
+    match rss {
+        Some(kib) => println!("qmq-rs server peak RSS: {:.1} MiB", kib as f64 / 1024.0),
+        None => println!("qmq-rs server peak RSS: unknown"),
+    }
+}

@@ -1,0 +1,81 @@
+//! The qmq-rs server under test: `qmq standalone` as a child process, so its memory can be
+//! measured on its own (peak RSS from /proc).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context};
+
+/// A running `qmq standalone`.
+pub struct QmqServer {
+    child: Child,
+    /// Broker address.
+    pub addr: String,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl QmqServer {
+    /// Starts `qmq standalone` (the executable next to this one) with data under `dir`.
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?
+            .parent()
+            .context("executable directory")?
+            .join("qmq");
+        if !exe.exists() {
+            bail!(
+                "{} not found: build it first with `cargo build --release -p qmq`",
+                exe.display()
+            );
+        }
+        let port = free_port()?;
+        let mut child = Command::new(&exe)
+            .args(["standalone", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args([
+                "--meta-http-listen",
+                "127.0.0.1:0",
+                "--meta-tcp-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("running {}", exe.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
+        if !line.contains("ready") {
+            bail!("qmq standalone did not start: {line:?}");
+        }
+        Ok(Self {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        })
+    }
+
+    /// The server's peak resident set size so far, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for QmqServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
