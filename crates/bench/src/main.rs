@@ -12,7 +12,7 @@ mod server;
 mod systems;
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -166,9 +166,11 @@ async fn throughput(
         });
     }
     let shared = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(OnceLock::new());
     let consumed = count / producers * producers;
     for id in 0..consumers {
         let (ep, name, pb, shared) = (ep.clone(), name.to_owned(), pb.clone(), shared.clone());
+        let finished = finished.clone();
         tasks.spawn(async move {
             systems::consume(
                 system,
@@ -179,6 +181,7 @@ async fn throughput(
                     count: consumed,
                     shared,
                     latency: None,
+                    finished,
                 },
                 &pb,
             )
@@ -189,7 +192,14 @@ async fn throughput(
         r??;
     }
     pb.finish_and_clear();
-    Ok(row(workload, system, count, size, start.elapsed(), None))
+    Ok(row(
+        workload,
+        system,
+        count,
+        size,
+        took(start, &finished),
+        None,
+    ))
 }
 
 async fn latency(
@@ -205,8 +215,10 @@ async fn latency(
     let pb = bar(2 * count as u64, &format!("{workload} {}", system.name()));
     let hist = Arc::new(Hist::new()?);
     let shared = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(OnceLock::new());
     let start = Instant::now();
     let consumer = {
+        let finished = finished.clone();
         let (ep, name, pb, hist, shared) = (
             ep.clone(),
             name.to_owned(),
@@ -224,6 +236,7 @@ async fn latency(
                     count,
                     shared,
                     latency: Some(hist),
+                    finished,
                 },
                 &pb,
             )
@@ -238,7 +251,7 @@ async fn latency(
         system,
         count,
         100,
-        start.elapsed(),
+        took(start, &finished),
         Some(hist.percentiles()),
     ))
 }
@@ -270,10 +283,12 @@ async fn drain(
     let total = backlog / 4 * 4;
     let pb = bar(total as u64, &format!("{workload} {}", system.name()));
     let shared = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(OnceLock::new());
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for id in 0..consumers {
         let (ep, name, pb, shared) = (ep.clone(), name.to_owned(), pb.clone(), shared.clone());
+        let finished = finished.clone();
         tasks.spawn(async move {
             systems::consume(
                 system,
@@ -284,6 +299,7 @@ async fn drain(
                     count: total,
                     shared,
                     latency: None,
+                    finished,
                 },
                 &pb,
             )
@@ -294,7 +310,21 @@ async fn drain(
         r??;
     }
     pb.finish_and_clear();
-    Ok(row(&workload, system, total, 100, start.elapsed(), None))
+    Ok(row(
+        &workload,
+        system,
+        total,
+        100,
+        took(start, &finished),
+        None,
+    ))
+}
+
+/// Time from `start` to the last message consumed (or to now, when nothing consumed).
+fn took(start: Instant, finished: &OnceLock<Instant>) -> Duration {
+    finished
+        .get()
+        .map_or_else(|| start.elapsed(), |t| *t - start)
 }
 
 fn row(

@@ -272,6 +272,9 @@ pub struct ConsumeTask {
     pub shared: Arc<std::sync::atomic::AtomicUsize>,
     /// Where to record end-to-end latency (microseconds), if measured.
     pub latency: Option<Arc<hist::Hist>>,
+    /// Set by the task that consumes the group's last message: when the work was done (the
+    /// other tasks may still be in a long poll that returns empty).
+    pub finished: Arc<std::sync::OnceLock<std::time::Instant>>,
 }
 
 /// Consumes from `name` as one consumer of group `g` until the group has `task.count`.
@@ -287,7 +290,13 @@ pub async fn consume(
         count,
         shared,
         latency,
+        finished,
     } = task;
+    let add = |n: usize| {
+        if shared.fetch_add(n, Ordering::AcqRel) + n >= count {
+            let _ = finished.set(std::time::Instant::now());
+        }
+    };
     use std::sync::atomic::Ordering;
     let done = || shared.load(Ordering::Acquire) >= count;
     let record = |b: &[u8]| {
@@ -308,7 +317,7 @@ pub async fn consume(
                     record(m.attr("b").unwrap_or("").as_bytes());
                 }
                 c.ack(first, first + ms.len() as i64 - 1).await?;
-                shared.fetch_add(ms.len(), Ordering::AcqRel);
+                add(ms.len());
                 progress.inc(ms.len() as u64);
             }
         }
@@ -337,7 +346,7 @@ pub async fn consume(
                     m.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
                     n += 1;
                 }
-                shared.fetch_add(n, Ordering::AcqRel);
+                add(n);
                 progress.inc(n as u64);
             }
         }
@@ -367,7 +376,7 @@ pub async fn consume(
                         .await?;
                     unacked = 0;
                 }
-                shared.fetch_add(1, Ordering::AcqRel);
+                add(1);
                 progress.inc(1);
             }
             let _ = ch.close(200, "done".into()).await;
