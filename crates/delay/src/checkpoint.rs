@@ -1,0 +1,236 @@
+//! Small metadata files: `delay.meta` (the fixed bucket width) and `checkpoint` (how far the
+//! schedule logs are known durable).
+//!
+//! `delay.meta`: `b"QMQDELAY" | u32 version (1) | u32 segment scale in minutes | u32 CRC-32C`.
+//!
+//! `checkpoint`: `b"QDCP" | u32 version (1) | u64 message-log offset | u32 bucket count |
+//! per bucket: i64 bucket start ms, u64 durable length, u64 records, u64 last message-log
+//! offset (u64::MAX = none) | u32 cleaned count | per cleaned bucket: i64 start, u64 last
+//! message-log offset | u32 CRC-32C of everything before`. Every message-log record
+//! before the offset is in a schedule log whose first `length` bytes were fsynced. Written to a
+//! temporary file, fsynced and renamed over the old one.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::DelayError;
+use crate::fsutil::sync_dir;
+
+const META_MAGIC: &[u8; 8] = b"QMQDELAY";
+const CP_MAGIC: &[u8; 4] = b"QDCP";
+const VERSION: u32 = 1;
+
+/// What a checkpoint says about one schedule log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DurableBucket {
+    /// Bytes known durable.
+    pub len: u64,
+    /// Records in those bytes.
+    pub records: u64,
+    /// Message-log offset of the last of them.
+    pub last_wal: Option<u64>,
+}
+
+/// The checkpoint's content.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    /// Every message-log record before this offset is in a durable schedule log.
+    pub wal_offset: u64,
+    /// Durable state of each schedule log, by bucket start (ms).
+    pub buckets: BTreeMap<i64, DurableBucket>,
+    /// Buckets deleted by retention: start -> last message-log offset they held. A replay of the
+    /// message log skips those records instead of scheduling them again.
+    pub cleaned: BTreeMap<i64, u64>,
+}
+
+/// Reads the persisted bucket width, or persists `scale` if the store is new; refuses a
+/// different width.
+pub fn check_scale(dir: &Path, scale: u32) -> Result<(), DelayError> {
+    let path = dir.join("delay.meta");
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let corrupt = |reason: &str| DelayError::Corrupt {
+                path: path.clone(),
+                reason: reason.to_owned(),
+            };
+            if bytes.len() != 20 || &bytes[..8] != META_MAGIC {
+                return Err(corrupt("not a delay store metadata file"));
+            }
+            let crc = u32::from_be_bytes(bytes[16..20].try_into().expect("4 bytes"));
+            if crc32c::crc32c(&bytes[..16]) != crc {
+                return Err(corrupt("CRC-32C mismatch"));
+            }
+            let stored = u32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes"));
+            if stored != scale {
+                return Err(DelayError::ScaleMismatch {
+                    path: dir.to_owned(),
+                    stored,
+                    configured: scale,
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = Vec::with_capacity(20);
+            bytes.extend_from_slice(META_MAGIC);
+            bytes.extend_from_slice(&VERSION.to_be_bytes());
+            bytes.extend_from_slice(&scale.to_be_bytes());
+            let crc = crc32c::crc32c(&bytes);
+            bytes.extend_from_slice(&crc.to_be_bytes());
+            write_atomically(dir, "delay.meta", &bytes)
+        }
+        Err(e) => Err(DelayError::io("read", &path, e)),
+    }
+}
+
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DelayError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .map_err(|e| DelayError::io("write", &tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| DelayError::io("rename", &path, e))?;
+    sync_dir(dir)
+}
+
+impl Checkpoint {
+    /// Reads the checkpoint in `dir`. A missing or damaged one reads as empty (the store then
+    /// rescans everything; a damaged one is logged).
+    pub fn load(dir: &Path) -> Result<Self, DelayError> {
+        let path = dir.join("checkpoint");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(DelayError::io("read", &path, e)),
+        };
+        match Self::decode(&bytes) {
+            Some(cp) => Ok(cp),
+            None => {
+                tracing::error!(file = %path.display(), "damaged checkpoint; rescanning all logs");
+                Ok(Self::default())
+            }
+        }
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let (body, crc) = b.split_at(b.len().checked_sub(4)?);
+        if crc32c::crc32c(body) != u32::from_be_bytes(crc.try_into().ok()?) {
+            return None;
+        }
+        if body.get(..4)? != CP_MAGIC || u32::from_be_bytes(body.get(4..8)?.try_into().ok()?) != 1
+        {
+            return None;
+        }
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(body.get(at..at + 8)?.try_into().ok()?))
+        };
+        let wal_offset = u64_at(8)?;
+        let n = u32::from_be_bytes(body.get(16..20)?.try_into().ok()?) as usize;
+        let cleaned_at = 20usize.checked_add(n.checked_mul(32)?)?;
+        let m = u32::from_be_bytes(body.get(cleaned_at..cleaned_at + 4)?.try_into().ok()?) as usize;
+        if body.len() != cleaned_at + 4 + m.checked_mul(16)? {
+            return None;
+        }
+        let mut buckets = BTreeMap::new();
+        for i in 0..n {
+            let at = 20 + i * 32;
+            let last = u64_at(at + 24)?;
+            buckets.insert(
+                u64_at(at)? as i64,
+                DurableBucket {
+                    len: u64_at(at + 8)?,
+                    records: u64_at(at + 16)?,
+                    last_wal: (last != u64::MAX).then_some(last),
+                },
+            );
+        }
+        let mut cleaned = BTreeMap::new();
+        for i in 0..m {
+            let at = cleaned_at + 4 + i * 16;
+            cleaned.insert(u64_at(at)? as i64, u64_at(at + 8)?);
+        }
+        Some(Self {
+            wal_offset,
+            buckets,
+            cleaned,
+        })
+    }
+
+    /// Writes the checkpoint durably into `dir`.
+    pub fn store(&self, dir: &Path) -> Result<(), DelayError> {
+        let mut b = Vec::with_capacity(24 + self.buckets.len() * 32);
+        b.extend_from_slice(CP_MAGIC);
+        b.extend_from_slice(&VERSION.to_be_bytes());
+        b.extend_from_slice(&self.wal_offset.to_be_bytes());
+        b.extend_from_slice(&(self.buckets.len() as u32).to_be_bytes());
+        for (start, d) in &self.buckets {
+            b.extend_from_slice(&start.to_be_bytes());
+            b.extend_from_slice(&d.len.to_be_bytes());
+            b.extend_from_slice(&d.records.to_be_bytes());
+            b.extend_from_slice(&d.last_wal.unwrap_or(u64::MAX).to_be_bytes());
+        }
+        b.extend_from_slice(&(self.cleaned.len() as u32).to_be_bytes());
+        for (start, last) in &self.cleaned {
+            b.extend_from_slice(&start.to_be_bytes());
+            b.extend_from_slice(&last.to_be_bytes());
+        }
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_be_bytes());
+        write_atomically(dir, "checkpoint", &b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_is_fixed_once_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        check_scale(dir.path(), 60).unwrap();
+        check_scale(dir.path(), 60).unwrap();
+        let err = check_scale(dir.path(), 30).unwrap_err();
+        assert!(matches!(
+            err,
+            DelayError::ScaleMismatch {
+                stored: 60,
+                configured: 30,
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("fixed"));
+    }
+
+    #[test]
+    fn checkpoint_round_trips_and_damage_reads_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), Checkpoint::default());
+        let mut cp = Checkpoint {
+            wal_offset: 4242,
+            ..Default::default()
+        };
+        cp.buckets.insert(
+            3_600_000,
+            DurableBucket {
+                len: 100,
+                records: 2,
+                last_wal: Some(40),
+            },
+        );
+        cp.buckets.insert(7_200_000, DurableBucket::default());
+        cp.cleaned.insert(0, 12);
+        cp.store(dir.path()).unwrap();
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), cp);
+        let path = dir.path().join("checkpoint");
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[10] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), Checkpoint::default());
+    }
+}

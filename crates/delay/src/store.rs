@@ -1,0 +1,628 @@
+//! The schedule logs (one file per time bucket), their dispatch logs, the wheel, and recovery.
+//!
+//! `schedule_log/<bucket start ms>.sched`: framed records (see [`crate::record`]) of every
+//! message due in `[start, start + scale)`, in message-log order. `dispatch_log/<bucket start
+//! ms>.disp`: fixed 12-byte records `u64 schedule-log offset | u32 CRC-32C of those 8 bytes`,
+//! one per message the dispatcher accepted.
+//!
+//! All of it sits behind one mutex held only for short, non-blocking-on-the-network work.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::checkpoint::{Checkpoint, DurableBucket};
+use crate::error::DelayError;
+use crate::fsutil::{cut_tail, ensure_dir, numbered_files, sync_dir};
+use crate::record::{put_frame, Damage, FrameReader, FRAME_HEADER};
+use crate::wheel::{TimingWheel, WheelEntry};
+
+const SCHED: &str = ".sched";
+const DISP: &str = ".disp";
+const DISPATCH_RECORD: usize = 12;
+/// Open schedule-log handles kept for buckets not in the wheel.
+const MAX_IDLE_HANDLES: usize = 256;
+
+/// State of one bucket.
+#[derive(Debug, Default)]
+pub struct Bucket {
+    /// Bytes of valid records.
+    pub len: u64,
+    /// Records.
+    pub records: u64,
+    /// Message-log offset of the last record.
+    pub last_wal: Option<u64>,
+    /// Distinct records the dispatcher accepted.
+    pub dispatched: u64,
+    /// Whether the bucket's records are in the wheel (new ones go straight in).
+    pub loaded: bool,
+    /// Entries of this bucket in the wheel or being dispatched.
+    pub pending: u64,
+    dirty: bool,
+    dispatch_dirty: bool,
+}
+
+/// A record to add to a schedule log.
+pub struct NewRecord<'a> {
+    /// Message-log offset of its source record.
+    pub wal_offset: u64,
+    /// The message-log payload.
+    pub payload: &'a [u8],
+    /// Due time.
+    pub due_ms: i64,
+}
+
+/// Work to load one bucket into the wheel, done outside the lock.
+pub struct LoadJob {
+    bucket_start: i64,
+    file: Arc<File>,
+    len: u64,
+    dispatched: HashSet<u64>,
+}
+
+/// Everything [`Store::flush`] must fsync and persist, taken under the lock.
+pub struct FlushPlan {
+    files: Vec<PathBuf>,
+    checkpoint: Checkpoint,
+}
+
+/// Schedule logs, dispatch logs and the wheel.
+pub struct Store {
+    root: PathBuf,
+    sched_dir: PathBuf,
+    disp_dir: PathBuf,
+    scale_ms: i64,
+    max_payload: usize,
+    /// Buckets by start ms.
+    pub buckets: BTreeMap<i64, Bucket>,
+    handles: HashMap<i64, Arc<File>>,
+    dispatch_handles: HashMap<i64, File>,
+    /// The timing wheel.
+    pub wheel: TimingWheel,
+    /// Message-log offset up to which every record is in a schedule log.
+    pub applied_wal: u64,
+    /// Set when a schedule-log append failed: the checkpoint stops at this message-log offset so
+    /// a restart replays the lost records.
+    pub poisoned_at: Option<u64>,
+    /// Buckets deleted by retention: start -> last message-log offset they held. Replays skip
+    /// those records.
+    pub cleaned: BTreeMap<i64, u64>,
+    /// Records found damaged while loading or dispatching.
+    pub damaged: u64,
+}
+
+fn sched_path(dir: &Path, start: i64) -> PathBuf {
+    dir.join(format!("{start}{SCHED}"))
+}
+
+fn disp_path(dir: &Path, start: i64) -> PathBuf {
+    dir.join(format!("{start}{DISP}"))
+}
+
+/// Reads a file by position without moving a shared cursor.
+struct AtReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for AtReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Outcome of scanning one schedule log at open.
+struct Scanned {
+    bucket: Bucket,
+    /// Records the checkpoint counted as durable were missing or damaged.
+    lost_durable: bool,
+}
+
+impl Store {
+    /// Opens the schedule and dispatch logs under `root`, trusting what `cp` says is durable
+    /// and checking the rest. Returns the store and whether durable schedule-log data was found
+    /// missing (the caller then replays the whole message log).
+    pub fn open(
+        root: &Path,
+        scale_ms: i64,
+        tick_ms: i64,
+        max_payload: usize,
+        cp: &Checkpoint,
+    ) -> Result<(Self, bool), DelayError> {
+        let sched_dir = root.join("schedule_log");
+        let disp_dir = root.join("dispatch_log");
+        ensure_dir(&sched_dir)?;
+        ensure_dir(&disp_dir)?;
+        let mut store = Self {
+            root: root.to_owned(),
+            sched_dir,
+            disp_dir,
+            scale_ms,
+            max_payload: max_payload + 64 * 1024,
+            buckets: BTreeMap::new(),
+            handles: HashMap::new(),
+            dispatch_handles: HashMap::new(),
+            wheel: TimingWheel::new(tick_ms),
+            applied_wal: cp.wal_offset,
+            poisoned_at: None,
+            cleaned: cp.cleaned.clone(),
+            damaged: 0,
+        };
+        let mut rewind = false;
+        let files = numbered_files(&store.sched_dir, SCHED)?;
+        for (start, path) in &files {
+            let scanned = store.scan_schedule(path, cp.buckets.get(start))?;
+            rewind |= scanned.lost_durable;
+            store.buckets.insert(*start, scanned.bucket);
+        }
+        for start in cp.buckets.keys() {
+            if !store.buckets.contains_key(start) {
+                tracing::error!(bucket = start, "schedule log in the checkpoint is missing");
+                rewind = true;
+            }
+        }
+        Ok((store, rewind))
+    }
+
+    fn scan_schedule(
+        &self,
+        path: &Path,
+        durable: Option<&DurableBucket>,
+    ) -> Result<Scanned, DelayError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| DelayError::io("open schedule log", path, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| DelayError::io("stat", path, e))?
+            .len();
+        let (mut bucket, start, mut lost_durable) = match durable {
+            Some(d) if size >= d.len => (
+                Bucket {
+                    len: d.len,
+                    records: d.records,
+                    last_wal: d.last_wal,
+                    ..Bucket::default()
+                },
+                d.len,
+                false,
+            ),
+            Some(d) => {
+                tracing::error!(file = %path.display(), size, durable = d.len, "schedule log is shorter than its checkpoint");
+                (Bucket::default(), 0, true)
+            }
+            None => (Bucket::default(), 0, false),
+        };
+        let reader = AtReader {
+            file: &file,
+            pos: start,
+            end: size,
+        };
+        let mut frames = FrameReader::new(BufReader::with_capacity(1 << 20, reader), start, self.max_payload);
+        let valid_end = loop {
+            match frames
+                .next_record()
+                .map_err(|e| DelayError::io("read schedule log", path, e))?
+            {
+                Ok(Some((_, payload))) => {
+                    let Some(wal) = payload.get(..8) else {
+                        break frames.offset();
+                    };
+                    bucket.records += 1;
+                    bucket.last_wal = Some(u64::from_be_bytes(wal.try_into().expect("8 bytes")));
+                }
+                Ok(None) => break frames.offset(),
+                Err(damage) => {
+                    tracing::warn!(file = %path.display(), at = frames.offset(), ?damage, "schedule log tail is torn or damaged");
+                    if start == 0 && durable.is_none() {
+                        // Without a checkpoint entry we cannot tell whether the damage hit
+                        // durable records: replay everything to be sure.
+                        lost_durable = true;
+                    }
+                    break frames.offset();
+                }
+            }
+        };
+        drop(frames);
+        bucket.len = valid_end;
+        cut_tail(&mut file, path, valid_end)?;
+        Ok(Scanned {
+            bucket,
+            lost_durable,
+        })
+    }
+
+    /// Reads the dispatch logs (after the message-log replay) and counts what was dispatched.
+    pub fn load_dispatch_logs(&mut self) -> Result<(), DelayError> {
+        for (start, path) in numbered_files(&self.disp_dir, DISP)? {
+            if self.cleaned.contains_key(&start) && !self.buckets.contains_key(&start) {
+                std::fs::remove_file(&path).map_err(|e| DelayError::io("delete", &path, e))?;
+                continue;
+            }
+            let set = self.read_dispatch_log(start, &path)?;
+            match self.buckets.get_mut(&start) {
+                Some(b) => b.dispatched = set.len() as u64,
+                None => tracing::warn!(file = %path.display(), "dispatch log without a schedule log"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The distinct schedule-log offsets recorded in a dispatch log; a torn tail is cut.
+    fn read_dispatch_log(&mut self, start: i64, path: &Path) -> Result<HashSet<u64>, DelayError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
+            Err(e) => return Err(DelayError::io("read dispatch log", path, e)),
+        };
+        let whole = bytes.len() - bytes.len() % DISPATCH_RECORD;
+        if whole < bytes.len() {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .read(true)
+                .open(path)
+                .map_err(|e| DelayError::io("open dispatch log", path, e))?;
+            self.dispatch_handles.remove(&start);
+            cut_tail(&mut file, path, whole as u64)?;
+        }
+        let mut set = HashSet::with_capacity(whole / DISPATCH_RECORD);
+        for rec in bytes[..whole].chunks_exact(DISPATCH_RECORD) {
+            let crc = u32::from_be_bytes(rec[8..12].try_into().expect("4 bytes"));
+            if crc32c::crc32c(&rec[..8]) == crc {
+                set.insert(u64::from_be_bytes(rec[..8].try_into().expect("8 bytes")));
+            } else {
+                self.damaged += 1;
+                tracing::error!(file = %path.display(), "damaged dispatch record skipped (its message may be delivered again)");
+            }
+        }
+        Ok(set)
+    }
+
+    /// The bucket start for a due time.
+    pub fn bucket_of(&self, due_ms: i64) -> i64 {
+        due_ms.div_euclid(self.scale_ms) * self.scale_ms
+    }
+
+    fn handle(&mut self, start: i64) -> Result<Arc<File>, DelayError> {
+        if let Some(f) = self.handles.get(&start) {
+            return Ok(f.clone());
+        }
+        if self.handles.len() >= MAX_IDLE_HANDLES {
+            let buckets = &self.buckets;
+            self.handles
+                .retain(|s, _| buckets.get(s).is_some_and(|b| b.loaded && b.pending > 0));
+        }
+        let path = sched_path(&self.sched_dir, start);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(|e| DelayError::io("open schedule log", &path, e))?;
+        let file = Arc::new(file);
+        self.handles.insert(start, file.clone());
+        Ok(file)
+    }
+
+    /// Appends records to their buckets' schedule logs (one write per bucket). Records of
+    /// loaded buckets go into the wheel. Returns, per record, its bucket or the error; and
+    /// whether the dispatch loop should look again (wheel entry or new bucket).
+    pub fn append(&mut self, records: &[NewRecord<'_>]) -> (Vec<Result<i64, String>>, bool) {
+        let mut by_bucket: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (i, r) in records.iter().enumerate() {
+            by_bucket.entry(self.bucket_of(r.due_ms)).or_default().push(i);
+        }
+        let mut results: Vec<Result<i64, String>> = vec![Ok(0); records.len()];
+        let mut wake = false;
+        let mut buf = Vec::new();
+        for (start, idxs) in by_bucket {
+            if !self.buckets.contains_key(&start) {
+                wake = true;
+            }
+            let base = self.buckets.get(&start).map_or(0, |b| b.len);
+            buf.clear();
+            let mut entries = Vec::with_capacity(idxs.len());
+            for &i in &idxs {
+                let r = &records[i];
+                let at = base + buf.len() as u64;
+                put_frame(&mut buf, &[&r.wal_offset.to_be_bytes(), r.payload]);
+                entries.push(WheelEntry {
+                    due_ms: r.due_ms,
+                    bucket_no: (start / self.scale_ms) as u32,
+                    len: (buf.len() as u64 - (at - base)) as u32,
+                    offset: at,
+                });
+            }
+            let written = self.handle(start).and_then(|f| {
+                (&*f).write_all(&buf).map_err(|e| {
+                    DelayError::io("append schedule log", sched_path(&self.sched_dir, start), e)
+                })
+            });
+            if let Err(e) = written {
+                tracing::error!(error = %e, "schedule log append failed; a restart replays it from the message log");
+                // Drop whatever part was written: later appends must start on a record boundary.
+                if let Some(f) = self.handles.remove(&start) {
+                    let _ = f.set_len(base);
+                }
+                let first = idxs.iter().map(|&i| records[i].wal_offset).min().unwrap_or(0);
+                self.poisoned_at = Some(self.poisoned_at.map_or(first, |p| p.min(first)));
+                for &i in &idxs {
+                    results[i] = Err(e.to_string());
+                }
+                continue;
+            }
+            let bucket = self.buckets.entry(start).or_default();
+            bucket.len = base + buf.len() as u64;
+            bucket.records += idxs.len() as u64;
+            bucket.last_wal = idxs.iter().map(|&i| records[i].wal_offset).max().max(bucket.last_wal);
+            bucket.dirty = true;
+            if bucket.loaded {
+                bucket.pending += entries.len() as u64;
+                for e in entries {
+                    self.wheel.insert(e);
+                }
+                wake = true;
+            }
+            for &i in &idxs {
+                results[i] = Ok(start);
+            }
+        }
+        (results, wake)
+    }
+
+    /// Marks every unloaded bucket starting at or before `horizon_ms` as loaded and returns the
+    /// work to read them; also returns when the next unloaded bucket becomes due for loading
+    /// (its start), if any.
+    pub fn begin_loads(&mut self, horizon_ms: i64) -> Result<(Vec<LoadJob>, Option<i64>), DelayError> {
+        let starts: Vec<i64> = self
+            .buckets
+            .range(..=horizon_ms)
+            .filter(|(_, b)| !b.loaded)
+            .map(|(s, _)| *s)
+            .collect();
+        let mut jobs = Vec::with_capacity(starts.len());
+        for start in starts {
+            let file = self.handle(start)?;
+            let path = disp_path(&self.disp_dir, start);
+            let dispatched = self.read_dispatch_log(start, &path)?;
+            let bucket = self.buckets.get_mut(&start).expect("listed above");
+            bucket.loaded = true;
+            bucket.dispatched = dispatched.len() as u64;
+            jobs.push(LoadJob {
+                bucket_start: start,
+                file,
+                len: bucket.len,
+                dispatched,
+            });
+        }
+        let next = self
+            .buckets
+            .range(horizon_ms + 1..)
+            .find(|(_, b)| !b.loaded)
+            .map(|(s, _)| *s);
+        Ok((jobs, next))
+    }
+
+    /// Adds the entries a [`LoadJob`] found.
+    pub fn finish_load(&mut self, start: i64, entries: Vec<WheelEntry>, damaged: u64) {
+        self.damaged += damaged;
+        if let Some(b) = self.buckets.get_mut(&start) {
+            b.pending += entries.len() as u64;
+        }
+        for e in entries {
+            self.wheel.insert(e);
+        }
+    }
+
+    /// A schedule-log handle for reading a due record.
+    pub fn reader(&mut self, bucket_no: u32) -> Result<Arc<File>, DelayError> {
+        self.handle(i64::from(bucket_no) * self.scale_ms)
+    }
+
+    /// Records accepted messages in their buckets' dispatch logs.
+    pub fn record_dispatched(&mut self, entries: &[WheelEntry]) {
+        let mut by_bucket: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+        for e in entries {
+            let start = i64::from(e.bucket_no) * self.scale_ms;
+            let buf = by_bucket.entry(start).or_default();
+            let off = e.offset.to_be_bytes();
+            buf.extend_from_slice(&off);
+            buf.extend_from_slice(&crc32c::crc32c(&off).to_be_bytes());
+        }
+        for (start, buf) in by_bucket {
+            let n = (buf.len() / DISPATCH_RECORD) as u64;
+            if let Some(b) = self.buckets.get_mut(&start) {
+                b.dispatched += n;
+                b.pending = b.pending.saturating_sub(n);
+                b.dispatch_dirty = true;
+            }
+            let path = disp_path(&self.disp_dir, start);
+            let file = match self.dispatch_handles.entry(start) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    match OpenOptions::new().create(true).append(true).open(&path) {
+                        Ok(f) => v.insert(f),
+                        Err(e) => {
+                            tracing::error!(file = %path.display(), error = %e, "cannot open dispatch log; these messages may be delivered again after a restart");
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = file.write_all(&buf) {
+                tracing::error!(file = %path.display(), error = %e, "dispatch log append failed; these messages may be delivered again after a restart");
+            }
+        }
+    }
+
+    /// Forgets wheel entries that could not be dispatched because their record is damaged.
+    pub fn drop_pending(&mut self, entries: &[WheelEntry]) {
+        for e in entries {
+            let start = i64::from(e.bucket_no) * self.scale_ms;
+            if let Some(b) = self.buckets.get_mut(&start) {
+                b.pending = b.pending.saturating_sub(1);
+            }
+            self.damaged += 1;
+        }
+    }
+
+    /// Takes what must be fsynced and checkpointed now.
+    pub fn plan_flush(&mut self) -> FlushPlan {
+        let mut files = Vec::new();
+        let mut cp = Checkpoint {
+            wal_offset: self.poisoned_at.map_or(self.applied_wal, |p| p.min(self.applied_wal)),
+            cleaned: self.cleaned.clone(),
+            ..Checkpoint::default()
+        };
+        for (start, b) in self.buckets.iter_mut() {
+            if std::mem::take(&mut b.dirty) {
+                files.push(sched_path(&self.sched_dir, *start));
+            }
+            if std::mem::take(&mut b.dispatch_dirty) {
+                files.push(disp_path(&self.disp_dir, *start));
+            }
+            cp.buckets.insert(
+                *start,
+                DurableBucket {
+                    len: b.len,
+                    records: b.records,
+                    last_wal: b.last_wal,
+                },
+            );
+        }
+        FlushPlan {
+            files,
+            checkpoint: cp,
+        }
+    }
+
+    /// Removes buckets that are fully dispatched and ended before `cutoff_ms` from the state
+    /// (they are then tombstoned in `cleaned`); returns their starts. Their files are deleted
+    /// with [`Store::delete_files`] once a checkpoint without them is durable.
+    pub fn take_expired(&mut self, cutoff_ms: i64) -> Vec<i64> {
+        let doomed: Vec<i64> = self
+            .buckets
+            .range(..cutoff_ms - self.scale_ms + 1)
+            .filter(|(_, b)| b.dispatched >= b.records && b.pending == 0)
+            .map(|(s, _)| *s)
+            .collect();
+        for start in &doomed {
+            if let Some(b) = self.buckets.remove(start) {
+                self.cleaned.insert(*start, b.last_wal.unwrap_or(0));
+            }
+            self.handles.remove(start);
+            self.dispatch_handles.remove(start);
+        }
+        doomed
+    }
+
+    /// Paths of the schedule and dispatch logs of `starts`, and the directories to fsync.
+    pub fn delete_files(&self, starts: &[i64]) -> Result<(), DelayError> {
+        for &start in starts {
+            for path in [sched_path(&self.sched_dir, start), disp_path(&self.disp_dir, start)] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(DelayError::io("delete", &path, e)),
+                }
+            }
+        }
+        if !starts.is_empty() {
+            sync_dir(&self.sched_dir)?;
+            sync_dir(&self.disp_dir)?;
+        }
+        Ok(())
+    }
+
+    /// Drops tombstones of records the message log no longer holds.
+    pub fn forget_cleaned_before(&mut self, wal_start: u64) {
+        self.cleaned.retain(|_, last| *last >= wal_start);
+    }
+
+    /// The store root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl FlushPlan {
+    /// Fsyncs the planned files and writes the checkpoint; returns it.
+    pub fn execute(self, root: &Path) -> Result<Checkpoint, DelayError> {
+        for path in &self.files {
+            match File::open(path) {
+                Ok(f) => f.sync_data().map_err(|e| DelayError::io("fsync", path, e))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(DelayError::io("open", path, e)),
+            }
+        }
+        self.checkpoint.store(root)?;
+        Ok(self.checkpoint)
+    }
+}
+
+impl LoadJob {
+    /// The bucket this job loads.
+    pub fn bucket_start(&self) -> i64 {
+        self.bucket_start
+    }
+
+    /// Reads the bucket's schedule log and returns the entries not yet dispatched, and how many
+    /// damaged records were skipped.
+    pub fn run(&self, scale_ms: i64, max_payload: usize) -> (Vec<WheelEntry>, u64) {
+        let reader = AtReader {
+            file: &self.file,
+            pos: 0,
+            end: self.len,
+        };
+        let mut frames = FrameReader::new(BufReader::with_capacity(1 << 20, reader), 0, max_payload + 64 * 1024);
+        let bucket_no = (self.bucket_start / scale_ms) as u32;
+        let mut out = Vec::new();
+        let mut damaged = 0;
+        loop {
+            match frames.next_record() {
+                Ok(Ok(Some((at, payload)))) => {
+                    if self.dispatched.contains(&at) {
+                        continue;
+                    }
+                    match payload.get(8..).and_then(crate::record::peek_due) {
+                        Some(due_ms) => out.push(WheelEntry {
+                            due_ms,
+                            bucket_no,
+                            len: (FRAME_HEADER + payload.len()) as u32,
+                            offset: at,
+                        }),
+                        None => damaged += 1,
+                    }
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(damage)) => {
+                    damaged += 1;
+                    log_load_damage(self.bucket_start, frames.offset(), &damage);
+                    break;
+                }
+                Err(e) => {
+                    damaged += 1;
+                    tracing::error!(bucket = self.bucket_start, error = %e, "reading schedule log failed; the rest of the bucket is not loaded");
+                    break;
+                }
+            }
+        }
+        (out, damaged)
+    }
+}
+
+fn log_load_damage(bucket: i64, at: u64, damage: &Damage) {
+    tracing::error!(bucket, at, ?damage, "damaged schedule record; the rest of the bucket is not loaded");
+}

@@ -1,0 +1,247 @@
+//! The message log: a write-ahead log of every accepted message, in segment files.
+//!
+//! Files are `message_log/<base offset, 20 digits>.wal`; offsets are global (the base of a
+//! segment is the end of the one before). A batch of records is written with one `write` and
+//! made durable with one `fdatasync` before any of its messages is acknowledged. Schedule logs
+//! are derived from it and can always be rebuilt from it while its segments are kept.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::error::DelayError;
+use crate::fsutil::{cut_tail, ensure_dir, numbered_files, sync_dir};
+use crate::record::{Damage, FrameReader};
+
+const SUFFIX: &str = ".wal";
+
+/// The message log of one store.
+pub struct MessageLog {
+    dir: PathBuf,
+    /// Base offset -> length of every segment (the last one is the active one).
+    segments: BTreeMap<u64, u64>,
+    active: File,
+    segment_bytes: u64,
+    max_payload: usize,
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}{SUFFIX}"))
+}
+
+impl MessageLog {
+    /// Opens (or creates) the log in `dir`. The last segment is checked from `valid_from` (a
+    /// global offset known to start a record, e.g. the checkpoint; earlier bases are clamped)
+    /// and any torn or damaged tail is cut aside.
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        max_payload: usize,
+        valid_from: u64,
+    ) -> Result<Self, DelayError> {
+        ensure_dir(dir)?;
+        let mut segments = BTreeMap::new();
+        for (base, path) in numbered_files(dir, SUFFIX)? {
+            let len = std::fs::metadata(&path)
+                .map_err(|e| DelayError::io("stat", &path, e))?
+                .len();
+            segments.insert(base as u64, len);
+        }
+        if segments.is_empty() {
+            segments.insert(0, 0);
+        }
+        let (&base, _) = segments.iter().next_back().expect("one segment at least");
+        let path = segment_path(dir, base);
+        let mut active = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| DelayError::io("open message log", &path, e))?;
+        // Find the end of the valid records in the active segment.
+        let start = valid_from.saturating_sub(base);
+        let len = active
+            .metadata()
+            .map_err(|e| DelayError::io("stat", &path, e))?
+            .len();
+        let start = if start > len { 0 } else { start };
+        active
+            .seek(SeekFrom::Start(start))
+            .map_err(|e| DelayError::io("seek", &path, e))?;
+        let mut reader = FrameReader::new(BufReader::new(&active), start, max_payload);
+        let valid_end = loop {
+            match reader
+                .next_record()
+                .map_err(|e| DelayError::io("read message log", &path, e))?
+            {
+                Ok(Some(_)) => {}
+                Ok(None) => break reader.offset(),
+                Err(damage) => {
+                    tracing::warn!(file = %path.display(), at = reader.offset(), ?damage, "message log tail is damaged");
+                    break reader.offset();
+                }
+            }
+        };
+        drop(reader);
+        cut_tail(&mut active, &path, valid_end)?;
+        active
+            .seek(SeekFrom::End(0))
+            .map_err(|e| DelayError::io("seek", &path, e))?;
+        segments.insert(base, valid_end);
+        sync_dir(dir)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            segments,
+            active,
+            segment_bytes,
+            max_payload,
+        })
+    }
+
+    /// The global offset just after the last record.
+    pub fn end(&self) -> u64 {
+        let (base, len) = self.segments.iter().next_back().expect("one segment");
+        base + len
+    }
+
+    /// The global offset of the first record still kept.
+    pub fn start(&self) -> u64 {
+        *self.segments.keys().next().expect("one segment")
+    }
+
+    /// Appends `frames` (whole framed records) and returns the global offset of the first byte.
+    /// Not durable until [`Self::sync`].
+    pub fn append(&mut self, frames: &[u8]) -> Result<u64, DelayError> {
+        let (&base, &len) = self.segments.iter().next_back().expect("one segment");
+        if len > 0 && len + frames.len() as u64 > self.segment_bytes {
+            self.roll(base + len)?;
+        }
+        let (&base, len) = self.segments.iter_mut().next_back().expect("one segment");
+        let at = base + *len;
+        if let Err(e) = self.active.write_all(frames) {
+            // Leave no partial batch behind: later appends must start on a record boundary.
+            let _ = self.active.set_len(*len);
+            let _ = self.active.seek(SeekFrom::Start(*len));
+            return Err(DelayError::io(
+                "append message log",
+                segment_path(&self.dir, base),
+                e,
+            ));
+        }
+        *len += frames.len() as u64;
+        Ok(at)
+    }
+
+    fn roll(&mut self, new_base: u64) -> Result<(), DelayError> {
+        self.sync()?;
+        let path = segment_path(&self.dir, new_base);
+        self.active = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| DelayError::io("create message log segment", &path, e))?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(new_base, 0);
+        Ok(())
+    }
+
+    /// Makes sure the next record gets an offset of at least `floor` (after data loss, offsets
+    /// must never be reused: replays tell records apart by offset).
+    pub fn ensure_end_at_least(&mut self, floor: u64) -> Result<(), DelayError> {
+        if self.end() < floor {
+            tracing::warn!(end = self.end(), floor, "message log ends before offsets already used; starting a new segment");
+            self.roll(floor)?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&self) -> Result<(), DelayError> {
+        self.active.sync_data().map_err(|e| {
+            let base = *self.segments.keys().next_back().expect("one segment");
+            DelayError::io("fsync message log", segment_path(&self.dir, base), e)
+        })
+    }
+
+    /// Calls `f(offset, payload)` for every valid record at or after global offset `from`, in
+    /// order. A damaged record in an older segment ends that segment's replay (logged); the
+    /// next segment is read from its start.
+    pub fn replay(
+        &self,
+        from: u64,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), DelayError>,
+    ) -> Result<(), DelayError> {
+        for (&base, &len) in &self.segments {
+            if base + len <= from || len == 0 {
+                continue;
+            }
+            let path = segment_path(&self.dir, base);
+            let mut file = File::open(&path).map_err(|e| DelayError::io("open", &path, e))?;
+            let mut start = from.saturating_sub(base);
+            if start >= len {
+                start = 0;
+            }
+            file.seek(SeekFrom::Start(start))
+                .map_err(|e| DelayError::io("seek", &path, e))?;
+            let limited = std::io::Read::take(BufReader::with_capacity(1 << 20, file), len - start);
+            let mut reader = FrameReader::new(limited, start, self.max_payload);
+            loop {
+                match reader
+                    .next_record()
+                    .map_err(|e| DelayError::io("read message log", &path, e))?
+                {
+                    Ok(Some((at, payload))) => f(base + at, payload)?,
+                    Ok(None) => break,
+                    Err(damage) => {
+                        log_damage(&path, reader.offset(), &damage);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes whole segments that end at or before `upto` and were last written before
+    /// `older_than`; the active segment is never deleted. Returns how many were deleted.
+    pub fn delete_before(&mut self, upto: u64, older_than: SystemTime) -> Result<usize, DelayError> {
+        let active = *self.segments.keys().next_back().expect("one segment");
+        let doomed: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(&base, &len)| base != active && base + len <= upto)
+            .map(|(&base, _)| base)
+            .collect();
+        let mut deleted = 0;
+        for base in doomed {
+            let path = segment_path(&self.dir, base);
+            let modified = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map_err(|e| DelayError::io("stat", &path, e))?;
+            if modified >= older_than {
+                continue;
+            }
+            std::fs::remove_file(&path).map_err(|e| DelayError::io("delete", &path, e))?;
+            self.segments.remove(&base);
+            deleted += 1;
+        }
+        if deleted > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(deleted)
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+fn log_damage(path: &Path, at: u64, damage: &Damage) {
+    tracing::error!(file = %path.display(), at, ?damage, "damaged message log record; the rest of this segment is skipped");
+}
