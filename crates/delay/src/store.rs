@@ -188,29 +188,20 @@ impl Store {
             .metadata()
             .map_err(|e| DelayError::io("stat", path, e))?
             .len();
-        let (mut bucket, start, mut lost_durable) = match durable {
-            Some(d) if size >= d.len => (
-                Bucket {
-                    len: d.len,
-                    records: d.records,
-                    last_wal: d.last_wal,
-                    ..Bucket::default()
-                },
-                d.len,
-                false,
-            ),
-            Some(d) => {
-                tracing::error!(file = %path.display(), size, durable = d.len, "schedule log is shorter than its checkpoint");
-                (Bucket::default(), 0, true)
-            }
-            None => (Bucket::default(), 0, false),
-        };
+        // Every record is checked (CRC) at open, not only the part after the checkpoint: a
+        // damaged byte in a fsynced region must be found while the message log can still
+        // rebuild it.
+        let mut bucket = Bucket::default();
         let reader = AtReader {
             file: &file,
-            pos: start,
+            pos: 0,
             end: size,
         };
-        let mut frames = FrameReader::new(BufReader::with_capacity(1 << 20, reader), start, self.max_payload);
+        let mut frames = FrameReader::new(
+            BufReader::with_capacity(1 << 20, reader),
+            0,
+            self.max_payload,
+        );
         let valid_end = loop {
             match frames
                 .next_record()
@@ -225,16 +216,17 @@ impl Store {
                 }
                 Ok(None) => break frames.offset(),
                 Err(damage) => {
-                    tracing::warn!(file = %path.display(), at = frames.offset(), ?damage, "schedule log tail is torn or damaged");
-                    if start == 0 && durable.is_none() {
-                        // Without a checkpoint entry we cannot tell whether the damage hit
-                        // durable records: replay everything to be sure.
-                        lost_durable = true;
-                    }
+                    tracing::warn!(file = %path.display(), at = frames.offset(), ?damage, "schedule log is torn or damaged");
                     break frames.offset();
                 }
             }
         };
+        // Records the checkpoint counted durable are gone: only a full message-log replay can
+        // bring them back. (Records after the checkpoint come back with the normal replay.)
+        let lost_durable = durable.is_some_and(|d| valid_end < d.len);
+        if lost_durable {
+            tracing::error!(file = %path.display(), valid_end, "schedule log lost checkpointed records");
+        }
         drop(frames);
         bucket.len = valid_end;
         cut_tail(&mut file, path, valid_end)?;
