@@ -9,7 +9,7 @@
 //!   id + schedule time, a [`Dispatcher`] receives them when due.
 //! - [`Clock`]: injectable time ([`SystemClock`], [`ManualClock`] for tests).
 //! - [`server`]: the TCP server speaking QMQ's SEND_MESSAGE (default port 20801) and
-//!   [`forward::BrokerForwarder`], the dispatcher that forwards due messages to a broker.
+//!   [`BrokerForwarder`], the dispatcher that forwards due messages to a broker.
 //!
 //! Memory: a message costs memory only while its bucket is in the wheel: one 24-byte wheel
 //! entry (plus `Vec` growth slack, ~32-48 MB per million loaded messages in total); messages of
@@ -23,8 +23,10 @@ pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod error;
+pub mod forward;
 mod fsutil;
 mod record;
+pub mod server;
 mod store;
 mod wal;
 mod wheel;
@@ -34,3 +36,5 @@ pub use config::DelayConfig;
 pub use dispatch::{DueMessage, Dispatcher};
 pub use engine::{CleanReport, DelayEngine, DelayStats, NewMessage, Scheduled};
 pub use error::{DelayError, DispatchError, ScheduleError};
+pub use forward::BrokerForwarder;
+pub use server::{serve, ServerConfig, ServerHandle};
