@@ -123,8 +123,7 @@ impl Checkpoint {
         if crc32c::crc32c(body) != u32::from_be_bytes(crc.try_into().ok()?) {
             return None;
         }
-        if body.get(..4)? != CP_MAGIC || u32::from_be_bytes(body.get(4..8)?.try_into().ok()?) != 1
-        {
+        if body.get(..4)? != CP_MAGIC || u32::from_be_bytes(body.get(4..8)?.try_into().ok()?) != 1 {
             return None;
         }
         let u64_at = |at: usize| -> Option<u64> {

@@ -27,5 +27,8 @@ pub struct DueMessage {
 pub trait Dispatcher: Send + Sync + 'static {
     /// Hands `batch` over. `Ok(accepted)` tells, per message in order, whether it was accepted
     /// (missing entries count as not accepted); `Err` means none was.
-    fn dispatch<'a>(&'a self, batch: &'a [DueMessage]) -> BoxFuture<'a, Result<Vec<bool>, DispatchError>>;
+    fn dispatch<'a>(
+        &'a self,
+        batch: &'a [DueMessage],
+    ) -> BoxFuture<'a, Result<Vec<bool>, DispatchError>>;
 }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::{check_scale, Checkpoint};
 use crate::clock::Clock;
 use crate::config::DelayConfig;
-use crate::dispatch::{DueMessage, Dispatcher};
+use crate::dispatch::{Dispatcher, DueMessage};
 use crate::error::{DelayError, ScheduleError};
 use crate::fsutil::ensure_dir;
 use crate::record::{encode_payload, peek_due, put_frame_with, DelayRecord, FRAME_HEADER};
@@ -164,7 +164,10 @@ impl DelayEngine {
 
     /// Schedules messages. Each result says whether that message is durably stored (it will
     /// then be dispatched once its time comes) or why it was refused.
-    pub async fn schedule(&self, messages: Vec<NewMessage>) -> Vec<Result<Scheduled, ScheduleError>> {
+    pub async fn schedule(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Vec<Result<Scheduled, ScheduleError>> {
         let n = messages.len();
         let closed = || vec![Err(ScheduleError::Closed); n];
         let Some(tx) = self.tx.read().clone() else {
@@ -206,7 +209,11 @@ impl DelayEngine {
             wheel_entries: s.wheel.len(),
             wheel_bytes: s.wheel.heap_bytes(),
             scheduled: s.buckets.values().map(|b| b.records).sum(),
-            dispatched: s.buckets.values().map(|b| b.dispatched.min(b.records)).sum(),
+            dispatched: s
+                .buckets
+                .values()
+                .map(|b| b.dispatched.min(b.records))
+                .sum(),
             wal_segments,
             damaged: s.damaged,
         }
@@ -279,33 +286,37 @@ fn recover(cfg: &DelayConfig) -> Result<(Store, MessageLog, Checkpoint), DelayEr
     let mut chunk: Vec<(u64, Vec<u8>, i64)> = Vec::new();
     let mut chunk_bytes = 0;
     let mut replayed = 0u64;
-    let mut apply = |store: &mut Store, chunk: &mut Vec<(u64, Vec<u8>, i64)>| -> Result<(), DelayError> {
-        let records: Vec<NewRecord<'_>> = chunk
-            .iter()
-            .map(|(o, p, d)| NewRecord {
-                wal_offset: *o,
-                payload: p,
-                due_ms: *d,
-            })
-            .collect();
-        let (results, _) = store.append(&records);
-        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-            return Err(DelayError::Corrupt {
-                path: store.root().to_owned(),
-                reason: format!("cannot rebuild schedule logs: {e}"),
-            });
-        }
-        replayed += chunk.len() as u64;
-        chunk.clear();
-        Ok(())
-    };
+    let mut apply =
+        |store: &mut Store, chunk: &mut Vec<(u64, Vec<u8>, i64)>| -> Result<(), DelayError> {
+            let records: Vec<NewRecord<'_>> = chunk
+                .iter()
+                .map(|(o, p, d)| NewRecord {
+                    wal_offset: *o,
+                    payload: p,
+                    due_ms: *d,
+                })
+                .collect();
+            let (results, _) = store.append(&records);
+            if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+                return Err(DelayError::Corrupt {
+                    path: store.root().to_owned(),
+                    reason: format!("cannot rebuild schedule logs: {e}"),
+                });
+            }
+            replayed += chunk.len() as u64;
+            chunk.clear();
+            Ok(())
+        };
     wal.replay(from, |offset, payload| {
         let Some(due) = peek_due(payload) else {
             tracing::error!(offset, "message log record with an unknown layout skipped");
             return Ok(());
         };
         let bucket = store.bucket_of(due);
-        if store.cleaned.get(&bucket).is_some_and(|&last| offset <= last)
+        if store
+            .cleaned
+            .get(&bucket)
+            .is_some_and(|&last| offset <= last)
             || store
                 .buckets
                 .get(&bucket)
@@ -474,7 +485,11 @@ impl Inner {
             let (entries, damaged) = tokio::task::spawn_blocking(move || job.run(scale, max))
                 .await
                 .map_err(|e| DelayError::Config(format!("bucket load task failed: {e}")))?;
-            tracing::debug!(bucket = start, entries = entries.len(), "bucket loaded into the wheel");
+            tracing::debug!(
+                bucket = start,
+                entries = entries.len(),
+                "bucket loaded into the wheel"
+            );
             self.store.lock().finish_load(start, entries, damaged);
         }
         Ok(next)
@@ -523,7 +538,11 @@ impl Inner {
                     });
                 }
                 None => {
-                    tracing::error!(bucket_no = e.bucket_no, offset = e.offset, "damaged schedule record cannot be dispatched");
+                    tracing::error!(
+                        bucket_no = e.bucket_no,
+                        offset = e.offset,
+                        "damaged schedule record cannot be dispatched"
+                    );
                     bad.push(*e);
                 }
             }
@@ -564,9 +583,14 @@ impl Inner {
                     if messages.is_empty() {
                         break;
                     }
-                    tracing::warn!(refused = messages.len(), "dispatcher refused messages; retrying");
+                    tracing::warn!(
+                        refused = messages.len(),
+                        "dispatcher refused messages; retrying"
+                    );
                 }
-                Err(e) => tracing::warn!(error = %e, messages = messages.len(), "dispatch failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, messages = messages.len(), "dispatch failed; retrying")
+                }
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => return false,
@@ -599,12 +623,13 @@ impl Inner {
             self.flush_locked().await?;
             self.store.lock().delete_files(&doomed)?;
             report.buckets = doomed.len();
-            tracing::info!(buckets = doomed.len(), "deleted fully dispatched schedule and dispatch logs past retention");
+            tracing::info!(
+                buckets = doomed.len(),
+                "deleted fully dispatched schedule and dispatch logs past retention"
+            );
         }
         let older_than = UNIX_EPOCH
-            + Duration::from_millis(
-                (now - self.cfg.wal_retention.as_millis() as i64).max(0) as u64,
-            );
+            + Duration::from_millis((now - self.cfg.wal_retention.as_millis() as i64).max(0) as u64);
         let upto = self.checkpointed_wal.load(Ordering::SeqCst);
         let (deleted, wal_start) = {
             let mut wal = self.wal.lock();

@@ -20,7 +20,7 @@ use qmq_protocol::{Frame, FrameCodec, Header, ProducerCode};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use crate::dispatch::{DueMessage, Dispatcher};
+use crate::dispatch::{Dispatcher, DueMessage};
 use crate::error::DispatchError;
 
 /// Forwards due messages to the broker at one address over the QMQ protocol.
@@ -109,7 +109,8 @@ impl BrokerForwarder {
                 self.addr, answer.header.code
             )));
         }
-        let failures = decode_send_response(&answer.body).map_err(|e| err("bad answer from", &e))?;
+        let failures =
+            decode_send_response(&answer.body).map_err(|e| err("bad answer from", &e))?;
         Ok(batch
             .iter()
             .map(|m| {

@@ -26,7 +26,10 @@ pub fn numbered_files(dir: &Path, suffix: &str) -> Result<Vec<(i64, PathBuf)>, D
         let entry = entry.map_err(|e| DelayError::io("list directory", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(num) = name.strip_suffix(suffix).and_then(|n| n.parse::<i64>().ok()) {
+        if let Some(num) = name
+            .strip_suffix(suffix)
+            .and_then(|n| n.parse::<i64>().ok())
+        {
             out.push((num, entry.path()));
         }
     }

@@ -33,7 +33,7 @@ mod wheel;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::DelayConfig;
-pub use dispatch::{DueMessage, Dispatcher};
+pub use dispatch::{Dispatcher, DueMessage};
 pub use engine::{CleanReport, DelayEngine, DelayStats, NewMessage, Scheduled};
 pub use error::{DelayError, DispatchError, ScheduleError};
 pub use forward::BrokerForwarder;

@@ -49,7 +49,13 @@ impl DelayRecord {
     /// Appends the message-log payload.
     #[cfg(test)]
     pub fn encode_payload(&self, out: &mut Vec<u8>) {
-        encode_payload(out, self.due_ms, &self.subject, &self.message_id, &self.message);
+        encode_payload(
+            out,
+            self.due_ms,
+            &self.subject,
+            &self.message_id,
+            &self.message,
+        );
     }
 
     /// Reads a message-log payload. `None` if it is not one (a damaged record whose CRC happened
@@ -75,7 +81,13 @@ impl DelayRecord {
 }
 
 /// Appends a message-log payload (subject and id must be at most 65535 bytes).
-pub fn encode_payload(out: &mut Vec<u8>, due_ms: i64, subject: &str, message_id: &str, message: &[u8]) {
+pub fn encode_payload(
+    out: &mut Vec<u8>,
+    due_ms: i64,
+    subject: &str,
+    message_id: &str,
+    message: &[u8],
+) {
     out.push(VERSION);
     out.extend_from_slice(&due_ms.to_be_bytes());
     out.extend_from_slice(&(subject.len() as u16).to_be_bytes());
@@ -227,6 +239,9 @@ mod tests {
         flipped[one + 12] ^= 0x40;
         let mut r = FrameReader::new(&flipped[..], 0, 1 << 20);
         r.next_record().unwrap().unwrap().unwrap();
-        assert_eq!(r.next_record().unwrap(), Err(Damage::Corrupt("CRC-32C mismatch")));
+        assert_eq!(
+            r.next_record().unwrap(),
+            Err(Damage::Corrupt("CRC-32C mismatch"))
+        );
     }
 }

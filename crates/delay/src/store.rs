@@ -246,7 +246,9 @@ impl Store {
             let set = self.read_dispatch_log(start, &path)?;
             match self.buckets.get_mut(&start) {
                 Some(b) => b.dispatched = set.len() as u64,
-                None => tracing::warn!(file = %path.display(), "dispatch log without a schedule log"),
+                None => {
+                    tracing::warn!(file = %path.display(), "dispatch log without a schedule log")
+                }
             }
         }
         Ok(())
@@ -314,7 +316,10 @@ impl Store {
     pub fn append(&mut self, records: &[NewRecord<'_>]) -> (Vec<Result<i64, String>>, bool) {
         let mut by_bucket: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
         for (i, r) in records.iter().enumerate() {
-            by_bucket.entry(self.bucket_of(r.due_ms)).or_default().push(i);
+            by_bucket
+                .entry(self.bucket_of(r.due_ms))
+                .or_default()
+                .push(i);
         }
         let mut results: Vec<Result<i64, String>> = vec![Ok(0); records.len()];
         let mut wake = false;
@@ -348,7 +353,11 @@ impl Store {
                 if let Some(f) = self.handles.remove(&start) {
                     let _ = f.set_len(base);
                 }
-                let first = idxs.iter().map(|&i| records[i].wal_offset).min().unwrap_or(0);
+                let first = idxs
+                    .iter()
+                    .map(|&i| records[i].wal_offset)
+                    .min()
+                    .unwrap_or(0);
                 self.poisoned_at = Some(self.poisoned_at.map_or(first, |p| p.min(first)));
                 for &i in &idxs {
                     results[i] = Err(e.to_string());
@@ -358,7 +367,11 @@ impl Store {
             let bucket = self.buckets.entry(start).or_default();
             bucket.len = base + buf.len() as u64;
             bucket.records += idxs.len() as u64;
-            bucket.last_wal = idxs.iter().map(|&i| records[i].wal_offset).max().max(bucket.last_wal);
+            bucket.last_wal = idxs
+                .iter()
+                .map(|&i| records[i].wal_offset)
+                .max()
+                .max(bucket.last_wal);
             bucket.dirty = true;
             if bucket.loaded {
                 bucket.pending += entries.len() as u64;
@@ -377,7 +390,10 @@ impl Store {
     /// Marks every unloaded bucket starting at or before `horizon_ms` as loaded and returns the
     /// work to read them; also returns when the next unloaded bucket becomes due for loading
     /// (its start), if any.
-    pub fn begin_loads(&mut self, horizon_ms: i64) -> Result<(Vec<LoadJob>, Option<i64>), DelayError> {
+    pub fn begin_loads(
+        &mut self,
+        horizon_ms: i64,
+    ) -> Result<(Vec<LoadJob>, Option<i64>), DelayError> {
         let starts: Vec<i64> = self
             .buckets
             .range(..=horizon_ms)
@@ -474,7 +490,9 @@ impl Store {
     pub fn plan_flush(&mut self) -> FlushPlan {
         let mut files = Vec::new();
         let mut cp = Checkpoint {
-            wal_offset: self.poisoned_at.map_or(self.applied_wal, |p| p.min(self.applied_wal)),
+            wal_offset: self
+                .poisoned_at
+                .map_or(self.applied_wal, |p| p.min(self.applied_wal)),
             cleaned: self.cleaned.clone(),
             ..Checkpoint::default()
         };
@@ -523,7 +541,10 @@ impl Store {
     /// Paths of the schedule and dispatch logs of `starts`, and the directories to fsync.
     pub fn delete_files(&self, starts: &[i64]) -> Result<(), DelayError> {
         for &start in starts {
-            for path in [sched_path(&self.sched_dir, start), disp_path(&self.disp_dir, start)] {
+            for path in [
+                sched_path(&self.sched_dir, start),
+                disp_path(&self.disp_dir, start),
+            ] {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -554,7 +575,9 @@ impl FlushPlan {
     pub fn execute(self, root: &Path) -> Result<Checkpoint, DelayError> {
         for path in &self.files {
             match File::open(path) {
-                Ok(f) => f.sync_data().map_err(|e| DelayError::io("fsync", path, e))?,
+                Ok(f) => f
+                    .sync_data()
+                    .map_err(|e| DelayError::io("fsync", path, e))?,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(DelayError::io("open", path, e)),
             }
@@ -578,7 +601,11 @@ impl LoadJob {
             pos: 0,
             end: self.len,
         };
-        let mut frames = FrameReader::new(BufReader::with_capacity(1 << 20, reader), 0, max_payload + 64 * 1024);
+        let mut frames = FrameReader::new(
+            BufReader::with_capacity(1 << 20, reader),
+            0,
+            max_payload + 64 * 1024,
+        );
         let bucket_no = (self.bucket_start / scale_ms) as u32;
         let mut out = Vec::new();
         let mut damaged = 0;
@@ -616,5 +643,10 @@ impl LoadJob {
 }
 
 fn log_load_damage(bucket: i64, at: u64, damage: &Damage) {
-    tracing::error!(bucket, at, ?damage, "damaged schedule record; the rest of the bucket is not loaded");
+    tracing::error!(
+        bucket,
+        at,
+        ?damage,
+        "damaged schedule record; the rest of the bucket is not loaded"
+    );
 }

@@ -154,7 +154,11 @@ impl MessageLog {
     /// must never be reused: replays tell records apart by offset).
     pub fn ensure_end_at_least(&mut self, floor: u64) -> Result<(), DelayError> {
         if self.end() < floor {
-            tracing::warn!(end = self.end(), floor, "message log ends before offsets already used; starting a new segment");
+            tracing::warn!(
+                end = self.end(),
+                floor,
+                "message log ends before offsets already used; starting a new segment"
+            );
             self.roll(floor)?;
         }
         Ok(())
@@ -209,7 +213,11 @@ impl MessageLog {
 
     /// Deletes whole segments that end at or before `upto` and were last written before
     /// `older_than`; the active segment is never deleted. Returns how many were deleted.
-    pub fn delete_before(&mut self, upto: u64, older_than: SystemTime) -> Result<usize, DelayError> {
+    pub fn delete_before(
+        &mut self,
+        upto: u64,
+        older_than: SystemTime,
+    ) -> Result<usize, DelayError> {
         let active = *self.segments.keys().next_back().expect("one segment");
         let doomed: Vec<u64> = self
             .segments

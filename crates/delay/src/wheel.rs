@@ -44,7 +44,8 @@ impl TimingWheel {
 
     /// Adds an entry.
     pub fn insert(&mut self, e: WheelEntry) {
-        let tick = e.due_ms.div_euclid(self.tick_ms) + i64::from(e.due_ms.rem_euclid(self.tick_ms) != 0);
+        let tick =
+            e.due_ms.div_euclid(self.tick_ms) + i64::from(e.due_ms.rem_euclid(self.tick_ms) != 0);
         self.slots.entry(tick).or_default().push(e);
         self.len += 1;
     }
@@ -111,7 +112,10 @@ mod tests {
         assert_eq!(out, vec![e(1_000, 2)]);
         out.clear();
         w.take_due(1_009, &mut out);
-        assert!(out.is_empty(), "1_001 and 1_005 fire at the 1_010 tick, not before");
+        assert!(
+            out.is_empty(),
+            "1_001 and 1_005 fire at the 1_010 tick, not before"
+        );
         w.take_due(1_010, &mut out);
         assert_eq!(out, vec![e(1_001, 3), e(1_005, 1)]);
         assert_eq!(w.len(), 1);

@@ -27,7 +27,9 @@ async fn hundred_thousand_messages_each_delivered_once_in_time_order_never_early
     const N: usize = 100_000;
     const SPAN_S: i64 = 600;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut due: Vec<i64> = (0..N).map(|_| T0 + 1 + rng.gen_range(0..SPAN_S * 1000)).collect();
+    let mut due: Vec<i64> = (0..N)
+        .map(|_| T0 + 1 + rng.gen_range(0..SPAN_S * 1000))
+        .collect();
     for (chunk_no, chunk) in due.chunks(2000).enumerate() {
         let batch = chunk
             .iter()
@@ -111,7 +113,9 @@ async fn restart_during_dispatch_delivers_the_rest_exactly_once() {
         // The broker accepts 4 batches, then hangs on the 5th.
         let rec = Recorder::build(Arc::new(clock.clone()), Some(4), 0, false);
         let engine = open(dir.path(), &clock, &rec).await;
-        let batch = (0..N).map(|i| msg(&format!("m{i}"), T0 + 10_000 + i as i64)).collect();
+        let batch = (0..N)
+            .map(|i| msg(&format!("m{i}"), T0 + 10_000 + i as i64))
+            .collect();
         assert!(engine.schedule(batch).await.iter().all(|r| r.is_ok()));
         clock.set(T0 + 20_000);
         rec.wait_calls(5).await;
@@ -145,7 +149,9 @@ async fn failed_and_refused_dispatches_are_retried_until_accepted() {
     let clock = ManualClock::new(T0);
     let rec = Recorder::build(Arc::new(clock.clone()), None, 3, true);
     let engine = open(dir.path(), &clock, &rec).await;
-    let batch = (0..1000).map(|i| msg(&format!("m{i}"), T0 + 1000)).collect();
+    let batch = (0..1000)
+        .map(|i| msg(&format!("m{i}"), T0 + 1000))
+        .collect();
     assert!(engine.schedule(batch).await.iter().all(|r| r.is_ok()));
     clock.set(T0 + 1000);
     rec.wait_for("all", |log| log.len() >= 1000).await;
@@ -165,12 +171,20 @@ async fn far_future_messages_survive_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let year = 365 * 24 * 3600 * 1000i64;
-    let times = [T0 + year, T0 + year + 1, T0 + 2 * year - 1000, T0 + 90 * 24 * 3600 * 1000];
+    let times = [
+        T0 + year,
+        T0 + year + 1,
+        T0 + 2 * year - 1000,
+        T0 + 90 * 24 * 3600 * 1000,
+    ];
     {
         let rec = Recorder::new(Arc::new(clock.clone()));
         let engine = open(dir.path(), &clock, &rec).await;
         for (i, t) in times.iter().enumerate() {
-            engine.schedule_one(msg(&format!("f{i}"), *t)).await.unwrap();
+            engine
+                .schedule_one(msg(&format!("f{i}"), *t))
+                .await
+                .unwrap();
         }
         assert_eq!(engine.stats().wheel_entries, 0, "far future stays on disk");
         drop(engine); // no clean shutdown
@@ -205,7 +219,10 @@ async fn retention_deletes_fully_delivered_logs_only() {
     let engine = open(dir.path(), &clock, &rec).await;
     let hour = 3_600_000;
     engine.schedule_one(msg("soon", T0 + 5_000)).await.unwrap();
-    engine.schedule_one(msg("later", T0 + 100 * hour)).await.unwrap();
+    engine
+        .schedule_one(msg("later", T0 + 100 * hour))
+        .await
+        .unwrap();
     clock.set(T0 + 10_000);
     rec.wait_for("soon", |log| log.len() == 1).await;
     engine.flush().await.unwrap();
@@ -219,9 +236,17 @@ async fn retention_deletes_fully_delivered_logs_only() {
     let report = engine.clean().await.unwrap();
     assert_eq!(report.buckets, 1);
     assert_eq!(count(), 1, "the undelivered bucket stays");
-    assert_eq!(std::fs::read_dir(dir.path().join("dispatch_log")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("dispatch_log"))
+            .unwrap()
+            .count(),
+        0
+    );
     // Message-log segments holding only checkpointed records are deleted too.
-    assert_eq!(report.wal_segments, 0, "the active segment is never deleted");
+    assert_eq!(
+        report.wal_segments, 0,
+        "the active segment is never deleted"
+    );
     engine.shutdown().await.unwrap();
     // Deleted buckets are not resurrected from the message log on restart.
     let rec2 = Recorder::new(Arc::new(clock.clone()));
@@ -237,7 +262,11 @@ async fn the_bucket_width_is_fixed_once_created() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
     let rec = Recorder::new(Arc::new(clock.clone()));
-    open(dir.path(), &clock, &rec).await.shutdown().await.unwrap();
+    open(dir.path(), &clock, &rec)
+        .await
+        .shutdown()
+        .await
+        .unwrap();
     let mut cfg = config(dir.path());
     cfg.segment_scale_minutes = 60;
     let err = DelayEngine::open(cfg, Arc::new(clock.clone()), rec.clone())

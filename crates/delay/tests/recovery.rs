@@ -95,7 +95,10 @@ fn check(delivered: &[String], must: &HashSet<String>) {
         assert!(set.contains(id), "durable {id} lost");
     }
     let all: HashSet<String> = (0..N).map(|n| format!("m{n}")).collect();
-    assert!(delivered.iter().all(|id| all.contains(id)), "unknown message");
+    assert!(
+        delivered.iter().all(|id| all.contains(id)),
+        "unknown message"
+    );
 }
 
 fn flip(path: &Path, at: u64) {
@@ -106,7 +109,12 @@ fn flip(path: &Path, at: u64) {
 }
 
 fn cut(path: &Path, at: u64) {
-    OpenOptions::new().write(true).open(path).unwrap().set_len(at).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(at)
+        .unwrap();
 }
 
 #[tokio::test]
@@ -116,7 +124,9 @@ async fn cut_message_log_keeps_every_record_before_the_cut() {
         let clock = ManualClock::new(T0);
         populate(dir.path(), &clock).await;
         let mut rng = StdRng::seed_from_u64(seed);
-        let wal = files(&dir.path().join("message_log"), ".wal").pop().unwrap();
+        let wal = files(&dir.path().join("message_log"), ".wal")
+            .pop()
+            .unwrap();
         let records = wal_records(&wal);
         let len = fs::metadata(&wal).unwrap().len();
         let at = rng.gen_range(0..len);
@@ -186,5 +196,10 @@ async fn torn_dispatch_log_never_loses_a_message() {
     let union: HashSet<&String> = first.iter().chain(second.iter()).collect();
     assert_eq!(union.len(), N, "nothing lost");
     // Only the records cut or damaged (at most 3) are delivered twice.
-    assert!(first.len() + second.len() <= N + 3, "{} + {}", first.len(), second.len());
+    assert!(
+        first.len() + second.len() <= N + 3,
+        "{} + {}",
+        first.len(),
+        second.len()
+    );
 }

@@ -9,7 +9,9 @@ use parking_lot::Mutex;
 use qmq_delay::{serve, BrokerForwarder, ManualClock, ServerConfig};
 use qmq_protocol::codes::{command, response};
 use qmq_protocol::frame::{CLIENT_VERSION, VERSION_7};
-use qmq_protocol::send::{decode_send_request, decode_send_response, encode_send_request, encode_send_response};
+use qmq_protocol::send::{
+    decode_send_request, decode_send_response, encode_send_request, encode_send_response,
+};
 use qmq_protocol::{Frame, FrameCodec, Header, Message, MessageFlags, ProducerCode, SendFailure};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -47,7 +49,8 @@ impl FakeBroker {
                             let mut refuse = b.refuse_once.lock();
                             sent.iter()
                                 .filter_map(|s| {
-                                    let i = refuse.iter().position(|r| *r == s.message.message_id)?;
+                                    let i =
+                                        refuse.iter().position(|r| *r == s.message.message_id)?;
                                     refuse.remove(i);
                                     Some(SendFailure {
                                         message_id: s.message.message_id.clone(),
@@ -104,7 +107,10 @@ fn delay_message(id: &str, at_ms: i64, now: i64) -> Message {
         subject: "order.timeout".into(),
         message_id: id.into(),
         tags: vec![],
-        attrs: vec![("qmq_appCode".into(), "test".into()), ("body".into(), format!("payload {id}"))],
+        attrs: vec![
+            ("qmq_appCode".into(), "test".into()),
+            ("body".into(), format!("payload {id}")),
+        ],
     }
 }
 
@@ -129,9 +135,13 @@ async fn send_message_is_scheduled_and_forwarded_byte_for_byte() {
     let mut cfg = ServerConfig::new(dir.path());
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.delay.retry_backoff_min = Duration::from_millis(1);
-    let server = serve(cfg, Arc::new(clock.clone()), Arc::new(BrokerForwarder::new(broker_addr)))
-        .await
-        .unwrap();
+    let server = serve(
+        cfg,
+        Arc::new(clock.clone()),
+        Arc::new(BrokerForwarder::new(broker_addr)),
+    )
+    .await
+    .unwrap();
     let mut conn = Framed::new(
         TcpStream::connect(server.local_addr()).await.unwrap(),
         FrameCodec::default(),
@@ -152,24 +162,61 @@ async fn send_message_is_scheduled_and_forwarded_byte_for_byte() {
     body.extend_from_slice(&bad);
     let answer = request(
         &mut conn,
-        Frame::new(Header::request(command::SEND_MESSAGE, CLIENT_VERSION, 7), body.freeze()),
+        Frame::new(
+            Header::request(command::SEND_MESSAGE, CLIENT_VERSION, 7),
+            body.freeze(),
+        ),
     )
     .await;
     assert_eq!(answer.header.code, response::SUCCESS);
     assert_eq!(answer.header.version, CLIENT_VERSION);
     let failures = decode_send_response(&answer.body).unwrap();
-    let failed: Vec<_> = failures.iter().map(|f| (f.message_id.as_str(), f.code)).collect();
-    assert_eq!(failed, [("bad-crc", ProducerCode::Block), ("too-far", ProducerCode::Block)]);
+    let failed: Vec<_> = failures
+        .iter()
+        .map(|f| (f.message_id.as_str(), f.code))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            ("bad-crc", ProducerCode::Block),
+            ("too-far", ProducerCode::Block)
+        ]
+    );
     assert!(failures[0].remark.contains("CRC"), "{}", failures[0].remark);
-    assert!(failures[1].remark.contains("longest delay"), "{}", failures[1].remark);
+    assert!(
+        failures[1].remark.contains("longest delay"),
+        "{}",
+        failures[1].remark
+    );
 
     // Heartbeats are answered, unknown commands refused.
-    let hb = request(&mut conn, Frame::new(Header::request(command::HEARTBEAT, CLIENT_VERSION, 8), Bytes::new())).await;
+    let hb = request(
+        &mut conn,
+        Frame::new(
+            Header::request(command::HEARTBEAT, CLIENT_VERSION, 8),
+            Bytes::new(),
+        ),
+    )
+    .await;
     assert_eq!(hb.header.code, response::SUCCESS);
-    let unknown = request(&mut conn, Frame::new(Header::request(command::PULL_MESSAGE, CLIENT_VERSION, 9), Bytes::new())).await;
+    let unknown = request(
+        &mut conn,
+        Frame::new(
+            Header::request(command::PULL_MESSAGE, CLIENT_VERSION, 9),
+            Bytes::new(),
+        ),
+    )
+    .await;
     assert_eq!(unknown.header.code, response::UNKNOWN_CODE);
     // A malformed body is a parameter error and the connection stays usable.
-    let bad_body = request(&mut conn, Frame::new(Header::request(command::SEND_MESSAGE, CLIENT_VERSION, 10), Bytes::from_static(b"\0\0\0"))).await;
+    let bad_body = request(
+        &mut conn,
+        Frame::new(
+            Header::request(command::SEND_MESSAGE, CLIENT_VERSION, 10),
+            Bytes::from_static(b"\0\0\0"),
+        ),
+    )
+    .await;
     assert_eq!(bad_body.header.code, response::PARAM_ERROR);
 
     assert!(broker.frames.lock().is_empty(), "nothing is due yet");
@@ -183,8 +230,15 @@ async fn send_message_is_scheduled_and_forwarded_byte_for_byte() {
         assert_eq!(f.header.version, VERSION_7);
         for s in decode_send_request(&f.body).unwrap() {
             s.verify_crc().unwrap();
-            let original = messages.iter().find(|m| m.message_id == s.message.message_id).unwrap();
-            assert_eq!(s.stored, original.to_stored().unwrap(), "forwarded unchanged");
+            let original = messages
+                .iter()
+                .find(|m| m.message_id == s.message.message_id)
+                .unwrap();
+            assert_eq!(
+                s.stored,
+                original.to_stored().unwrap(),
+                "forwarded unchanged"
+            );
         }
     }
     let engine = server.engine().clone();
@@ -217,9 +271,13 @@ async fn java_capture_goes_through_as_the_java_delay_server_forwards_it() {
     let (broker, broker_addr) = FakeBroker::start(vec![]).await;
     let mut cfg = ServerConfig::new(dir.path());
     cfg.listen = "127.0.0.1:0".parse().unwrap();
-    let server = serve(cfg, Arc::new(clock.clone()), Arc::new(BrokerForwarder::new(broker_addr)))
-        .await
-        .unwrap();
+    let server = serve(
+        cfg,
+        Arc::new(clock.clone()),
+        Arc::new(BrokerForwarder::new(broker_addr)),
+    )
+    .await
+    .unwrap();
     let mut conn = Framed::new(
         TcpStream::connect(server.local_addr()).await.unwrap(),
         FrameCodec::default(),
