@@ -42,6 +42,9 @@ struct Args {
     /// Only these systems (default: all three).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only these workloads: throughput, latency, drain (default: all).
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
 }
 
 /// One measured line.
@@ -80,8 +83,9 @@ async fn main() -> anyhow::Result<()> {
         format!("bench_{}_{w}_{run}", std::process::id())
     };
 
+    let wants = |w: &str| args.workloads.is_empty() || args.workloads.iter().any(|x| x == w);
     // Throughput: produce only, then produce + consume together.
-    for size in [100usize, 1024] {
+    for size in [100usize, 1024].into_iter().filter(|_| wants("throughput")) {
         for (producers, consumers) in [(1usize, 0usize), (4, 0), (1, 1), (4, 4)] {
             let count = 20_000 * scale;
             let workload = if consumers == 0 {
@@ -102,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Latency at a fixed offered rate.
     let secs = if args.quick { 3 } else { 15 };
-    for &system in &systems {
+    for &system in systems.iter().filter(|_| wants("latency")) {
         let n = name("lat");
         let r = latency(system, &ep, &n, args.rate, secs).await;
         systems::cleanup(system, &ep, &n).await;
@@ -110,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Backlog drain: store first, then drain with 1, 2, 4 consumers of one group.
     let backlog = if args.quick { 50_000 } else { 1_000_000 };
-    for consumers in [1usize, 2, 4] {
+    for consumers in [1usize, 2, 4].into_iter().filter(|_| wants("drain")) {
         for &system in &systems {
             let n = name("drain");
             let r = drain(system, &ep, &n, backlog, consumers).await;

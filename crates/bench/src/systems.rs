@@ -184,21 +184,27 @@ pub async fn produce(
                     pace.wait(sent).await;
                     let messages: Vec<_> = (0..n)
                         .map(|_| {
+                            // QMQ attributes are strings: the send time goes in "t", and the
+                            // body fills the rest of `size` bytes.
                             let mut m = qmq_client::new_message(name);
-                            m.set_attr("b", String::from_utf8_lossy(&body(size)).into_owned());
+                            let t = now_us().to_string();
+                            m.set_attr("t", t.clone());
+                            m.set_attr("b", "x".repeat(size.saturating_sub(t.len())));
                             m
                         })
                         .collect();
+                    // Spawned, so the request goes out now (a future in the set would only
+                    // start when the set is next polled).
                     let conn = conn.clone();
-                    in_flight.push(async move {
+                    in_flight.push(tokio::spawn(async move {
                         qmq_client::send_batch(&conn, &messages, Duration::from_secs(30))
                             .await
                             .map(|r| (n, r.iter().all(|x| x.is_ok())))
-                    });
+                    }));
                     sent += n;
                 }
                 if let Some(done) = in_flight.next().await {
-                    let (n, ok) = done?;
+                    let (n, ok) = done??;
                     if !ok {
                         bail!("qmq-rs refused messages");
                     }
@@ -314,7 +320,10 @@ pub async fn consume(
                     continue;
                 }
                 for m in &ms {
-                    record(m.attr("b").unwrap_or("").as_bytes());
+                    let sent = m.attr("t").and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+                    if let Some(h) = &latency {
+                        h.record(now_us().saturating_sub(sent));
+                    }
                 }
                 c.ack(first, first + ms.len() as i64 - 1).await?;
                 add(ms.len());
