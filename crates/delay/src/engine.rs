@@ -16,7 +16,7 @@
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -604,9 +604,18 @@ impl Inner {
     async fn flush_locked(&self) -> Result<(), DelayError> {
         let plan = self.store.lock().plan_flush();
         let root = self.cfg.data_dir.clone();
-        let cp = tokio::task::spawn_blocking(move || plan.execute(&root))
+        let result = tokio::task::spawn_blocking(move || plan.execute(&root))
             .await
-            .map_err(|e| DelayError::Config(format!("flush task failed: {e}")))??;
+            .map_err(|e| DelayError::Config(format!("flush task failed: {e}")))
+            .and_then(|r| r);
+        let cp = match result {
+            Ok(cp) => cp,
+            Err(e) => {
+                // Nothing of this round counts as durable: fsync everything again next time.
+                self.store.lock().mark_all_dirty();
+                return Err(e);
+            }
+        };
         self.checkpointed_wal.store(cp.wal_offset, Ordering::SeqCst);
         Ok(())
     }
@@ -633,7 +642,7 @@ impl Inner {
         let upto = self.checkpointed_wal.load(Ordering::SeqCst);
         let (deleted, wal_start) = {
             let mut wal = self.wal.lock();
-            let d = wal.delete_before(upto, older_than.min(SystemTime::now().max(older_than)))?;
+            let d = wal.delete_before(upto, older_than)?;
             (d, wal.start())
         };
         report.wal_segments = deleted;

@@ -518,6 +518,14 @@ impl Store {
         }
     }
 
+    /// Marks every log as needing an fsync (after a failed flush).
+    pub fn mark_all_dirty(&mut self) {
+        for b in self.buckets.values_mut() {
+            b.dirty = true;
+            b.dispatch_dirty = true;
+        }
+    }
+
     /// Removes buckets that are fully dispatched and ended before `cutoff_ms` from the state
     /// (they are then tombstoned in `cleaned`); returns their starts. Their files are deleted
     /// with [`Store::delete_files`] once a checkpoint without them is durable.
@@ -538,7 +546,7 @@ impl Store {
         doomed
     }
 
-    /// Paths of the schedule and dispatch logs of `starts`, and the directories to fsync.
+    /// Deletes the schedule and dispatch logs of `starts` and fsyncs their directories.
     pub fn delete_files(&self, starts: &[i64]) -> Result<(), DelayError> {
         for &start in starts {
             for path in [
