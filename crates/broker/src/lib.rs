@@ -7,6 +7,7 @@
 pub mod config;
 mod error;
 pub mod pull;
+pub mod registration;
 pub mod retry;
 pub mod scheduler;
 pub mod server;

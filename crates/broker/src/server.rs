@@ -4,17 +4,15 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
-use qmq_client::Connection;
 use qmq_protocol::codes::{command, response};
 use qmq_protocol::send::{decode_send_request, encode_send_response};
 use qmq_protocol::{
-    AckRequest, BrokerRegisterRequest, BrokerRequestType, BrokerRole, BrokerState, Frame,
-    FrameCodec, ProducerCode, PullRequest, SendFailure,
+    AckRequest, BrokerRequestType, BrokerRole, BrokerState, Frame, FrameCodec, ProducerCode,
+    PullRequest, SendFailure,
 };
 use qmq_store::{ConsumerKey, Store};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +22,7 @@ use tokio_util::codec::Framed;
 
 use crate::config::BrokerConfig;
 use crate::pull::Puller;
+use crate::registration::Registration;
 use crate::retry::retry_range;
 use crate::BrokerError;
 
@@ -122,8 +121,10 @@ impl BrokerHandle {
             t.abort();
             let _ = t.await;
         }
-        if let Some(meta) = &self.shared.config.meta {
-            let _ = register(&self.shared, meta, BrokerRequestType::Offline, &self.addr).await;
+        if let Some(reg) = registration(&self.shared, self.addr) {
+            let _ = reg
+                .register(BrokerRequestType::Offline, BrokerState::None)
+                .await;
         }
         let store = self.shared.store.clone();
         tokio::task::spawn_blocking(move || store.close()).await??;
@@ -163,18 +164,21 @@ pub async fn serve(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         shutdown_rx,
     )));
     tasks.push(tokio::spawn(offline_sweeper(shared.clone())));
-    if let Some(meta) = shared.config.meta.clone() {
+    if let Some(reg) = registration(&shared, addr) {
         // Register before returning, so clients asking the meta server find this broker at once.
-        let online = register(&shared, &meta, BrokerRequestType::Online, &addr).await;
+        let online = reg
+            .register(BrokerRequestType::Online, state(&shared))
+            .await;
         if let Err(e) = &online {
-            tracing::warn!(meta = %meta, error = %e, "meta server registration failed; retrying");
+            tracing::warn!(meta = %reg.meta, error = %e, "meta server registration failed; retrying");
         }
-        tasks.push(tokio::spawn(heartbeat_loop(
-            shared.clone(),
-            meta,
-            addr,
+        let s = shared.clone();
+        let beat = reg.heartbeat_loop(
+            shared.config.heartbeat_interval,
             online.is_ok(),
-        )));
+            move || state(&s),
+        );
+        tasks.push(tokio::spawn(beat));
     }
     tracing::info!(%addr, group = %shared.config.group, "broker listening");
     Ok(BrokerHandle {
@@ -464,77 +468,25 @@ async fn sweep_offline(shared: &Shared) -> Result<usize, BrokerError> {
     Ok(moved)
 }
 
-async fn heartbeat_loop(shared: Arc<Shared>, meta: String, addr: SocketAddr, online: bool) {
-    let mut kind = if online {
-        BrokerRequestType::Heartbeat
-    } else {
-        BrokerRequestType::Online
-    };
-    let mut tick = tokio::time::interval(shared.config.heartbeat_interval);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match register(&shared, &meta, kind, &addr).await {
-            Ok(()) => kind = BrokerRequestType::Heartbeat,
-            Err(e) => tracing::warn!(meta = %meta, error = %e, "meta server registration failed"),
-        }
-    }
+/// How this broker registers with its meta server, if it has one.
+fn registration(shared: &Shared, addr: SocketAddr) -> Option<Registration> {
+    Some(Registration {
+        meta: shared.config.meta.clone()?,
+        group: shared.config.group.clone(),
+        address: shared
+            .config
+            .advertised
+            .clone()
+            .unwrap_or_else(|| addr.to_string()),
+        role: BrokerRole::Master,
+    })
 }
 
-async fn register(
-    shared: &Shared,
-    meta: &str,
-    kind: BrokerRequestType,
-    addr: &SocketAddr,
-) -> Result<(), BrokerError> {
-    let advertised = shared
-        .config
-        .advertised
-        .clone()
-        .unwrap_or_else(|| addr.to_string());
-    let state = if shared.readonly.read().contains("*") {
+/// What the broker reports: read-only while every subject is marked readonly.
+fn state(shared: &Shared) -> BrokerState {
+    if shared.readonly.read().contains("*") {
         BrokerState::Read
     } else {
         BrokerState::ReadWrite
-    };
-    let req = BrokerRegisterRequest {
-        request_type: kind,
-        group_name: shared.config.group.clone(),
-        broker_address: advertised,
-        role: BrokerRole::Master,
-        state,
-    };
-    let mut body = BytesMut::new();
-    req.encode(&mut body)?;
-    let conn = Connection::connect_with(
-        meta,
-        qmq_protocol::frame::VERSION_8,
-        shared.config.max_frame_bytes,
-    )
-    .await
-    .map_err(|e| BrokerError::Io {
-        op: "connect to meta server",
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let resp = conn
-        .request(
-            command::BROKER_REGISTER,
-            body.freeze(),
-            Duration::from_secs(5),
-        )
-        .await
-        .map_err(|e| BrokerError::Io {
-            op: "register with meta server",
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    if resp.header.code != response::SUCCESS {
-        return Err(BrokerError::Io {
-            op: "register with meta server",
-            source: std::io::Error::other(format!(
-                "meta server answered code {}",
-                resp.header.code
-            )),
-        });
     }
-    Ok(())
 }

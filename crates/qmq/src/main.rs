@@ -15,13 +15,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Everything in one process on embedded defaults: meta server (SQLite) and broker (and,
-    /// once it lands, the delay server), all data under one directory.
+    /// Everything in one process on embedded defaults: meta server (SQLite), broker and delay
+    /// server, all data under one directory.
     Standalone(servers::StandaloneArgs),
     /// A meta server.
     Meta(servers::MetaOnlyArgs),
     /// A realtime broker.
     Broker(servers::BrokerOnlyArgs),
+    /// A delay/scheduled-message server.
+    Delay(servers::DelayOnlyArgs),
     /// Admin tools (talk to a meta server's admin API with a token).
     Tools(qmq_meta::cli::ToolsArgs),
     /// Send messages from the shell.
@@ -43,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Standalone(args) => servers::standalone(args).await,
         Command::Meta(args) => servers::meta(args).await,
         Command::Broker(args) => servers::broker(args).await,
+        Command::Delay(args) => servers::delay(args).await,
         Command::Tools(args) => {
             println!("{}", qmq_meta::cli::run_tools(args).await?);
             Ok(())

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use qmq_broker::{BrokerConfig, BrokerControl};
 use qmq_meta::MetaConfig;
+use qmq_protocol::{BrokerRequestType, BrokerRole, BrokerState};
 use qmq_store::{FlushPolicy, ResetTo, StoreConfig};
 
 /// When an acknowledged send is durable.
@@ -93,6 +94,17 @@ pub struct MetaOnlyArgs {
     data_dir: PathBuf,
 }
 
+/// Delay server settings shared by `delay` and `standalone`.
+#[derive(Args, Debug)]
+pub struct DelayArgs {
+    /// Address for delay/scheduled messages.
+    #[arg(long, default_value = "0.0.0.0:20801", env = "QMQ_DELAY_LISTEN")]
+    delay_listen: SocketAddr,
+    /// Delay group name registered with the meta server.
+    #[arg(long, default_value = "delay-1")]
+    delay_group: String,
+}
+
 /// `standalone` settings.
 #[derive(Args, Debug)]
 pub struct StandaloneArgs {
@@ -100,6 +112,104 @@ pub struct StandaloneArgs {
     broker: BrokerArgs,
     #[command(flatten)]
     meta: MetaArgs,
+    #[command(flatten)]
+    delay: DelayArgs,
+}
+
+/// `delay` settings.
+#[derive(Args, Debug)]
+pub struct DelayOnlyArgs {
+    #[command(flatten)]
+    delay: DelayArgs,
+    /// Data directory.
+    #[arg(long, default_value = "./qmq-data", env = "QMQ_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Broker (host:port) that due messages are forwarded to.
+    #[arg(long, default_value = "127.0.0.1:20881")]
+    broker: String,
+    /// Meta server TCP address to register with as a delay group.
+    #[arg(long)]
+    meta: Option<String>,
+    /// Host registered with the meta server (with the listen port).
+    #[arg(long, default_value = "127.0.0.1")]
+    advertised_host: String,
+}
+
+/// A running delay server and its heartbeat to the meta server.
+struct Delay {
+    server: qmq_delay::ServerHandle,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Delay {
+    /// Starts a delay server forwarding due messages to `broker`; with a meta server (TCP
+    /// address), registers it as a delay group at `host`:<bound port> before returning.
+    async fn start(
+        args: &DelayArgs,
+        data_dir: &Path,
+        broker: &str,
+        meta: Option<String>,
+        host: &str,
+    ) -> anyhow::Result<Self> {
+        let mut config = qmq_delay::ServerConfig::new(data_dir.join("delay"));
+        config.listen = args.delay_listen;
+        let server = qmq_delay::serve(
+            config,
+            std::sync::Arc::new(qmq_delay::SystemClock),
+            std::sync::Arc::new(qmq_delay::BrokerForwarder::new(broker)),
+        )
+        .await
+        .context("starting the delay server")?;
+        let heartbeat = match meta {
+            Some(meta) => {
+                let reg = qmq_broker::registration::Registration {
+                    meta,
+                    group: args.delay_group.clone(),
+                    address: format!("{host}:{}", server.local_addr().port()),
+                    role: BrokerRole::DelayMaster,
+                };
+                // Like the broker: a failed registration is retried by the heartbeat loop (for
+                // example while the meta server still sees an earlier process alive).
+                let online = reg
+                    .register(BrokerRequestType::Online, BrokerState::ReadWrite)
+                    .await;
+                if let Err(e) = &online {
+                    tracing::warn!(error = %e, "delay server registration failed; retrying");
+                }
+                let beat = reg.heartbeat_loop(Duration::from_secs(10), online.is_ok(), || {
+                    BrokerState::ReadWrite
+                });
+                Some(tokio::spawn(beat))
+            }
+            None => None,
+        };
+        Ok(Self { server, heartbeat })
+    }
+
+    async fn shutdown(self) -> anyhow::Result<()> {
+        if let Some(h) = self.heartbeat {
+            h.abort();
+        }
+        self.server
+            .shutdown()
+            .await
+            .context("shutting the delay server down")
+    }
+}
+
+/// Runs a delay server until SIGINT/SIGTERM.
+pub async fn delay(args: DelayOnlyArgs) -> anyhow::Result<()> {
+    let delay = Delay::start(
+        &args.delay,
+        &args.data_dir,
+        &args.broker,
+        args.meta.clone(),
+        &args.advertised_host,
+    )
+    .await?;
+    println!("qmq delay ready on {}", delay.server.local_addr());
+    wait_for_signal().await?;
+    delay.shutdown().await
 }
 
 impl BrokerArgs {
@@ -188,7 +298,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         .await
         .context("starting the meta server")?;
     let meta_tcp = format!("127.0.0.1:{}", meta.tcp_addr().port());
-    let mut config = args.broker.config(Some(meta_tcp));
+    let mut config = args.broker.config(Some(meta_tcp.clone()));
     let host = meta
         .advertised_tcp_address()
         .rsplit_once(':')
@@ -199,6 +309,8 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let broker = qmq_broker::serve(config)
         .await
         .context("starting the broker")?;
+    let broker_local = format!("127.0.0.1:{}", broker.addr().port());
+    let delay = Delay::start(&args.delay, &data_dir, &broker_local, Some(meta_tcp), &host).await?;
     let meta_http = format!("127.0.0.1:{}", meta.http_addr().port());
     let poller = tokio::spawn(follow_directives(
         meta_http,
@@ -207,13 +319,15 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         broker.control(),
     ));
     println!(
-        "qmq standalone ready: broker {} meta http {} tcp {}",
+        "qmq standalone ready: broker {} meta http {} tcp {} delay {}",
         broker.addr(),
         meta.http_addr(),
-        meta.tcp_addr()
+        meta.tcp_addr(),
+        delay.server.local_addr()
     );
     wait_for_signal().await?;
     poller.abort();
+    delay.shutdown().await?;
     broker
         .shutdown()
         .await

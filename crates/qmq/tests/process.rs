@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use qmq_client::{new_message, send_batch, Connection, PullConsumer};
 
+/// A free loopback port whose successor is free too (broker and delay server ports).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Starts `qmq standalone` and waits for its "ready" line.
@@ -31,7 +34,11 @@ fn start_with_line(dir: &std::path::Path, port: u16) -> (Child, String) {
             "127.0.0.1:0",
             "--admin-token",
             "secret",
+            "--delay-listen",
         ])
+        // The delay server keeps its port across restarts, as in production: the meta server
+        // does not let a live group move to another address.
+        .arg(format!("127.0.0.1:{}", port + 1))
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::piped())
@@ -141,15 +148,20 @@ fn field(line: &str, key: &str) -> String {
 /// Asks the meta server (TCP) for a producer route of `subject`, as the Java client does;
 /// returns the one broker group's master address.
 async fn route(meta_tcp: &str, subject: &str) -> String {
+    route_for(meta_tcp, subject, qmq_protocol::ClientType::Producer).await
+}
+
+/// Like [`route`] for a given client type (delay producers get delay servers).
+async fn route_for(meta_tcp: &str, subject: &str, client: qmq_protocol::ClientType) -> String {
     use bytes::BytesMut;
     use qmq_protocol::codes::{command, response};
-    use qmq_protocol::{ClientRequestType, ClientType, MetaInfoRequest, MetaInfoResponse};
+    use qmq_protocol::{ClientRequestType, MetaInfoRequest, MetaInfoResponse};
 
     let meta = Connection::connect(meta_tcp).await.unwrap();
     let mut body = BytesMut::new();
     MetaInfoRequest::new(
         "test-client",
-        ClientType::Producer,
+        client,
         ClientRequestType::Online,
         subject,
         "test-app",
@@ -311,6 +323,44 @@ async fn admin_tools_need_a_token_and_readonly_and_reset_reach_the_broker() {
         !ms.is_empty()
     })
     .await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_delay_message_is_routed_to_the_delay_server_and_delivered_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (mut server, line) = start_with_line(dir.path(), port);
+    // Delay producers are routed to the delay server, as the Java client would be.
+    let delay = route_for(
+        &field(&line, "tcp"),
+        "later",
+        qmq_protocol::ClientType::DelayProducer,
+    )
+    .await;
+    assert_eq!(delay, field(&line, "delay"));
+    // A message due in 1.5 s goes to the delay server...
+    let mut m = new_message("later");
+    m.set_attr("body", "0");
+    let due = m.created_time + 1500;
+    m.flags = m.flags.with_delay(true);
+    m.expire_or_schedule = due;
+    let conn = Connection::connect(&delay).await.unwrap();
+    send_batch(&conn, &[m], Duration::from_secs(5))
+        .await
+        .unwrap()[0]
+        .as_ref()
+        .unwrap();
+    // ...and reaches consumers of the broker once due, not before.
+    let got = drain(&addr, "later", "g", 1).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert_eq!(got, vec![0]);
+    assert!(now >= due, "delivered {} ms early", due - now);
     server.kill().unwrap();
     server.wait().unwrap();
 }
