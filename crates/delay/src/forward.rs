@@ -60,7 +60,7 @@ impl BrokerForwarder {
         )
     }
 
-    async fn send(&self, batch: &[DueMessage]) -> Result<Vec<bool>, DispatchError> {
+    pub(crate) async fn send(&self, batch: &[DueMessage]) -> Result<Vec<bool>, DispatchError> {
         let err = |what: &str, e: &dyn std::fmt::Display| {
             DispatchError(format!("{what} broker {}: {e}", self.addr))
         };
@@ -124,6 +124,81 @@ impl BrokerForwarder {
 }
 
 impl Dispatcher for BrokerForwarder {
+    fn dispatch<'a>(
+        &'a self,
+        batch: &'a [DueMessage],
+    ) -> BoxFuture<'a, Result<Vec<bool>, DispatchError>> {
+        Box::pin(self.send(batch))
+    }
+}
+
+/// Forwards due messages to the realtime brokers serving each message's subject, as the meta
+/// server routes it (the route a producer of that subject would get), over one
+/// [`BrokerForwarder`] per broker. A message whose subject has no writable route, or whose
+/// broker fails, is reported not accepted, so the engine offers it again later.
+pub struct RoutedForwarder {
+    router: std::sync::Arc<dyn qmq_client::Router>,
+    brokers: tokio::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<BrokerForwarder>>>,
+}
+
+impl RoutedForwarder {
+    /// A forwarder asking `router` where each subject goes.
+    pub fn new(router: std::sync::Arc<dyn qmq_client::Router>) -> Self {
+        Self {
+            router,
+            brokers: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    async fn broker(&self, addr: &str) -> std::sync::Arc<BrokerForwarder> {
+        self.brokers
+            .lock()
+            .await
+            .entry(addr.to_owned())
+            .or_insert_with(|| std::sync::Arc::new(BrokerForwarder::new(addr)))
+            .clone()
+    }
+
+    async fn send(&self, batch: &[DueMessage]) -> Result<Vec<bool>, DispatchError> {
+        let mut accepted = vec![false; batch.len()];
+        let mut by_subject: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        for (i, m) in batch.iter().enumerate() {
+            by_subject.entry(m.subject.as_str()).or_default().push(i);
+        }
+        for (subject, idx) in by_subject {
+            let groups = match self
+                .router
+                .route(subject, qmq_protocol::ClientType::Producer, "")
+                .await
+            {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(subject, error = %e, "no route for due messages; will retry");
+                    continue;
+                }
+            };
+            let Some(group) = groups.iter().find(|g| g.state.can_write()) else {
+                tracing::warn!(subject, "no writable broker for due messages; will retry");
+                continue;
+            };
+            let part: Vec<DueMessage> = idx.iter().map(|&i| batch[i].clone()).collect();
+            match self.broker(&group.master).await.send(&part).await {
+                Ok(ok) => {
+                    for (k, &i) in idx.iter().enumerate() {
+                        accepted[i] = ok.get(k).copied().unwrap_or(false);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(subject, error = %e, "forwarding due messages failed; will retry");
+                    self.router.invalidate(subject);
+                }
+            }
+        }
+        Ok(accepted)
+    }
+}
+
+impl Dispatcher for RoutedForwarder {
     fn dispatch<'a>(
         &'a self,
         batch: &'a [DueMessage],

@@ -9,7 +9,8 @@
 //!   id + schedule time, a [`Dispatcher`] receives them when due.
 //! - [`Clock`]: injectable time ([`SystemClock`], [`ManualClock`] for tests).
 //! - [`server`]: the TCP server speaking QMQ's SEND_MESSAGE (default port 20801) and
-//!   [`BrokerForwarder`], the dispatcher that forwards due messages to a broker.
+//!   [`BrokerForwarder`], the dispatcher that forwards due messages to one broker, and
+//!   [`RoutedForwarder`], which sends each subject to the brokers the meta server routes it to.
 //!
 //! Memory: a message costs memory only while its bucket is in the wheel: one 24-byte wheel
 //! entry (plus `Vec` growth slack, ~32-48 MB per million loaded messages in total); messages of
@@ -36,5 +37,5 @@ pub use config::DelayConfig;
 pub use dispatch::{Dispatcher, DueMessage};
 pub use engine::{CleanReport, DelayEngine, DelayStats, NewMessage, Scheduled};
 pub use error::{DelayError, DispatchError, ScheduleError};
-pub use forward::BrokerForwarder;
+pub use forward::{BrokerForwarder, RoutedForwarder};
 pub use server::{serve, ServerConfig, ServerHandle};

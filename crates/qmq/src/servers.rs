@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -124,9 +125,12 @@ pub struct DelayOnlyArgs {
     /// Data directory.
     #[arg(long, default_value = "./qmq-data", env = "QMQ_DATA_DIR")]
     data_dir: PathBuf,
-    /// Broker (host:port) that due messages are forwarded to.
+    /// Broker (host:port) that due messages are forwarded to, when no `--meta-http` is given.
     #[arg(long, default_value = "127.0.0.1:20881")]
     broker: String,
+    /// Meta server HTTP address (host:port): forward each subject to the brokers it routes to.
+    #[arg(long)]
+    meta_http: Option<String>,
     /// Meta server TCP address to register with as a delay group.
     #[arg(long)]
     meta: Option<String>,
@@ -142,24 +146,20 @@ struct Delay {
 }
 
 impl Delay {
-    /// Starts a delay server forwarding due messages to `broker`; with a meta server (TCP
+    /// Starts a delay server handing due messages to `dispatcher`; with a meta server (TCP
     /// address), registers it as a delay group at `host`:<bound port> before returning.
     async fn start(
         args: &DelayArgs,
         data_dir: &Path,
-        broker: &str,
+        dispatcher: Arc<dyn qmq_delay::Dispatcher>,
         meta: Option<String>,
         host: &str,
     ) -> anyhow::Result<Self> {
         let mut config = qmq_delay::ServerConfig::new(data_dir.join("delay"));
         config.listen = args.delay_listen;
-        let server = qmq_delay::serve(
-            config,
-            std::sync::Arc::new(qmq_delay::SystemClock),
-            std::sync::Arc::new(qmq_delay::BrokerForwarder::new(broker)),
-        )
-        .await
-        .context("starting the delay server")?;
+        let server = qmq_delay::serve(config, Arc::new(qmq_delay::SystemClock), dispatcher)
+            .await
+            .context("starting the delay server")?;
         let heartbeat = match meta {
             Some(meta) => {
                 let reg = qmq_broker::registration::Registration {
@@ -197,12 +197,24 @@ impl Delay {
     }
 }
 
+/// A dispatcher sending each due message to the brokers the meta server at `meta_http` routes
+/// its subject to.
+fn routed(meta_http: &str) -> Arc<dyn qmq_delay::Dispatcher> {
+    let config = qmq_client::MetaRouterConfig::new(meta_http, "qmq-delay");
+    let router = Arc::new(qmq_client::MetaRouter::new(config));
+    Arc::new(qmq_delay::RoutedForwarder::new(router))
+}
+
 /// Runs a delay server until SIGINT/SIGTERM.
 pub async fn delay(args: DelayOnlyArgs) -> anyhow::Result<()> {
+    let dispatcher: Arc<dyn qmq_delay::Dispatcher> = match &args.meta_http {
+        Some(http) => routed(http),
+        None => Arc::new(qmq_delay::BrokerForwarder::new(args.broker.clone())),
+    };
     let delay = Delay::start(
         &args.delay,
         &args.data_dir,
-        &args.broker,
+        dispatcher,
         args.meta.clone(),
         &args.advertised_host,
     )
@@ -309,9 +321,15 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let broker = qmq_broker::serve(config)
         .await
         .context("starting the broker")?;
-    let broker_local = format!("127.0.0.1:{}", broker.addr().port());
-    let delay = Delay::start(&args.delay, &data_dir, &broker_local, Some(meta_tcp), &host).await?;
     let meta_http = format!("127.0.0.1:{}", meta.http_addr().port());
+    let delay = Delay::start(
+        &args.delay,
+        &data_dir,
+        routed(&meta_http),
+        Some(meta_tcp),
+        &host,
+    )
+    .await?;
     let poller = tokio::spawn(follow_directives(
         meta_http,
         args.broker.group.clone(),
