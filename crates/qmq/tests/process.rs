@@ -364,3 +364,61 @@ async fn a_delay_message_is_routed_to_the_delay_server_and_delivered_when_due() 
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_message_comes_back_through_the_delay_server_after_its_retry_delay() {
+    use qmq_client::{
+        Consumer, ConsumerConfig, HandleError, MessageExt, MetaRouter, MetaRouterConfig,
+        ReceivedMessage, SubscribeOptions,
+    };
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (mut server, line) = start_with_line(dir.path(), port);
+    let http = field(&line, "http");
+    assert_eq!(route(&field(&line, "tcp"), "flaky").await, addr);
+    send_n(&addr, "flaky", 0..1).await;
+
+    // The handler fails the first delivery asking for a retry in 1 s, and accepts the second.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, u32, String)>();
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let handler = move |m: ReceivedMessage| {
+        let (tx, first) = (tx.clone(), first.clone());
+        async move {
+            let _ = tx.send((Instant::now(), m.message().times(), m.subject().to_owned()));
+            if first.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                Err(HandleError::retry_after(Duration::from_secs(1), "not yet"))
+            } else {
+                Ok(())
+            }
+        }
+    };
+    let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(&http, "test")));
+    let consumer = Consumer::new(router, ConsumerConfig::default());
+    consumer
+        .subscribe("flaky", "g", handler, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let limit = Duration::from_secs(20);
+    let (failed_at, first_times, _) = tokio::time::timeout(limit, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let (again_at, times, subject) = tokio::time::timeout(limit, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(times, first_times + 1, "the retry carries qmq_times + 1");
+    assert_eq!(subject, "flaky");
+    assert!(
+        again_at.duration_since(failed_at) >= Duration::from_secs(1),
+        "redelivered after {:?}, before the 1 s asked for",
+        again_at.duration_since(failed_at)
+    );
+    consumer.shutdown().await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

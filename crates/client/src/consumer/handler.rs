@@ -66,9 +66,10 @@ enum Kind {
 
 /// A listener's failure: the message is handed out again (through the group's retry subject).
 ///
-/// Any `std::error::Error` converts into it with `?`. [`HandleError::retry_after`] is QMQ's
-/// `NeedRetryException`: it asks for the next delivery after a delay. Delays need a delay server,
-/// which qmq-rs does not have yet; until then the message is sent back for immediate retry.
+/// Any `std::error::Error` converts into it with `?`; the message comes back after the
+/// consumer's `retry_delay` (5 s by default). [`HandleError::retry_after`] is QMQ's
+/// `NeedRetryException`: it asks for the next delivery after a delay of its own. Delayed
+/// retries go through the delay servers the meta server routes delay producers to.
 pub struct HandleError {
     kind: Kind,
 }
@@ -81,7 +82,7 @@ impl HandleError {
         }
     }
 
-    /// Asks for the next delivery after `after` (see the type's docs for the current limits).
+    /// Asks for the next delivery after `after`.
     pub fn retry_after(after: Duration, reason: impl fmt::Display) -> Self {
         Self {
             kind: Kind::NeedRetry {

@@ -50,6 +50,10 @@ pub struct ConsumerConfig {
     pub backoff: Duration,
     /// How often a subscription looks its route up again.
     pub route_refresh: Duration,
+    /// When a failed message is delivered again (QMQ: 5 s), unless its handler asked for
+    /// another delay with [`HandleError::retry_after`](crate::HandleError::retry_after). The
+    /// message goes through the delay servers; zero sends it back for immediate retry.
+    pub retry_delay: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -63,6 +67,7 @@ impl Default for ConsumerConfig {
             send_back_tries: 10,
             backoff: Duration::from_millis(100),
             route_refresh: Duration::from_secs(30),
+            retry_delay: Duration::from_secs(5),
         }
     }
 }
@@ -398,7 +403,8 @@ async fn consume_batch(
         if ctx.options.consume_most_once || ctx.options.broadcast {
             continue;
         }
-        if !send_back(ctx, m).await {
+        let delay = e.retry_delay().unwrap_or(ctx.config.retry_delay);
+        if !send_back(ctx, m, delay).await {
             all_settled = false;
         }
     }
@@ -447,39 +453,58 @@ pub(crate) async fn run_guarded(
     }
 }
 
-/// Sends a failed message to the retry (or dead-letter) subject with `qmq_times` incremented.
-async fn send_back(ctx: &Ctx, m: Message) -> bool {
-    send_back_to(&ctx.brokers, &ctx.config, &ctx.subject, &ctx.group, m).await
+/// Sends a failed message to the retry (or dead-letter) subject with `qmq_times` incremented,
+/// for delivery after `delay`.
+async fn send_back(ctx: &Ctx, m: Message, delay: Duration) -> bool {
+    send_back_to(
+        &ctx.brokers,
+        &ctx.config,
+        &ctx.subject,
+        &ctx.group,
+        m,
+        delay,
+    )
+    .await
 }
 
 /// Sends `m`, which failed in `group` of `subject`, to the group's retry subject (or the
 /// dead-letter one once out of retries) with `qmq_times` incremented; `true` once stored.
+/// A retry with a non-zero `delay` goes to the delay servers, scheduled `delay` from now (as
+/// QMQ's client does); dead letters go straight to a broker.
 pub(crate) async fn send_back_to(
     brokers: &Brokers,
     config: &ConsumerConfig,
     subject: &str,
     group: &str,
     mut m: Message,
+    delay: Duration,
 ) -> bool {
     let next = m.times() + 1;
     let max = m.max_retry_num().unwrap_or(config.max_retry_num);
-    m.subject = if next > max {
+    let dead = next > max;
+    m.subject = if dead {
         tracing::warn!(id = %m.message_id, times = next - 1, "retries exhausted, dead-lettering");
         dead_retry_subject(subject, group)
     } else {
         retry_subject(subject, group)
     };
     m.set_attr(keys::TIMES, next.to_string());
-    m.set_attr(
-        keys::CREATE_TIME,
-        chrono::Utc::now().timestamp_millis().to_string(),
-    );
+    let now = chrono::Utc::now().timestamp_millis();
+    m.set_attr(keys::CREATE_TIME, now.to_string());
+    let client_type = if dead || delay.is_zero() {
+        m.flags = m.flags.with_delay(false);
+        ClientType::Producer
+    } else {
+        m.flags = m.flags.with_delay(true);
+        m.expire_or_schedule = now.saturating_add(delay.as_millis() as i64);
+        ClientType::DelayProducer
+    };
     let batch = [m];
     for _ in 0..config.send_back_tries.max(1) {
         match brokers
             .send_once(
                 &batch[0].subject,
-                ClientType::Producer,
+                client_type,
                 &batch,
                 Duration::from_secs(5),
             )

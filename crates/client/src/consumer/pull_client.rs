@@ -125,7 +125,8 @@ impl PullClient {
     }
 
     /// Sends `message` to the group's retry subject with `qmq_times` incremented (or to the
-    /// dead-letter subject once out of retries), as a listener does with a failed message.
+    /// dead-letter subject once out of retries), for delivery after the configured
+    /// `retry_delay`, as a listener does with a failed message.
     /// Call it before acking the message's batch; `false` if it could not be sent (then do not
     /// ack, and the broker hands the batch out again).
     pub async fn retry_later(&self, message: &ReceivedMessage) -> bool {
@@ -135,6 +136,7 @@ impl PullClient {
             &self.subject,
             &self.group,
             message.message().clone(),
+            self.config.retry_delay,
         )
         .await
     }
