@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let wants = |w: &str| args.workloads.is_empty() || args.workloads.iter().any(|x| x == w);
     // Throughput: produce only, then produce + consume together.
     for size in [100usize, 1024].into_iter().filter(|_| wants("throughput")) {
-        for (producers, consumers) in [(1usize, 0usize), (4, 0), (1, 1), (4, 4)] {
+        for (producers, consumers) in [(1usize, 0usize), (4, 0), (1, 1), (1, 4), (4, 1), (4, 4)] {
             let count = 20_000 * scale;
             let workload = if consumers == 0 {
                 format!("produce {size}B x{producers}p")
