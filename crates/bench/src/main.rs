@@ -147,6 +147,70 @@ fn bar(len: u64, label: &str) -> ProgressBar {
     pb
 }
 
+type Tasks = tokio::task::JoinSet<anyhow::Result<()>>;
+
+/// One workload on one system: where the messages go and the progress bar to advance.
+struct Run<'a> {
+    system: System,
+    ep: &'a Endpoints,
+    name: &'a str,
+    pb: &'a ProgressBar,
+}
+
+impl Run<'_> {
+    /// Spawns `producers` tasks sending `count` messages of `size` bytes in all.
+    fn spawn_producers(&self, tasks: &mut Tasks, producers: usize, count: usize, size: usize) {
+        for _ in 0..producers {
+            let (system, ep, name, pb) = (
+                self.system,
+                self.ep.clone(),
+                self.name.to_owned(),
+                self.pb.clone(),
+            );
+            tasks.spawn(async move {
+                systems::produce(system, &ep, &name, count / producers, size, None, &pb).await
+            });
+        }
+    }
+
+    /// Spawns `consumers` consumers of one group that together consume `count` messages; the
+    /// returned cell is set when the last one is consumed.
+    fn spawn_group(
+        &self,
+        tasks: &mut Tasks,
+        consumers: usize,
+        count: usize,
+        latency: Option<Arc<Hist>>,
+    ) -> Arc<OnceLock<Instant>> {
+        let shared = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(OnceLock::new());
+        for id in 0..consumers {
+            let task = ConsumeTask {
+                id,
+                count,
+                shared: shared.clone(),
+                latency: latency.clone(),
+                finished: finished.clone(),
+            };
+            let (system, ep, name, pb) = (
+                self.system,
+                self.ep.clone(),
+                self.name.to_owned(),
+                self.pb.clone(),
+            );
+            tasks.spawn(async move { systems::consume(system, &ep, &name, task, &pb).await });
+        }
+        finished
+    }
+}
+
+async fn join(mut tasks: Tasks) -> anyhow::Result<()> {
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn throughput(
     system: System,
@@ -162,39 +226,16 @@ async fn throughput(
     let total = if consumers > 0 { 2 * count } else { count } as u64;
     let pb = bar(total, &format!("{workload} {}", system.name()));
     let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..producers {
-        let (ep, name, pb) = (ep.clone(), name.to_owned(), pb.clone());
-        tasks.spawn(async move {
-            systems::produce(system, &ep, &name, count / producers, size, None, &pb).await
-        });
-    }
-    let shared = Arc::new(AtomicUsize::new(0));
-    let finished = Arc::new(OnceLock::new());
-    let consumed = count / producers * producers;
-    for id in 0..consumers {
-        let (ep, name, pb, shared) = (ep.clone(), name.to_owned(), pb.clone(), shared.clone());
-        let finished = finished.clone();
-        tasks.spawn(async move {
-            systems::consume(
-                system,
-                &ep,
-                &name,
-                ConsumeTask {
-                    id,
-                    count: consumed,
-                    shared,
-                    latency: None,
-                    finished,
-                },
-                &pb,
-            )
-            .await
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
+    let run = Run {
+        system,
+        ep,
+        name,
+        pb: &pb,
+    };
+    let mut tasks = Tasks::new();
+    run.spawn_producers(&mut tasks, producers, count, size);
+    let finished = run.spawn_group(&mut tasks, consumers, count / producers * producers, None);
+    join(tasks).await?;
     pb.finish_and_clear();
     Ok(row(
         workload,
@@ -218,37 +259,17 @@ async fn latency(
     let workload = format!("latency 100B @{rate}/s");
     let pb = bar(2 * count as u64, &format!("{workload} {}", system.name()));
     let hist = Arc::new(Hist::new()?);
-    let shared = Arc::new(AtomicUsize::new(0));
-    let finished = Arc::new(OnceLock::new());
     let start = Instant::now();
-    let consumer = {
-        let finished = finished.clone();
-        let (ep, name, pb, hist, shared) = (
-            ep.clone(),
-            name.to_owned(),
-            pb.clone(),
-            hist.clone(),
-            shared.clone(),
-        );
-        tokio::spawn(async move {
-            systems::consume(
-                system,
-                &ep,
-                &name,
-                ConsumeTask {
-                    id: 0,
-                    count,
-                    shared,
-                    latency: Some(hist),
-                    finished,
-                },
-                &pb,
-            )
-            .await
-        })
+    let run = Run {
+        system,
+        ep,
+        name,
+        pb: &pb,
     };
+    let mut consumer = Tasks::new();
+    let finished = run.spawn_group(&mut consumer, 1, count, Some(hist.clone()));
     systems::produce(system, ep, name, count, 100, Some(rate), &pb).await?;
-    consumer.await??;
+    join(consumer).await?;
     pb.finish_and_clear();
     Ok(row(
         &workload,
@@ -273,46 +294,28 @@ async fn drain(
         backlog as u64,
         &format!("fill {workload} {}", system.name()),
     );
-    let mut fill = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let (ep, name, pb) = (ep.clone(), name.to_owned(), pb.clone());
-        fill.spawn(async move {
-            systems::produce(system, &ep, &name, backlog / 4, 100, None, &pb).await
-        });
+    let mut fill = Tasks::new();
+    Run {
+        system,
+        ep,
+        name,
+        pb: &pb,
     }
-    while let Some(r) = fill.join_next().await {
-        r??;
-    }
+    .spawn_producers(&mut fill, 4, backlog, 100);
+    join(fill).await?;
     pb.finish_and_clear();
     let total = backlog / 4 * 4;
     let pb = bar(total as u64, &format!("{workload} {}", system.name()));
-    let shared = Arc::new(AtomicUsize::new(0));
-    let finished = Arc::new(OnceLock::new());
     let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for id in 0..consumers {
-        let (ep, name, pb, shared) = (ep.clone(), name.to_owned(), pb.clone(), shared.clone());
-        let finished = finished.clone();
-        tasks.spawn(async move {
-            systems::consume(
-                system,
-                &ep,
-                &name,
-                ConsumeTask {
-                    id,
-                    count: total,
-                    shared,
-                    latency: None,
-                    finished,
-                },
-                &pb,
-            )
-            .await
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
+    let mut tasks = Tasks::new();
+    let run = Run {
+        system,
+        ep,
+        name,
+        pb: &pb,
+    };
+    let finished = run.spawn_group(&mut tasks, consumers, total, None);
+    join(tasks).await?;
     pb.finish_and_clear();
     Ok(row(
         &workload,
