@@ -65,15 +65,17 @@ impl BrokerForwarder {
             DispatchError(format!("{what} broker {}: {e}", self.addr))
         };
         let mut conn = self.conn.lock().await;
-        if conn.is_none() {
-            let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&self.addr))
-                .await
-                .map_err(|e| err("connecting to", &e))?
-                .map_err(|e| err("connecting to", &e))?;
-            let _ = stream.set_nodelay(true);
-            *conn = Some(Framed::new(stream, FrameCodec::default()));
-        }
-        let framed = conn.as_mut().expect("connected above");
+        let framed = match conn.as_mut() {
+            Some(framed) => framed,
+            None => {
+                let stream = tokio::time::timeout(self.timeout, TcpStream::connect(&self.addr))
+                    .await
+                    .map_err(|e| err("connecting to", &e))?
+                    .map_err(|e| err("connecting to", &e))?;
+                let _ = stream.set_nodelay(true);
+                conn.insert(Framed::new(stream, FrameCodec::default()))
+            }
+        };
         let opaque = self.opaque.fetch_add(1, Ordering::Relaxed);
         let exchange = async {
             framed
