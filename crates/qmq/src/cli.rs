@@ -74,7 +74,11 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
             std::io::stdin()
                 .read_to_string(&mut s)
                 .context("reading the body from standard input")?;
-            s
+            // `echo body | qmq send` should send "body", not "body\n".
+            match s.strip_suffix('\n') {
+                Some(trimmed) => trimmed.to_owned(),
+                None => s,
+            }
         }
     };
     let conn = Connection::connect(&args.broker).await?;
