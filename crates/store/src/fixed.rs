@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 
 use crate::error::{io, Result};
-use crate::log::sync_dir;
+use crate::log::{open_segment_files, sync_dir};
 
 struct Segment {
     path: PathBuf,
@@ -36,23 +36,8 @@ impl FixedLog {
     /// Opens (or creates) the log in `dir` with `entry`-byte entries, `per_segment` per file.
     /// Its length is where the last segment's last whole entry ends.
     pub fn open(dir: &Path, entry: u64, per_segment: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(io("create dir", dir))?;
         let mut segments = BTreeMap::new();
-        for e in std::fs::read_dir(dir).map_err(io("list", dir))? {
-            let path = e.map_err(io("list", dir))?.path();
-            let Some(base) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .filter(|n| n.len() == 20)
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io("open", &path))?;
+        for (base, path, file) in open_segment_files(dir)? {
             segments.insert(base, Segment { path, file });
         }
         let len = match segments.iter().next_back() {

@@ -67,23 +67,8 @@ impl RecordLog {
     /// Opens (or creates) the log in `dir`, checking every record from `scan_from` to the end:
     /// a torn tail is truncated, damaged records followed by good ones are skipped.
     pub fn open(name: &'static str, dir: &Path, segment_size: u64, scan_from: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(io("create dir", dir))?;
         let mut segments = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
-            let entry = entry.map_err(io("list", dir))?;
-            let path = entry.path();
-            let Some(base) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(io("open", &path))?;
+        for (base, path, file) in open_segment_files(dir)? {
             segments.insert(
                 base,
                 Segment {
@@ -510,6 +495,31 @@ impl LogReader {
         }
         segs.range(offset + 1..).next().map(|(&b, _)| b)
     }
+}
+
+/// Creates `dir` if needed and opens (read-write) every segment file in it: files named by
+/// the 20-digit offset of their first byte or entry. Returns (base, path, file) in any order.
+pub(crate) fn open_segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf, File)>> {
+    std::fs::create_dir_all(dir).map_err(io("create dir", dir))?;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
+        let path = entry.map_err(io("list", dir))?.path();
+        let Some(base) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.len() == 20)
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        out.push((base, path, file));
+    }
+    Ok(out)
 }
 
 /// fsyncs a directory so a created or renamed file survives a crash.
