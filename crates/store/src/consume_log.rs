@@ -6,6 +6,11 @@
 //! over messages without reading them. The CRC makes a torn or garbled entry recognisable: it
 //! is never trusted. Consume logs are derived data: whatever is missing after a crash is
 //! re-indexed from the message log, and segments whose messages retention deleted are deleted.
+//!
+//! Because they are derived, new entries are kept in a small in-memory tail (readers see it)
+//! and written in large pieces: when the tail reaches [`TAIL_LIMIT`], when the store's flusher
+//! runs (every flush interval) and before a checkpoint. A write per append batch and subject
+//! cost more than the message-log write itself for small messages.
 
 use std::path::Path;
 
@@ -59,7 +64,12 @@ pub struct ConsumeLog {
     log: FixedLog,
     /// Offset of the newest indexed message, to skip already-indexed records on recovery.
     last_offset: Option<u64>,
+    /// Encoded entries appended after the written ones (`log.len()..len()`), not yet written.
+    tail: Vec<u8>,
 }
+
+/// Bytes of unwritten entries a consume log holds before it writes them itself.
+pub const TAIL_LIMIT: usize = 64 * 1024;
 
 /// Entries checked per read while recovering.
 const CHUNK: usize = 4096;
@@ -114,7 +124,11 @@ impl ConsumeLog {
             }
             at -= 1;
         }
-        Ok(Self { log, last_offset })
+        Ok(Self {
+            log,
+            last_offset,
+            tail: Vec::new(),
+        })
     }
 
     fn decode_at(log: &FixedLog, seq: u64) -> Result<Option<Entry>> {
@@ -126,12 +140,12 @@ impl ConsumeLog {
 
     /// Number of entries; the next message gets this sequence.
     pub fn len(&self) -> u64 {
-        self.log.len()
+        self.log.len() + self.tail.len() as u64 / ENTRY
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.log.len() == 0
+        self.len() == 0
     }
 
     /// First sequence still stored (earlier segments were deleted by retention).
@@ -144,23 +158,50 @@ impl ConsumeLog {
         self.last_offset
     }
 
-    /// Appends entries with one write and returns the first one's sequence.
+    /// Appends entries (to the in-memory tail, written once it is large) and returns the first
+    /// one's sequence.
     pub fn append_many(&mut self, entries: &[Entry]) -> Result<u64> {
-        let seq = self.log.len();
-        let mut buf = Vec::with_capacity(entries.len() * ENTRY as usize);
+        let seq = self.len();
+        self.tail.reserve(entries.len() * ENTRY as usize);
         for e in entries {
-            e.encode(&mut buf);
+            e.encode(&mut self.tail);
         }
-        self.log.write(seq, &buf)?;
         if let Some(last) = entries.last() {
             self.last_offset = Some(last.offset);
+        }
+        if self.tail.len() >= TAIL_LIMIT {
+            self.flush()?;
         }
         Ok(seq)
     }
 
+    /// Writes the in-memory tail to the files (not yet durable: see [`ConsumeLog::sync`]).
+    /// Returns how many bytes it wrote.
+    pub fn flush(&mut self) -> Result<usize> {
+        let n = self.tail.len();
+        if n > 0 {
+            self.log.write(self.log.len(), &self.tail)?;
+            self.tail.clear();
+        }
+        Ok(n)
+    }
+
     /// Reads up to `max` entries from `seq`; `None` for an entry that is damaged or deleted.
     pub fn read(&self, seq: u64, max: usize) -> Result<Vec<Option<Entry>>> {
-        let bytes = self.log.read(seq, max)?;
+        let written = self.log.len();
+        let mut bytes = if seq < written {
+            self.log.read(seq, max)?
+        } else {
+            Vec::new()
+        };
+        let have = bytes.len() / ENTRY as usize;
+        if have < max {
+            let from = (seq.max(written) - written) as usize * ENTRY as usize;
+            let want = (max - have) * ENTRY as usize;
+            if let Some(t) = self.tail.get(from..) {
+                bytes.extend_from_slice(&t[..t.len().min(want)]);
+            }
+        }
         Ok(bytes
             .chunks_exact(ENTRY as usize)
             .map(Entry::decode)
@@ -170,10 +211,11 @@ impl ConsumeLog {
     /// The first sequence whose message is at or after message-log offset `offset` (entries
     /// are in message-log order; unreadable entries count as before it).
     pub fn first_at_or_after(&self, offset: u64) -> Result<u64> {
-        let (mut lo, mut hi) = (self.log.first(), self.log.len());
+        let (mut lo, mut hi) = (self.log.first(), self.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if Self::decode_at(&self.log, mid)?.is_some_and(|e| e.offset >= offset) {
+            let entry = self.read(mid, 1)?.into_iter().next().flatten();
+            if entry.is_some_and(|e| e.offset >= offset) {
                 hi = mid;
             } else {
                 lo = mid + 1;
@@ -188,8 +230,9 @@ impl ConsumeLog {
         self.log.delete_before(seq)
     }
 
-    /// Makes the entries durable.
-    pub fn sync(&self) -> Result<()> {
+    /// Writes the tail and makes every entry durable.
+    pub fn sync(&mut self) -> Result<()> {
+        self.flush()?;
         self.log.sync()
     }
 }

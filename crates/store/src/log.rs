@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -203,6 +204,15 @@ impl RecordLog {
     pub fn append_parts(&mut self, parts: &[&[u8]]) -> Result<u64> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let size = RECORD_HEADER + len as u64;
+        let offset = self.make_room(size)?;
+        frame(&mut self.pending, parts);
+        self.end += size;
+        Ok(offset)
+    }
+
+    /// Makes sure the next `size` bytes fit the segment the buffered records go to (rolling to
+    /// a new segment if not) and returns the offset they will have.
+    fn make_room(&mut self, size: u64) -> Result<u64> {
         if size > self.segment_size {
             return Err(StoreError::TooLarge {
                 size: size as usize,
@@ -219,15 +229,61 @@ impl RecordLog {
                 self.pending_at = (base, file, path);
             }
         }
-        let offset = self.end;
-        let crc = parts.iter().fold(0, |crc, p| crc32c::crc32c_append(crc, p));
-        self.pending.extend_from_slice(&(len as u32).to_be_bytes());
-        self.pending.extend_from_slice(&crc.to_be_bytes());
-        for p in parts {
-            self.pending.extend_from_slice(p);
+        Ok(self.end)
+    }
+
+    /// Appends framed records (see [`frame`]) given as runs of back-to-back records with each
+    /// record's size, with one vectored write per segment they go to, and makes them visible
+    /// to readers. Pushes each record's offset to `offsets`, in order.
+    pub fn append_runs(
+        &mut self,
+        runs: &[(&[u8], &[usize])],
+        offsets: &mut Vec<u64>,
+    ) -> Result<()> {
+        self.write_pending()?;
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(runs.len());
+        // The segment being filled, and the log offset where `slices` start.
+        let mut segment: Option<(u64, Arc<File>, PathBuf)> = None;
+        let mut slices_at = self.end;
+        for &(bytes, sizes) in runs {
+            let (mut from, mut at) = (0, 0);
+            for &size in sizes {
+                let size64 = size as u64;
+                if size64 > self.segment_size {
+                    return Err(StoreError::TooLarge {
+                        size,
+                        segment: self.segment_size,
+                    });
+                }
+                let fits = segment
+                    .as_ref()
+                    .is_some_and(|(base, _, _)| self.end + size64 <= base + self.segment_size);
+                if !fits {
+                    if at > from {
+                        slices.push(IoSlice::new(&bytes[from..at]));
+                    }
+                    from = at;
+                    if let Some((base, file, path)) = &segment {
+                        write_all_vectored_at(file, path, &mut slices, slices_at - base)?;
+                        self.marks.written.store(self.end, Ordering::Release);
+                    }
+                    slices.clear();
+                    segment = Some(self.segment_for(size64)?);
+                    slices_at = self.end;
+                }
+                offsets.push(self.end);
+                self.end += size64;
+                at += size;
+            }
+            if at > from {
+                slices.push(IoSlice::new(&bytes[from..at]));
+            }
         }
-        self.end += size;
-        Ok(offset)
+        if let Some((base, file, path)) = &segment {
+            write_all_vectored_at(file, path, &mut slices, slices_at - base)?;
+            self.marks.written.store(self.end, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Writes the buffered records to their segment.
@@ -527,4 +583,56 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync dir", dir))
+}
+
+/// Frames a record payload given in parts: `u32 length | u32 CRC32C | payload`, appended to
+/// `out`.
+pub fn frame(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    frame_with(out, |out| {
+        for p in parts {
+            out.extend_from_slice(p);
+        }
+    });
+}
+
+/// Frames a record whose payload `write` appends to `out`: the header's place is kept, then
+/// filled in with the payload's length and CRC (one pass over contiguous bytes). Pure, so
+/// callers can frame on their own threads and hand over finished records.
+pub fn frame_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER as usize]);
+    write(out);
+    let body = at + RECORD_HEADER as usize;
+    let len = (out.len() - body) as u32;
+    let crc = crc32c::crc32c(&out[body..]);
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    out[at + 4..body].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Most buffers one `pwritev` call takes (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// Writes all of `slices` at file position `at`, however the kernel splits the writes.
+fn write_all_vectored_at(
+    file: &File,
+    path: &Path,
+    mut slices: &mut [IoSlice<'_>],
+    mut at: u64,
+) -> Result<()> {
+    let fail = |source: std::io::Error| StoreError::Io {
+        op: "write",
+        path: path.to_path_buf(),
+        source,
+    };
+    while !slices.is_empty() {
+        let n = match rustix::io::pwritev(file, &slices[..slices.len().min(IOV_MAX)], at) {
+            Ok(0) => return Err(fail(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(fail(e.into())),
+        };
+        at += n as u64;
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
 }

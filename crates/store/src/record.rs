@@ -11,10 +11,8 @@ const FORMAT: u8 = 1;
 /// Most tags one message may carry (QMQ sends a one-byte count).
 pub const MAX_TAGS: usize = 255;
 
-/// Writes the metadata part of a record (everything before the message bytes) into `h`,
-/// replacing what it held (so one buffer serves a whole batch).
+/// Appends the metadata part of a record (everything before the message bytes) to `h`.
 pub fn header(h: &mut Vec<u8>, subject: &str, tags: &[String], time_ms: u64) {
-    h.clear();
     h.push(FORMAT);
     h.extend_from_slice(&(subject.len() as u16).to_be_bytes());
     h.extend_from_slice(subject.as_bytes());

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
-use super::{Store, CHECKPOINT_DIR};
+use super::{Store, CHECKPOINT_DIR, WRITER_THREAD};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{io, Result};
 
@@ -31,7 +31,7 @@ impl Store {
                 .collect();
             let mut subjects = BTreeMap::new();
             for (s, c) in consume {
-                let c = c.read();
+                let mut c = c.write();
                 c.sync()?;
                 subjects.insert(s, c.len());
             }
@@ -147,7 +147,7 @@ impl Store {
         // The writer thread ends when every sender is gone (it finishes queued appends first);
         // only wait for the threads that watch `closed`.
         for t in threads {
-            if t.thread().name() != Some("qmq-store-writer") && t.join().is_err() {
+            if t.thread().name() != Some(WRITER_THREAD) && t.join().is_err() {
                 tracing::error!("a store thread panicked");
             }
         }

@@ -132,7 +132,7 @@ pub struct SubjectInfo {
 }
 
 pub(crate) struct WriteJob {
-    messages: Vec<NewMessage>,
+    encoded: writer::Encoded,
     reply: oneshot::Sender<Result<Vec<Result<Appended>>>>,
 }
 
@@ -161,6 +161,9 @@ pub struct Store {
     writer: mpsc::Sender<WriteJob>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
+
+/// The writer thread's name: it ends once every [`Store`] handle is gone.
+pub(crate) const WRITER_THREAD: &str = "qmq-store-writer";
 
 pub(crate) const MESSAGE_DIR: &str = "messagelog";
 pub(crate) const CONSUME_DIR: &str = "consumelog";
@@ -193,30 +196,17 @@ impl Store {
         let w = inner.clone();
         threads.push(
             std::thread::Builder::new()
-                .name("qmq-store-writer".into())
+                .name(WRITER_THREAD.into())
                 .spawn(move || writer::run(&w, &jobs))
                 .map_err(io("spawn writer", &dir))?,
         );
-        if let FlushPolicy::Async { interval } = inner.config.flush {
-            let f = inner.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("qmq-store-flusher".into())
-                    .spawn(move || {
-                        while !f.closed.load(Ordering::Acquire) {
-                            std::thread::park_timeout(interval);
-                            if let Err(e) = f.message_reader.sync() {
-                                tracing::error!(error = %e, "message log fsync failed");
-                                f.fail(&e);
-                            }
-                            if let Err(e) = f.consumers.sync_actions() {
-                                tracing::error!(error = %e, "action log fsync failed");
-                            }
-                        }
-                    })
-                    .map_err(io("spawn flusher", &dir))?,
-            );
-        }
+        let f = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("qmq-store-flusher".into())
+                .spawn(move || f.flusher())
+                .map_err(io("spawn flusher", &dir))?,
+        );
         Ok(Self {
             inner,
             writer,
@@ -240,9 +230,16 @@ impl Store {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
+        let encoded =
+            writer::Encoded::new(messages, self.inner.config.segment_size, writer::now_ms());
+        self.submit(encoded).await
+    }
+
+    /// Hands a framed batch to the writer thread and waits for its answer.
+    async fn submit(&self, encoded: writer::Encoded) -> Result<Vec<Result<Appended>>> {
         let (reply, rx) = oneshot::channel();
         self.writer
-            .send(WriteJob { messages, reply })
+            .send(WriteJob { encoded, reply })
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -258,10 +255,13 @@ impl Store {
                 body,
             })
             .collect();
-        for m in &messages {
-            writer::validate(m, self.inner.config.segment_size)?;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
         }
-        self.append_messages(messages).await?.into_iter().collect()
+        let encoded =
+            writer::Encoded::new(messages, self.inner.config.segment_size, writer::now_ms())
+                .all_valid()?;
+        self.submit(encoded).await?.into_iter().collect()
     }
 
     /// A receiver of `subject`'s length (its next consume-log sequence), updated after every
@@ -332,6 +332,35 @@ impl Store {
 }
 
 impl Inner {
+    /// The flusher thread's loop, until close: every flush interval (10 ms with
+    /// `SyncBeforeAck`), writes the consume logs' in-memory tails, and with async flush fsyncs
+    /// the message and action logs.
+    fn flusher(&self) {
+        let interval = match self.config.flush {
+            FlushPolicy::Async { interval } => interval,
+            FlushPolicy::SyncBeforeAck => Duration::from_millis(10),
+        };
+        while !self.closed.load(Ordering::Acquire) {
+            std::thread::park_timeout(interval);
+            let consume: Vec<_> = self.consume.read().values().cloned().collect();
+            for c in consume {
+                if let Err(e) = c.write().flush() {
+                    tracing::error!(error = %e, "consume log write failed");
+                    self.fail(&e);
+                }
+            }
+            if let FlushPolicy::Async { .. } = self.config.flush {
+                if let Err(e) = self.message_reader.sync() {
+                    tracing::error!(error = %e, "message log fsync failed");
+                    self.fail(&e);
+                }
+                if let Err(e) = self.consumers.sync_actions() {
+                    tracing::error!(error = %e, "action log fsync failed");
+                }
+            }
+        }
+    }
+
     pub(crate) fn consume_log(&self, subject: &str) -> Option<Arc<RwLock<ConsumeLog>>> {
         self.consume.read().get(subject).cloned()
     }

@@ -1,6 +1,13 @@
-//! The writer thread: takes every append waiting in the queue (group commit), writes all their
-//! records with one write to the message log and each subject's index entries with one write
-//! to its consume log, fsyncs once with `SyncBeforeAck`, then answers and wakes watchers.
+//! The append path, in two stages:
+//! - the caller ([`Encoded::new`], on its own thread) validates its messages and frames them as
+//!   records, so that work spreads over every thread that appends;
+//! - the writer thread takes every batch waiting (group commit), gives the records their
+//!   offsets, writes them with one vectored write per segment, with `SyncBeforeAck` fsyncs once
+//!   for all of them, writes each subject's consume-log entries with one write, then answers
+//!   the callers and wakes long-polls.
+//!
+//! (A separate indexing thread and appends written by the callers themselves were both tried
+//! and measured slower on two cores: the hand-offs cost more than the overlap gains.)
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -11,7 +18,7 @@ use parking_lot::RwLock;
 use super::{check_name, Appended, FlushPolicy, Inner, NewMessage, WriteJob, CONSUME_DIR};
 use crate::consume_log::{ConsumeLog, Entry};
 use crate::error::{Result, StoreError};
-use crate::log::RECORD_HEADER;
+use crate::log::{frame_with, RECORD_HEADER};
 use crate::{names, record};
 
 /// Most jobs merged into one group commit.
@@ -46,6 +53,84 @@ fn record_len(m: &NewMessage) -> usize {
     12 + m.subject.len() + m.tags.iter().map(|t| 2 + t.len()).sum::<usize>() + m.body.len()
 }
 
+/// A batch of messages validated and framed as message-log records on the appending caller's
+/// thread, so the one writer thread only hands finished records to the kernel.
+pub(crate) struct Encoded {
+    /// The valid messages' records (`length | CRC | payload`), back to back, in order.
+    records: Vec<u8>,
+    /// The size of each record in `records`.
+    sizes: Vec<usize>,
+    /// The batch's subjects, each once.
+    subjects: Vec<String>,
+    /// Per message: its subject (index in `subjects`) and tag summary, or why it was refused.
+    items: Vec<Result<Item>>,
+}
+
+/// One valid message of an [`Encoded`] batch.
+struct Item {
+    subject: usize,
+    tags: u64,
+}
+
+impl Encoded {
+    /// Validates and frames `messages`, stamping them with the time `now_ms`.
+    pub(crate) fn new(messages: Vec<NewMessage>, segment_size: u64, now_ms: u64) -> Self {
+        let total: usize = messages
+            .iter()
+            .map(|m| RECORD_HEADER as usize + record_len(m))
+            .sum();
+        let mut records = Vec::with_capacity(total);
+        let mut sizes = Vec::with_capacity(messages.len());
+        let mut subjects: Vec<String> = Vec::new();
+        let items = messages
+            .into_iter()
+            .map(|m| {
+                validate(&m, segment_size)?;
+                let at = records.len();
+                frame_with(&mut records, |out| {
+                    record::header(out, &m.subject, &m.tags, now_ms);
+                    out.extend_from_slice(&m.body);
+                });
+                sizes.push(records.len() - at);
+                let subject = match subjects.iter().rposition(|s| *s == m.subject) {
+                    Some(i) => i,
+                    None => {
+                        subjects.push(m.subject);
+                        subjects.len() - 1
+                    }
+                };
+                Ok(Item {
+                    subject,
+                    tags: record::tag_summary(&m.tags),
+                })
+            })
+            .collect();
+        Self {
+            records,
+            sizes,
+            subjects,
+            items,
+        }
+    }
+
+    /// The batch if every message is valid, else the first refusal.
+    pub(crate) fn all_valid(mut self) -> Result<Self> {
+        if let Some(i) = self.items.iter().position(Result::is_err) {
+            // That item is an error: hand it out.
+            self.items.swap_remove(i)?;
+        }
+        Ok(self)
+    }
+}
+
+/// The current time in ms since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The writer thread's loop: group commits until every [`super::Store`] handle is gone.
 pub(crate) fn run(inner: &Inner, jobs: &mpsc::Receiver<WriteJob>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -55,137 +140,141 @@ pub(crate) fn run(inner: &Inner, jobs: &mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
-        let failed = inner.failed.lock().clone();
-        let (results, touched) = match failed {
-            Some(reason) => {
-                let err = || StoreError::Failed {
-                    reason: reason.clone(),
-                };
-                (batch.iter().map(|_| Err(err())).collect(), Vec::new())
-            }
-            None => write_batch(inner, &batch),
-        };
-        // Wake long-polls for the subjects that grew.
-        if !touched.is_empty() {
-            let mut watchers = inner.watchers.lock();
-            for (subject, len) in touched {
-                if let Some(tx) = watchers.get(&subject) {
-                    if tx.receiver_count() == 0 {
-                        watchers.remove(&subject);
-                    } else {
-                        tx.send_replace(len);
-                    }
+        if let Some(reason) = inner.failed.lock().clone() {
+            refuse(batch, &StoreError::Failed { reason });
+            continue;
+        }
+        match commit(inner, &mut batch) {
+            Ok((results, touched)) => {
+                wake(inner, touched);
+                for (job, result) in batch.into_iter().zip(results) {
+                    // A caller that stopped waiting is not an error.
+                    let _ = job.reply.send(Ok(result));
                 }
             }
-        }
-        for (job, result) in batch.into_iter().zip(results) {
-            // A caller that stopped waiting is not an error.
-            let _ = job.reply.send(result);
+            Err(e) => {
+                tracing::error!(error = %e, "append failed; refusing appends until reopened");
+                inner.fail(&e);
+                refuse(batch, &e);
+            }
         }
     }
 }
 
-type JobResult = Result<Vec<Result<Appended>>>;
+/// Answers every job of a batch that was not stored with `e`.
+fn refuse(batch: Vec<WriteJob>, e: &StoreError) {
+    for job in batch {
+        // A caller that stopped waiting is not an error.
+        let _ = job.reply.send(Err(failed(e)));
+    }
+}
 
-/// Writes the batch; returns each job's result and the new length of every subject written.
-fn write_batch(inner: &Inner, batch: &[WriteJob]) -> (Vec<JobResult>, Vec<(String, u64)>) {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+/// Writes a batch's records to the message log (fsynced with `SyncBeforeAck`), then their
+/// consume-log entries, holding the log throughout so a checkpoint sees every written message
+/// indexed. If indexing fails, the messages are in the message log and recovery re-indexes
+/// them.
+fn commit(inner: &Inner, batch: &mut [WriteJob]) -> Result<Indexed> {
     let mut log = inner.log.lock();
-    // Per job, per message: (subject index, index in that subject's entries) or its error.
-    let mut placed: Vec<Vec<Result<(usize, usize)>>> = Vec::with_capacity(batch.len());
-    let mut subjects: Vec<&str> = Vec::new();
-    let mut entries: Vec<Vec<Entry>> = Vec::new();
-    let mut header = Vec::with_capacity(64);
-    let mut fatal = None;
-    'jobs: for job in batch {
-        let mut out = Vec::with_capacity(job.messages.len());
-        for m in &job.messages {
-            if let Err(e) = validate(m, inner.config.segment_size) {
-                out.push(Err(e));
-                continue;
-            }
-            record::header(&mut header, &m.subject, &m.tags, now_ms);
-            match log.append_parts(&[&header, &m.body]) {
-                Ok(offset) => {
-                    let idx = match subjects.iter().rposition(|s| *s == m.subject) {
-                        Some(i) => i,
-                        None => {
-                            subjects.push(&m.subject);
-                            entries.push(Vec::new());
-                            subjects.len() - 1
-                        }
-                    };
-                    out.push(Ok((idx, entries[idx].len())));
-                    entries[idx].push(Entry {
-                        offset,
-                        len: (header.len() + m.body.len()) as u32,
-                        tags: record::tag_summary(&m.tags),
-                    });
-                }
-                Err(e) => {
-                    fatal = Some(e);
-                    break 'jobs;
-                }
-            }
-        }
-        placed.push(out);
-    }
-    let written = match fatal {
-        Some(e) => Err(e),
-        None => log.write_pending(),
-    };
-    let durable = written.and_then(|()| {
-        if inner.config.flush == FlushPolicy::SyncBeforeAck {
-            log.sync()
-        } else {
-            Ok(())
-        }
-    });
-    drop(log);
-    if let Err(e) = durable {
-        tracing::error!(error = %e, "message log write failed; refusing appends until reopened");
-        inner.fail(&e);
-        return (batch.iter().map(|_| Err(failed(&e))).collect(), Vec::new());
-    }
-    // Index: one consume-log write per subject, in message order.
-    let mut firsts = vec![0u64; subjects.len()];
-    let mut touched = Vec::with_capacity(subjects.len());
-    for (i, subject) in subjects.iter().enumerate() {
-        let indexed = consume_log_for(inner, subject).and_then(|c| {
-            let mut c = c.write();
-            let first = c.append_many(&entries[i])?;
-            Ok((first, c.len()))
-        });
-        match indexed {
-            Ok((first, len)) => {
-                firsts[i] = first;
-                touched.push(((*subject).to_owned(), len));
-            }
-            Err(e) => {
-                // The messages are in the message log; recovery re-indexes them.
-                tracing::error!(error = %e, subject, "consume log write failed; refusing appends until reopened");
-                inner.fail(&e);
-                return (batch.iter().map(|_| Err(failed(&e))).collect(), touched);
-            }
-        }
-    }
-    let results = placed
-        .into_iter()
-        .map(|job| {
-            Ok(job
-                .into_iter()
-                .map(|p| {
-                    p.map(|(s, i)| Appended {
-                        offset: entries[s][i].offset,
-                        sequence: firsts[s] + i as u64,
-                    })
-                })
-                .collect())
-        })
+    let runs: Vec<(&[u8], &[usize])> = batch
+        .iter()
+        .map(|j| (&j.encoded.records[..], &j.encoded.sizes[..]))
         .collect();
-    (results, touched)
+    let mut offsets = Vec::with_capacity(runs.iter().map(|r| r.1.len()).sum());
+    log.append_runs(&runs, &mut offsets)?;
+    if inner.config.flush == FlushPolicy::SyncBeforeAck {
+        log.sync()?;
+    }
+    index(inner, batch, &offsets)
+}
+
+/// Wakes long-polls on the subjects that grew.
+fn wake(inner: &Inner, touched: Vec<(String, u64)>) {
+    let mut watchers = inner.watchers.lock();
+    for (subject, len) in touched {
+        if let Some(tx) = watchers.get(&subject) {
+            if tx.receiver_count() == 0 {
+                watchers.remove(&subject);
+            } else {
+                tx.send_replace(len);
+            }
+        }
+    }
+}
+
+type Indexed = (Vec<Vec<Result<Appended>>>, Vec<(String, u64)>);
+
+/// One subject's share of a group commit.
+struct SubjectBatch {
+    subject: String,
+    log: Arc<RwLock<ConsumeLog>>,
+    /// The sequence the next entry gets.
+    next: u64,
+    entries: Vec<Entry>,
+}
+
+/// Writes a written batch's consume-log entries, one append per subject in message order;
+/// returns each job's per-message results and the new length of every subject written.
+fn index(inner: &Inner, batch: &mut [WriteJob], offsets: &[u64]) -> Result<Indexed> {
+    let mut subjects: Vec<SubjectBatch> = Vec::new();
+    let mut results = Vec::with_capacity(batch.len());
+    let mut offsets = offsets.iter().copied();
+    for job in batch {
+        let e = &mut job.encoded;
+        // The commit-wide index of each of the job's subjects.
+        let mut global = Vec::with_capacity(e.subjects.len());
+        for s in &mut e.subjects {
+            match subjects.iter().position(|b| b.subject == *s) {
+                Some(i) => global.push(i),
+                None => {
+                    let log = consume_log_for(inner, s)?;
+                    // Only this thread appends, so the length stays put until the append.
+                    let next = log.read().len();
+                    subjects.push(SubjectBatch {
+                        subject: std::mem::take(s),
+                        log,
+                        next,
+                        entries: Vec::new(),
+                    });
+                    global.push(subjects.len() - 1);
+                }
+            }
+        }
+        let mut sizes = e.sizes.iter();
+        let mut out = Vec::with_capacity(e.items.len());
+        for item in e.items.drain(..) {
+            let item = match item {
+                Ok(item) => item,
+                Err(refused) => {
+                    out.push(Err(refused));
+                    continue;
+                }
+            };
+            let (Some(offset), Some(size)) = (offsets.next(), sizes.next()) else {
+                return Err(StoreError::Failed {
+                    reason: "a written batch lost track of its records".into(),
+                });
+            };
+            let b = &mut subjects[global[item.subject]];
+            out.push(Ok(Appended {
+                offset,
+                sequence: b.next,
+            }));
+            b.next += 1;
+            b.entries.push(Entry {
+                offset,
+                len: (size - RECORD_HEADER as usize) as u32,
+                tags: item.tags,
+            });
+        }
+        results.push(out);
+    }
+    let mut touched = Vec::with_capacity(subjects.len());
+    for b in subjects {
+        let mut log = b.log.write();
+        log.append_many(&b.entries)?;
+        touched.push((b.subject, log.len()));
+    }
+    Ok((results, touched))
 }
 
 fn failed(e: &StoreError) -> StoreError {
