@@ -1,8 +1,13 @@
 //! Append throughput of the store (async flush) against a plain sequential `write` of the same
 //! bytes (the store's own record framing, so both write exactly as many bytes) to the same disk,
 //! in the same run; then a read-back of everything through a consumer group. Prints msgs/s,
-//! MB/s, the ratio, and the process's resident memory (current and peak) against the bytes
-//! stored, to show memory does not grow with the log.
+//! MB/s, the ratio, the CPU time each side spent per message (all threads of the process), and
+//! the process's resident memory (current and peak; the peak includes the prebuilt input).
+//!
+//! Both sides start with their input ready (the raw side one buffer, the store side every
+//! batch of messages: 16 producers appending batches of 30, as QMQ producers send), both end
+//! with everything fsynced, and both run `ROUNDS` times in turn on this shared machine: the
+//! figures are the medians, and every round's ratio is printed too.
 //!
 //! `cargo bench -p qmq-store` (set QMQ_BENCH_DIR to measure another disk; default: a temp dir
 //! under the target directory).
@@ -15,6 +20,8 @@ use qmq_store::{ConsumerKey, FlushPolicy, PullSpec, Store, StoreConfig};
 
 const BATCH: usize = 30;
 const PRODUCERS: usize = 16;
+/// Runs of each side per size; medians are printed.
+const ROUNDS: usize = 5;
 /// Record framing (length + CRC) and metadata (format, subject "benchNN", no tags, time).
 const OVERHEAD: usize = 8 + 1 + 2 + 7 + 1 + 8;
 
@@ -26,20 +33,30 @@ fn bench_dir() -> tempfile::TempDir {
 }
 
 /// Sequential `write` calls of the same number of bytes, one call per batch, then one fsync.
-fn raw_write(size: usize, count: usize) -> Duration {
+fn raw_write(size: usize, count: usize) -> (Duration, Duration) {
     let dir = bench_dir();
     let mut f = std::fs::File::create(dir.path().join("raw")).expect("create");
     let batch = vec![7u8; (size + OVERHEAD) * BATCH];
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_time());
     for _ in 0..count / BATCH {
         f.write_all(&batch).expect("write");
     }
     f.sync_data().expect("fsync");
-    start.elapsed()
+    (start.elapsed(), cpu_time() - cpu)
+}
+
+/// CPU time used so far by every thread of this process.
+fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 struct Run {
     append: Duration,
+    append_cpu: Duration,
     read: Duration,
     read_count: usize,
 }
@@ -51,19 +68,27 @@ fn store_run(rt: &tokio::runtime::Runtime, size: usize, count: usize) -> Run {
         interval: Duration::from_millis(10),
     };
     let store = Store::open(config).expect("open");
-    let body = Bytes::from(vec![7u8; size]);
-    let start = Instant::now();
+    // Every producer's batches, built before the clock starts.
+    let inputs: Vec<Vec<Vec<(String, Bytes)>>> = (0..PRODUCERS)
+        .map(|p| {
+            let body = Bytes::from(vec![7u8; size]);
+            let subject = format!("bench{p:02}");
+            (0..count / BATCH / PRODUCERS)
+                .map(|_| {
+                    (0..BATCH)
+                        .map(|_| (subject.clone(), body.clone()))
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let (start, cpu) = (Instant::now(), cpu_time());
     rt.block_on(async {
         let mut tasks = Vec::new();
-        for p in 0..PRODUCERS {
+        for batches in inputs {
             let store = store.clone();
-            let body = body.clone();
             tasks.push(tokio::spawn(async move {
-                let subject = format!("bench{p:02}");
-                for _ in 0..count / BATCH / PRODUCERS {
-                    let batch = (0..BATCH)
-                        .map(|_| (subject.clone(), body.clone()))
-                        .collect();
+                for batch in batches {
                     store.append(batch).await.expect("append");
                 }
             }));
@@ -74,7 +99,7 @@ fn store_run(rt: &tokio::runtime::Runtime, size: usize, count: usize) -> Run {
     });
     // Durable like the raw write's final fsync.
     store.checkpoint().expect("checkpoint");
-    let append = start.elapsed();
+    let (append, append_cpu) = (start.elapsed(), cpu_time() - cpu);
 
     // Read everything back through one consumer per subject.
     let start = Instant::now();
@@ -105,6 +130,7 @@ fn store_run(rt: &tokio::runtime::Runtime, size: usize, count: usize) -> Run {
     store.close().expect("close");
     Run {
         append,
+        append_cpu,
         read,
         read_count,
     }
@@ -146,16 +172,35 @@ fn main() {
     );
     for (size, count) in [(100usize, 960_000usize), (1024, 240_000)] {
         let count = count / (BATCH * PRODUCERS) * BATCH * PRODUCERS;
-        let raw = raw_write(size, count);
-        let run = store_run(&rt, size, count);
-        assert_eq!(run.read_count, count, "read back everything");
+        let mut raws = Vec::new();
+        let mut raw_cpus = Vec::new();
+        let mut runs = Vec::new();
+        for _ in 0..ROUNDS {
+            let (raw, raw_cpu) = raw_write(size, count);
+            raws.push(raw.as_secs_f64());
+            raw_cpus.push(raw_cpu.as_secs_f64());
+            let run = store_run(&rt, size, count);
+            assert_eq!(run.read_count, count, "read back everything");
+            runs.push(run);
+        }
+        let mut ratios: Vec<f64> = raws
+            .iter()
+            .zip(&runs)
+            .map(|(r, s)| r / s.append.as_secs_f64())
+            .collect();
+        let mut stores: Vec<f64> = runs.iter().map(|r| r.append.as_secs_f64()).collect();
+        let mut reads: Vec<f64> = runs.iter().map(|r| r.read.as_secs_f64()).collect();
+        let mut store_cpus: Vec<f64> = runs.iter().map(|r| r.append_cpu.as_secs_f64()).collect();
+        let (s, r, rd, ratio) = (
+            median(&mut stores),
+            median(&mut raws),
+            median(&mut reads),
+            median(&mut ratios),
+        );
+        let ns_per_msg = |v: &mut Vec<f64>| median(v) * 1e9 / count as f64;
+        let (raw_cpu, store_cpu) = (ns_per_msg(&mut raw_cpus), ns_per_msg(&mut store_cpus));
         let mb = (count * size) as f64 / 1e6;
         let stored = (count * (size + OVERHEAD + 24)) as f64 / 1e6;
-        let (s, r, rd) = (
-            run.append.as_secs_f64(),
-            raw.as_secs_f64(),
-            run.read.as_secs_f64(),
-        );
         let (rss, peak) = rss_mb();
         println!(
             "{:>5} {:>8} {:>11.0} {:>8.1} {:>11.0} {:>8.1} {:>6.2} {:>11.0} {:>8.1} {:>9.0} {:>8.1} {:>8.1}",
@@ -165,12 +210,23 @@ fn main() {
             mb / s,
             count as f64 / r,
             mb / r,
-            r / s,
+            ratio,
             count as f64 / rd,
             mb / rd,
             stored,
             rss,
             peak
         );
+        let all: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "      ratio per round: {}; CPU per message: store {store_cpu:.0} ns, raw {raw_cpu:.0} ns",
+            all.join(" ")
+        );
     }
+}
+
+/// The median of `v` (sorted in place).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

@@ -236,3 +236,57 @@ impl ConsumeLog {
         self.log.sync()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u64) -> Entry {
+        Entry {
+            offset: i * 10,
+            len: 3,
+            tags: i,
+        }
+    }
+
+    #[test]
+    fn the_in_memory_tail_is_read_with_the_files_and_written_when_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ConsumeLog::open(dir.path(), 1000, 0, u64::MAX).unwrap();
+        let per_limit = TAIL_LIMIT as u64 / ENTRY;
+        // Below the limit: nothing on disk yet, everything readable.
+        let first: Vec<Entry> = (0..10).map(entry).collect();
+        assert_eq!(c.append_many(&first).unwrap(), 0);
+        assert_eq!(FixedLog::open(dir.path(), ENTRY, 1000).unwrap().len(), 0);
+        assert_eq!(
+            c.read(3, 4).unwrap(),
+            (3..7).map(|i| Some(entry(i))).collect::<Vec<_>>()
+        );
+        // Past the limit: written, across index segments.
+        let more: Vec<Entry> = (10..per_limit + 20).map(entry).collect();
+        assert_eq!(c.append_many(&more).unwrap(), 10);
+        let on_disk = FixedLog::open(dir.path(), ENTRY, 1000).unwrap().len();
+        assert_eq!(on_disk, per_limit + 20);
+        // A tail again; reads that straddle the file and the tail.
+        let tail: Vec<Entry> = (per_limit + 20..per_limit + 30).map(entry).collect();
+        c.append_many(&tail).unwrap();
+        let got = c.read(on_disk - 2, 5).unwrap();
+        assert_eq!(
+            got,
+            (on_disk - 2..on_disk + 3)
+                .map(|i| Some(entry(i)))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(c.len(), per_limit + 30);
+        assert_eq!(
+            c.first_at_or_after(entry(on_disk + 1).offset).unwrap(),
+            on_disk + 1
+        );
+        assert_eq!(c.read(c.len(), 5).unwrap(), Vec::new());
+        // sync writes the tail; a reopen sees everything.
+        c.sync().unwrap();
+        let c = ConsumeLog::open(dir.path(), 1000, 0, u64::MAX).unwrap();
+        assert_eq!(c.len(), per_limit + 30);
+        assert_eq!(c.last_offset(), Some(entry(per_limit + 29).offset));
+    }
+}

@@ -540,3 +540,31 @@ fn walk(dir: &std::path::Path) -> usize {
     }
     n
 }
+
+#[tokio::test]
+async fn the_flusher_writes_index_entries_within_its_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.flush = FlushPolicy::Async {
+        interval: Duration::from_millis(10),
+    };
+    let store = Store::open(c).unwrap();
+    append_n(&store, "s", 0..5).await;
+    // The entries are served from memory at once ...
+    assert_eq!(store.read("s", 0, 10).unwrap().len(), 5);
+    // ... and reach the consume-log file by the next flush, without a checkpoint.
+    let on_disk = || {
+        last_file(&dir.path().join("consumelog/s"))
+            .map_or(0, |f| std::fs::metadata(f).unwrap().len())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while on_disk() < 5 * 24 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flusher never wrote the consume log"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(on_disk(), 5 * 24);
+    store.close().unwrap();
+}

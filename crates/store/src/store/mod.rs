@@ -131,9 +131,16 @@ pub struct SubjectInfo {
     pub len: u64,
 }
 
+/// The writer's answer to one append: its results, and its batch handed back so that the
+/// appending thread, which allocated the batch's buffers, frees them.
+pub(crate) struct Answer {
+    result: Result<Vec<Result<Appended>>>,
+    _spent: writer::Encoded,
+}
+
 pub(crate) struct WriteJob {
     encoded: writer::Encoded,
-    reply: oneshot::Sender<Result<Vec<Result<Appended>>>>,
+    reply: oneshot::Sender<Answer>,
 }
 
 pub(crate) struct Inner {
@@ -241,7 +248,7 @@ impl Store {
         self.writer
             .send(WriteJob { encoded, reply })
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        rx.await.map_err(|_| StoreError::Closed)?.result
     }
 
     /// Appends untagged `(subject, bytes)` messages all or nothing: if any is invalid, none is

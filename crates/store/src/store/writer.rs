@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 
-use super::{check_name, Appended, FlushPolicy, Inner, NewMessage, WriteJob, CONSUME_DIR};
+use super::{check_name, Answer, Appended, FlushPolicy, Inner, NewMessage, WriteJob, CONSUME_DIR};
 use crate::consume_log::{ConsumeLog, Entry};
 use crate::error::{Result, StoreError};
 use crate::log::{frame_with, RECORD_HEADER};
@@ -149,7 +149,10 @@ pub(crate) fn run(inner: &Inner, jobs: &mpsc::Receiver<WriteJob>) {
                 wake(inner, touched);
                 for (job, result) in batch.into_iter().zip(results) {
                     // A caller that stopped waiting is not an error.
-                    let _ = job.reply.send(Ok(result));
+                    let _ = job.reply.send(Answer {
+                        result: Ok(result),
+                        _spent: job.encoded,
+                    });
                 }
             }
             Err(e) => {
@@ -165,7 +168,10 @@ pub(crate) fn run(inner: &Inner, jobs: &mpsc::Receiver<WriteJob>) {
 fn refuse(batch: Vec<WriteJob>, e: &StoreError) {
     for job in batch {
         // A caller that stopped waiting is not an error.
-        let _ = job.reply.send(Err(failed(e)));
+        let _ = job.reply.send(Answer {
+            result: Err(failed(e)),
+            _spent: job.encoded,
+        });
     }
 }
 
