@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::error::{io, Result, StoreError};
@@ -60,6 +61,8 @@ pub struct RecordLog {
 #[derive(Clone)]
 pub struct LogReader {
     name: &'static str,
+    /// The log's segment size: no record is larger.
+    segment_size: u64,
     segments: Arc<RwLock<BTreeMap<u64, Segment>>>,
     marks: Arc<Marks>,
 }
@@ -161,6 +164,7 @@ impl RecordLog {
     pub fn reader(&self) -> LogReader {
         LogReader {
             name: self.name,
+            segment_size: self.segment_size,
             segments: self.segments.clone(),
             marks: self.marks.clone(),
         }
@@ -465,36 +469,50 @@ impl LogReader {
     /// Reads and checks the record at `offset`.
     pub fn read(&self, offset: u64) -> Result<Vec<u8>> {
         let (base, file) = self.locate(offset)?;
-        let pos = offset - base;
-        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let corrupt = || StoreError::Corrupt {
+            log: self.name,
+            offset,
+        };
+        let mut head = [0u8; RECORD_HEADER as usize];
+        file.read_exact_at(&mut head, offset - base)
+            .map_err(|_| corrupt())?;
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        // A damaged length must not make us allocate more than a record can be.
+        if RECORD_HEADER + u64::from(len) > self.segment_size {
+            return Err(corrupt());
+        }
+        let mut payload = vec![0u8; len as usize];
+        file.read_exact_at(&mut payload, offset - base + RECORD_HEADER)
+            .map_err(|_| corrupt())?;
+        if crc32c::crc32c(&payload) != crc {
+            return Err(corrupt());
+        }
+        Ok(payload)
+    }
+
+    /// Reads and checks the record at `offset` whose payload is `len` bytes long (as an index
+    /// entry says) with one read call, and returns its payload (no copy). A record of another
+    /// length is damaged.
+    pub fn read_sized(&self, offset: u64, len: u32) -> Result<Bytes> {
+        let (base, file) = self.locate(offset)?;
         let corrupt = StoreError::Corrupt {
             log: self.name,
             offset,
         };
-        if pos + RECORD_HEADER > file_len {
+        let head = RECORD_HEADER as usize;
+        if (head as u64) + u64::from(len) > self.segment_size {
             return Err(corrupt);
         }
-        let mut head = [0u8; 8];
-        file.read_exact_at(&mut head, pos)
-            .map_err(|_| StoreError::Corrupt {
-                log: self.name,
-                offset,
-            })?;
-        let len = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
-        let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-        if pos + RECORD_HEADER + len > file_len {
+        let mut record = vec![0u8; head + len as usize];
+        if file.read_exact_at(&mut record, offset - base).is_err() {
             return Err(corrupt);
         }
-        let mut payload = vec![0u8; len as usize];
-        file.read_exact_at(&mut payload, pos + RECORD_HEADER)
-            .map_err(|_| StoreError::Corrupt {
-                log: self.name,
-                offset,
-            })?;
-        if crc32c::crc32c(&payload) != crc {
+        let crc = u32::from_be_bytes([record[4], record[5], record[6], record[7]]);
+        if record[..4] != len.to_be_bytes() || crc32c::crc32c(&record[head..]) != crc {
             return Err(corrupt);
         }
-        Ok(payload)
+        Ok(Bytes::from(record).slice(head..))
     }
 
     /// Reads records from `offset` until `end`, calling `visit(offset, payload)` for each;

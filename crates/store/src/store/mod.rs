@@ -380,7 +380,7 @@ impl Inner {
         sequence: u64,
         e: Entry,
     ) -> Option<StoredMessage> {
-        let payload = match self.message_reader.read(e.offset) {
+        let payload = match self.message_reader.read_sized(e.offset, e.len) {
             Ok(p) => p,
             Err(StoreError::OutOfRange { .. }) => return None,
             Err(err) => {
@@ -404,7 +404,7 @@ impl Inner {
                 return None;
             }
         };
-        let message = Bytes::from(payload).slice(body_at..);
+        let message = payload.slice(body_at..);
         Some(StoredMessage {
             sequence,
             offset: e.offset,
