@@ -71,6 +71,9 @@ pub struct ConsumeLog {
 /// Bytes of unwritten entries a consume log holds before it writes them itself.
 pub const TAIL_LIMIT: usize = 64 * 1024;
 
+/// Buffer capacity a consume log keeps after writing its tail.
+const TAIL_KEPT: usize = 4 * 1024;
+
 /// Entries checked per read while recovering.
 const CHUNK: usize = 4096;
 
@@ -182,6 +185,8 @@ impl ConsumeLog {
         if n > 0 {
             self.log.write(self.log.len(), &self.tail)?;
             self.tail.clear();
+            // Many quiet subjects must not each keep a burst's worth of buffer.
+            self.tail.shrink_to(TAIL_KEPT);
         }
         Ok(n)
     }
