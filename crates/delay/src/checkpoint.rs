@@ -58,11 +58,15 @@ pub fn check_scale(dir: &Path, scale: u32) -> Result<(), DelayError> {
             if bytes.len() != 20 || &bytes[..8] != META_MAGIC {
                 return Err(corrupt("not a delay store metadata file"));
             }
-            let crc = u32::from_be_bytes(bytes[16..20].try_into().expect("4 bytes"));
+            let be_u32 = |at: usize| -> Option<u32> {
+                Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+            };
+            let (Some(stored), Some(crc)) = (be_u32(12), be_u32(16)) else {
+                return Err(corrupt("not a delay store metadata file"));
+            };
             if crc32c::crc32c(&bytes[..16]) != crc {
                 return Err(corrupt("CRC-32C mismatch"));
             }
-            let stored = u32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes"));
             if stored != scale {
                 return Err(DelayError::ScaleMismatch {
                     path: dir.to_owned(),

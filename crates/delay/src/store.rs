@@ -208,11 +208,11 @@ impl Store {
                 .map_err(|e| DelayError::io("read schedule log", path, e))?
             {
                 Ok(Some((_, payload))) => {
-                    let Some(wal) = payload.get(..8) else {
+                    let Some(wal) = payload.get(..8).and_then(|w| w.try_into().ok()) else {
                         break frames.offset();
                     };
                     bucket.records += 1;
-                    bucket.last_wal = Some(u64::from_be_bytes(wal.try_into().expect("8 bytes")));
+                    bucket.last_wal = Some(u64::from_be_bytes(wal));
                 }
                 Ok(None) => break frames.offset(),
                 Err(damage) => {
@@ -273,9 +273,13 @@ impl Store {
         }
         let mut set = HashSet::with_capacity(whole / DISPATCH_RECORD);
         for rec in bytes[..whole].chunks_exact(DISPATCH_RECORD) {
-            let crc = u32::from_be_bytes(rec[8..12].try_into().expect("4 bytes"));
-            if crc32c::crc32c(&rec[..8]) == crc {
-                set.insert(u64::from_be_bytes(rec[..8].try_into().expect("8 bytes")));
+            let id: Option<[u8; 8]> = rec.get(..8).and_then(|b| b.try_into().ok());
+            let crc: Option<[u8; 4]> = rec.get(8..12).and_then(|b| b.try_into().ok());
+            let intact = id
+                .zip(crc)
+                .filter(|(id, crc)| crc32c::crc32c(id) == u32::from_be_bytes(*crc));
+            if let Some((id, _)) = intact {
+                set.insert(u64::from_be_bytes(id));
             } else {
                 self.damaged += 1;
                 tracing::error!(file = %path.display(), "damaged dispatch record skipped (its message may be delivered again)");
@@ -405,7 +409,9 @@ impl Store {
             let file = self.handle(start)?;
             let path = disp_path(&self.disp_dir, start);
             let dispatched = self.read_dispatch_log(start, &path)?;
-            let bucket = self.buckets.get_mut(&start).expect("listed above");
+            let Some(bucket) = self.buckets.get_mut(&start) else {
+                continue;
+            };
             bucket.loaded = true;
             bucket.dispatched = dispatched.len() as u64;
             jobs.push(LoadJob {

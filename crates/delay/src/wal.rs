@@ -20,9 +20,12 @@ const SUFFIX: &str = ".wal";
 /// The message log of one store.
 pub struct MessageLog {
     dir: PathBuf,
-    /// Base offset -> length of every segment (the last one is the active one).
+    /// Base offset -> length of every segment before the active one.
     segments: BTreeMap<u64, u64>,
     active: File,
+    /// The active segment's base offset and length.
+    active_base: u64,
+    active_len: u64,
     segment_bytes: u64,
     max_payload: usize,
 }
@@ -49,10 +52,8 @@ impl MessageLog {
                 .len();
             segments.insert(base as u64, len);
         }
-        if segments.is_empty() {
-            segments.insert(0, 0);
-        }
-        let (&base, _) = segments.iter().next_back().expect("one segment at least");
+        // The newest segment (or a first, empty one) is the active one.
+        let base = segments.pop_last().map_or(0, |(base, _)| base);
         let path = segment_path(dir, base);
         let mut active = OpenOptions::new()
             .create(true)
@@ -90,12 +91,13 @@ impl MessageLog {
         active
             .seek(SeekFrom::End(0))
             .map_err(|e| DelayError::io("seek", &path, e))?;
-        segments.insert(base, valid_end);
         sync_dir(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
             segments,
             active,
+            active_base: base,
+            active_len: valid_end,
             segment_bytes,
             max_payload,
         })
@@ -103,35 +105,36 @@ impl MessageLog {
 
     /// The global offset just after the last record.
     pub fn end(&self) -> u64 {
-        let (base, len) = self.segments.iter().next_back().expect("one segment");
-        base + len
+        self.active_base + self.active_len
     }
 
     /// The global offset of the first record still kept.
     pub fn start(&self) -> u64 {
-        *self.segments.keys().next().expect("one segment")
+        self.segments
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.active_base)
     }
 
     /// Appends `frames` (whole framed records) and returns the global offset of the first byte.
     /// Not durable until [`Self::sync`].
     pub fn append(&mut self, frames: &[u8]) -> Result<u64, DelayError> {
-        let (&base, &len) = self.segments.iter().next_back().expect("one segment");
-        if len > 0 && len + frames.len() as u64 > self.segment_bytes {
-            self.roll(base + len)?;
+        if self.active_len > 0 && self.active_len + frames.len() as u64 > self.segment_bytes {
+            self.roll(self.end())?;
         }
-        let (&base, len) = self.segments.iter_mut().next_back().expect("one segment");
-        let at = base + *len;
+        let at = self.end();
         if let Err(e) = self.active.write_all(frames) {
             // Leave no partial batch behind: later appends must start on a record boundary.
-            let _ = self.active.set_len(*len);
-            let _ = self.active.seek(SeekFrom::Start(*len));
+            let _ = self.active.set_len(self.active_len);
+            let _ = self.active.seek(SeekFrom::Start(self.active_len));
             return Err(DelayError::io(
                 "append message log",
-                segment_path(&self.dir, base),
+                segment_path(&self.dir, self.active_base),
                 e,
             ));
         }
-        *len += frames.len() as u64;
+        self.active_len += frames.len() as u64;
         Ok(at)
     }
 
@@ -146,7 +149,9 @@ impl MessageLog {
             .open(&path)
             .map_err(|e| DelayError::io("create message log segment", &path, e))?;
         sync_dir(&self.dir)?;
-        self.segments.insert(new_base, 0);
+        self.segments.insert(self.active_base, self.active_len);
+        self.active_base = new_base;
+        self.active_len = 0;
         Ok(())
     }
 
@@ -167,8 +172,11 @@ impl MessageLog {
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<(), DelayError> {
         self.active.sync_data().map_err(|e| {
-            let base = *self.segments.keys().next_back().expect("one segment");
-            DelayError::io("fsync message log", segment_path(&self.dir, base), e)
+            DelayError::io(
+                "fsync message log",
+                segment_path(&self.dir, self.active_base),
+                e,
+            )
         })
     }
 
@@ -180,7 +188,8 @@ impl MessageLog {
         from: u64,
         mut f: impl FnMut(u64, &[u8]) -> Result<(), DelayError>,
     ) -> Result<(), DelayError> {
-        for (&base, &len) in &self.segments {
+        let active = std::iter::once((self.active_base, self.active_len));
+        for (base, len) in self.segments.iter().map(|(&b, &l)| (b, l)).chain(active) {
             if base + len <= from || len == 0 {
                 continue;
             }
@@ -218,11 +227,11 @@ impl MessageLog {
         upto: u64,
         older_than: SystemTime,
     ) -> Result<usize, DelayError> {
-        let active = *self.segments.keys().next_back().expect("one segment");
+        // Only older segments are in `segments`: the active one is never deleted.
         let doomed: Vec<u64> = self
             .segments
             .iter()
-            .filter(|(&base, &len)| base != active && base + len <= upto)
+            .filter(|(&base, &len)| base + len <= upto)
             .map(|(&base, _)| base)
             .collect();
         let mut deleted = 0;
@@ -246,7 +255,7 @@ impl MessageLog {
 
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
-        self.segments.len()
+        self.segments.len() + 1
     }
 }
 
