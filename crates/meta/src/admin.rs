@@ -3,10 +3,11 @@
 use qmq_protocol::BrokerRole;
 use serde::{Deserialize, Serialize};
 
+use crate::cache::ANY;
 use crate::core::MetaCore;
 use crate::model::{
-    BrokerGroupInfo, BrokerSpec, ClientDb, ClientStateSetting, ReadonlySetting, ResetAction,
-    ResetOffsetRequest, SubjectRoute,
+    now_ms, BrokerGroupInfo, BrokerSpec, ClientDb, ClientStateSetting, GroupKind, ReadonlySetting,
+    ResetAction, ResetOffsetRequest, SubjectRoute,
 };
 use crate::{subject, MetaError};
 
@@ -63,6 +64,60 @@ fn default_db_type() -> String {
 
 fn default_room() -> String {
     "default".into()
+}
+
+/// Parameters of add-subject-broker-group and remove-subject-broker-group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubjectGroupParams {
+    /// Broker group to add to or remove from the route.
+    pub broker_group: String,
+    /// Subject whose route changes; remove-subject-broker-group also takes `*` (every route).
+    pub subject: String,
+}
+
+/// Parameters of extend-subject-route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtendRouteParams {
+    /// Subject whose route is extended, or `*` for every route.
+    pub related_subject: String,
+    /// Only routes containing this group are extended.
+    pub related_broker_group: String,
+    /// The group added to those routes.
+    pub new_broker_group: String,
+}
+
+/// What extend-subject-route changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtendRouteOutcome {
+    /// How many routes got the new group.
+    pub updated: usize,
+    /// The subjects of those routes.
+    pub subjects: Vec<String>,
+}
+
+impl ExtendRouteOutcome {
+    /// A one-line, human-readable account of the outcome.
+    pub fn summary(&self) -> String {
+        let plural = if self.updated == 1 { "" } else { "s" };
+        format!("updated the route of {} subject{plural}", self.updated)
+    }
+}
+
+/// The result of one optimistic route update.
+enum RouteChange {
+    /// Written; the route as it is now.
+    Saved(SubjectRoute),
+    /// Not written, for this reason.
+    Refused(String),
+}
+
+fn describe(route: &SubjectRoute) -> String {
+    format!(
+        "subject {}, version {}, groups [{}]",
+        route.subject,
+        route.version,
+        route.groups.join(", ")
+    )
 }
 
 /// One consumer group of a subject with its known clients.
@@ -301,6 +356,206 @@ impl MetaCore {
         })
     }
 
+    /// A broker group that may be put into realtime routes: registered, not a delay group.
+    async fn routable_group(&self, name: &str) -> Result<BrokerGroupInfo, MetaError> {
+        let group =
+            self.store.broker_group(name).await?.ok_or_else(|| {
+                MetaError::NotFound(format!("broker group {name} does not exist"))
+            })?;
+        if group.kind == GroupKind::Delay {
+            return Err(MetaError::InvalidArgument(format!(
+                "broker group {name} is a delay group; subject routes take realtime groups"
+            )));
+        }
+        Ok(group)
+    }
+
+    /// The stored route of `subject` (or of its real subject), if it has one.
+    async fn existing_route(&self, subject: &str) -> Result<SubjectRoute, MetaError> {
+        let real = subject::real_subject(subject);
+        self.store.subject_route(real).await?.ok_or_else(|| {
+            MetaError::NotFound(format!(
+                "subject {subject} has no route yet (it gets one when a producer or consumer \
+                 first asks for it)"
+            ))
+        })
+    }
+
+    /// Replaces `old`'s groups by `groups` if nobody changed the route meanwhile; on success
+    /// the cached view gets the new route at once, so clients are answered from it.
+    async fn save_route(
+        &self,
+        old: &SubjectRoute,
+        groups: Vec<String>,
+    ) -> Result<Option<SubjectRoute>, MetaError> {
+        if !self
+            .store
+            .update_subject_route(&old.subject, old.version, &groups)
+            .await?
+        {
+            return Ok(None);
+        }
+        let route = SubjectRoute {
+            subject: old.subject.clone(),
+            groups,
+            version: old.version + 1,
+            updated_ms: now_ms(),
+        };
+        tracing::info!(subject = route.subject, from = ?old.groups, to = ?route.groups,
+            version = route.version, "subject route changed by an operator");
+        self.cache.put_route(route.clone());
+        Ok(Some(route))
+    }
+
+    /// Why a route update lost the race: the route as it is now.
+    async fn changed_meanwhile(&self, subject: &str) -> Result<String, MetaError> {
+        Ok(match self.store.subject_route(subject).await? {
+            Some(current) => format!(
+                "the route changed meanwhile, nothing was written; current route: {}",
+                describe(&current)
+            ),
+            None => "the route vanished meanwhile, nothing was written".to_owned(),
+        })
+    }
+
+    /// add-subject-broker-group (QMQ `AddSubjectBrokerGroup`): adds an existing broker group
+    /// to the route of a subject that has one. Returns the route as it is afterwards; if the
+    /// route changed concurrently, nothing is written and the error shows the current route.
+    pub async fn add_subject_broker_group(
+        &self,
+        p: &SubjectGroupParams,
+    ) -> Result<SubjectRoute, MetaError> {
+        require("broker group", &p.broker_group)?;
+        require("subject", &p.subject)?;
+        self.routable_group(&p.broker_group).await?;
+        let route = self.existing_route(&p.subject).await?;
+        if route.groups.contains(&p.broker_group) {
+            return Ok(route);
+        }
+        let mut groups = route.groups.clone();
+        groups.push(p.broker_group.clone());
+        match self.save_route(&route, groups).await? {
+            Some(saved) => Ok(saved),
+            None => Err(MetaError::Conflict(format!(
+                "cannot add broker group {} to subject {}: {}",
+                p.broker_group,
+                route.subject,
+                self.changed_meanwhile(&route.subject).await?
+            ))),
+        }
+    }
+
+    /// Removes `group` from one route, refusing to leave the route without groups.
+    async fn remove_group_from(
+        &self,
+        route: &SubjectRoute,
+        group: &str,
+    ) -> Result<RouteChange, MetaError> {
+        let groups: Vec<String> = route
+            .groups
+            .iter()
+            .filter(|g| g.as_str() != group)
+            .cloned()
+            .collect();
+        if groups.is_empty() {
+            return Ok(RouteChange::Refused(format!(
+                "{group} is its last broker group and a route cannot be left empty"
+            )));
+        }
+        Ok(match self.save_route(route, groups).await? {
+            Some(saved) => RouteChange::Saved(saved),
+            None => RouteChange::Refused(self.changed_meanwhile(&route.subject).await?),
+        })
+    }
+
+    /// The routes remove-subject-broker-group looks at: every route for `*`, else the route
+    /// of the one subject (which must exist).
+    async fn routes_of(&self, subject: &str) -> Result<Vec<SubjectRoute>, MetaError> {
+        if subject == ANY {
+            self.store.subject_routes().await
+        } else {
+            Ok(vec![self.existing_route(subject).await?])
+        }
+    }
+
+    /// remove-subject-broker-group (QMQ `RemoveSubjectBrokerGroup`): takes a broker group out
+    /// of one subject's route, or out of every route containing it for subject `*`. A route's
+    /// last group is never removed. Routes that could not be changed (last group, concurrent
+    /// change) are listed in the error; the others are changed all the same. Returns the
+    /// changed routes (none if no route contained the group).
+    pub async fn remove_subject_broker_group(
+        &self,
+        p: &SubjectGroupParams,
+    ) -> Result<Vec<SubjectRoute>, MetaError> {
+        require("broker group", &p.broker_group)?;
+        require("subject", &p.subject)?;
+        let mut changed = Vec::new();
+        let mut failures = Vec::new();
+        for route in self.routes_of(&p.subject).await? {
+            if !route.groups.contains(&p.broker_group) {
+                continue;
+            }
+            match self.remove_group_from(&route, &p.broker_group).await? {
+                RouteChange::Saved(saved) => changed.push(saved),
+                RouteChange::Refused(why) => failures.push(format!("{}: {why}", route.subject)),
+            }
+        }
+        if failures.is_empty() {
+            return Ok(changed);
+        }
+        tracing::warn!(
+            group = p.broker_group,
+            subject = p.subject,
+            ?failures,
+            "broker group not removed from some routes"
+        );
+        Err(MetaError::Conflict(format!(
+            "could not remove broker group {} from {} route(s) (removed from {}): {}",
+            p.broker_group,
+            failures.len(),
+            changed.len(),
+            failures.join("; ")
+        )))
+    }
+
+    /// extend-subject-route (QMQ `ExtendSubjectRoute`): adds an existing broker group to every
+    /// route (or only `related_subject`'s, unless it is `*`) that contains
+    /// `related_broker_group` and not the new group yet. Routes changed concurrently are
+    /// skipped, as in QMQ; the outcome counts and names the routes that were extended.
+    pub async fn extend_subject_route(
+        &self,
+        p: &ExtendRouteParams,
+    ) -> Result<ExtendRouteOutcome, MetaError> {
+        require("related subject", &p.related_subject)?;
+        require("related broker group", &p.related_broker_group)?;
+        require("new broker group", &p.new_broker_group)?;
+        self.routable_group(&p.new_broker_group).await?;
+        let any = p.related_subject == ANY;
+        let real = subject::real_subject(&p.related_subject);
+        let mut subjects = Vec::new();
+        for route in self.store.subject_routes().await? {
+            let wanted = (any || route.subject == real)
+                && route.groups.contains(&p.related_broker_group)
+                && !route.groups.contains(&p.new_broker_group);
+            if !wanted {
+                continue;
+            }
+            let mut groups = route.groups.clone();
+            groups.push(p.new_broker_group.clone());
+            match self.save_route(&route, groups).await? {
+                Some(saved) => subjects.push(saved.subject),
+                None => tracing::warn!(
+                    subject = route.subject,
+                    "route changed meanwhile; not extended"
+                ),
+            }
+        }
+        Ok(ExtendRouteOutcome {
+            updated: subjects.len(),
+            subjects,
+        })
+    }
+
     /// list-subjects: every subject route, fresh from the database.
     pub async fn list_subjects(&self) -> Result<Vec<SubjectRoute>, MetaError> {
         self.store.subject_routes().await
@@ -385,5 +640,60 @@ impl MetaCore {
             reset_offsets: resets.into_iter().filter(|r| serves(&r.subject)).collect(),
             last_id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::MetaConfig;
+
+    fn names(groups: &[&str]) -> Vec<String> {
+        groups.iter().map(|g| (*g).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_route_changed_meanwhile_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite_dir(dir.path()).await.unwrap();
+        assert!(store
+            .insert_subject_route("s", &names(&["g1", "g2"]))
+            .await
+            .unwrap());
+        let core = MetaCore::new(store, MetaConfig::default()).await.unwrap();
+        let stale = core.store.subject_route("s").await.unwrap().unwrap();
+        // Another meta server extends the route after this one read it.
+        assert!(core
+            .store
+            .update_subject_route("s", stale.version, &names(&["g1", "g2", "g3"]))
+            .await
+            .unwrap());
+        match core.remove_group_from(&stale, "g2").await.unwrap() {
+            RouteChange::Refused(why) => {
+                assert!(why.contains("changed meanwhile"), "{why}");
+                assert!(why.contains("version 2, groups [g1, g2, g3]"), "{why}");
+            }
+            RouteChange::Saved(r) => panic!("stale update written: {r:?}"),
+        }
+        let now = core.store.subject_route("s").await.unwrap().unwrap();
+        assert_eq!((now.version, now.groups), (2, names(&["g1", "g2", "g3"])));
+    }
+
+    #[tokio::test]
+    async fn the_last_group_of_a_route_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite_dir(dir.path()).await.unwrap();
+        assert!(store
+            .insert_subject_route("s", &names(&["g1"]))
+            .await
+            .unwrap());
+        let core = MetaCore::new(store, MetaConfig::default()).await.unwrap();
+        let route = core.store.subject_route("s").await.unwrap().unwrap();
+        assert!(matches!(
+            core.remove_group_from(&route, "g1").await.unwrap(),
+            RouteChange::Refused(why) if why.contains("last broker group")
+        ));
+        assert_eq!(core.store.subject_route("s").await.unwrap(), Some(route));
     }
 }

@@ -1,5 +1,6 @@
 //! The admin tools (QMQ's `tools.sh`): each subcommand is one call to the meta server's HTTP
-//! admin API, authenticated with a token.
+//! admin API, authenticated with a token. The route-editing subcommands (add/remove subject
+//! broker group, extend subject route) post QMQ's forms to `/management`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper::Method;
@@ -124,6 +125,38 @@ pub enum ToolsCommand {
     },
     /// Lists subjects and their broker groups.
     ListSubjects,
+    /// Adds a broker group to the route of a subject that has one (QMQ AddSubjectBrokerGroup).
+    AddSubjectBrokerGroup {
+        /// Broker group to add.
+        #[arg(long = "broker-group", alias = "brokerGroup")]
+        broker_group: String,
+        /// Subject.
+        #[arg(long)]
+        subject: String,
+    },
+    /// Removes a broker group from a subject's route, `*` for every route; a route's last group
+    /// is never removed (QMQ RemoveSubjectBrokerGroup).
+    RemoveSubjectBrokerGroup {
+        /// Broker group to remove.
+        #[arg(long = "broker-group", alias = "brokerGroup")]
+        broker_group: String,
+        /// Subject, `*` for all.
+        #[arg(long)]
+        subject: String,
+    },
+    /// Adds a broker group to every route (or one subject's) that contains another group
+    /// (QMQ ExtendSubjectRoute).
+    ExtendSubjectRoute {
+        /// Subject, `*` for all.
+        #[arg(long = "related-subject", alias = "relatedSubject")]
+        related_subject: String,
+        /// Only routes containing this group are extended.
+        #[arg(long = "related-broker-group", alias = "relatedBrokerGroup")]
+        related_broker_group: String,
+        /// The group to add.
+        #[arg(long = "new-broker-group", alias = "newBrokerGroup")]
+        new_broker_group: String,
+    },
     /// Lists consumer groups and clients.
     ListConsumers {
         /// Only this subject.
@@ -167,6 +200,23 @@ fn broker_json(b: &BrokerArgs) -> Value {
     })
 }
 
+/// How one tools command reaches the meta server.
+enum ToolsRequest {
+    /// A call to the JSON admin API: method, path, body.
+    Admin(Method, String, Option<Value>),
+    /// A form posted to QMQ's `/management` endpoint (route-editing actions).
+    Management(Vec<(&'static str, String)>),
+}
+
+/// The `/management` form of AddSubjectBrokerGroup / RemoveSubjectBrokerGroup.
+fn subject_group_form(action: &str, broker_group: &str, subject: &str) -> ToolsRequest {
+    ToolsRequest::Management(vec![
+        ("action", action.to_owned()),
+        ("brokerGroup", broker_group.to_owned()),
+        ("subject", subject.to_owned()),
+    ])
+}
+
 /// Runs one tools command against the meta server and returns the result as pretty JSON
 /// (for the caller to print). Refusals (bad token, invalid input, conflicts) are errors
 /// carrying the server's message.
@@ -177,7 +227,21 @@ pub async fn run_tools(args: ToolsArgs) -> Result<String, MetaError> {
         format!("{}:8080", args.metaserver)
     };
     let token = Some(args.token.as_str());
-    let (method, path, body) = match &args.command {
+    let data: Value = match request(&args.command) {
+        ToolsRequest::Admin(method, path, body) => {
+            http_client::call(&addr, method, &path, token, body.as_ref()).await?
+        }
+        ToolsRequest::Management(form) => {
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http_client::call_form(&addr, "/management", token, &form).await?
+        }
+    };
+    serde_json::to_string_pretty(&data).map_err(|e| MetaError::Http(e.to_string()))
+}
+
+/// The request for one tools command.
+fn request(command: &ToolsCommand) -> ToolsRequest {
+    let (method, path, body) = match command {
         ToolsCommand::AddBroker(b) => (
             Method::POST,
             "/admin/brokers".to_owned(),
@@ -263,7 +327,26 @@ pub async fn run_tools(args: ToolsArgs) -> Result<String, MetaError> {
                         "offline": matches!(state, ClientStateArg::Offline)}),
             ),
         ),
+        ToolsCommand::AddSubjectBrokerGroup {
+            broker_group,
+            subject,
+        } => return subject_group_form("AddSubjectBrokerGroup", broker_group, subject),
+        ToolsCommand::RemoveSubjectBrokerGroup {
+            broker_group,
+            subject,
+        } => return subject_group_form("RemoveSubjectBrokerGroup", broker_group, subject),
+        ToolsCommand::ExtendSubjectRoute {
+            related_subject,
+            related_broker_group,
+            new_broker_group,
+        } => {
+            return ToolsRequest::Management(vec![
+                ("action", "ExtendSubjectRoute".to_owned()),
+                ("relatedSubject", related_subject.clone()),
+                ("relatedBrokerGroup", related_broker_group.clone()),
+                ("newBrokerGroup", new_broker_group.clone()),
+            ])
+        }
     };
-    let data: Value = http_client::call(&addr, method, &path, token, body.as_ref()).await?;
-    serde_json::to_string_pretty(&data).map_err(|e| MetaError::Http(e.to_string()))
+    ToolsRequest::Admin(method, path, body)
 }

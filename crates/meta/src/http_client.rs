@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
+use crate::broker_api::encode;
 use crate::MetaError;
 
 /// Header carrying the admin token (as in QMQ).
@@ -30,13 +31,22 @@ pub struct ApiResult<T> {
     pub data: Option<T>,
 }
 
+/// A request body and its content type.
+#[derive(Debug, Clone)]
+pub struct Body {
+    /// `Content-Type` header value.
+    pub content_type: &'static str,
+    /// The encoded body.
+    pub bytes: Vec<u8>,
+}
+
 /// Sends one request to `addr` (`host:port`) and returns the status and body.
 pub async fn send(
     addr: &str,
     method: Method,
     path: &str,
     token: Option<&str>,
-    json: Option<Vec<u8>>,
+    body: Option<Body>,
 ) -> Result<(u16, Bytes), MetaError> {
     let exchange = async {
         let stream = TcpStream::connect(addr)
@@ -53,11 +63,15 @@ pub async fn send(
         if let Some(t) = token {
             builder = builder.header(TOKEN_HEADER, t);
         }
-        if json.is_some() {
-            builder = builder.header(CONTENT_TYPE, "application/json");
-        }
+        let bytes = match body {
+            Some(b) => {
+                builder = builder.header(CONTENT_TYPE, b.content_type);
+                b.bytes
+            }
+            None => Vec::new(),
+        };
         let req = builder
-            .body(Full::new(Bytes::from(json.unwrap_or_default())))
+            .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| MetaError::Http(format!("bad request: {e}")))?;
         let resp = sender
             .send_request(req)
@@ -89,9 +103,38 @@ pub async fn call<T: DeserializeOwned>(
     let json = body
         .map(serde_json::to_vec)
         .transpose()
-        .map_err(|e| MetaError::Http(e.to_string()))?;
+        .map_err(|e| MetaError::Http(e.to_string()))?
+        .map(|bytes| Body {
+            content_type: "application/json",
+            bytes,
+        });
     let (status, bytes) = send(addr, method, path, token, json).await?;
-    let parsed: Result<ApiResult<T>, _> = serde_json::from_slice(&bytes);
+    unwrap_envelope(status, &bytes)
+}
+
+/// Posts a form (`application/x-www-form-urlencoded`) to `path`, as QMQ's Java tools do
+/// against `/management`, and unwraps the envelope like [`call`].
+pub async fn call_form<T: DeserializeOwned>(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    form: &[(&str, &str)],
+) -> Result<T, MetaError> {
+    let encoded: Vec<String> = form
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    let body = Body {
+        content_type: "application/x-www-form-urlencoded",
+        bytes: encoded.join("&").into_bytes(),
+    };
+    let (status, bytes) = send(addr, Method::POST, path, token, Some(body)).await?;
+    unwrap_envelope(status, &bytes)
+}
+
+/// The data of a successful answer; errors become [`MetaError::Remote`].
+fn unwrap_envelope<T: DeserializeOwned>(status: u16, bytes: &[u8]) -> Result<T, MetaError> {
+    let parsed: Result<ApiResult<T>, _> = serde_json::from_slice(bytes);
     match parsed {
         Ok(r) if r.status == 0 && (200..300).contains(&status) => r
             .data
@@ -102,7 +145,7 @@ pub async fn call<T: DeserializeOwned>(
         }),
         Err(_) => Err(MetaError::Remote {
             status,
-            message: String::from_utf8_lossy(&bytes).into_owned(),
+            message: String::from_utf8_lossy(bytes).into_owned(),
         }),
     }
 }

@@ -592,12 +592,24 @@ async fn java_form(
     token: &str,
     form: &str,
 ) -> serde_json::Value {
+    management(meta, Some(token), form).await
+}
+
+/// A form POST to /management, with or without the X-Api-Token header.
+async fn management(
+    meta: &qmq_meta::MetaServerHandle,
+    token: Option<&str>,
+    form: &str,
+) -> serde_json::Value {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(meta.http_addr())
         .await
         .unwrap();
+    let token = token
+        .map(|t| format!("X-Api-Token: {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "POST /management HTTP/1.1\r\nHost: meta\r\nX-Api-Token: {token}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        "POST /management HTTP/1.1\r\nHost: meta\r\n{token}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
         form.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -678,3 +690,379 @@ async fn java_tools_management_endpoint(backend: Backend) {
     meta.shutdown().await;
 }
 on_all_backends!(java_tools_management_endpoint);
+
+/// One group per new subject and no periodic reload: route changes reach clients only if
+/// the admin action updates the cache itself.
+fn route_config(db: &TestDb) -> qmq_meta::MetaConfig {
+    qmq_meta::MetaConfig {
+        min_group_num: 1,
+        refresh_interval_ms: 3_600_000,
+        ..db.config()
+    }
+}
+
+fn groups(names: &[&str]) -> Vec<String> {
+    names.iter().map(|g| (*g).to_owned()).collect()
+}
+
+/// Stores routes directly, as if another meta server had assigned them.
+async fn seed_routes(meta: &qmq_meta::MetaServerHandle, routes: &[(&str, &[&str])]) {
+    for (subject, names) in routes {
+        assert!(meta
+            .store()
+            .insert_subject_route(subject, &groups(names))
+            .await
+            .unwrap());
+    }
+}
+
+/// The stored groups of a subject's route, sorted.
+async fn stored(meta: &qmq_meta::MetaServerHandle, subject: &str) -> Vec<String> {
+    let mut names = meta
+        .store()
+        .subject_route(subject)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{subject} has a route"))
+        .groups;
+    names.sort();
+    names
+}
+
+fn message(reply: &serde_json::Value) -> &str {
+    reply["message"].as_str().unwrap_or_default()
+}
+
+async fn management_lists_need_no_token(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let meta = qmq_meta::serve(route_config(&db)).await.unwrap();
+    let add = "action=AddBroker&brokerGroup=g1&role=0&hostname=h1&ip=10.2.2.2&servePort=20881&syncPort=20882";
+    assert_eq!(java_form(&meta, TOKEN, add).await["status"], 0);
+    let mut c = MetaConn::connect(&meta).await;
+    c.online("g1", "127.0.0.1:30001").await;
+    c.online("g2", "127.0.0.1:30002").await;
+    seed_routes(&meta, &[("s.l", &["g1"])]).await;
+
+    for token in [None, Some("wrong")] {
+        let brokers = management(&meta, token, "action=ListBrokers").await;
+        assert_eq!(brokers["status"], 0, "{brokers}");
+        assert_eq!(brokers["data"][0]["hostname"], "h1");
+        let listed = management(&meta, token, "action=ListBrokerGroups").await;
+        assert_eq!(listed["status"], 0, "{listed}");
+        assert_eq!(listed["data"].as_array().unwrap().len(), 2, "{listed}");
+        let routes = management(&meta, token, "action=ListSubjectRoutes").await;
+        assert_eq!(routes["status"], 0, "{routes}");
+        assert_eq!(routes["data"][0]["subject"], "s.l");
+
+        // Every other action still needs the token, and changes nothing without it.
+        for form in [
+            "action=AddBroker&brokerGroup=g2&role=0&hostname=h2&ip=10.2.2.3&servePort=20881&syncPort=20882",
+            "action=AddSubjectBrokerGroup&brokerGroup=g2&subject=s.l",
+            "action=RemoveSubjectBrokerGroup&brokerGroup=g1&subject=*",
+            "action=ExtendSubjectRoute&relatedSubject=*&relatedBrokerGroup=g1&newBrokerGroup=g2",
+            "action=MarkReadonlyBrokerGroup&brokerGroup=g1",
+        ] {
+            let refused = management(&meta, token, form).await;
+            assert_eq!(refused["status"], -1, "{form}: {refused}");
+            assert!(message(&refused).contains("unauthorized"), "{refused}");
+        }
+    }
+    assert_eq!(meta.store().brokers(None).await.unwrap().len(), 1);
+    assert_eq!(stored(&meta, "s.l").await, ["g1"]);
+    assert!(meta.store().readonly_settings().await.unwrap().is_empty());
+    // The JSON admin API keeps requiring a token for its lists.
+    assert_eq!(
+        http(&meta, "GET", "/admin/subjects", None, None).await.0,
+        401
+    );
+    meta.shutdown().await;
+}
+on_all_backends!(management_lists_need_no_token);
+
+async fn add_subject_broker_group_over_management(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let meta = qmq_meta::serve(route_config(&db)).await.unwrap();
+    let mut c = MetaConn::connect(&meta).await;
+    c.online("g1", "127.0.0.1:30001").await;
+    c.online("g2", "127.0.0.1:30002").await;
+    let first = c.groups(ClientType::Consumer, "s.a").await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let other = if first[0] == "g1" { "g2" } else { "g1" };
+    let add = |group: &str, subject: &str| {
+        format!("action=AddSubjectBrokerGroup&brokerGroup={group}&subject={subject}")
+    };
+
+    // Bad input: nothing is written.
+    let missing = java_form(&meta, TOKEN, "action=AddSubjectBrokerGroup&subject=s.a").await;
+    assert_eq!(missing["status"], -1);
+    assert!(message(&missing).contains("required"), "{missing}");
+    let unknown = java_form(&meta, TOKEN, &add("nope", "s.a")).await;
+    assert_eq!(unknown["status"], -1);
+    assert!(message(&unknown).contains("does not exist"), "{unknown}");
+    let unrouted = java_form(&meta, TOKEN, &add(other, "s.none")).await;
+    assert_eq!(unrouted["status"], -1);
+    assert!(
+        message(&unrouted).contains("has no route yet"),
+        "{unrouted}"
+    );
+    assert!(meta
+        .store()
+        .subject_route("s.none")
+        .await
+        .unwrap()
+        .is_none());
+    let mut d = MetaConn::connect(&meta).await;
+    let code = d
+        .broker(
+            qmq_protocol::BrokerRequestType::Online,
+            "d1",
+            "127.0.0.1:30009",
+            BrokerRole::DelayMaster,
+            qmq_protocol::BrokerState::ReadWrite,
+        )
+        .await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        java_form(&meta, TOKEN, &add("d1", "s.a")).await["status"],
+        -1
+    );
+    assert_eq!(stored(&meta, "s.a").await, first);
+
+    // The group joins the route; clients asking the meta server get it at once.
+    let added = java_form(&meta, TOKEN, &add(other, "s.a")).await;
+    assert_eq!(added["status"], 0, "{added}");
+    assert_eq!(added["data"]["subject"], "s.a");
+    assert_eq!(added["data"]["version"], 2);
+    assert_eq!(added["data"]["groups"], json!([first[0].as_str(), other]));
+    assert_eq!(stored(&meta, "s.a").await, ["g1", "g2"]);
+    assert_eq!(c.groups(ClientType::Producer, "s.a").await, ["g1", "g2"]);
+    assert_eq!(c.groups(ClientType::Consumer, "s.a").await, ["g1", "g2"]);
+    let listed = management(&meta, None, "action=ListSubjectRoutes").await;
+    assert_eq!(listed["data"][0]["groups"].as_array().unwrap().len(), 2);
+
+    // Adding it again changes nothing: no duplicate, no new version.
+    let again = java_form(&meta, TOKEN, &add(other, "s.a")).await;
+    assert_eq!(again["status"], 0, "{again}");
+    let route = meta.store().subject_route("s.a").await.unwrap().unwrap();
+    assert_eq!((route.version, route.groups.len()), (2, 2));
+    meta.shutdown().await;
+}
+on_all_backends!(add_subject_broker_group_over_management);
+
+async fn remove_subject_broker_group_over_management(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let meta = qmq_meta::serve(route_config(&db)).await.unwrap();
+    let mut c = MetaConn::connect(&meta).await;
+    for (g, addr) in [
+        ("g1", "127.0.0.1:30001"),
+        ("g2", "127.0.0.1:30002"),
+        ("g3", "127.0.0.1:30003"),
+    ] {
+        c.online(g, addr).await;
+    }
+    seed_routes(
+        &meta,
+        &[
+            ("s.r1", &["g1", "g2"]),
+            ("s.r2", &["g1", "g3"]),
+            ("s.r3", &["g1"]),
+            ("s.r4", &["g2"]),
+        ],
+    )
+    .await;
+    assert_eq!(c.groups(ClientType::Producer, "s.r1").await, ["g1", "g2"]);
+    let remove = |group: &str, subject: &str| {
+        format!("action=RemoveSubjectBrokerGroup&brokerGroup={group}&subject={subject}")
+    };
+
+    // One subject.
+    let one = java_form(&meta, TOKEN, &remove("g2", "s.r1")).await;
+    assert_eq!(one["status"], 0, "{one}");
+    assert_eq!(one["data"][0]["groups"], json!(["g1"]));
+    assert_eq!(stored(&meta, "s.r1").await, ["g1"]);
+    assert_eq!(c.groups(ClientType::Producer, "s.r1").await, ["g1"]);
+    assert_eq!(stored(&meta, "s.r4").await, ["g2"], "other routes keep g2");
+
+    // Never the last group; never a subject without a route.
+    let last = java_form(&meta, TOKEN, &remove("g1", "s.r1")).await;
+    assert_eq!(last["status"], -1);
+    assert!(message(&last).contains("s.r1"), "{last}");
+    assert!(message(&last).contains("last broker group"), "{last}");
+    assert_eq!(stored(&meta, "s.r1").await, ["g1"]);
+    let unrouted = java_form(&meta, TOKEN, &remove("g1", "s.none")).await;
+    assert_eq!(unrouted["status"], -1);
+    assert!(
+        message(&unrouted).contains("has no route yet"),
+        "{unrouted}"
+    );
+    let missing = java_form(
+        &meta,
+        TOKEN,
+        "action=RemoveSubjectBrokerGroup&brokerGroup=g1",
+    )
+    .await;
+    assert_eq!(missing["status"], -1);
+
+    // Every subject: removed where another group remains, refused per subject elsewhere.
+    let any = java_form(&meta, TOKEN, &remove("g1", "*")).await;
+    assert_eq!(any["status"], -1, "{any}");
+    let why = message(&any);
+    assert!(why.contains("s.r1: ") && why.contains("s.r3: "), "{why}");
+    assert!(!why.contains("s.r2"), "{why}");
+    assert!(why.contains("removed from 1"), "{why}");
+    assert_eq!(stored(&meta, "s.r2").await, ["g3"]);
+    assert_eq!(c.groups(ClientType::Consumer, "s.r2").await, ["g3"]);
+    assert_eq!(stored(&meta, "s.r1").await, ["g1"]);
+    assert_eq!(stored(&meta, "s.r3").await, ["g1"]);
+    assert_eq!(stored(&meta, "s.r4").await, ["g2"]);
+
+    // A group no route contains: nothing to do.
+    let none = java_form(&meta, TOKEN, &remove("g9", "*")).await;
+    assert_eq!(none["status"], 0, "{none}");
+    assert_eq!(none["data"], json!([]));
+    meta.shutdown().await;
+}
+on_all_backends!(remove_subject_broker_group_over_management);
+
+async fn extend_subject_route_over_management(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let meta = qmq_meta::serve(route_config(&db)).await.unwrap();
+    let mut c = MetaConn::connect(&meta).await;
+    for (g, addr) in [
+        ("g1", "127.0.0.1:30001"),
+        ("g2", "127.0.0.1:30002"),
+        ("g3", "127.0.0.1:30003"),
+    ] {
+        c.online(g, addr).await;
+    }
+    seed_routes(
+        &meta,
+        &[
+            ("s.e1", &["g1"]),
+            ("s.e2", &["g1", "g3"]),
+            ("s.e3", &["g2"]),
+            ("s.e4", &["g1"]),
+        ],
+    )
+    .await;
+    assert_eq!(c.groups(ClientType::Producer, "s.e1").await, ["g1"]);
+    let extend = |subject: &str, related: &str, new: &str| {
+        format!(
+            "action=ExtendSubjectRoute&relatedSubject={subject}&relatedBrokerGroup={related}&newBrokerGroup={new}"
+        )
+    };
+
+    let unknown = java_form(&meta, TOKEN, &extend("*", "g1", "nope")).await;
+    assert_eq!(unknown["status"], -1);
+    assert!(message(&unknown).contains("does not exist"), "{unknown}");
+    let missing = java_form(
+        &meta,
+        TOKEN,
+        "action=ExtendSubjectRoute&relatedSubject=*&newBrokerGroup=g3",
+    )
+    .await;
+    assert_eq!(missing["status"], -1);
+    assert!(message(&missing).contains("required"), "{missing}");
+
+    // Every route with g1 and without g3 gets g3: s.e1 and s.e4 (s.e2 has it, s.e3 lacks g1).
+    let all = java_form(&meta, TOKEN, &extend("*", "g1", "g3")).await;
+    assert_eq!(all["status"], 0, "{all}");
+    assert_eq!(all["data"]["updated"], 2, "{all}");
+    assert_eq!(all["data"]["subjects"], json!(["s.e1", "s.e4"]));
+    assert!(message(&all).contains("2 subjects"), "{all}");
+    assert_eq!(stored(&meta, "s.e1").await, ["g1", "g3"]);
+    assert_eq!(stored(&meta, "s.e4").await, ["g1", "g3"]);
+    assert_eq!(stored(&meta, "s.e2").await, ["g1", "g3"]);
+    assert_eq!(stored(&meta, "s.e3").await, ["g2"]);
+    assert_eq!(
+        meta.store()
+            .subject_route("s.e2")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1,
+        "a route that has the group already is not rewritten"
+    );
+    assert_eq!(c.groups(ClientType::Producer, "s.e1").await, ["g1", "g3"]);
+    let again = java_form(&meta, TOKEN, &extend("*", "g1", "g3")).await;
+    assert_eq!(again["data"]["updated"], 0, "{again}");
+
+    // One subject only.
+    let one = java_form(&meta, TOKEN, &extend("s.e3", "g2", "g1")).await;
+    assert_eq!(one["data"]["updated"], 1, "{one}");
+    assert_eq!(stored(&meta, "s.e3").await, ["g1", "g2"]);
+    let unrelated = java_form(&meta, TOKEN, &extend("s.e1", "g2", "g2")).await;
+    assert_eq!(unrelated["data"]["updated"], 0, "{unrelated}");
+    assert_eq!(stored(&meta, "s.e1").await, ["g1", "g3"]);
+    meta.shutdown().await;
+}
+on_all_backends!(extend_subject_route_over_management);
+
+async fn tools_cli_edits_subject_routes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let meta = qmq_meta::serve(route_config(&db)).await.unwrap();
+    let mut c = MetaConn::connect(&meta).await;
+    for (g, addr) in [
+        ("g1", "127.0.0.1:30001"),
+        ("g2", "127.0.0.1:30002"),
+        ("g3", "127.0.0.1:30003"),
+    ] {
+        c.online(g, addr).await;
+    }
+    seed_routes(&meta, &[("s.t1", &["g1"]), ("s.t2", &["g1"])]).await;
+    let add = [
+        "add-subject-broker-group",
+        "--broker-group",
+        "g2",
+        "--subject",
+        "s.t1",
+    ];
+    let err = run_tools(tools(&meta, "bad", &add)).await.unwrap_err();
+    assert!(
+        matches!(&err, MetaError::Remote { message, .. } if message.contains("unauthorized")),
+        "{err}"
+    );
+    let out = run_tools(tools(&meta, TOKEN, &add)).await.unwrap();
+    assert!(out.contains("\"g2\""), "{out}");
+    assert_eq!(c.groups(ClientType::Producer, "s.t1").await, ["g1", "g2"]);
+
+    // Java spellings of the options.
+    let extend = [
+        "extend-subject-route",
+        "--relatedSubject",
+        "*",
+        "--relatedBrokerGroup",
+        "g1",
+        "--newBrokerGroup",
+        "g3",
+    ];
+    let out = run_tools(tools(&meta, TOKEN, &extend)).await.unwrap();
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["updated"], 2, "{out}");
+    assert_eq!(stored(&meta, "s.t2").await, ["g1", "g3"]);
+    let remove = [
+        "remove-subject-broker-group",
+        "--brokerGroup",
+        "g1",
+        "--subject",
+        "*",
+    ];
+    run_tools(tools(&meta, TOKEN, &remove)).await.unwrap();
+    assert_eq!(stored(&meta, "s.t1").await, ["g2", "g3"]);
+    assert_eq!(stored(&meta, "s.t2").await, ["g3"]);
+    let last = [
+        "remove-subject-broker-group",
+        "--broker-group",
+        "g3",
+        "--subject",
+        "s.t2",
+    ];
+    let err = run_tools(tools(&meta, TOKEN, &last)).await.unwrap_err();
+    assert!(
+        matches!(&err, MetaError::Remote { message, .. } if message.contains("last broker group")),
+        "{err}"
+    );
+    meta.shutdown().await;
+}
+on_all_backends!(tools_cli_edits_subject_routes);
