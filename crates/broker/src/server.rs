@@ -232,6 +232,10 @@ async fn connection(
         match frame {
             Some(Ok(frame)) if !frame.header.is_response() => dispatch(&shared, frame, &tx).await,
             Some(Ok(_)) => {}
+            Some(Err(e)) if e.is_disconnect() => {
+                tracing::debug!(%peer, error = %e, "client went away");
+                break;
+            }
             Some(Err(e)) => {
                 tracing::warn!(%peer, error = %e, "closing connection after a bad frame");
                 break;

@@ -179,6 +179,10 @@ async fn connection(
         };
         let frame = match next {
             Some(Ok(f)) => f,
+            Some(Err(e)) if e.is_disconnect() => {
+                tracing::debug!(%peer, error = %e, "client went away");
+                break;
+            }
             Some(Err(e)) => {
                 tracing::warn!(%peer, error = %e, "bad frame; closing the connection");
                 break;

@@ -203,6 +203,15 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+impl FrameError {
+    /// Whether this is the peer going away (reset or closed mid-stream, as when a client
+    /// process exits) rather than bad bytes: servers log it as a close, not as an error.
+    pub fn is_disconnect(&self) -> bool {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        matches!(self, Self::Io(e) if matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe))
+    }
+}
+
 /// A tokio-util codec for QMQ frames with a frame-size limit.
 ///
 /// The decoder checks the magic number, header length and size limit from the first 10 bytes,
@@ -295,5 +304,20 @@ impl Encoder<Frame> for FrameCodec {
         }
         frame.encode_into(dst);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod disconnect_tests {
+    use super::FrameError;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn a_reset_is_a_disconnect_and_bad_bytes_are_not() {
+        assert!(FrameError::Io(Error::from(ErrorKind::ConnectionReset)).is_disconnect());
+        assert!(FrameError::Io(Error::from(ErrorKind::BrokenPipe)).is_disconnect());
+        assert!(!FrameError::Io(Error::other("bytes remaining on stream")).is_disconnect());
+        assert!(!FrameError::BadMagic(1).is_disconnect());
+        assert!(!FrameError::TooShort(3).is_disconnect());
     }
 }
