@@ -706,6 +706,15 @@ fn groups(names: &[&str]) -> Vec<String> {
 }
 
 /// Stores routes directly, as if another meta server had assigned them.
+/// Registers broker groups g1, g2 and g3 as online (the connection keeps them registered).
+async fn three_groups_online(meta: &qmq_meta::MetaServerHandle) -> MetaConn {
+    let mut c = MetaConn::connect(meta).await;
+    for (i, g) in ["g1", "g2", "g3"].into_iter().enumerate() {
+        c.online(g, &format!("127.0.0.1:{}", 30001 + i)).await;
+    }
+    c
+}
+
 async fn seed_routes(meta: &qmq_meta::MetaServerHandle, routes: &[(&str, &[&str])]) {
     for (subject, names) in routes {
         assert!(meta
@@ -852,14 +861,7 @@ on_all_backends!(add_subject_broker_group_over_management);
 async fn remove_subject_broker_group_over_management(backend: Backend) {
     let db = TestDb::new(backend).await;
     let meta = qmq_meta::serve(route_config(&db)).await.unwrap();
-    let mut c = MetaConn::connect(&meta).await;
-    for (g, addr) in [
-        ("g1", "127.0.0.1:30001"),
-        ("g2", "127.0.0.1:30002"),
-        ("g3", "127.0.0.1:30003"),
-    ] {
-        c.online(g, addr).await;
-    }
+    let mut c = three_groups_online(&meta).await;
     seed_routes(
         &meta,
         &[
@@ -927,14 +929,7 @@ on_all_backends!(remove_subject_broker_group_over_management);
 async fn extend_subject_route_over_management(backend: Backend) {
     let db = TestDb::new(backend).await;
     let meta = qmq_meta::serve(route_config(&db)).await.unwrap();
-    let mut c = MetaConn::connect(&meta).await;
-    for (g, addr) in [
-        ("g1", "127.0.0.1:30001"),
-        ("g2", "127.0.0.1:30002"),
-        ("g3", "127.0.0.1:30003"),
-    ] {
-        c.online(g, addr).await;
-    }
+    let mut c = three_groups_online(&meta).await;
     seed_routes(
         &meta,
         &[
@@ -1002,14 +997,7 @@ on_all_backends!(extend_subject_route_over_management);
 async fn tools_cli_edits_subject_routes(backend: Backend) {
     let db = TestDb::new(backend).await;
     let meta = qmq_meta::serve(route_config(&db)).await.unwrap();
-    let mut c = MetaConn::connect(&meta).await;
-    for (g, addr) in [
-        ("g1", "127.0.0.1:30001"),
-        ("g2", "127.0.0.1:30002"),
-        ("g3", "127.0.0.1:30003"),
-    ] {
-        c.online(g, addr).await;
-    }
+    let mut c = three_groups_online(&meta).await;
     seed_routes(&meta, &[("s.t1", &["g1"]), ("s.t2", &["g1"])]).await;
     let add = [
         "add-subject-broker-group",
