@@ -52,9 +52,6 @@ pub struct RecordLog {
     end: u64,
     /// Records known to be damaged (skipped on scans).
     skipped: Vec<u64>,
-    /// Records appended but not yet written, and the segment they go to.
-    pending: Vec<u8>,
-    pending_at: (u64, Arc<File>, PathBuf),
 }
 
 /// A read handle on a [`RecordLog`], shareable across threads.
@@ -82,7 +79,6 @@ impl RecordLog {
                 },
             );
         }
-        let placeholder = Arc::new(File::open(dir).map_err(io("open dir", dir))?);
         let mut log = Self {
             name,
             dir: dir.to_path_buf(),
@@ -91,8 +87,6 @@ impl RecordLog {
             marks: Arc::default(),
             end: 0,
             skipped: Vec::new(),
-            pending: Vec::new(),
-            pending_at: (0, placeholder, dir.to_path_buf()),
         };
         log.recover(scan_from)?;
         // What recovery kept may sit in the page cache only (a killed process): make it durable
@@ -193,50 +187,16 @@ impl RecordLog {
     /// Appends one record, written at once (not yet durable: see [`RecordLog::sync`]), and
     /// returns its offset.
     pub fn append(&mut self, payload: &[u8]) -> Result<u64> {
-        let offset = self.append_buffered(payload)?;
-        self.write_pending()?;
-        Ok(offset)
+        let mut record = Vec::with_capacity(RECORD_HEADER as usize + payload.len());
+        frame_with(&mut record, |out| out.extend_from_slice(payload));
+        let mut offsets = Vec::with_capacity(1);
+        self.append_runs(&[(&record, &[record.len()])], &mut offsets)?;
+        offsets.pop().ok_or_else(|| StoreError::Failed {
+            reason: "an appended record got no offset".into(),
+        })
     }
 
-    /// Appends one record to the write buffer and returns its offset; it reaches the file (and
-    /// readers) with the next [`RecordLog::write_pending`], so a batch costs one write call.
-    pub fn append_buffered(&mut self, payload: &[u8]) -> Result<u64> {
-        self.append_parts(&[payload])
-    }
-
-    /// Like [`RecordLog::append_buffered`] for a payload given in parts (no copy to join them).
-    pub fn append_parts(&mut self, parts: &[&[u8]]) -> Result<u64> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let size = RECORD_HEADER + len as u64;
-        let offset = self.make_room(size)?;
-        frame(&mut self.pending, parts);
-        self.end += size;
-        Ok(offset)
-    }
-
-    /// Makes sure the next `size` bytes fit the segment the buffered records go to (rolling to
-    /// a new segment if not) and returns the offset they will have.
-    fn make_room(&mut self, size: u64) -> Result<u64> {
-        if size > self.segment_size {
-            return Err(StoreError::TooLarge {
-                size: size as usize,
-                segment: self.segment_size,
-            });
-        }
-        self.pending.reserve(size as usize);
-        // While records are buffered, their segment is the active one: no lookup if it fits.
-        let fits_pending =
-            !self.pending.is_empty() && self.end + size <= self.pending_at.0 + self.segment_size;
-        if !fits_pending {
-            let (base, file, path) = self.segment_for(size)?;
-            if self.pending.is_empty() {
-                self.pending_at = (base, file, path);
-            }
-        }
-        Ok(self.end)
-    }
-
-    /// Appends framed records (see [`frame`]) given as runs of back-to-back records with each
+    /// Appends framed records (see [`frame_with`]) given as runs of back-to-back records with each
     /// record's size, with one vectored write per segment they go to, and makes them visible
     /// to readers. Pushes each record's offset to `offsets`, in order.
     pub fn append_runs(
@@ -244,7 +204,6 @@ impl RecordLog {
         runs: &[(&[u8], &[usize])],
         offsets: &mut Vec<u64>,
     ) -> Result<()> {
-        self.write_pending()?;
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(runs.len());
         // The segment being filled, and the log offset where `slices` start.
         let mut segment: Option<(u64, Arc<File>, PathBuf)> = None;
@@ -290,38 +249,12 @@ impl RecordLog {
         Ok(())
     }
 
-    /// Writes the buffered records to their segment.
-    pub fn write_pending(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let (base, file, path) = &self.pending_at;
-        let at = self.end - self.pending.len() as u64 - base;
-        let written = file
-            .write_all_at(&self.pending, at)
-            .map_err(io("write", path));
-        self.pending.clear();
-        if written.is_ok() {
-            self.marks.written.store(self.end, Ordering::Release);
-        }
-        written
-    }
-
     /// The segment the next `size` bytes go to, rolling to a new one when they do not fit.
     fn segment_for(&mut self, size: u64) -> Result<(u64, Arc<File>, PathBuf)> {
         let mut segs = self.segments.write();
         if let Some((&base, s)) = segs.iter().next_back() {
             if self.end + size <= base + self.segment_size {
                 return Ok((base, s.file.clone(), s.path.clone()));
-            }
-            // The buffered records belong to the full segment: write them there first.
-            if !self.pending.is_empty() {
-                let (pbase, pfile, ppath) = &self.pending_at;
-                let at = self.end - self.pending.len() as u64 - pbase;
-                pfile
-                    .write_all_at(&self.pending, at)
-                    .map_err(io("write", ppath))?;
-                self.pending.clear();
             }
             // The full segment is done: make it durable before moving on.
             s.file.sync_data().map_err(io("fsync", &s.path))?;
@@ -604,16 +537,6 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io("fsync dir", dir))
 }
 
-/// Frames a record payload given in parts: `u32 length | u32 CRC32C | payload`, appended to
-/// `out`.
-pub fn frame(out: &mut Vec<u8>, parts: &[&[u8]]) {
-    frame_with(out, |out| {
-        for p in parts {
-            out.extend_from_slice(p);
-        }
-    });
-}
-
 /// Frames a record whose payload `write` appends to `out`: the header's place is kept, then
 /// filled in with the payload's length and CRC (one pass over contiguous bytes). Pure, so
 /// callers can frame on their own threads and hand over finished records.
@@ -685,7 +608,9 @@ mod tests {
         let records: Vec<Vec<u8>> = (0..40u8)
             .map(|i| {
                 let mut r = Vec::new();
-                frame(&mut r, &[&vec![i; 1 + usize::from(i) % 30]]);
+                frame_with(&mut r, |out| {
+                    out.extend_from_slice(&vec![i; 1 + usize::from(i) % 30])
+                });
                 r
             })
             .collect();

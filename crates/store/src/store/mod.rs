@@ -237,8 +237,7 @@ impl Store {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
-        let encoded =
-            writer::Encoded::new(messages, self.inner.config.segment_size, writer::now_ms());
+        let encoded = writer::Encoded::new(messages, self.inner.config.segment_size);
         self.submit(encoded).await
     }
 
@@ -265,9 +264,7 @@ impl Store {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
-        let encoded =
-            writer::Encoded::new(messages, self.inner.config.segment_size, writer::now_ms())
-                .all_valid()?;
+        let encoded = writer::Encoded::new(messages, self.inner.config.segment_size).all_valid()?;
         self.submit(encoded).await?.into_iter().collect()
     }
 

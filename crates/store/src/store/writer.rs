@@ -73,8 +73,9 @@ struct Item {
 }
 
 impl Encoded {
-    /// Validates and frames `messages`, stamping them with the time `now_ms`.
-    pub(crate) fn new(messages: Vec<NewMessage>, segment_size: u64, now_ms: u64) -> Self {
+    /// Validates and frames `messages`, stamping them with the current time.
+    pub(crate) fn new(messages: Vec<NewMessage>, segment_size: u64) -> Self {
+        let now_ms = now_ms();
         let total: usize = messages
             .iter()
             .map(|m| RECORD_HEADER as usize + record_len(m))
@@ -124,7 +125,7 @@ impl Encoded {
 }
 
 /// The current time in ms since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_ms() -> u64 {
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
