@@ -363,10 +363,7 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
         }
     }
     if !accepted.is_empty() {
-        let batch = accepted
-            .iter()
-            .map(|(_, s, b)| (s.clone(), b.clone()))
-            .collect();
+        let batch = accepted.iter().map(|(_, s, b)| (s.as_str(), &b[..]));
         match shared.store.append(batch).await {
             Ok(_) => {
                 let mut subjects: Vec<&str> = accepted.iter().map(|(_, s, _)| s.as_str()).collect();

@@ -39,9 +39,10 @@
 //!
 //! # How the broker uses it
 //!
-//! All methods are thread-safe and [`Store`] is cheap to clone. `append*` are async (the write
-//! happens on the store's writer thread and a oneshot channel answers); the others do file I/O
-//! on the calling thread, so call them from `tokio::task::spawn_blocking`.
+//! All methods are thread-safe and [`Store`] is cheap to clone. `append*` frame the batch on
+//! the calling thread and hand it to the store's writer thread at once; the future they return
+//! resolves with the writer's answer. The others do file I/O on the calling thread, so call
+//! them from `tokio::task::spawn_blocking`.
 //!
 //! 1. Send: [`Store::append_messages`] (subject + tags + bytes per message → per-message
 //!    [`Appended`] `{offset, sequence}` or error, resolved under the flush policy), or

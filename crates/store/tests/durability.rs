@@ -126,7 +126,7 @@ async fn async_flush_makes_appends_durable_within_the_interval_and_loses_only_th
     let store = Store::open(config(dir.path(), flush)).unwrap();
     let mut appended = Vec::new();
     for i in 0..200 {
-        let a = store.append(vec![("s".into(), body(0, i))]).await.unwrap();
+        let a = store.append(vec![("s", body(0, i))]).await.unwrap();
         appended.push((a[0], body(0, i)));
     }
     let end = appended.last().unwrap().0.offset;
@@ -137,7 +137,7 @@ async fn async_flush_makes_appends_durable_within_the_interval_and_loses_only_th
     }
     // Append more, then lose whatever the flusher had not made durable yet.
     for i in 200..400 {
-        let a = store.append(vec![("s".into(), body(0, i))]).await.unwrap();
+        let a = store.append(vec![("s", body(0, i))]).await.unwrap();
         appended.push((a[0], body(0, i)));
     }
     let durable = store.durable_offset();
@@ -166,7 +166,7 @@ fn key(c: usize) -> ConsumerKey {
 
 /// Appends, then pulls and acks with three consumers, checkpointing along the way.
 async fn consumer_history(store: &Store) {
-    let batch = (0..300).map(|i| ("s".to_owned(), body(0, i))).collect();
+    let batch = (0..300).map(|i| ("s", body(0, i)));
     store.append(batch).await.unwrap();
     for round in 0..12 {
         for c in 0..3 {

@@ -96,7 +96,7 @@ proptest! {
                             body: Bytes::from(format!("m{counter}")),
                         }
                     }).collect();
-                    let appended = rt.block_on(store.append_messages(batch.clone())).unwrap();
+                    let appended = rt.block_on(store.append_messages(&batch)).unwrap();
                     for (a, m) in appended.into_iter().zip(batch) {
                         prop_assert_eq!(a.unwrap().sequence as usize, model.subjects[subject].len());
                         model.subjects[subject].push((m.body, tag));

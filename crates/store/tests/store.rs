@@ -32,10 +32,7 @@ fn msg(i: usize) -> Bytes {
 
 async fn append_n(store: &Store, subject: &str, range: std::ops::Range<usize>) {
     for chunk in range.collect::<Vec<_>>().chunks(7) {
-        let batch = chunk
-            .iter()
-            .map(|&i| (subject.to_owned(), msg(i)))
-            .collect();
+        let batch = chunk.iter().map(|&i| (subject, msg(i)));
         store.append(batch).await.unwrap();
     }
 }
@@ -277,7 +274,7 @@ async fn damaged_files_recover_without_losing_intact_records() {
             200 - got.len()
         );
         // The store keeps working.
-        store.append(vec![("s".into(), msg(999))]).await.unwrap();
+        store.append(vec![("s", msg(999))]).await.unwrap();
         assert_eq!(
             store.read("s", store.subject_len("s") - 1, 1).unwrap()[0].message,
             msg(999)
@@ -331,8 +328,8 @@ async fn tag_filters_hand_out_matching_messages_and_consume_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).unwrap();
     let tag_sets: [&[&str]; 4] = [&["red"], &["blue"], &["red", "blue"], &[]];
-    let batch = (0..40).map(|i| tagged("s", i, tag_sets[i % 4])).collect();
-    for r in store.append_messages(batch).await.unwrap() {
+    let batch: Vec<_> = (0..40).map(|i| tagged("s", i, tag_sets[i % 4])).collect();
+    for r in store.append_messages(&batch).await.unwrap() {
         r.unwrap();
     }
     let spec = |k| PullSpec {
@@ -383,7 +380,7 @@ async fn a_bad_message_fails_alone_and_plain_append_is_all_or_nothing() {
         body: Bytes::from(vec![0u8; 5000]),
     };
     let results = store
-        .append_messages(vec![
+        .append_messages(&[
             tagged("s", 0, &[]),
             huge.clone(),
             tagged("", 1, &[]),
@@ -396,9 +393,7 @@ async fn a_bad_message_fails_alone_and_plain_append_is_all_or_nothing() {
     assert!(matches!(results[1], Err(StoreError::TooLarge { .. })));
     assert!(matches!(results[2], Err(StoreError::InvalidName { .. })));
     assert_eq!(results[3].as_ref().unwrap().sequence, 1);
-    let err = store
-        .append(vec![("s".into(), msg(3)), ("s".into(), huge.body)])
-        .await;
+    let err = store.append(vec![("s", msg(3)), ("s", huge.body)]).await;
     assert!(err.is_err());
     assert_eq!(
         store.subject_len("s"),
@@ -407,7 +402,7 @@ async fn a_bad_message_fails_alone_and_plain_append_is_all_or_nothing() {
     );
     store.close().unwrap();
     assert!(matches!(
-        store.append(vec![("s".into(), msg(4))]).await,
+        store.append(vec![("s", msg(4))]).await,
         Err(StoreError::Closed)
     ));
 }
@@ -424,14 +419,14 @@ async fn watchers_wake_on_appends_to_their_subject() {
         rx.changed().await.unwrap();
         *rx.borrow_and_update()
     });
-    store.append(vec![("s".into(), msg(3))]).await.unwrap();
+    store.append(vec![("s", msg(3))]).await.unwrap();
     let seen = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .expect("woken")
         .unwrap();
     assert_eq!(seen, 4);
     assert!(!other.has_changed().unwrap(), "other subjects stay quiet");
-    store.append(vec![("t".into(), msg(0))]).await.unwrap();
+    store.append(vec![("t", msg(0))]).await.unwrap();
     assert!(other.has_changed().unwrap());
     assert_eq!(*other.borrow_and_update(), 1);
 }
@@ -566,5 +561,29 @@ async fn the_flusher_writes_index_entries_within_its_interval() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(on_disk(), 5 * 24);
+    store.close().unwrap();
+}
+
+#[tokio::test]
+async fn close_stores_what_was_handed_over_then_refuses_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    // Handed to the writer by the call itself, before anything awaits it.
+    let first = store.append([("s", &b"one"[..])]);
+    let second = store.append([("s", &b"two"[..])]);
+    store.close().unwrap();
+    assert_eq!(first.await.unwrap()[0].sequence, 0);
+    assert_eq!(second.await.unwrap()[0].sequence, 1);
+    assert!(matches!(
+        store.append([("s", &b"three"[..])]).await,
+        Err(StoreError::Closed)
+    ));
+    // A second close (another handle's, say) is harmless.
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(config(dir.path())).unwrap();
+    let read = store.read("s", 0, 10).unwrap();
+    let bodies: Vec<&[u8]> = read.iter().map(|m| &m.message[..]).collect();
+    assert_eq!(bodies, [&b"one"[..], &b"two"[..]]);
     store.close().unwrap();
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
-use super::{Store, CHECKPOINT_DIR, WRITER_THREAD};
+use super::{Job, Store, CHECKPOINT_DIR};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{io, Result};
 
@@ -136,18 +136,19 @@ impl Store {
         Ok(())
     }
 
-    /// Stops the background threads, then makes everything durable and checkpoints. Appends
-    /// after this fail with [`crate::StoreError::Closed`].
+    /// Stops the background threads (the writer after the appends already handed to it), then
+    /// makes everything durable and checkpoints. Appends after this fail with
+    /// [`crate::StoreError::Closed`]; when it returns, no store thread runs any more.
     pub fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
+        // Already gone if another handle closed the store first.
+        let _ = self.writer.send(Job::Stop);
         let threads: Vec<JoinHandle<()>> = self.threads.lock().drain(..).collect();
         for t in &threads {
             t.thread().unpark();
         }
-        // The writer thread ends when every sender is gone (it finishes queued appends first);
-        // only wait for the threads that watch `closed`.
         for t in threads {
-            if t.thread().name() != Some(WRITER_THREAD) && t.join().is_err() {
+            if t.join().is_err() {
                 tracing::error!("a store thread panicked");
             }
         }

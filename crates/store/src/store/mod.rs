@@ -7,6 +7,7 @@ mod recover;
 mod writer;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -138,6 +139,14 @@ pub(crate) struct Answer {
     _spent: writer::Encoded,
 }
 
+/// What the writer thread is asked to do.
+pub(crate) enum Job {
+    /// Store a batch and answer.
+    Write(WriteJob),
+    /// Finish the jobs before this one, then end ([`Store::close`]).
+    Stop,
+}
+
 pub(crate) struct WriteJob {
     encoded: writer::Encoded,
     reply: oneshot::Sender<Answer>,
@@ -165,12 +174,12 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
-    writer: mpsc::Sender<WriteJob>,
+    writer: mpsc::Sender<Job>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
-/// The writer thread's name: it ends once every [`Store`] handle is gone.
-pub(crate) const WRITER_THREAD: &str = "qmq-store-writer";
+/// The writer thread's name.
+const WRITER_THREAD: &str = "qmq-store-writer";
 
 pub(crate) const MESSAGE_DIR: &str = "messagelog";
 pub(crate) const CONSUME_DIR: &str = "consumelog";
@@ -198,7 +207,7 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<Self> {
         let dir = config.dir.clone();
         let inner = Arc::new(recover::open(config)?);
-        let (writer, jobs) = mpsc::channel::<WriteJob>();
+        let (writer, jobs) = mpsc::channel::<Job>();
         let mut threads = Vec::new();
         let w = inner.clone();
         threads.push(
@@ -230,42 +239,61 @@ impl Store {
     /// the flush policy. Each message gets its own result: an invalid one (bad subject, too many
     /// tags, too large) fails alone. The outer error means nothing of the batch is acknowledged
     /// (store closed, or a write/fsync failed). Concurrent batches share one write and one fsync.
-    pub async fn append_messages(
+    ///
+    /// The messages are copied into their records and handed to the writer by this call; the
+    /// future only waits for the answer (dropping it does not withdraw the batch).
+    pub fn append_messages(
         &self,
-        messages: Vec<NewMessage>,
-    ) -> Result<Vec<Result<Appended>>> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(StoreError::Closed);
+        messages: &[NewMessage],
+    ) -> impl Future<Output = Result<Vec<Result<Appended>>>> + Send + 'static {
+        let bytes = messages.iter().map(|m| m.body.len()).sum();
+        let mut encoded =
+            writer::Encoded::new(messages.len(), bytes, self.inner.config.segment_size);
+        for m in messages {
+            encoded.push(&m.subject, &m.tags, &m.body);
         }
-        let encoded = writer::Encoded::new(messages, self.inner.config.segment_size);
-        self.submit(encoded).await
-    }
-
-    /// Hands a framed batch to the writer thread and waits for its answer.
-    async fn submit(&self, encoded: writer::Encoded) -> Result<Vec<Result<Appended>>> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteJob { encoded, reply })
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?.result
+        let answer = self.submit(encoded);
+        async move { answer?.await.map_err(|_| StoreError::Closed)?.result }
     }
 
     /// Appends untagged `(subject, bytes)` messages all or nothing: if any is invalid, none is
-    /// written. Otherwise as [`Store::append_messages`].
-    pub async fn append(&self, messages: Vec<(String, Bytes)>) -> Result<Vec<Appended>> {
-        let messages: Vec<NewMessage> = messages
-            .into_iter()
-            .map(|(subject, body)| NewMessage {
-                subject,
-                tags: Vec::new(),
-                body,
-            })
-            .collect();
+    /// written. Otherwise as [`Store::append_messages`]: the messages (borrowed, as
+    /// `(&str, &[u8])`, or owned, as `(String, Bytes)`) are copied and handed over by this call.
+    pub fn append<S, B>(
+        &self,
+        messages: impl IntoIterator<Item = (S, B)>,
+    ) -> impl Future<Output = Result<Vec<Appended>>> + Send + 'static
+    where
+        S: AsRef<str>,
+        B: AsRef<[u8]>,
+    {
+        let messages = messages.into_iter();
+        let mut encoded =
+            writer::Encoded::new(messages.size_hint().0, 0, self.inner.config.segment_size);
+        for (subject, body) in messages {
+            encoded.push(subject.as_ref(), &[], body.as_ref());
+        }
+        let answer = encoded.all_valid().and_then(|e| self.submit(e));
+        async move {
+            answer?
+                .await
+                .map_err(|_| StoreError::Closed)?
+                .result?
+                .into_iter()
+                .collect()
+        }
+    }
+
+    /// Hands a framed batch to the writer thread; the receiver gets its answer.
+    fn submit(&self, encoded: writer::Encoded) -> Result<oneshot::Receiver<Answer>> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
-        let encoded = writer::Encoded::new(messages, self.inner.config.segment_size).all_valid()?;
-        self.submit(encoded).await?.into_iter().collect()
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Write(WriteJob { encoded, reply }))
+            .map_err(|_| StoreError::Closed)?;
+        Ok(rx)
     }
 
     /// A receiver of `subject`'s length (its next consume-log sequence), updated after every
@@ -327,6 +355,13 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Makes every message appended so far durable now (one fsync of the message log), whatever
+    /// the flush policy. Consume logs and consumer state need no fsync for this: recovery
+    /// rebuilds them from the message and action logs.
+    pub fn sync(&self) -> Result<()> {
+        self.inner.message_reader.sync()
     }
 
     /// Message-log offset below which every message is durable (fsynced).

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 
-use super::{check_name, Answer, Appended, FlushPolicy, Inner, NewMessage, WriteJob, CONSUME_DIR};
+use super::{check_name, Answer, Appended, FlushPolicy, Inner, Job, WriteJob, CONSUME_DIR};
 use crate::consume_log::{ConsumeLog, Entry};
 use crate::error::{Result, StoreError};
 use crate::log::{frame_with, RECORD_HEADER};
@@ -24,22 +24,21 @@ use crate::{names, record};
 /// Most jobs merged into one group commit.
 const MAX_JOBS: usize = 1024;
 
-/// Checks that a message can be stored.
-pub(crate) fn validate(m: &NewMessage, segment_size: u64) -> Result<()> {
-    check_name("subject", &m.subject)?;
-    if m.tags.len() > record::MAX_TAGS {
+/// Checks that a message can be stored; `size` is its record's size.
+fn validate(subject: &str, tags: &[String], size: usize, segment_size: u64) -> Result<()> {
+    check_name("subject", subject)?;
+    if tags.len() > record::MAX_TAGS {
         return Err(StoreError::InvalidName {
             what: "tags",
             reason: "more than 255 tags",
         });
     }
-    if m.tags.iter().any(|t| t.len() > usize::from(u16::MAX)) {
+    if tags.iter().any(|t| t.len() > usize::from(u16::MAX)) {
         return Err(StoreError::InvalidName {
             what: "tag",
             reason: "longer than 65535 bytes",
         });
     }
-    let size = RECORD_HEADER as usize + record_len(m);
     if size as u64 > segment_size {
         return Err(StoreError::TooLarge {
             size,
@@ -47,10 +46,6 @@ pub(crate) fn validate(m: &NewMessage, segment_size: u64) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn record_len(m: &NewMessage) -> usize {
-    12 + m.subject.len() + m.tags.iter().map(|t| 2 + t.len()).sum::<usize>() + m.body.len()
 }
 
 /// A batch of messages validated and framed as message-log records on the appending caller's
@@ -64,6 +59,9 @@ pub(crate) struct Encoded {
     subjects: Vec<String>,
     /// Per message: its subject (index in `subjects`) and tag summary, or why it was refused.
     items: Vec<Result<Item>>,
+    /// The batch's append time (ms since the Unix epoch).
+    now_ms: u64,
+    segment_size: u64,
 }
 
 /// One valid message of an [`Encoded`] batch.
@@ -73,45 +71,47 @@ struct Item {
 }
 
 impl Encoded {
-    /// Validates and frames `messages`, stamping them with the current time.
-    pub(crate) fn new(messages: Vec<NewMessage>, segment_size: u64) -> Self {
-        let now_ms = now_ms();
-        let total: usize = messages
-            .iter()
-            .map(|m| RECORD_HEADER as usize + record_len(m))
-            .sum();
-        let mut records = Vec::with_capacity(total);
-        let mut sizes = Vec::with_capacity(messages.len());
-        let mut subjects: Vec<String> = Vec::new();
-        let items = messages
-            .into_iter()
-            .map(|m| {
-                validate(&m, segment_size)?;
-                let at = records.len();
-                frame_with(&mut records, |out| {
-                    record::header(out, &m.subject, &m.tags, now_ms);
-                    out.extend_from_slice(&m.body);
-                });
-                sizes.push(records.len() - at);
-                let subject = match subjects.iter().rposition(|s| *s == m.subject) {
-                    Some(i) => i,
-                    None => {
-                        subjects.push(m.subject);
-                        subjects.len() - 1
-                    }
-                };
-                Ok(Item {
-                    subject,
-                    tags: record::tag_summary(&m.tags),
-                })
-            })
-            .collect();
+    /// An empty batch for about `hint` messages of `bytes` bytes in all, stamped with the
+    /// current time; [`Encoded::push`] adds messages. The messages are copied as they are
+    /// pushed, so callers keep (and may borrow) their own.
+    pub(crate) fn new(hint: usize, bytes: usize, segment_size: u64) -> Self {
         Self {
-            records,
-            sizes,
-            subjects,
-            items,
+            records: Vec::with_capacity(bytes + hint * (RECORD_HEADER as usize + 32)),
+            sizes: Vec::with_capacity(hint),
+            subjects: Vec::new(),
+            items: Vec::with_capacity(hint),
+            now_ms: now_ms(),
+            segment_size,
         }
+    }
+
+    /// Validates and frames one message (an invalid one is recorded as refused).
+    pub(crate) fn push(&mut self, subject: &str, tags: &[String], body: &[u8]) {
+        let payload =
+            12 + subject.len() + tags.iter().map(|t| 2 + t.len()).sum::<usize>() + body.len();
+        let size = RECORD_HEADER as usize + payload;
+        if let Err(e) = validate(subject, tags, size, self.segment_size) {
+            self.items.push(Err(e));
+            return;
+        }
+        let at = self.records.len();
+        let now_ms = self.now_ms;
+        frame_with(&mut self.records, |out| {
+            record::header(out, subject, tags, now_ms);
+            out.extend_from_slice(body);
+        });
+        self.sizes.push(self.records.len() - at);
+        let subject = match self.subjects.iter().rposition(|s| s == subject) {
+            Some(i) => i,
+            None => {
+                self.subjects.push(subject.to_owned());
+                self.subjects.len() - 1
+            }
+        };
+        self.items.push(Ok(Item {
+            subject,
+            tags: record::tag_summary(tags),
+        }));
     }
 
     /// The batch if every message is valid, else the first refusal.
@@ -131,13 +131,22 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The writer thread's loop: group commits until every [`super::Store`] handle is gone.
-pub(crate) fn run(inner: &Inner, jobs: &mpsc::Receiver<WriteJob>) {
-    while let Ok(first) = jobs.recv() {
+/// The writer thread's loop: group commits until [`Job::Stop`] or until every
+/// [`super::Store`] handle is gone.
+pub(crate) fn run(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
+    let mut stop = false;
+    while !stop {
+        let Ok(Job::Write(first)) = jobs.recv() else {
+            break;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_JOBS {
             match jobs.try_recv() {
-                Ok(more) => batch.push(more),
+                Ok(Job::Write(more)) => batch.push(more),
+                Ok(Job::Stop) => {
+                    stop = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
