@@ -39,6 +39,7 @@ fn bench_dir() -> tempfile::TempDir {
 
 /// Sequential `write` calls of the same number of bytes, one call per batch, then one fsync.
 fn raw_write(size: usize, count: usize) -> (Duration, Duration) {
+    quiesce();
     let dir = bench_dir();
     let mut f = std::fs::File::create(dir.path().join("raw")).expect("create");
     let batch = vec![7u8; (size + OVERHEAD) * BATCH];
@@ -48,6 +49,12 @@ fn raw_write(size: usize, count: usize) -> (Duration, Duration) {
     }
     f.sync_data().expect("fsync");
     (start.elapsed(), cpu_time() - cpu)
+}
+
+/// Lets the file system finish what the other side left (writeback, and the journal commit
+/// and discards that deleting its files queued) before a side starts its clock.
+fn quiesce() {
+    rustix::fs::sync();
 }
 
 /// CPU time used so far by every thread of this process.
@@ -69,6 +76,7 @@ struct Run {
 }
 
 fn store_run(rt: &tokio::runtime::Runtime, size: usize, count: usize) -> Run {
+    quiesce();
     let dir = bench_dir();
     let mut config = StoreConfig::new(dir.path());
     config.flush = FlushPolicy::Async {

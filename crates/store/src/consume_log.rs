@@ -164,9 +164,18 @@ impl ConsumeLog {
     /// Appends entries (to the in-memory tail, written once it is large) and returns the first
     /// one's sequence.
     pub fn append_many(&mut self, entries: &[Entry]) -> Result<u64> {
+        self.append_moved(entries, |offset| offset)
+    }
+
+    /// Appends entries as [`ConsumeLog::append_many`] does, their offsets passed through
+    /// `offset` first (the writer's entries are relative to their batch until it is placed).
+    pub fn append_moved(&mut self, entries: &[Entry], offset: impl Fn(u64) -> u64) -> Result<u64> {
         let seq = self.len();
-        self.tail.extend_from_slice(entries);
-        if let Some(last) = entries.last() {
+        self.tail.extend(entries.iter().map(|e| Entry {
+            offset: offset(e.offset),
+            ..*e
+        }));
+        if let Some(last) = self.tail.last() {
             self.last_offset = Some(last.offset);
         }
         if self.tail.len() >= TAIL_LIMIT {

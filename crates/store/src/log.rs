@@ -41,6 +41,17 @@ struct Marks {
     syncing: parking_lot::Mutex<()>,
 }
 
+/// Where a piece of a run of records went in the log (see [`RecordLog::append_runs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// The run's index.
+    pub run: usize,
+    /// The piece's first byte in the run.
+    pub at: usize,
+    /// Its log offset.
+    pub offset: u64,
+}
+
 /// A segmented record log. Appends need `&mut self`; reads go through a cheap [`LogReader`].
 pub struct RecordLog {
     name: &'static str,
@@ -189,26 +200,49 @@ impl RecordLog {
     pub fn append(&mut self, payload: &[u8]) -> Result<u64> {
         let mut record = Vec::with_capacity(RECORD_HEADER as usize + payload.len());
         frame_with(&mut record, |out| out.extend_from_slice(payload));
-        let mut offsets = Vec::with_capacity(1);
-        self.append_runs(&[(&record, &[record.len()])], &mut offsets)?;
-        offsets.pop().ok_or_else(|| StoreError::Failed {
-            reason: "an appended record got no offset".into(),
-        })
+        let mut placed = Vec::with_capacity(1);
+        self.append_runs(&[(&record, &[record.len()])], &mut placed)?;
+        placed
+            .pop()
+            .map(|p| p.offset)
+            .ok_or_else(|| StoreError::Failed {
+                reason: "an appended record got no offset".into(),
+            })
     }
 
     /// Appends framed records (see [`frame_with`]) given as runs of back-to-back records with each
     /// record's size, with one vectored write per segment they go to, and makes them visible
-    /// to readers. Pushes each record's offset to `offsets`, in order.
+    /// to readers. Pushes to `placed` where each run went: one [`Placed`] per contiguous piece
+    /// (a run is split, at a record boundary, only where it crosses into a new segment).
     pub fn append_runs(
         &mut self,
         runs: &[(&[u8], &[usize])],
-        offsets: &mut Vec<u64>,
+        placed: &mut Vec<Placed>,
     ) -> Result<()> {
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(runs.len());
         // The segment being filled, and the log offset where `slices` start.
         let mut segment: Option<(u64, Arc<File>, PathBuf)> = None;
         let mut slices_at = self.end;
-        for &(bytes, sizes) in runs {
+        for (run, &(bytes, sizes)) in runs.iter().enumerate() {
+            if segment.is_none() {
+                segment = Some(self.segment_for(0)?);
+                slices_at = self.end;
+            }
+            let len = bytes.len() as u64;
+            // Usually the whole run fits: no need to look at its records.
+            if segment
+                .as_ref()
+                .is_some_and(|(base, _, _)| self.end + len <= base + self.segment_size)
+            {
+                placed.push(Placed {
+                    run,
+                    at: 0,
+                    offset: self.end,
+                });
+                slices.push(IoSlice::new(bytes));
+                self.end += len;
+                continue;
+            }
             let (mut from, mut at) = (0, 0);
             for &size in sizes {
                 let size64 = size as u64;
@@ -234,7 +268,13 @@ impl RecordLog {
                     segment = Some(self.segment_for(size64)?);
                     slices_at = self.end;
                 }
-                offsets.push(self.end);
+                if at == from {
+                    placed.push(Placed {
+                        run,
+                        at,
+                        offset: self.end,
+                    });
+                }
                 self.end += size64;
                 at += size;
             }
@@ -601,11 +641,25 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn runs_split_at_record_boundaries_across_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = RecordLog::open("test", dir.path(), 100, 0).unwrap();
-        let records: Vec<Vec<u8>> = (0..40u8)
+    /// Every record's offset, from where the pieces of the runs were placed.
+    fn offsets(runs: &[(Vec<u8>, Vec<usize>)], placed: &[Placed]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (r, (_, sizes)) in runs.iter().enumerate() {
+            let mut at = 0;
+            for size in sizes {
+                let piece = placed
+                    .iter()
+                    .rfind(|p| p.run == r && p.at <= at)
+                    .expect("every record is placed");
+                out.push(piece.offset + (at - piece.at) as u64);
+                at += size;
+            }
+        }
+        out
+    }
+
+    fn framed(count: u8) -> Vec<Vec<u8>> {
+        (0..count)
             .map(|i| {
                 let mut r = Vec::new();
                 frame_with(&mut r, |out| {
@@ -613,11 +667,39 @@ mod tests {
                 });
                 r
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn runs_that_fit_are_placed_whole_and_back_to_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = RecordLog::open("test", dir.path(), 10_000, 0).unwrap();
+        let records = framed(40);
         let runs = runs(&records, 7);
         let borrowed: Vec<(&[u8], &[usize])> = runs.iter().map(|(b, s)| (&b[..], &s[..])).collect();
-        let mut offsets = Vec::new();
-        log.append_runs(&borrowed, &mut offsets).unwrap();
+        let mut placed = Vec::new();
+        log.append_runs(&borrowed, &mut placed).unwrap();
+        assert_eq!(placed.len(), runs.len(), "one piece per run");
+        let reader = log.reader();
+        let mut expected = 0;
+        for (i, at) in offsets(&runs, &placed).into_iter().enumerate() {
+            assert_eq!(at, expected, "record {i}");
+            assert_eq!(reader.read(at).unwrap(), vec![i as u8; 1 + i % 30]);
+            expected += records[i].len() as u64;
+        }
+        assert_eq!(log.end(), expected);
+    }
+
+    #[test]
+    fn runs_split_at_record_boundaries_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = RecordLog::open("test", dir.path(), 100, 0).unwrap();
+        let records = framed(40);
+        let runs = runs(&records, 7);
+        let borrowed: Vec<(&[u8], &[usize])> = runs.iter().map(|(b, s)| (&b[..], &s[..])).collect();
+        let mut placed = Vec::new();
+        log.append_runs(&borrowed, &mut placed).unwrap();
+        let offsets = offsets(&runs, &placed);
         assert_eq!(offsets.len(), records.len());
         let mut bases: Vec<u64> = open_segment_files(dir.path())
             .unwrap()

@@ -132,11 +132,11 @@ pub struct SubjectInfo {
     pub len: u64,
 }
 
-/// The writer's answer to one append: its results, and its batch handed back so that the
-/// appending thread, which allocated the batch's buffers, frees them.
+/// The writer's answer to one append: whether the batch was stored, and the batch, placed
+/// and indexed, for the appending caller to read its results from (and free: it allocated it).
 pub(crate) struct Answer {
-    result: Result<Vec<Result<Appended>>>,
-    _spent: writer::Encoded,
+    result: Result<()>,
+    encoded: writer::Encoded,
 }
 
 /// What the writer thread is asked to do.
@@ -253,7 +253,11 @@ impl Store {
             encoded.push(&m.subject, &m.tags, &m.body);
         }
         let answer = self.submit(encoded);
-        async move { answer?.await.map_err(|_| StoreError::Closed)?.result }
+        async move {
+            let answer = answer?.await.map_err(|_| StoreError::Closed)?;
+            answer.result?;
+            Ok(answer.encoded.results())
+        }
     }
 
     /// Appends untagged `(subject, bytes)` messages all or nothing: if any is invalid, none is
@@ -275,12 +279,9 @@ impl Store {
         }
         let answer = encoded.all_valid().and_then(|e| self.submit(e));
         async move {
-            answer?
-                .await
-                .map_err(|_| StoreError::Closed)?
-                .result?
-                .into_iter()
-                .collect()
+            let answer = answer?.await.map_err(|_| StoreError::Closed)?;
+            answer.result?;
+            answer.encoded.results().into_iter().collect()
         }
     }
 
