@@ -374,12 +374,30 @@ async fn acked_messages_survive_a_crash_with_fsync_before_ack() {
         .map(|i| message("d", &format!("{i}"), &[], &format!("{i}")))
         .collect();
     assert!(send(&conn, &batch).await.is_empty());
-    // No shutdown, no checkpoint: the process "dies" with the runtime still holding the broker.
-    std::mem::forget(broker);
-    let (broker, conn) = start(dir.path()).await;
+    // No shutdown, no checkpoint: the files as they are now are what a crash would leave.
+    // (The broker keeps the directory locked, as a dead process would not, so a copy of it is
+    // reopened.)
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    let (after, conn) = start(crashed.path()).await;
     let (_, got) = pull(&conn, &pull_request("d", "g", "c", 100, -1)).await;
     assert_eq!(got, batch);
+    after.shutdown().await.unwrap();
     broker.shutdown().await.unwrap();
+}
+
+/// Copies a directory tree's files as they are.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }
 
 #[tokio::test]

@@ -58,6 +58,12 @@ pub enum StoreError {
     /// The store was closed.
     #[error("store closed")]
     Closed,
+    /// Another store (in this process or another) has the data directory open.
+    #[error("data directory {dir} is in use by another store")]
+    Locked {
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
     /// A message-log write or fsync failed: what is on disk is unknown, so the store refuses
     /// appends until it is reopened and recovery has checked the log.
     #[error("store failed, reopen it: {reason}")]

@@ -17,6 +17,8 @@
 //!   and go with no partitions and no rebalancing; broadcast consumers have their own.
 //! - **action log** ([`action`], `actionlog/`): every pull, range ack and reset, append-only.
 //!   Pull logs, positions and progress are rebuilt from it and the last [`checkpoint`].
+//! - **`LOCK`**: an exclusive `flock` held while a store has the directory open; a second
+//!   store on it, in this process or another, is refused ([`StoreError::Locked`]).
 //!
 //! # Recovery
 //!
@@ -62,7 +64,9 @@
 //! 7. Listings: [`Store::subject_infos`], [`Store::groups`] (with [`GroupInfo::lag`]),
 //!    [`Store::consumers`] (with [`ConsumerInfo::unacked`]).
 //! 8. Background work and shutdown: [`Store::spawn_maintenance`] checkpoints and applies
-//!    retention every interval; [`Store::close`] flushes and checkpoints.
+//!    retention every interval; [`Store::close`] stops the store's threads, flushes and
+//!    checkpoints. Dropping the last handle without `close` stops the threads too (after the
+//!    appends already handed over), but leaves recovery to the next open, as a crash would.
 
 pub mod action;
 pub mod checkpoint;

@@ -587,3 +587,37 @@ async fn close_stores_what_was_handed_over_then_refuses_appends() {
     assert_eq!(bodies, [&b"one"[..], &b"two"[..]]);
     store.close().unwrap();
 }
+
+#[tokio::test]
+async fn a_data_directory_is_open_in_one_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    store.spawn_maintenance().unwrap();
+    let clone = store.clone();
+    append_n(&store, "s", 0..3).await;
+    assert!(matches!(
+        Store::open(config(dir.path())),
+        Err(StoreError::Locked { .. })
+    ));
+    // One handle going is not the store going.
+    drop(store);
+    assert!(matches!(
+        Store::open(config(dir.path())),
+        Err(StoreError::Locked { .. })
+    ));
+    append_n(&clone, "s", 3..5).await;
+    // The last handle dropped without close (as a crash would leave it): its threads, the
+    // maintenance thread too, are gone with it, the directory is free, and what was appended
+    // is there.
+    drop(clone);
+    let store = Store::open(config(dir.path())).unwrap();
+    assert_eq!(store.subject_len("s"), 5);
+    store.close().unwrap();
+    // A closed store keeps the directory until its handles go.
+    assert!(matches!(
+        Store::open(config(dir.path())),
+        Err(StoreError::Locked { .. })
+    ));
+    drop(store);
+    Store::open(config(dir.path())).unwrap().close().unwrap();
+}

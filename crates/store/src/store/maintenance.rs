@@ -2,10 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::thread::JoinHandle;
 use std::time::SystemTime;
 
-use super::{Job, Store, CHECKPOINT_DIR};
+use super::{Inner, Store, CHECKPOINT_DIR};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{io, Result};
 
@@ -13,17 +12,51 @@ impl Store {
     /// Makes everything durable and writes a checkpoint, so the next open replays only what
     /// comes after it.
     pub fn checkpoint(&self) -> Result<()> {
+        self.inner.checkpoint()
+    }
+
+    /// Deletes message-log segments last written before `now - retention` (sparing any a group
+    /// or consumer still needs, unless configured otherwise), then index segments pointing only
+    /// at deleted messages, pull-log segments holding only acked entries, and action-log
+    /// segments no retained checkpoint needs. Returns the number of message-log segments
+    /// deleted.
+    pub fn apply_retention(&self, now: SystemTime) -> Result<usize> {
+        self.inner.apply_retention(now)
+    }
+
+    /// Starts a thread that checkpoints and applies retention every `checkpoint_interval`,
+    /// until the store is closed or dropped.
+    pub fn spawn_maintenance(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("qmq-store-maintenance".into())
+            .spawn(move || inner.maintain())
+            .map_err(io("spawn maintenance", &self.inner.config.dir))?;
+        self.threads.handles.lock().push(handle);
+        Ok(())
+    }
+
+    /// Stops the background threads (the writer after the appends already handed to it), then
+    /// makes everything durable and checkpoints. Appends after this fail with
+    /// [`crate::StoreError::Closed`]; when it returns, no store thread runs any more.
+    pub fn close(&self) -> Result<()> {
+        self.threads.stop();
+        self.checkpoint()
+    }
+}
+
+impl Inner {
+    fn checkpoint(&self) -> Result<()> {
         // Held throughout: checkpoints are written one at a time, in generation order.
-        let mut gen = self.inner.checkpoint_gen.lock();
+        let mut gen = self.checkpoint_gen.lock();
         // Consumer side first: its state may only point at messages the message side has.
-        let consumers = self.inner.consumers.snapshot()?;
+        let consumers = self.consumers.snapshot()?;
         let (message_indexed, subjects) = {
             // The writer is paused while the message side is captured: every message before
             // `message_indexed` is in its consume log.
-            let log = self.inner.log.lock();
+            let log = self.log.lock();
             log.sync()?;
             let consume: Vec<_> = self
-                .inner
                 .consume
                 .read()
                 .iter()
@@ -46,41 +79,36 @@ impl Store {
         };
         *gen += 1;
         let oldest = checkpoint::store(
-            &self.inner.config.dir.join(CHECKPOINT_DIR),
+            &self.config.dir.join(CHECKPOINT_DIR),
             *gen,
             &cp,
-            self.inner.config.checkpoints_retained,
+            self.config.checkpoints_retained,
         )?;
-        *self.inner.oldest_checkpoint.lock() = oldest;
+        *self.oldest_checkpoint.lock() = oldest;
         tracing::debug!(generation = *gen, message_indexed, "checkpoint written");
         Ok(())
     }
 
-    /// Deletes message-log segments last written before `now - retention` (sparing any a group
-    /// or consumer still needs, unless configured otherwise), then index segments pointing only
-    /// at deleted messages, pull-log segments holding only acked entries, and action-log
-    /// segments no retained checkpoint needs. Returns the number of message-log segments
-    /// deleted.
-    pub fn apply_retention(&self, now: SystemTime) -> Result<usize> {
+    fn apply_retention(&self, now: SystemTime) -> Result<usize> {
         let cutoff = now
-            .checked_sub(self.inner.config.retention)
+            .checked_sub(self.config.retention)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let keep_from = if self.inner.config.retention_deletes_unconsumed {
+        let keep_from = if self.config.retention_deletes_unconsumed {
             u64::MAX
         } else {
             self.oldest_needed_offset()?
         };
         let (deleted, start) = {
-            let mut log = self.inner.log.lock();
+            let mut log = self.log.lock();
             let deleted = log.delete_before(keep_from, cutoff)?;
             (deleted, log.start())
         };
-        let consume: Vec<_> = self.inner.consume.read().values().cloned().collect();
+        let consume: Vec<_> = self.consume.read().values().cloned().collect();
         for c in consume {
             c.write().delete_before_offset(start)?;
         }
-        let action_keep = self.inner.oldest_checkpoint.lock().action_applied;
-        self.inner.consumers.trim(action_keep)?;
+        let action_keep = self.oldest_checkpoint.lock().action_applied;
+        self.consumers.trim(action_keep)?;
         if deleted > 0 {
             tracing::info!(deleted, "message-log segments deleted by retention");
         }
@@ -90,8 +118,8 @@ impl Store {
     /// The lowest message-log offset a group or consumer still needs.
     fn oldest_needed_offset(&self) -> Result<u64> {
         let mut min = u64::MAX;
-        for (subject, seq) in self.inner.consumers.needed()? {
-            let Some(clog) = self.inner.consume_log(&subject) else {
+        for (subject, seq) in self.consumers.needed()? {
+            let Some(clog) = self.consume_log(&subject) else {
                 continue;
             };
             let clog = clog.read();
@@ -104,54 +132,27 @@ impl Store {
         Ok(min)
     }
 
-    /// Starts a thread that checkpoints and applies retention every `checkpoint_interval`,
-    /// until [`Store::close`].
-    pub fn spawn_maintenance(&self) -> Result<()> {
-        let store = self.clone();
-        let handle = std::thread::Builder::new()
-            .name("qmq-store-maintenance".into())
-            .spawn(move || {
-                let interval = store.inner.config.checkpoint_interval;
-                let mut last = std::time::Instant::now();
-                while !store.inner.closed.load(Ordering::Acquire) {
-                    // Unparked by close(); spurious wake-ups just loop.
-                    std::thread::park_timeout(interval.saturating_sub(last.elapsed()));
-                    if store.inner.closed.load(Ordering::Acquire) {
-                        break;
-                    }
-                    if last.elapsed() < interval {
-                        continue;
-                    }
-                    last = std::time::Instant::now();
-                    if let Err(e) = store.checkpoint() {
-                        tracing::error!(error = %e, "checkpoint failed");
-                    }
-                    if let Err(e) = store.apply_retention(SystemTime::now()) {
-                        tracing::error!(error = %e, "retention failed");
-                    }
-                }
-            })
-            .map_err(io("spawn maintenance", &self.inner.config.dir))?;
-        self.threads.lock().push(handle);
-        Ok(())
-    }
-
-    /// Stops the background threads (the writer after the appends already handed to it), then
-    /// makes everything durable and checkpoints. Appends after this fail with
-    /// [`crate::StoreError::Closed`]; when it returns, no store thread runs any more.
-    pub fn close(&self) -> Result<()> {
-        self.inner.closed.store(true, Ordering::Release);
-        // Already gone if another handle closed the store first.
-        let _ = self.writer.send(Job::Stop);
-        let threads: Vec<JoinHandle<()>> = self.threads.lock().drain(..).collect();
-        for t in &threads {
-            t.thread().unpark();
-        }
-        for t in threads {
-            if t.join().is_err() {
-                tracing::error!("a store thread panicked");
+    /// The maintenance thread's loop: checkpoints and applies retention every
+    /// `checkpoint_interval`, until the store is closed.
+    fn maintain(&self) {
+        let interval = self.config.checkpoint_interval;
+        let mut last = std::time::Instant::now();
+        while !self.closed.load(Ordering::Acquire) {
+            // Unparked when the store stops; spurious wake-ups just loop.
+            std::thread::park_timeout(interval.saturating_sub(last.elapsed()));
+            if self.closed.load(Ordering::Acquire) {
+                break;
+            }
+            if last.elapsed() < interval {
+                continue;
+            }
+            last = std::time::Instant::now();
+            if let Err(e) = self.checkpoint() {
+                tracing::error!(error = %e, "checkpoint failed");
+            }
+            if let Err(e) = self.apply_retention(SystemTime::now()) {
+                tracing::error!(error = %e, "retention failed");
             }
         }
-        self.checkpoint()
     }
 }

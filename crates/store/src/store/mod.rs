@@ -167,6 +167,8 @@ pub(crate) struct Inner {
     /// refused until the store is reopened (and recovery decides what is on disk).
     failed: Mutex<Option<String>>,
     closed: AtomicBool,
+    /// The data directory's lock, held as long as anything of the store is.
+    _lock: std::fs::File,
 }
 
 /// The store. Cheap to clone; every method is thread-safe. Methods other than `append*` do
@@ -175,7 +177,40 @@ pub(crate) struct Inner {
 pub struct Store {
     inner: Arc<Inner>,
     writer: mpsc::Sender<Job>,
-    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    threads: Arc<Threads>,
+}
+
+/// The store's threads. When the last [`Store`] handle goes, so do they (after the appends
+/// already handed to the writer), so the data directory is free again once it is dropped.
+struct Threads {
+    inner: Arc<Inner>,
+    writer: mpsc::Sender<Job>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Threads {
+    /// Stops every store thread and waits for them: the writer after the jobs before its
+    /// stop, the others at their next wake-up.
+    fn stop(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        // Already gone if the store was stopped before.
+        let _ = self.writer.send(Job::Stop);
+        let handles: Vec<JoinHandle<()>> = self.handles.lock().drain(..).collect();
+        for t in &handles {
+            t.thread().unpark();
+        }
+        for t in handles {
+            if t.join().is_err() {
+                tracing::error!("a store thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// The writer thread's name.
@@ -186,6 +221,8 @@ pub(crate) const CONSUME_DIR: &str = "consumelog";
 pub(crate) const ACTION_DIR: &str = "actionlog";
 pub(crate) const PULL_DIR: &str = "pulllog";
 pub(crate) const CHECKPOINT_DIR: &str = "checkpoint";
+/// The data directory's lock file (see [`StoreError::Locked`]).
+pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// Longest subject, group or consumer name.
 const MAX_NAME: usize = 1024;
@@ -203,7 +240,9 @@ pub(crate) fn check_name(what: &'static str, name: &str) -> Result<()> {
 
 impl Store {
     /// Opens the store in `config.dir`, recovering from the newest readable checkpoint and the
-    /// logs after it, and starts the writer (and, with async flush, the flusher) thread.
+    /// logs after it, and starts the writer and flusher threads. A directory another store has
+    /// open is refused ([`StoreError::Locked`]); it is free again once that store is closed or
+    /// its last handle dropped.
     pub fn open(config: StoreConfig) -> Result<Self> {
         let dir = config.dir.clone();
         let inner = Arc::new(recover::open(config)?);
@@ -224,9 +263,13 @@ impl Store {
                 .map_err(io("spawn flusher", &dir))?,
         );
         Ok(Self {
+            threads: Arc::new(Threads {
+                inner: inner.clone(),
+                writer: writer.clone(),
+                handles: Mutex::new(threads),
+            }),
             inner,
             writer,
-            threads: Arc::new(Mutex::new(threads)),
         })
     }
 
