@@ -633,17 +633,21 @@ fn write_all_vectored_at(
 mod tests {
     use super::*;
 
-    /// Runs of framed records, each with its records' sizes.
-    fn runs(records: &[Vec<u8>], per_run: usize) -> Vec<(Vec<u8>, Vec<usize>)> {
-        records
+    /// Appends `records` in runs of `per_run` with one `append_runs`; returns how many pieces
+    /// the runs were placed in and every record's offset, worked out from the pieces.
+    fn append_in_runs(
+        log: &mut RecordLog,
+        records: &[Vec<u8>],
+        per_run: usize,
+    ) -> (usize, Vec<u64>) {
+        let runs: Vec<(Vec<u8>, Vec<usize>)> = records
             .chunks(per_run)
             .map(|c| (c.concat(), c.iter().map(Vec::len).collect()))
-            .collect()
-    }
-
-    /// Every record's offset, from where the pieces of the runs were placed.
-    fn offsets(runs: &[(Vec<u8>, Vec<usize>)], placed: &[Placed]) -> Vec<u64> {
-        let mut out = Vec::new();
+            .collect();
+        let borrowed: Vec<(&[u8], &[usize])> = runs.iter().map(|(b, s)| (&b[..], &s[..])).collect();
+        let mut placed = Vec::new();
+        log.append_runs(&borrowed, &mut placed).unwrap();
+        let mut offsets = Vec::new();
         for (r, (_, sizes)) in runs.iter().enumerate() {
             let mut at = 0;
             for size in sizes {
@@ -651,11 +655,11 @@ mod tests {
                     .iter()
                     .rfind(|p| p.run == r && p.at <= at)
                     .expect("every record is placed");
-                out.push(piece.offset + (at - piece.at) as u64);
+                offsets.push(piece.offset + (at - piece.at) as u64);
                 at += size;
             }
         }
-        out
+        (placed.len(), offsets)
     }
 
     fn framed(count: u8) -> Vec<Vec<u8>> {
@@ -675,14 +679,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = RecordLog::open("test", dir.path(), 10_000, 0).unwrap();
         let records = framed(40);
-        let runs = runs(&records, 7);
-        let borrowed: Vec<(&[u8], &[usize])> = runs.iter().map(|(b, s)| (&b[..], &s[..])).collect();
-        let mut placed = Vec::new();
-        log.append_runs(&borrowed, &mut placed).unwrap();
-        assert_eq!(placed.len(), runs.len(), "one piece per run");
+        let (pieces, offsets) = append_in_runs(&mut log, &records, 7);
+        assert_eq!(pieces, 40usize.div_ceil(7), "one piece per run");
         let reader = log.reader();
         let mut expected = 0;
-        for (i, at) in offsets(&runs, &placed).into_iter().enumerate() {
+        for (i, at) in offsets.into_iter().enumerate() {
             assert_eq!(at, expected, "record {i}");
             assert_eq!(reader.read(at).unwrap(), vec![i as u8; 1 + i % 30]);
             expected += records[i].len() as u64;
@@ -695,11 +696,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = RecordLog::open("test", dir.path(), 100, 0).unwrap();
         let records = framed(40);
-        let runs = runs(&records, 7);
-        let borrowed: Vec<(&[u8], &[usize])> = runs.iter().map(|(b, s)| (&b[..], &s[..])).collect();
-        let mut placed = Vec::new();
-        log.append_runs(&borrowed, &mut placed).unwrap();
-        let offsets = offsets(&runs, &placed);
+        let (_, offsets) = append_in_runs(&mut log, &records, 7);
         assert_eq!(offsets.len(), records.len());
         let mut bases: Vec<u64> = open_segment_files(dir.path())
             .unwrap()
