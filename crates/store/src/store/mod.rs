@@ -289,9 +289,7 @@ impl Store {
         &self,
         messages: &[NewMessage],
     ) -> impl Future<Output = Result<Vec<Result<Appended>>>> + Send + 'static {
-        let bytes = messages.iter().map(|m| m.body.len()).sum();
-        let mut encoded =
-            writer::Encoded::new(messages.len(), bytes, self.inner.config.segment_size);
+        let mut encoded = writer::Encoded::new(messages.len(), self.inner.config.segment_size);
         for m in messages {
             encoded.push(&m.subject, &m.tags, &m.body);
         }
@@ -316,7 +314,7 @@ impl Store {
     {
         let messages = messages.into_iter();
         let mut encoded =
-            writer::Encoded::new(messages.size_hint().0, 0, self.inner.config.segment_size);
+            writer::Encoded::new(messages.size_hint().0, self.inner.config.segment_size);
         for (subject, body) in messages {
             encoded.push(subject.as_ref(), &[], body.as_ref());
         }
@@ -324,7 +322,7 @@ impl Store {
         async move {
             let answer = answer?.await.map_err(|_| StoreError::Closed)?;
             answer.result?;
-            answer.encoded.results().into_iter().collect()
+            Ok(answer.encoded.appended())
         }
     }
 

@@ -74,6 +74,8 @@ pub(crate) struct Encoded {
     /// Where the writer put `records`: `(byte in records, log offset)` for each contiguous
     /// piece, in order (one, unless the batch crossed into a new segment).
     placed: Vec<(usize, u64)>,
+    /// How many messages the caller expects to push.
+    hint: usize,
     /// The batch's append time (ms since the Unix epoch).
     now_ms: u64,
     segment_size: u64,
@@ -87,21 +89,24 @@ struct Group {
     entries: Vec<Entry>,
     /// The first entry's consume-log sequence, set by the writer.
     first: u64,
+    /// Results handed out so far (see [`Encoded::results`]).
+    handed: usize,
 }
 
 impl Encoded {
-    /// An empty batch for about `hint` messages of `bytes` bytes in all, stamped with the
-    /// current time; [`Encoded::push`] adds messages. The messages are copied as they are
-    /// pushed, so callers keep (and may borrow) their own.
-    pub(crate) fn new(hint: usize, bytes: usize, segment_size: u64) -> Self {
+    /// An empty batch for about `hint` messages, stamped with the current time;
+    /// [`Encoded::push`] adds messages. The messages are copied as they are pushed, so callers
+    /// keep (and may borrow) their own.
+    pub(crate) fn new(hint: usize, segment_size: u64) -> Self {
         Self {
-            records: Vec::with_capacity(bytes + hint * (RECORD_HEADER as usize + 32)),
+            records: Vec::new(),
             sizes: Vec::with_capacity(hint),
             groups: Vec::new(),
             group_of: Vec::with_capacity(hint),
             refused: Vec::new(),
             count: 0,
             placed: Vec::with_capacity(1),
+            hint,
             now_ms: now_ms(),
             segment_size,
         }
@@ -119,6 +124,12 @@ impl Encoded {
             self.refused.push((index, e));
             return;
         }
+        if self.records.capacity() - self.records.len() < size {
+            // Room for the messages still expected, if they are like this one: one allocation
+            // for a batch of similar messages.
+            self.records
+                .reserve(size * self.hint.saturating_sub(index).max(1));
+        }
         let at = self.records.len();
         let now_ms = self.now_ms;
         frame_with(&mut self.records, |out| {
@@ -133,6 +144,7 @@ impl Encoded {
                     subject: subject.to_owned(),
                     entries: Vec::new(),
                     first: 0,
+                    handed: 0,
                 });
                 self.groups.len() - 1
             }
@@ -154,30 +166,39 @@ impl Encoded {
     }
 
     /// Each message's result, in order, once the writer placed and indexed the batch.
-    pub(crate) fn results(self) -> Vec<Result<Appended>> {
+    pub(crate) fn results(mut self) -> Vec<Result<Appended>> {
         let mut out = Vec::with_capacity(self.count);
-        let mut refused = self.refused.into_iter().peekable();
-        let mut valid = self.group_of.iter();
-        let mut taken = vec![0u64; self.groups.len()];
+        let mut refused = std::mem::take(&mut self.refused).into_iter().peekable();
+        let mut valid = 0;
         for i in 0..self.count {
-            if refused.peek().is_some_and(|(at, _)| *at == i) {
-                if let Some((_, e)) = refused.next() {
-                    out.push(Err(e));
+            match refused.next_if(|(at, _)| *at == i) {
+                Some((_, e)) => out.push(Err(e)),
+                None => {
+                    out.push(Ok(self.next_appended(valid)));
+                    valid += 1;
                 }
-                continue;
             }
-            let Some(&g) = valid.next() else { break };
-            let g = g as usize;
-            let group = &self.groups[g];
-            let k = taken[g];
-            taken[g] += 1;
-            let at = group.entries[k as usize].offset;
-            out.push(Ok(Appended {
-                offset: offset_of(&self.placed, at),
-                sequence: group.first + k,
-            }));
         }
         out
+    }
+
+    /// Where each message went, in order, for a batch whose messages were all valid.
+    pub(crate) fn appended(mut self) -> Vec<Appended> {
+        (0..self.group_of.len())
+            .map(|i| self.next_appended(i))
+            .collect()
+    }
+
+    /// Where the `valid`-th valid message went (called in order).
+    fn next_appended(&mut self, valid: usize) -> Appended {
+        let g = self.group_of[valid] as usize;
+        let group = &mut self.groups[g];
+        let k = group.handed;
+        group.handed += 1;
+        Appended {
+            offset: offset_of(&self.placed, group.entries[k].offset),
+            sequence: group.first + k as u64,
+        }
     }
 }
 
