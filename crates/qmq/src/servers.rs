@@ -143,6 +143,8 @@ pub struct DelayOnlyArgs {
 struct Delay {
     server: qmq_delay::ServerHandle,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// The delay data directory's lock, released after the server has shut down.
+    _lock: qmq_store::DirLock,
 }
 
 impl Delay {
@@ -155,7 +157,9 @@ impl Delay {
         meta: Option<String>,
         host: &str,
     ) -> anyhow::Result<Self> {
-        let mut config = qmq_delay::ServerConfig::new(data_dir.join("delay"));
+        let dir = data_dir.join("delay");
+        let lock = qmq_store::DirLock::acquire(&dir).context("starting the delay server")?;
+        let mut config = qmq_delay::ServerConfig::new(dir);
         config.listen = args.delay_listen;
         let server = qmq_delay::serve(config, Arc::new(qmq_delay::SystemClock), dispatcher)
             .await
@@ -183,7 +187,11 @@ impl Delay {
             }
             None => None,
         };
-        Ok(Self { server, heartbeat })
+        Ok(Self {
+            server,
+            heartbeat,
+            _lock: lock,
+        })
     }
 
     async fn shutdown(self) -> anyhow::Result<()> {
@@ -304,8 +312,8 @@ pub async fn meta(args: MetaOnlyArgs) -> anyhow::Result<()> {
 /// the meta server before "ready" is printed, so clients find a route at once.
 pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let data_dir = args.broker.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    // Before anything touches the directory (the meta server's database first).
+    let _lock = qmq_store::DirLock::acquire(&data_dir).context("locking the data directory")?;
     let meta = qmq_meta::serve(args.meta.config(&data_dir))
         .await
         .context("starting the meta server")?;

@@ -110,6 +110,38 @@ async fn kill_9_loses_no_acknowledged_message() {
 }
 
 #[tokio::test]
+async fn a_second_process_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = start(dir.path(), port);
+    let other = free_port();
+    let second = Command::new(env!("CARGO_BIN_EXE_qmq"))
+        .args(["standalone", "--listen"])
+        .arg(format!("127.0.0.1:{other}"))
+        .args(["--meta-http-listen", "127.0.0.1:0"])
+        .args(["--meta-tcp-listen", "127.0.0.1:0"])
+        .arg("--delay-listen")
+        .arg(format!("127.0.0.1:{}", other + 1))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use"), "unexpected error: {stderr}");
+    // The first one is unharmed.
+    send_n(&addr, "locked", 0..10).await;
+    assert_eq!(
+        drain(&addr, "locked", "g", 10).await,
+        (0..10).collect::<Vec<_>>()
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[tokio::test]
 async fn sigterm_checkpoints_and_a_restart_resumes_the_group() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -58,8 +58,8 @@ pub enum StoreError {
     /// The store was closed.
     #[error("store closed")]
     Closed,
-    /// Another store (in this process or another) has the data directory open.
-    #[error("data directory {dir} is in use by another store")]
+    /// Another store or process has the data directory open (see [`crate::DirLock`]).
+    #[error("data directory {dir} is in use by another store or process")]
     Locked {
         /// The data directory.
         dir: std::path::PathBuf,

@@ -71,6 +71,7 @@
 pub mod action;
 pub mod checkpoint;
 pub mod consume_log;
+mod dir_lock;
 mod error;
 mod filter;
 mod fixed;
@@ -81,6 +82,7 @@ mod record;
 mod store;
 
 pub use action::ConsumerKey;
+pub use dir_lock::DirLock;
 pub use error::{Result, StoreError};
 pub use filter::{BytesFilter, Filter, TagFilter, TagMode};
 pub use store::{

@@ -168,7 +168,7 @@ pub(crate) struct Inner {
     failed: Mutex<Option<String>>,
     closed: AtomicBool,
     /// The data directory's lock, held as long as anything of the store is.
-    _lock: std::fs::File,
+    _lock: crate::DirLock,
 }
 
 /// The store. Cheap to clone; every method is thread-safe. Methods other than `append*` do
@@ -221,8 +221,6 @@ pub(crate) const CONSUME_DIR: &str = "consumelog";
 pub(crate) const ACTION_DIR: &str = "actionlog";
 pub(crate) const PULL_DIR: &str = "pulllog";
 pub(crate) const CHECKPOINT_DIR: &str = "checkpoint";
-/// The data directory's lock file (see [`StoreError::Locked`]).
-pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// Longest subject, group or consumer name.
 const MAX_NAME: usize = 1024;

@@ -2,8 +2,6 @@
 //! the consume logs up to the message log, and replay the action log into the consumer side.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -11,20 +9,20 @@ use parking_lot::{Mutex, RwLock};
 
 use super::consumers::ConsumerSide;
 use super::{
-    FlushPolicy, Inner, StoreConfig, ACTION_DIR, CHECKPOINT_DIR, CONSUME_DIR, LOCK_FILE,
-    MESSAGE_DIR, PULL_DIR,
+    FlushPolicy, Inner, StoreConfig, ACTION_DIR, CHECKPOINT_DIR, CONSUME_DIR, MESSAGE_DIR, PULL_DIR,
 };
 use crate::action::Action;
 use crate::checkpoint;
 use crate::consume_log::{ConsumeLog, Entry};
-use crate::error::{io, Result, StoreError};
+use crate::error::{io, Result};
 use crate::log::RecordLog;
+use crate::DirLock;
 use crate::{names, record};
 
 pub(crate) fn open(config: StoreConfig) -> Result<Inner> {
     let dir = config.dir.clone();
     std::fs::create_dir_all(&dir).map_err(io("create dir", &dir))?;
-    let lock = lock_dir(&dir)?;
+    let lock = DirLock::acquire(&dir)?;
     let (gen, cp) = checkpoint::load(&dir.join(CHECKPOINT_DIR))?.unwrap_or_default();
 
     // Message log: records after the checkpoint are checked, a torn tail is cut.
@@ -164,30 +162,6 @@ pub(crate) fn open(config: StoreConfig) -> Result<Inner> {
         config,
         _lock: lock,
     })
-}
-
-/// Takes the data directory's lock (an exclusive `flock` on its `LOCK` file, released when the
-/// store's last thread lets go of it, or when the process dies): two stores writing one
-/// directory would corrupt it.
-fn lock_dir(dir: &Path) -> Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io("open", &path))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(StoreError::Locked {
-            dir: dir.to_path_buf(),
-        }),
-        Err(e) => Err(StoreError::Io {
-            op: "lock",
-            path,
-            source: e.into(),
-        }),
-    }
 }
 
 fn flush_entries(
