@@ -298,28 +298,14 @@ fn commit(inner: &Inner, batch: &mut [WriteJob], scratch: &mut Scratch) -> Resul
 /// Appends each batch's entries to their subjects' consume logs, at the offsets the batch was
 /// placed at, batch by batch (so in message-log order), noting each group's first sequence.
 fn index(inner: &Inner, batch: &mut [WriteJob]) -> Result<()> {
-    // The consume logs this commit touches, looked up once each.
-    let mut logs: Vec<(usize, usize, Arc<RwLock<ConsumeLog>>)> = Vec::new();
-    for j in 0..batch.len() {
-        for g in 0..batch[j].encoded.groups.len() {
-            let e = &batch[j].encoded;
-            let subject = &e.groups[g].subject;
-            let known = logs
-                .iter()
-                .find(|(j, g, _)| batch[*j].encoded.groups[*g].subject == *subject)
-                .map(|(_, _, log)| log.clone());
-            let log = match known {
-                Some(log) => log,
-                None => {
-                    let log = consume_log_for(inner, subject)?;
-                    logs.push((j, g, log.clone()));
-                    log
-                }
-            };
-            let first = log
+    for job in batch {
+        let e = &mut job.encoded;
+        for group in &mut e.groups {
+            let log = consume_log_for(inner, &group.subject)?;
+            let placed = &e.placed;
+            group.first = log
                 .write()
-                .append_moved(&e.groups[g].entries, |at| offset_of(&e.placed, at))?;
-            batch[j].encoded.groups[g].first = first;
+                .append_moved(&group.entries, |at| offset_of(placed, at))?;
         }
     }
     Ok(())
