@@ -624,3 +624,53 @@ async fn a_data_directory_is_open_in_one_store_at_a_time() {
     drop(store);
     Store::open(config(dir.path())).unwrap().close().unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_write_is_not_acknowledged_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    // Same-size messages: the first segment (4096 bytes) rolls at a known offset.
+    let body = |i: usize| Bytes::from(format!("message-{i:05}"));
+    let mut acked = 0;
+    let record = {
+        store.append([("s", body(0))]).await.unwrap();
+        acked += 1;
+        store.durable_offset()
+    };
+    let roll_at = 4096 / record * record;
+    // The next segment is a disk that is full.
+    std::os::unix::fs::symlink(
+        "/dev/full",
+        dir.path().join(format!("messagelog/{roll_at:020}")),
+    )
+    .unwrap();
+    while store.durable_offset() + record <= roll_at {
+        store.append([("s", body(acked))]).await.unwrap();
+        acked += 1;
+    }
+    let failed = store.append([("s", body(acked))]).await;
+    assert!(
+        matches!(failed, Err(StoreError::Failed { .. })),
+        "{failed:?}"
+    );
+    // Nothing more is taken until the store is reopened.
+    assert!(matches!(
+        store.append([("s", body(acked))]).await,
+        Err(StoreError::Failed { .. })
+    ));
+    // Closing writes no checkpoint vouching for a log end that is not on disk.
+    assert!(matches!(store.close(), Err(StoreError::Failed { .. })));
+    drop(store);
+    // The disk is replaced; every acknowledged message is there, the refused one is not.
+    std::fs::remove_file(dir.path().join(format!("messagelog/{roll_at:020}"))).unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let read = store.read("s", 0, 1000).unwrap();
+    assert_eq!(read.len(), acked);
+    for (i, m) in read.iter().enumerate() {
+        assert_eq!(m.message, body(i));
+    }
+    // And it takes appends again, after the last acknowledged one.
+    let next = store.append([("s", body(acked))]).await.unwrap();
+    assert_eq!(next[0].sequence, acked as u64);
+    store.close().unwrap();
+}
