@@ -99,6 +99,15 @@ const NONE: ConsumerProgress = ConsumerProgress {
 
 /// The key holding a group's position: the group's (consumer empty), or the consumer's own in
 /// broadcast mode.
+/// A copy of a locked map's entries (values are shared handles), so the map is not held while
+/// each entry is locked in turn.
+fn entries<V>(map: &RwLock<HashMap<ConsumerKey, Arc<V>>>) -> Vec<(ConsumerKey, Arc<V>)> {
+    map.read()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 fn group_key(key: &ConsumerKey, broadcast: bool) -> ConsumerKey {
     if broadcast {
         key.clone()
@@ -569,15 +578,7 @@ impl Store {
 
     /// Every group's (and broadcast consumer's) position and lag, sorted.
     pub fn groups(&self) -> Vec<GroupInfo> {
-        let groups: Vec<_> = self
-            .inner
-            .consumers
-            .groups
-            .read()
-            .iter()
-            .map(|(k, g)| (k.clone(), g.clone()))
-            .collect();
-        let mut out: Vec<GroupInfo> = groups
+        let mut out: Vec<GroupInfo> = entries(&self.inner.consumers.groups)
             .into_iter()
             .map(|(key, g)| GroupInfo {
                 next: *g.lock(),
@@ -591,15 +592,7 @@ impl Store {
 
     /// Every consumer's progress, sorted.
     pub fn consumers(&self) -> Vec<ConsumerInfo> {
-        let consumers: Vec<_> = self
-            .inner
-            .consumers
-            .consumers
-            .read()
-            .iter()
-            .map(|(k, c)| (k.clone(), c.clone()))
-            .collect();
-        let mut out: Vec<ConsumerInfo> = consumers
+        let mut out: Vec<ConsumerInfo> = entries(&self.inner.consumers.consumers)
             .into_iter()
             .map(|(key, c)| {
                 let p = c.lock().progress;
