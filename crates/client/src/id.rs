@@ -1,26 +1,55 @@
 //! Message ids in QMQ's format: `yyMMdd.HHmmss.<host>.<pid>.<counter>` (local time), so ids from
 //! this client look like the Java client's and stay unique per process and host; and client ids.
 
+use std::cell::RefCell;
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static CLIENTS: AtomicU32 = AtomicU32::new(0);
 
-/// A new message id for a message sent from `host`.
-pub fn next_id(host: &str) -> String {
-    let now = chrono::Local::now();
-    format!(
-        "{}.{}.{}.{}",
-        now.format("%y%m%d.%H%M%S"),
-        host,
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+thread_local! {
+    /// This thread's id prefix (`yyMMdd.HHmmss.<host>.<pid>.`), the Unix second and host it
+    /// was made for: formatting the local time costs far more than the rest of an id, and
+    /// it changes once a second.
+    static PREFIX: RefCell<(u64, String, String)> = const { RefCell::new((u64::MAX, String::new(), String::new())) };
 }
 
-/// The host name put in ids (`$HOSTNAME`, else the loopback address).
-pub fn local_host() -> String {
-    std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".into())
+/// This process's id (read once: `getpid` is a system call).
+fn pid() -> u32 {
+    static PID: OnceLock<u32> = OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
+/// A new message id for a message sent from `host`.
+pub fn next_id(host: &str) -> String {
+    let second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    PREFIX.with(|p| {
+        let (at, for_host, prefix) = &mut *p.borrow_mut();
+        // Local-time offsets are whole minutes, so local seconds turn with Unix seconds.
+        if *at != second || for_host != host {
+            prefix.clear();
+            let now = chrono::Local::now();
+            let _ = write!(prefix, "{}.{host}.{}.", now.format("%y%m%d.%H%M%S"), pid());
+            *at = second;
+            host.clone_into(for_host);
+        }
+        let mut id = String::with_capacity(prefix.len() + 10);
+        id.push_str(prefix);
+        let _ = write!(id, "{n}");
+        id
+    })
+}
+
+/// The host name put in ids (`$HOSTNAME`, else the loopback address), read once.
+pub fn local_host() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".into()))
 }
 
 /// A client id unique per client instance: `<host>@<pid>@<n>`.
@@ -28,7 +57,7 @@ pub fn client_id() -> String {
     format!(
         "{}@{}@{}",
         local_host(),
-        std::process::id(),
+        pid(),
         CLIENTS.fetch_add(1, Ordering::Relaxed)
     )
 }
@@ -46,5 +75,20 @@ mod tests {
         assert_eq!(parts[1].len(), 6);
         assert_eq!(parts.len(), 8);
         assert_ne!(super::client_id(), super::client_id());
+        // The time part is the local time the id was made at.
+        let before = chrono::Local::now().format("%y%m%d.%H%M%S").to_string();
+        let c = super::next_id("10.0.0.1");
+        let after = chrono::Local::now().format("%y%m%d.%H%M%S").to_string();
+        assert!(
+            c[..13] == before || c[..13] == after,
+            "{c} made between {before} and {after}"
+        );
+        assert!(c.ends_with(&format!(
+            ".{}.{}",
+            std::process::id(),
+            c.rsplit('.').next().unwrap()
+        )));
+        // Another host gets its own prefix.
+        assert!(super::next_id("h2").contains(".h2."));
     }
 }

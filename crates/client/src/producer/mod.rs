@@ -81,7 +81,7 @@ pub fn new_message(subject: &str) -> Message {
         created_time: now,
         expire_or_schedule: now,
         subject: subject.to_owned(),
-        message_id: crate::id::next_id(&crate::id::local_host()),
+        message_id: crate::id::next_id(crate::id::local_host()),
         tags: Vec::new(),
         attrs: vec![(
             crate::message::keys::CREATE_TIME.to_owned(),
