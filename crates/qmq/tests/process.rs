@@ -24,7 +24,24 @@ fn start(dir: &std::path::Path, port: u16) -> Child {
 
 /// Starts `qmq standalone`; returns it and its "ready" line.
 fn start_with_line(dir: &std::path::Path, port: u16) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qmq"))
+    let mut child = standalone(dir, port)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("ready"), "unexpected first line {line:?}");
+    (child, line)
+}
+
+/// The `qmq standalone` command on `dir`, its broker on `port` and its delay server on the
+/// next port.
+fn standalone(dir: &std::path::Path, port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_qmq"));
+    command
         .args(["standalone", "--flush", "sync", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .args([
@@ -40,17 +57,8 @@ fn start_with_line(dir: &std::path::Path, port: u16) -> (Child, String) {
         // does not let a live group move to another address.
         .arg(format!("127.0.0.1:{}", port + 1))
         .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("ready"), "unexpected first line {line:?}");
-    (child, line)
+        .arg(dir);
+    command
 }
 
 async fn send_n(addr: &str, subject: &str, range: std::ops::Range<usize>) {
@@ -115,16 +123,7 @@ async fn a_second_process_on_the_same_data_directory_is_refused() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut server = start(dir.path(), port);
-    let other = free_port();
-    let second = Command::new(env!("CARGO_BIN_EXE_qmq"))
-        .args(["standalone", "--listen"])
-        .arg(format!("127.0.0.1:{other}"))
-        .args(["--meta-http-listen", "127.0.0.1:0"])
-        .args(["--meta-tcp-listen", "127.0.0.1:0"])
-        .arg("--delay-listen")
-        .arg(format!("127.0.0.1:{}", other + 1))
-        .arg("--data-dir")
-        .arg(dir.path())
+    let second = standalone(dir.path(), free_port())
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
