@@ -176,7 +176,6 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
-    writer: mpsc::Sender<Job>,
     threads: Arc<Threads>,
 }
 
@@ -263,11 +262,10 @@ impl Store {
         Ok(Self {
             threads: Arc::new(Threads {
                 inner: inner.clone(),
-                writer: writer.clone(),
+                writer,
                 handles: Mutex::new(threads),
             }),
             inner,
-            writer,
         })
     }
 
@@ -330,7 +328,8 @@ impl Store {
             return Err(StoreError::Closed);
         }
         let (reply, rx) = oneshot::channel();
-        self.writer
+        self.threads
+            .writer
             .send(Job::Write(WriteJob { encoded, reply }))
             .map_err(|_| StoreError::Closed)?;
         Ok(rx)

@@ -125,10 +125,10 @@ impl Encoded {
             return;
         }
         if self.records.capacity() - self.records.len() < size {
-            // Room for the messages still expected, if they are like this one: one allocation
-            // for a batch of similar messages.
-            self.records
-                .reserve(size * self.hint.saturating_sub(index).max(1));
+            // Room for this message and the ones still expected, if they are like it (never
+            // guessing more than 64 KiB each): one allocation for a batch of similar messages.
+            let others = self.hint.saturating_sub(index + 1);
+            self.records.reserve(size + size.min(64 * 1024) * others);
         }
         let at = self.records.len();
         let now_ms = self.now_ms;
@@ -159,9 +159,10 @@ impl Encoded {
 
     /// The batch if every message is valid, else the first refusal.
     pub(crate) fn all_valid(mut self) -> Result<Self> {
-        match self.refused.is_empty() {
-            true => Ok(self),
-            false => Err(self.refused.swap_remove(0).1),
+        if self.refused.is_empty() {
+            Ok(self)
+        } else {
+            Err(self.refused.swap_remove(0).1)
         }
     }
 
@@ -222,7 +223,8 @@ fn now_ms() -> u64 {
 /// The writer thread's loop: group commits until [`Job::Stop`] or until every
 /// [`super::Store`] handle is gone.
 pub(crate) fn run(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
-    let mut scratch = Scratch::default();
+    // Where each commit's batches went; kept from one commit to the next.
+    let mut placed = Vec::new();
     let mut stop = false;
     while !stop {
         let Ok(Job::Write(first)) = jobs.recv() else {
@@ -241,7 +243,7 @@ pub(crate) fn run(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
         }
         let result = match inner.failed.lock().clone() {
             Some(reason) => Err(StoreError::Failed { reason }),
-            None => commit(inner, &mut batch, &mut scratch),
+            None => commit(inner, &mut batch, &mut placed),
         };
         let result = match result {
             Ok(()) => {
@@ -264,30 +266,24 @@ pub(crate) fn run(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
     }
 }
 
-/// The writer's buffers, kept from one commit to the next.
-#[derive(Default)]
-struct Scratch {
-    placed: Vec<Placed>,
-}
-
 /// Writes a batch's records to the message log (fsynced with `SyncBeforeAck`), then their
 /// consume-log entries, holding the log throughout so a checkpoint sees every written message
 /// indexed. If indexing fails, the messages are in the message log and recovery re-indexes
 /// them.
-fn commit(inner: &Inner, batch: &mut [WriteJob], scratch: &mut Scratch) -> Result<()> {
+fn commit(inner: &Inner, batch: &mut [WriteJob], placed: &mut Vec<Placed>) -> Result<()> {
     let mut log = inner.log.lock();
     {
         let runs: Vec<(&[u8], &[usize])> = batch
             .iter()
             .map(|j| (&j.encoded.records[..], &j.encoded.sizes[..]))
             .collect();
-        scratch.placed.clear();
-        log.append_runs(&runs, &mut scratch.placed)?;
+        placed.clear();
+        log.append_runs(&runs, placed)?;
     }
     if inner.config.flush == FlushPolicy::SyncBeforeAck {
         log.sync()?;
     }
-    for p in &scratch.placed {
+    for p in placed.iter() {
         if let Some(job) = batch.get_mut(p.run) {
             job.encoded.placed.push((p.at, p.offset));
         }
