@@ -55,6 +55,14 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A named directory's `NAME` file is unreadable or names something else.
+    #[error("name file {path}: {reason}")]
+    BadNameFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The store was closed.
     #[error("store closed")]
     Closed,

@@ -8,15 +8,20 @@
 //!   identifies the message. One writer thread batches concurrent appends (group commit): one
 //!   `write` per batch, and with [`FlushPolicy::SyncBeforeAck`] one shared fsync before any of
 //!   them is acknowledged; with [`FlushPolicy::Async`] (default) a flusher fsyncs every interval.
-//! - **consume logs** ([`consume_log`], `consumelog/<subject>/`): per subject, fixed 24-byte
+//! - **consume logs** ([`consume_log`], `consumelog/<hash>/`): per subject, fixed 24-byte
 //!   entries (offset, length, 64-bit tag summary, CRC) addressed by a dense per-subject sequence.
 //!   Tag filters pass over non-matching messages by the summary without reading them.
-//! - **pull logs** ([`pull_log`], `pulllog/<subject>/<group>/<consumer>/`): the consume-log
+//! - **pull logs** ([`pull_log`], `pulllog/<hash>/`, one per consumer): the consume-log
 //!   sequences handed to each consumer, addressed by its pull-log sequence. All consumers of a
 //!   group share one position (the next consume-log sequence to hand out), so consumers come
 //!   and go with no partitions and no rebalancing; broadcast consumers have their own.
 //! - **action log** ([`action`], `actionlog/`): every pull, range ack and reset, append-only.
 //!   Pull logs, positions and progress are rebuilt from it and the last [`checkpoint`].
+//! - **directory names**: a client's name never becomes a file name. Consume-log and pull-log
+//!   directories are named by 32 hex characters of the SHA-256 of the subject (resp. subject,
+//!   group and consumer) and hold a `NAME` file with the names themselves, so no name of any
+//!   length or alphabet reaches the file system; older data directories, whose directory names
+//!   were percent-encoded names, are moved to this layout on open (see `names.rs`).
 //! - **`LOCK`**: an exclusive `flock` held while a store has the directory open; a second
 //!   store on it, in this process or another, is refused ([`StoreError::Locked`]).
 //!

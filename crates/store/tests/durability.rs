@@ -93,7 +93,9 @@ async fn sync_before_ack_acknowledges_only_durable_messages_and_they_survive_pow
         // The derived files may have lost their tails too (a subject whose entries were all
         // still in memory has no file yet).
         for sub in files(&dir.path().join("consumelog")) {
-            let Some(last) = files(&sub).pop() else {
+            // Segments only: the NAME file is written durably when the directory is made.
+            let mut segments = files(&sub).into_iter().filter(|f| !f.ends_with("NAME"));
+            let Some(last) = segments.next_back() else {
                 continue;
             };
             let len = std::fs::metadata(&last).unwrap().len();

@@ -37,13 +37,26 @@ async fn append_n(store: &Store, subject: &str, range: std::ops::Range<usize>) {
     }
 }
 
+/// The last segment file in `dir` (its `NAME` file aside).
 fn last_file(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .ok()?
         .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with("NAME"))
         .collect();
     files.sort();
     files.pop()
+}
+
+/// The directory of `subject`'s consume log (named by a hash, with the name in its `NAME`).
+fn consume_dir(root: &std::path::Path, subject: &str) -> std::path::PathBuf {
+    let want = serde_json::to_vec(&[subject]).unwrap();
+    std::fs::read_dir(root.join("consumelog"))
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read(p.join("NAME")).is_ok_and(|n| n == want))
+        .unwrap_or_else(|| root.join("consumelog").join("none"))
 }
 
 fn pull(store: &Store, k: &ConsumerKey, max: usize) -> Vec<qmq_store::Pulled> {
@@ -239,7 +252,7 @@ async fn damaged_files_recover_without_losing_intact_records() {
         std::fs::write(victim, bytes).unwrap();
         // A consume log cut short (it is on disk at least up to the checkpoint; without one,
         // its entries may still have been in memory), and sometimes every checkpoint deleted.
-        if let Some(clog) = last_file(&dir.path().join("consumelog/s")) {
+        if let Some(clog) = last_file(&consume_dir(dir.path(), "s")) {
             let clen = std::fs::metadata(&clog).unwrap().len();
             std::fs::OpenOptions::new()
                 .write(true)
@@ -552,8 +565,7 @@ async fn the_flusher_writes_index_entries_within_its_interval() {
     assert_eq!(store.read("s", 0, 10).unwrap().len(), 5);
     // ... and reach the consume-log file by the next flush, without a checkpoint.
     let on_disk = || {
-        last_file(&dir.path().join("consumelog/s"))
-            .map_or(0, |f| std::fs::metadata(f).unwrap().len())
+        last_file(&consume_dir(dir.path(), "s")).map_or(0, |f| std::fs::metadata(f).unwrap().len())
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while on_disk() < 5 * 24 {

@@ -148,11 +148,8 @@ pub(crate) struct Snapshot {
 impl ConsumerState {
     fn pull_log(&mut self, side: &ConsumerSide, key: &ConsumerKey) -> Result<&mut PullLog> {
         if self.pull_log.is_none() {
-            let dir = side
-                .pull_dir
-                .join(names::encode(&key.subject))
-                .join(names::encode(&key.group))
-                .join(names::encode(&key.consumer));
+            let dir =
+                names::ensure_dir(&side.pull_dir, &[&key.subject, &key.group, &key.consumer])?;
             self.pull_log = Some(PullLog::open(&dir, side.per_segment)?);
         }
         self.pull_log.as_mut().ok_or(StoreError::Closed)

@@ -34,18 +34,19 @@ pub(crate) fn open(config: StoreConfig) -> Result<Inner> {
     )?;
 
     // Consume logs: entries the checkpoint vouched for are kept, later ones checked.
+    // Directories are named by hashes of the names (see `names`); older layouts move first.
     let consume_dir = dir.join(CONSUME_DIR);
-    std::fs::create_dir_all(&consume_dir).map_err(io("create dir", &consume_dir))?;
+    names::migrate(&consume_dir, 1)?;
+    names::migrate(&dir.join(PULL_DIR), 3)?;
     let mut consume = HashMap::new();
     let mut rescan_from = cp.message_indexed.min(log.end());
-    for entry in std::fs::read_dir(&consume_dir).map_err(io("list", &consume_dir))? {
-        let path = entry.map_err(io("list", &consume_dir))?.path();
-        let Some(subject) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(names::decode)
-        else {
-            continue;
+    for (path, names) in names::list(&consume_dir)? {
+        let [subject]: [String; 1] = match names.try_into() {
+            Ok(one) => one,
+            Err(names) => {
+                tracing::warn!(dir = %path.display(), ?names, "left alone: not one subject");
+                continue;
+            }
         };
         let trusted = cp.subjects.get(&subject).copied().unwrap_or(0);
         let clog = ConsumeLog::open(&path, config.index_segment_entries, trusted, log.end())?;
@@ -74,7 +75,7 @@ pub(crate) fn open(config: StoreConfig) -> Result<Inner> {
             let clog = match consume.get(view.subject) {
                 Some(c) => c,
                 None => {
-                    let path = consume_dir.join(names::encode(view.subject));
+                    let path = names::ensure_dir(&consume_dir, &[view.subject])?;
                     let c = ConsumeLog::open(&path, config.index_segment_entries, 0, u64::MAX)?;
                     consume.entry(view.subject.to_owned()).or_insert(c)
                 }

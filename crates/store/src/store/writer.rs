@@ -335,11 +335,7 @@ fn consume_log_for(inner: &Inner, subject: &str) -> Result<Arc<RwLock<ConsumeLog
     if let Some(c) = inner.consume_log(subject) {
         return Ok(c);
     }
-    let dir = inner
-        .config
-        .dir
-        .join(CONSUME_DIR)
-        .join(names::encode(subject));
+    let dir = names::ensure_dir(&inner.config.dir.join(CONSUME_DIR), &[subject])?;
     let c = Arc::new(RwLock::new(ConsumeLog::open(
         &dir,
         inner.config.index_segment_entries,
