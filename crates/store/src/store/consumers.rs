@@ -253,9 +253,18 @@ impl ConsumerSide {
         Ok(())
     }
 
-    /// fsyncs the action log (the async flusher calls this).
+    /// fsyncs the action log (the async flusher calls this); nothing to do while the log
+    /// awaits a repair (its next write does it).
     pub(crate) fn sync_actions(&self) -> Result<()> {
+        if self.action_reader.failed() {
+            return Ok(());
+        }
         self.action_reader.sync()
+    }
+
+    /// Repairs the action log after a failed write or fsync (nothing if none failed).
+    pub(crate) fn repair(&self) -> Result<()> {
+        self.actions.lock().repair()
     }
 
     /// Applies an action read back from the action log during recovery.
@@ -415,6 +424,9 @@ impl Store {
             }
             (start, clog.read(start, window)?)
         };
+        let entries = self
+            .inner
+            .rebuild_entries(&key.subject, &clog, start, entries)?;
         let mut taken = Vec::new();
         let mut new_next = start;
         for (i, entry) in entries.into_iter().enumerate() {
@@ -426,7 +438,7 @@ impl Store {
             let Some(entry) = entry.filter(|e| filter.may_match(e.tags)) else {
                 continue;
             };
-            let Some(m) = self.inner.message_at(&key.subject, seq, entry) else {
+            let Some(m) = self.inner.message_at(&key.subject, seq, entry)? else {
                 continue;
             };
             let tags: Vec<&str> = m.tags.iter().map(String::as_str).collect();
@@ -503,8 +515,13 @@ impl Store {
                 tracing::error!(subject = %key.subject, consumer = %key.consumer, pull_seq, "damaged pull-log entry; not redelivered");
                 continue;
             };
-            let entry = clog.read().read(seq, 1)?.into_iter().next().flatten();
-            if let Some(m) = entry.and_then(|e| self.inner.message_at(&key.subject, seq, e)) {
+            let entry = self.inner.entries(&key.subject, &clog, seq, 1)?;
+            let entry = entry.into_iter().next().flatten();
+            let m = match entry {
+                Some(e) => self.inner.message_at(&key.subject, seq, e)?,
+                None => None,
+            };
+            if let Some(m) = m {
                 out.push(Pulled {
                     pull_seq,
                     sequence: seq,
