@@ -25,6 +25,8 @@
 //! the kernel may have dropped them from the disk while keeping them readable), fsyncs, and
 //! reads those records back; until it succeeds appends and fsyncs fail with
 //! [`StoreError::Failed`], and once the disk works again the log goes on without a reopen.
+//! ("Not stored" holds for this process and the next; a machine crash before the repair's
+//! fsync lands may still bring back bytes of the cut write, as with any unsynced write.)
 //!
 //! The segment map's lock is held only to look up or swap entries: fsyncs, file creation and
 //! deletion happen outside it, so readers never wait for the disk behind the writer.

@@ -5,6 +5,15 @@
 //! different groups run in parallel and a pull is atomic for its group. Order is always
 //! group → consumer → action log; an action is appended and applied while its group/consumer
 //! locks are held, so the action log's order is the order of the changes.
+//!
+//! Failures: the action log follows the message log's policy ([`crate::log`]). A failed
+//! action-log write cuts the action and fails the pull, ack or reset with nothing changed
+//! ([`crate::StoreError::Failed`]). A failed fsync (`SyncBeforeAck`'s per-operation one, or
+//! the async flusher's) leaves the log awaiting repair: the operation that waited for it
+//! fails, and so does every later one until the repair that each of them tries first works,
+//! once the disk does; no reopen is needed. A pull that failed only at its fsync stays
+//! recorded as handed to its consumer, so its messages come back to that consumer as unacked
+//! ones ([`Store::pulled_since`]) and none is skipped.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
