@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::action::ConsumerKey;
 use crate::error::{io, Result, StoreError};
+use crate::faults;
 use crate::log::sync_dir;
 
 /// Progress of one consumer.
@@ -35,6 +36,8 @@ pub struct Checkpoint {
 }
 
 const PREFIX: &str = "checkpoint.";
+/// The checkpoint's failpoints' prefix (see [`crate::faults`]).
+const KIND: &str = "checkpoint";
 
 fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
@@ -82,11 +85,16 @@ pub fn store(dir: &Path, gen: u64, cp: &Checkpoint, retain: usize) -> Result<Che
     })?;
     let mut bytes = format!("{:08x}\n", crc32c::crc32c(&json)).into_bytes();
     bytes.extend_from_slice(&json);
-    std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
-    std::fs::File::open(&tmp)
+    faults::check(KIND, "write")
+        .and_then(|()| std::fs::write(&tmp, bytes))
+        .map_err(io("write", &tmp))?;
+    faults::check(KIND, "fsync")
+        .and_then(|()| std::fs::File::open(&tmp))
         .and_then(|f| f.sync_all())
         .map_err(io("fsync", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+    faults::check(KIND, "rename")
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(io("rename", &tmp))?;
     sync_dir(dir)?;
     let all = files(dir)?;
     let keep = retain.max(1);

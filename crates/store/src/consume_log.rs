@@ -82,7 +82,7 @@ impl ConsumeLog {
     /// a checkpoint; those after it are checked (CRC, increasing offsets, below `log_end`) and
     /// the log is cut at the first bad one. Entries pointing at or past `log_end` are dropped.
     pub fn open(dir: &Path, per_segment: u64, trusted: u64, log_end: u64) -> Result<Self> {
-        let mut log = FixedLog::open(dir, ENTRY, per_segment)?;
+        let mut log = FixedLog::open("consume-log", dir, ENTRY, per_segment)?;
         let start = trusted.min(log.len()).max(log.first());
         let mut prev = match start.checked_sub(1) {
             Some(p) if p >= log.first() => Self::decode_at(&log, p)?.map(|e| e.offset),
@@ -169,6 +169,9 @@ impl ConsumeLog {
 
     /// Appends entries as [`ConsumeLog::append_many`] does, their offsets passed through
     /// `offset` first (the writer's entries are relative to their batch until it is placed).
+    /// A failed write of a full tail is logged, not returned: the entries stay in the tail,
+    /// readable, and the next flush writes them (consume logs are derived data; an append
+    /// must not fail for them once its messages are in the message log).
     pub fn append_moved(&mut self, entries: &[Entry], offset: impl Fn(u64) -> u64) -> Result<u64> {
         let seq = self.len();
         self.tail.extend(entries.iter().map(|e| Entry {
@@ -179,9 +182,24 @@ impl ConsumeLog {
             self.last_offset = Some(last.offset);
         }
         if self.tail.len() >= TAIL_LIMIT {
-            self.flush()?;
+            if let Err(e) = self.flush() {
+                tracing::error!(error = %e, "consume log write failed; its entries stay in memory");
+            }
         }
         Ok(seq)
+    }
+
+    /// Writes `entries` over the written ones at `seq..` (rebuilt damaged entries; the
+    /// in-memory tail is never damaged).
+    pub fn rewrite(&mut self, seq: u64, entries: &[Entry]) -> Result<()> {
+        let mut bytes = Vec::with_capacity(entries.len() * ENTRY as usize);
+        for e in entries
+            .iter()
+            .take(self.log.len().saturating_sub(seq) as usize)
+        {
+            e.encode(&mut bytes);
+        }
+        self.log.write(seq, &bytes)
     }
 
     /// Encodes the in-memory tail and writes it to the files (not yet durable: see
@@ -278,7 +296,12 @@ mod tests {
         // Below the limit: nothing on disk yet, everything readable.
         let first: Vec<Entry> = (0..10).map(entry).collect();
         assert_eq!(c.append_many(&first).unwrap(), 0);
-        assert_eq!(FixedLog::open(dir.path(), ENTRY, 1000).unwrap().len(), 0);
+        assert_eq!(
+            FixedLog::open("consume-log", dir.path(), ENTRY, 1000)
+                .unwrap()
+                .len(),
+            0
+        );
         assert_eq!(
             c.read(3, 4).unwrap(),
             (3..7).map(|i| Some(entry(i))).collect::<Vec<_>>()
@@ -286,7 +309,9 @@ mod tests {
         // Past the limit: written, across index segments.
         let more: Vec<Entry> = (10..per_limit + 20).map(entry).collect();
         assert_eq!(c.append_many(&more).unwrap(), 10);
-        let on_disk = FixedLog::open(dir.path(), ENTRY, 1000).unwrap().len();
+        let on_disk = FixedLog::open("consume-log", dir.path(), ENTRY, 1000)
+            .unwrap()
+            .len();
         assert_eq!(on_disk, per_limit + 20);
         // A tail again; reads that straddle the file and the tail.
         let tail: Vec<Entry> = (per_limit + 20..per_limit + 30).map(entry).collect();

@@ -72,11 +72,21 @@ pub enum StoreError {
         /// The data directory.
         dir: std::path::PathBuf,
     },
-    /// A message-log write or fsync failed: what is on disk is unknown, so the store refuses
-    /// appends until it is reopened and recovery has checked the log.
-    #[error("store failed, reopen it: {reason}")]
+    /// A write or fsync of the message log or the action log failed, or the log still awaits
+    /// its repair after one: the operation answered with this was **not stored**. The log
+    /// repairs itself before its next write and goes on once the disk works again (see
+    /// [`crate::log`]).
+    #[error("write failed, nothing stored: {reason}")]
     Failed {
         /// The original failure.
+        reason: String,
+    },
+    /// A write or fsync failed and what it may have put on disk could not be cut away: the
+    /// operation **may or may not be stored** (a retry may duplicate it). The store refuses
+    /// writes until a repair of the log succeeds.
+    #[error("write failed, outcome unknown: {reason}")]
+    MaybeStored {
+        /// The original failure and why it could not be undone.
         reason: String,
     },
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 
 use crate::error::{io, Result};
+use crate::faults;
 use crate::log::{open_segment_files, sync_dir};
 
 struct Segment {
@@ -23,6 +24,8 @@ struct Segment {
 
 /// A segmented array of fixed-size entries.
 pub struct FixedLog {
+    /// What the log holds (`consume-log`, `pull-log`): names its failpoints.
+    kind: &'static str,
     dir: PathBuf,
     entry: u64,
     per_segment: u64,
@@ -33,9 +36,10 @@ pub struct FixedLog {
 }
 
 impl FixedLog {
-    /// Opens (or creates) the log in `dir` with `entry`-byte entries, `per_segment` per file.
-    /// Its length is where the last segment's last whole entry ends.
-    pub fn open(dir: &Path, entry: u64, per_segment: u64) -> Result<Self> {
+    /// Opens (or creates) the log of `kind` (`consume-log`, `pull-log`) in `dir` with
+    /// `entry`-byte entries, `per_segment` per file. Its length is where the last segment's
+    /// last whole entry ends.
+    pub fn open(kind: &'static str, dir: &Path, entry: u64, per_segment: u64) -> Result<Self> {
         let mut segments = BTreeMap::new();
         for (base, path, file) in open_segment_files(dir)? {
             segments.insert(base, Segment { path, file });
@@ -48,6 +52,7 @@ impl FixedLog {
             None => 0,
         };
         Ok(Self {
+            kind,
             dir: dir.to_path_buf(),
             entry,
             per_segment,
@@ -97,9 +102,10 @@ impl FixedLog {
             let from = (done * self.entry) as usize;
             let to = ((done + here) * self.entry) as usize;
             let at = (i - base) * self.entry;
+            let kind = self.kind;
             let s = self.segment(base)?;
-            s.file
-                .write_all_at(&data[from..to], at)
+            faults::check(kind, "write")
+                .and_then(|()| s.file.write_all_at(&data[from..to], at))
                 .map_err(io("write", &s.path))?;
             self.dirty.lock().insert(base);
             done += here;
@@ -124,7 +130,10 @@ impl FixedLog {
             if let Some(s) = self.segments.get(&base) {
                 let from = (done * self.entry) as usize;
                 let to = ((done + here) * self.entry) as usize;
-                read_partial(&s.file, &mut out[from..to], (i - base) * self.entry)
+                faults::check(self.kind, "read")
+                    .and_then(|()| {
+                        read_partial(&s.file, &mut out[from..to], (i - base) * self.entry)
+                    })
                     .map_err(io("read", &s.path))?;
             }
             done += here;
@@ -185,7 +194,9 @@ impl FixedLog {
             .collect();
         for base in dirty {
             if let Some(s) = self.segments.get(&base) {
-                s.file.sync_data().map_err(io("fsync", &s.path))?;
+                faults::check(self.kind, "fsync")
+                    .and_then(|()| s.file.sync_data())
+                    .map_err(io("fsync", &s.path))?;
             }
         }
         Ok(())
@@ -213,14 +224,14 @@ mod tests {
     #[test]
     fn entries_span_segments_and_front_segments_can_go() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = FixedLog::open(dir.path(), 4, 3).unwrap();
+        let mut log = FixedLog::open("test", dir.path(), 4, 3).unwrap();
         let data: Vec<u8> = (0u32..10).flat_map(|i| i.to_be_bytes()).collect();
         log.write(0, &data).unwrap();
         assert_eq!(log.len(), 10);
         assert_eq!(log.read(2, 5).unwrap(), data[8..28].to_vec());
         log.sync().unwrap();
         drop(log);
-        let mut log = FixedLog::open(dir.path(), 4, 3).unwrap();
+        let mut log = FixedLog::open("test", dir.path(), 4, 3).unwrap();
         assert_eq!(log.len(), 10);
         assert_eq!(log.delete_before(7).unwrap(), 2);
         assert_eq!(log.first(), 6);
@@ -230,7 +241,7 @@ mod tests {
         assert_eq!(log.len(), 4);
         log.write(4, &[1, 2, 3, 4]).unwrap();
         drop(log);
-        let log = FixedLog::open(dir.path(), 4, 3).unwrap();
+        let log = FixedLog::open("test", dir.path(), 4, 3).unwrap();
         assert_eq!(log.len(), 5);
     }
 }

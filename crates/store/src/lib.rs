@@ -35,6 +35,34 @@
 //! consume logs miss, and replays the action log after the checkpoint. Every read is CRC-checked
 //! and matched against its index entry: a damaged message is skipped, never returned.
 //!
+//! Only a checksum or length mismatch is damage: a read I/O error (EIO and the like) is
+//! returned as [`StoreError::Io`], so an open that meets one fails and cuts nothing, and a
+//! pull that meets one fails instead of passing over the message.
+//!
+//! # Failures while running
+//!
+//! - **Message log and action log** ([`log`]): a failed write or fsync cuts what the operation
+//!   wrote back to the log's last good end and answers [`StoreError::Failed`]: *not stored*.
+//!   If the cut fails too the answer is [`StoreError::MaybeStored`] (*outcome unknown*: a
+//!   retry may duplicate). Either way the log then refuses writes (and fsyncs) until a repair
+//!   succeeds: the next append, pull, ack, reset or checkpoint first cuts the files back to
+//!   the log's end, rewrites and fsyncs what follows the durable mark, and reads it back. So
+//!   once the disk works again (space freed) the store goes on by itself, with no reopen, and
+//!   [`Store::close`] checkpoints as usual. A pull whose action was written but whose fsync
+//!   failed (`SyncBeforeAck`) may stay recorded as handed to the consumer: its messages come
+//!   back to it as unacked ones ([`Store::pulled_since`]), never skipped. With async flush, a
+//!   failed flusher fsync fails the next write the same way until the repair works.
+//! - **Consume logs** are derived data: a failed write keeps the entries in memory (readable)
+//!   for the flusher's next try, and fails no append; a checkpoint cannot vouch for them until
+//!   it works. A consume-log entry that fails its checksum (below the checkpoint or not) is
+//!   rebuilt from the message log when it is read (the subject's records between the good
+//!   entries around it), written back, logged and counted in [`Store::stats`].
+//! - **Checkpoints**: a failed write, fsync or rename fails [`Store::checkpoint`] (and
+//!   `close`); recovery falls back to the previous checkpoint and replays the logs after it.
+//! - Fault injection: with the `failpoints` feature every write, fsync, read, rename and delete
+//!   site above is a named failpoint (`message-log.write`, ..., see `src/faults.rs`);
+//!   `cargo test -p qmq-store --features failpoints` runs tests/failpoints.rs.
+//!
 //! # Memory
 //!
 //! Reads use `pread` on segment files, not mmap: memory does not grow with the data (the page
@@ -78,6 +106,7 @@ pub mod checkpoint;
 pub mod consume_log;
 mod dir_lock;
 mod error;
+mod faults;
 mod filter;
 mod fixed;
 pub mod log;
@@ -92,5 +121,5 @@ pub use error::{Result, StoreError};
 pub use filter::{BytesFilter, Filter, TagFilter, TagMode};
 pub use store::{
     Appended, ConsumerInfo, FlushPolicy, GroupInfo, NewMessage, PullSpec, Pulled, ResetTo, Store,
-    StoreConfig, StoredMessage, SubjectInfo,
+    StoreConfig, StoreStats, StoredMessage, SubjectInfo,
 };

@@ -8,7 +8,28 @@
 //! Reads use `pread` on the segment files (no mmap): memory use does not grow with the log, and
 //! the page cache does the caching. On open the tail is scanned from a given offset: a torn tail
 //! (a partial or garbled last record) is truncated; a damaged record followed by good ones is
-//! skipped with an error log, so one flipped byte never costs the records after it.
+//! skipped with an error log, so one flipped byte never costs the records after it. Only a
+//! length or CRC mismatch (or a record cut short by the file's end) means damage: any other
+//! read error is returned as [`StoreError::Io`], and the open fails without cutting anything.
+//!
+//! # Failed writes and fsyncs
+//!
+//! After a failed write or fsync the log does not trust its files: it records the failure
+//! and repairs before anything else is appended. [`RecordLog::append_runs`] that fails cuts
+//! what it wrote back to the log's last good end (truncating the segment, deleting segments
+//! it created) and answers [`StoreError::Failed`]: nothing of that call is stored. When the
+//! cut itself fails it answers [`StoreError::MaybeStored`] instead (the outcome is unknown).
+//! A failed fsync ([`LogReader::sync`]) leaves the records in place but unconfirmed. The
+//! repair ([`RecordLog::repair`], run by the next append) cuts the files back to the log's
+//! end, rewrites every byte after the durable mark from the page cache (after a failed fsync
+//! the kernel may have dropped them from the disk while keeping them readable), fsyncs, and
+//! reads those records back; until it succeeds appends and fsyncs fail with
+//! [`StoreError::Failed`], and once the disk works again the log goes on without a reopen.
+//! ("Not stored" holds for this process and the next; a machine crash before the repair's
+//! fsync lands may still bring back bytes of the cut write, as with any unsynced write.)
+//!
+//! The segment map's lock is held only to look up or swap entries: fsyncs, file creation and
+//! deletion happen outside it, so readers never wait for the disk behind the writer.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -22,6 +43,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::error::{io, Result, StoreError};
+use crate::faults;
 
 /// Bytes before a record's payload.
 pub const RECORD_HEADER: u64 = 8;
@@ -37,8 +59,28 @@ struct Segment {
 struct Marks {
     written: AtomicU64,
     synced: AtomicU64,
-    /// Held while fsyncing for [`LogReader::sync_to`], so waiting callers share one fsync.
+    /// Held while fsyncing and while a repair moves the marks back, so waiting callers share
+    /// one fsync and a mark never moves past a cut.
     syncing: parking_lot::Mutex<()>,
+    /// Why the files cannot be trusted since a failed write or fsync, until a repair.
+    failure: parking_lot::Mutex<Option<String>>,
+}
+
+impl Marks {
+    /// Records a failure (the first one's reason is kept until a repair).
+    fn fail(&self, e: &StoreError) {
+        self.failure.lock().get_or_insert_with(|| e.to_string());
+    }
+
+    /// The error an operation refused while the log awaits a repair gets.
+    fn refused(&self) -> Option<StoreError> {
+        self.failure
+            .lock()
+            .as_ref()
+            .map(|reason| StoreError::Failed {
+                reason: format!("awaiting repair after: {reason}"),
+            })
+    }
 }
 
 /// Where a piece of a run of records went in the log (see [`RecordLog::append_runs`]).
@@ -133,7 +175,7 @@ impl RecordLog {
             while pos < end {
                 match reader.read(pos) {
                     Ok(payload) => pos += RECORD_HEADER + payload.len() as u64,
-                    Err(StoreError::Corrupt { .. }) => match reader.resync(pos) {
+                    Err(StoreError::Corrupt { .. }) => match reader.resync(pos)? {
                         Some(next) => {
                             tracing::error!(
                                 log = self.name,
@@ -151,7 +193,9 @@ impl RecordLog {
                                 "truncating a torn tail"
                             );
                             file.set_len(pos - base).map_err(io("truncate", &path))?;
-                            file.sync_all().map_err(io("fsync", &path))?;
+                            faults::check(self.name, "fsync")
+                                .and_then(|()| file.sync_all())
+                                .map_err(io("fsync", &path))?;
                             break;
                         }
                     },
@@ -214,11 +258,183 @@ impl RecordLog {
     /// record's size, with one vectored write per segment they go to, and makes them visible
     /// to readers. Pushes to `placed` where each run went: one [`Placed`] per contiguous piece
     /// (a run is split, at a record boundary, only where it crosses into a new segment).
+    ///
+    /// Repairs the log first if a write or fsync failed before. On failure nothing of the call
+    /// is stored ([`StoreError::Failed`], or the cause itself when the records were refused
+    /// before any write) unless the cut failed too ([`StoreError::MaybeStored`]).
     pub fn append_runs(
         &mut self,
         runs: &[(&[u8], &[usize])],
         placed: &mut Vec<Placed>,
     ) -> Result<()> {
+        if self.marks.failure.lock().is_some() {
+            self.repair().map_err(|e| StoreError::Failed {
+                reason: format!("the log awaits repair: {e}"),
+            })?;
+        }
+        let start = self.end;
+        let placed_before = placed.len();
+        let written = self.write_runs(runs, placed);
+        if let Err(cause) = written {
+            placed.truncate(placed_before);
+            if self.end == start && matches!(cause, StoreError::TooLarge { .. }) {
+                return Err(cause);
+            }
+            return Err(self.rewind(start, &cause));
+        }
+        Ok(())
+    }
+
+    /// Cuts the log back to `to` (at most its end) after `cause`, a failed write or fsync of
+    /// what follows, and repairs it. Returns the error to answer for what was cut:
+    /// [`StoreError::Failed`] (not stored) once the files are cut, else
+    /// [`StoreError::MaybeStored`]. If the rest of the repair fails, the log stays failed and
+    /// its next write tries again.
+    pub fn rewind(&mut self, to: u64, cause: &StoreError) -> StoreError {
+        tracing::error!(log = self.name, error = %cause, cut_to = to, "write failed; cutting it");
+        self.marks.fail(cause);
+        let _marks = self.marks.syncing.lock();
+        self.end = self.end.min(to);
+        self.marks.written.fetch_min(self.end, Ordering::AcqRel);
+        self.marks.synced.fetch_min(self.end, Ordering::AcqRel);
+        if let Err(e) = self.cut() {
+            tracing::error!(log = self.name, error = %e, "cutting a failed write failed");
+            return StoreError::MaybeStored {
+                reason: format!("{cause}; cutting it failed: {e}"),
+            };
+        }
+        if let Err(e) = self.restore() {
+            tracing::error!(log = self.name, error = %e, "log repair failed; retrying at the next write");
+        }
+        StoreError::Failed {
+            reason: cause.to_string(),
+        }
+    }
+
+    /// Makes the files match the log after a failed write or fsync (see the module docs):
+    /// cuts them back to the log's end, then rewrites and fsyncs every byte after the durable
+    /// mark and reads those records back. Clears the failure on success; does nothing if
+    /// there is none.
+    pub fn repair(&mut self) -> Result<()> {
+        if self.marks.failure.lock().is_none() {
+            return Ok(());
+        }
+        let _marks = self.marks.syncing.lock();
+        let repaired = self.cut().and_then(|()| self.restore());
+        if let Err(e) = &repaired {
+            tracing::error!(log = self.name, error = %e, "log repair failed");
+        }
+        repaired
+    }
+
+    /// Deletes the segments at or after the log's end and truncates the last one to it: after
+    /// this, nothing past the end is readable, to this process or the next.
+    fn cut(&self) -> Result<()> {
+        let end = self.end;
+        // Out of the map (its lock held only for that), then deleted; a reader holding one
+        // of them reads on.
+        let doomed = self.segments.write().split_off(&end);
+        for s in doomed.values() {
+            faults::check(self.name, "delete")
+                .and_then(|()| match std::fs::remove_file(&s.path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    r => r,
+                })
+                .map_err(io("delete", &s.path))?;
+        }
+        let last = self
+            .segments
+            .read()
+            .values()
+            .next_back()
+            .map(|s| (s.base, s.file.clone(), s.path.clone()));
+        if let Some((base, file, path)) = last {
+            if file.metadata().map_err(io("stat", &path))?.len() > end - base {
+                file.set_len(end - base).map_err(io("truncate", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After [`RecordLog::cut`]: rewrites what a failed fsync may have lost from the disk
+    /// (every byte after the durable mark; the page cache still has them), fsyncs it and the
+    /// cut, checks the last segment ends at the log's end and reads the records back. Then
+    /// the log is trusted again: its marks move to the end and the failure is cleared.
+    fn restore(&self) -> Result<()> {
+        let end = self.end;
+        sync_dir(&self.dir)?;
+        let from = self.marks.synced.load(Ordering::Acquire).min(end);
+        let segs: Vec<(u64, Arc<File>, PathBuf)> = self
+            .segments
+            .read()
+            .values()
+            .map(|s| (s.base, s.file.clone(), s.path.clone()))
+            .collect();
+        let count = segs.len();
+        for (i, (base, file, path)) in segs.into_iter().enumerate() {
+            let last = i + 1 == count;
+            let seg_end = if last {
+                end
+            } else {
+                base + file.metadata().map_err(io("stat", &path))?.len()
+            };
+            if seg_end <= from && !last {
+                continue;
+            }
+            let mut at = from.clamp(base, seg_end) - base;
+            let mut buf = vec![0u8; (1 << 20).min(seg_end - base - at) as usize];
+            while base + at < seg_end {
+                let n = ((seg_end - base - at) as usize).min(buf.len());
+                read_exact_at(self.name, &file, &mut buf[..n], at).map_err(io("read", &path))?;
+                let mut slices = [IoSlice::new(&buf[..n])];
+                write_all_vectored_at(self.name, &file, &path, &mut slices, at)?;
+                at += n as u64;
+            }
+            // The last segment's cut, too, must be durable.
+            faults::check(self.name, "fsync")
+                .and_then(|()| file.sync_data())
+                .map_err(io("fsync", &path))?;
+            if last && file.metadata().map_err(io("stat", &path))?.len() != end - base {
+                return Err(StoreError::Failed {
+                    reason: format!("{} does not end where the log does", path.display()),
+                });
+            }
+        }
+        // Read back what was rewritten: every record intact.
+        let reader = self.reader();
+        let mut pos = from;
+        while pos < end {
+            let payload = match reader.read(pos) {
+                Err(StoreError::Corrupt { .. }) => match reader.next_segment_after(pos) {
+                    Some(next) => {
+                        pos = next;
+                        continue;
+                    }
+                    None => {
+                        return Err(StoreError::Corrupt {
+                            log: self.name,
+                            offset: pos,
+                        })
+                    }
+                },
+                r => r?,
+            };
+            pos += RECORD_HEADER + payload.len() as u64;
+        }
+        self.marks.written.store(end, Ordering::Release);
+        self.marks.synced.store(end, Ordering::Release);
+        if let Some(reason) = self.marks.failure.lock().take() {
+            tracing::warn!(log = self.name, end, after = %reason, "log repaired; writes resume");
+        }
+        Ok(())
+    }
+
+    /// Why the log awaits a repair, if it does.
+    pub fn failure(&self) -> Option<String> {
+        self.marks.failure.lock().clone()
+    }
+
+    fn write_runs(&mut self, runs: &[(&[u8], &[usize])], placed: &mut Vec<Placed>) -> Result<()> {
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(runs.len());
         // The segment being filled, and the log offset where `slices` start.
         let mut segment: Option<(u64, Arc<File>, PathBuf)> = None;
@@ -261,7 +477,13 @@ impl RecordLog {
                     }
                     from = at;
                     if let Some((base, file, path)) = &segment {
-                        write_all_vectored_at(file, path, &mut slices, slices_at - base)?;
+                        write_all_vectored_at(
+                            self.name,
+                            file,
+                            path,
+                            &mut slices,
+                            slices_at - base,
+                        )?;
                         self.marks.written.store(self.end, Ordering::Release);
                     }
                     slices.clear();
@@ -283,21 +505,30 @@ impl RecordLog {
             }
         }
         if let Some((base, file, path)) = &segment {
-            write_all_vectored_at(file, path, &mut slices, slices_at - base)?;
+            write_all_vectored_at(self.name, file, path, &mut slices, slices_at - base)?;
             self.marks.written.store(self.end, Ordering::Release);
         }
         Ok(())
     }
 
     /// The segment the next `size` bytes go to, rolling to a new one when they do not fit.
+    /// The map's lock is held only to look up and to insert: readers never wait for the
+    /// fsync or the file creation.
     fn segment_for(&mut self, size: u64) -> Result<(u64, Arc<File>, PathBuf)> {
-        let mut segs = self.segments.write();
-        if let Some((&base, s)) = segs.iter().next_back() {
+        let last = self
+            .segments
+            .read()
+            .values()
+            .next_back()
+            .map(|s| (s.base, s.file.clone(), s.path.clone()));
+        if let Some((base, file, path)) = last {
             if self.end + size <= base + self.segment_size {
-                return Ok((base, s.file.clone(), s.path.clone()));
+                return Ok((base, file, path));
             }
             // The full segment is done: make it durable before moving on.
-            s.file.sync_data().map_err(io("fsync", &s.path))?;
+            faults::check(self.name, "fsync")
+                .and_then(|()| file.sync_data())
+                .map_err(io("fsync", &path))?;
         }
         let base = self.end;
         let path = self.dir.join(format!("{base:020}"));
@@ -311,7 +542,7 @@ impl RecordLog {
         preallocate(&file, &path, self.segment_size);
         sync_dir(&self.dir)?;
         let file = Arc::new(file);
-        segs.insert(
+        self.segments.write().insert(
             base,
             Segment {
                 base,
@@ -334,26 +565,32 @@ impl RecordLog {
         offset: u64,
         older_than: std::time::SystemTime,
     ) -> Result<usize> {
-        let mut segs = self.segments.write();
-        let bases: Vec<u64> = segs.keys().copied().collect();
+        // The map's lock is held only to copy it and to take each segment out: stat and
+        // unlink happen outside it (a reader still holding a segment's file reads on).
+        let segs: Vec<(u64, Arc<File>, PathBuf)> = self
+            .segments
+            .read()
+            .values()
+            .map(|s| (s.base, s.file.clone(), s.path.clone()))
+            .collect();
         let mut deleted = 0;
-        for pair in bases.windows(2) {
-            let (base, next) = (pair[0], pair[1]);
+        for pair in segs.windows(2) {
+            let ((base, file, path), next) = (&pair[0], pair[1].0);
             if next > offset {
                 break;
             }
-            let s = &segs[&base];
-            let modified = s
-                .file
+            let modified = file
                 .metadata()
                 .and_then(|m| m.modified())
-                .map_err(io("stat", &s.path))?;
+                .map_err(io("stat", path))?;
             if modified > older_than {
                 break;
             }
-            std::fs::remove_file(&s.path).map_err(io("delete", &s.path))?;
+            self.segments.write().remove(base);
+            faults::check(self.name, "delete")
+                .and_then(|()| std::fs::remove_file(path))
+                .map_err(io("delete", path))?;
             tracing::info!(log = self.name, segment = base, "deleted by retention");
-            segs.remove(&base);
             deleted += 1;
         }
         Ok(deleted)
@@ -361,6 +598,39 @@ impl RecordLog {
 }
 
 impl LogReader {
+    /// A read error at `offset`: running into the file's end means the record was cut short
+    /// (damage, as a CRC mismatch); anything else is an I/O error, never damage.
+    fn read_error(&self, offset: u64, e: std::io::Error) -> StoreError {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            return StoreError::Corrupt {
+                log: self.name,
+                offset,
+            };
+        }
+        let path = self
+            .segments
+            .read()
+            .range(..=offset)
+            .next_back()
+            .map(|(_, s)| s.path.clone())
+            .unwrap_or_default();
+        StoreError::Io {
+            op: "read",
+            path,
+            source: e,
+        }
+    }
+
+    /// Offset up to which records are written (readable).
+    pub fn written(&self) -> u64 {
+        self.marks.written.load(Ordering::Acquire)
+    }
+
+    /// Whether the log awaits a repair after a failed write or fsync.
+    pub fn failed(&self) -> bool {
+        self.marks.failure.lock().is_some()
+    }
+
     fn locate(&self, offset: u64) -> Result<(u64, Arc<File>)> {
         let segs = self.segments.read();
         let (_, s) = segs
@@ -376,7 +646,19 @@ impl LogReader {
     /// Makes every record written so far durable (fdatasync of the active segment; full
     /// segments were made durable when the log moved past them); usable without the writer's
     /// lock.
+    ///
+    /// A failed fsync leaves the log awaiting a repair (see the module docs): until then this
+    /// fails with [`StoreError::Failed`].
     pub fn sync(&self) -> Result<()> {
+        let _one_at_a_time = self.marks.syncing.lock();
+        self.sync_locked()
+    }
+
+    /// [`LogReader::sync`] with `marks.syncing` held.
+    fn sync_locked(&self) -> Result<()> {
+        if let Some(e) = self.marks.refused() {
+            return Err(e);
+        }
         let target = self.marks.written.load(Ordering::Acquire);
         if self.marks.synced.load(Ordering::Acquire) >= target {
             return Ok(());
@@ -388,7 +670,13 @@ impl LogReader {
                 .map(|s| (s.file.clone(), s.path.clone()))
         };
         if let Some((file, path)) = file {
-            file.sync_data().map_err(io("fsync", &path))?;
+            let synced = faults::check(self.name, "fsync")
+                .and_then(|()| file.sync_data())
+                .map_err(io("fsync", &path));
+            if let Err(e) = synced {
+                self.marks.fail(&e);
+                return Err(e);
+            }
         }
         self.marks.synced.fetch_max(target, Ordering::AcqRel);
         Ok(())
@@ -404,7 +692,7 @@ impl LogReader {
         if self.durable() >= end {
             return Ok(());
         }
-        self.sync()
+        self.sync_locked()
     }
 
     /// Offset of the first byte still on disk (0 for an empty log).
@@ -418,25 +706,36 @@ impl LogReader {
     }
 
     /// The offset of the first intact record after a damaged one at `offset` in the same
-    /// segment: the first position whose length fits and whose CRC matches. Only runs when
-    /// damage is found, and reads the rest of one segment at most.
-    pub fn resync(&self, offset: u64) -> Option<u64> {
-        let (base, file) = self.locate(offset).ok()?;
-        let file_len = file.metadata().ok()?.len();
+    /// segment: the first position whose length fits and whose CRC matches (`None`: none).
+    /// Only runs when damage is found, and reads the rest of one segment at most. A read
+    /// error is an error, not the end of the good records.
+    pub fn resync(&self, offset: u64) -> Result<Option<u64>> {
+        let Ok((base, file)) = self.locate(offset) else {
+            return Ok(None);
+        };
+        let file_len = file
+            .metadata()
+            .map_err(|e| self.read_error(offset, e))?
+            .len();
         let start = offset - base + 1;
         if start >= file_len {
-            return None;
+            return Ok(None);
         }
         let mut buf = vec![0u8; (file_len - start) as usize];
-        file.read_exact_at(&mut buf, start).ok()?;
+        match read_exact_at(self.name, &file, &mut buf, start) {
+            Ok(()) => {}
+            // Cut short meanwhile: what was there is all there is.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(self.read_error(offset, e)),
+        }
         let head = RECORD_HEADER as usize;
-        (0..buf.len().saturating_sub(head)).find_map(|i| {
+        Ok((0..buf.len().saturating_sub(head)).find_map(|i| {
             let len = u32::from_be_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]) as usize;
             let crc = u32::from_be_bytes([buf[i + 4], buf[i + 5], buf[i + 6], buf[i + 7]]);
             let body = buf.get(i + head..i + head + len)?;
             // Payloads are never empty, so runs of zero bytes do not look like records.
             (len > 0 && crc32c::crc32c(body) == crc).then_some(base + start + i as u64)
-        })
+        }))
     }
 
     /// Reads and checks the record at `offset`.
@@ -447,8 +746,8 @@ impl LogReader {
             offset,
         };
         let mut head = [0u8; RECORD_HEADER as usize];
-        file.read_exact_at(&mut head, offset - base)
-            .map_err(|_| corrupt())?;
+        read_exact_at(self.name, &file, &mut head, offset - base)
+            .map_err(|e| self.read_error(offset, e))?;
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
         let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
         // A damaged length must not make us allocate more than a record can be.
@@ -456,8 +755,13 @@ impl LogReader {
             return Err(corrupt());
         }
         let mut payload = vec![0u8; len as usize];
-        file.read_exact_at(&mut payload, offset - base + RECORD_HEADER)
-            .map_err(|_| corrupt())?;
+        read_exact_at(
+            self.name,
+            &file,
+            &mut payload,
+            offset - base + RECORD_HEADER,
+        )
+        .map_err(|e| self.read_error(offset, e))?;
         if crc32c::crc32c(&payload) != crc {
             return Err(corrupt());
         }
@@ -478,9 +782,8 @@ impl LogReader {
             return Err(corrupt);
         }
         let mut record = vec![0u8; head + len as usize];
-        if file.read_exact_at(&mut record, offset - base).is_err() {
-            return Err(corrupt);
-        }
+        read_exact_at(self.name, &file, &mut record, offset - base)
+            .map_err(|e| self.read_error(offset, e))?;
         let crc = u32::from_be_bytes([record[4], record[5], record[6], record[7]]);
         if record[..4] != len.to_be_bytes() || crc32c::crc32c(&record[head..]) != crc {
             return Err(corrupt);
@@ -507,7 +810,7 @@ impl LogReader {
                     if let Some(next) = self.next_segment_after(offset) {
                         // The end of a segment that was cut short: go on with the next one.
                         offset = next;
-                    } else if let Some(next) = self.resync(offset) {
+                    } else if let Some(next) = self.resync(offset)? {
                         if !skipped.contains(&offset) {
                             tracing::error!(log = self.name, offset, "skipping a damaged record");
                         }
@@ -604,8 +907,15 @@ fn preallocate(file: &File, path: &Path, size: u64) {
 /// Most buffers one `pwritev` call takes (Linux's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
 
+/// Reads exactly `buf.len()` bytes of `file` at `at` (`log` names the failpoint).
+fn read_exact_at(log: &str, file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    faults::check(log, "read")?;
+    file.read_exact_at(buf, at)
+}
+
 /// Writes all of `slices` at file position `at`, however the kernel splits the writes.
 fn write_all_vectored_at(
+    log: &str,
     file: &File,
     path: &Path,
     mut slices: &mut [IoSlice<'_>],
@@ -616,6 +926,7 @@ fn write_all_vectored_at(
         path: path.to_path_buf(),
         source,
     };
+    faults::check(log, "write").map_err(fail)?;
     while !slices.is_empty() {
         let n = match rustix::io::pwritev(file, &slices[..slices.len().min(IOV_MAX)], at) {
             Ok(0) => return Err(fail(std::io::ErrorKind::WriteZero.into())),

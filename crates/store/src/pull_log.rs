@@ -26,7 +26,7 @@ impl PullLog {
     /// Opens or creates the pull log in `dir`.
     pub fn open(dir: &Path, per_segment: u64) -> Result<Self> {
         Ok(Self {
-            log: FixedLog::open(dir, ENTRY, per_segment)?,
+            log: FixedLog::open("pull-log", dir, ENTRY, per_segment)?,
         })
     }
 

@@ -638,7 +638,7 @@ async fn a_data_directory_is_open_in_one_store_at_a_time() {
 }
 
 #[tokio::test]
-async fn a_failed_write_is_not_acknowledged_and_loses_nothing_acknowledged() {
+async fn a_failed_write_is_not_stored_and_appends_resume_once_space_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).unwrap();
     // Same-size messages: the first segment (4096 bytes) rolls at a known offset.
@@ -660,28 +660,41 @@ async fn a_failed_write_is_not_acknowledged_and_loses_nothing_acknowledged() {
         store.append([("s", body(acked))]).await.unwrap();
         acked += 1;
     }
-    let failed = store.append([("s", body(acked))]).await;
+    // The same size as the others, so it goes to the full segment too.
+    let refused = || Bytes::from_static(b"refused-99999");
+    let failed = store.append([("s", refused())]).await;
     assert!(
         matches!(failed, Err(StoreError::Failed { .. })),
         "{failed:?}"
     );
-    // Nothing more is taken until the store is reopened.
+    // The disk is still full (the cut removed the failed segment: put it back): refused again.
+    let full = dir.path().join(format!("messagelog/{roll_at:020}"));
+    if std::fs::symlink_metadata(&full).is_err() {
+        std::os::unix::fs::symlink("/dev/full", &full).unwrap();
+    }
     assert!(matches!(
-        store.append([("s", body(acked))]).await,
+        store.append([("s", refused())]).await,
         Err(StoreError::Failed { .. })
     ));
-    // Closing writes no checkpoint vouching for a log end that is not on disk.
-    assert!(matches!(store.close(), Err(StoreError::Failed { .. })));
+    // Space comes back: appends resume with no reopen, right after the last acknowledged one.
+    if std::fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(&full).unwrap();
+    }
+    for _ in 0..3 {
+        let next = store.append([("s", body(acked))]).await.unwrap();
+        assert_eq!(next[0].sequence, acked as u64);
+        acked += 1;
+    }
+    // Nothing is left to refuse a checkpoint.
+    store.close().unwrap();
     drop(store);
-    // The disk is replaced; every acknowledged message is there, the refused one is not.
-    std::fs::remove_file(dir.path().join(format!("messagelog/{roll_at:020}"))).unwrap();
+    // Every acknowledged message is there, the refused ones are not.
     let store = Store::open(config(dir.path())).unwrap();
     let read = store.read("s", 0, 1000).unwrap();
     assert_eq!(read.len(), acked);
     for (i, m) in read.iter().enumerate() {
         assert_eq!(m.message, body(i));
     }
-    // And it takes appends again, after the last acknowledged one.
     let next = store.append([("s", body(acked))]).await.unwrap();
     assert_eq!(next[0].sequence, acked as u64);
     store.close().unwrap();

@@ -5,6 +5,15 @@
 //! different groups run in parallel and a pull is atomic for its group. Order is always
 //! group → consumer → action log; an action is appended and applied while its group/consumer
 //! locks are held, so the action log's order is the order of the changes.
+//!
+//! Failures: the action log follows the message log's policy ([`crate::log`]). A failed
+//! action-log write cuts the action and fails the pull, ack or reset with nothing changed
+//! ([`crate::StoreError::Failed`]). A failed fsync (`SyncBeforeAck`'s per-operation one, or
+//! the async flusher's) leaves the log awaiting repair: the operation that waited for it
+//! fails, and so does every later one until the repair that each of them tries first works,
+//! once the disk does; no reopen is needed. A pull that failed only at its fsync stays
+//! recorded as handed to its consumer, so its messages come back to that consumer as unacked
+//! ones ([`Store::pulled_since`]) and none is skipped.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -250,9 +259,18 @@ impl ConsumerSide {
         Ok(())
     }
 
-    /// fsyncs the action log (the async flusher calls this).
+    /// fsyncs the action log (the async flusher calls this); nothing to do while the log
+    /// awaits a repair (its next write does it).
     pub(crate) fn sync_actions(&self) -> Result<()> {
+        if self.action_reader.failed() {
+            return Ok(());
+        }
         self.action_reader.sync()
+    }
+
+    /// Repairs the action log after a failed write or fsync (nothing if none failed).
+    pub(crate) fn repair(&self) -> Result<()> {
+        self.actions.lock().repair()
     }
 
     /// Applies an action read back from the action log during recovery.
@@ -412,6 +430,9 @@ impl Store {
             }
             (start, clog.read(start, window)?)
         };
+        let entries = self
+            .inner
+            .rebuild_entries(&key.subject, &clog, start, entries)?;
         let mut taken = Vec::new();
         let mut new_next = start;
         for (i, entry) in entries.into_iter().enumerate() {
@@ -423,7 +444,7 @@ impl Store {
             let Some(entry) = entry.filter(|e| filter.may_match(e.tags)) else {
                 continue;
             };
-            let Some(m) = self.inner.message_at(&key.subject, seq, entry) else {
+            let Some(m) = self.inner.message_at(&key.subject, seq, entry)? else {
                 continue;
             };
             let tags: Vec<&str> = m.tags.iter().map(String::as_str).collect();
@@ -500,8 +521,13 @@ impl Store {
                 tracing::error!(subject = %key.subject, consumer = %key.consumer, pull_seq, "damaged pull-log entry; not redelivered");
                 continue;
             };
-            let entry = clog.read().read(seq, 1)?.into_iter().next().flatten();
-            if let Some(m) = entry.and_then(|e| self.inner.message_at(&key.subject, seq, e)) {
+            let entry = self.inner.entries(&key.subject, &clog, seq, 1)?;
+            let entry = entry.into_iter().next().flatten();
+            let m = match entry {
+                Some(e) => self.inner.message_at(&key.subject, seq, e)?,
+                None => None,
+            };
+            if let Some(m) = m {
                 out.push(Pulled {
                     pull_seq,
                     sequence: seq,

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use super::{Inner, Store, CHECKPOINT_DIR};
 use crate::checkpoint::{self, Checkpoint};
-use crate::error::{io, Result, StoreError};
+use crate::error::{io, Result};
 
 impl Store {
     /// Makes everything durable and writes a checkpoint, so the next open replays only what
@@ -49,11 +49,11 @@ impl Inner {
     fn checkpoint(&self) -> Result<()> {
         // Held throughout: checkpoints are written one at a time, in generation order.
         let mut gen = self.checkpoint_gen.lock();
-        // After a failed write the message log's end is not what is on disk: vouching for it
-        // would make recovery trust it. The next open checks the log instead.
-        if let Some(reason) = self.failed.lock().clone() {
-            return Err(StoreError::Failed { reason });
-        }
+        // After a failed write or fsync the logs' files are not trusted until repaired:
+        // vouching for their ends would make recovery trust them. Repair them now (the disk
+        // may work again); if that fails, no checkpoint, and the next open checks the logs.
+        self.log.lock().repair()?;
+        self.consumers.repair()?;
         // Consumer side first: its state may only point at messages the message side has.
         let consumers = self.consumers.snapshot()?;
         let (message_indexed, subjects) = {

@@ -9,7 +9,7 @@ mod writer;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 use crate::checkpoint::Checkpoint;
 use crate::consume_log::{ConsumeLog, Entry};
 use crate::error::{io, Result, StoreError};
-use crate::log::{LogReader, RecordLog};
+use crate::log::{LogReader, RecordLog, RECORD_HEADER};
 use crate::record;
 
 pub use consumers::{ConsumerInfo, GroupInfo, PullSpec, Pulled, ResetTo};
@@ -121,6 +121,14 @@ pub struct StoredMessage {
     pub message: Bytes,
 }
 
+/// Counters of what the store repaired or worked around, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Consume-log entries found damaged (failed checksum) since the store was opened and
+    /// rebuilt from the message log.
+    pub index_entries_rebuilt: u64,
+}
+
 /// A subject's stored range.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubjectInfo {
@@ -163,9 +171,8 @@ pub(crate) struct Inner {
     checkpoint_gen: Mutex<u64>,
     /// The oldest retained checkpoint: action-log segments before it must stay.
     oldest_checkpoint: Mutex<Checkpoint>,
-    /// Set after a failed write or fsync: the message log's state is unknown, so appends are
-    /// refused until the store is reopened (and recovery decides what is on disk).
-    failed: Mutex<Option<String>>,
+    /// Consume-log entries rebuilt from the message log ([`StoreStats`]).
+    index_entries_rebuilt: AtomicU64,
     closed: AtomicBool,
     /// The data directory's lock, held as long as anything of the store is.
     _lock: crate::DirLock,
@@ -279,6 +286,11 @@ impl Store {
     /// tags, too large) fails alone. The outer error means nothing of the batch is acknowledged
     /// (store closed, or a write/fsync failed). Concurrent batches share one write and one fsync.
     ///
+    /// After a failed write or fsync the outer error is [`StoreError::Failed`] (nothing of
+    /// the batch is stored; the store repairs its log and takes appends again once the disk
+    /// works, see [`crate::log`]) or, when the store cannot tell, [`StoreError::MaybeStored`]
+    /// (a retry may duplicate).
+    ///
     /// The messages are copied into their records and handed to the writer by this call; the
     /// future only waits for the answer (dropping it does not withdraw the batch).
     pub fn append_messages(
@@ -386,14 +398,21 @@ impl Store {
         let Some(clog) = self.inner.consume_log(subject) else {
             return Ok(Vec::new());
         };
-        let entries = clog.read().read(seq, max)?;
+        let entries = self.inner.entries(subject, &clog, seq, max)?;
         let mut out = Vec::with_capacity(entries.len());
         for (i, e) in entries.into_iter().enumerate() {
-            if let Some(m) = e.and_then(|e| self.inner.message_at(subject, seq + i as u64, e)) {
-                out.push(m);
+            if let Some(e) = e {
+                out.extend(self.inner.message_at(subject, seq + i as u64, e)?);
             }
         }
         Ok(out)
+    }
+
+    /// Counters of what the store repaired since it was opened.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            index_entries_rebuilt: self.inner.index_entries_rebuilt.load(Ordering::Relaxed),
+        }
     }
 
     /// Makes every message appended so far durable now (one fsync of the message log), whatever
@@ -422,15 +441,18 @@ impl Inner {
             std::thread::park_timeout(interval);
             let consume: Vec<_> = self.consume.read().values().cloned().collect();
             for c in consume {
+                // Derived data: unwritten entries stay in memory, readable, for the next try.
                 if let Err(e) = c.write().flush() {
-                    tracing::error!(error = %e, "consume log write failed");
-                    self.fail(&e);
+                    tracing::error!(error = %e, "consume log write failed; retrying");
                 }
             }
             if let FlushPolicy::Async { .. } = self.config.flush {
-                if let Err(e) = self.message_reader.sync() {
-                    tracing::error!(error = %e, "message log fsync failed");
-                    self.fail(&e);
+                // A failed fsync leaves a log awaiting repair, which its next write does
+                // (see crate::log); until then there is nothing to fsync here.
+                if !self.message_reader.failed() {
+                    if let Err(e) = self.message_reader.sync() {
+                        tracing::error!(error = %e, "message log fsync failed");
+                    }
                 }
                 if let Err(e) = self.consumers.sync_actions() {
                     tracing::error!(error = %e, "action log fsync failed");
@@ -443,20 +465,148 @@ impl Inner {
         self.consume.read().get(subject).cloned()
     }
 
+    /// Reads up to `max` entries of `subject`'s consume log from `seq`, damaged ones rebuilt
+    /// from the message log where they can be ([`Inner::rebuild_entries`]).
+    pub(crate) fn entries(
+        &self,
+        subject: &str,
+        clog: &RwLock<ConsumeLog>,
+        seq: u64,
+        max: usize,
+    ) -> Result<Vec<Option<Entry>>> {
+        let entries = clog.read().read(seq, max)?;
+        self.rebuild_entries(subject, clog, seq, entries)
+    }
+
+    /// `entries`, read from `seq` of `subject`'s consume log, with the damaged ones (failed
+    /// checksum) rebuilt: consume logs are derived data, so a damaged entry must not make
+    /// every group pass over an intact message. Each rebuilt entry is written back, logged
+    /// and counted ([`Store::stats`]). Holds the consume log's write lock while it works.
+    pub(crate) fn rebuild_entries(
+        &self,
+        subject: &str,
+        clog: &RwLock<ConsumeLog>,
+        seq: u64,
+        entries: Vec<Option<Entry>>,
+    ) -> Result<Vec<Option<Entry>>> {
+        if entries.iter().all(Option::is_some) {
+            return Ok(entries);
+        }
+        let mut clog = clog.write();
+        let mut i = 0;
+        while i < entries.len() {
+            let at = seq + i as u64;
+            if entries[i].is_some() || at < clog.first() {
+                i += 1;
+                continue;
+            }
+            i += self.rebuild_run(subject, &mut clog, at)?.max(1) as usize;
+        }
+        clog.read(seq, entries.len())
+    }
+
+    /// Rebuilds the run of damaged entries holding `at`: the subject's records in the message
+    /// log between the good entries around the run are the run's entries, in order. Gives up
+    /// (with an error log; the entries stay unreadable) when no good entry is near enough
+    /// before the run or the number of records differs. Returns how many entries from `at`
+    /// on it dealt with.
+    fn rebuild_run(&self, subject: &str, clog: &mut ConsumeLog, at: u64) -> Result<u64> {
+        /// How far (in entries) to look for the good entries around a damaged run.
+        const REACH: u64 = 4096;
+        let first = clog.first();
+        let lo = at.saturating_sub(REACH).max(first);
+        let behind = clog.read(lo, (at - lo) as usize)?;
+        let (run_start, from) = match behind.iter().rposition(Option::is_some) {
+            Some(p) => {
+                let prev = behind[p].map_or(0, |e| e.offset + RECORD_HEADER + u64::from(e.len));
+                (lo + p as u64 + 1, prev)
+            }
+            None if lo == first => (first, self.message_reader.start()),
+            None => {
+                tracing::error!(
+                    subject,
+                    at,
+                    "damaged consume-log entries too far from a good one; skipping"
+                );
+                return Ok(1);
+            }
+        };
+        let ahead = clog.read(run_start, (at - run_start + REACH) as usize)?;
+        let damaged = ahead.iter().take_while(|e| e.is_none()).count() as u64;
+        let run_end = run_start + damaged;
+        let to = match ahead.get(damaged as usize) {
+            // Another reader rebuilt it meanwhile.
+            _ if run_end <= at => return Ok(1),
+            Some(Some(e)) => e.offset,
+            _ if run_end >= clog.len() => self.message_reader.written(),
+            _ => {
+                tracing::error!(
+                    subject,
+                    at,
+                    "damaged consume-log entries too far from a good one; skipping"
+                );
+                return Ok(run_end - at);
+            }
+        };
+        let mut found = Vec::new();
+        let scanned = self.message_reader.scan(from, to, &[], |offset, payload| {
+            if let Ok(v) = record::decode(payload, offset) {
+                if v.subject == subject {
+                    found.push(Entry {
+                        offset,
+                        len: payload.len() as u32,
+                        tags: record::tag_summary(&v.tags),
+                    });
+                }
+            }
+            Ok(())
+        });
+        match scanned {
+            Ok(()) => {}
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::error!(subject, at, error = %e, "cannot rebuild damaged consume-log entries; skipping");
+                return Ok(run_end - at);
+            }
+            Err(e) => return Err(e),
+        }
+        if found.len() as u64 != damaged {
+            tracing::error!(
+                subject,
+                first = run_start,
+                damaged,
+                found = found.len(),
+                "cannot rebuild damaged consume-log entries; skipping them"
+            );
+            return Ok(run_end - at);
+        }
+        clog.rewrite(run_start, &found)?;
+        self.index_entries_rebuilt
+            .fetch_add(damaged, Ordering::Relaxed);
+        tracing::warn!(
+            subject,
+            first = run_start,
+            count = damaged,
+            "rebuilt damaged consume-log entries from the message log"
+        );
+        Ok(run_end - at)
+    }
+
     /// The message an entry points at, if it is intact and really is `subject`'s: damaged or
-    /// deleted messages are never handed out (the rest of the subject stays readable).
+    /// deleted messages are never handed out (the rest of the subject stays readable). A
+    /// read I/O error is an error, not damage: the caller fails rather than pass over it.
     pub(crate) fn message_at(
         &self,
         subject: &str,
         sequence: u64,
         e: Entry,
-    ) -> Option<StoredMessage> {
+    ) -> Result<Option<StoredMessage>> {
         let payload = match self.message_reader.read_sized(e.offset, e.len) {
             Ok(p) => p,
-            Err(StoreError::OutOfRange { .. }) => return None,
+            Err(StoreError::OutOfRange { .. }) => return Ok(None),
+            Err(err @ StoreError::Io { .. }) => return Err(err),
             Err(err) => {
                 tracing::error!(error = %err, subject, sequence, "skipping an unreadable message");
-                return None;
+                return Ok(None);
             }
         };
         let (tags, appended_at_ms, body_at) = match record::decode(&payload, e.offset) {
@@ -472,17 +622,17 @@ impl Inner {
                     offset = e.offset,
                     "consume-log entry does not match its record; skipping it"
                 );
-                return None;
+                return Ok(None);
             }
         };
         let message = payload.slice(body_at..);
-        Some(StoredMessage {
+        Ok(Some(StoredMessage {
             sequence,
             offset: e.offset,
             tags,
             appended_at_ms,
             message,
-        })
+        }))
     }
 
     /// The first consume-log sequence of `subject` whose message is still stored.
@@ -492,10 +642,5 @@ impl Inner {
             Some(c) => c.read().first_at_or_after(start),
             None => Ok(0),
         }
-    }
-
-    /// Refuses further appends after a failed write or fsync.
-    pub(crate) fn fail(&self, e: &StoreError) {
-        self.failed.lock().get_or_insert_with(|| e.to_string());
     }
 }

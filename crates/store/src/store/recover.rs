@@ -2,7 +2,7 @@
 //! the consume logs up to the message log, and replay the action log into the consumer side.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -158,7 +158,7 @@ pub(crate) fn open(config: StoreConfig) -> Result<Inner> {
         consumers: side,
         checkpoint_gen: Mutex::new(gen),
         oldest_checkpoint: Mutex::new(cp),
-        failed: Mutex::new(None),
+        index_entries_rebuilt: AtomicU64::new(0),
         closed: AtomicBool::new(false),
         config,
         _lock: lock,

@@ -241,25 +241,18 @@ pub(crate) fn run(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let result = match inner.failed.lock().clone() {
-            Some(reason) => Err(StoreError::Failed { reason }),
-            None => commit(inner, &mut batch, &mut placed),
-        };
-        let result = match result {
-            Ok(()) => {
-                wake(inner, &batch);
-                Ok(())
+        let result = commit(inner, &mut batch, &mut placed);
+        match &result {
+            Ok(()) => wake(inner, &batch),
+            Err(e @ StoreError::MaybeStored { .. }) => {
+                tracing::error!(error = %e, "append failed; the batch may be stored");
             }
-            Err(e) => {
-                tracing::error!(error = %e, "append failed; refusing appends until reopened");
-                inner.fail(&e);
-                Err(e)
-            }
-        };
+            Err(e) => tracing::error!(error = %e, "append failed; nothing of it stored"),
+        }
         for job in batch {
             // A caller that stopped waiting is not an error.
             let _ = job.reply.send(Answer {
-                result: result.as_ref().map(|_| ()).map_err(failed),
+                result: result.as_ref().map(|_| ()).map_err(shared),
                 encoded: job.encoded,
             });
         }
@@ -268,10 +261,15 @@ pub(crate) fn run(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
 
 /// Writes a batch's records to the message log (fsynced with `SyncBeforeAck`), then their
 /// consume-log entries, holding the log throughout so a checkpoint sees every written message
-/// indexed. If indexing fails, the messages are in the message log and recovery re-indexes
-/// them.
+/// indexed.
+///
+/// A failed write or fsync cuts the batch from the log ([`StoreError::Failed`]: not stored;
+/// [`StoreError::MaybeStored`] if the cut failed too), and the next commit repairs the log
+/// first (see [`crate::log`]). If indexing fails, the messages are in the message log (and
+/// recovery re-indexes them): that is [`StoreError::MaybeStored`] too.
 fn commit(inner: &Inner, batch: &mut [WriteJob], placed: &mut Vec<Placed>) -> Result<()> {
     let mut log = inner.log.lock();
+    let start = log.end();
     {
         let runs: Vec<(&[u8], &[usize])> = batch
             .iter()
@@ -281,14 +279,18 @@ fn commit(inner: &Inner, batch: &mut [WriteJob], placed: &mut Vec<Placed>) -> Re
         log.append_runs(&runs, placed)?;
     }
     if inner.config.flush == FlushPolicy::SyncBeforeAck {
-        log.sync()?;
+        if let Err(e) = log.sync() {
+            return Err(log.rewind(start, &e));
+        }
     }
     for p in placed.iter() {
         if let Some(job) = batch.get_mut(p.run) {
             job.encoded.placed.push((p.at, p.offset));
         }
     }
-    index(inner, batch)
+    index(inner, batch).map_err(|e| StoreError::MaybeStored {
+        reason: format!("written to the message log, not indexed: {e}"),
+    })
 }
 
 /// Appends each batch's entries to their subjects' consume logs, at the offsets the batch was
@@ -325,9 +327,20 @@ fn wake(inner: &Inner, batch: &[WriteJob]) {
     }
 }
 
-fn failed(e: &StoreError) -> StoreError {
-    StoreError::Failed {
-        reason: e.to_string(),
+/// One batch's error for each of its jobs (errors are not `Clone`), keeping what callers act
+/// on: closed, not stored, or maybe stored.
+fn shared(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Closed => StoreError::Closed,
+        StoreError::MaybeStored { reason } => StoreError::MaybeStored {
+            reason: reason.clone(),
+        },
+        StoreError::Failed { reason } => StoreError::Failed {
+            reason: reason.clone(),
+        },
+        e => StoreError::Failed {
+            reason: e.to_string(),
+        },
     }
 }
 
