@@ -257,24 +257,8 @@ fn legacy_decode(file: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// The legacy encoding, kept here only to build old-layout directories in tests.
-    pub(crate) fn legacy_encode(name: &str) -> String {
-        let mut out = String::with_capacity(name.len());
-        for b in name.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-        if out.starts_with('.') {
-            out.replace_range(0..1, "%2E");
-        }
-        out
-    }
 
     #[test]
     fn hashed_names_are_fixed_length_and_distinct() {
@@ -317,18 +301,15 @@ pub(crate) mod tests {
     #[test]
     fn legacy_three_level_tree_migrates_and_resumes_after_a_crash() {
         let root = tempfile::tempdir().unwrap();
-        let legacy = |s: &str, g: &str, c: &str| {
-            let p = root
-                .path()
-                .join(legacy_encode(s))
-                .join(legacy_encode(g))
-                .join(legacy_encode(c));
+        // Percent-encoded names, as the older layout wrote them; `data` holds the decoded ones.
+        let legacy = |path: &str, decoded: &str| {
+            let p = root.path().join(path);
             std::fs::create_dir_all(&p).unwrap();
-            std::fs::write(p.join("data"), format!("{s}|{g}|{c}")).unwrap();
+            std::fs::write(p.join("data"), decoded).unwrap();
         };
-        legacy("a/b", "g1", "c1");
-        legacy("a/b", "g1", "c2");
-        legacy("主题", ".hidden", "x y");
+        legacy("a%2Fb/g1/c1", "a/b|g1|c1");
+        legacy("a%2Fb/g1/c2", "a/b|g1|c2");
+        legacy("%E4%B8%BB%E9%A2%98/%2Ehidden/x%20y", "主题|.hidden|x y");
         // A crash after the NAME of one leaf was written, before its rename.
         let half = root.path().join("s").join("g").join("c");
         std::fs::create_dir_all(&half).unwrap();
