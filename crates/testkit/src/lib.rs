@@ -103,12 +103,8 @@ impl Policy {
     /// The policy for these variable values (`None` = unset). `require` decides when set and not
     /// empty (`1`, `true`, `yes` = required); otherwise a true `CI` makes services required.
     pub fn from_vars(require: Option<&str>, ci: Option<&str>, skip_log: Option<PathBuf>) -> Self {
-        let truthy = |v: &str| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes"
-            )
-        };
+        let truthy =
+            |v: &str| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes");
         let required = match require {
             Some(v) if !v.trim().is_empty() => truthy(v),
             _ => ci.is_some_and(truthy),
@@ -306,9 +302,7 @@ mod tests {
         .expect_err("a required, absent service must fail the test");
         let msg = panic.downcast_ref::<String>().unwrap();
         assert!(
-            msg.contains(&format!(
-                "suite::needs_redis: Redis not reachable at {url}"
-            )),
+            msg.contains(&format!("suite::needs_redis: Redis not reachable at {url}")),
             "{msg}"
         );
         assert!(!log.exists(), "a failure is not logged as a skip");
@@ -317,7 +311,10 @@ mod tests {
     #[test]
     fn reachable_service_runs() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("mysql://root@127.0.0.1:{}/test", l.local_addr().unwrap().port());
+        let url = format!(
+            "mysql://root@127.0.0.1:{}/test",
+            l.local_addr().unwrap().port()
+        );
         let policy = Policy {
             required: true,
             skip_log: None,
@@ -368,7 +365,10 @@ mod tests {
             Some(("127.0.0.1".into(), 5432))
         );
         assert_eq!(e("postgres://u:p@db/x?ssl=1"), Some(("db".into(), 5432)));
-        assert_eq!(e("redis://127.0.0.1:6380"), Some(("127.0.0.1".into(), 6380)));
+        assert_eq!(
+            e("redis://127.0.0.1:6380"),
+            Some(("127.0.0.1".into(), 6380))
+        );
         assert_eq!(e("mysql://[::1]:3307/t"), Some(("::1".into(), 3307)));
         assert_eq!(e("mysql://[::1]/t"), Some(("::1".into(), 5432)));
         assert_eq!(e("sqlite::memory:"), None);
@@ -390,9 +390,29 @@ mod tests {
 
     #[test]
     fn defaults_are_what_services_sh_provisions() {
-        // scripts/services.sh creates exactly these; keep both in step.
-        assert_eq!(POSTGRES.default_url, "postgres://postgres@127.0.0.1:5432/test");
-        assert_eq!(MYSQL.default_url, "mysql://root@127.0.0.1:3306/test");
-        assert_eq!(REDIS.default_url, "redis://127.0.0.1:6379/");
+        let script = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/services.sh"
+        ))
+        .unwrap();
+        for (service, name, default) in [
+            (&POSTGRES, "postgres", 5432),
+            (&MYSQL, "mariadb", 3306),
+            (&REDIS, "redis", 6379),
+        ] {
+            let (host, port) = endpoint(service.default_url, 0).unwrap();
+            assert_eq!((host.as_str(), port), ("127.0.0.1", default));
+            assert!(
+                script.contains(&format!("{name}) echo {default}")),
+                "{name}"
+            );
+            assert!(script.contains(service.env), "{}", service.env);
+        }
+        assert!(POSTGRES.default_url.starts_with("postgres://postgres@"));
+        assert!(script.contains("127.0.0.1/32 trust") && script.contains("CREATE DATABASE test"));
+        assert!(MYSQL.default_url.starts_with("mysql://root@"));
+        assert!(script.contains("'root'@'127.0.0.1' IDENTIFIED BY ''"));
+        assert!(script.contains("CREATE DATABASE IF NOT EXISTS test"));
+        assert!(POSTGRES.default_url.ends_with("/test") && MYSQL.default_url.ends_with("/test"));
     }
 }
