@@ -1,4 +1,7 @@
-//! Idempotent checkers against the real PostgreSQL, MariaDB, SQLite and Redis on loopback.
+//! Idempotent checkers against real PostgreSQL, MariaDB, SQLite and Redis. The servers are
+//! found at the URLs `qmq_testkit` reads (`QMQ_TEST_POSTGRES_URL`, `QMQ_TEST_MYSQL_URL`,
+//! `QMQ_TEST_REDIS_URL`; loopback by default); a test whose server does not answer is skipped
+//! with one line (or fails, where `QMQ_TEST_REQUIRE_SERVICES=1`).
 //! Every test uses its own random table or key prefix and removes it afterwards.
 
 mod common;
@@ -14,11 +17,8 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use qmq_client::idempotent::*;
 use qmq_client::*;
+use qmq_testkit::{require, MYSQL, POSTGRES, REDIS};
 use tokio::sync::mpsc;
-
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-const MY: &str = "mysql://root@127.0.0.1:3306/test";
-const REDIS: &str = "redis://127.0.0.1:6379/";
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{:08x}", rand::random::<u32>())
@@ -119,12 +119,18 @@ async fn checker_semantics(url: &str) {
 
 #[tokio::test]
 async fn postgres_checker() {
-    checker_semantics(PG).await;
+    let Some(url) = require(&POSTGRES, "idempotent::postgres_checker") else {
+        return;
+    };
+    checker_semantics(&url).await;
 }
 
 #[tokio::test]
 async fn mariadb_checker() {
-    checker_semantics(MY).await;
+    let Some(url) = require(&MYSQL, "idempotent::mariadb_checker") else {
+        return;
+    };
+    checker_semantics(&url).await;
 }
 
 #[tokio::test]
@@ -189,12 +195,18 @@ async fn transactional_semantics(url: &str) {
 
 #[tokio::test]
 async fn postgres_transactional() {
-    transactional_semantics(PG).await;
+    let Some(url) = require(&POSTGRES, "idempotent::postgres_transactional") else {
+        return;
+    };
+    transactional_semantics(&url).await;
 }
 
 #[tokio::test]
 async fn mariadb_transactional() {
-    transactional_semantics(MY).await;
+    let Some(url) = require(&MYSQL, "idempotent::mariadb_transactional") else {
+        return;
+    };
+    transactional_semantics(&url).await;
 }
 
 #[tokio::test]
@@ -206,11 +218,17 @@ async fn sqlite_transactional() {
 
 #[tokio::test]
 async fn redis_checker_claims_expire_and_failures_release() {
+    let Some(url) = require(
+        &REDIS,
+        "idempotent::redis_checker_claims_expire_and_failures_release",
+    ) else {
+        return;
+    };
     let prefix = format!("{}:", unique("qmq_test"));
-    let checker = RedisChecker::connect(REDIS, &prefix, Duration::from_secs(60))
+    let checker = RedisChecker::connect(&url, &prefix, Duration::from_secs(60))
         .await
         .unwrap();
-    let client = redis::Client::open(REDIS).unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let fail = Arc::new(AtomicBool::new(true));
     let f = fail.clone();

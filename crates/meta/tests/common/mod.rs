@@ -1,5 +1,10 @@
 //! Shared test helpers: a fresh database per test on each backend, a running meta server,
 //! a QMQ TCP client and an HTTP client.
+//!
+//! PostgreSQL and MariaDB/MySQL are reached at the URLs `qmq_testkit` reads
+//! (`QMQ_TEST_POSTGRES_URL`, `QMQ_TEST_MYSQL_URL`; loopback by default); each test creates its
+//! own database on that server and drops it afterwards. `on_all_backends!` skips a backend whose
+//! server does not answer (or fails, where `QMQ_TEST_REQUIRE_SERVICES=1`).
 
 #![allow(dead_code)]
 
@@ -14,13 +19,12 @@ use qmq_protocol::{
     BrokerRegisterRequest, BrokerRequestType, BrokerRole, BrokerState, ClientRequestType,
     ClientType, Frame, FrameCodec, Header, MetaInfoRequest, MetaInfoResponse,
 };
+use qmq_testkit::{Service, MYSQL, POSTGRES};
 use sqlx::Connection;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 pub const TOKEN: &str = "test-token";
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
-const MY_ADMIN: &str = "mysql://root@127.0.0.1:3306/test";
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,15 +43,33 @@ pub struct TestDb {
     name: String,
 }
 
-fn drop_sql(backend: Backend, name: &str) -> Option<(String, &'static str)> {
+/// The external server a backend needs; `None` for embedded SQLite.
+fn service(backend: Backend) -> Option<&'static Service> {
     match backend {
         Backend::Sqlite => None,
-        Backend::Postgres => Some((
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            PG_ADMIN,
-        )),
-        Backend::MySql => Some((format!("DROP DATABASE IF EXISTS {name}"), MY_ADMIN)),
+        Backend::Postgres => Some(&POSTGRES),
+        Backend::MySql => Some(&MYSQL),
     }
+}
+
+/// Whether a test on `backend` can run: false, after one skip line, when its database server
+/// does not answer; panics instead where services are required (see `qmq_testkit::require`).
+pub fn backend_available(backend: Backend, test: &str) -> bool {
+    service(backend).is_none_or(|s| qmq_testkit::require(s, test).is_some())
+}
+
+/// URL of the database the tests connect to for CREATE/DROP DATABASE.
+fn admin_url(backend: Backend) -> Option<String> {
+    service(backend).map(Service::url)
+}
+
+fn drop_sql(backend: Backend, name: &str) -> Option<(String, String)> {
+    let admin = admin_url(backend)?;
+    let sql = match backend {
+        Backend::Postgres => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        _ => format!("DROP DATABASE IF EXISTS {name}"),
+    };
+    Some((sql, admin))
 }
 
 async fn admin_exec(url: &str, sql: &str) {
@@ -66,15 +88,11 @@ impl TestDb {
     pub async fn new(backend: Backend) -> Self {
         let name = format!("qmqmeta_{:016x}", rand::random::<u64>());
         let dir = tempfile::tempdir().unwrap();
-        let url = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                admin_exec(PG_ADMIN, &format!("CREATE DATABASE {name}")).await;
-                Some(format!("postgres://postgres@127.0.0.1:5432/{name}"))
-            }
-            Backend::MySql => {
-                admin_exec(MY_ADMIN, &format!("CREATE DATABASE {name}")).await;
-                Some(format!("mysql://root@127.0.0.1:3306/{name}"))
+        let url = match admin_url(backend) {
+            None => None,
+            Some(admin) => {
+                admin_exec(&admin, &format!("CREATE DATABASE {name}")).await;
+                Some(qmq_testkit::with_database(&admin, &name))
             }
         };
         Self {
@@ -88,7 +106,7 @@ impl TestDb {
     /// Drops the database now (simulates losing it while servers run).
     pub async fn drop_now(&self) {
         if let Some((sql, admin)) = drop_sql(self.backend, &self.name) {
-            admin_exec(admin, &sql).await;
+            admin_exec(&admin, &sql).await;
         }
     }
 
@@ -117,30 +135,35 @@ impl Drop for TestDb {
                     .enable_all()
                     .build()
                     .unwrap();
-                rt.block_on(admin_exec(admin, &sql));
+                rt.block_on(admin_exec(&admin, &sql));
             })
             .join();
         }
     }
 }
 
-/// Runs a test body on every backend (each as its own #[tokio::test]).
+/// Runs a test body on every backend (each as its own #[tokio::test]); a backend whose server
+/// is absent is skipped with one line (see [`backend_available`]).
 #[macro_export]
 macro_rules! on_all_backends {
     ($name:ident) => {
         mod $name {
-            use super::common::Backend;
+            use super::common::{backend_available, Backend};
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 super::$name(Backend::Sqlite).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                super::$name(Backend::Postgres).await
+                if backend_available(Backend::Postgres, concat!(module_path!(), "::postgres")) {
+                    super::$name(Backend::Postgres).await
+                }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn mysql() {
-                super::$name(Backend::MySql).await
+                if backend_available(Backend::MySql, concat!(module_path!(), "::mysql")) {
+                    super::$name(Backend::MySql).await
+                }
             }
         }
     };
