@@ -175,6 +175,15 @@ impl<J: Deadline> FairScheduler<J> {
         self.ready.notify_waiters();
     }
 
+    /// Forgets groups with no queued or running job (their fairness credit goes with them; a
+    /// group waking up starts at the current virtual time anyway), so the mailboxes, keyed by
+    /// client-chosen names, do not outlive the traffic. Returns how many remain.
+    pub fn forget_idle(&self) -> usize {
+        let mut st = self.state.lock();
+        st.groups.retain(|_, m| m.busy || !m.jobs.is_empty());
+        st.groups.len()
+    }
+
     /// How many jobs were dropped because their deadline had passed.
     pub fn expired(&self) -> u64 {
         self.state.lock().expired
