@@ -283,6 +283,32 @@ mod tests {
     }
 
     #[test]
+    fn idle_groups_are_forgotten_and_busy_ones_kept() {
+        let s = FairScheduler::new();
+        for i in 0..1000 {
+            s.submit(&format!("g{i}"), job(i));
+        }
+        s.submit("busy", job(0));
+        s.submit("busy", job(1));
+        let mut busy = None;
+        while let Some(turn) = s.try_next() {
+            if &*turn.group == "busy" && busy.is_none() {
+                busy = Some(turn.group);
+                continue;
+            }
+            s.finish(&turn.group, Duration::from_millis(1));
+        }
+        assert_eq!(
+            s.forget_idle(),
+            1,
+            "only the group with a job running stays"
+        );
+        let busy = busy.unwrap();
+        s.finish(&busy, Duration::from_millis(1));
+        assert_eq!(s.try_next().unwrap().job.id, 1, "its queued job survives");
+    }
+
+    #[test]
     fn one_job_per_group_at_a_time() {
         let s = FairScheduler::new();
         s.submit("g", job(0));
