@@ -146,6 +146,7 @@ async fn failures_are_retried_with_qmq_times_then_dead_lettered() {
 async fn a_failed_message_comes_back_after_the_brokers_retry_delay_once() {
     // One mechanism: the client sends the failure straight to the retry subject (no delay of
     // its own by default) and the broker holds it for its retry delay.
+    assert_eq!(ConsumerConfig::default().retry_delay, Duration::ZERO);
     let (b, _dir) = broker_with(|c| c.retry_delay = Duration::from_secs(1)).await;
     let (router, producer) = setup(&b);
     produce(&producer, "c.delay", 1, &[]).await;
