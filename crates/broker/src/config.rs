@@ -1,9 +1,10 @@
-//! Broker settings.
+//! Broker settings, with QMQ's defaults where QMQ has one (retry delay, new-group start,
+//! consumer lease) and the limits that bound what one client can make the broker hold.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use qmq_store::StoreConfig;
+use qmq_store::{ResetTo, StoreConfig};
 
 /// Everything a broker needs to start.
 #[derive(Debug, Clone)]
@@ -30,8 +31,34 @@ pub struct BrokerConfig {
     /// A consumer not seen for this long is offline: what it pulled and did not ack goes to its
     /// group's retry subject, for the group's other consumers.
     pub consumer_lease: Duration,
-    /// How often offline consumers are looked for.
+    /// How often offline consumers are looked for (and idle ones forgotten).
     pub consumer_check_interval: Duration,
+    /// A consumer not seen for this long (at least `consumer_lease`) is forgotten from memory;
+    /// its pull log and progress stay in the store. Bounds the map of consumers by recent
+    /// activity instead of by every name a client ever sent.
+    pub consumer_forget: Duration,
+    /// How long a message stays in a `%RETRY%` subject before it is served (QMQ's
+    /// `message.retry.delay.seconds`, 5 s): the back-off between a consumer's failure and the
+    /// redelivery. Measured from the time the broker stored the retry message.
+    pub retry_delay: Duration,
+    /// Where a consumer group this broker has never seen starts on a subject: QMQ starts it at
+    /// the latest message (the default). A pull may ask for the earliest explicitly (see
+    /// [`qmq_protocol::pull::START_EARLIEST`]); retry subjects always start at the earliest,
+    /// so a new group loses no retries.
+    pub new_group_start: ResetTo,
+    /// Most bytes of messages in one pull response or redelivery (kept below
+    /// `max_frame_bytes`); a single larger message is still delivered alone.
+    pub max_pull_bytes: usize,
+    /// Requests one connection may have in progress (parked pulls included: a client process
+    /// long-polls every subscription, and its retry subject, on one connection); once reached
+    /// the broker stops reading that connection until one finishes.
+    pub max_in_flight: usize,
+    /// Bytes of request frames one connection may have in progress (at least one frame of
+    /// `max_frame_bytes` always fits).
+    pub max_in_flight_bytes: usize,
+    /// Most bytes a SEND frame may take once decoded (attributes cost more decoded than on
+    /// the wire); a larger batch is refused whole before it is fully decoded.
+    pub max_decoded_send_bytes: usize,
 }
 
 impl BrokerConfig {
@@ -49,6 +76,21 @@ impl BrokerConfig {
             pull_workers: 4,
             consumer_lease: Duration::from_secs(180),
             consumer_check_interval: Duration::from_secs(30),
+            consumer_forget: Duration::from_secs(600),
+            retry_delay: Duration::from_secs(5),
+            new_group_start: ResetTo::Latest,
+            max_pull_bytes: 8 * 1024 * 1024,
+            max_in_flight: 1024,
+            max_in_flight_bytes: 2 * qmq_protocol::frame::DEFAULT_MAX_FRAME,
+            max_decoded_send_bytes: 4 * qmq_protocol::frame::DEFAULT_MAX_FRAME,
         }
+    }
+
+    /// The byte budget of a pull response: `max_pull_bytes`, kept 64 KiB below the frame limit
+    /// so headers and per-message framing always fit.
+    pub fn pull_budget(&self) -> usize {
+        self.max_pull_bytes
+            .min(self.max_frame_bytes.saturating_sub(64 * 1024))
+            .max(1)
     }
 }

@@ -2,7 +2,15 @@
 //!
 //! Data flows one way: network ([`server`]) → decode (`qmq-protocol`) → store (`qmq-store`) →
 //! pull ([`pull`], scheduled fairly per consumer group by [`scheduler`]). Messages a consumer will
-//! not finish go to its group's retry subject ([`retry`], names in [`subjects`]).
+//! not finish go to its group's retry subject ([`retry`], names in [`subjects`]), which is
+//! served only after the retry delay.
+//!
+//! Limits and policies (all in [`BrokerConfig`]): names are checked at the protocol edge before
+//! anything is recorded ([`subjects`]); a new consumer group starts at the latest message, as in
+//! QMQ, unless configured or asked otherwise ([`pull`]); pull responses and redeliveries keep to
+//! a byte budget below the frame limit; each connection has bounded requests and bytes in
+//! flight, and a SEND frame a bounded decoded size; acks are checked against what was pulled and
+//! applied in order per consumer; idle consumers are forgotten ([`server`]).
 
 pub mod config;
 mod error;

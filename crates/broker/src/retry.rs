@@ -29,31 +29,41 @@ pub fn to_retry(
 }
 
 /// Appends the consumer's pulled-but-unacked messages with pull-log sequences `first..=last`
-/// to the retry subject, then acks up to `last`. Returns how many were moved.
+/// to the retry subject, in batches of at most `max_bytes` (one larger message alone), then
+/// acks up to `last`. Returns how many were moved. The caller holds the consumer's ack lock,
+/// so no ack of the same consumer runs in between. Interrupted half way, the batches already
+/// appended are appended again next time (at least once, never lost).
 pub async fn retry_range(
     store: &Store,
     key: &ConsumerKey,
     first: u64,
     last: u64,
+    max_bytes: usize,
 ) -> Result<usize, BrokerError> {
-    if first > last {
-        return Ok(0);
-    }
-    let s = store.clone();
-    let k = key.clone();
-    let pulled =
-        tokio::task::spawn_blocking(move || s.pulled_since(&k, first, (last - first + 1) as usize))
-            .await??;
-    let mut batch = Vec::with_capacity(pulled.len());
-    for p in &pulled {
-        match to_retry(&p.message, &key.subject, &key.group) {
-            Ok(m) => batch.push(m),
-            Err(e) => tracing::error!(error = %e, "dropping an undecodable message from retry"),
+    let mut moved = 0;
+    let mut next = first;
+    while next <= last {
+        let s = store.clone();
+        let k = key.clone();
+        let n = usize::try_from(last - next + 1).unwrap_or(usize::MAX);
+        let pulled =
+            tokio::task::spawn_blocking(move || s.pulled_since_within(&k, next, n, max_bytes))
+                .await??;
+        let Some(end) = pulled.last().map(|p| p.pull_seq) else {
+            break; // the rest was deleted by retention or is damaged: nothing left to move
+        };
+        let mut batch = Vec::with_capacity(pulled.len());
+        for p in &pulled {
+            match to_retry(&p.message, &key.subject, &key.group) {
+                Ok(m) => batch.push(m),
+                Err(e) => tracing::error!(error = %e, "dropping an undecodable message from retry"),
+            }
         }
-    }
-    let moved = batch.len();
-    if !batch.is_empty() {
-        store.append(batch).await?;
+        moved += batch.len();
+        if !batch.is_empty() {
+            store.append(batch).await?;
+        }
+        next = end + 1;
     }
     let s = store.clone();
     let k = key.clone();

@@ -175,6 +175,15 @@ impl<J: Deadline> FairScheduler<J> {
         self.ready.notify_waiters();
     }
 
+    /// Forgets groups with no queued or running job (their fairness credit goes with them; a
+    /// group waking up starts at the current virtual time anyway), so the mailboxes, keyed by
+    /// client-chosen names, do not outlive the traffic. Returns how many remain.
+    pub fn forget_idle(&self) -> usize {
+        let mut st = self.state.lock();
+        st.groups.retain(|_, m| m.busy || !m.jobs.is_empty());
+        st.groups.len()
+    }
+
     /// How many jobs were dropped because their deadline had passed.
     pub fn expired(&self) -> u64 {
         self.state.lock().expired
@@ -271,6 +280,32 @@ mod tests {
         let first_six: Vec<&str> = order.iter().take(6).map(|(g, _)| g.as_str()).collect();
         assert!(first_six.contains(&"a"), "order {first_six:?}");
         assert!(first_six.contains(&"b"), "order {first_six:?}");
+    }
+
+    #[test]
+    fn idle_groups_are_forgotten_and_busy_ones_kept() {
+        let s = FairScheduler::new();
+        for i in 0..1000 {
+            s.submit(&format!("g{i}"), job(i));
+        }
+        s.submit("busy", job(0));
+        s.submit("busy", job(1));
+        let mut busy = None;
+        while let Some(turn) = s.try_next() {
+            if &*turn.group == "busy" && busy.is_none() {
+                busy = Some(turn.group);
+                continue;
+            }
+            s.finish(&turn.group, Duration::from_millis(1));
+        }
+        assert_eq!(
+            s.forget_idle(),
+            1,
+            "only the group with a job running stays"
+        );
+        let busy = busy.unwrap();
+        s.finish(&busy, Duration::from_millis(1));
+        assert_eq!(s.try_next().unwrap().job.id, 1, "its queued job survives");
     }
 
     #[test]

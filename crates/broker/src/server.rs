@@ -1,7 +1,21 @@
 //! The broker's TCP server: accepts connections, decodes frames and dispatches them to the
 //! send, pull and ack handlers; registers with the meta server; retries for offline consumers.
+//!
+//! What one connection can make the broker hold is bounded: at most `max_in_flight` requests
+//! and `max_in_flight_bytes` of request frames are in progress per connection (parked pulls
+//! included); beyond that the connection is not read until one finishes (TCP backpressure).
+//! A SEND frame is refused whole once its decoded size passes `max_decoded_send_bytes`.
+//! Names are checked ([`crate::subjects`]) before anything is recorded or logged about them,
+//! and the consumers seen are forgotten after `consumer_forget` idle.
+//!
+//! Acks: one connection's acks are applied one at a time in arrival order, and every ack and
+//! offline retry of one consumer holds that consumer's ack lock (one of a fixed set of locks
+//! picked by hash, so no map of locks grows with names). An ack may not reach past what the
+//! consumer pulled: one that starts beyond it changes nothing and is answered `PARAM_ERROR`;
+//! one that ends beyond it is cut to the pulled end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -9,22 +23,26 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use qmq_protocol::codes::{command, response};
-use qmq_protocol::send::{decode_send_request, encode_send_response};
+use qmq_protocol::send::{decode_send_request_limited, encode_send_response};
 use qmq_protocol::{
     AckRequest, BrokerRequestType, BrokerRole, BrokerState, Frame, FrameCodec, ProducerCode,
     PullRequest, SendFailure,
 };
 use qmq_store::{ConsumerKey, Store};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
 use crate::config::BrokerConfig;
-use crate::pull::Puller;
+use crate::pull::{InFlight, PullSettings, Puller};
 use crate::registration::Registration;
 use crate::retry::retry_range;
+use crate::subjects;
 use crate::BrokerError;
+
+/// Number of consumer ack locks (a consumer's is picked by the hash of its key).
+const ACK_LOCKS: usize = 64;
 
 /// State shared by every connection.
 struct Shared {
@@ -33,9 +51,20 @@ struct Shared {
     puller: Arc<Puller>,
     /// Subjects producers may not send to here (`*`: all), as the meta server directs.
     readonly: parking_lot::RwLock<std::collections::HashSet<String>>,
-    /// Last time each consumer pulled or acked, and whether it consumes in broadcast mode.
-    seen: Mutex<HashMap<ConsumerKey, (Instant, bool)>>,
+    /// Last time each consumer pulled or acked (forgotten after `consumer_forget` idle).
+    seen: Mutex<HashMap<ConsumerKey, Instant>>,
+    /// Serialise each consumer's acks and offline retries (see the module docs).
+    ack_locks: Vec<tokio::sync::Mutex<()>>,
     started: Instant,
+}
+
+impl Shared {
+    /// The lock serialising `key`'s acks and offline retries.
+    fn ack_lock(&self, key: &ConsumerKey) -> &tokio::sync::Mutex<()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.ack_locks[(h.finish() % ACK_LOCKS as u64) as usize]
+    }
 }
 
 /// Operations on a running broker, for operators and the meta server's directives.
@@ -112,6 +141,16 @@ impl BrokerHandle {
         self.shared.puller.expired()
     }
 
+    /// Consumers the broker remembers as recently seen (for tests and monitoring).
+    pub fn tracked_consumers(&self) -> usize {
+        self.shared.seen.lock().len()
+    }
+
+    /// Subjects with long polls parked on them (for tests and monitoring).
+    pub fn parked_subjects(&self) -> usize {
+        self.shared.puller.parked_subjects()
+    }
+
     /// Stops accepting, answers parked pulls, tells the meta server it is going offline, then
     /// flushes and checkpoints the store.
     pub async fn shutdown(self) -> Result<(), BrokerError> {
@@ -147,13 +186,24 @@ pub async fn serve(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         op: "local address",
         source,
     })?;
-    let puller = Puller::new(store.clone());
+    let puller = Puller::with_settings(
+        store.clone(),
+        PullSettings {
+            retry_delay: config.retry_delay,
+            new_group_start: config.new_group_start,
+            budget: config.pull_budget(),
+            max_frame: config.max_frame_bytes,
+        },
+    );
     let mut tasks = puller.spawn_workers(config.pull_workers);
     let shared = Arc::new(Shared {
         store,
         puller,
         readonly: parking_lot::RwLock::new(std::collections::HashSet::new()),
         seen: Mutex::new(HashMap::new()),
+        ack_locks: (0..ACK_LOCKS)
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect(),
         started: Instant::now(),
         config,
     });
@@ -208,6 +258,9 @@ async fn accept_loop(
     }
 }
 
+/// What a request is: the ack worker takes acks, everything else is dispatched at once.
+type AckJob = (Frame, InFlight);
+
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -216,22 +269,36 @@ async fn connection(
 ) {
     let (mut sink, mut frames) =
         Framed::new(stream, FrameCodec::new(shared.config.max_frame_bytes)).split();
-    let (tx, mut rx) = mpsc::channel::<Frame>(1024);
-    let writer = tokio::spawn(async move {
+    let max_in_flight = shared.config.max_in_flight.max(1);
+    let (tx, mut rx) = mpsc::channel::<Frame>(max_in_flight + 16);
+    let mut writer = Some(tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
-            if sink.send(frame).await.is_err() {
-                break;
-            }
+            sink.send(frame).await?;
         }
-    });
+        Ok::<(), qmq_protocol::FrameError>(())
+    }));
+    let count = Arc::new(Semaphore::new(max_in_flight));
+    let byte_limit = shared
+        .config
+        .max_in_flight_bytes
+        .max(shared.config.max_frame_bytes)
+        .min(u32::MAX as usize) as u32;
+    let bytes = Arc::new(Semaphore::new(byte_limit as usize));
+    let (ack_tx, ack_rx) = mpsc::channel::<AckJob>(max_in_flight);
+    let acker = tokio::spawn(ack_worker(shared.clone(), ack_rx, tx.clone()));
     loop {
         let frame = tokio::select! {
             f = frames.next() => f,
             _ = shutdown.changed() => None,
+            w = wait_writer(&mut writer), if writer.is_some() => {
+                writer = None;
+                writer_ended(peer, w);
+                break;
+            }
         };
-        match frame {
-            Some(Ok(frame)) if !frame.header.is_response() => dispatch(&shared, frame, &tx).await,
-            Some(Ok(_)) => {}
+        let frame = match frame {
+            Some(Ok(frame)) if !frame.header.is_response() => frame,
+            Some(Ok(_)) => continue,
             Some(Err(e)) if e.is_disconnect() => {
                 tracing::debug!(%peer, error = %e, "client went away");
                 break;
@@ -241,13 +308,102 @@ async fn connection(
                 break;
             }
             None => break,
-        }
+        };
+        // Backpressure: wait for room before taking on this request (the socket is not read
+        // meanwhile), but stop if the writer fails or the broker shuts down.
+        let need = (frame.body.len().max(1)).min(byte_limit as usize) as u32;
+        let permits = async {
+            let c = count.clone().acquire_owned().await;
+            let b = bytes.clone().acquire_many_owned(need).await;
+            match (c, b) {
+                (Ok(c), Ok(b)) => Some(InFlight::new(vec![c, b])),
+                _ => None,
+            }
+        };
+        let in_flight = tokio::select! {
+            p = permits => p,
+            _ = shutdown.changed() => None,
+            w = wait_writer(&mut writer), if writer.is_some() => {
+                writer = None;
+                writer_ended(peer, w);
+                None
+            }
+        };
+        let Some(in_flight) = in_flight else { break };
+        dispatch(&shared, frame, &tx, &ack_tx, in_flight).await;
     }
     drop(tx);
-    let _ = writer.await;
+    drop(ack_tx);
+    let _ = acker.await;
+    if let Some(w) = writer {
+        writer_ended(peer, w.await);
+    }
 }
 
-async fn dispatch(shared: &Arc<Shared>, frame: Frame, tx: &mpsc::Sender<Frame>) {
+type Writer = tokio::task::JoinHandle<Result<(), qmq_protocol::FrameError>>;
+
+/// Waits for the connection's writer to end (never, if it already has).
+async fn wait_writer(
+    writer: &mut Option<Writer>,
+) -> Result<Result<(), qmq_protocol::FrameError>, tokio::task::JoinError> {
+    match writer.as_mut() {
+        Some(w) => w.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs why a connection's writer stopped: a response that cannot be sent closes the
+/// connection, and says so, instead of leaving its requests unanswered.
+fn writer_ended(
+    peer: SocketAddr,
+    result: Result<Result<(), qmq_protocol::FrameError>, tokio::task::JoinError>,
+) {
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_disconnect() => tracing::debug!(%peer, error = %e, "client went away"),
+        Ok(Err(e)) => {
+            tracing::error!(%peer, error = %e, "sending a response failed; closing the connection")
+        }
+        Err(e) => tracing::error!(%peer, error = %e, "connection writer failed"),
+    }
+}
+
+/// Applies one connection's acks one at a time, in the order they arrived.
+async fn ack_worker(
+    shared: Arc<Shared>,
+    mut acks: mpsc::Receiver<AckJob>,
+    tx: mpsc::Sender<Frame>,
+) {
+    while let Some((frame, in_flight)) = acks.recv().await {
+        let header = frame.header;
+        let code = match AckRequest::decode_for_version(header.version, &frame.body) {
+            Ok(ack) => match handle_ack(&shared, ack).await {
+                Ok(AckOutcome::Applied) => response::SUCCESS,
+                Ok(AckOutcome::Refused) => response::PARAM_ERROR,
+                Err(e) => {
+                    tracing::error!(error = %e, "ack failed");
+                    response::BROKER_ERROR
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed ack request");
+                response::PARAM_ERROR
+            }
+        };
+        let _ = tx
+            .send(Frame::new(header.response(code), Bytes::new()))
+            .await;
+        drop(in_flight);
+    }
+}
+
+async fn dispatch(
+    shared: &Arc<Shared>,
+    frame: Frame,
+    tx: &mpsc::Sender<Frame>,
+    acks: &mpsc::Sender<AckJob>,
+    in_flight: InFlight,
+) {
     let header = frame.header;
     match header.code {
         command::SEND_MESSAGE => {
@@ -255,18 +411,19 @@ async fn dispatch(shared: &Arc<Shared>, frame: Frame, tx: &mpsc::Sender<Frame>) 
             tokio::spawn(async move {
                 let reply = handle_send(&shared, &frame).await;
                 let _ = tx.send(reply).await;
+                drop(in_flight);
             });
         }
         command::PULL_MESSAGE => match PullRequest::decode(header.version, &frame.body) {
             Ok(req) => {
-                touch(
-                    shared,
-                    &req.subject,
-                    &req.group,
-                    &req.consumer_id,
-                    req.broadcast,
-                );
-                shared.puller.submit(header, req, tx.clone()).await;
+                // Checked before anything is recorded about the names.
+                if subjects::check_consumer(&req.subject, &req.group, &req.consumer_id).is_ok() {
+                    touch(shared, &req.subject, &req.group, &req.consumer_id);
+                }
+                shared
+                    .puller
+                    .submit(header, req, tx.clone(), Some(in_flight))
+                    .await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "malformed pull request");
@@ -279,25 +436,9 @@ async fn dispatch(shared: &Arc<Shared>, frame: Frame, tx: &mpsc::Sender<Frame>) 
             }
         },
         command::ACK_REQUEST => {
-            let (shared, tx) = (shared.clone(), tx.clone());
-            tokio::spawn(async move {
-                let code = match AckRequest::decode_for_version(header.version, &frame.body) {
-                    Ok(ack) => match handle_ack(&shared, ack).await {
-                        Ok(()) => response::SUCCESS,
-                        Err(e) => {
-                            tracing::error!(error = %e, "ack failed");
-                            response::BROKER_ERROR
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "malformed ack request");
-                        response::PARAM_ERROR
-                    }
-                };
-                let _ = tx
-                    .send(Frame::new(header.response(code), Bytes::new()))
-                    .await;
-            });
+            if acks.send((frame, in_flight)).await.is_err() {
+                tracing::debug!("ack worker gone; dropping an ack");
+            }
         }
         command::HEARTBEAT => {
             let _ = tx
@@ -315,13 +456,13 @@ async fn dispatch(shared: &Arc<Shared>, frame: Frame, tx: &mpsc::Sender<Frame>) 
     }
 }
 
-fn touch(shared: &Shared, subject: &str, group: &str, consumer: &str, broadcast: bool) {
+fn touch(shared: &Shared, subject: &str, group: &str, consumer: &str) {
     let key = ConsumerKey {
         subject: subject.to_owned(),
         group: group.to_owned(),
         consumer: consumer.to_owned(),
     };
-    shared.seen.lock().insert(key, (Instant::now(), broadcast));
+    shared.seen.lock().insert(key, Instant::now());
 }
 
 /// Stores a batch and answers with the messages that were not stored. A malformed batch is
@@ -329,13 +470,14 @@ fn touch(shared: &Shared, subject: &str, group: &str, consumer: &str, broadcast:
 /// bad message is refused on its own and the rest are stored.
 async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
     let header = frame.header;
-    let messages = match decode_send_request(&frame.body) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(error = %e, "malformed send request");
-            return Frame::new(header.response(response::BROKER_ERROR), Bytes::new());
-        }
-    };
+    let messages =
+        match decode_send_request_limited(&frame.body, shared.config.max_decoded_send_bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed send request");
+                return Frame::new(header.response(response::BROKER_ERROR), Bytes::new());
+            }
+        };
     let mut failures = Vec::new();
     let mut accepted = Vec::new();
     let readonly = shared.readonly.read().clone();
@@ -352,8 +494,8 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
             failures.push(refuse(ProducerCode::Block, "message CRC mismatch"));
         } else if m.stored.len() > shared.config.max_message_bytes {
             failures.push(refuse(ProducerCode::Block, "message too large"));
-        } else if m.message.subject.is_empty() || m.message.subject.contains(['\r', '\n']) {
-            failures.push(refuse(ProducerCode::SubjectNotAssigned, "invalid subject"));
+        } else if let Err(e) = subjects::check_subject(&m.message.subject) {
+            failures.push(refuse(ProducerCode::SubjectNotAssigned, &e.to_string()));
         } else {
             accepted.push((
                 m.message.message_id.clone(),
@@ -394,41 +536,72 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
     }
 }
 
+/// What became of an ack.
+enum AckOutcome {
+    /// Applied (or a duplicate, or a heartbeat).
+    Applied,
+    /// Refused: bad names, or it starts beyond what the consumer pulled; nothing changed.
+    Refused,
+}
+
 /// Acks a pull-log range. Sequences the ack skips (the consumer lost them) go to the retry
 /// subject first, as QMQ does (not for broadcast consumers: nobody else would take them).
-async fn handle_ack(shared: &Shared, ack: AckRequest) -> Result<(), BrokerError> {
-    touch(
-        shared,
-        &ack.subject,
-        &ack.group,
-        &ack.consumer_id,
-        ack.broadcast,
-    );
+/// Unlike QMQ, the range is checked against what the consumer pulled (see the module docs).
+async fn handle_ack(shared: &Shared, ack: AckRequest) -> Result<AckOutcome, BrokerError> {
+    if let Err(e) = subjects::check_consumer(&ack.subject, &ack.group, &ack.consumer_id) {
+        tracing::debug!(error = %e, "ack with an invalid name refused");
+        return Ok(AckOutcome::Refused);
+    }
+    touch(shared, &ack.subject, &ack.group, &ack.consumer_id);
+    if ack.pull_offset_begin < 0 || ack.pull_offset_last < 0 {
+        return Ok(AckOutcome::Applied); // heartbeat
+    }
     let key = ConsumerKey {
         subject: ack.subject,
         group: ack.group,
         consumer: ack.consumer_id,
     };
-    if ack.pull_offset_last < 0 {
-        return Ok(());
-    }
-    let last = ack.pull_offset_last as u64;
+    let _serial = shared.ack_lock(&key).lock().await;
     let progress = shared.store.progress(&key);
     if ack.pull_offset_last <= progress.acked {
-        return Ok(()); // duplicate
+        return Ok(AckOutcome::Applied); // duplicate
     }
+    if ack.pull_offset_begin > progress.pulled {
+        tracing::warn!(subject = %key.subject, group = %key.group, consumer = %key.consumer, begin = ack.pull_offset_begin, last = ack.pull_offset_last, pulled = progress.pulled, "ack beyond what the consumer pulled refused");
+        return Ok(AckOutcome::Refused);
+    }
+    if ack.pull_offset_last > progress.pulled {
+        tracing::warn!(subject = %key.subject, group = %key.group, consumer = %key.consumer, last = ack.pull_offset_last, pulled = progress.pulled, "ack cut to what the consumer pulled");
+    }
+    let last = ack.pull_offset_last.min(progress.pulled) as u64;
     let first_unacked = (progress.acked + 1) as u64;
     if ack.pull_offset_begin > first_unacked as i64 && !ack.broadcast {
         let lost_last = (ack.pull_offset_begin - 1) as u64;
-        let moved = retry_range(&shared.store, &key, first_unacked, lost_last).await?;
+        let moved = retry_range(
+            &shared.store,
+            &key,
+            first_unacked,
+            lost_last,
+            shared.config.pull_budget(),
+        )
+        .await?;
         tracing::warn!(subject = %key.subject, group = %key.group, consumer = %key.consumer, moved, "lost acks sent to retry");
+        if moved > 0 {
+            let retry = if subjects::is_retry(&key.subject) {
+                key.subject.clone()
+            } else {
+                subjects::retry_subject(&key.subject, &key.group)
+            };
+            shared.puller.notify(&retry);
+        }
     }
     let store = shared.store.clone();
     tokio::task::spawn_blocking(move || store.ack(&key, last)).await??;
-    Ok(())
+    Ok(AckOutcome::Applied)
 }
 
-/// Consumers not seen for the lease: what they pulled and did not ack goes to retry.
+/// Consumers not seen for the lease: what they pulled and did not ack goes to retry. Also
+/// forgets consumers and scheduler state idle for long.
 async fn offline_sweeper(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.config.consumer_check_interval);
     loop {
@@ -436,27 +609,66 @@ async fn offline_sweeper(shared: Arc<Shared>) {
         if let Err(e) = sweep_offline(&shared).await {
             tracing::error!(error = %e, "offline consumer check failed");
         }
+        forget_idle(&shared);
     }
+}
+
+/// Forgets consumers not seen for `consumer_forget` (never less than the lease, so the
+/// offline check still sees them first) and the scheduler's idle groups.
+fn forget_idle(shared: &Shared) {
+    let now = Instant::now();
+    let keep = shared
+        .config
+        .consumer_forget
+        .max(shared.config.consumer_lease);
+    shared
+        .seen
+        .lock()
+        .retain(|_, last| now.duration_since(*last) < keep);
+    shared.puller.forget_idle();
 }
 
 /// One pass of the offline check. Returns how many messages went to retry.
 async fn sweep_offline(shared: &Shared) -> Result<usize, BrokerError> {
-    let now = Instant::now();
     let mut moved = 0;
+    // Broadcast consumers have a position of their own: a group key naming the consumer.
+    let broadcast: HashSet<ConsumerKey> = shared
+        .store
+        .groups()
+        .into_iter()
+        .filter(|g| !g.key.consumer.is_empty())
+        .map(|g| g.key)
+        .collect();
     for c in shared.store.consumers() {
-        if c.acked >= c.pulled {
+        if c.acked >= c.pulled || broadcast.contains(&c.key) {
             continue;
         }
-        let (last_seen, broadcast) = shared
-            .seen
-            .lock()
-            .get(&c.key)
-            .copied()
-            .unwrap_or((shared.started, false));
-        if broadcast || now.duration_since(last_seen) < shared.config.consumer_lease {
+        let offline = |shared: &Shared| {
+            let last_seen = shared
+                .seen
+                .lock()
+                .get(&c.key)
+                .copied()
+                .unwrap_or(shared.started);
+            Instant::now().duration_since(last_seen) >= shared.config.consumer_lease
+        };
+        if !offline(shared) {
             continue;
         }
-        let n = retry_range(&shared.store, &c.key, (c.acked + 1) as u64, c.pulled as u64).await?;
+        let _serial = shared.ack_lock(&c.key).lock().await;
+        // Look again under the lock: an ack may have come in meanwhile.
+        let now = shared.store.progress(&c.key);
+        if now.acked >= now.pulled || !offline(shared) {
+            continue;
+        }
+        let n = retry_range(
+            &shared.store,
+            &c.key,
+            (now.acked + 1) as u64,
+            now.pulled as u64,
+            shared.config.pull_budget(),
+        )
+        .await?;
         tracing::info!(subject = %c.key.subject, group = %c.key.group, consumer = %c.key.consumer, moved = n, "offline consumer's messages sent to retry");
         moved += n;
     }

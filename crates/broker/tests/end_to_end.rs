@@ -17,6 +17,9 @@ fn config(dir: &std::path::Path) -> BrokerConfig {
     store.flush = FlushPolicy::SyncBeforeAck;
     let mut c = BrokerConfig::new(store);
     c.listen = "127.0.0.1:0".parse().unwrap();
+    // These tests send first and pull with new groups, and retry without waiting.
+    c.new_group_start = qmq_store::ResetTo::Earliest;
+    c.retry_delay = Duration::ZERO;
     c
 }
 

@@ -53,6 +53,7 @@ impl ConsumerRegistration {
             broadcast: self.broadcast,
             consume_most_once: self.consume_most_once,
             filters: Vec::new(),
+            new_group_start: Default::default(),
         }
     }
 }

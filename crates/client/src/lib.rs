@@ -55,8 +55,8 @@ pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use connection::{Connection, ConnectionError};
 pub use consumer::{
     ConsumeError, Consumer, ConsumerConfig, Filter, FilterContext, HandleError, HandleResult,
-    MessageHandler, PullClient, PullConsumer, PullError, PulledBatch, ReceivedMessage,
-    SubscribeOptions, Subscription,
+    MessageHandler, NewGroupStart, PullClient, PullConsumer, PullError, PulledBatch,
+    ReceivedMessage, SubscribeOptions, Subscription,
 };
 pub use message::{MessageExt, PropertyError};
 pub use meta_router::{MetaRouter, MetaRouterConfig};

@@ -143,6 +143,50 @@ async fn failures_are_retried_with_qmq_times_then_dead_lettered() {
 }
 
 #[tokio::test]
+async fn a_failed_message_comes_back_after_the_brokers_retry_delay_once() {
+    // One mechanism: the client sends the failure straight to the retry subject (no delay of
+    // its own by default) and the broker holds it for its retry delay.
+    assert_eq!(ConsumerConfig::default().retry_delay, Duration::ZERO);
+    let (b, _dir) = broker_with(|c| c.retry_delay = Duration::from_secs(1)).await;
+    let (router, producer) = setup(&b);
+    produce(&producer, "c.delay", 1, &[]).await;
+    let consumer = Consumer::new(router, consumer_config());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    consumer
+        .subscribe(
+            "c.delay",
+            "g",
+            move |m: ReceivedMessage| {
+                let tx = tx.clone();
+                async move {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis() as u64;
+                    tx.send((m.times(), now)).unwrap();
+                    if m.times() == 1 {
+                        return Err(HandleError::msg("boom"));
+                    }
+                    Ok(())
+                }
+            },
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    let got = recv_n(&mut rx, 2).await;
+    assert_eq!((got[0].0, got[1].0), (1, 2));
+    let retry = retry_subject("c.delay", "g");
+    let stored = b.store().read(&retry, 0, 1).unwrap()[0].appended_at_ms;
+    assert!(stored >= got[0].1, "sent back after the failure");
+    assert!(
+        got[1].1 >= stored + 1000,
+        "redelivered before the broker's retry delay"
+    );
+    consumer.shutdown().await;
+}
+
+#[tokio::test]
 async fn need_retry_sends_the_message_back_now() {
     let (b, _dir) = broker().await;
     let (router, producer) = setup(&b);

@@ -189,12 +189,43 @@ impl Message {
         Self::decode_stored_inner(tags_on_wire(version), r)
     }
 
+    /// Like [`Message::decode_stored`], charging what the decoded message holds in memory
+    /// (strings plus their in-memory headers) to `budget` as it goes and failing as soon as
+    /// the budget runs out, before decoding the rest. Attributes cost more decoded than on
+    /// the wire (an empty one is 4 bytes there and about 50 here), so a frame's length alone
+    /// does not bound what decoding it allocates.
+    pub fn decode_stored_limited(
+        r: &mut Reader<'_>,
+        budget: &mut usize,
+    ) -> Result<Self, DecodeError> {
+        Self::decode_stored_inner_limited(true, r, budget)
+    }
+
     fn decode_stored_inner(with_tags: bool, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut unlimited = usize::MAX;
+        Self::decode_stored_inner_limited(with_tags, r, &mut unlimited)
+    }
+
+    fn decode_stored_inner_limited(
+        with_tags: bool,
+        r: &mut Reader<'_>,
+        budget: &mut usize,
+    ) -> Result<Self, DecodeError> {
+        const STRING: usize = std::mem::size_of::<String>();
+        let mut charge = |bytes: usize| -> Result<(), DecodeError> {
+            *budget = budget.checked_sub(bytes).ok_or(DecodeError::Invalid {
+                field: "message",
+                reason: "decodes to more memory than allowed",
+            })?;
+            Ok(())
+        };
+        charge(std::mem::size_of::<SentMessage>())?;
         let flags = MessageFlags(r.u8("message flag")?);
         let created_time = r.i64("created time")?;
         let expire_or_schedule = r.i64("expire/schedule time")?;
         let subject = r.string("subject")?;
         let message_id = r.string("message id")?;
+        charge(subject.len() + message_id.len())?;
         let mut tags = Vec::new();
         if with_tags && flags.has_tags() {
             let count = usize::from(r.u8("tag count")?);
@@ -205,7 +236,9 @@ impl Message {
                 });
             }
             for _ in 0..count {
-                tags.push(r.string("tag")?);
+                let tag = r.string("tag")?;
+                charge(STRING + tag.len())?;
+                tags.push(tag);
             }
         }
         let attrs_len = r.i32("attributes length")?;
@@ -221,6 +254,7 @@ impl Message {
                 attrs_reader.ushort_bytes("attribute value")?,
                 "attribute value",
             )?;
+            charge(2 * STRING + key.len() + value.len())?;
             attrs.push((key, value));
         }
         Ok(Self {
@@ -292,13 +326,24 @@ impl SentMessage {
     /// Reads one send-form message (CRC + stored form) from `body`, whose reader `r` is over
     /// the same bytes. The CRC is not checked here: see [`Self::verify_crc`].
     pub fn decode(body: &Bytes, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut unlimited = usize::MAX;
+        Self::decode_limited(body, r, &mut unlimited)
+    }
+
+    /// Like [`SentMessage::decode`], charging the decoded size to `budget` (see
+    /// [`Message::decode_stored_limited`]).
+    pub fn decode_limited(
+        body: &Bytes,
+        r: &mut Reader<'_>,
+        budget: &mut usize,
+    ) -> Result<Self, DecodeError> {
         let crc = r.i64("message crc")?;
         let crc = u32::try_from(crc).map_err(|_| DecodeError::Invalid {
             field: "message crc",
             reason: "a CRC-32 must fill only the low 32 bits",
         })?;
         let start = r.position();
-        let message = Message::decode_stored(r)?;
+        let message = Message::decode_stored_limited(r, budget)?;
         let stored = body.slice(start..r.position());
         Ok(Self {
             message,

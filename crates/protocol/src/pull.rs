@@ -5,7 +5,9 @@
 //! ```text
 //! short string subject, group, consumer_id
 //! i32 request_num
-//! i64 offset                 (-1: let the broker decide; kept for old clients)
+//! i64 offset                 (-1: let the broker decide; QMQ ignores it. qmq-rs brokers
+//!                            read START_EARLIEST / START_LATEST here: where a group new
+//!                            to the broker starts)
 //! i64 pull_offset_begin      consumer's view of its pull log (first not acked)
 //! i64 pull_offset_last       consumer's view of its pull log (last pulled)
 //! i64 timeout_ms             long-poll wait; < 0 = return at once
@@ -32,6 +34,14 @@ use crate::frame::{VERSION_8, VERSION_9};
 use crate::message::{tags_on_wire, Message, MessageFlags, MAX_TAGS};
 use crate::wire::{put_short_bytes, put_string, EncodeError, Reader};
 use crate::DecodeError;
+
+/// `PullRequest::offset` asking that a consumer group the broker has never seen start at the
+/// earliest stored message of the subject (a qmq-rs extension; QMQ sends -1 and ignores it).
+pub const START_EARLIEST: i64 = -2;
+
+/// `PullRequest::offset` asking that a new consumer group start at the subject's latest
+/// message, as QMQ does (a qmq-rs extension; -1 leaves the choice to the broker's setting).
+pub const START_LATEST: i64 = -3;
 
 /// How the tags of a tag filter combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

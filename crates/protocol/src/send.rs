@@ -84,6 +84,22 @@ pub fn decode_send_request(body: &Bytes) -> Result<Vec<SentMessage>, DecodeError
     Ok(out)
 }
 
+/// Like [`decode_send_request`], refusing the whole body ([`DecodeError::Invalid`]) as soon as
+/// what it decodes to would take more than `max_decoded` bytes of memory, before the rest is
+/// decoded. Servers use it so a frame's length bounds what decoding it allocates.
+pub fn decode_send_request_limited(
+    body: &Bytes,
+    max_decoded: usize,
+) -> Result<Vec<SentMessage>, DecodeError> {
+    let mut r = Reader::new(body);
+    let mut budget = max_decoded;
+    let mut out = Vec::new();
+    while !r.is_empty() {
+        out.push(SentMessage::decode_limited(body, &mut r, &mut budget)?);
+    }
+    Ok(out)
+}
+
 /// Decodes a SEND_MESSAGE body and checks every message's CRC: the first mismatch fails the
 /// whole body with [`DecodeError::CrcMismatch`]. Servers that prefer to refuse only the damaged
 /// message use [`decode_send_request`] and [`SentMessage::verify_crc`] per message.

@@ -353,3 +353,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_send_body_of_empty_attributes_is_refused_within_its_decoded_budget() {
+    // One message with 250,000 empty attributes: 1 MB on the wire, ~12 MB decoded.
+    let m = qmq_protocol::Message {
+        flags: qmq_protocol::MessageFlags(0),
+        created_time: 0,
+        expire_or_schedule: 0,
+        subject: "s".into(),
+        message_id: "i".into(),
+        tags: Vec::new(),
+        attrs: vec![(String::new(), String::new()); 250_000],
+    };
+    let mut body = bytes::BytesMut::new();
+    qmq_protocol::send::encode_send_request(&[m], &mut body).unwrap();
+    let body = body.freeze();
+    let budget = 1024 * 1024;
+    let base = reset_peak();
+    let result = qmq_protocol::send::decode_send_request_limited(&body, budget);
+    let used = peak_since(base);
+    assert!(result.is_err(), "decoded past its budget");
+    assert!(used <= 3 * budget, "decoding allocated {used} bytes");
+    // The same body decodes within a budget large enough for it.
+    assert!(qmq_protocol::send::decode_send_request_limited(&body, 64 << 20).is_ok());
+}

@@ -63,6 +63,11 @@ pub struct ConsumeArgs {
     /// Give up after waiting this many seconds for messages.
     #[arg(long, default_value_t = 30)]
     wait_secs: u64,
+    /// Where the group starts if the broker has never seen it: `earliest` (default: what is
+    /// already stored, as the quick start expects) or `latest` (only new messages, QMQ's rule).
+    /// A group the broker knows continues where it left off either way.
+    #[arg(long, value_enum, default_value = "earliest")]
+    from: crate::servers::StartFrom,
 }
 
 /// Sends `count` messages and reports each id.
@@ -121,7 +126,12 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let consumer_id = args
         .consumer
         .unwrap_or_else(|| format!("qmq-cli-{}", std::process::id()));
-    let mut consumer = PullConsumer::new(conn, &args.subject, &args.group, &consumer_id);
+    let start = match args.from {
+        crate::servers::StartFrom::Earliest => qmq_client::NewGroupStart::Earliest,
+        crate::servers::StartFrom::Latest => qmq_client::NewGroupStart::Latest,
+    };
+    let mut consumer =
+        PullConsumer::new(conn, &args.subject, &args.group, &consumer_id).new_group_start(start);
     if !args.tags.is_empty() {
         let mode = match args.tag_mode {
             TagMode::And => TagType::And,

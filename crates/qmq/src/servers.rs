@@ -50,6 +50,31 @@ pub struct BrokerArgs {
     /// Largest message accepted, in bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     max_message_bytes: usize,
+    /// Seconds a message stays in a `%RETRY%` subject before it is served (QMQ's
+    /// `message.retry.delay.seconds`).
+    #[arg(long, default_value_t = 5)]
+    retry_delay_secs: u64,
+    /// Where a consumer group new to this broker starts, unless its pull asks (QMQ: latest).
+    #[arg(long, value_enum, default_value = "latest")]
+    new_group_start: StartFrom,
+}
+
+/// Where a new consumer group starts.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StartFrom {
+    /// At the oldest stored message.
+    Earliest,
+    /// After the newest message: only messages stored from now on.
+    Latest,
+}
+
+impl From<StartFrom> for ResetTo {
+    fn from(s: StartFrom) -> Self {
+        match s {
+            StartFrom::Earliest => ResetTo::Earliest,
+            StartFrom::Latest => ResetTo::Latest,
+        }
+    }
 }
 
 /// `broker` settings.
@@ -248,6 +273,8 @@ impl BrokerArgs {
         c.group = self.group.clone();
         c.meta = meta;
         c.max_message_bytes = self.max_message_bytes;
+        c.retry_delay = Duration::from_secs(self.retry_delay_secs);
+        c.new_group_start = self.new_group_start.into();
         c
     }
 }

@@ -82,7 +82,8 @@ async fn send_n(addr: &str, subject: &str, range: std::ops::Range<usize>) {
 
 async fn drain(addr: &str, subject: &str, group: &str, expect: usize) -> Vec<usize> {
     let conn = Connection::connect(addr).await.unwrap();
-    let mut consumer = PullConsumer::new(conn, subject, group, "c1");
+    let mut consumer = PullConsumer::new(conn, subject, group, "c1")
+        .new_group_start(qmq_client::NewGroupStart::Earliest);
     let mut got = Vec::new();
     while got.len() < expect {
         let want = (expect - got.len()).min(100) as i32;
@@ -465,7 +466,15 @@ async fn a_failed_message_comes_back_through_the_delay_server_after_its_retry_de
     let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(&http, "test")));
     let consumer = Consumer::new(router, ConsumerConfig::default());
     consumer
-        .subscribe("flaky", "g", handler, SubscribeOptions::default())
+        .subscribe(
+            "flaky",
+            "g",
+            handler,
+            SubscribeOptions {
+                new_group_start: qmq_client::NewGroupStart::Earliest,
+                ..SubscribeOptions::default()
+            },
+        )
         .await
         .unwrap();
     let limit = Duration::from_secs(20);

@@ -88,10 +88,14 @@
 //!    the bytes) atomically takes up to N of the group's next messages, consuming those the
 //!    filter rejects, records them in the consumer's pull log and the action log, and returns
 //!    [`Pulled`] `{pull_seq, sequence, message, tags}`. `PullSpec::broadcast` gives the consumer
-//!    a position of its own.
+//!    a position of its own. [`Store::pull_with`] adds [`PullOptions`]: a time gate (only
+//!    messages appended by a given time: the broker's retry delay), a byte budget (one larger
+//!    message alone) and where a group never seen starts (earliest, or latest recorded at once
+//!    in the action log).
 //! 4. Redelivery: [`Store::progress`] gives the consumer's last pulled and acked pull-log
 //!    sequences; [`Store::pulled_since`] returns what it pulled after a given one (QMQ re-sends
-//!    pulled-but-unacked messages to the same consumer before new ones).
+//!    pulled-but-unacked messages to the same consumer before new ones), and
+//!    [`Store::pulled_since_within`] keeps that to a byte budget.
 //! 5. Ack: [`Store::ack`] acks a range of pull-log sequences up to the given one.
 //! 6. Reset: [`Store::reset`] to [`ResetTo::Earliest`] or [`ResetTo::Latest`].
 //! 7. Listings: [`Store::subject_infos`], [`Store::groups`] (with [`GroupInfo::lag`]),
@@ -120,6 +124,6 @@ pub use dir_lock::DirLock;
 pub use error::{Result, StoreError};
 pub use filter::{BytesFilter, Filter, TagFilter, TagMode};
 pub use store::{
-    Appended, ConsumerInfo, FlushPolicy, GroupInfo, NewMessage, PullSpec, Pulled, ResetTo, Store,
-    StoreConfig, StoreStats, StoredMessage, SubjectInfo,
+    Appended, ConsumerInfo, FlushPolicy, GroupInfo, NewMessage, PullOptions, PullSpec, Pulled,
+    ResetTo, Store, StoreConfig, StoreStats, StoredMessage, SubjectInfo,
 };

@@ -66,10 +66,13 @@ enum Kind {
 
 /// A listener's failure: the message is handed out again (through the group's retry subject).
 ///
-/// Any `std::error::Error` converts into it with `?`; the message comes back after the
-/// consumer's `retry_delay` (5 s by default). [`HandleError::retry_after`] is QMQ's
+/// Any `std::error::Error` converts into it with `?`; the message goes straight back to the
+/// group's retry subject and the broker serves it after its retry delay (QMQ's
+/// `message.retry.delay.seconds`, 5 s), as with QMQ's Java client; a non-zero consumer
+/// `retry_delay` adds a delay of its own before that. [`HandleError::retry_after`] is QMQ's
 /// `NeedRetryException`: it asks for the next delivery after a delay of its own. Delayed
-/// retries go through the delay servers the meta server routes delay producers to.
+/// retries go through the delay servers the meta server routes delay producers to, and the
+/// broker's retry delay follows once the delay server has forwarded the message.
 pub struct HandleError {
     kind: Kind,
 }

@@ -6,7 +6,9 @@
 //! subscription); a failed one is sent, with `qmq_times` incremented, to
 //! `%RETRY%<subject>%<group>`, or to `%DEAD_RETRY%<subject>%<group>` once `qmq_times` would
 //! exceed the maximum retry number (the message's `qmq_maxRetryNum`, else the consumer's
-//! setting, QMQ's default 32); then the batch's pull-log range is acked. A batch whose failures
+//! setting, QMQ's default 32); then the batch's pull-log range is acked. The broker serves a
+//! retry subject's message only after its retry delay (QMQ: 5 s), so a failing handler is
+//! retried at that pace, the same for Rust and Java consumers. A batch whose failures
 //! could not be sent back is not acked, so the broker hands it out again. Routes are looked up
 //! again every `route_refresh`: pulling starts on brokers that joined the route and stops
 //! (after the batch in hand) on brokers that left it.
@@ -24,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::handler::{
     Filter, FilterContext, HandleError, HandleResult, MessageHandler, ReceivedMessage,
 };
-use super::PullConsumer;
+use super::{NewGroupStart, PullConsumer};
 use crate::breaker::BreakerConfig;
 use crate::brokers::{Brokers, Outcome};
 use crate::message::{keys, MessageExt};
@@ -50,9 +52,11 @@ pub struct ConsumerConfig {
     pub backoff: Duration,
     /// How often a subscription looks its route up again.
     pub route_refresh: Duration,
-    /// When a failed message is delivered again (QMQ: 5 s), unless its handler asked for
-    /// another delay with [`HandleError::retry_after`](crate::HandleError::retry_after). The
-    /// message goes through the delay servers; zero sends it back for immediate retry.
+    /// Extra delay before a failed message is sent back, unless its handler asked for one
+    /// with [`HandleError::retry_after`](crate::HandleError::retry_after). Zero (the default,
+    /// as QMQ's Java client) sends it straight to the retry subject, where the broker holds it
+    /// for its own retry delay (`--retry-delay-secs`, QMQ: 5 s): one delay, not two. A
+    /// non-zero delay sends it through the delay servers, and the broker's delay follows.
     pub retry_delay: Duration,
 }
 
@@ -67,7 +71,7 @@ impl Default for ConsumerConfig {
             send_back_tries: 10,
             backoff: Duration::from_millis(100),
             route_refresh: Duration::from_secs(30),
-            retry_delay: Duration::from_secs(5),
+            retry_delay: Duration::ZERO,
         }
     }
 }
@@ -85,6 +89,10 @@ pub struct SubscribeOptions {
     pub consume_most_once: bool,
     /// Hooks run around the handler, in order.
     pub filters: Vec<Arc<dyn Filter>>,
+    /// Where the group starts on a broker that has never seen it (default: as the broker is
+    /// configured, QMQ's rule being the latest message). The group's retry subject always
+    /// starts at the earliest.
+    pub new_group_start: NewGroupStart,
 }
 
 /// Why subscribing failed.
@@ -323,7 +331,8 @@ async fn pull_loop(ctx: Arc<Ctx>, addr: String, pulled_subject: String, cancel: 
                         &ctx.group,
                         &ctx.config.consumer_id,
                     )
-                    .broadcast(ctx.options.broadcast);
+                    .broadcast(ctx.options.broadcast)
+                    .new_group_start(ctx.options.new_group_start);
                     if !ctx.options.tags.is_empty() {
                         let tag_type = ctx.options.tag_type.unwrap_or(TagType::Or);
                         c = c.with_tags(tag_type, &ctx.options.tags);

@@ -14,5 +14,5 @@ pub use listener::{
     dead_retry_subject, retry_subject, ConsumeError, Consumer, ConsumerConfig, SubscribeOptions,
     Subscription,
 };
-pub use pull::{PullConsumer, PullError};
+pub use pull::{NewGroupStart, PullConsumer, PullError};
 pub use pull_client::{PullClient, PulledBatch};

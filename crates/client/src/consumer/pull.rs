@@ -26,6 +26,29 @@ pub enum PullError {
     Broker(i16),
 }
 
+/// Where a consumer group the broker has never seen starts (sent in the pull request's
+/// `offset` field, which QMQ brokers ignore; see [`qmq_protocol::pull::START_EARLIEST`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NewGroupStart {
+    /// As the broker is configured (QMQ's rule, and the default: the latest message).
+    #[default]
+    Broker,
+    /// At the oldest stored message.
+    Earliest,
+    /// After the newest message.
+    Latest,
+}
+
+impl NewGroupStart {
+    fn offset(self) -> i64 {
+        match self {
+            Self::Broker => -1,
+            Self::Earliest => qmq_protocol::pull::START_EARLIEST,
+            Self::Latest => qmq_protocol::pull::START_LATEST,
+        }
+    }
+}
+
 /// A consumer of one subject in one group, pulling from one broker. Each pulled batch must be
 /// acked (in order); what is not acked is handed out again.
 pub struct PullConsumer {
@@ -37,6 +60,7 @@ pub struct PullConsumer {
     filters: Vec<PullFilter>,
     /// Last pull-log offset received.
     last_received: i64,
+    start: NewGroupStart,
 }
 
 impl PullConsumer {
@@ -50,7 +74,14 @@ impl PullConsumer {
             broadcast: false,
             filters: Vec::new(),
             last_received: -1,
+            start: NewGroupStart::Broker,
         }
+    }
+
+    /// Where the group starts if the broker has never seen it (default: the broker decides).
+    pub fn new_group_start(mut self, start: NewGroupStart) -> Self {
+        self.start = start;
+        self
     }
 
     /// Only messages whose tags match (`And`: all of them, `Or`: any of them).
@@ -80,7 +111,7 @@ impl PullConsumer {
             group: self.group.clone(),
             consumer_id: self.consumer_id.clone(),
             request_num: max,
-            offset: -1,
+            offset: self.start.offset(),
             pull_offset_begin: -1,
             pull_offset_last: self.last_received,
             timeout_ms: wait.as_millis() as i64,

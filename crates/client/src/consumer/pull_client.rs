@@ -125,8 +125,8 @@ impl PullClient {
     }
 
     /// Sends `message` to the group's retry subject with `qmq_times` incremented (or to the
-    /// dead-letter subject once out of retries), for delivery after the configured
-    /// `retry_delay`, as a listener does with a failed message.
+    /// dead-letter subject once out of retries), for delivery after the broker's retry delay
+    /// (plus the configured `retry_delay`, if any), as a listener does with a failed message.
     /// Call it before acking the message's batch; `false` if it could not be sent (then do not
     /// ack, and the broker hands the batch out again).
     pub async fn retry_later(&self, message: &ReceivedMessage) -> bool {

@@ -20,13 +20,24 @@ use tokio_util::codec::Framed;
 
 pub const T: Duration = Duration::from_secs(20);
 
-/// A broker on a free loopback port; keep the TempDir alive as long as the broker.
+/// A broker on a free loopback port; keep the TempDir alive as long as the broker. New groups
+/// start at the earliest message (the tests produce before they subscribe) and retries are
+/// served at once.
 pub async fn broker() -> (BrokerHandle, tempfile::TempDir) {
+    broker_with(|c| c.retry_delay = Duration::ZERO).await
+}
+
+/// Like [`broker`], with `change` applied to the configuration.
+pub async fn broker_with(
+    change: impl FnOnce(&mut BrokerConfig),
+) -> (BrokerHandle, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = StoreConfig::new(dir.path());
     store.flush = FlushPolicy::SyncBeforeAck;
     let mut c = BrokerConfig::new(store);
     c.listen = "127.0.0.1:0".parse().unwrap();
+    c.new_group_start = qmq_store::ResetTo::Earliest;
+    change(&mut c);
     (serve(c).await.unwrap(), dir)
 }
 

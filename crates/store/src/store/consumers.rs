@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
-use super::{check_name, Store};
+use super::{check_name, Store, StoredMessage};
 use crate::action::{Action, ConsumerKey};
 use crate::checkpoint::ConsumerProgress;
 use crate::error::{Result, StoreError};
@@ -40,6 +40,33 @@ pub struct PullSpec<'a> {
     pub broadcast: bool,
     /// Most messages to hand out.
     pub max: usize,
+}
+
+/// Limits and policies of one pull beyond [`PullSpec`]; the default is none of them (the
+/// behaviour of [`Store::pull_matching`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullOptions {
+    /// Hand out only messages appended at or before this time (ms since the Unix epoch): the
+    /// pull stops at the first later one, which stays the group's next message. The broker's
+    /// retry delay: a retry-subject message is served only once it is old enough.
+    pub not_after_ms: Option<u64>,
+    /// Stop before a message that would take the messages' total past this many bytes; the
+    /// first message is handed out whatever its size, so a large one cannot stall the group.
+    pub max_bytes: usize,
+    /// Where a group (or broadcast consumer) this store has never seen starts on a subject
+    /// that has messages. [`ResetTo::Latest`] is recorded in the action log at once, so the
+    /// start survives a restart even if nothing is pulled before it.
+    pub new_group: ResetTo,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        Self {
+            not_after_ms: None,
+            max_bytes: usize::MAX,
+            new_group: ResetTo::Earliest,
+        }
+    }
 }
 
 /// A message handed to a consumer.
@@ -218,6 +245,34 @@ impl ConsumerSide {
             per_segment,
             sync_each,
         }
+    }
+
+    /// The group's position, created for a group never seen at `start()` (recorded in the
+    /// action log when not 0, so it survives a restart). Returns the action-log end to settle.
+    fn group_or_start(
+        &self,
+        key: &ConsumerKey,
+        start: impl FnOnce() -> u64,
+    ) -> Result<(Arc<Mutex<u64>>, Option<u64>)> {
+        if let Some(g) = self.groups.read().get(key) {
+            return Ok((g.clone(), None));
+        }
+        let mut groups = self.groups.write();
+        if let Some(g) = groups.get(key) {
+            return Ok((g.clone(), None));
+        }
+        let next = start();
+        let end = if next > 0 {
+            Some(self.log_action(&Action::Reset {
+                key: key.clone(),
+                next,
+            })?)
+        } else {
+            None
+        };
+        let g = Arc::new(Mutex::new(next));
+        groups.insert(key.clone(), g.clone());
+        Ok((g, end))
     }
 
     fn group(&self, key: &ConsumerKey) -> Arc<Mutex<u64>> {
@@ -409,16 +464,38 @@ impl Store {
     /// Like [`Store::pull`] with any [`Filter`], e.g. a [`crate::TagFilter`], which passes over
     /// non-matching messages by their consume-log tag summary without reading them.
     pub fn pull_matching(&self, spec: PullSpec<'_>, filter: &impl Filter) -> Result<Vec<Pulled>> {
+        self.pull_with(spec, PullOptions::default(), filter)
+    }
+
+    /// Like [`Store::pull_matching`] with [`PullOptions`]: a time gate, a byte budget and where
+    /// a new group starts.
+    pub fn pull_with(
+        &self,
+        spec: PullSpec<'_>,
+        options: PullOptions,
+        filter: &impl Filter,
+    ) -> Result<Vec<Pulled>> {
         let key = spec.key;
         check_name("subject", &key.subject)?;
         check_name("group", &key.group)?;
         check_name("consumer", &key.consumer)?;
         let side = &self.inner.consumers;
-        let group = side.group(&group_key(key, spec.broadcast));
-        let mut next = group.lock();
         let Some(clog) = self.inner.consume_log(&key.subject) else {
+            // Never written: the group starts at 0 whatever the option (the subject's end),
+            // so it gets the first message however long after this pull it comes.
+            side.group(&group_key(key, spec.broadcast));
             return Ok(Vec::new());
         };
+        let (group, created) = side.group_or_start(&group_key(key, spec.broadcast), || {
+            match options.new_group {
+                ResetTo::Latest => clog.read().len(),
+                ResetTo::Earliest => 0,
+            }
+        })?;
+        if let Some(end) = created {
+            side.settle(end)?;
+        }
+        let mut next = group.lock();
         // Look at a bounded window so a filter rejecting everything cannot stall the group.
         let window = spec.max.saturating_mul(4).max(1024);
         let (start, entries) = {
@@ -433,24 +510,37 @@ impl Store {
         let entries = self
             .inner
             .rebuild_entries(&key.subject, &clog, start, entries)?;
-        let mut taken = Vec::new();
+        let mut taken: Vec<StoredMessage> = Vec::new();
+        let mut bytes = 0usize;
         let mut new_next = start;
         for (i, entry) in entries.into_iter().enumerate() {
             if taken.len() == spec.max {
                 break;
             }
             let seq = start + i as u64;
-            new_next = seq + 1;
             let Some(entry) = entry.filter(|e| filter.may_match(e.tags)) else {
+                new_next = seq + 1;
                 continue;
             };
+            if !taken.is_empty() && bytes.saturating_add(entry.len as usize) > options.max_bytes {
+                break;
+            }
             let Some(m) = self.inner.message_at(&key.subject, seq, entry)? else {
+                new_next = seq + 1;
                 continue;
             };
+            if options.not_after_ms.is_some_and(|t| m.appended_at_ms > t) {
+                break; // not due yet: it and everything after it wait
+            }
+            new_next = seq + 1;
             let tags: Vec<&str> = m.tags.iter().map(String::as_str).collect();
             if filter.matches(&tags, &m.message) {
+                bytes = bytes.saturating_add(m.message.len());
                 taken.push(m);
             }
+        }
+        if new_next == start {
+            return Ok(Vec::new());
         }
         let consumer = side.consumer(key);
         let mut state = consumer.lock();
@@ -498,6 +588,19 @@ impl Store {
     /// for redelivery of what it pulled and did not ack. Messages deleted by retention or
     /// damaged are left out.
     pub fn pulled_since(&self, key: &ConsumerKey, first: u64, max: usize) -> Result<Vec<Pulled>> {
+        self.pulled_since_within(key, first, max, usize::MAX)
+    }
+
+    /// Like [`Store::pulled_since`], stopping before a message that would take the total past
+    /// `max_bytes` (the first one is returned whatever its size), so a redelivery fits in a
+    /// response frame and is never read into memory whole.
+    pub fn pulled_since_within(
+        &self,
+        key: &ConsumerKey,
+        first: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Pulled>> {
         let side = &self.inner.consumers;
         let Some(c) = side.consumers.read().get(key).cloned() else {
             return Ok(Vec::new());
@@ -515,6 +618,7 @@ impl Store {
             return Ok(Vec::new());
         };
         let mut out = Vec::with_capacity(seqs.len());
+        let mut bytes = 0usize;
         for (i, seq) in seqs.into_iter().enumerate() {
             let pull_seq = first + i as u64;
             let Some(seq) = seq else {
@@ -523,11 +627,17 @@ impl Store {
             };
             let entry = self.inner.entries(&key.subject, &clog, seq, 1)?;
             let entry = entry.into_iter().next().flatten();
+            if let Some(e) = &entry {
+                if !out.is_empty() && bytes.saturating_add(e.len as usize) > max_bytes {
+                    break;
+                }
+            }
             let m = match entry {
                 Some(e) => self.inner.message_at(&key.subject, seq, e)?,
                 None => None,
             };
             if let Some(m) = m {
+                bytes = bytes.saturating_add(m.message.len());
                 out.push(Pulled {
                     pull_seq,
                     sequence: seq,

@@ -24,7 +24,7 @@ use crate::error::{io, Result, StoreError};
 use crate::log::{LogReader, RecordLog, RECORD_HEADER};
 use crate::record;
 
-pub use consumers::{ConsumerInfo, GroupInfo, PullSpec, Pulled, ResetTo};
+pub use consumers::{ConsumerInfo, GroupInfo, PullOptions, PullSpec, Pulled, ResetTo};
 
 /// When appended messages become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
