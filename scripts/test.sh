@@ -9,4 +9,7 @@ if [ -x "$services" ] || [ -f "$services" ]; then
   bash "$services" postgres mariadb redis
 fi
 
-cargo test --workspace "$@"
+# The broker and the delay server must not link the client's SQL drivers or Redis.
+./scripts/check-server-deps.sh
+
+cargo test --workspace --all-features "$@"
