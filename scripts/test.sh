@@ -25,4 +25,7 @@ summary() {
 }
 trap summary EXIT
 
-cargo test --workspace "$@"
+# The broker and the delay server must not link the client's SQL drivers or Redis.
+./scripts/check-server-deps.sh
+
+cargo test --workspace --all-features "$@"

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use qmq_client::Connection;
 use qmq_protocol::codes::{command, response};
 use qmq_protocol::{BrokerRegisterRequest, BrokerRequestType, BrokerRole, BrokerState};
+use qmq_transport::Connection;
 
 use crate::BrokerError;
 

@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use qmq_broker::{serve, BrokerConfig, BrokerHandle};
-use qmq_client::Connection;
 use qmq_protocol::codes::{command, response};
 use qmq_protocol::send::{decode_send_response, encode_send_request};
 use qmq_protocol::*;
 use qmq_store::{FlushPolicy, StoreConfig};
+use qmq_transport::Connection;
 
 const T: Duration = Duration::from_secs(10);
 

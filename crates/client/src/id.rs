@@ -1,26 +1,22 @@
 //! Message ids in QMQ's format: `yyMMdd.HHmmss.<host>.<pid>.<counter>` (local time), so ids from
-//! this client look like the Java client's and stay unique per process and host; and client ids.
+//! this client look like the Java client's and stay unique per process and host. Client ids,
+//! the host name and the pid come from [`qmq_transport::identity`], which the meta router shares.
 
 use std::cell::RefCell;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use qmq_transport::identity::pid;
+pub use qmq_transport::identity::{client_id, local_host};
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-static CLIENTS: AtomicU32 = AtomicU32::new(0);
 
 thread_local! {
     /// This thread's id prefix (`yyMMdd.HHmmss.<host>.<pid>.`), the Unix second and host it
     /// was made for: formatting the local time costs far more than the rest of an id, and
     /// it changes once a second.
     static PREFIX: RefCell<(u64, String, String)> = const { RefCell::new((u64::MAX, String::new(), String::new())) };
-}
-
-/// This process's id (read once: `getpid` is a system call).
-fn pid() -> u32 {
-    static PID: OnceLock<u32> = OnceLock::new();
-    *PID.get_or_init(std::process::id)
 }
 
 /// A new message id for a message sent from `host`.
@@ -44,22 +40,6 @@ pub fn next_id(host: &str) -> String {
         let _ = write!(id, "{n}");
         id
     })
-}
-
-/// The host name put in ids (`$HOSTNAME`, else the loopback address), read once.
-pub fn local_host() -> &'static str {
-    static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".into()))
-}
-
-/// A client id unique per client instance: `<host>@<pid>@<n>`.
-pub fn client_id() -> String {
-    format!(
-        "{}@{}@{}",
-        local_host(),
-        pid(),
-        CLIENTS.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 #[cfg(test)]

@@ -8,10 +8,23 @@
 //!   retry and dead-letter subjects, at-most-once and broadcast modes, tag filters and
 //!   [`Filter`] hooks; the pull API ([`PullClient`]); the single-broker [`PullConsumer`].
 //! - [`idempotent`]: run handlers at most once per message with a database, a database
-//!   transaction shared with the handler, or Redis.
+//!   transaction shared with the handler (cargo feature `sql`), or Redis (feature `redis`).
 //! - [`consumer`](macro@consumer): `#[qmq_client::consumer(...)]`, QMQ's `@QmqConsumer` (see
 //!   [`annotation`]).
 //! - [`Connection`]: one multiplexed connection to a QMQ server.
+//!
+//! [`Connection`], the routers and [`MetaRouter`] live in the small `qmq-transport` crate, which
+//! the qmq-rs servers use without the rest of the client; they are re-exported here at their
+//! usual paths (`qmq_client::Connection`, `qmq_client::connection::ConnectionError`,
+//! `qmq_client::router::Router`, ...).
+//!
+//! Cargo features, all off by default so that a program links no database driver it does not
+//! use:
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `sql` | `idempotent::SqlChecker` and `idempotent::Transactional` (sqlx: PostgreSQL, MySQL/MariaDB, SQLite) |
+//! | `redis` | `idempotent::RedisChecker` |
 //!
 //! Quick start:
 //!
@@ -42,14 +55,13 @@
 pub mod annotation;
 pub mod breaker;
 mod brokers;
-pub mod connection;
 pub mod consumer;
 mod id;
 pub mod idempotent;
 pub mod message;
-mod meta_router;
 pub mod producer;
-pub mod router;
+
+pub use qmq_transport::{connection, router};
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use connection::{Connection, ConnectionError};
@@ -59,11 +71,11 @@ pub use consumer::{
     ReceivedMessage, SubscribeOptions, Subscription,
 };
 pub use message::{MessageExt, PropertyError};
-pub use meta_router::{MetaRouter, MetaRouterConfig};
 pub use producer::{new_message, send_batch, Producer, ProducerConfig, SendError, SendReceipt};
 pub use qmq_protocol::{
     BrokerGroup, BrokerState as BrokerGroupState, ClientType, Message, TagType,
 };
+pub use qmq_transport::{MetaRouter, MetaRouterConfig};
 pub use router::{RouteError, Router, StaticRouter};
 
 /// Registers an async fn as a listener; see [`annotation`].

@@ -139,13 +139,13 @@ impl Dispatcher for BrokerForwarder {
 /// [`BrokerForwarder`] per broker. A message whose subject has no writable route, or whose
 /// broker fails, is reported not accepted, so the engine offers it again later.
 pub struct RoutedForwarder {
-    router: std::sync::Arc<dyn qmq_client::Router>,
+    router: std::sync::Arc<dyn qmq_transport::Router>,
     brokers: tokio::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<BrokerForwarder>>>,
 }
 
 impl RoutedForwarder {
     /// A forwarder asking `router` where each subject goes.
-    pub fn new(router: std::sync::Arc<dyn qmq_client::Router>) -> Self {
+    pub fn new(router: std::sync::Arc<dyn qmq_transport::Router>) -> Self {
         Self {
             router,
             brokers: tokio::sync::Mutex::new(std::collections::HashMap::new()),

@@ -7,13 +7,13 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
-use qmq_client::{RouteError, Router};
 use qmq_delay::{Dispatcher, DueMessage, RoutedForwarder};
 use qmq_protocol::codes::response;
 use qmq_protocol::send::decode_send_request;
 use qmq_protocol::{
     BrokerGroup, BrokerState, ClientType, Frame, FrameCodec, Message, MessageFlags,
 };
+use qmq_transport::{RouteError, Router};
 use tokio_util::codec::Framed;
 
 /// A broker that stores nothing and records the subjects it was sent.

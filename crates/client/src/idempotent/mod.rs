@@ -4,12 +4,20 @@
 //!
 //! The wrapper claims the key before the handler runs; a key already claimed means "done
 //! before": the message is acked without running the handler. When the handler fails, the claim
-//! is removed again, so the retry runs it. Stores: [`SqlChecker`] (PostgreSQL, MySQL/MariaDB,
-//! SQLite through sqlx, QMQ's `deduplicate_tbl` layout), [`RedisChecker`] (keys with an expiry)
-//! and [`Transactional`], which runs the handler inside the same database transaction as the
-//! claim, so the handler's writes and the claim commit or roll back together.
+//! is removed again, so the retry runs it. Stores, each behind a cargo feature of this crate
+//! (both off by default, so an application pulls in no database driver it does not use):
+//!
+//! | feature | stores |
+//! |---|---|
+//! | `sql` | `SqlChecker` (PostgreSQL, MySQL/MariaDB, SQLite through sqlx, QMQ's `deduplicate_tbl` layout) and `Transactional`, which runs the handler inside the same database transaction as the claim, so the handler's writes and the claim commit or roll back together |
+//! | `redis` | `RedisChecker` (keys with an expiry) |
+//!
+//! Without either feature, [`Idempotent`] and [`IdempotentChecker`] remain, for a store of your
+//! own.
 
+#[cfg(feature = "redis")]
 mod redis_checker;
+#[cfg(feature = "sql")]
 mod sql;
 
 use std::sync::Arc;
@@ -18,24 +26,37 @@ use futures::future::BoxFuture;
 
 use crate::consumer::{HandleError, HandleResult, MessageHandler, ReceivedMessage};
 
+#[cfg(feature = "redis")]
 pub use redis_checker::RedisChecker;
+#[cfg(feature = "sql")]
 pub use sql::{Dialect, SqlChecker, Transactional, TransactionalHandler};
 
 /// Why a checker's store failed.
+///
+/// Non-exhaustive: the variants of a store exist only with that store's feature, and another
+/// crate in the build may turn a feature on.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum IdempotentError {
     /// The database failed.
+    #[cfg(feature = "sql")]
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
     /// Redis failed.
+    #[cfg(feature = "redis")]
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
     /// A table name that is not a plain identifier (letters, digits, `_`).
+    #[cfg(feature = "sql")]
     #[error("invalid table name {0:?}")]
     BadTable(String),
     /// A database URL whose scheme is not postgres, mysql/mariadb or sqlite.
+    #[cfg(feature = "sql")]
     #[error("unsupported database URL {0:?}")]
     BadUrl(String),
+    /// A store of the application's own failed.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A store of message keys already handled.
@@ -59,7 +80,10 @@ pub fn message_key(message: &ReceivedMessage) -> String {
 
 /// A [`MessageHandler`] running `handler` at most once per [`message_key`].
 ///
+/// With the `sql` feature:
+///
 /// ```no_run
+/// # #[cfg(feature = "sql")]
 /// # async fn demo(consumer: qmq_client::Consumer) -> Result<(), Box<dyn std::error::Error>> {
 /// use qmq_client::idempotent::{Idempotent, SqlChecker};
 /// use qmq_client::{ReceivedMessage, SubscribeOptions};

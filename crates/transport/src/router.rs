@@ -53,7 +53,7 @@ pub trait Router: Send + Sync + 'static {
 /// Fixed broker addresses, each its own read-write group named after its address.
 ///
 /// ```
-/// use qmq_client::StaticRouter;
+/// use qmq_transport::StaticRouter;
 /// let router = StaticRouter::new(["127.0.0.1:20881"]);
 /// ```
 #[derive(Debug, Clone)]

@@ -45,7 +45,7 @@ impl MetaRouterConfig {
         Self {
             meta_http: meta_http.to_owned(),
             app_code: app_code.to_owned(),
-            client_id: crate::id::client_id(),
+            client_id: crate::identity::client_id(),
             refresh: Duration::from_secs(30),
             timeout: Duration::from_secs(5),
         }
@@ -64,7 +64,7 @@ struct Inner {
 ///
 /// ```no_run
 /// # async fn demo() {
-/// use qmq_client::{MetaRouter, MetaRouterConfig};
+/// use qmq_transport::{MetaRouter, MetaRouterConfig};
 /// let router = MetaRouter::new(MetaRouterConfig::new("127.0.0.1:8080", "my-app"));
 /// # }
 /// ```
