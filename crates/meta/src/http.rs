@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::admin::{AddDbParams, ReadonlyParams, ResetOffsetParams};
+use crate::auth::token_accepted;
 use crate::core::MetaCore;
 use crate::http_client::{ApiResult, TOKEN_HEADER};
 use crate::model::{BrokerSpec, ClientStateSetting};
@@ -89,7 +90,7 @@ pub(crate) fn check_token(state: &HttpState, headers: &HeaderMap) -> Result<(), 
     let refusal = match token {
         _ if tokens.is_empty() => "no admin tokens are configured on this meta server",
         None => "missing X-Api-Token header",
-        Some(t) if !tokens.iter().any(|k| k == t) => "invalid api token",
+        Some(t) if !token_accepted(t, tokens) => "invalid api token",
         Some(_) => return Ok(()),
     };
     Err(MetaError::Unauthorized(refusal.into()))
