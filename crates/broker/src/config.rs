@@ -18,6 +18,9 @@ pub struct BrokerConfig {
     pub group: String,
     /// Meta server TCP address to register and heartbeat with, if any.
     pub meta: Option<String>,
+    /// Secret presented to the meta server when registering, heartbeating and going offline
+    /// (a meta server with a cluster secret refuses registrations without it).
+    pub cluster_secret: Option<String>,
     /// How often to heartbeat the meta server.
     pub heartbeat_interval: Duration,
     /// Storage settings.
@@ -69,6 +72,7 @@ impl BrokerConfig {
             advertised: None,
             group: "broker-1".into(),
             meta: None,
+            cluster_secret: None,
             heartbeat_interval: Duration::from_secs(10),
             store,
             max_message_bytes: 4 * 1024 * 1024,

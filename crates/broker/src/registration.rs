@@ -1,5 +1,8 @@
 //! Registering a server with the meta server: BROKER_REGISTER online, then heartbeats, then
 //! offline. Brokers and delay servers both do it (with their own group, address and role).
+//! When the server has a cluster secret, every request carries it in the extension block after
+//! QMQ's fields (`qmq_protocol::meta`), which a meta server with a secret requires and a Java
+//! meta server does not read.
 
 use std::time::Duration;
 
@@ -21,6 +24,8 @@ pub struct Registration {
     pub address: String,
     /// The server's role (a broker master, a delay master...).
     pub role: BrokerRole,
+    /// The cluster secret to present, if the meta server requires one.
+    pub secret: Option<String>,
 }
 
 impl Registration {
@@ -38,7 +43,7 @@ impl Registration {
             state,
         };
         let mut body = BytesMut::new();
-        req.encode(&mut body)?;
+        req.encode_with_secret(self.secret.as_deref(), &mut body)?;
         let failed = |op: &'static str, e: String| BrokerError::Io {
             op,
             source: std::io::Error::other(e),

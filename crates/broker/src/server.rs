@@ -692,6 +692,7 @@ fn registration(shared: &Shared, addr: SocketAddr) -> Option<Registration> {
             .clone()
             .unwrap_or_else(|| addr.to_string()),
         role: BrokerRole::Master,
+        secret: shared.config.cluster_secret.clone(),
     })
 }
 

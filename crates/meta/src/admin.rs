@@ -7,7 +7,7 @@ use crate::cache::ANY;
 use crate::core::MetaCore;
 use crate::model::{
     now_ms, BrokerGroupInfo, BrokerSpec, ClientDb, ClientStateSetting, GroupKind, ReadonlySetting,
-    ResetAction, ResetOffsetRequest, SubjectRoute,
+    ResetAction, ResetOffsetRequest, SubjectInfo, SubjectRoute,
 };
 use crate::{subject, MetaError};
 
@@ -74,6 +74,19 @@ pub struct SubjectGroupParams {
     /// Subject whose route changes; remove-subject-broker-group also takes `*` (every route).
     pub subject: String,
 }
+
+/// Parameters of add-new-subject (QMQ `AddNewSubject`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewSubjectParams {
+    /// The subject (a real subject, not a retry or dead-letter one).
+    pub subject: String,
+    /// Its placement tag; empty = the default pool.
+    #[serde(default)]
+    pub tag: String,
+}
+
+/// Longest tag accepted (the MySQL column's size).
+const MAX_TAG_CHARS: usize = 200;
 
 /// Parameters of extend-subject-route.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -554,6 +567,32 @@ impl MetaCore {
             updated: subjects.len(),
             subjects,
         })
+    }
+
+    /// add-new-subject (QMQ `AddNewSubject`): records `subject` with a placement tag, so its
+    /// route, when first created (or topped up), takes broker groups with that tag (the
+    /// default pool when no live group has it). Changing the tag of a subject that has a route
+    /// does not move it: routes only grow (use the route editors for that).
+    pub async fn add_new_subject(&self, p: &NewSubjectParams) -> Result<SubjectInfo, MetaError> {
+        require("subject", &p.subject)?;
+        if !subject::is_valid(&p.subject)
+            || p.subject.starts_with('%')
+            || subject::real_subject(&p.subject) != p.subject
+        {
+            return Err(MetaError::InvalidArgument(format!(
+                "{:?} is not a valid subject (no '/', whitespace, retry or dead-letter prefix)",
+                p.subject
+            )));
+        }
+        if p.tag.chars().count() > MAX_TAG_CHARS || p.tag.chars().any(char::is_whitespace) {
+            return Err(MetaError::InvalidArgument(format!(
+                "tag must be at most {MAX_TAG_CHARS} characters without whitespace"
+            )));
+        }
+        let info = self.store.upsert_subject_info(&p.subject, &p.tag).await?;
+        tracing::info!(subject = info.subject, tag = info.tag, "subject added");
+        self.cache.put_subject_info(info.clone());
+        Ok(info)
     }
 
     /// list-subjects: every subject route, fresh from the database.

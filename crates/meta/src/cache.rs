@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::RwLock;
 use qmq_protocol::{BrokerState, OnOfflineState};
 
-use crate::model::{now_ms, BrokerGroupInfo, GroupKind, SubjectRoute};
+use crate::model::{now_ms, BrokerGroupInfo, GroupKind, SubjectInfo, SubjectRoute};
 use crate::store::Store;
 use crate::MetaError;
 
@@ -23,6 +23,8 @@ pub struct View {
     pub groups: HashMap<String, BrokerGroupInfo>,
     /// Subject routes by subject.
     pub routes: HashMap<String, SubjectRoute>,
+    /// Placement tags of subjects added with AddNewSubject.
+    pub subject_tags: HashMap<String, String>,
     /// Readonly subjects (or `*`) by broker group.
     pub readonly: HashMap<String, HashSet<String>>,
     /// Offline settings keyed by (client id, subject, consumer group); `*` wildcards allowed.
@@ -105,6 +107,7 @@ async fn load(store: &Store) -> Result<View, MetaError> {
     let routes = store.subject_routes().await?;
     let readonly_rows = store.readonly_settings().await?;
     let states = store.client_states().await?;
+    let infos = store.subject_infos().await?;
     let mut readonly: HashMap<String, HashSet<String>> = HashMap::new();
     for r in readonly_rows {
         readonly
@@ -115,6 +118,7 @@ async fn load(store: &Store) -> Result<View, MetaError> {
     Ok(View {
         groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
         routes: routes.into_iter().map(|r| (r.subject.clone(), r)).collect(),
+        subject_tags: infos.into_iter().map(|i| (i.subject, i.tag)).collect(),
         readonly,
         offline: states
             .into_iter()
@@ -177,6 +181,13 @@ impl Cache {
         if newer {
             view.routes.insert(route.subject.clone(), route);
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Puts a subject's tag just written to the database into the view.
+    pub fn put_subject_info(&self, info: SubjectInfo) {
+        let mut view = self.view.write();
+        view.subject_tags.insert(info.subject, info.tag);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 

@@ -1,6 +1,6 @@
-//! The admin tools (QMQ's `tools.sh`): each subcommand is one call to the meta server's HTTP
-//! admin API, authenticated with a token. The route-editing subcommands (add/remove subject
-//! broker group, extend subject route) post QMQ's forms to `/management`.
+//! The admin tools (QMQ's `tools.sh`): each subcommand is one call to the meta server's JSON
+//! admin API (`/admin/...`), authenticated with a token. (The Java `tools.sh` posts forms to
+//! `/management` instead and reads QMQ's answer shapes; see `http_compat`.)
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper::Method;
@@ -125,6 +125,16 @@ pub enum ToolsCommand {
     },
     /// Lists subjects and their broker groups.
     ListSubjects,
+    /// Records a subject with a placement tag: its route takes broker groups with that tag
+    /// (QMQ AddNewSubject).
+    AddNewSubject {
+        /// Subject.
+        #[arg(long)]
+        subject: String,
+        /// Tag (empty: the default pool).
+        #[arg(long, default_value = "")]
+        tag: String,
+    },
     /// Adds a broker group to the route of a subject that has one (QMQ AddSubjectBrokerGroup).
     AddSubjectBrokerGroup {
         /// Broker group to add.
@@ -200,23 +210,6 @@ fn broker_json(b: &BrokerArgs) -> Value {
     })
 }
 
-/// How one tools command reaches the meta server.
-enum ToolsRequest {
-    /// A call to the JSON admin API: method, path, body.
-    Admin(Method, String, Option<Value>),
-    /// A form posted to QMQ's `/management` endpoint (route-editing actions).
-    Management(Vec<(&'static str, String)>),
-}
-
-/// The `/management` form of AddSubjectBrokerGroup / RemoveSubjectBrokerGroup.
-fn subject_group_form(action: &str, broker_group: &str, subject: &str) -> ToolsRequest {
-    ToolsRequest::Management(vec![
-        ("action", action.to_owned()),
-        ("brokerGroup", broker_group.to_owned()),
-        ("subject", subject.to_owned()),
-    ])
-}
-
 /// Runs one tools command against the meta server and returns the result as pretty JSON
 /// (for the caller to print). Refusals (bad token, invalid input, conflicts) are errors
 /// carrying the server's message.
@@ -227,21 +220,14 @@ pub async fn run_tools(args: ToolsArgs) -> Result<String, MetaError> {
         format!("{}:8080", args.metaserver)
     };
     let token = Some(args.token.as_str());
-    let data: Value = match request(&args.command) {
-        ToolsRequest::Admin(method, path, body) => {
-            http_client::call(&addr, method, &path, token, body.as_ref()).await?
-        }
-        ToolsRequest::Management(form) => {
-            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            http_client::call_form(&addr, "/management", token, &form).await?
-        }
-    };
+    let (method, path, body) = request(&args.command);
+    let data: Value = http_client::call(&addr, method, &path, token, body.as_ref()).await?;
     serde_json::to_string_pretty(&data).map_err(|e| MetaError::Http(e.to_string()))
 }
 
-/// The request for one tools command.
-fn request(command: &ToolsCommand) -> ToolsRequest {
-    let (method, path, body) = match command {
+/// The request (method, path, JSON body) for one tools command.
+fn request(command: &ToolsCommand) -> (Method, String, Option<Value>) {
+    match command {
         ToolsCommand::AddBroker(b) => (
             Method::POST,
             "/admin/brokers".to_owned(),
@@ -327,26 +313,37 @@ fn request(command: &ToolsCommand) -> ToolsRequest {
                         "offline": matches!(state, ClientStateArg::Offline)}),
             ),
         ),
+        ToolsCommand::AddNewSubject { subject, tag } => (
+            Method::POST,
+            "/admin/subjects".to_owned(),
+            Some(json!({"subject": subject, "tag": tag})),
+        ),
         ToolsCommand::AddSubjectBrokerGroup {
             broker_group,
             subject,
-        } => return subject_group_form("AddSubjectBrokerGroup", broker_group, subject),
+        } => (
+            Method::POST,
+            "/admin/subject-routes/add-group".to_owned(),
+            Some(json!({"broker_group": broker_group, "subject": subject})),
+        ),
         ToolsCommand::RemoveSubjectBrokerGroup {
             broker_group,
             subject,
-        } => return subject_group_form("RemoveSubjectBrokerGroup", broker_group, subject),
+        } => (
+            Method::POST,
+            "/admin/subject-routes/remove-group".to_owned(),
+            Some(json!({"broker_group": broker_group, "subject": subject})),
+        ),
         ToolsCommand::ExtendSubjectRoute {
             related_subject,
             related_broker_group,
             new_broker_group,
-        } => {
-            return ToolsRequest::Management(vec![
-                ("action", "ExtendSubjectRoute".to_owned()),
-                ("relatedSubject", related_subject.clone()),
-                ("relatedBrokerGroup", related_broker_group.clone()),
-                ("newBrokerGroup", new_broker_group.clone()),
-            ])
-        }
-    };
-    ToolsRequest::Admin(method, path, body)
+        } => (
+            Method::POST,
+            "/admin/subject-routes/extend".to_owned(),
+            Some(json!({"related_subject": related_subject,
+                        "related_broker_group": related_broker_group,
+                        "new_broker_group": new_broker_group})),
+        ),
+    }
 }

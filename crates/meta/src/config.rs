@@ -1,6 +1,6 @@
 //! Meta server configuration.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,6 +34,12 @@ pub struct MetaConfig {
     pub admin_tokens: Vec<String>,
     /// Largest TCP frame accepted, bytes.
     pub max_frame: usize,
+    /// Secret brokers and delay servers must present to register, heartbeat or go offline
+    /// (see [`crate::auth`]). `None` = no secret.
+    pub cluster_secret: Option<String>,
+    /// Addresses allowed to register without the secret (Java servers cannot send it). With
+    /// no secret and no trusted address, every registration is accepted, as in QMQ.
+    pub trusted_broker_addrs: Vec<IpAddr>,
 }
 
 impl Default for MetaConfig {
@@ -49,6 +55,8 @@ impl Default for MetaConfig {
             refresh_interval_ms: 5_000,
             admin_tokens: Vec::new(),
             max_frame: 1024 * 1024,
+            cluster_secret: None,
+            trusted_broker_addrs: Vec::new(),
         }
     }
 }
@@ -102,6 +110,11 @@ impl MetaConfig {
         if self.heartbeat_timeout_ms == 0 || self.refresh_interval_ms == 0 {
             return Err(MetaError::Config(
                 "heartbeat_timeout_ms and refresh_interval_ms must be positive".into(),
+            ));
+        }
+        if self.cluster_secret.as_deref().is_some_and(str::is_empty) {
+            return Err(MetaError::Config(
+                "cluster_secret must not be empty (leave it unset for none)".into(),
             ));
         }
         if self.max_frame < 64 {

@@ -6,11 +6,14 @@
 //! - `/admin/...` (header `X-Api-Token` must hold a configured token; JSON in and out):
 //!   `GET  brokers[?group=G]`, `POST brokers` (add-broker), `POST brokers/replace`,
 //!   `GET  broker-groups`, `POST readonly/mark`, `POST readonly/unmark`, `POST reset-offset`,
-//!   `POST dbs` (add-db), `GET subjects`, `GET consumers[?subject=S]`, `POST client-state`.
-//! - `POST /management`: QMQ's form-encoded admin endpoint for the Java tools (see
-//!   [`crate::http_compat`]).
+//!   `POST dbs` (add-db), `GET subjects`, `POST subjects` (add-new-subject),
+//!   `GET consumers[?subject=S]`, `POST client-state`, `POST subject-routes/add-group`,
+//!   `POST subject-routes/remove-group`, `POST subject-routes/extend`.
+//! - `POST /management`: QMQ's form-encoded admin endpoint for the Java tools, answering in
+//!   QMQ's shapes (see [`crate::http_compat`]).
 //!
-//! Every JSON answer is `{"status": 0 | -1, "message": "...", "data": ...}`; errors also carry
+//! Every JSON answer of the native API (`/admin`, `/broker`) is
+//! `{"status": 0 | -1, "message": "...", "data": ...}` with snake_case fields; errors also carry
 //! a matching HTTP status (400 bad input, 401 bad token, 404 unknown, 409 conflict,
 //! 503 database unavailable).
 
@@ -27,7 +30,11 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::admin::{AddDbParams, ReadonlyParams, ResetOffsetParams};
+use crate::admin::{
+    AddDbParams, ExtendRouteParams, NewSubjectParams, ReadonlyParams, ResetOffsetParams,
+    SubjectGroupParams,
+};
+use crate::auth::token_accepted;
 use crate::core::MetaCore;
 use crate::http_client::{ApiResult, TOKEN_HEADER};
 use crate::model::{BrokerSpec, ClientStateSetting};
@@ -89,7 +96,7 @@ pub(crate) fn check_token(state: &HttpState, headers: &HeaderMap) -> Result<(), 
     let refusal = match token {
         _ if tokens.is_empty() => "no admin tokens are configured on this meta server",
         None => "missing X-Api-Token header",
-        Some(t) if !tokens.iter().any(|k| k == t) => "invalid api token",
+        Some(t) if !token_accepted(t, tokens) => "invalid api token",
         Some(_) => return Ok(()),
     };
     Err(MetaError::Unauthorized(refusal.into()))
@@ -204,6 +211,46 @@ async fn add_db(
     }
 }
 
+async fn add_subject(
+    State(s): State<HttpState>,
+    json: Result<Json<NewSubjectParams>, JsonRejection>,
+) -> Response {
+    match body(json) {
+        Ok(p) => answer(s.core.add_new_subject(&p).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn route_add_group(
+    State(s): State<HttpState>,
+    json: Result<Json<SubjectGroupParams>, JsonRejection>,
+) -> Response {
+    match body(json) {
+        Ok(p) => answer(s.core.add_subject_broker_group(&p).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn route_remove_group(
+    State(s): State<HttpState>,
+    json: Result<Json<SubjectGroupParams>, JsonRejection>,
+) -> Response {
+    match body(json) {
+        Ok(p) => answer(s.core.remove_subject_broker_group(&p).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+async fn route_extend(
+    State(s): State<HttpState>,
+    json: Result<Json<ExtendRouteParams>, JsonRejection>,
+) -> Response {
+    match body(json) {
+        Ok(p) => answer(s.core.extend_subject_route(&p).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
 async fn subjects(State(s): State<HttpState>) -> Response {
     answer(s.core.list_subjects().await)
 }
@@ -239,7 +286,10 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/readonly/unmark", post(unmark_readonly))
         .route("/reset-offset", post(reset_offset))
         .route("/dbs", post(add_db))
-        .route("/subjects", get(subjects))
+        .route("/subjects", get(subjects).post(add_subject))
+        .route("/subject-routes/add-group", post(route_add_group))
+        .route("/subject-routes/remove-group", post(route_remove_group))
+        .route("/subject-routes/extend", post(route_extend))
         .route("/consumers", get(consumers))
         .route("/client-state", post(client_state))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));

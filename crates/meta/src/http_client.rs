@@ -11,7 +11,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
-use crate::broker_api::encode;
 use crate::MetaError;
 
 /// Header carrying the admin token (as in QMQ).
@@ -109,26 +108,6 @@ pub async fn call<T: DeserializeOwned>(
             bytes,
         });
     let (status, bytes) = send(addr, method, path, token, json).await?;
-    unwrap_envelope(status, &bytes)
-}
-
-/// Posts a form (`application/x-www-form-urlencoded`) to `path`, as QMQ's Java tools do
-/// against `/management`, and unwraps the envelope like [`call`].
-pub async fn call_form<T: DeserializeOwned>(
-    addr: &str,
-    path: &str,
-    token: Option<&str>,
-    form: &[(&str, &str)],
-) -> Result<T, MetaError> {
-    let encoded: Vec<String> = form
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect();
-    let body = Body {
-        content_type: "application/x-www-form-urlencoded",
-        bytes: encoded.join("&").into_bytes(),
-    };
-    let (status, bytes) = send(addr, Method::POST, path, token, Some(body)).await?;
     unwrap_envelope(status, &bytes)
 }
 

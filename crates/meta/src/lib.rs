@@ -2,13 +2,16 @@
 //!
 //! - [`serve`] starts a server from a [`MetaConfig`] and returns a [`MetaServerHandle`].
 //! - The TCP listener speaks the QMQ meta protocol (CLIENT_REGISTER, BROKER_REGISTER,
-//!   BROKER_ACQUIRE_META); the HTTP listener answers discovery (`GET /meta/address`), the
-//!   token-protected admin API (see [`http`]) and broker directives (see [`broker_api`]).
+//!   BROKER_ACQUIRE_META); [`auth`] decides who may register brokers (cluster secret, trusted
+//!   addresses). The HTTP listener answers discovery (`GET /meta/address`), the token-protected
+//!   admin API (see [`http`]), QMQ's `/management` endpoint and broker directives (see
+//!   [`broker_api`]).
 //! - State lives in a database ([`store::Store`]: embedded SQLite, PostgreSQL or
 //!   MySQL/MariaDB); every meta server on one database serves the same routes.
 //! - [`cli`] is the admin tool (`qmq tools ...`); [`standalone`] registers a local broker.
 
 pub mod admin;
+pub mod auth;
 pub mod broker_api;
 mod cache;
 pub mod cli;

@@ -111,6 +111,18 @@ pub struct BrokerSpec {
     pub sync_port: i32,
 }
 
+/// A subject registered by the admin action AddNewSubject, with its placement tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectInfo {
+    /// The (real) subject.
+    pub subject: String,
+    /// Placement tag: a new route of the subject takes groups with this tag (the default
+    /// pool when none has it).
+    pub tag: String,
+    /// Last change, ms since the epoch.
+    pub updated_ms: i64,
+}
+
 /// A subject's persisted assignment to broker groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubjectRoute {

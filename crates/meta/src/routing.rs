@@ -1,7 +1,8 @@
 //! Subject -> broker group assignment.
 //!
 //! Realtime subjects get `min_group_num` groups (fewer when fewer exist), chosen among alive,
-//! non-readonly groups with the fewest subjects (ties broken by a hash of subject and group, so
+//! non-readonly groups carrying the subject's tag (AddNewSubject; the default pool when no
+//! group has it) with the fewest subjects (ties broken by a hash of subject and group, so
 //! new groups take new subjects first). The assignment is stored and only ever grows: when
 //! groups are added later, routes with fewer than `min_group_num` groups are extended with an
 //! optimistic version check, so concurrent meta servers on one database agree.
@@ -31,7 +32,10 @@ fn spread(subject: &str, group: &str) -> u64 {
 fn pick(view: &View, subject: &str, taken: &[String], n: usize) -> Vec<String> {
     let load = view.group_load();
     let mut candidates: Vec<(usize, u64, &str)> = view
-        .assignable_groups(subject, "")
+        .assignable_groups(
+            subject,
+            view.subject_tags.get(subject).map_or("", String::as_str),
+        )
         .into_iter()
         .filter(|g| !taken.contains(&g.name))
         .map(|g| {
@@ -139,4 +143,36 @@ pub fn delay_groups(view: &View, subject: &str, min_groups: usize) -> Vec<String
         .take(min_groups)
         .map(|(_, n)| n.to_owned())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::BrokerGroupInfo;
+
+    fn group(name: &str, tag: &str) -> BrokerGroupInfo {
+        BrokerGroupInfo {
+            name: name.into(),
+            kind: GroupKind::Normal,
+            master_address: format!("{name}:1"),
+            state: BrokerState::ReadWrite,
+            tag: tag.into(),
+            heartbeat_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_tagged_subject_takes_groups_with_its_tag() {
+        let mut view = View::default();
+        for g in [group("plain", ""), group("blue", "blue")] {
+            view.groups.insert(g.name.clone(), g);
+        }
+        view.subject_tags.insert("s.blue".into(), "blue".into());
+        view.subject_tags.insert("s.red".into(), "red".into());
+        assert_eq!(pick(&view, "s.blue", &[], 2), ["blue"]);
+        assert_eq!(pick(&view, "s.plain", &[], 2), ["plain"]);
+        // No group has the tag: the default pool.
+        assert_eq!(pick(&view, "s.red", &[], 2), ["plain"]);
+    }
 }

@@ -134,6 +134,12 @@ pub async fn serve(config: MetaConfig) -> Result<MetaServerHandle, MetaError> {
     }));
 
     tracing::info!(%http_addr, %tcp_addr, %advertised, "meta server started");
+    if core.config.cluster_secret.is_none() && core.config.trusted_broker_addrs.is_empty() {
+        tracing::warn!(
+            "no cluster secret and no trusted broker address: anyone reaching the meta TCP \
+             port can register broker groups or take them offline"
+        );
+    }
     Ok(MetaServerHandle {
         http_addr,
         tcp_addr,

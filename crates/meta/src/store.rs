@@ -15,7 +15,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::model::{
     now_ms, BrokerGroupInfo, BrokerSpec, ClientDb, ClientRecord, ClientStateSetting, GroupKind,
-    ReadonlySetting, ResetAction, ResetOffsetRequest, SubjectRoute,
+    ReadonlySetting, ResetAction, ResetOffsetRequest, SubjectInfo, SubjectRoute,
 };
 use crate::MetaError;
 
@@ -507,6 +507,52 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    // ---- subject info ----
+
+    /// Every subject added with AddNewSubject.
+    pub async fn subject_infos(&self) -> Result<Vec<SubjectInfo>, MetaError> {
+        let rows =
+            sqlx::query("SELECT subject, tag, updated_ms FROM subject_info ORDER BY subject")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SubjectInfo {
+                    subject: r.try_get("subject")?,
+                    tag: r.try_get("tag")?,
+                    updated_ms: r.try_get("updated_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records `subject` with `tag`, or changes the tag of a recorded one.
+    pub async fn upsert_subject_info(
+        &self,
+        subject: &str,
+        tag: &str,
+    ) -> Result<SubjectInfo, MetaError> {
+        let now = now_ms();
+        let stmt = self.dialect.upsert(
+            "subject_info (subject, tag, created_ms, updated_ms) VALUES (?, ?, ?, ?)",
+            "subject",
+            &["tag", "updated_ms"],
+        );
+        let sql = self.sql(&stmt);
+        sqlx::query(&sql)
+            .bind(subject)
+            .bind(tag)
+            .bind(now)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(SubjectInfo {
+            subject: subject.to_owned(),
+            tag: tag.to_owned(),
+            updated_ms: now,
+        })
     }
 
     // ---- clients ----

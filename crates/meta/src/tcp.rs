@@ -1,6 +1,11 @@
 //! The TCP front end: the QMQ meta protocol (CLIENT_REGISTER, BROKER_REGISTER,
 //! BROKER_ACQUIRE_META), byte-compatible with the Java client and servers.
+//!
+//! A BROKER_REGISTER is checked against the cluster secret and trusted addresses first
+//! ([`crate::auth`]); a refused one is logged and answered `BROKER_REJECT` without touching the
+//! registry, so a stranger can neither add a group nor take a real one offline.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -14,6 +19,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::check_registration;
 use crate::core::MetaCore;
 use crate::MetaError;
 
@@ -34,7 +40,7 @@ pub(crate) async fn accept_loop(
                 let core = core.clone();
                 let stop = stop.clone();
                 tracker.spawn(async move {
-                    if let Err(e) = serve_connection(stream, core, stop).await {
+                    if let Err(e) = serve_connection(stream, peer.ip(), core, stop).await {
                         tracing::debug!(%peer, error = %e, "meta connection closed");
                     }
                 });
@@ -50,6 +56,7 @@ pub(crate) async fn accept_loop(
 
 async fn serve_connection(
     stream: TcpStream,
+    peer: IpAddr,
     core: Arc<MetaCore>,
     stop: CancellationToken,
 ) -> Result<(), qmq_protocol::FrameError> {
@@ -67,7 +74,7 @@ async fn serve_connection(
         if frame.header.is_response() {
             continue;
         }
-        let reply = handle(&core, &frame).await;
+        let reply = handle(&core, &frame, peer).await;
         framed.send(reply).await?;
     }
 }
@@ -84,13 +91,13 @@ fn refuse(header: &Header, code: i16, what: &str, e: &dyn std::fmt::Display) -> 
 fn error_code(e: &MetaError) -> i16 {
     match e {
         MetaError::InvalidArgument(_) | MetaError::NotFound(_) => response::PARAM_ERROR,
-        MetaError::Conflict(_) => response::BROKER_REJECT,
+        MetaError::Conflict(_) | MetaError::Unauthorized(_) => response::BROKER_REJECT,
         _ => response::BROKER_ERROR,
     }
 }
 
-/// Answers one request frame.
-pub(crate) async fn handle(core: &MetaCore, frame: &Frame) -> Frame {
+/// Answers one request frame from `peer`.
+pub(crate) async fn handle(core: &MetaCore, frame: &Frame, peer: IpAddr) -> Frame {
     let h = &frame.header;
     match h.code {
         command::CLIENT_REGISTER => match MetaInfoRequest::decode(&frame.body) {
@@ -104,11 +111,18 @@ pub(crate) async fn handle(core: &MetaCore, frame: &Frame) -> Frame {
             }
             Err(e) => refuse(h, response::PARAM_ERROR, "malformed client register", &e),
         },
-        command::BROKER_REGISTER => match BrokerRegisterRequest::decode(&frame.body) {
-            Ok(req) => match core.broker_register(&req).await {
-                Ok(()) => reply(h, response::SUCCESS, Bytes::new()),
-                Err(e) => refuse(h, error_code(&e), "broker register refused", &e),
-            },
+        command::BROKER_REGISTER => match BrokerRegisterRequest::decode_with_secret(&frame.body) {
+            Ok((req, secret)) => {
+                if let Err(e) = check_registration(&core.config, peer, secret.as_deref()) {
+                    tracing::warn!(%peer, group = req.group_name, address = req.broker_address,
+                        request = ?req.request_type, error = %e, "broker registration refused");
+                    return reply(h, error_code(&e), Bytes::new());
+                }
+                match core.broker_register(&req).await {
+                    Ok(()) => reply(h, response::SUCCESS, Bytes::new()),
+                    Err(e) => refuse(h, error_code(&e), "broker register refused", &e),
+                }
+            }
             Err(e) => refuse(h, response::PARAM_ERROR, "malformed broker register", &e),
         },
         command::BROKER_ACQUIRE_META => match BrokerAcquireMetaRequest::decode(&frame.body) {

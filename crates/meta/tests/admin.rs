@@ -616,7 +616,12 @@ async fn management(
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap()
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    if out.contains("content-type: application/json") {
+        serde_json::from_str(body).unwrap()
+    } else {
+        serde_json::Value::String(body.to_owned())
+    }
 }
 
 async fn java_tools_management_endpoint(backend: Backend) {
@@ -682,11 +687,15 @@ async fn java_tools_management_endpoint(backend: Backend) {
     let db_add = "action=AddDb&type=mysql&host=db&port=3306&username=u&password=p%26w";
     assert_eq!(java_form(&meta, TOKEN, db_add).await["status"], 0);
     assert_eq!(meta.store().client_dbs().await.unwrap()[0].password, "p&w");
+    // As QMQ: plain text for a missing or unknown action.
     assert_eq!(
-        java_form(&meta, TOKEN, "action=Explode").await["status"],
-        -1
+        java_form(&meta, TOKEN, "action=Explode").await,
+        json!("unknown action: Explode")
     );
-    assert_eq!(java_form(&meta, TOKEN, "").await["status"], -1);
+    assert_eq!(
+        java_form(&meta, TOKEN, "").await,
+        json!("need provide action param")
+    );
     meta.shutdown().await;
 }
 on_all_backends!(java_tools_management_endpoint);
@@ -757,11 +766,9 @@ async fn management_lists_need_no_token(backend: Backend) {
         assert_eq!(brokers["status"], 0, "{brokers}");
         assert_eq!(brokers["data"][0]["hostname"], "h1");
         let listed = management(&meta, token, "action=ListBrokerGroups").await;
-        assert_eq!(listed["status"], 0, "{listed}");
-        assert_eq!(listed["data"].as_array().unwrap().len(), 2, "{listed}");
+        assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
         let routes = management(&meta, token, "action=ListSubjectRoutes").await;
-        assert_eq!(routes["status"], 0, "{routes}");
-        assert_eq!(routes["data"][0]["subject"], "s.l");
+        assert_eq!(routes[0]["subject"], "s.l", "{routes}");
 
         // Every other action still needs the token, and changes nothing without it.
         for form in [
@@ -770,6 +777,7 @@ async fn management_lists_need_no_token(backend: Backend) {
             "action=RemoveSubjectBrokerGroup&brokerGroup=g1&subject=*",
             "action=ExtendSubjectRoute&relatedSubject=*&relatedBrokerGroup=g1&newBrokerGroup=g2",
             "action=MarkReadonlyBrokerGroup&brokerGroup=g1",
+            "action=AddNewSubject&subject=s.n&tag=t",
         ] {
             let refused = management(&meta, token, form).await;
             assert_eq!(refused["status"], -1, "{form}: {refused}");
@@ -802,18 +810,14 @@ async fn add_subject_broker_group_over_management(backend: Backend) {
     };
 
     // Bad input: nothing is written.
+    // QMQ answers this action with the bare route or {"error": ...}.
+    let error = |v: &serde_json::Value| v["error"].as_str().unwrap_or_default().to_owned();
     let missing = java_form(&meta, TOKEN, "action=AddSubjectBrokerGroup&subject=s.a").await;
-    assert_eq!(missing["status"], -1);
-    assert!(message(&missing).contains("required"), "{missing}");
+    assert!(error(&missing).contains("required"), "{missing}");
     let unknown = java_form(&meta, TOKEN, &add("nope", "s.a")).await;
-    assert_eq!(unknown["status"], -1);
-    assert!(message(&unknown).contains("does not exist"), "{unknown}");
+    assert!(error(&unknown).contains("does not exist"), "{unknown}");
     let unrouted = java_form(&meta, TOKEN, &add(other, "s.none")).await;
-    assert_eq!(unrouted["status"], -1);
-    assert!(
-        message(&unrouted).contains("has no route yet"),
-        "{unrouted}"
-    );
+    assert!(error(&unrouted).contains("has no route yet"), "{unrouted}");
     assert!(meta
         .store()
         .subject_route("s.none")
@@ -831,27 +835,23 @@ async fn add_subject_broker_group_over_management(backend: Backend) {
         )
         .await;
     assert_eq!(code, 0);
-    assert_eq!(
-        java_form(&meta, TOKEN, &add("d1", "s.a")).await["status"],
-        -1
-    );
+    assert!(!error(&java_form(&meta, TOKEN, &add("d1", "s.a")).await).is_empty());
     assert_eq!(stored(&meta, "s.a").await, first);
 
     // The group joins the route; clients asking the meta server get it at once.
     let added = java_form(&meta, TOKEN, &add(other, "s.a")).await;
-    assert_eq!(added["status"], 0, "{added}");
-    assert_eq!(added["data"]["subject"], "s.a");
-    assert_eq!(added["data"]["version"], 2);
-    assert_eq!(added["data"]["groups"], json!([first[0].as_str(), other]));
+    assert_eq!(added["subject"], "s.a", "{added}");
+    assert_eq!(added["version"], 2);
+    assert_eq!(added["brokerGroups"], json!([first[0].as_str(), other]));
     assert_eq!(stored(&meta, "s.a").await, ["g1", "g2"]);
     assert_eq!(c.groups(ClientType::Producer, "s.a").await, ["g1", "g2"]);
     assert_eq!(c.groups(ClientType::Consumer, "s.a").await, ["g1", "g2"]);
     let listed = management(&meta, None, "action=ListSubjectRoutes").await;
-    assert_eq!(listed["data"][0]["groups"].as_array().unwrap().len(), 2);
+    assert_eq!(listed[0]["brokerGroups"].as_array().unwrap().len(), 2);
 
     // Adding it again changes nothing: no duplicate, no new version.
     let again = java_form(&meta, TOKEN, &add(other, "s.a")).await;
-    assert_eq!(again["status"], 0, "{again}");
+    assert_eq!(again["version"], 2, "{again}");
     let route = meta.store().subject_route("s.a").await.unwrap().unwrap();
     assert_eq!((route.version, route.groups.len()), (2, 2));
     meta.shutdown().await;
@@ -880,7 +880,7 @@ async fn remove_subject_broker_group_over_management(backend: Backend) {
     // One subject.
     let one = java_form(&meta, TOKEN, &remove("g2", "s.r1")).await;
     assert_eq!(one["status"], 0, "{one}");
-    assert_eq!(one["data"][0]["groups"], json!(["g1"]));
+    assert_eq!(one["data"][0]["brokerGroups"], json!(["g1"]));
     assert_eq!(stored(&meta, "s.r1").await, ["g1"]);
     assert_eq!(c.groups(ClientType::Producer, "s.r1").await, ["g1"]);
     assert_eq!(stored(&meta, "s.r4").await, ["g2"], "other routes keep g2");
@@ -1054,3 +1054,115 @@ async fn tools_cli_edits_subject_routes(backend: Backend) {
     meta.shutdown().await;
 }
 on_all_backends!(tools_cli_edits_subject_routes);
+
+/// `/management` answers in QMQ's shapes (bare arrays, camelCase, enum names), so scripts that
+/// parse the Java `tools.sh` output keep working; the native admin API keeps its envelope.
+async fn management_answers_in_qmq_shapes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let meta = qmq_meta::serve(route_config(&db)).await.unwrap();
+    let mut c = MetaConn::connect(&meta).await;
+    c.online("g1", "127.0.0.1:30001").await;
+    assert_eq!(c.groups(ClientType::Consumer, "s.q").await, ["g1"]);
+
+    let add = "action=AddBroker&brokerGroup=g1&role=0&hostname=h1&ip=10.2.2.2&servePort=20881&syncPort=20882";
+    let added = java_form(&meta, TOKEN, add).await;
+    let broker = json!({"group": "g1", "role": "MASTER", "hostname": "h1", "ip": "10.2.2.2",
+                        "servePort": 20881, "syncPort": 20882});
+    assert_eq!(added, json!({"status": 0, "message": "", "data": broker}));
+    let listed = management(&meta, None, "action=ListBrokers").await;
+    assert_eq!(
+        listed,
+        json!({"status": 0, "message": "", "data": [broker]})
+    );
+
+    let groups = management(&meta, None, "action=ListBrokerGroups").await;
+    let g = &groups[0];
+    assert!(g["updateTime"].as_i64().unwrap() > 0, "{groups}");
+    let mut expected = json!([{"groupName": "g1", "master": "127.0.0.1:30001", "slaves": [],
+        "updateTime": g["updateTime"], "brokerState": "RW", "tag": "", "kind": "NORMAL",
+        "ext": null}]);
+    assert_eq!(groups, expected);
+
+    let routes = management(&meta, None, "action=ListSubjectRoutes").await;
+    let r = &routes[0];
+    expected = json!([{"subject": "s.q", "brokerGroups": ["g1"], "version": 1,
+        "updateTime": r["updateTime"]}]);
+    assert_eq!(routes, expected);
+
+    let done = java_form(
+        &meta,
+        TOKEN,
+        "action=MarkReadonlyBrokerGroup&brokerGroup=g1",
+    )
+    .await;
+    assert_eq!(done, json!({"status": 0, "message": "", "data": "success"}));
+    let refused = management(&meta, Some("nope"), "action=AddBroker").await;
+    assert_eq!(refused["status"], -1);
+    assert_eq!(refused["data"], serde_json::Value::Null);
+
+    // The native admin API is unchanged: envelope and snake_case.
+    let (status, native) = http(&meta, "GET", "/admin/broker-groups", Some(TOKEN), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(native["status"], 0);
+    assert_eq!(native["data"][0]["master_address"], "127.0.0.1:30001");
+    meta.shutdown().await;
+}
+on_all_backends!(management_answers_in_qmq_shapes);
+
+/// AddNewSubject (refused as "unsupported action" before): records a subject and its tag.
+async fn add_new_subject_over_management(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let meta = qmq_meta::serve(route_config(&db)).await.unwrap();
+    let added = java_form(&meta, TOKEN, "action=AddNewSubject&subject=s.new&tag=blue").await;
+    assert_eq!(added["data"]["name"], "s.new", "{added}");
+    assert_eq!(added["data"]["tag"], "blue");
+    assert!(added["data"]["updateTime"].as_i64().unwrap() > 0);
+    let infos = meta.store().subject_infos().await.unwrap();
+    assert_eq!(
+        (infos[0].subject.as_str(), infos[0].tag.as_str()),
+        ("s.new", "blue")
+    );
+
+    // Again with another tag: the tag changes, no duplicate.
+    let again = java_form(&meta, TOKEN, "action=AddNewSubject&subject=s.new&tag=red").await;
+    assert_eq!(again["data"]["tag"], "red", "{again}");
+    let infos = meta.store().subject_infos().await.unwrap();
+    assert_eq!(infos.len(), 1);
+    assert_eq!(infos[0].tag, "red");
+
+    for bad in [
+        "action=AddNewSubject&tag=x",
+        "action=AddNewSubject&subject=a/b&tag=x",
+        "action=AddNewSubject&subject=%25RETRY%25s%25g&tag=x",
+        "action=AddNewSubject&subject=s.ok&tag=a%20b",
+    ] {
+        let refused = java_form(&meta, TOKEN, bad).await;
+        assert!(refused["error"].is_string(), "{bad}: {refused}");
+    }
+    let refused = management(&meta, None, "action=AddNewSubject&subject=s.x&tag=t").await;
+    assert_eq!(refused["status"], -1);
+    assert_eq!(meta.store().subject_infos().await.unwrap().len(), 1);
+
+    // The native admin API and the tools CLI add subjects too.
+    let (status, native) = http(
+        &meta,
+        "POST",
+        "/admin/subjects",
+        Some(TOKEN),
+        Some(json!({"subject": "s.cli", "tag": "green"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{native}");
+    assert_eq!(native["data"]["tag"], "green");
+    let out = run_tools(tools(
+        &meta,
+        TOKEN,
+        &["add-new-subject", "--subject", "s.tool", "--tag", "t1"],
+    ))
+    .await
+    .unwrap();
+    assert!(out.contains("\"t1\""), "{out}");
+    assert_eq!(meta.store().subject_infos().await.unwrap().len(), 3);
+    meta.shutdown().await;
+}
+on_all_backends!(add_new_subject_over_management);

@@ -13,7 +13,11 @@
 //! ```
 //!
 //! BROKER_REGISTER body: `i32 request type`, short strings group name and broker address,
-//! `i32 role`, `i32 state`. BROKER_ACQUIRE_META request: short string hostname, `i32 port`;
+//! `i32 role`, `i32 state`. qmq-rs servers may append an extension block after these fields,
+//! `i16 count` then `count` (short string key, short string value) pairs, to carry the cluster
+//! secret (key [`CLUSTER_SECRET_KEY`]); the Java meta server reads only the fields it knows and
+//! ignores what follows, so the block does not disturb it, and bodies without it (Java
+//! brokers) decode as before. BROKER_ACQUIRE_META request: short string hostname, `i32 port`;
 //! response: short strings name and master, `i32 role`.
 
 use bytes::{BufMut, BytesMut};
@@ -423,8 +427,11 @@ pub struct BrokerRegisterRequest {
     pub state: BrokerState,
 }
 
+/// Key of the cluster secret in the BROKER_REGISTER extension block (a qmq-rs addition).
+pub const CLUSTER_SECRET_KEY: &str = "qmqrs.clusterSecret";
+
 impl BrokerRegisterRequest {
-    /// Appends the body to `out`.
+    /// Appends the body to `out` (QMQ's fields only, as a Java server sends them).
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
         out.put_i32(self.request_type.code());
         put_string(out, &self.group_name, "group name")?;
@@ -434,18 +441,66 @@ impl BrokerRegisterRequest {
         Ok(())
     }
 
-    /// Decodes a body.
+    /// Appends the body and, when `secret` is given, the extension block carrying it, so a
+    /// meta server configured with a cluster secret accepts the registration.
+    pub fn encode_with_secret(
+        &self,
+        secret: Option<&str>,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        self.encode(out)?;
+        if let Some(secret) = secret {
+            out.put_i16(1);
+            put_string(out, CLUSTER_SECRET_KEY, "extension key")?;
+            put_string(out, secret, "cluster secret")?;
+        }
+        Ok(())
+    }
+
+    /// Decodes a body of QMQ's fields only (what a Java server sends); trailing bytes, an
+    /// extension block included, are refused, so what decodes encodes back byte for byte.
+    /// The meta server uses [`Self::decode_with_secret`].
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(body);
-        let req = Self {
+        let req = Self::fields(&mut r)?;
+        r.finish("broker register request")?;
+        Ok(req)
+    }
+
+    fn fields(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
             request_type: BrokerRequestType::from_code(r.i32("request type")?)?,
             group_name: r.string("group name")?,
             broker_address: r.string("broker address")?,
             role: BrokerRole::from_code(r.i32("broker role")?)?,
             state: BrokerState::from_code(r.i32("broker state")?)?,
-        };
+        })
+    }
+
+    /// Decodes a body and the cluster secret of its extension block, if it has one. Unknown
+    /// extension keys are skipped; a negative count or bytes after the block are refused.
+    pub fn decode_with_secret(body: &[u8]) -> Result<(Self, Option<String>), DecodeError> {
+        let mut r = Reader::new(body);
+        let req = Self::fields(&mut r)?;
+        let mut secret = None;
+        if !r.is_empty() {
+            let count = r.i16("extension count")?;
+            if count < 0 {
+                return Err(DecodeError::NegativeLength {
+                    field: "extension count",
+                    len: i64::from(count),
+                });
+            }
+            for _ in 0..count {
+                let key = r.short_bytes("extension key")?;
+                let value = r.string("extension value")?;
+                if key == CLUSTER_SECRET_KEY.as_bytes() {
+                    secret = Some(value);
+                }
+            }
+        }
         r.finish("broker register request")?;
-        Ok(req)
+        Ok((req, secret))
     }
 }
 
@@ -508,5 +563,68 @@ impl BrokerAcquireMetaResponse {
         };
         r.finish("broker acquire meta response")?;
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> BrokerRegisterRequest {
+        BrokerRegisterRequest {
+            request_type: BrokerRequestType::Heartbeat,
+            group_name: "dev".into(),
+            broker_address: "127.0.0.1:20881".into(),
+            role: BrokerRole::Master,
+            state: BrokerState::ReadWrite,
+        }
+    }
+
+    #[test]
+    fn broker_register_carries_the_cluster_secret_after_the_qmq_fields() {
+        let req = request();
+        let mut plain = BytesMut::new();
+        req.encode(&mut plain).unwrap();
+        let mut with = BytesMut::new();
+        req.encode_with_secret(Some("s3cret"), &mut with).unwrap();
+        // The QMQ fields come first and unchanged: a Java meta server reads them and stops.
+        assert!(with.starts_with(&plain));
+        assert_eq!(
+            BrokerRegisterRequest::decode_with_secret(&with).unwrap(),
+            (req.clone(), Some("s3cret".to_owned()))
+        );
+        assert!(
+            BrokerRegisterRequest::decode(&with).is_err(),
+            "QMQ's exact body only"
+        );
+        assert_eq!(
+            BrokerRegisterRequest::decode_with_secret(&plain).unwrap(),
+            (req.clone(), None)
+        );
+        let mut none = BytesMut::new();
+        req.encode_with_secret(None, &mut none).unwrap();
+        assert_eq!(none, plain);
+    }
+
+    #[test]
+    fn broker_register_extension_skips_unknown_keys_and_refuses_garbage() {
+        let req = request();
+        let mut body = BytesMut::new();
+        req.encode(&mut body).unwrap();
+        body.put_i16(2);
+        put_string(&mut body, "other", "k").unwrap();
+        put_string(&mut body, "x", "v").unwrap();
+        put_string(&mut body, CLUSTER_SECRET_KEY, "k").unwrap();
+        put_string(&mut body, "abc", "v").unwrap();
+        let (_, secret) = BrokerRegisterRequest::decode_with_secret(&body).unwrap();
+        assert_eq!(secret.as_deref(), Some("abc"));
+        body.put_u8(7);
+        assert!(BrokerRegisterRequest::decode_with_secret(&body).is_err());
+        for count in [1, -1] {
+            let mut short = BytesMut::new();
+            req.encode(&mut short).unwrap();
+            short.put_i16(count);
+            assert!(BrokerRegisterRequest::decode_with_secret(&short).is_err());
+        }
     }
 }

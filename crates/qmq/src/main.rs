@@ -1,6 +1,7 @@
 //! `qmq`: one executable for every qmq-rs server and tool.
 
 mod cli;
+mod directives;
 mod servers;
 
 use clap::{Parser, Subcommand};

@@ -1,6 +1,6 @@
 //! Server subcommands: `standalone`, `meta` and `broker`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,8 @@ use qmq_meta::MetaConfig;
 use qmq_protocol::{BrokerRequestType, BrokerRole, BrokerState};
 use qmq_store::{FlushPolicy, ResetTo, StoreConfig};
 
+use crate::directives;
+
 /// When an acknowledged send is durable.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Flush {
@@ -20,6 +22,16 @@ pub enum Flush {
     Async,
     /// Acknowledge only after fsync (a crash loses nothing acknowledged).
     Sync,
+}
+
+/// The cluster secret, shared by `meta`, `broker`, `delay` and `standalone`.
+#[derive(Args, Debug)]
+pub struct SecretArgs {
+    /// Secret that brokers and delay servers present when they register with the meta server.
+    /// A meta server with a secret refuses registrations (online, heartbeat, offline) without
+    /// it, except from `--trusted-broker-addr`. `standalone` generates one when none is given.
+    #[arg(long, env = "QMQ_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
 }
 
 /// Broker settings shared by `broker` and `standalone`.
@@ -82,6 +94,8 @@ impl From<StartFrom> for ResetTo {
 pub struct BrokerOnlyArgs {
     #[command(flatten)]
     broker: BrokerArgs,
+    #[command(flatten)]
+    secret: SecretArgs,
     /// Meta server TCP address to register and heartbeat with (host:port).
     #[arg(long)]
     meta: Option<String>,
@@ -108,6 +122,15 @@ pub struct MetaArgs {
     /// Admin API token (repeat for several); without one the admin API refuses every call.
     #[arg(long = "admin-token", env = "QMQ_ADMIN_TOKENS", value_delimiter = ',')]
     admin_tokens: Vec<String>,
+    /// IP address allowed to register brokers without the cluster secret (repeat for several),
+    /// for Java servers, which cannot send it. With neither a secret nor a trusted address,
+    /// anyone reaching the TCP port may register brokers (as in QMQ).
+    #[arg(
+        long = "trusted-broker-addr",
+        env = "QMQ_TRUSTED_BROKER_ADDRS",
+        value_delimiter = ','
+    )]
+    trusted_broker_addrs: Vec<IpAddr>,
 }
 
 /// `meta` settings.
@@ -115,6 +138,8 @@ pub struct MetaArgs {
 pub struct MetaOnlyArgs {
     #[command(flatten)]
     meta: MetaArgs,
+    #[command(flatten)]
+    secret: SecretArgs,
     /// Data directory (for the embedded SQLite database).
     #[arg(long, default_value = "./qmq-data", env = "QMQ_DATA_DIR")]
     data_dir: PathBuf,
@@ -140,6 +165,8 @@ pub struct StandaloneArgs {
     meta: MetaArgs,
     #[command(flatten)]
     delay: DelayArgs,
+    #[command(flatten)]
+    secret: SecretArgs,
 }
 
 /// `delay` settings.
@@ -147,6 +174,8 @@ pub struct StandaloneArgs {
 pub struct DelayOnlyArgs {
     #[command(flatten)]
     delay: DelayArgs,
+    #[command(flatten)]
+    secret: SecretArgs,
     /// Data directory.
     #[arg(long, default_value = "./qmq-data", env = "QMQ_DATA_DIR")]
     data_dir: PathBuf,
@@ -174,13 +203,15 @@ struct Delay {
 
 impl Delay {
     /// Starts a delay server handing due messages to `dispatcher`; with a meta server (TCP
-    /// address), registers it as a delay group at `host`:<bound port> before returning.
+    /// address), registers it as a delay group at `host`:<bound port> before returning,
+    /// presenting `secret` if there is one.
     async fn start(
         args: &DelayArgs,
         data_dir: &Path,
         dispatcher: Arc<dyn qmq_delay::Dispatcher>,
         meta: Option<String>,
         host: &str,
+        secret: Option<String>,
     ) -> anyhow::Result<Self> {
         let dir = data_dir.join("delay");
         let lock = qmq_store::DirLock::acquire(&dir).context("starting the delay server")?;
@@ -196,6 +227,7 @@ impl Delay {
                     group: args.delay_group.clone(),
                     address: format!("{host}:{}", server.local_addr().port()),
                     role: BrokerRole::DelayMaster,
+                    secret,
                 };
                 // Like the broker: a failed registration is retried by the heartbeat loop (for
                 // example while the meta server still sees an earlier process alive).
@@ -250,6 +282,7 @@ pub async fn delay(args: DelayOnlyArgs) -> anyhow::Result<()> {
         dispatcher,
         args.meta.clone(),
         &args.advertised_host,
+        args.secret.cluster_secret.clone(),
     )
     .await?;
     println!("qmq delay ready on {}", delay.server.local_addr());
@@ -258,7 +291,7 @@ pub async fn delay(args: DelayOnlyArgs) -> anyhow::Result<()> {
 }
 
 impl BrokerArgs {
-    fn config(&self, meta: Option<String>) -> BrokerConfig {
+    fn config(&self, meta: Option<String>, secret: Option<String>) -> BrokerConfig {
         let mut store = StoreConfig::new(self.data_dir.join("broker"));
         store.flush = match self.flush {
             Flush::Async => FlushPolicy::Async {
@@ -272,6 +305,7 @@ impl BrokerArgs {
         c.advertised = self.advertise.clone();
         c.group = self.group.clone();
         c.meta = meta;
+        c.cluster_secret = secret;
         c.max_message_bytes = self.max_message_bytes;
         c.retry_delay = Duration::from_secs(self.retry_delay_secs);
         c.new_group_start = self.new_group_start.into();
@@ -280,7 +314,7 @@ impl BrokerArgs {
 }
 
 impl MetaArgs {
-    fn config(&self, data_dir: &Path) -> MetaConfig {
+    fn config(&self, data_dir: &Path, secret: Option<String>) -> MetaConfig {
         MetaConfig {
             data_dir: data_dir.join("meta"),
             database_url: self.database_url.clone(),
@@ -288,6 +322,8 @@ impl MetaArgs {
             tcp_addr: self.meta_tcp_listen,
             advertised_host: self.advertised_host.clone(),
             admin_tokens: self.admin_tokens.clone(),
+            cluster_secret: secret,
+            trusted_broker_addrs: self.trusted_broker_addrs.clone(),
             ..MetaConfig::default()
         }
     }
@@ -295,7 +331,9 @@ impl MetaArgs {
 
 /// Runs a broker until SIGINT/SIGTERM, then shuts it down cleanly (flush + checkpoint).
 pub async fn broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
-    let config = args.broker.config(args.meta.clone());
+    let config = args
+        .broker
+        .config(args.meta.clone(), args.secret.cluster_secret.clone());
     let data_dir = config.store.dir.clone();
     let handle = qmq_broker::serve(config)
         .await
@@ -322,7 +360,10 @@ pub async fn broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
 
 /// Runs a meta server until SIGINT/SIGTERM.
 pub async fn meta(args: MetaOnlyArgs) -> anyhow::Result<()> {
-    let handle = qmq_meta::serve(args.meta.config(&args.data_dir))
+    let config = args
+        .meta
+        .config(&args.data_dir, args.secret.cluster_secret.clone());
+    let handle = qmq_meta::serve(config)
         .await
         .context("starting the meta server")?;
     println!(
@@ -335,17 +376,34 @@ pub async fn meta(args: MetaOnlyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A random cluster secret (256 bits, hex) for a standalone process that was given none: its
+/// broker and delay server use it, and nobody else can register with its meta server (except
+/// from `--trusted-broker-addr`).
+fn generated_secret() -> String {
+    rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Runs meta server + broker in one process until SIGINT/SIGTERM. The broker registers with
 /// the meta server before "ready" is printed, so clients find a route at once.
 pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let data_dir = args.broker.data_dir.clone();
+    let secret = args
+        .secret
+        .cluster_secret
+        .clone()
+        .unwrap_or_else(generated_secret);
     // Before anything touches the directory (the meta server's database first).
     let _lock = qmq_store::DirLock::acquire(&data_dir).context("locking the data directory")?;
-    let meta = qmq_meta::serve(args.meta.config(&data_dir))
+    let meta = qmq_meta::serve(args.meta.config(&data_dir, Some(secret.clone())))
         .await
         .context("starting the meta server")?;
     let meta_tcp = format!("127.0.0.1:{}", meta.tcp_addr().port());
-    let mut config = args.broker.config(Some(meta_tcp.clone()));
+    let mut config = args
+        .broker
+        .config(Some(meta_tcp.clone()), Some(secret.clone()));
     let host = meta
         .advertised_tcp_address()
         .rsplit_once(':')
@@ -363,6 +421,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         routed(&meta_http),
         Some(meta_tcp),
         &host,
+        Some(secret),
     )
     .await?;
     let poller = tokio::spawn(follow_directives(
@@ -390,17 +449,24 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
 }
 
 /// Applies the meta server's readonly marks and reset-offset requests to the broker, polling
-/// every few seconds. The last applied reset id is kept in `<dir>/directives.json` so each
-/// request is applied once, across restarts.
+/// every few seconds. The last applied reset id is kept in `<dir>/directives.json` (see
+/// [`crate::directives`]) so each request is applied once, across restarts; an unusable record
+/// applies no past request.
 async fn follow_directives(meta_http: String, group: String, dir: PathBuf, broker: BrokerControl) {
-    let state_file = dir.join("directives.json");
-    let mut after: i64 = std::fs::read(&state_file)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(0);
+    let state_file = dir.join(directives::FILE);
+    let mut start = {
+        let path = state_file.clone();
+        tokio::task::spawn_blocking(move || directives::load(&path))
+            .await
+            .unwrap_or(directives::Start::Latest)
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(3));
     loop {
         tick.tick().await;
+        let after = match start {
+            directives::Start::After(id) => id,
+            directives::Start::Latest => 0,
+        };
         let d = match qmq_meta::broker_api::fetch_directives(&meta_http, &group, after).await {
             Ok(d) => d,
             Err(e) => {
@@ -409,8 +475,9 @@ async fn follow_directives(meta_http: String, group: String, dir: PathBuf, broke
             }
         };
         broker.set_readonly_subjects(d.readonly_subjects.clone());
+        let mut applied = after;
         let mut failed = false;
-        for r in &d.reset_offsets {
+        for r in directives::to_apply(start, &d) {
             let to = match r.action {
                 qmq_meta::model::ResetAction::Earliest => ResetTo::Earliest,
                 qmq_meta::model::ResetAction::Latest => ResetTo::Latest,
@@ -425,14 +492,28 @@ async fn follow_directives(meta_http: String, group: String, dir: PathBuf, broke
                     break;
                 }
             }
-            after = r.id;
-            if let Err(e) = std::fs::write(&state_file, after.to_string()) {
-                tracing::error!(error = %e, "recording the applied reset id failed");
-            }
+            applied = r.id;
+            record(&state_file, applied).await;
         }
         if !failed {
-            after = after.max(d.last_id);
+            if d.last_id > applied {
+                record(&state_file, d.last_id).await;
+            }
+            applied = applied.max(d.last_id);
         }
+        start = directives::Start::After(applied);
+    }
+}
+
+/// Records the applied reset id off the async runtime; a failure is logged (the id is kept in
+/// memory, so this process applies nothing twice).
+async fn record(path: &Path, id: i64) {
+    let path = path.to_owned();
+    let saved = tokio::task::spawn_blocking(move || directives::save(&path, id)).await;
+    match saved {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, id, "recording the applied reset id failed"),
+        Err(e) => tracing::error!(error = %e, id, "recording the applied reset id failed"),
     }
 }
 
@@ -445,4 +526,62 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Meta {
+        #[command(flatten)]
+        args: MetaOnlyArgs,
+    }
+
+    fn meta_config(argv: &[&str]) -> MetaConfig {
+        let parsed = Meta::try_parse_from(std::iter::once("meta").chain(argv.iter().copied()))
+            .unwrap()
+            .args;
+        parsed
+            .meta
+            .config(&parsed.data_dir, parsed.secret.cluster_secret.clone())
+    }
+
+    /// The ports README.md documents ("Ports", "Configuration") are the ones bound.
+    #[test]
+    fn meta_listens_where_the_readme_says() {
+        let c = meta_config(&[]);
+        assert_eq!(c.tcp_addr, "0.0.0.0:20880".parse().unwrap());
+        assert_eq!(c.http_addr, "0.0.0.0:8080".parse().unwrap());
+        let c = meta_config(&["--meta-tcp-listen", "127.0.0.1:20990"]);
+        assert_eq!(c.tcp_addr, "127.0.0.1:20990".parse().unwrap());
+        let readme = include_str!("../../../README.md");
+        assert!(readme.contains("| 20880 | meta server TCP"));
+        assert!(readme.contains("| `--meta-tcp-listen` | `0.0.0.0:20880` |"));
+    }
+
+    #[test]
+    fn cluster_secret_and_trusted_addresses_reach_the_meta_config() {
+        let c = meta_config(&[
+            "--cluster-secret",
+            "k",
+            "--trusted-broker-addr",
+            "10.0.0.1,10.0.0.2",
+            "--trusted-broker-addr",
+            "::1",
+        ]);
+        assert_eq!(c.cluster_secret.as_deref(), Some("k"));
+        assert_eq!(c.trusted_broker_addrs.len(), 3);
+        assert!(Meta::try_parse_from(["meta", "--trusted-broker-addr", "host:1"]).is_err());
+        let open = meta_config(&[]);
+        assert!(open.cluster_secret.is_none() && open.trusted_broker_addrs.is_empty());
+    }
+
+    #[test]
+    fn a_generated_secret_is_long_and_fresh() {
+        let (a, b) = (generated_secret(), generated_secret());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
 }

@@ -497,3 +497,164 @@ async fn a_failed_message_comes_back_through_the_delay_server_after_its_retry_de
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// Sends one BROKER_REGISTER (no cluster secret, as a Java server or a stranger would) to the
+/// meta server at `meta_tcp`; returns the answer code.
+async fn register_without_secret(
+    meta_tcp: &str,
+    kind: qmq_protocol::BrokerRequestType,
+    group: &str,
+    address: &str,
+) -> i16 {
+    use bytes::BytesMut;
+    use qmq_protocol::codes::command;
+    use qmq_protocol::{BrokerRegisterRequest, BrokerRole, BrokerState};
+
+    let meta = Connection::connect(meta_tcp).await.unwrap();
+    let mut body = BytesMut::new();
+    BrokerRegisterRequest {
+        request_type: kind,
+        group_name: group.into(),
+        broker_address: address.into(),
+        role: BrokerRole::Master,
+        state: BrokerState::None,
+    }
+    .encode(&mut body)
+    .unwrap();
+    meta.request(
+        command::BROKER_REGISTER,
+        body.freeze(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+    .header
+    .code
+}
+
+#[tokio::test]
+async fn standalone_refuses_registrations_without_its_secret() {
+    use qmq_protocol::codes::response;
+    use qmq_protocol::BrokerRequestType;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (mut server, line) = start_with_line(dir.path(), port);
+    let meta_tcp = field(&line, "tcp");
+    // Its own broker and delay server registered with the generated secret.
+    assert_eq!(route(&meta_tcp, "sec").await, addr);
+    let delay = format!("127.0.0.1:{}", port + 1);
+    assert_eq!(
+        route_for(&meta_tcp, "sec", qmq_protocol::ClientType::DelayProducer).await,
+        delay
+    );
+    // A stranger can neither take the broker offline nor add a group.
+    let offline = BrokerRequestType::Offline;
+    let code = register_without_secret(&meta_tcp, offline, "broker-1", &addr).await;
+    assert_eq!(code, response::BROKER_REJECT);
+    let code =
+        register_without_secret(&meta_tcp, BrokerRequestType::Online, "evil", "10.6.6.6:1").await;
+    assert_eq!(code, response::BROKER_REJECT);
+    assert_eq!(route(&meta_tcp, "sec").await, addr);
+    assert_eq!(route(&meta_tcp, "sec.new").await, addr);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+/// Starts a `qmq` server subcommand and returns it with its first stdout line.
+fn spawn_ready(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qmq"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("ready"), "unexpected first line {line:?}");
+    (child, line)
+}
+
+/// How many groups the meta server routes `subject` to for a producer.
+async fn route_len(meta_tcp: &str, subject: &str) -> usize {
+    use bytes::BytesMut;
+    use qmq_protocol::codes::command;
+    use qmq_protocol::{ClientRequestType, ClientType, MetaInfoRequest, MetaInfoResponse};
+
+    let meta = Connection::connect(meta_tcp).await.unwrap();
+    let mut body = BytesMut::new();
+    MetaInfoRequest::new(
+        "c",
+        ClientType::Producer,
+        ClientRequestType::Online,
+        subject,
+        "a",
+        "",
+    )
+    .encode(&mut body)
+    .unwrap();
+    let resp = meta
+        .request(
+            command::CLIENT_REGISTER,
+            body.freeze(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    MetaInfoResponse::decode(&resp.body).unwrap().groups.len()
+}
+
+#[tokio::test]
+async fn a_broker_registers_with_the_cluster_secret_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (mut meta, line) = spawn_ready(&[
+        "meta",
+        "--meta-http-listen",
+        "127.0.0.1:0",
+        "--meta-tcp-listen",
+        "127.0.0.1:0",
+        "--cluster-secret",
+        "s3cret",
+        "--data-dir",
+        data,
+    ]);
+    let meta_tcp = field(&line, "tcp");
+    let broker = |group: &str, port: u16, secret: &str| {
+        let listen = format!("127.0.0.1:{port}");
+        let data = dir.path().join(group);
+        spawn_ready(&[
+            "broker",
+            "--group",
+            group,
+            "--listen",
+            &listen,
+            "--advertise",
+            &listen,
+            "--meta",
+            &meta_tcp,
+            "--cluster-secret",
+            secret,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .0
+    };
+    // A broker with the wrong secret is refused: no route appears.
+    let mut wrong = broker("wrong", free_port(), "guess");
+    // A broker with the secret registers and becomes the route.
+    let port = free_port();
+    let mut right = broker("right", port, "s3cret");
+    eventually(Duration::from_secs(20), || async {
+        route_len(&meta_tcp, "flag").await == 1
+    })
+    .await;
+    assert_eq!(route(&meta_tcp, "flag").await, format!("127.0.0.1:{port}"));
+    for child in [&mut right, &mut wrong, &mut meta] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

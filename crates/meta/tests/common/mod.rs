@@ -216,6 +216,18 @@ impl MetaConn {
         self.framed.get_mut().write_all(bytes).await.unwrap();
     }
 
+    /// A connection to the meta server's TCP port from the local address `from` (any
+    /// 127.x.y.z works on Linux), to test address-based trust.
+    pub async fn connect_from(handle: &MetaServerHandle, from: std::net::IpAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+        let stream = socket.connect(handle.tcp_addr()).await.unwrap();
+        Self {
+            framed: Framed::new(stream, FrameCodec::default()),
+            opaque: 0,
+        }
+    }
+
     pub async fn broker(
         &mut self,
         kind: BrokerRequestType,
@@ -223,6 +235,20 @@ impl MetaConn {
         addr: &str,
         role: BrokerRole,
         state: BrokerState,
+    ) -> i16 {
+        self.broker_with_secret(kind, group, addr, role, state, None)
+            .await
+    }
+
+    /// A BROKER_REGISTER carrying `secret` in its extension block (none: QMQ's plain body).
+    pub async fn broker_with_secret(
+        &mut self,
+        kind: BrokerRequestType,
+        group: &str,
+        addr: &str,
+        role: BrokerRole,
+        state: BrokerState,
+        secret: Option<&str>,
     ) -> i16 {
         let mut body = BytesMut::new();
         BrokerRegisterRequest {
@@ -232,7 +258,7 @@ impl MetaConn {
             role,
             state,
         }
-        .encode(&mut body)
+        .encode_with_secret(secret, &mut body)
         .unwrap();
         self.call(command::BROKER_REGISTER, 8, body)
             .await
