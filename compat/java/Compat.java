@@ -249,7 +249,8 @@ public final class Compat {
 
     /**
      * A message with a max retry count of 2 whose listener always fails is delivered twice, then
-     * arrives on the dead-letter subject, read by a Java listener subscribed to that subject.
+     * arrives on the dead-letter subject, read by a Java listener of the same group subscribed to
+     * that subject.
      */
     private Result deadLetters() throws Exception {
         final int maxRetry = 2;
@@ -265,7 +266,9 @@ public final class Compat {
             throw new RuntimeException("compat: this listener always fails");
         }, null);
         Recorder deadRec = new Recorder();
-        listen(dead, "dl-reader", deadRec, null);
+        // The same group: the client drops pulled messages whose qmq_consumerGroupName property
+        // (set when a message is sent back) names another group.
+        listen(dead, group, deadRec, null);
         // A probe with a max retry count of 0 goes to the dead-letter subject on its first failure:
         // once one arrives there, both the failing group and the dead-letter reader are pulling.
         if (!prime(subject, p -> p.setMaxRetryNum(0), deadRec.probed::get)) {
