@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# Runs the original QMQ Java client against `qmq standalone`: sends 100 messages and a delayed one
-# with the Java producer and receives them with a Java listener (compat/java/Compat.java).
+# Runs the original QMQ Java client against `qmq standalone` (compat/java/Compat.java), as named
+# checks that each print `CHECK <name>: OK|FAILED (<details>)`: messages (100 tagged messages with a
+# property), delay (a 3 s delayed message), retry-timing (a failed delivery comes back no earlier
+# than the broker's retry delay), dead-letters (after setMaxRetryNum failures a message lands on
+# %DEAD_RETRY%<subject>%<group>), tags (AND/OR subscriptions), broadcast (two clients each get every
+# message), pull-api (the pull consumer pulls, acks and nacks) and new-group-start (a new group
+# starts at the latest message, as in QMQ). Exits non-zero if any check fails.
 #
 # The client is compiled from a local git copy of github.com/qunarcorp/qmq (nothing of it is kept
 # in this repository), against Debian's Java packages; compat/java/stubs holds a no-op stand-in
 # for the opentracing API, which Debian does not package. Not part of CI: it needs that copy.
+# qmq is built in release mode under $CARGO_TARGET_DIR (default: target/). When `qmq standalone`
+# has `--retry-delay-secs`, the server is started with a 2 s retry delay to keep the run short;
+# otherwise the broker's default (5 s, QMQ's) is assumed.
 #
-#   scripts/java-compat.sh [path to a qmq git repository]   (default: /work/.mirror/qunarcorp+qmq/repo)
+#   scripts/java-compat.sh [path to a qmq git repository] [check name...]
+#   (default repository: /work/.mirror/qunarcorp+qmq/repo; no check names: all checks)
 set -euo pipefail
 
 repo=${1:-/work/.mirror/qunarcorp+qmq/repo}
+shift || true
 root=$(cd "$(dirname "$0")/.." && pwd)
+target=${CARGO_TARGET_DIR:-$root/target}
+case $target in /*) ;; *) target=$root/$target ;; esac
 work=$(mktemp -d)
 server=
 cleanup() {
@@ -48,9 +60,16 @@ echo "building qmq"
 (cd "$root" && cargo build --release -q -p qmq)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 broker=$(free_port) http=$(free_port) tcp=$(free_port) delay=$(free_port)
-"$root/target/release/qmq" standalone --data-dir "$work/data" --listen "127.0.0.1:$broker" \
+qmq=$target/release/qmq
+retry_delay=5
+extra=()
+if grep -q -- '--retry-delay-secs' <<<"$("$qmq" standalone --help)"; then
+    retry_delay=2
+    extra=(--retry-delay-secs "$retry_delay")
+fi
+"$qmq" standalone --data-dir "$work/data" --listen "127.0.0.1:$broker" \
     --meta-http-listen "127.0.0.1:$http" --meta-tcp-listen "127.0.0.1:$tcp" \
-    --delay-listen "127.0.0.1:$delay" > "$work/server.log" 2>&1 &
+    --delay-listen "127.0.0.1:$delay" "${extra[@]}" > "$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do
     grep -q 'qmq standalone ready' "$work/server.log" && break
@@ -59,5 +78,12 @@ for _ in $(seq 100); do
 done
 grep -q 'qmq standalone ready' "$work/server.log" || { echo "server did not start" >&2; exit 1; }
 
+echo "running the checks (broker retry delay ${retry_delay} s)"
+status=0
 java -Dlogback.configurationFile="$root/compat/java/logback.xml" -cp "$work/classes:$cp" \
-    Compat "http://127.0.0.1:$http/meta/address"
+    Compat "http://127.0.0.1:$http/meta/address" "$retry_delay" "$@" || status=$?
+if [ "$status" -ne 0 ]; then
+    echo "--- last lines of the server log" >&2
+    tail -n 30 "$work/server.log" >&2
+fi
+exit "$status"

@@ -1,106 +1,598 @@
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.HashSet;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
 import java.util.Set;
 import java.util.UUID;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
-import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.BooleanSupplier;
+import java.util.function.Consumer;
 
+import qunar.tc.qmq.ListenerHolder;
 import qunar.tc.qmq.Message;
+import qunar.tc.qmq.MessageListener;
 import qunar.tc.qmq.MessageSendStateListener;
+import qunar.tc.qmq.PullConsumer;
+import qunar.tc.qmq.SubscribeParam;
+import qunar.tc.qmq.TagType;
 import qunar.tc.qmq.consumer.MessageConsumerProvider;
 import qunar.tc.qmq.producer.MessageProducerProvider;
 
 /**
- * The QMQ Java client against a qmq-rs server: 100 messages with a property and a tag, plus one
- * message delayed by 3 s, sent by the Java producer and received (and acked by returning) by a Java
- * listener. Exits 0 only if every send succeeded, every message arrived once with its property and
- * tag, and the delayed one arrived no earlier than its delay.
+ * The QMQ Java client against a qmq-rs server, as a list of named checks. Each check uses its own
+ * fresh subject and prints one line {@code CHECK <name>: OK|FAILED (<details>)}; the program exits
+ * 0 only if every check passed.
  *
- * Usage: java Compat http://host:port/meta/address
+ * <ul>
+ *   <li>{@code messages}: 100 messages with a property and a tag arrive once each, intact.</li>
+ *   <li>{@code delay}: a message delayed by 3 s arrives, no earlier than its delay.</li>
+ *   <li>{@code retry-timing}: a listener that throws on a message's first delivery gets it again,
+ *       no earlier than the broker's retry delay (QMQ {@code message.retry.delay.seconds}).</li>
+ *   <li>{@code dead-letters}: a message with {@code setMaxRetryNum(2)} that always fails is
+ *       delivered twice, then arrives on {@code %DEAD_RETRY%<subject>%<group>}.</li>
+ *   <li>{@code tags}: AND and OR tag subscriptions get exactly the matching messages.</li>
+ *   <li>{@code broadcast}: two consumers (different client ids) in broadcast mode each get every
+ *       message.</li>
+ *   <li>{@code pull-api}: the pull consumer pulls and acks every message; the one it nacks comes
+ *       back through the retry subject.</li>
+ *   <li>{@code new-group-start}: a group that subscribes after 10 messages were stored gets none of
+ *       them, only later ones (QMQ starts a new group at the subject's end).</li>
+ * </ul>
+ *
+ * <p>A QMQ broker starts a new group at the end of the subject, so a check must not send before its
+ * consumers have pulled once. Each check therefore first sends "probe" messages (property
+ * {@code kind=probe}, ignored by the checks) every 200 ms until every consumer has received one.
+ *
+ * <p>Usage: {@code java Compat http://host:port/meta/address [retry delay seconds] [check names...]}
+ * (retry delay default 5; no check names: all checks).
  */
 public final class Compat {
-    private static final int COUNT = 100;
-    private static final long DELAY_MS = 3000;
+    /** How long a check waits for the messages it expects (beyond any delay it is testing). */
+    private static final long WAIT_MS = 30_000;
+    /** How long a check may take to see its first probe (consumer registered and pulling). */
+    private static final long PRIME_MS = 20_000;
+    /** Slack allowed on "no earlier than" comparisons (millisecond rounding of stored times). */
+    private static final long SLACK_MS = 50;
 
-    public static void main(String[] args) throws Exception {
-        String meta = args[0];
-        // A fresh subject per run: a rerun against the same server must not see old messages.
-        String subject = "java.compat." + UUID.randomUUID().toString().substring(0, 8);
+    private final String meta;
+    private final long retryDelayMs;
+    private final String run = UUID.randomUUID().toString().substring(0, 8);
+    private final MessageProducerProvider producer = new MessageProducerProvider();
+    private final MessageConsumerProvider consumer;
+    private final List<ListenerHolder> listeners = new ArrayList<>();
 
-        Set<String> received = ConcurrentHashMap.newKeySet();
-        AtomicInteger duplicates = new AtomicInteger();
-        AtomicInteger damaged = new AtomicInteger();
-        CountDownLatch allReceived = new CountDownLatch(COUNT);
-        CountDownLatch delayReceived = new CountDownLatch(1);
-        AtomicLong delaySentAt = new AtomicLong();
-        AtomicLong delayTook = new AtomicLong(-1);
+    private record Result(boolean ok, String details) {
+    }
 
-        MessageConsumerProvider consumer = new MessageConsumerProvider();
-        consumer.setAppCode("qmq-rs-compat");
-        consumer.setMetaServer(meta);
-        consumer.init();
-        consumer.addListener(subject, "compat", m -> {
-            if ("delay".equals(m.getStringProperty("kind"))) {
-                delayTook.set(System.currentTimeMillis() - delaySentAt.get());
-                delayReceived.countDown();
+    private interface Check {
+        Result run() throws Exception;
+    }
+
+    /** What a listener kept of a message it received. */
+    private record Got(String kind, Set<String> tags, String k, long at) {
+    }
+
+    /**
+     * A listener that records the non-probe messages it receives, by their {@code id} property,
+     * and counts duplicates; probes only set {@link #probed}.
+     */
+    private static final class Recorder implements MessageListener {
+        final AtomicBoolean probed = new AtomicBoolean();
+        final Map<String, Got> got = new ConcurrentHashMap<>();
+        final AtomicInteger duplicates = new AtomicInteger();
+
+        @Override
+        public void onMessage(Message m) {
+            if ("probe".equals(m.getStringProperty("kind"))) {
+                probed.set(true);
                 return;
             }
-            if (!received.add(m.getMessageId())) {
+            Got g = new Got(m.getStringProperty("kind"), new HashSet<>(m.getTags()),
+                    m.getStringProperty("k"), System.currentTimeMillis());
+            if (got.putIfAbsent(m.getStringProperty("id"), g) != null) {
                 duplicates.incrementAndGet();
-                return;
             }
-            if (!"v".equals(m.getStringProperty("k")) || !m.getTags().contains("tagA")) {
-                damaged.incrementAndGet();
-            }
-            allReceived.countDown();
-        }, Executors.newFixedThreadPool(4));
+        }
+    }
 
-        MessageProducerProvider producer = new MessageProducerProvider();
+    private Compat(String meta, long retryDelayMs) {
+        this.meta = meta;
+        this.retryDelayMs = retryDelayMs;
         producer.setAppCode("qmq-rs-compat");
         producer.setMetaServer(meta);
         producer.init();
+        consumer = newConsumer(null);
+    }
 
-        CountDownLatch sent = new CountDownLatch(COUNT + 1);
-        AtomicInteger sendFailures = new AtomicInteger();
+    public static void main(String[] args) throws Exception {
+        String meta = args[0];
+        long retryDelayMs = args.length > 1 ? Long.parseLong(args[1]) * 1000 : 5000;
+        Set<String> only = new HashSet<>(Arrays.asList(args).subList(Math.min(args.length, 2), args.length));
+        Compat c = new Compat(meta, retryDelayMs);
+
+        Map<String, Check> checks = new LinkedHashMap<>();
+        checks.put("messages", c::messages);
+        checks.put("delay", c::delay);
+        checks.put("retry-timing", c::retryTiming);
+        checks.put("dead-letters", c::deadLetters);
+        checks.put("tags", c::tags);
+        checks.put("broadcast", c::broadcast);
+        checks.put("pull-api", c::pullApi);
+        checks.put("new-group-start", c::newGroupStart);
+
+        int failed = 0;
+        for (Map.Entry<String, Check> e : checks.entrySet()) {
+            if (!only.isEmpty() && !only.contains(e.getKey())) {
+                continue;
+            }
+            Result r;
+            try {
+                r = e.getValue().run();
+            } catch (Exception ex) {
+                r = new Result(false, "exception: " + ex);
+            }
+            c.stopListeners();
+            if (!r.ok()) {
+                failed++;
+            }
+            System.out.printf("CHECK %s: %s (%s)%n", e.getKey(), r.ok() ? "OK" : "FAILED", r.details());
+            System.out.flush();
+        }
+        System.out.printf("%d check(s) failed%n", failed);
+        System.out.flush();
+        // The client's background threads are not all daemons; exit explicitly.
+        System.exit(failed == 0 ? 0 : 1);
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // The checks
+
+    /** 100 messages with a property and a tag arrive once each, intact. */
+    private Result messages() throws Exception {
+        final int count = 100;
+        String subject = subject("messages");
+        Recorder rec = new Recorder();
+        listen(subject, "compat", rec, null);
+        if (!prime(subject, p -> { }, rec.probed::get)) {
+            return notReady();
+        }
+        List<Message> batch = new ArrayList<>();
+        for (int i = 0; i < count; i++) {
+            Message m = message(subject, "normal", String.valueOf(i));
+            m.setProperty("k", "v");
+            m.addTag("tagA");
+            batch.add(m);
+        }
+        int sendFailures = sendAll(batch);
+        boolean all = waitFor(() -> rec.got.size() >= count, WAIT_MS);
+        long damaged = rec.got.values().stream()
+                .filter(g -> !"v".equals(g.k()) || !g.tags().contains("tagA")).count();
+        boolean ok = sendFailures == 0 && all && rec.duplicates.get() == 0 && damaged == 0;
+        return new Result(ok, String.format("send failures %d, received %d/%d, duplicates %d, damaged %d",
+                sendFailures, rec.got.size(), count, rec.duplicates.get(), damaged));
+    }
+
+    /** A message delayed by 3 s arrives, and not before its delay. */
+    private Result delay() throws Exception {
+        final long delayMs = 3000;
+        String subject = subject("delay");
+        Recorder rec = new Recorder();
+        listen(subject, "compat", rec, null);
+        if (!prime(subject, p -> { }, rec.probed::get)) {
+            return notReady();
+        }
+        Message m = message(subject, "delay", "d");
+        m.setDelayTime(delayMs, TimeUnit.MILLISECONDS);
+        long sentAt = System.currentTimeMillis();
+        int sendFailures = sendAll(List.of(m));
+        boolean got = waitFor(() -> rec.got.containsKey("d"), delayMs + WAIT_MS);
+        long took = got ? rec.got.get("d").at() - sentAt : -1;
+        boolean ok = sendFailures == 0 && got && took >= delayMs - SLACK_MS;
+        return new Result(ok, String.format("send failures %d, delayed %d ms, arrived %s",
+                sendFailures, delayMs, got ? "after " + took + " ms" : "NOT AT ALL"));
+    }
+
+    /**
+     * A listener throws on each message's first delivery; every message must be delivered again,
+     * and not before the broker's retry delay has passed since the failure.
+     */
+    private Result retryTiming() throws Exception {
+        final int count = 3;
+        String subject = subject("retry-timing");
+        AtomicBoolean probed = new AtomicBoolean();
+        Map<String, Long> failedAt = new ConcurrentHashMap<>();
+        Map<String, Long> redeliveredAt = new ConcurrentHashMap<>();
+        listen(subject, "compat", m -> {
+            if ("probe".equals(m.getStringProperty("kind"))) {
+                probed.set(true);
+                return;
+            }
+            String id = m.getStringProperty("id");
+            long now = System.currentTimeMillis();
+            if (failedAt.putIfAbsent(id, now) == null) {
+                throw new RuntimeException("compat: first delivery of " + id + " fails on purpose");
+            }
+            redeliveredAt.putIfAbsent(id, now);
+        }, null);
+        if (!prime(subject, p -> { }, probed::get)) {
+            return notReady();
+        }
+        List<Message> batch = new ArrayList<>();
+        for (int i = 0; i < count; i++) {
+            batch.add(message(subject, "retry", String.valueOf(i)));
+        }
+        int sendFailures = sendAll(batch);
+        boolean all = waitFor(() -> redeliveredAt.size() >= count, retryDelayMs + WAIT_MS);
+        long min = Long.MAX_VALUE;
+        long max = -1;
+        for (Map.Entry<String, Long> e : redeliveredAt.entrySet()) {
+            long gap = e.getValue() - failedAt.get(e.getKey());
+            min = Math.min(min, gap);
+            max = Math.max(max, gap);
+        }
+        boolean ok = sendFailures == 0 && all && min >= retryDelayMs - SLACK_MS;
+        return new Result(ok, String.format(
+                "send failures %d, failed %d, redelivered %d/%d, %s (broker retry delay %d ms)",
+                sendFailures, failedAt.size(), redeliveredAt.size(), count,
+                max < 0 ? "none redelivered" : "redelivery " + min + ".." + max + " ms after the failure",
+                retryDelayMs));
+    }
+
+    /**
+     * A message with a max retry count of 2 whose listener always fails is delivered twice, then
+     * arrives on the dead-letter subject, read by a Java listener of the same group subscribed to
+     * that subject.
+     */
+    private Result deadLetters() throws Exception {
+        final int maxRetry = 2;
+        String subject = subject("dead-letters");
+        String group = "dl";
+        String dead = "%DEAD_RETRY%" + subject + "%" + group;
+        Map<String, AtomicInteger> deliveries = new ConcurrentHashMap<>();
+        listen(subject, group, m -> {
+            String id = m.getStringProperty("id");
+            if (id != null) {
+                deliveries.computeIfAbsent(id, x -> new AtomicInteger()).incrementAndGet();
+            }
+            throw new RuntimeException("compat: this listener always fails");
+        }, null);
+        Recorder deadRec = new Recorder();
+        // The same group: the client drops pulled messages whose qmq_consumerGroupName property
+        // (set when a message is sent back) names another group.
+        listen(dead, group, deadRec, null);
+        // A probe with a max retry count of 0 goes to the dead-letter subject on its first failure:
+        // once one arrives there, both the failing group and the dead-letter reader are pulling.
+        if (!prime(subject, p -> p.setMaxRetryNum(0), deadRec.probed::get)) {
+            return new Result(false, "no probe (max retry 0) reached " + dead + " within " + PRIME_MS + " ms");
+        }
+        Message m = message(subject, "doomed", "x");
+        m.setMaxRetryNum(maxRetry);
+        long sentAt = System.currentTimeMillis();
+        int sendFailures = sendAll(List.of(m));
+        boolean got = waitFor(() -> deadRec.got.containsKey("x"), maxRetry * retryDelayMs + WAIT_MS);
+        int delivered = deliveries.getOrDefault("x", new AtomicInteger()).get();
+        boolean ok = sendFailures == 0 && got && delivered == maxRetry && deadRec.duplicates.get() == 0;
+        return new Result(ok, String.format(
+                "send failures %d, max retry %d, delivered %d time(s) to the failing group, %s %s",
+                sendFailures, maxRetry, delivered,
+                got ? "arrived on" : "NOT on", dead)
+                + (got ? " after " + (deadRec.got.get("x").at() - sentAt) + " ms" : ""));
+    }
+
+    /**
+     * One group subscribes with tags {a, b} in AND mode, another in OR mode; messages tagged
+     * {a, b}, {a}, {b}, {c} and none are sent. AND must get exactly the {a, b} ones, OR exactly
+     * those with a or b.
+     */
+    private Result tags() throws Exception {
+        final int rounds = 10;
+        String subject = subject("tags");
+        Recorder and = new Recorder();
+        Recorder or = new Recorder();
+        Set<String> ab = Set.of("a", "b");
+        listen(subject, "and", and, new SubscribeParam.SubscribeParamBuilder()
+                .setTagType(TagType.AND).setTags(ab).create());
+        listen(subject, "or", or, new SubscribeParam.SubscribeParamBuilder()
+                .setTagType(TagType.OR).setTags(ab).create());
+        if (!prime(subject, p -> { p.addTag("a"); p.addTag("b"); }, () -> and.probed.get() && or.probed.get())) {
+            return notReady();
+        }
+        // Per round the {a, b} message goes last, so once the last one arrived everything sent
+        // before it has been offered to both groups.
+        String[][] kinds = {{"c"}, {}, {"a"}, {"b"}, {"a", "b"}};
+        List<Message> batch = new ArrayList<>();
+        Set<String> wantAnd = new HashSet<>();
+        Set<String> wantOr = new HashSet<>();
+        for (int i = 0; i < rounds; i++) {
+            for (String[] tags : kinds) {
+                String kind = tags.length == 0 ? "none" : String.join("", tags);
+                String id = kind + i;
+                Message m = message(subject, kind, id);
+                for (String t : tags) {
+                    m.addTag(t);
+                }
+                batch.add(m);
+                if (kind.equals("ab")) {
+                    wantAnd.add(id);
+                }
+                if (kind.contains("a") || kind.contains("b")) {
+                    wantOr.add(id);
+                }
+            }
+        }
+        int sendFailures = sendAll(batch);
+        boolean all = waitFor(() -> and.got.keySet().containsAll(wantAnd) && or.got.keySet().containsAll(wantOr), WAIT_MS);
+        Set<String> extraAnd = new HashSet<>(and.got.keySet());
+        extraAnd.removeAll(wantAnd);
+        Set<String> extraOr = new HashSet<>(or.got.keySet());
+        extraOr.removeAll(wantOr);
+        int missingAnd = (int) wantAnd.stream().filter(id -> !and.got.containsKey(id)).count();
+        int missingOr = (int) wantOr.stream().filter(id -> !or.got.containsKey(id)).count();
+        boolean ok = sendFailures == 0 && all && extraAnd.isEmpty() && extraOr.isEmpty()
+                && and.duplicates.get() == 0 && or.duplicates.get() == 0;
+        return new Result(ok, String.format(
+                "send failures %d; AND{a,b}: %d/%d, missing %d, unexpected %s, duplicates %d; "
+                        + "OR{a,b}: %d/%d, missing %d, unexpected %s, duplicates %d",
+                sendFailures, and.got.size() - extraAnd.size(), wantAnd.size(), missingAnd, sorted(extraAnd),
+                and.duplicates.get(), or.got.size() - extraOr.size(), wantOr.size(), missingOr, sorted(extraOr),
+                or.duplicates.get()));
+    }
+
+    /** Two consumers with different client ids subscribe in broadcast mode; each gets everything. */
+    private Result broadcast() throws Exception {
+        final int count = 20;
+        String subject = subject("broadcast");
+        Recorder one = new Recorder();
+        Recorder two = new Recorder();
+        MessageConsumerProvider c1 = newConsumer("compat-bc1-" + run);
+        MessageConsumerProvider c2 = newConsumer("compat-bc2-" + run);
+        try {
+            // An empty group means broadcast: the client uses its client id as the group.
+            listeners.add(c1.addListener(subject, "", one, pool()));
+            listeners.add(c2.addListener(subject, "", two, pool()));
+            if (!prime(subject, p -> { }, () -> one.probed.get() && two.probed.get())) {
+                return notReady();
+            }
+            List<Message> batch = new ArrayList<>();
+            for (int i = 0; i < count; i++) {
+                batch.add(message(subject, "broadcast", String.valueOf(i)));
+            }
+            int sendFailures = sendAll(batch);
+            boolean all = waitFor(() -> one.got.size() >= count && two.got.size() >= count, WAIT_MS);
+            boolean ok = sendFailures == 0 && all && one.duplicates.get() == 0 && two.duplicates.get() == 0;
+            return new Result(ok, String.format(
+                    "send failures %d, consumer 1 received %d/%d (duplicates %d), consumer 2 received %d/%d (duplicates %d)",
+                    sendFailures, one.got.size(), count, one.duplicates.get(), two.got.size(), count,
+                    two.duplicates.get()));
+        } finally {
+            stopListeners();
+            c1.destroy();
+            c2.destroy();
+        }
+    }
+
+    /**
+     * The pull consumer pulls every message and acks it; one message is nacked instead and must be
+     * pulled again (from the retry subject). No acked message may come back.
+     */
+    private Result pullApi() throws Exception {
+        final int count = 30;
+        final String nacked = "7";
+        String subject = subject("pull-api");
+        PullConsumer pc = consumer.getOrCreatePullConsumer(subject, "pull", false);
+        try {
+            AtomicBoolean probed = new AtomicBoolean();
+            Map<String, Integer> seen = new ConcurrentHashMap<>();
+            AtomicInteger acks = new AtomicInteger();
+            AtomicInteger nacks = new AtomicInteger();
+            Consumer<List<Message>> handle = ms -> {
+                for (Message m : ms) {
+                    if ("probe".equals(m.getStringProperty("kind"))) {
+                        probed.set(true);
+                        m.ack(0, null);
+                        continue;
+                    }
+                    String id = m.getStringProperty("id");
+                    int n = seen.merge(id, 1, Integer::sum);
+                    if (id.equals(nacked) && n == 1) {
+                        nacks.incrementAndGet();
+                        m.ack(0, new RuntimeException("compat: nack on purpose"));
+                    } else {
+                        acks.incrementAndGet();
+                        m.ack(0, null);
+                    }
+                }
+            };
+            long primeDeadline = System.currentTimeMillis() + PRIME_MS;
+            while (!probed.get()) {
+                if (System.currentTimeMillis() > primeDeadline) {
+                    return notReady();
+                }
+                producer.sendMessage(probe(subject));
+                handle.accept(pc.pull(10, 1000));
+            }
+            List<Message> batch = new ArrayList<>();
+            for (int i = 0; i < count; i++) {
+                batch.add(message(subject, "pull", String.valueOf(i)));
+            }
+            int sendFailures = sendAll(batch);
+            long deadline = System.currentTimeMillis() + retryDelayMs + WAIT_MS;
+            while (!(seen.size() >= count && seen.getOrDefault(nacked, 0) >= 2)
+                    && System.currentTimeMillis() < deadline) {
+                handle.accept(pc.pull(10, 1000));
+            }
+            // One more pull: nothing acked may come back.
+            handle.accept(pc.pull(10, 1000));
+            long duplicates = seen.entrySet().stream()
+                    .filter(e -> e.getValue() > (e.getKey().equals(nacked) ? 2 : 1)).count();
+            int nackedBack = Math.max(0, seen.getOrDefault(nacked, 0) - 1);
+            boolean ok = sendFailures == 0 && seen.size() == count && nackedBack == 1 && duplicates == 0;
+            return new Result(ok, String.format(
+                    "send failures %d, pulled %d/%d, acked %d, nacked %d, nacked one pulled again %d time(s), duplicates %d",
+                    sendFailures, seen.size(), count, acks.get(), nacks.get(), nackedBack, duplicates));
+        } finally {
+            pc.close();
+        }
+    }
+
+    /**
+     * 10 "old" messages are stored, then a new group subscribes, then "new" messages are sent one
+     * every 200 ms until the group has 5 of them (at most 30 s). It must have received no old one.
+     */
+    private Result newGroupStart() throws Exception {
+        final int old = 10;
+        final int wantNew = 5;
+        String subject = subject("new-group-start");
+        List<Message> batch = new ArrayList<>();
+        for (int i = 0; i < old; i++) {
+            batch.add(message(subject, "old", "old" + i));
+        }
+        int sendFailures = sendAll(batch);
+        if (sendFailures != 0) {
+            return new Result(false, sendFailures + " of the old messages were not stored");
+        }
+        Recorder rec = new Recorder();
+        listen(subject, "late", rec, null);
+        BooleanSupplier enoughNew = () -> rec.got.values().stream().filter(g -> "new".equals(g.kind())).count() >= wantNew;
+        long deadline = System.currentTimeMillis() + WAIT_MS;
+        int sent = 0;
+        while (!enoughNew.getAsBoolean() && System.currentTimeMillis() < deadline) {
+            producer.sendMessage(message(subject, "new", "new" + sent++));
+            waitFor(enoughNew, 200);
+        }
+        long gotOld = rec.got.values().stream().filter(g -> "old".equals(g.kind())).count();
+        long gotNew = rec.got.values().stream().filter(g -> "new".equals(g.kind())).count();
+        boolean ok = gotNew >= wantNew && gotOld == 0;
+        return new Result(ok, String.format(
+                "%d old messages stored before the group subscribed; it received %d old and %d new (wanted %d, sent %d)%s",
+                old, gotOld, gotNew, wantNew, sent,
+                gotOld > 0 ? ": it started at the earliest message, QMQ starts a new group at the latest" : ""));
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Helpers
+
+    private String subject(String check) {
+        return "java.compat." + check + "." + run;
+    }
+
+    private Message message(String subject, String kind, String id) {
+        Message m = producer.generateMessage(subject);
+        m.setProperty("kind", kind);
+        m.setProperty("id", id);
+        return m;
+    }
+
+    private Message probe(String subject) {
+        Message m = producer.generateMessage(subject);
+        m.setProperty("kind", "probe");
+        return m;
+    }
+
+    private static Result notReady() {
+        return new Result(false, "no probe reached the consumer(s) within " + PRIME_MS + " ms");
+    }
+
+    private static List<String> sorted(Set<String> s) {
+        List<String> l = new ArrayList<>(s);
+        Collections.sort(l);
+        return l;
+    }
+
+    /** A consumer provider; {@code clientId} null keeps the client's default id. */
+    private MessageConsumerProvider newConsumer(String clientId) {
+        MessageConsumerProvider c = new MessageConsumerProvider();
+        c.setAppCode("qmq-rs-compat");
+        c.setMetaServer(meta);
+        if (clientId != null) {
+            c.setClientIdProvider(() -> clientId);
+        }
+        c.init();
+        return c;
+    }
+
+    private static ExecutorService pool() {
+        return Executors.newFixedThreadPool(4, r -> {
+            Thread t = new Thread(r, "compat-listener");
+            t.setDaemon(true);
+            return t;
+        });
+    }
+
+    private void listen(String subject, String group, MessageListener l, SubscribeParam param) {
+        listeners.add(param == null
+                ? consumer.addListener(subject, group, l, pool())
+                : consumer.addListener(subject, group, l, pool(), param));
+    }
+
+    private void stopListeners() {
+        for (ListenerHolder h : listeners) {
+            h.stopListen();
+        }
+        listeners.clear();
+    }
+
+    /**
+     * Sends probes to {@code subject} (each decorated by {@code decorate}) one every 200 ms until
+     * {@code ready} holds; false if it does not within {@link #PRIME_MS}.
+     */
+    private boolean prime(String subject, Consumer<Message> decorate, BooleanSupplier ready) throws InterruptedException {
+        long deadline = System.currentTimeMillis() + PRIME_MS;
+        while (!ready.getAsBoolean()) {
+            if (System.currentTimeMillis() > deadline) {
+                return false;
+            }
+            Message p = probe(subject);
+            decorate.accept(p);
+            producer.sendMessage(p);
+            waitFor(ready, 200);
+        }
+        return true;
+    }
+
+    /** Sends every message and waits for the answers; returns how many were not stored. */
+    private int sendAll(List<Message> batch) throws InterruptedException {
+        CountDownLatch done = new CountDownLatch(batch.size());
+        AtomicInteger failures = new AtomicInteger();
         MessageSendStateListener callback = new MessageSendStateListener() {
             @Override
             public void onSuccess(Message m) {
-                sent.countDown();
+                done.countDown();
             }
 
             @Override
             public void onFailed(Message m) {
-                sendFailures.incrementAndGet();
-                sent.countDown();
+                failures.incrementAndGet();
+                done.countDown();
             }
         };
-        for (int i = 0; i < COUNT; i++) {
-            Message m = producer.generateMessage(subject);
-            m.setProperty("k", "v");
-            m.setProperty("seq", i);
-            m.setProperty("kind", "normal");
-            m.addTag("tagA");
+        for (Message m : batch) {
             producer.sendMessage(m, callback);
         }
-        Message delayed = producer.generateMessage(subject);
-        delayed.setProperty("kind", "delay");
-        delayed.setDelayTime(DELAY_MS, TimeUnit.MILLISECONDS);
-        delaySentAt.set(System.currentTimeMillis());
-        producer.sendMessage(delayed, callback);
+        if (!done.await(WAIT_MS, TimeUnit.MILLISECONDS)) {
+            return failures.get() + (int) done.getCount();
+        }
+        return failures.get();
+    }
 
-        boolean allSent = sent.await(30, TimeUnit.SECONDS);
-        boolean allGot = allReceived.await(60, TimeUnit.SECONDS);
-        boolean delayGot = delayReceived.await(30, TimeUnit.SECONDS);
-        boolean ok = allSent && sendFailures.get() == 0 && allGot && duplicates.get() == 0
-                && damaged.get() == 0 && delayGot && delayTook.get() >= DELAY_MS - 50;
-        System.out.printf(
-                "java client vs qmq-rs on %s: sent %s (failures %d), received %d/%d (duplicates %d, damaged %d), delayed message after %d ms: %s%n",
-                subject, allSent ? "all" : "NOT all", sendFailures.get(), received.size(), COUNT,
-                duplicates.get(), damaged.get(), delayTook.get(), ok ? "OK" : "FAILED");
-        producer.destroy();
-        consumer.destroy();
-        System.exit(ok ? 0 : 1);
+    /** Polls {@code cond} until it holds or {@code timeoutMs} passed; returns its last value. */
+    private static boolean waitFor(BooleanSupplier cond, long timeoutMs) throws InterruptedException {
+        long deadline = System.currentTimeMillis() + timeoutMs;
+        while (!cond.getAsBoolean()) {
+            if (System.currentTimeMillis() >= deadline) {
+                return false;
+            }
+            Thread.sleep(10);
+        }
+        return true;
     }
 }
