@@ -313,7 +313,10 @@ pub async fn consume(
     match system {
         System::Qmq => {
             let conn = qmq_client::Connection::connect(&ep.qmq).await?;
-            let mut c = qmq_client::PullConsumer::new(conn, name, "g", &format!("bench-{id}"));
+            // Like the peers' queues, the group reads what is already stored (QMQ's default
+            // start for a new group is the latest message).
+            let mut c = qmq_client::PullConsumer::new(conn, name, "g", &format!("bench-{id}"))
+                .new_group_start(qmq_client::NewGroupStart::Earliest);
             while !done() {
                 let (first, ms) = c.pull(1000, Duration::from_millis(200)).await?;
                 if ms.is_empty() {

@@ -516,11 +516,19 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
             }
             Err(e) => {
                 tracing::error!(error = %e, "storing messages failed");
+                // The store's `Failed` means not stored: a retry cannot duplicate. Only when a
+                // failed write could not be cut away is the outcome unknown; the remark says so.
+                let remark = match e {
+                    qmq_store::StoreError::MaybeStored { .. } => {
+                        "store error, outcome unknown: a retry may duplicate"
+                    }
+                    _ => "store error, not stored",
+                };
                 for (id, _, _) in &accepted {
                     failures.push(SendFailure {
                         message_id: id.clone(),
                         code: ProducerCode::StoreError,
-                        remark: "store error".into(),
+                        remark: remark.into(),
                     });
                 }
             }

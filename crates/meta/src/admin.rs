@@ -595,6 +595,12 @@ impl MetaCore {
         Ok(info)
     }
 
+    /// The recorded placement of one subject (add-new-subject), if any.
+    pub async fn subject_info(&self, subject: &str) -> Result<Option<SubjectInfo>, MetaError> {
+        let infos = self.store.subject_infos().await?;
+        Ok(infos.into_iter().find(|i| i.subject == subject))
+    }
+
     /// list-subjects: every subject route, fresh from the database.
     pub async fn list_subjects(&self) -> Result<Vec<SubjectRoute>, MetaError> {
         self.store.subject_routes().await

@@ -16,7 +16,9 @@
 //!   keeps no slave addresses or `ext`, so they are `[]` and `null`);
 //! - ListSubjectRoutes: a bare array of `{subject, brokerGroups, version, updateTime}`;
 //! - AddSubjectBrokerGroup: the bare route object, or `{"error": "..."}`;
-//! - AddNewSubject: `{"data": {name, tag, updateTime}}`, or `{"error": "..."}`;
+//! - AddNewSubject: `{"data": {name, tag, updateTime}}`, or `{"error": "..."}` (both `subject`
+//!   and `tag` are required; for a subject already recorded, `{"error", "data": <its info>}`
+//!   and nothing changes; the native API's add-subject updates the tag instead);
 //! - a missing action: plain text `need provide action param`; an unknown one: plain text
 //!   naming it.
 //!
@@ -229,6 +231,20 @@ async fn dispatch(state: &HttpState, action: &str, p: &Params) -> Answer {
             route_json,
         )),
         "AddNewSubject" => {
+            // As QMQ: both names are required, and an existing subject is left as it is.
+            if text(p, "subject").is_empty() || text(p, "tag").is_empty() {
+                return Answer::Bare(json!({ "error": "both subject and tag are required" }));
+            }
+            match core.subject_info(text(p, "subject")).await {
+                Ok(Some(existing)) => {
+                    return Answer::Bare(json!({
+                        "error": "subject already exists",
+                        "data": subject_info_json(&existing),
+                    }))
+                }
+                Ok(None) => {}
+                Err(e) => return data_or_error(Err(e)),
+            }
             let params = NewSubjectParams {
                 subject: text(p, "subject").to_owned(),
                 tag: text(p, "tag").to_owned(),

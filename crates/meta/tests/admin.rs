@@ -1123,15 +1123,18 @@ async fn add_new_subject_over_management(backend: Backend) {
         ("s.new", "blue")
     );
 
-    // Again with another tag: the tag changes, no duplicate.
+    // Again with another tag: refused as QMQ does, with the subject as it is; nothing changes.
     let again = java_form(&meta, TOKEN, "action=AddNewSubject&subject=s.new&tag=red").await;
-    assert_eq!(again["data"]["tag"], "red", "{again}");
+    assert!(again["error"].is_string(), "{again}");
+    assert_eq!(again["data"]["tag"], "blue", "{again}");
     let infos = meta.store().subject_infos().await.unwrap();
     assert_eq!(infos.len(), 1);
-    assert_eq!(infos[0].tag, "red");
+    assert_eq!(infos[0].tag, "blue");
 
     for bad in [
         "action=AddNewSubject&tag=x",
+        "action=AddNewSubject&subject=s.ok",
+        "action=AddNewSubject&subject=s.ok&tag=",
         "action=AddNewSubject&subject=a/b&tag=x",
         "action=AddNewSubject&subject=%25RETRY%25s%25g&tag=x",
         "action=AddNewSubject&subject=s.ok&tag=a%20b",
