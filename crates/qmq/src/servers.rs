@@ -228,7 +228,9 @@ fn standalone_delay_max(delay: Option<usize>, broker: usize) -> anyhow::Result<u
     config
         .validate()
         .and_then(|()| config.check_broker_limits(broker))
-        .context("refusing to start: --delay-max-message-bytes must not exceed --max-message-bytes")?;
+        .context(
+            "refusing to start: --delay-max-message-bytes must not exceed --max-message-bytes",
+        )?;
     Ok(config.max_message_bytes)
 }
 
@@ -339,7 +341,8 @@ pub async fn meta(args: MetaOnlyArgs) -> anyhow::Result<()> {
 /// Runs meta server + broker in one process until SIGINT/SIGTERM. The broker registers with
 /// the meta server before "ready" is printed, so clients find a route at once.
 pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
-    let delay_max = standalone_delay_max(args.delay_max_message_bytes, args.broker.max_message_bytes)?;
+    let delay_max =
+        standalone_delay_max(args.delay_max_message_bytes, args.broker.max_message_bytes)?;
     let data_dir = args.broker.data_dir.clone();
     // Before anything touches the directory (the meta server's database first).
     let _lock = qmq_store::DirLock::acquire(&data_dir).context("locking the data directory")?;
@@ -457,7 +460,10 @@ mod tests {
     #[test]
     fn standalone_refuses_a_delay_limit_above_the_brokers() {
         assert_eq!(standalone_delay_max(None, 1 << 20).unwrap(), 1 << 20);
-        assert_eq!(standalone_delay_max(Some(1 << 10), 1 << 20).unwrap(), 1 << 10);
+        assert_eq!(
+            standalone_delay_max(Some(1 << 10), 1 << 20).unwrap(),
+            1 << 10
+        );
         let err = standalone_delay_max(Some(16 << 20), 4 << 20).unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("refusing to start"), "{text}");
