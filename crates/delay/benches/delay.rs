@@ -18,7 +18,8 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use qmq_delay::clock::wall_ms;
 use qmq_delay::{
-    DelayConfig, DelayEngine, DispatchError, Dispatcher, DueMessage, NewMessage, SystemClock,
+    DelayConfig, DelayEngine, DispatchError, Dispatcher, DueMessage, NewMessage, Outcome,
+    SystemClock,
 };
 use tokio::sync::Notify;
 
@@ -53,14 +54,14 @@ impl Dispatcher for Lateness {
     fn dispatch<'a>(
         &'a self,
         batch: &'a [DueMessage],
-    ) -> BoxFuture<'a, Result<Vec<bool>, DispatchError>> {
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, DispatchError>> {
         Box::pin(async move {
             let now = wall_ms();
             let mut s = self.samples.lock();
             s.extend(batch.iter().map(|m| now - m.due_ms));
             drop(s);
             self.notify.notify_waiters();
-            Ok(vec![true; batch.len()])
+            Ok(vec![Outcome::Stored; batch.len()])
         })
     }
 }

@@ -7,13 +7,21 @@
 //! per bucket: i64 bucket start ms, u64 durable length, u64 records, u64 last message-log
 //! offset (u64::MAX = none) | u32 cleaned count | per cleaned bucket: i64 start, u64 last
 //! message-log offset | u32 CRC-32C of everything before`. Every message-log record
-//! before the offset is in a schedule log whose first `length` bytes were fsynced. Written to a
-//! temporary file, fsynced and renamed over the old one.
+//! before the offset is in a schedule log whose first `length` bytes were fsynced.
+//!
+//! Checkpoints are generations, `checkpoint.<generation, 20 digits>`, as the broker's store
+//! keeps them: each is written to a temporary file, fsynced, renamed into place and the
+//! directory fsynced; the newest [`RETAIN`] are kept, and a damaged newest one falls back to
+//! the one before (recovery then replays more of the message log, which is kept from the
+//! oldest retained checkpoint on). A store written before generations existed has a single
+//! `checkpoint` file: it is read when there is no generation and deleted once one exists.
+//! Falling back past a retention pass can bring back a bucket whose files were deleted: its
+//! messages would then be delivered again (never lost).
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::DelayError;
 use crate::fsutil::sync_dir;
@@ -21,6 +29,11 @@ use crate::fsutil::sync_dir;
 const META_MAGIC: &[u8; 8] = b"QMQDELAY";
 const CP_MAGIC: &[u8; 4] = b"QDCP";
 const VERSION: u32 = 1;
+/// Checkpoint generations kept.
+pub const RETAIN: usize = 3;
+const PREFIX: &str = "checkpoint.";
+/// The single checkpoint file of stores written before generations.
+const LEGACY: &str = "checkpoint";
 
 /// What a checkpoint says about one schedule log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,34 +105,78 @@ pub fn check_scale(dir: &Path, scale: u32) -> Result<(), DelayError> {
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DelayError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
-    OpenOptions::new()
+    let mut file = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .open(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
-        .map_err(|e| DelayError::io("write", &tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| DelayError::io("rename", &path, e))?;
+        .map_err(|e| DelayError::io("create", &tmp, e))?;
+    let written =
+        crate::fsutil::inject("delay::checkpoint::write").and_then(|()| file.write_all(bytes));
+    written.map_err(|e| DelayError::io("write", &tmp, e))?;
+    let synced = crate::fsutil::inject("delay::checkpoint::fsync").and_then(|()| file.sync_all());
+    synced.map_err(|e| DelayError::io("fsync", &tmp, e))?;
+    let renamed =
+        crate::fsutil::inject("delay::checkpoint::rename").and_then(|()| fs::rename(&tmp, &path));
+    renamed.map_err(|e| DelayError::io("rename", &path, e))?;
     sync_dir(dir)
 }
 
+/// Checkpoint generations in `dir`, oldest first.
+fn generations(dir: &Path) -> Result<Vec<(u64, PathBuf)>, DelayError> {
+    let mut out = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| DelayError::io("list directory", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| DelayError::io("list directory", dir, e))?;
+        let gen = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .filter(|n| n.len() == 20)
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(gen) = gen {
+            out.push((gen, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads and decodes one checkpoint file; `Ok(None)` when it is missing or damaged (logged).
+fn read_one(path: &Path) -> Result<Option<Checkpoint>, DelayError> {
+    let read = crate::fsutil::inject("delay::checkpoint::read").and_then(|()| fs::read(path));
+    let bytes = match read {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(DelayError::io("read", path, e)),
+    };
+    let cp = Checkpoint::decode(&bytes);
+    if cp.is_none() {
+        tracing::error!(file = %path.display(), "damaged checkpoint skipped");
+    }
+    Ok(cp)
+}
+
 impl Checkpoint {
-    /// Reads the checkpoint in `dir`. A missing or damaged one reads as empty (the store then
-    /// rescans everything; a damaged one is logged).
+    /// Reads the newest intact checkpoint in `dir` (damaged ones are logged and skipped).
+    /// None at all reads as empty: the store then rescans everything. An I/O error is an error,
+    /// not damage.
     pub fn load(dir: &Path) -> Result<Self, DelayError> {
-        let path = dir.join("checkpoint");
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(DelayError::io("read", &path, e)),
+        let gens = generations(dir)?;
+        let candidates: Vec<PathBuf> = if gens.is_empty() {
+            vec![dir.join(LEGACY)]
+        } else {
+            gens.iter().rev().map(|(_, p)| p.clone()).collect()
         };
-        match Self::decode(&bytes) {
-            Some(cp) => Ok(cp),
-            None => {
-                tracing::error!(file = %path.display(), "damaged checkpoint; rescanning all logs");
-                Ok(Self::default())
+        for path in &candidates {
+            if let Some(cp) = read_one(path)? {
+                return Ok(cp);
             }
         }
+        if candidates.iter().any(|p| p.exists()) {
+            tracing::error!(dir = %dir.display(), "no intact checkpoint; rescanning all logs");
+        }
+        Ok(Self::default())
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
@@ -165,8 +222,10 @@ impl Checkpoint {
         })
     }
 
-    /// Writes the checkpoint durably into `dir`.
-    pub fn store(&self, dir: &Path) -> Result<(), DelayError> {
+    /// Writes the checkpoint durably into `dir` as the next generation and deletes all but the
+    /// newest [`RETAIN`]. Returns the lowest message-log offset a retained checkpoint replays
+    /// from: the message log must be kept from there.
+    pub fn store(&self, dir: &Path) -> Result<u64, DelayError> {
         let mut b = Vec::with_capacity(24 + self.buckets.len() * 32);
         b.extend_from_slice(CP_MAGIC);
         b.extend_from_slice(&VERSION.to_be_bytes());
@@ -185,7 +244,32 @@ impl Checkpoint {
         }
         let crc = crc32c::crc32c(&b);
         b.extend_from_slice(&crc.to_be_bytes());
-        write_atomically(dir, "checkpoint", &b)
+        let gens = generations(dir)?;
+        let gen = gens.last().map_or(1, |(g, _)| g + 1);
+        write_atomically(dir, &format!("{PREFIX}{gen:020}"), &b)?;
+        let mut retained_from = self.wal_offset;
+        let gens = generations(dir)?;
+        let cut = gens.len().saturating_sub(RETAIN);
+        let mut deleted = false;
+        for (_, old) in &gens[..cut] {
+            fs::remove_file(old).map_err(|e| DelayError::io("delete", old, e))?;
+            deleted = true;
+        }
+        for (_, kept) in &gens[cut..] {
+            if let Some(cp) = read_one(kept)? {
+                retained_from = retained_from.min(cp.wal_offset);
+            }
+        }
+        let legacy = dir.join(LEGACY);
+        match fs::remove_file(&legacy) {
+            Ok(()) => deleted = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DelayError::io("delete", &legacy, e)),
+        }
+        if deleted {
+            sync_dir(dir)?;
+        }
+        Ok(retained_from)
     }
 }
 
@@ -230,10 +314,68 @@ mod tests {
         cp.cleaned.insert(0, 12);
         cp.store(dir.path()).unwrap();
         assert_eq!(Checkpoint::load(dir.path()).unwrap(), cp);
-        let path = dir.path().join("checkpoint");
+        let path = newest(dir.path());
         let mut bytes = fs::read(&path).unwrap();
         bytes[10] ^= 1;
         fs::write(&path, &bytes).unwrap();
         assert_eq!(Checkpoint::load(dir.path()).unwrap(), Checkpoint::default());
+    }
+
+    /// The newest checkpoint file in `dir`, whatever the naming.
+    fn newest(dir: &Path) -> PathBuf {
+        let mut names: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_str().unwrap();
+                n.starts_with("checkpoint") && !n.ends_with(".tmp")
+            })
+            .collect();
+        names.sort();
+        names.pop().unwrap()
+    }
+
+    fn cp_at(wal_offset: u64) -> Checkpoint {
+        Checkpoint {
+            wal_offset,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_damaged_newest_checkpoint_falls_back_to_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        cp_at(100).store(dir.path()).unwrap();
+        cp_at(200).store(dir.path()).unwrap();
+        let path = newest(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[10] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), cp_at(100));
+    }
+
+    #[test]
+    fn three_generations_are_kept_and_the_oldest_sets_the_replay_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, off) in [10u64, 20, 30, 40, 50].into_iter().enumerate() {
+            let floor = cp_at(off).store(dir.path()).unwrap();
+            let expected = [10, 10, 10, 20, 30][i];
+            assert_eq!(floor, expected, "after storing {off}");
+        }
+        assert_eq!(generations(dir.path()).unwrap().len(), RETAIN);
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), cp_at(50));
+    }
+
+    #[test]
+    fn a_store_from_before_generations_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        // The legacy single file has the same content format.
+        cp_at(77).store(dir.path()).unwrap();
+        let (_, only) = generations(dir.path()).unwrap().pop().unwrap();
+        fs::rename(only, dir.path().join(LEGACY)).unwrap();
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), cp_at(77));
+        cp_at(88).store(dir.path()).unwrap();
+        assert!(!dir.path().join(LEGACY).exists());
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), cp_at(88));
     }
 }

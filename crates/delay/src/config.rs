@@ -1,4 +1,9 @@
 //! Configuration of the delay engine (storage, wheel, dispatch, retention).
+//!
+//! [`DelayConfig::validate`] checks one configuration on its own (the engine calls it on open);
+//! [`DelayConfig::check_broker_limits`] checks the rules that must agree with the brokers the
+//! due messages go to: a message the delay server accepts must be one a broker accepts, or it
+//! could only ever end as a dead letter.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,6 +12,9 @@ use crate::error::DelayError;
 
 /// Two years (730 days), QMQ's longest delay.
 pub const TWO_YEARS: Duration = Duration::from_secs(730 * 24 * 3600);
+
+/// Default largest message: 4 MiB, the broker's default (`BrokerConfig::max_message_bytes`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Settings of a [`crate::DelayEngine`]. `Default` gives QMQ's values with `data_dir` "delay-data".
 #[derive(Debug, Clone)]
@@ -27,14 +35,24 @@ pub struct DelayConfig {
     pub tick: Duration,
     /// Size at which the message log (WAL) rolls to a new segment file.
     pub wal_segment_bytes: u64,
-    /// Largest message (stored form) accepted.
+    /// Largest message (stored form) accepted. Default 4 MiB, the broker's default: it must not
+    /// exceed the limit of the brokers due messages go to ([`Self::check_broker_limits`]).
     pub max_message_bytes: usize,
     /// Most messages handed to the dispatcher in one call.
     pub dispatch_batch: usize,
-    /// First wait after a failed dispatch; doubles up to `retry_backoff_max`.
+    /// Most message bytes handed to the dispatcher in one call (a larger message goes alone).
+    /// Default 8 MiB. Bounds the memory a batch holds; frames are cut by the forwarder.
+    pub dispatch_batch_bytes: usize,
+    /// First wait before a message that was not stored is offered again; doubles per failed
+    /// attempt of that message up to `retry_backoff_max`. Each message has its own backoff:
+    /// a message that keeps failing never holds up the others.
     pub retry_backoff_min: Duration,
-    /// Longest wait between dispatch retries.
+    /// Longest wait between dispatch retries of one message.
     pub retry_backoff_max: Duration,
+    /// Permanent refusals (see [`crate::Outcome::Permanent`]) after which a message is sent to
+    /// its dead-letter subject `%DEAD_DELAY%<subject>` instead. Default 10. Transient failures
+    /// (broker down, busy, read-only) do not count: they are retried without limit.
+    pub max_dispatch_attempts: u32,
     /// How often schedule and dispatch logs are fsynced and the checkpoint written.
     pub flush_interval: Duration,
     /// How often the cleaner looks for logs to delete.
@@ -55,8 +73,10 @@ impl Default for DelayConfig {
             max_delay: TWO_YEARS,
             tick: Duration::from_millis(10),
             wal_segment_bytes: 256 * 1024 * 1024,
-            max_message_bytes: 16 * 1024 * 1024,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             dispatch_batch: 256,
+            dispatch_batch_bytes: 8 * 1024 * 1024,
+            max_dispatch_attempts: 10,
             retry_backoff_min: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(5),
             flush_interval: Duration::from_secs(1),
@@ -98,8 +118,14 @@ impl DelayConfig {
         if self.tick.is_zero() || self.tick > Duration::from_secs(1) {
             return bad("tick must be in (0, 1s]");
         }
-        if self.dispatch_batch == 0 {
-            return bad("dispatch_batch must be at least 1");
+        if self.dispatch_batch == 0 || self.dispatch_batch_bytes == 0 {
+            return bad("dispatch_batch and dispatch_batch_bytes must be at least 1");
+        }
+        if self.max_dispatch_attempts == 0 {
+            return bad("max_dispatch_attempts must be at least 1");
+        }
+        if self.retry_backoff_min.is_zero() || self.retry_backoff_min > self.retry_backoff_max {
+            return bad("retry_backoff_min must be positive and at most retry_backoff_max");
         }
         if self.max_message_bytes == 0 || self.max_message_bytes > 256 * 1024 * 1024 {
             return bad("max_message_bytes must be in 1..=256 MiB");
@@ -111,5 +137,47 @@ impl DelayConfig {
             return bad("load_ahead must not exceed the bucket width");
         }
         Ok(())
+    }
+
+    /// Checks the limits that must agree with the brokers due messages are forwarded to:
+    /// `max_message_bytes` must not exceed the broker's `broker_max_message_bytes`. Servers
+    /// call it at start-up where both are known, and refuse to start otherwise.
+    pub fn check_broker_limits(&self, broker_max_message_bytes: usize) -> Result<(), DelayError> {
+        if self.max_message_bytes > broker_max_message_bytes {
+            return Err(DelayError::LimitMismatch {
+                what: "max_message_bytes",
+                delay: self.max_message_bytes,
+                broker: broker_max_message_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_may_not_accept_larger_messages_than_the_broker() {
+        let cfg = DelayConfig::new("x");
+        cfg.validate().unwrap();
+        // The defaults agree with the broker's default.
+        cfg.check_broker_limits(4 * 1024 * 1024).unwrap();
+        let err = cfg.check_broker_limits(1024 * 1024).unwrap_err();
+        assert!(matches!(
+            err,
+            DelayError::LimitMismatch {
+                delay: 4194304,
+                broker: 1048576,
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("max_message_bytes"), "{err}");
+        let zero = DelayConfig {
+            max_dispatch_attempts: 0,
+            ..DelayConfig::new("x")
+        };
+        assert!(zero.validate().is_err());
     }
 }

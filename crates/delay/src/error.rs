@@ -28,6 +28,17 @@ pub enum DelayError {
         /// The configured scale.
         configured: u32,
     },
+    /// A limit of the delay server is looser than the same limit of the broker it forwards to:
+    /// messages accepted for later could never be delivered.
+    #[error("delay server {what} ({delay}) exceeds the broker's ({broker}); messages it accepts could never be delivered")]
+    LimitMismatch {
+        /// Which limit.
+        what: &'static str,
+        /// The delay server's value.
+        delay: usize,
+        /// The broker's value.
+        broker: usize,
+    },
     /// A store metadata file is damaged beyond use.
     #[error("damaged store file {path}: {reason}")]
     Corrupt {
@@ -88,7 +99,8 @@ pub enum ScheduleError {
     Closed,
 }
 
-/// A dispatcher could not hand a batch over (nothing in it counts as accepted).
+/// A dispatcher could not hand a batch over (nothing in it was stored; the failure is
+/// transient).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("dispatch failed: {0}")]
 pub struct DispatchError(pub String);

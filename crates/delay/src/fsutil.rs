@@ -1,10 +1,31 @@
 //! Small file-system helpers: durable directory entries, cutting damaged tails aside.
+//!
+//! Fault injection: with the `failpoints` feature, the `fail` crate's failpoints named
+//! `delay::<file kind>::<operation>` make the disk operations of the message log (`wal`),
+//! schedule logs (`schedule`), dispatch logs (`dispatch`) and checkpoint (`checkpoint`) fail
+//! on demand (operations `write`, `fsync`, `read`, `rename`, `dir_fsync`); without the feature
+//! they compile to nothing.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::DelayError;
+
+/// The error an injected failure (failpoint) reports.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+pub fn injected(op: &str) -> std::io::Error {
+    std::io::Error::other(format!("injected {op} failure"))
+}
+
+/// Fails with an injected error when failpoint `name` is configured to `return` (feature
+/// `failpoints`); otherwise (and always without the feature) does nothing.
+#[inline]
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+pub fn inject(name: &str) -> std::io::Result<()> {
+    fail::fail_point!(name, |_| Err(injected(name)));
+    Ok(())
+}
 
 /// Creates `dir` (and parents) if missing.
 pub fn ensure_dir(dir: &Path) -> Result<(), DelayError> {

@@ -15,6 +15,31 @@
 //! Memory: a message costs memory only while its bucket is in the wheel: one 24-byte wheel
 //! entry (plus `Vec` growth slack, ~32-48 MB per million loaded messages in total); messages of
 //! buckets not yet loaded cost nothing but their bucket's ~100 bytes of metadata.
+//!
+//! Policies:
+//!
+//! - **Limits.** A message larger than `max_message_bytes` (default 4 MiB, the broker's
+//!   default) is refused; the limit must not exceed the brokers'
+//!   ([`DelayConfig::check_broker_limits`], checked by `qmq standalone` at start-up) and must
+//!   fit a frame ([`ServerConfig::validate`]). Due messages are handed over in batches of at most
+//!   `dispatch_batch` messages and `dispatch_batch_bytes` bytes, and forwarded in frames cut
+//!   below the frame limit (16 MiB); a message too large for any frame is a permanent refusal.
+//! - **Poison messages.** Every message has its own retry backoff, so one the brokers refuse
+//!   never delays the others. A permanent refusal ([`Outcome::Permanent`]: blocked, too large,
+//!   subject not assigned) counts towards `max_dispatch_attempts` (default 10); then the
+//!   message goes to `%DEAD_DELAY%<subject>` ([`DEAD_LETTER_PREFIX`]) with a WARN line and is
+//!   counted ([`DelayEngine::dead_lettered`]), and is recorded as dispatched once stored there.
+//!   Transient failures (broker down, busy, read-only, no writable route) never dead-letter.
+//! - **Durability.** A message is acknowledged after the message-log fsync; a batch whose
+//!   write or fsync fails is cut off again, so an error answer means "not stored" (except a
+//!   schedule-log failure after the fsync: the message log then still holds it, and a restart
+//!   delivers it). Checkpoints keep three generations and fall back to an older one when the
+//!   newest is damaged; created logs get a directory fsync, and flushes fsync the handles
+//!   that wrote. After a failed log fsync the checkpoint stops advancing until a reopen.
+//!   Disk I/O never runs on the async runtime.
+//! - **Fault injection.** With the `failpoints` feature, failpoints named
+//!   `delay::{wal,schedule,dispatch,checkpoint}::{write,fsync,read,rename}` and
+//!   `delay::log::dir_fsync` inject failures at those sites (`tests/failpoints.rs`).
 
 #![warn(missing_docs)]
 
@@ -33,8 +58,8 @@ mod wal;
 mod wheel;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::DelayConfig;
-pub use dispatch::{Dispatcher, DueMessage};
+pub use config::{DelayConfig, DEFAULT_MAX_MESSAGE_BYTES};
+pub use dispatch::{dead_letter_subject, Dispatcher, DueMessage, Outcome, DEAD_LETTER_PREFIX};
 pub use engine::{CleanReport, DelayEngine, DelayStats, NewMessage, Scheduled};
 pub use error::{DelayError, DispatchError, ScheduleError};
 pub use forward::{BrokerForwarder, RoutedForwarder};

@@ -55,6 +55,20 @@ impl ServerConfig {
             delay: DelayConfig::new(data_dir),
         }
     }
+
+    /// Checks the engine's settings and that a message of the largest accepted size fits in a
+    /// frame (in a producer's request, and in the forwarder's request to the broker).
+    pub fn validate(&self) -> Result<(), DelayError> {
+        self.delay.validate()?;
+        let needed = self.delay.max_message_bytes + 8 + qmq_protocol::frame::PREFIX_LEN;
+        if needed > self.max_frame {
+            return Err(DelayError::Config(format!(
+                "max_message_bytes ({}) does not fit in a frame of max_frame ({}) bytes",
+                self.delay.max_message_bytes, self.max_frame
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A running delay server.
@@ -99,6 +113,7 @@ pub async fn serve(
     clock: Arc<dyn Clock>,
     dispatcher: Arc<dyn Dispatcher>,
 ) -> Result<ServerHandle, DelayError> {
+    config.validate()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| DelayError::io("listen on", config.listen.to_string(), e))?;
@@ -268,5 +283,19 @@ fn producer_code(e: &ScheduleError) -> ProducerCode {
         | ScheduleError::TooLarge { .. }
         | ScheduleError::Invalid { .. } => ProducerCode::Block,
         ScheduleError::Store(_) | ScheduleError::Closed => ProducerCode::StoreError,
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_message_must_fit_in_a_frame() {
+        let mut config = ServerConfig::new("x");
+        config.validate().unwrap();
+        config.delay.max_message_bytes = config.max_frame;
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("does not fit in a frame"), "{err}");
     }
 }

@@ -5,7 +5,12 @@
 //! ms>.disp`: fixed 12-byte records `u64 schedule-log offset | u32 CRC-32C of those 8 bytes`,
 //! one per message the dispatcher accepted.
 //!
-//! All of it sits behind one mutex held only for short, non-blocking-on-the-network work.
+//! All of it sits behind one mutex held only for short, non-blocking-on-the-network work; the
+//! engine calls the methods that touch the disk from its writer thread or `spawn_blocking`.
+//!
+//! Durability: a flush fsyncs the very handles that wrote since the last flush (an error a
+//! failed writeback left on one handle is not reported to another one opened later), then
+//! the directories in which logs were created, before a checkpoint counts any of it durable.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -41,8 +46,17 @@ pub struct Bucket {
     pub loaded: bool,
     /// Entries of this bucket in the wheel or being dispatched.
     pub pending: u64,
-    dirty: bool,
-    dispatch_dirty: bool,
+    /// Schedule-log handles that wrote since the last flush.
+    unsynced: Vec<Arc<File>>,
+    /// Dispatch-log handles that wrote since the last flush.
+    dispatch_unsynced: Vec<Arc<File>>,
+}
+
+/// Adds `file` to `list` unless that very handle is there already.
+fn note_writer(list: &mut Vec<Arc<File>>, file: &Arc<File>) {
+    if !list.iter().any(|f| Arc::ptr_eq(f, file)) {
+        list.push(file.clone());
+    }
 }
 
 /// A record to add to a schedule log.
@@ -63,10 +77,19 @@ pub struct LoadJob {
     dispatched: HashSet<u64>,
 }
 
-/// Everything [`Store::flush`] must fsync and persist, taken under the lock.
+/// Everything a flush must fsync and persist, taken under the lock and run outside it.
 pub struct FlushPlan {
-    files: Vec<PathBuf>,
+    /// (bucket start, is a dispatch log, path, the handles that wrote).
+    files: Vec<(i64, bool, PathBuf, Vec<Arc<File>>)>,
+    /// Directories in which logs were created since the last flush.
+    dirs: Vec<PathBuf>,
     checkpoint: Checkpoint,
+}
+
+/// Schedule and dispatch logs to delete (retention), outside the lock.
+pub struct DoomedFiles {
+    paths: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
 }
 
 /// Schedule logs, dispatch logs and the wheel.
@@ -79,7 +102,13 @@ pub struct Store {
     /// Buckets by start ms.
     pub buckets: BTreeMap<i64, Bucket>,
     handles: HashMap<i64, Arc<File>>,
-    dispatch_handles: HashMap<i64, File>,
+    dispatch_handles: HashMap<i64, Arc<File>>,
+    /// A schedule log was created since the last flush.
+    sched_dir_dirty: bool,
+    /// A dispatch log was created since the last flush.
+    disp_dir_dirty: bool,
+    /// Loaded buckets whose load failed: start -> bytes to load again.
+    reload: BTreeMap<i64, u64>,
     /// The timing wheel.
     pub wheel: TimingWheel,
     /// Message-log offset up to which every record is in a schedule log.
@@ -152,6 +181,9 @@ impl Store {
             buckets: BTreeMap::new(),
             handles: HashMap::new(),
             dispatch_handles: HashMap::new(),
+            sched_dir_dirty: false,
+            disp_dir_dirty: false,
+            reload: BTreeMap::new(),
             wheel: TimingWheel::new(tick_ms),
             applied_wal: cp.wal_offset,
             poisoned_at: None,
@@ -256,7 +288,9 @@ impl Store {
 
     /// The distinct schedule-log offsets recorded in a dispatch log; a torn tail is cut.
     fn read_dispatch_log(&mut self, start: i64, path: &Path) -> Result<HashSet<u64>, DelayError> {
-        let bytes = match std::fs::read(path) {
+        let read =
+            crate::fsutil::inject("delay::dispatch::read").and_then(|()| std::fs::read(path));
+        let bytes = match read {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
             Err(e) => return Err(DelayError::io("read dispatch log", path, e)),
@@ -329,7 +363,8 @@ impl Store {
         let mut wake = false;
         let mut buf = Vec::new();
         for (start, idxs) in by_bucket {
-            if !self.buckets.contains_key(&start) {
+            let created = !self.buckets.contains_key(&start);
+            if created {
                 wake = true;
             }
             let base = self.buckets.get(&start).map_or(0, |b| b.len);
@@ -347,28 +382,35 @@ impl Store {
                 });
             }
             let written = self.handle(start).and_then(|f| {
-                (&*f).write_all(&buf).map_err(|e| {
+                let w = crate::fsutil::inject("delay::schedule::write")
+                    .and_then(|()| (&*f).write_all(&buf));
+                w.map(|()| f).map_err(|e| {
                     DelayError::io("append schedule log", sched_path(&self.sched_dir, start), e)
                 })
             });
-            if let Err(e) = written {
-                tracing::error!(error = %e, "schedule log append failed; a restart replays it from the message log");
-                // Drop whatever part was written: later appends must start on a record boundary.
-                if let Some(f) = self.handles.remove(&start) {
-                    let _ = f.set_len(base);
+            let file = match written {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(error = %e, "schedule log append failed; a restart replays it from the message log");
+                    // Drop whatever part was written: later appends must start on a record boundary.
+                    if let Some(f) = self.handles.remove(&start) {
+                        let _ = f.set_len(base);
+                    }
+                    let first = idxs
+                        .iter()
+                        .map(|&i| records[i].wal_offset)
+                        .min()
+                        .unwrap_or(0);
+                    self.poisoned_at = Some(self.poisoned_at.map_or(first, |p| p.min(first)));
+                    for &i in &idxs {
+                        results[i] = Err(e.to_string());
+                    }
+                    continue;
                 }
-                let first = idxs
-                    .iter()
-                    .map(|&i| records[i].wal_offset)
-                    .min()
-                    .unwrap_or(0);
-                self.poisoned_at = Some(self.poisoned_at.map_or(first, |p| p.min(first)));
-                for &i in &idxs {
-                    results[i] = Err(e.to_string());
-                }
-                continue;
-            }
+            };
+            self.sched_dir_dirty |= created;
             let bucket = self.buckets.entry(start).or_default();
+            note_writer(&mut bucket.unsynced, &file);
             bucket.len = base + buf.len() as u64;
             bucket.records += idxs.len() as u64;
             bucket.last_wal = idxs
@@ -376,7 +418,6 @@ impl Store {
                 .map(|&i| records[i].wal_offset)
                 .max()
                 .max(bucket.last_wal);
-            bucket.dirty = true;
             if bucket.loaded {
                 bucket.pending += entries.len() as u64;
                 for e in entries {
@@ -404,22 +445,33 @@ impl Store {
             .filter(|(_, b)| !b.loaded)
             .map(|(s, _)| *s)
             .collect();
-        let mut jobs = Vec::with_capacity(starts.len());
-        for start in starts {
-            let file = self.handle(start)?;
-            let path = disp_path(&self.disp_dir, start);
-            let dispatched = self.read_dispatch_log(start, &path)?;
-            let Some(bucket) = self.buckets.get_mut(&start) else {
+        let mut jobs: Vec<LoadJob> = Vec::with_capacity(starts.len());
+        let reloads: Vec<(i64, Option<u64>)> =
+            self.reload.iter().map(|(&s, &l)| (s, Some(l))).collect();
+        for (start, len) in reloads
+            .into_iter()
+            .chain(starts.into_iter().map(|s| (s, None)))
+        {
+            if !self.buckets.contains_key(&start) {
+                self.reload.remove(&start);
                 continue;
-            };
-            bucket.loaded = true;
-            bucket.dispatched = dispatched.len() as u64;
-            jobs.push(LoadJob {
-                bucket_start: start,
-                file,
-                len: bucket.len,
-                dispatched,
-            });
+            }
+            match self.load_job(start, len) {
+                Ok(job) => {
+                    self.reload.remove(&start);
+                    if let Some(b) = self.buckets.get_mut(&start) {
+                        b.loaded = true;
+                    }
+                    jobs.push(job);
+                }
+                Err(e) => {
+                    // Jobs already begun are handed out again by the next call.
+                    for job in &jobs {
+                        self.reload.insert(job.bucket_start, job.len);
+                    }
+                    return Err(e);
+                }
+            }
         }
         let next = self
             .buckets
@@ -427,6 +479,41 @@ impl Store {
             .find(|(_, b)| !b.loaded)
             .map(|(s, _)| *s);
         Ok((jobs, next))
+    }
+
+    /// Whether [`Self::begin_loads`] has work for `horizon_ms` (a cheap look, no disk); and
+    /// when the next unloaded bucket after the horizon starts.
+    pub fn loads_pending(&self, horizon_ms: i64) -> (bool, Option<i64>) {
+        let pending =
+            !self.reload.is_empty() || self.buckets.range(..=horizon_ms).any(|(_, b)| !b.loaded);
+        let next = self
+            .buckets
+            .range(horizon_ms + 1..)
+            .find(|(_, b)| !b.loaded)
+            .map(|(s, _)| *s);
+        (pending, next)
+    }
+
+    /// A job loading `[0, len)` of a loaded bucket again (after a failed load).
+    fn load_job(&mut self, start: i64, len: Option<u64>) -> Result<LoadJob, DelayError> {
+        let file = self.handle(start)?;
+        let path = disp_path(&self.disp_dir, start);
+        let dispatched = self.read_dispatch_log(start, &path)?;
+        let bucket = self.buckets.entry(start).or_default();
+        bucket.dispatched = dispatched.len() as u64;
+        Ok(LoadJob {
+            bucket_start: start,
+            file,
+            len: len.unwrap_or(bucket.len),
+            dispatched,
+        })
+    }
+
+    /// A [`LoadJob`] failed: nothing of it went into the wheel; the next
+    /// [`Self::begin_loads`] reads the same part again (records appended since the job began
+    /// are in the wheel already and are not read twice).
+    pub fn abort_load(&mut self, job: &LoadJob) {
+        self.reload.insert(job.bucket_start, job.len);
     }
 
     /// Adds the entries a [`LoadJob`] found.
@@ -460,14 +547,21 @@ impl Store {
             if let Some(b) = self.buckets.get_mut(&start) {
                 b.dispatched += n;
                 b.pending = b.pending.saturating_sub(n);
-                b.dispatch_dirty = true;
             }
             let path = disp_path(&self.disp_dir, start);
-            let file = match self.dispatch_handles.entry(start) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
+            let file = match self.dispatch_handles.get(&start) {
+                Some(f) => f.clone(),
+                None => {
+                    let existed = path.exists();
                     match OpenOptions::new().create(true).append(true).open(&path) {
-                        Ok(f) => v.insert(f),
+                        Ok(f) => {
+                            // The directory entry is fsynced by the next flush, before any
+                            // record of the new file counts as durable.
+                            self.disp_dir_dirty |= !existed;
+                            let f = Arc::new(f);
+                            self.dispatch_handles.insert(start, f.clone());
+                            f
+                        }
                         Err(e) => {
                             tracing::error!(file = %path.display(), error = %e, "cannot open dispatch log; these messages may be delivered again after a restart");
                             continue;
@@ -475,8 +569,26 @@ impl Store {
                     }
                 }
             };
-            if let Err(e) = file.write_all(&buf) {
-                tracing::error!(file = %path.display(), error = %e, "dispatch log append failed; these messages may be delivered again after a restart");
+            let written = (|| {
+                let before = file.metadata()?.len();
+                let w = crate::fsutil::inject("delay::dispatch::write")
+                    .and_then(|()| (&*file).write_all(&buf));
+                if w.is_err() {
+                    // Keep the log on a record boundary for later appends.
+                    file.set_len(before)?;
+                }
+                w
+            })();
+            match written {
+                Ok(()) => {
+                    if let Some(b) = self.buckets.get_mut(&start) {
+                        note_writer(&mut b.dispatch_unsynced, &file);
+                    }
+                }
+                Err(e) => {
+                    self.dispatch_handles.remove(&start);
+                    tracing::error!(file = %path.display(), error = %e, "dispatch log append failed; these messages may be delivered again after a restart");
+                }
             }
         }
     }
@@ -503,11 +615,13 @@ impl Store {
             ..Checkpoint::default()
         };
         for (start, b) in self.buckets.iter_mut() {
-            if std::mem::take(&mut b.dirty) {
-                files.push(sched_path(&self.sched_dir, *start));
+            let sched = std::mem::take(&mut b.unsynced);
+            if !sched.is_empty() {
+                files.push((*start, false, sched_path(&self.sched_dir, *start), sched));
             }
-            if std::mem::take(&mut b.dispatch_dirty) {
-                files.push(disp_path(&self.disp_dir, *start));
+            let disp = std::mem::take(&mut b.dispatch_unsynced);
+            if !disp.is_empty() {
+                files.push((*start, true, disp_path(&self.disp_dir, *start), disp));
             }
             cp.buckets.insert(
                 *start,
@@ -518,17 +632,45 @@ impl Store {
                 },
             );
         }
+        let mut dirs = Vec::new();
+        if std::mem::take(&mut self.sched_dir_dirty) {
+            dirs.push(self.sched_dir.clone());
+        }
+        if std::mem::take(&mut self.disp_dir_dirty) {
+            dirs.push(self.disp_dir.clone());
+        }
         FlushPlan {
             files,
+            dirs,
             checkpoint: cp,
         }
     }
 
-    /// Marks every log as needing an fsync (after a failed flush).
-    pub fn mark_all_dirty(&mut self) {
-        for b in self.buckets.values_mut() {
-            b.dirty = true;
-            b.dispatch_dirty = true;
+    /// Takes back what a failed flush did not make durable, to be fsynced again next time.
+    /// `poison`: a log fsync failed, so the checkpoint's message-log offset must not pass this
+    /// (the last durable checkpoint's) until the store is reopened and replays from there.
+    pub fn flush_failed(&mut self, plan: FlushPlan, poison: Option<u64>) {
+        for (start, dispatch, _, handles) in plan.files {
+            if let Some(b) = self.buckets.get_mut(&start) {
+                let list = if dispatch {
+                    &mut b.dispatch_unsynced
+                } else {
+                    &mut b.unsynced
+                };
+                for h in &handles {
+                    note_writer(list, h);
+                }
+            }
+        }
+        for dir in plan.dirs {
+            if dir == self.sched_dir {
+                self.sched_dir_dirty = true;
+            } else {
+                self.disp_dir_dirty = true;
+            }
+        }
+        if let Some(p) = poison {
+            self.poisoned_at = Some(self.poisoned_at.map_or(p, |q| q.min(p)));
         }
     }
 
@@ -552,25 +694,19 @@ impl Store {
         doomed
     }
 
-    /// Deletes the schedule and dispatch logs of `starts` and fsyncs their directories.
-    pub fn delete_files(&self, starts: &[i64]) -> Result<(), DelayError> {
-        for &start in starts {
-            for path in [
-                sched_path(&self.sched_dir, start),
-                disp_path(&self.disp_dir, start),
-            ] {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(DelayError::io("delete", &path, e)),
-                }
-            }
+    /// The schedule and dispatch logs of `starts`, to delete with [`DoomedFiles::delete`].
+    pub fn files_of(&self, starts: &[i64]) -> DoomedFiles {
+        DoomedFiles {
+            paths: starts
+                .iter()
+                .flat_map(|&s| [sched_path(&self.sched_dir, s), disp_path(&self.disp_dir, s)])
+                .collect(),
+            dirs: if starts.is_empty() {
+                Vec::new()
+            } else {
+                vec![self.sched_dir.clone(), self.disp_dir.clone()]
+            },
         }
-        if !starts.is_empty() {
-            sync_dir(&self.sched_dir)?;
-            sync_dir(&self.disp_dir)?;
-        }
-        Ok(())
     }
 
     /// Drops tombstones of records the message log no longer holds.
@@ -584,20 +720,63 @@ impl Store {
     }
 }
 
-impl FlushPlan {
-    /// Fsyncs the planned files and writes the checkpoint; returns it.
-    pub fn execute(self, root: &Path) -> Result<Checkpoint, DelayError> {
-        for path in &self.files {
-            match File::open(path) {
-                Ok(f) => f
-                    .sync_data()
-                    .map_err(|e| DelayError::io("fsync", path, e))?,
+impl DoomedFiles {
+    /// Deletes the files (missing ones are fine) and fsyncs their directories.
+    pub fn delete(&self) -> Result<(), DelayError> {
+        for path in &self.paths {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(DelayError::io("open", path, e)),
+                Err(e) => return Err(DelayError::io("delete", path, e)),
             }
         }
-        self.checkpoint.store(root)?;
-        Ok(self.checkpoint)
+        for dir in &self.dirs {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl FlushPlan {
+    /// Fsyncs, through the handles that wrote them, the logs written since the last flush,
+    /// then the directories in which logs were created.
+    pub fn sync_logs(&self) -> Result<(), DelayError> {
+        for (_, dispatch, path, handles) in &self.files {
+            for h in handles {
+                let site = if *dispatch {
+                    "delay::dispatch::fsync"
+                } else {
+                    "delay::schedule::fsync"
+                };
+                let synced = crate::fsutil::inject(site).and_then(|()| h.sync_data());
+                synced.map_err(|e| DelayError::io("fsync", path, e))?;
+            }
+        }
+        for dir in &self.dirs {
+            let synced = crate::fsutil::inject("delay::log::dir_fsync")
+                .map_err(|e| DelayError::io("fsync directory", dir, e))
+                .and_then(|()| sync_dir(dir));
+            synced?;
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint (after [`Self::sync_logs`]); returns the message-log offset from
+    /// which the retained checkpoints replay (the message log must be kept from there).
+    pub fn write_checkpoint(&self, root: &Path) -> Result<u64, DelayError> {
+        self.checkpoint.store(root)
+    }
+
+    /// Both steps (used at open).
+    pub fn execute(self, root: &Path) -> Result<u64, DelayError> {
+        self.sync_logs()?;
+        self.write_checkpoint(root)
+    }
+
+    /// Directories this flush fsyncs (tests).
+    #[cfg(test)]
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
     }
 }
 
@@ -609,7 +788,18 @@ impl LoadJob {
 
     /// Reads the bucket's schedule log and returns the entries not yet dispatched, and how many
     /// damaged records were skipped.
-    pub fn run(&self, scale_ms: i64, max_payload: usize) -> (Vec<WheelEntry>, u64) {
+    pub fn run(
+        &self,
+        scale_ms: i64,
+        max_payload: usize,
+    ) -> Result<(Vec<WheelEntry>, u64), DelayError> {
+        crate::fsutil::inject("delay::schedule::read").map_err(|e| {
+            DelayError::io(
+                "read schedule log",
+                format!("bucket {}", self.bucket_start),
+                e,
+            )
+        })?;
         let reader = AtReader {
             file: &self.file,
             pos: 0,
@@ -646,13 +836,16 @@ impl LoadJob {
                     break;
                 }
                 Err(e) => {
-                    damaged += 1;
-                    tracing::error!(bucket = self.bucket_start, error = %e, "reading schedule log failed; the rest of the bucket is not loaded");
-                    break;
+                    // An I/O error is not damage: the whole load is tried again later.
+                    return Err(DelayError::io(
+                        "read schedule log",
+                        format!("bucket {}", self.bucket_start),
+                        e,
+                    ));
                 }
             }
         }
-        (out, damaged)
+        Ok((out, damaged))
     }
 }
 
@@ -663,4 +856,43 @@ fn log_load_damage(bucket: i64, at: u64, damage: &Damage) {
         ?damage,
         "damaged schedule record; the rest of the bucket is not loaded"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creating_logs_makes_the_next_flush_fsync_their_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let scale = 60_000;
+        let (mut store, _) =
+            Store::open(dir.path(), scale, 10, 1024, &Checkpoint::default()).unwrap();
+        let (results, _) = store.append(&[NewRecord {
+            wal_offset: 0,
+            payload: b"payload",
+            due_ms: scale,
+        }]);
+        assert_eq!(results, vec![Ok(scale)]);
+        let plan = store.plan_flush();
+        assert_eq!(plan.dirs(), [store.sched_dir.clone()]);
+        plan.execute(dir.path()).unwrap();
+        // A new dispatch log: its directory entry is fsynced by the next flush.
+        store.record_dispatched(&[WheelEntry {
+            due_ms: scale,
+            bucket_no: 1,
+            len: 15,
+            offset: 0,
+        }]);
+        let plan = store.plan_flush();
+        assert_eq!(plan.dirs(), [store.disp_dir.clone()]);
+        // ... through the handle that wrote it.
+        assert_eq!(plan.files.len(), 1);
+        assert!(Arc::ptr_eq(
+            &plan.files[0].3[0],
+            &store.dispatch_handles[&scale]
+        ));
+        plan.execute(dir.path()).unwrap();
+        assert!(store.plan_flush().dirs().is_empty(), "once only");
+    }
 }

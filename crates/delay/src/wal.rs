@@ -4,6 +4,9 @@
 //! segment is the end of the one before). A batch of records is written with one `write` and
 //! made durable with one `fdatasync` before any of its messages is acknowledged. Schedule logs
 //! are derived from it and can always be rebuilt from it while its segments are kept.
+//!
+//! A batch whose write or fsync failed is cut off again ([`MessageLog::discard_from`]); if even
+//! that fails the log refuses appends until it is reopened (where the tail is checked again).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -28,6 +31,8 @@ pub struct MessageLog {
     active_len: u64,
     segment_bytes: u64,
     max_payload: usize,
+    /// A failed batch could not be cut off: appends are refused until reopened.
+    failed: bool,
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -100,6 +105,7 @@ impl MessageLog {
             active_len: valid_end,
             segment_bytes,
             max_payload,
+            failed: false,
         })
     }
 
@@ -120,14 +126,24 @@ impl MessageLog {
     /// Appends `frames` (whole framed records) and returns the global offset of the first byte.
     /// Not durable until [`Self::sync`].
     pub fn append(&mut self, frames: &[u8]) -> Result<u64, DelayError> {
+        if self.failed {
+            return Err(DelayError::io(
+                "append message log",
+                segment_path(&self.dir, self.active_base),
+                std::io::Error::other(
+                    "an earlier failed write could not be undone; reopen the store",
+                ),
+            ));
+        }
         if self.active_len > 0 && self.active_len + frames.len() as u64 > self.segment_bytes {
             self.roll(self.end())?;
         }
         let at = self.end();
-        if let Err(e) = self.active.write_all(frames) {
+        let written =
+            crate::fsutil::inject("delay::wal::write").and_then(|()| self.active.write_all(frames));
+        if let Err(e) = written {
             // Leave no partial batch behind: later appends must start on a record boundary.
-            let _ = self.active.set_len(self.active_len);
-            let _ = self.active.seek(SeekFrom::Start(self.active_len));
+            self.discard_from(at);
             return Err(DelayError::io(
                 "append message log",
                 segment_path(&self.dir, self.active_base),
@@ -136,6 +152,24 @@ impl MessageLog {
         }
         self.active_len += frames.len() as u64;
         Ok(at)
+    }
+
+    /// Cuts the active segment back to global offset `at` (the start of a batch whose write or
+    /// fsync failed), so that nothing of the batch can be replayed. If the cut fails, appends
+    /// are refused until the log is reopened.
+    pub fn discard_from(&mut self, at: u64) {
+        let local = at.saturating_sub(self.active_base);
+        let cut = self
+            .active
+            .set_len(local)
+            .and_then(|_| self.active.seek(SeekFrom::Start(local)).map(|_| ()));
+        match cut {
+            Ok(()) => self.active_len = self.active_len.min(local),
+            Err(e) => {
+                tracing::error!(file = %segment_path(&self.dir, self.active_base).display(), error = %e, "cannot cut a failed batch off the message log; refusing appends until reopened");
+                self.failed = true;
+            }
+        }
     }
 
     fn roll(&mut self, new_base: u64) -> Result<(), DelayError> {
@@ -171,7 +205,9 @@ impl MessageLog {
 
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<(), DelayError> {
-        self.active.sync_data().map_err(|e| {
+        let synced =
+            crate::fsutil::inject("delay::wal::fsync").and_then(|()| self.active.sync_data());
+        synced.map_err(|e| {
             DelayError::io(
                 "fsync message log",
                 segment_path(&self.dir, self.active_base),
@@ -194,6 +230,8 @@ impl MessageLog {
                 continue;
             }
             let path = segment_path(&self.dir, base);
+            crate::fsutil::inject("delay::wal::read")
+                .map_err(|e| DelayError::io("read message log", &path, e))?;
             let mut file = File::open(&path).map_err(|e| DelayError::io("open", &path, e))?;
             let mut start = from.saturating_sub(base);
             if start >= len {

@@ -166,7 +166,15 @@ async fn damaged_schedule_logs_are_rebuilt_from_the_message_log() {
             }
         }
         if seed == 5 {
-            fs::write(dir.path().join("checkpoint"), b"garbage").unwrap();
+            // Every checkpoint generation damaged: a full rescan.
+            for cp in files(dir.path(), "").into_iter().filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("checkpoint.")
+            }) {
+                fs::write(cp, b"garbage").unwrap();
+            }
         }
         let delivered = deliver_all(dir.path(), &clock).await;
         assert_once(&delivered, N);
@@ -187,6 +195,23 @@ async fn torn_dispatch_log_never_loses_a_message() {
     rec.wait_for("first bucket", |log| log.len() >= 400).await;
     drop(engine);
     let first = rec.ids();
+    // Recording follows acceptance (on a blocking thread): the crash modelled here comes after
+    // the accepted messages reached the dispatch logs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let recorded: u64 = files(&dir.path().join("dispatch_log"), ".disp")
+            .iter()
+            .map(|p| fs::metadata(p).unwrap().len() / 12)
+            .sum();
+        if recorded as usize >= first.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "accepted messages never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let disp = files(&dir.path().join("dispatch_log"), ".disp");
     assert!(!disp.is_empty());
     let len = fs::metadata(&disp[0]).unwrap().len();

@@ -1,5 +1,6 @@
-//! Due messages go to the broker that serves their subject; an unroutable subject is not
-//! accepted (so the engine offers it again).
+//! Due messages go to the broker that serves their subject; a subject without a writable
+//! broker is a transient failure (so the engine offers it again, and never dead-letters it for
+//! an outage).
 
 use std::sync::Arc;
 
@@ -7,12 +8,13 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
-use qmq_delay::{Dispatcher, DueMessage, RoutedForwarder};
+use qmq_delay::{Dispatcher, DueMessage, Outcome, RoutedForwarder};
 use qmq_protocol::codes::response;
 use qmq_protocol::send::decode_send_request;
 use qmq_protocol::{
     BrokerGroup, BrokerState, ClientType, Frame, FrameCodec, Message, MessageFlags,
 };
+use qmq_transport::{RouteError, Router};
 use qmq_transport::{RouteError, Router};
 use tokio_util::codec::Framed;
 
@@ -102,8 +104,9 @@ async fn each_subject_goes_to_its_own_broker() {
         due("nowhere", "3"),
         due("a", "4"),
     ];
-    let accepted = forwarder.dispatch(&batch).await.unwrap();
-    assert_eq!(accepted, [true, true, false, true]);
+    let outcomes = forwarder.dispatch(&batch).await.unwrap();
+    assert!(outcomes[0].is_stored() && outcomes[1].is_stored() && outcomes[3].is_stored());
+    assert!(matches!(outcomes[2], Outcome::Transient(_)), "{outcomes:?}");
     assert_eq!(*got_a.lock(), ["a", "a"]);
     assert_eq!(*got_b.lock(), ["b"]);
 }

@@ -167,6 +167,11 @@ pub struct StandaloneArgs {
     delay: DelayArgs,
     #[command(flatten)]
     secret: SecretArgs,
+    /// Largest message the delay server accepts, in bytes (default: the broker's
+    /// `--max-message-bytes`). Larger than the broker's is refused at start-up: such messages
+    /// could never be delivered.
+    #[arg(long)]
+    delay_max_message_bytes: Option<usize>,
 }
 
 /// `delay` settings.
@@ -191,6 +196,11 @@ pub struct DelayOnlyArgs {
     /// Host registered with the meta server (with the listen port).
     #[arg(long, default_value = "127.0.0.1")]
     advertised_host: String,
+    /// Largest message accepted, in bytes. Keep it at most the brokers' `--max-message-bytes`
+    /// (default, as theirs, 4 MiB): a larger message could never be delivered and would end
+    /// in its dead-letter subject.
+    #[arg(long, default_value_t = qmq_delay::config::DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
 }
 
 /// A running delay server and its heartbeat to the meta server.
@@ -207,6 +217,7 @@ impl Delay {
     /// presenting `secret` if there is one.
     async fn start(
         args: &DelayArgs,
+        max_message_bytes: usize,
         data_dir: &Path,
         dispatcher: Arc<dyn qmq_delay::Dispatcher>,
         meta: Option<String>,
@@ -217,6 +228,7 @@ impl Delay {
         let lock = qmq_store::DirLock::acquire(&dir).context("starting the delay server")?;
         let mut config = qmq_delay::ServerConfig::new(dir);
         config.listen = args.delay_listen;
+        config.delay.max_message_bytes = max_message_bytes;
         let server = qmq_delay::serve(config, Arc::new(qmq_delay::SystemClock), dispatcher)
             .await
             .context("starting the delay server")?;
@@ -262,6 +274,23 @@ impl Delay {
     }
 }
 
+/// The delay server's largest message in `standalone`: `--delay-max-message-bytes`, else the
+/// broker's `--max-message-bytes`. One larger than the broker's is refused before anything
+/// starts, since the broker would refuse every such message when it falls due.
+fn standalone_delay_max(delay: Option<usize>, broker: usize) -> anyhow::Result<usize> {
+    let config = qmq_delay::DelayConfig {
+        max_message_bytes: delay.unwrap_or(broker),
+        ..qmq_delay::DelayConfig::default()
+    };
+    config
+        .validate()
+        .and_then(|()| config.check_broker_limits(broker))
+        .context(
+            "refusing to start: --delay-max-message-bytes must not exceed --max-message-bytes",
+        )?;
+    Ok(config.max_message_bytes)
+}
+
 /// A dispatcher sending each due message to the brokers the meta server at `meta_http` routes
 /// its subject to.
 fn routed(meta_http: &str) -> Arc<dyn qmq_delay::Dispatcher> {
@@ -278,6 +307,7 @@ pub async fn delay(args: DelayOnlyArgs) -> anyhow::Result<()> {
     };
     let delay = Delay::start(
         &args.delay,
+        args.max_message_bytes,
         &args.data_dir,
         dispatcher,
         args.meta.clone(),
@@ -389,6 +419,8 @@ fn generated_secret() -> String {
 /// Runs meta server + broker in one process until SIGINT/SIGTERM. The broker registers with
 /// the meta server before "ready" is printed, so clients find a route at once.
 pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    let delay_max =
+        standalone_delay_max(args.delay_max_message_bytes, args.broker.max_message_bytes)?;
     let data_dir = args.broker.data_dir.clone();
     let secret = args
         .secret
@@ -417,6 +449,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let meta_http = format!("127.0.0.1:{}", meta.http_addr().port());
     let delay = Delay::start(
         &args.delay,
+        delay_max,
         &data_dir,
         routed(&meta_http),
         Some(meta_tcp),
@@ -583,5 +616,18 @@ mod tests {
         let (a, b) = (generated_secret(), generated_secret());
         assert_eq!(a.len(), 64);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn standalone_refuses_a_delay_limit_above_the_brokers() {
+        assert_eq!(standalone_delay_max(None, 1 << 20).unwrap(), 1 << 20);
+        assert_eq!(
+            standalone_delay_max(Some(1 << 10), 1 << 20).unwrap(),
+            1 << 10
+        );
+        let err = standalone_delay_max(Some(16 << 20), 4 << 20).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("refusing to start"), "{text}");
+        assert!(text.contains("exceeds the broker's"), "{text}");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use qmq_delay::{Clock, DelayConfig, DispatchError, Dispatcher, DueMessage, NewMessage};
+use qmq_delay::{Clock, DelayConfig, DispatchError, Dispatcher, DueMessage, NewMessage, Outcome};
 use tokio::sync::Notify;
 
 /// One delivery as the dispatcher saw it.
@@ -101,7 +101,7 @@ impl Dispatcher for Recorder {
     fn dispatch<'a>(
         &'a self,
         batch: &'a [DueMessage],
-    ) -> BoxFuture<'a, Result<Vec<bool>, DispatchError>> {
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, DispatchError>> {
         Box::pin(async move {
             let call = self.calls.fetch_add(1, Ordering::SeqCst);
             self.notify.notify_waiters();
@@ -129,7 +129,11 @@ impl Dispatcher for Recorder {
                             message: m.message.clone(),
                         });
                     }
-                    accepted.push(ok);
+                    accepted.push(if ok {
+                        Outcome::Stored
+                    } else {
+                        Outcome::Transient("refused".into())
+                    });
                 }
             }
             self.notify.notify_waiters();

@@ -1,0 +1,297 @@
+//! The delay engine: accepts messages, keeps them durable, and dispatches them when due.
+//!
+//! Flow of a message: a writer thread appends a batch of messages to the message log (WAL) and
+//! fsyncs it (the acknowledgement point), then appends each message to the schedule log of its
+//! time bucket; if that bucket is already in the timing wheel the message goes into the wheel
+//! too. The dispatch task loads buckets into the wheel `load_ahead` before they start, takes
+//! due entries tick by tick, reads the messages back from the schedule logs, hands them to the
+//! [`Dispatcher`] in batches bounded by count and bytes, and appends the stored ones to the
+//! bucket's dispatch log. A maintenance task fsyncs schedule and dispatch logs and writes the
+//! checkpoint every `flush_interval`, and deletes fully dispatched logs past retention.
+//!
+//! Messages that were not stored are retried each on its own backoff (`retry_backoff_min`
+//! doubling to `retry_backoff_max` per failed attempt), alongside new due messages, so one
+//! message the brokers refuse never holds up another. After `max_dispatch_attempts` permanent
+//! refusals a message is sent to `%DEAD_DELAY%<subject>` (logged at WARN, counted in
+//! [`DelayEngine::dead_lettered`]) and recorded as dispatched once stored there; if that fails
+//! too it keeps backing off. Retry state lives in memory: after a restart a message that was
+//! being retried is offered again with a fresh count.
+//!
+//! Restart: schedule logs are checked against the checkpoint (torn tails cut), the message log
+//! after the checkpoint is replayed into them (records already there are recognised by their
+//! message-log offset), dispatch logs say what not to deliver again.
+//!
+//! Disk work never runs on the async runtime: the writer has its own thread, and the dispatch
+//! and maintenance tasks do every read, write, fsync and deletion in `spawn_blocking`.
+//! After a failed fsync of a schedule or dispatch log the checkpoint stops advancing (a later
+//! fsync that succeeds proves nothing about the pages the failed one lost), so a restart
+//! replays the message log from the last good checkpoint.
+//!
+//! One file per phase: `recover.rs` (open), `writer.rs` (accepting messages), `deliver.rs`
+//! (due messages), `maintenance.rs` (flush, retention).
+
+mod deliver;
+mod maintenance;
+mod recover;
+mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::DelayConfig;
+use crate::dispatch::Dispatcher;
+use crate::error::{DelayError, ScheduleError};
+use crate::store::Store;
+use crate::wal::MessageLog;
+
+/// Longest subject or message id (QMQ short strings).
+const MAX_NAME: usize = i16::MAX as usize;
+
+/// Largest message-log payload for a configuration (message, names and record header).
+fn max_payload(cfg: &DelayConfig) -> usize {
+    cfg.max_message_bytes + 2 * MAX_NAME + 64
+}
+
+/// A join error of a blocking disk task (a panic in it): reported as an I/O error of `op`.
+fn join_error(op: &'static str, e: tokio::task::JoinError) -> DelayError {
+    DelayError::io(op, "", std::io::Error::other(e.to_string()))
+}
+
+/// A message to schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The subject.
+    pub subject: String,
+    /// The message id.
+    pub message_id: String,
+    /// When to deliver it (ms since the epoch); now or earlier means at once.
+    pub schedule_ms: i64,
+    /// The message's stored wire form; delivered byte for byte.
+    pub message: Bytes,
+}
+
+/// A message was durably scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheduled {
+    /// When it will be delivered: the requested time, or the time of receipt if that was later.
+    pub due_ms: i64,
+}
+
+/// A snapshot of the engine's state, for monitoring and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DelayStats {
+    /// Schedule-log buckets on disk.
+    pub buckets: usize,
+    /// Buckets loaded into the wheel.
+    pub loaded_buckets: usize,
+    /// Entries in the wheel.
+    pub wheel_entries: usize,
+    /// Approximate heap bytes of the wheel.
+    pub wheel_bytes: usize,
+    /// Records in all schedule logs.
+    pub scheduled: u64,
+    /// Records in all schedule logs that were dispatched.
+    pub dispatched: u64,
+    /// Message-log segment files.
+    pub wal_segments: usize,
+    /// Damaged records met while loading or dispatching (and damaged dispatch records).
+    pub damaged: u64,
+    /// Messages stored under their dead-letter subject since the engine opened.
+    pub dead_lettered: u64,
+    /// Messages offered and not stored yet, waiting for their next attempt.
+    pub retrying: u64,
+}
+
+/// What one retention pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    /// Buckets whose schedule and dispatch logs were deleted.
+    pub buckets: usize,
+    /// Message-log segments deleted.
+    pub wal_segments: usize,
+}
+
+type Reply = Vec<Result<Scheduled, ScheduleError>>;
+
+struct Job {
+    messages: Vec<NewMessage>,
+    reply: oneshot::Sender<Reply>,
+}
+
+struct Inner {
+    cfg: DelayConfig,
+    clock: Arc<dyn Clock>,
+    dispatcher: Arc<dyn Dispatcher>,
+    store: Mutex<Store>,
+    wal: Mutex<MessageLog>,
+    wake: Notify,
+    cancel: CancellationToken,
+    maint: tokio::sync::Mutex<()>,
+    /// Message-log offset from which the retained checkpoints replay: the message log is kept
+    /// from there.
+    checkpointed_wal: AtomicU64,
+    /// Messages stored under their dead-letter subject.
+    dead_lettered: AtomicU64,
+    /// Messages waiting for a retry.
+    retrying: AtomicU64,
+}
+
+/// The delay/scheduled message engine. Dropping it stops its tasks without a final flush (as a
+/// crash would, short of losing the page cache); [`DelayEngine::shutdown`] stops it cleanly.
+pub struct DelayEngine {
+    inner: Arc<Inner>,
+    tx: RwLock<Option<mpsc::Sender<Job>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl DelayEngine {
+    /// Opens (or creates) the store in `cfg.data_dir`, recovers it and starts dispatching due
+    /// messages to `dispatcher`. Must be called inside a tokio runtime.
+    pub async fn open(
+        cfg: DelayConfig,
+        clock: Arc<dyn Clock>,
+        dispatcher: Arc<dyn Dispatcher>,
+    ) -> Result<Self, DelayError> {
+        cfg.validate()?;
+        let cfg2 = cfg.clone();
+        let (store, wal, retained_from) =
+            tokio::task::spawn_blocking(move || recover::recover(&cfg2))
+                .await
+                .map_err(|e| join_error("recover", e))??;
+        let inner = Arc::new(Inner {
+            cfg,
+            clock,
+            dispatcher,
+            store: Mutex::new(store),
+            wal: Mutex::new(wal),
+            wake: Notify::new(),
+            cancel: CancellationToken::new(),
+            maint: tokio::sync::Mutex::new(()),
+            checkpointed_wal: AtomicU64::new(retained_from),
+            dead_lettered: AtomicU64::new(0),
+            retrying: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(1024);
+        let w = inner.clone();
+        let writer = std::thread::Builder::new()
+            .name("qmq-delay-writer".into())
+            .spawn(move || writer::writer_loop(w, rx))
+            .map_err(|e| DelayError::io("spawn writer thread", "", e))?;
+        let tasks = vec![
+            tokio::spawn(deliver::dispatch_loop(inner.clone())),
+            tokio::spawn(maintenance::maintenance_loop(inner.clone())),
+        ];
+        Ok(Self {
+            inner,
+            tx: RwLock::new(Some(tx)),
+            tasks: Mutex::new(tasks),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Schedules messages. Each result says whether that message is durably stored (it will
+    /// then be dispatched once its time comes) or why it was refused.
+    pub async fn schedule(
+        &self,
+        messages: Vec<NewMessage>,
+    ) -> Vec<Result<Scheduled, ScheduleError>> {
+        let n = messages.len();
+        let closed = || vec![Err(ScheduleError::Closed); n];
+        let Some(tx) = self.tx.read().clone() else {
+            return closed();
+        };
+        let (reply, rx) = oneshot::channel();
+        if tx.send(Job { messages, reply }).await.is_err() {
+            return closed();
+        }
+        rx.await.unwrap_or_else(|_| closed())
+    }
+
+    /// Schedules one message.
+    pub async fn schedule_one(&self, message: NewMessage) -> Result<Scheduled, ScheduleError> {
+        self.schedule(vec![message])
+            .await
+            .pop()
+            .unwrap_or(Err(ScheduleError::Closed))
+    }
+
+    /// Fsyncs schedule and dispatch logs and writes the checkpoint now.
+    pub async fn flush(&self) -> Result<(), DelayError> {
+        let _guard = self.inner.maint.lock().await;
+        self.inner.flush_locked().await
+    }
+
+    /// Runs one retention pass now (it also runs every `clean_interval`).
+    pub async fn clean(&self) -> Result<CleanReport, DelayError> {
+        self.inner.clean().await
+    }
+
+    /// The current state.
+    pub fn stats(&self) -> DelayStats {
+        let wal_segments = self.inner.wal.lock().segment_count();
+        let s = self.inner.store.lock();
+        DelayStats {
+            buckets: s.buckets.len(),
+            loaded_buckets: s.buckets.values().filter(|b| b.loaded).count(),
+            wheel_entries: s.wheel.len(),
+            wheel_bytes: s.wheel.heap_bytes(),
+            scheduled: s.buckets.values().map(|b| b.records).sum(),
+            dispatched: s
+                .buckets
+                .values()
+                .map(|b| b.dispatched.min(b.records))
+                .sum(),
+            wal_segments,
+            damaged: s.damaged,
+            dead_lettered: self.dead_lettered(),
+            retrying: self.inner.retrying.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How many messages were stored under their dead-letter subject (`%DEAD_DELAY%<subject>`)
+    /// since the engine opened: each one was refused `max_dispatch_attempts` times.
+    pub fn dead_lettered(&self) -> u64 {
+        self.inner.dead_lettered.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`Self::dead_lettered`], for a metrics registry to read directly.
+    pub fn dead_lettered_counter(&self) -> &AtomicU64 {
+        &self.inner.dead_lettered
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &DelayConfig {
+        &self.inner.cfg
+    }
+
+    /// Stops accepting messages, lets accepted ones finish being stored, stops dispatching (a
+    /// batch the dispatcher has not accepted yet is not recorded and will be offered again
+    /// after a restart) and flushes everything.
+    pub async fn shutdown(&self) -> Result<(), DelayError> {
+        drop(self.tx.write().take());
+        let writer = self.writer.lock().take();
+        if let Some(w) = writer {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+        self.inner.cancel.cancel();
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.flush().await
+    }
+}
+
+impl Drop for DelayEngine {
+    fn drop(&mut self) {
+        self.inner.cancel.cancel();
+    }
+}
