@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use qmq_broker::subjects::retry_subject;
 use qmq_broker::{serve, BrokerConfig, BrokerHandle};
-use qmq_client::Connection;
 use qmq_protocol::codes::{command, response};
 use qmq_protocol::send::{decode_send_response, encode_send_request};
 use qmq_protocol::*;
 use qmq_store::{ConsumerKey, FlushPolicy, ResetTo, StoreConfig};
+use qmq_transport::Connection;
 
 const T: Duration = Duration::from_secs(10);
 

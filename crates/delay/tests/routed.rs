@@ -15,7 +15,6 @@ use qmq_protocol::{
     BrokerGroup, BrokerState, ClientType, Frame, FrameCodec, Message, MessageFlags,
 };
 use qmq_transport::{RouteError, Router};
-use qmq_transport::{RouteError, Router};
 use tokio_util::codec::Framed;
 
 /// A broker that stores nothing and records the subjects it was sent.
