@@ -3,20 +3,17 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use qmq_broker::{serve, BrokerConfig, BrokerHandle};
+use qmq_broker::{BrokerConfig, BrokerHandle};
 use qmq_protocol::codes::{command, response};
 use qmq_protocol::send::{decode_send_response, encode_send_request};
 use qmq_protocol::*;
-use qmq_store::{FlushPolicy, StoreConfig};
 use qmq_transport::Connection;
 
-const T: Duration = Duration::from_secs(10);
+mod common;
+use common::*;
 
 fn config(dir: &std::path::Path) -> BrokerConfig {
-    let mut store = StoreConfig::new(dir);
-    store.flush = FlushPolicy::SyncBeforeAck;
-    let mut c = BrokerConfig::new(store);
-    c.listen = "127.0.0.1:0".parse().unwrap();
+    let mut c = qmq_config(dir);
     // These tests send first and pull with new groups, and retry without waiting.
     c.new_group_start = qmq_store::ResetTo::Earliest;
     c.retry_delay = Duration::ZERO;
@@ -25,103 +22,6 @@ fn config(dir: &std::path::Path) -> BrokerConfig {
 
 async fn start(dir: &std::path::Path) -> (BrokerHandle, Connection) {
     start_with(config(dir)).await
-}
-
-async fn start_with(c: BrokerConfig) -> (BrokerHandle, Connection) {
-    let broker = serve(c).await.unwrap();
-    let conn = Connection::connect(&broker.addr().to_string())
-        .await
-        .unwrap();
-    (broker, conn)
-}
-
-fn message(subject: &str, id: &str, tags: &[&str], body: &str) -> Message {
-    Message {
-        flags: MessageFlags(0).with_tags(!tags.is_empty()),
-        created_time: 1_700_000_000_000,
-        expire_or_schedule: 1_700_000_000_000,
-        subject: subject.into(),
-        message_id: id.into(),
-        tags: tags.iter().map(|t| t.to_string()).collect(),
-        attrs: vec![("body".into(), body.into())],
-    }
-}
-
-async fn send(conn: &Connection, messages: &[Message]) -> Vec<SendFailure> {
-    let mut body = BytesMut::new();
-    encode_send_request(messages, &mut body).unwrap();
-    let resp = conn
-        .request(command::SEND_MESSAGE, body.freeze(), T)
-        .await
-        .unwrap();
-    assert_eq!(resp.header.code, response::SUCCESS);
-    decode_send_response(&resp.body).unwrap()
-}
-
-fn pull_request(
-    subject: &str,
-    group: &str,
-    consumer: &str,
-    n: i32,
-    timeout_ms: i64,
-) -> PullRequest {
-    PullRequest {
-        subject: subject.into(),
-        group: group.into(),
-        consumer_id: consumer.into(),
-        request_num: n,
-        offset: -1,
-        pull_offset_begin: -1,
-        pull_offset_last: -1,
-        timeout_ms,
-        broadcast: false,
-        filters: Vec::new(),
-    }
-}
-
-/// Pulls; returns the first pull-log offset and the messages (empty on NO_MESSAGE).
-async fn pull(conn: &Connection, req: &PullRequest) -> (i64, Vec<Message>) {
-    let mut body = BytesMut::new();
-    req.encode(frame::VERSION_9, &mut body).unwrap();
-    let resp = conn
-        .request(
-            command::PULL_MESSAGE,
-            body.freeze(),
-            T + Duration::from_millis(req.timeout_ms.max(0) as u64),
-        )
-        .await
-        .unwrap();
-    if resp.header.code == response::NO_MESSAGE {
-        return (-1, Vec::new());
-    }
-    assert_eq!(resp.header.code, response::SUCCESS);
-    let r = PullResponse::decode(&resp.body).unwrap();
-    (r.pull_log_offset, r.messages)
-}
-
-async fn ack(conn: &Connection, subject: &str, group: &str, consumer: &str, first: i64, last: i64) {
-    let mut body = BytesMut::new();
-    AckRequest {
-        subject: subject.into(),
-        group: group.into(),
-        consumer_id: consumer.into(),
-        pull_offset_begin: first,
-        pull_offset_last: last,
-        broadcast: false,
-    }
-    .encode(&mut body)
-    .unwrap();
-    let resp = conn
-        .request(command::ACK_REQUEST, body.freeze(), T)
-        .await
-        .unwrap();
-    assert_eq!(resp.header.code, response::SUCCESS);
-}
-
-fn bodies(ms: &[Message]) -> Vec<String> {
-    ms.iter()
-        .map(|m| m.attr("body").unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]

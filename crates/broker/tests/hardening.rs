@@ -6,126 +6,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use qmq_broker::subjects::retry_subject;
-use qmq_broker::{serve, BrokerConfig, BrokerHandle};
+use qmq_broker::BrokerConfig;
 use qmq_protocol::codes::{command, response};
-use qmq_protocol::send::{decode_send_response, encode_send_request};
+use qmq_protocol::send::encode_send_request;
 use qmq_protocol::*;
-use qmq_store::{ConsumerKey, FlushPolicy, ResetTo, StoreConfig};
+use qmq_store::{ConsumerKey, ResetTo};
 use qmq_transport::Connection;
 
-const T: Duration = Duration::from_secs(10);
+mod common;
+use common::*;
 
 fn config(dir: &std::path::Path) -> BrokerConfig {
-    let mut store = StoreConfig::new(dir);
-    store.flush = FlushPolicy::SyncBeforeAck;
-    let mut c = BrokerConfig::new(store);
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c
+    qmq_config(dir)
 }
 
-async fn start_with(c: BrokerConfig) -> (BrokerHandle, Connection) {
-    let broker = serve(c).await.unwrap();
-    let conn = Connection::connect(&broker.addr().to_string())
-        .await
-        .unwrap();
-    (broker, conn)
-}
-
-fn message(subject: &str, id: &str, body: &str) -> Message {
-    Message {
-        flags: MessageFlags(0),
-        created_time: 1_700_000_000_000,
-        expire_or_schedule: 1_700_000_000_000,
-        subject: subject.into(),
-        message_id: id.into(),
-        tags: Vec::new(),
-        attrs: vec![("body".into(), body.into())],
-    }
-}
-
-async fn send(conn: &Connection, messages: &[Message]) -> Vec<SendFailure> {
-    let mut body = BytesMut::new();
-    encode_send_request(messages, &mut body).unwrap();
-    let resp = conn
-        .request(command::SEND_MESSAGE, body.freeze(), T)
-        .await
-        .unwrap();
-    assert_eq!(resp.header.code, response::SUCCESS);
-    decode_send_response(&resp.body).unwrap()
-}
-
-fn pull_request(
-    subject: &str,
-    group: &str,
-    consumer: &str,
-    n: i32,
-    timeout_ms: i64,
-) -> PullRequest {
-    PullRequest {
-        subject: subject.into(),
-        group: group.into(),
-        consumer_id: consumer.into(),
-        request_num: n,
-        offset: -1,
-        pull_offset_begin: -1,
-        pull_offset_last: -1,
-        timeout_ms,
-        broadcast: false,
-        filters: Vec::new(),
-    }
-}
-
-/// Pulls; returns the response code, the first pull-log offset and the messages.
-async fn pull_raw(conn: &Connection, req: &PullRequest) -> (i16, i64, Vec<Message>) {
-    let mut body = BytesMut::new();
-    req.encode(frame::VERSION_9, &mut body).unwrap();
-    let wait = T + Duration::from_millis(req.timeout_ms.max(0) as u64);
-    let resp = conn
-        .request(command::PULL_MESSAGE, body.freeze(), wait)
-        .await
-        .unwrap();
-    if resp.header.code != response::SUCCESS {
-        return (resp.header.code, -1, Vec::new());
-    }
-    let r = PullResponse::decode(&resp.body).unwrap();
-    (resp.header.code, r.pull_log_offset, r.messages)
-}
-
-async fn pull(conn: &Connection, req: &PullRequest) -> (i64, Vec<Message>) {
-    let (_, first, messages) = pull_raw(conn, req).await;
-    (first, messages)
-}
-
-async fn ack_code(
-    conn: &Connection,
-    subject: &str,
-    group: &str,
-    consumer: &str,
-    first: i64,
-    last: i64,
-) -> i16 {
-    let mut body = BytesMut::new();
-    AckRequest {
-        subject: subject.into(),
-        group: group.into(),
-        consumer_id: consumer.into(),
-        pull_offset_begin: first,
-        pull_offset_last: last,
-        broadcast: false,
-    }
-    .encode(&mut body)
-    .unwrap();
-    conn.request(command::ACK_REQUEST, body.freeze(), T)
-        .await
-        .unwrap()
-        .header
-        .code
-}
-
-fn bodies(ms: &[Message]) -> Vec<String> {
-    ms.iter()
-        .map(|m| m.attr("body").unwrap().to_owned())
-        .collect()
+fn msg(subject: &str, id: &str, body: &str) -> Message {
+    message(subject, id, &[], body)
 }
 
 fn now_ms() -> u64 {
@@ -173,9 +69,7 @@ async fn a_nacked_message_is_served_from_the_retry_subject_only_after_the_retry_
     };
     wait_until("the poll to park", || broker.parked_subjects() == 1).await;
     // The consumer's handler failed: QMQ clients send the message back under the retry subject.
-    assert!(send(&conn, &[message(&retry, "m1", "again")])
-        .await
-        .is_empty());
+    assert!(send(&conn, &[msg(&retry, "m1", "again")]).await.is_empty());
     let stored = broker.store().read(&retry, 0, 1).unwrap()[0].appended_at_ms;
     let ((first, got), arrived) = poll.await.unwrap();
     assert_eq!((first, bodies(&got)), (0, vec!["again".to_owned()]));
@@ -198,7 +92,7 @@ async fn a_new_group_starts_at_the_latest_message_unless_asked_for_the_earliest(
     let dir = tempfile::tempdir().unwrap();
     let (broker, conn) = start_with(config(dir.path())).await;
     let old: Vec<Message> = (0..3)
-        .map(|i| message("ng", &format!("old{i}"), &format!("old{i}")))
+        .map(|i| msg("ng", &format!("old{i}"), &format!("old{i}")))
         .collect();
     assert!(send(&conn, &old).await.is_empty());
     // Default (QMQ): a new group sees nothing stored before its first pull...
@@ -207,9 +101,7 @@ async fn a_new_group_starts_at_the_latest_message_unless_asked_for_the_earliest(
         .1
         .is_empty());
     // ... and everything after it, even across a restart before it pulls anything.
-    assert!(send(&conn, &[message("ng", "new0", "new0")])
-        .await
-        .is_empty());
+    assert!(send(&conn, &[msg("ng", "new0", "new0")]).await.is_empty());
     drop(conn);
     broker.shutdown().await.unwrap();
     let (broker, conn) = start_with(config(dir.path())).await;
@@ -222,7 +114,7 @@ async fn a_new_group_starts_at_the_latest_message_unless_asked_for_the_earliest(
     assert_eq!(bodies(&got), ["old0", "old1", "old2", "new0"]);
     // A new group's retry subject starts at the earliest: no retry is lost.
     let retry = retry_subject("ng", "fresh");
-    assert!(send(&conn, &[message(&retry, "r0", "r0")]).await.is_empty());
+    assert!(send(&conn, &[msg(&retry, "r0", "r0")]).await.is_empty());
     let (_, got) = pull(&conn, &pull_request(&retry, "fresh", "c", 10, 10_000)).await;
     assert_eq!(bodies(&got), ["r0"]);
     broker.shutdown().await.unwrap();
@@ -240,7 +132,7 @@ async fn a_new_group_starts_at_the_latest_message_unless_asked_for_the_earliest(
 fn big_messages(subject: &str) -> Vec<Message> {
     (0..10)
         .map(|i| {
-            let mut m = message(subject, &format!("big{i}"), &format!("{i:02}"));
+            let mut m = msg(subject, &format!("big{i}"), &format!("{i:02}"));
             for a in 0..4 {
                 m.attrs.push((format!("pad{a}"), "x".repeat(50_000)));
             }
@@ -299,7 +191,7 @@ async fn an_ack_beyond_what_was_pulled_changes_nothing_and_later_acks_work() {
     c.new_group_start = ResetTo::Earliest;
     let (broker, conn) = start_with(c).await;
     let batch: Vec<Message> = (0..3)
-        .map(|i| message("acks", &format!("id{i}"), &format!("m{i}")))
+        .map(|i| msg("acks", &format!("id{i}"), &format!("m{i}")))
         .collect();
     assert!(send(&conn, &batch).await.is_empty());
     let (first, got) = pull(&conn, &pull_request("acks", "g", "c1", 10, -1)).await;
@@ -338,7 +230,7 @@ async fn pipelined_acks_are_applied_in_order() {
     let (broker, conn) = start_with(c).await;
     let n = 200;
     let batch: Vec<Message> = (0..n)
-        .map(|i| message("pipe", &format!("id{i}"), &format!("m{i}")))
+        .map(|i| msg("pipe", &format!("id{i}"), &format!("m{i}")))
         .collect();
     assert!(send(&conn, &batch).await.is_empty());
     let (_, got) = pull(&conn, &pull_request("pipe", "g", "c1", n, -1)).await;
@@ -415,7 +307,7 @@ async fn a_connection_stops_being_read_at_its_in_flight_limit() {
         .await
         .unwrap();
     for i in 0..4 {
-        assert!(send(&other, &[message(&format!("idle{i}"), "x", "x")])
+        assert!(send(&other, &[msg(&format!("idle{i}"), "x", "x")])
             .await
             .is_empty());
     }
@@ -437,7 +329,7 @@ async fn a_send_frame_that_decodes_too_large_is_refused() {
     c.max_decoded_send_bytes = 1024 * 1024;
     let (broker, conn) = start_with(c).await;
     // 400 KB on the wire, ~5 MB once decoded: 100,000 empty attributes.
-    let mut m = message("attrs", "many", "x");
+    let mut m = msg("attrs", "many", "x");
     m.attrs = vec![(String::new(), String::new()); 100_000];
     let mut body = BytesMut::new();
     encode_send_request(&[m], &mut body).unwrap();
@@ -449,9 +341,7 @@ async fn a_send_frame_that_decodes_too_large_is_refused() {
     assert_eq!(resp.header.code, response::BROKER_ERROR);
     assert_eq!(broker.store().subject_len("attrs"), 0);
     // The connection goes on.
-    assert!(send(&conn, &[message("attrs", "ok", "ok")])
-        .await
-        .is_empty());
+    assert!(send(&conn, &[msg("attrs", "ok", "ok")]).await.is_empty());
     broker.shutdown().await.unwrap();
 }
 
@@ -484,9 +374,9 @@ async fn invalid_names_leave_nothing_behind_and_idle_consumers_are_forgotten() {
     assert!(broker.store().groups().is_empty() && broker.store().consumers().is_empty());
     // An over-long subject in a batch is refused alone; the rest is stored.
     let batch = [
-        message("ok", "a", "a"),
-        message(&long(0), "b", "b"),
-        message("ok", "c", "c"),
+        msg("ok", "a", "a"),
+        msg(&long(0), "b", "b"),
+        msg("ok", "c", "c"),
     ];
     let failures = send(&conn, &batch).await;
     assert_eq!(failures.len(), 1);

@@ -220,6 +220,17 @@ async fn route(meta_tcp: &str, subject: &str) -> String {
 
 /// Like [`route`] for a given client type (delay producers get delay servers).
 async fn route_for(meta_tcp: &str, subject: &str, client: qmq_protocol::ClientType) -> String {
+    let route = routes(meta_tcp, subject, client).await;
+    assert_eq!(route.groups.len(), 1, "{route:?}");
+    route.groups[0].master.clone()
+}
+
+/// The meta server's answer (TCP CLIENT_REGISTER, as the Java client asks) for `subject`.
+async fn routes(
+    meta_tcp: &str,
+    subject: &str,
+    client: qmq_protocol::ClientType,
+) -> qmq_protocol::MetaInfoResponse {
     use bytes::BytesMut;
     use qmq_protocol::codes::{command, response};
     use qmq_protocol::{ClientRequestType, MetaInfoRequest, MetaInfoResponse};
@@ -245,9 +256,7 @@ async fn route_for(meta_tcp: &str, subject: &str, client: qmq_protocol::ClientTy
         .await
         .unwrap();
     assert_eq!(resp.header.code, response::SUCCESS);
-    let route = MetaInfoResponse::decode(&resp.body).unwrap();
-    assert_eq!(route.groups.len(), 1, "{route:?}");
-    route.groups[0].master.clone()
+    MetaInfoResponse::decode(&resp.body).unwrap()
 }
 
 #[tokio::test]
@@ -580,31 +589,10 @@ fn spawn_ready(args: &[&str]) -> (Child, String) {
 
 /// How many groups the meta server routes `subject` to for a producer.
 async fn route_len(meta_tcp: &str, subject: &str) -> usize {
-    use bytes::BytesMut;
-    use qmq_protocol::codes::command;
-    use qmq_protocol::{ClientRequestType, ClientType, MetaInfoRequest, MetaInfoResponse};
-
-    let meta = Connection::connect(meta_tcp).await.unwrap();
-    let mut body = BytesMut::new();
-    MetaInfoRequest::new(
-        "c",
-        ClientType::Producer,
-        ClientRequestType::Online,
-        subject,
-        "a",
-        "",
-    )
-    .encode(&mut body)
-    .unwrap();
-    let resp = meta
-        .request(
-            command::CLIENT_REGISTER,
-            body.freeze(),
-            Duration::from_secs(5),
-        )
+    routes(meta_tcp, subject, qmq_protocol::ClientType::Producer)
         .await
-        .unwrap();
-    MetaInfoResponse::decode(&resp.body).unwrap().groups.len()
+        .groups
+        .len()
 }
 
 #[tokio::test]

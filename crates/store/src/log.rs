@@ -118,6 +118,15 @@ pub struct LogReader {
 }
 
 impl RecordLog {
+    /// The newest segment's base, file and path, copied out so no lock is held while using it.
+    fn last_segment(&self) -> Option<(u64, Arc<File>, PathBuf)> {
+        self.segments
+            .read()
+            .values()
+            .next_back()
+            .map(|s| (s.base, s.file.clone(), s.path.clone()))
+    }
+
     /// Opens (or creates) the log in `dir`, checking every record from `scan_from` to the end:
     /// a torn tail is truncated, damaged records followed by good ones are skipped.
     pub fn open(name: &'static str, dir: &Path, segment_size: u64, scan_from: u64) -> Result<Self> {
@@ -342,12 +351,7 @@ impl RecordLog {
                 })
                 .map_err(io("delete", &s.path))?;
         }
-        let last = self
-            .segments
-            .read()
-            .values()
-            .next_back()
-            .map(|s| (s.base, s.file.clone(), s.path.clone()));
+        let last = self.last_segment();
         if let Some((base, file, path)) = last {
             if file.metadata().map_err(io("stat", &path))?.len() > end - base {
                 file.set_len(end - base).map_err(io("truncate", &path))?;
@@ -515,12 +519,7 @@ impl RecordLog {
     /// The map's lock is held only to look up and to insert: readers never wait for the
     /// fsync or the file creation.
     fn segment_for(&mut self, size: u64) -> Result<(u64, Arc<File>, PathBuf)> {
-        let last = self
-            .segments
-            .read()
-            .values()
-            .next_back()
-            .map(|s| (s.base, s.file.clone(), s.path.clone()));
+        let last = self.last_segment();
         if let Some((base, file, path)) = last {
             if self.end + size <= base + self.segment_size {
                 return Ok((base, file, path));

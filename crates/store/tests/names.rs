@@ -5,36 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use qmq_store::{ConsumerKey, FlushPolicy, PullSpec, Store, StoreConfig};
+use qmq_store::{ConsumerKey, Store};
 
-fn config(dir: &Path) -> StoreConfig {
-    let mut c = StoreConfig::new(dir);
-    c.segment_size = 64 * 1024;
-    c.action_segment_size = 64 * 1024;
-    c.flush = FlushPolicy::SyncBeforeAck;
-    c
-}
-
-fn key(subject: &str, group: &str, consumer: &str) -> ConsumerKey {
-    ConsumerKey {
-        subject: subject.into(),
-        group: group.into(),
-        consumer: consumer.into(),
-    }
-}
-
-fn pull(store: &Store, k: &ConsumerKey, max: usize) -> Vec<qmq_store::Pulled> {
-    store
-        .pull(
-            PullSpec {
-                key: k,
-                broadcast: false,
-                max,
-            },
-            |_| true,
-        )
-        .unwrap()
-}
+mod common;
+use common::{config, key, pull};
 
 /// The names the issue reported as bricking a store, plus path-like ones.
 fn hostile_subjects() -> Vec<String> {

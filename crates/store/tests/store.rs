@@ -5,26 +5,12 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use qmq_store::{
-    ConsumerKey, FlushPolicy, NewMessage, PullSpec, ResetTo, Store, StoreConfig, StoreError,
-    TagFilter, TagMode,
+    FlushPolicy, NewMessage, PullSpec, ResetTo, Store, StoreError, TagFilter, TagMode,
 };
 use rand::{Rng, SeedableRng};
 
-fn config(dir: &std::path::Path) -> StoreConfig {
-    let mut c = StoreConfig::new(dir);
-    c.segment_size = 4096;
-    c.action_segment_size = 4096;
-    c.flush = FlushPolicy::SyncBeforeAck;
-    c
-}
-
-fn key(subject: &str, group: &str, consumer: &str) -> ConsumerKey {
-    ConsumerKey {
-        subject: subject.into(),
-        group: group.into(),
-        consumer: consumer.into(),
-    }
-}
+mod common;
+use common::{config, key, pull};
 
 fn msg(i: usize) -> Bytes {
     Bytes::from(format!("message-{i:05}-{}", "x".repeat(i % 97)))
@@ -57,19 +43,6 @@ fn consume_dir(root: &std::path::Path, subject: &str) -> std::path::PathBuf {
         .map(|e| e.unwrap().path())
         .find(|p| std::fs::read(p.join("NAME")).is_ok_and(|n| n == want))
         .unwrap_or_else(|| root.join("consumelog").join("none"))
-}
-
-fn pull(store: &Store, k: &ConsumerKey, max: usize) -> Vec<qmq_store::Pulled> {
-    store
-        .pull(
-            PullSpec {
-                key: k,
-                broadcast: false,
-                max,
-            },
-            |_| true,
-        )
-        .unwrap()
 }
 
 #[tokio::test]
