@@ -10,6 +10,8 @@ use bytes::Bytes;
 use qmq_store::{ConsumerKey, FlushPolicy, PullSpec, Store, StoreConfig};
 use rand::{Rng, SeedableRng};
 
+mod common;
+
 fn config(dir: &Path, flush: FlushPolicy) -> StoreConfig {
     let mut c = StoreConfig::new(dir);
     c.segment_size = 8192;
@@ -252,16 +254,7 @@ async fn damaged_action_logs_and_checkpoints_recover_to_consistent_state() {
         }
         // Still works: pull the rest and ack it.
         let k = key(0);
-        let rest = store
-            .pull(
-                PullSpec {
-                    key: &k,
-                    broadcast: false,
-                    max: 1000,
-                },
-                |_| true,
-            )
-            .unwrap();
+        let rest = common::pull(&store, &k, 1000);
         if let Some(last) = rest.last() {
             store.ack(&k, last.pull_seq).unwrap();
         }
@@ -358,16 +351,7 @@ async fn a_damaged_consume_log_entry_below_the_checkpoint_is_rebuilt_from_the_me
             group: group.into(),
             consumer: "c".into(),
         };
-        let got = store
-            .pull(
-                PullSpec {
-                    key: &k,
-                    broadcast: false,
-                    max: 1000,
-                },
-                |_| true,
-            )
-            .unwrap();
+        let got = common::pull(&store, &k, 1000);
         let got: Vec<Bytes> = got.into_iter().map(|p| p.message).collect();
         assert_eq!(got, expected, "{group}");
     }
