@@ -21,6 +21,9 @@
 //!   [`MetaInfoResponse`], a client asks for the broker groups of a subject), BROKER_REGISTER
 //!   ([`BrokerRegisterRequest`], brokers and delay servers come online and heartbeat) and
 //!   BROKER_ACQUIRE_META (a server learns its group and role).
+//! - [`replication`]: SYNC_LOG_REQUEST between a slave and its master ([`SyncLogRequest`],
+//!   [`SyncChunk`], [`SyncHeartbeat`]) and qmq-rs's GROUP_LEASE with the meta server
+//!   ([`GroupLeaseRequest`], [`GroupLeaseResponse`]): roles, epochs and the master's lease.
 //! - [`manage`]: CONSUME_MANAGE ([`ConsumeManageRequest`]), meta server to broker.
 //! - [`payload`]: any frame body as a typed [`Payload`], chosen by its header.
 //! - [`wire`]: the bounds-checked [`wire::Reader`] and string writers all payloads use.
@@ -40,6 +43,7 @@ pub mod message;
 pub mod meta;
 pub mod payload;
 pub mod pull;
+pub mod replication;
 pub mod send;
 pub mod wire;
 
@@ -55,5 +59,9 @@ pub use meta::{
 };
 pub use payload::Payload;
 pub use pull::{AckRequest, PullFilter, PullRequest, PullResponse, TagType};
+pub use replication::{
+    EpochStart, GroupLeaseRequest, GroupLeaseResponse, SyncChunk, SyncHeartbeat, SyncLogRequest,
+    SyncType,
+};
 pub use send::{ProducerCode, SendFailure};
 pub use wire::EncodeError;

@@ -1,0 +1,406 @@
+//! Replication traffic: QMQ's SYNC_LOG_REQUEST (code 20) between a slave and its master's sync
+//! port, and qmq-rs's GROUP_LEASE (code [`GROUP_LEASE`]) between a server and the meta server.
+//!
+//! SYNC_LOG_REQUEST keeps QMQ's layouts (WP §7.1): the request is `u8 syncType ; i64
+//! messageLogOffset ; i64 actionLogOffset`; log shipping (types 1 and 2) answers `i32 size ; i64
+//! startOffset ; size bytes of the log`, where `startOffset` may be above what was asked when the
+//! master no longer holds the requested bytes; a heartbeat (type 3) answers the master's two log
+//! ends. The log bytes are the store's own record format (see the store crate's docs).
+//!
+//! GROUP_LEASE is a qmq-rs addition (a Java meta server answers it `UNKNOWN_CODE`, and a server
+//! then keeps the role QMQ's BROKER_ACQUIRE_META gave it, without failover). Every server of a
+//! replicated group calls it about three times per lease: it reports how far its logs reach and
+//! which epoch (term) it follows, and learns its role, the group's epoch, the address to
+//! replicate from and, for the master, how long it may accept writes. The meta database decides
+//! promotions with a conditional update of the group's epoch, so two meta servers can never make
+//! two masters of one epoch.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::meta::CLUSTER_SECRET_KEY;
+use crate::wire::{put_string, Reader};
+use crate::{BrokerRole, DecodeError, EncodeError};
+
+/// Command code of GROUP_LEASE (qmq-rs only; unused by QMQ).
+pub const GROUP_LEASE: i16 = 70;
+
+/// What a SYNC_LOG_REQUEST asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SyncType {
+    /// Action-log bytes from `action_offset`.
+    Action,
+    /// Message-log bytes from `message_offset`.
+    Message,
+    /// The master's log ends (and the slave's, for the master's lag figures).
+    Heartbeat,
+    /// Message index records for a backup server, from `message_offset`.
+    Index,
+}
+
+impl SyncType {
+    /// The wire code.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Action => 1,
+            Self::Message => 2,
+            Self::Heartbeat => 3,
+            Self::Index => 5,
+        }
+    }
+
+    /// The type of a wire code.
+    pub fn from_code(code: u8) -> Result<Self, DecodeError> {
+        match code {
+            1 => Ok(Self::Action),
+            2 => Ok(Self::Message),
+            3 => Ok(Self::Heartbeat),
+            5 => Ok(Self::Index),
+            other => Err(DecodeError::UnknownCode {
+                field: "sync type",
+                code: i64::from(other),
+            }),
+        }
+    }
+}
+
+/// A SYNC_LOG_REQUEST body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncLogRequest {
+    /// What is asked for.
+    pub sync_type: SyncType,
+    /// The slave's message-log end (types 2, 3 and 5), else 0.
+    pub message_offset: i64,
+    /// The slave's action-log end (types 1 and 3), else 0.
+    pub action_offset: i64,
+}
+
+impl SyncLogRequest {
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_u8(self.sync_type.code());
+        out.put_i64(self.message_offset);
+        out.put_i64(self.action_offset);
+    }
+
+    /// Decodes a body (the delay flavour's longer body is refused: it has its own type).
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let req = Self {
+            sync_type: SyncType::from_code(r.u8("sync type")?)?,
+            message_offset: r.i64("message log offset")?,
+            action_offset: r.i64("action log offset")?,
+        };
+        r.finish("sync log request")?;
+        Ok(req)
+    }
+}
+
+/// The answer to a log-shipping SYNC_LOG_REQUEST (types 1 and 2): log bytes and where they go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncChunk {
+    /// The log offset of the first byte (the requested one, or the master's oldest retained
+    /// offset when it no longer holds the requested bytes).
+    pub start: i64,
+    /// Whole log records, back to back (empty when the master has nothing new).
+    pub bytes: Bytes,
+}
+
+impl SyncChunk {
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let len = i32::try_from(self.bytes.len()).map_err(|_| EncodeError::TooLong {
+            field: "sync chunk",
+            len: self.bytes.len(),
+            max: i32::MAX as usize,
+        })?;
+        out.put_i32(len);
+        out.put_i64(self.start);
+        out.put_slice(&self.bytes);
+        Ok(())
+    }
+
+    /// Decodes a body; the bytes are a slice of `body` (no copy).
+    pub fn decode(body: &Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let size = r.i32("sync chunk size")?;
+        let size = usize::try_from(size).map_err(|_| DecodeError::NegativeLength {
+            field: "sync chunk size",
+            len: i64::from(size),
+        })?;
+        let start = r.i64("sync chunk start")?;
+        let at = r.position();
+        r.bytes(size, "sync chunk bytes")?;
+        r.finish("sync chunk")?;
+        Ok(Self {
+            start,
+            bytes: body.slice(at..at + size),
+        })
+    }
+}
+
+/// The answer to a heartbeat SYNC_LOG_REQUEST (type 3): the master's log ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncHeartbeat {
+    /// The master's message-log end.
+    pub message_end: i64,
+    /// The master's action-log end.
+    pub action_end: i64,
+}
+
+impl SyncHeartbeat {
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_i64(self.message_end);
+        out.put_i64(self.action_end);
+    }
+
+    /// Decodes a body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let hb = Self {
+            message_end: r.i64("master message log end")?,
+            action_end: r.i64("master action log end")?,
+        };
+        r.finish("sync heartbeat")?;
+        Ok(hb)
+    }
+}
+
+/// A GROUP_LEASE request: a server reports itself and asks for its role (and, as master, a
+/// lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLeaseRequest {
+    /// The server's hostname, as in its `broker` row (`qmq tools add-broker`).
+    pub hostname: String,
+    /// The server's client port, as in its `broker` row.
+    pub serve_port: i32,
+    /// The role the server runs as now.
+    pub role: BrokerRole,
+    /// The epoch the server follows (0: none yet).
+    pub epoch: i64,
+    /// The server's message-log end.
+    pub message_offset: i64,
+    /// The server's action-log end (for a delay server: its dispatch-log end).
+    pub action_offset: i64,
+    /// The cluster secret, when the server has one (sent as in BROKER_REGISTER's extension).
+    pub secret: Option<String>,
+}
+
+impl GroupLeaseRequest {
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        put_string(out, &self.hostname, "hostname")?;
+        out.put_i32(self.serve_port);
+        out.put_i32(self.role.code());
+        out.put_i64(self.epoch);
+        out.put_i64(self.message_offset);
+        out.put_i64(self.action_offset);
+        match &self.secret {
+            Some(secret) => {
+                out.put_i16(1);
+                put_string(out, CLUSTER_SECRET_KEY, "extension key")?;
+                put_string(out, secret, "cluster secret")?;
+            }
+            None => out.put_i16(0),
+        }
+        Ok(())
+    }
+
+    /// Decodes a body. Unknown extension keys are skipped.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let mut req = Self {
+            hostname: r.string("hostname")?,
+            serve_port: r.i32("serve port")?,
+            role: BrokerRole::from_code(r.i32("broker role")?)?,
+            epoch: r.i64("epoch")?,
+            message_offset: r.i64("message log offset")?,
+            action_offset: r.i64("action log offset")?,
+            secret: None,
+        };
+        let count = r.i16("extension count")?;
+        if count < 0 {
+            return Err(DecodeError::NegativeLength {
+                field: "extension count",
+                len: i64::from(count),
+            });
+        }
+        for _ in 0..count {
+            let key = r.short_bytes("extension key")?;
+            let value = r.string("extension value")?;
+            if key == CLUSTER_SECRET_KEY.as_bytes() {
+                req.secret = Some(value);
+            }
+        }
+        r.finish("group lease request")?;
+        Ok(req)
+    }
+}
+
+/// Where an epoch's data starts: the new master's log ends when it took over (-1 while it
+/// has not reported them yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochStart {
+    /// The epoch.
+    pub epoch: i64,
+    /// Its master's message-log end when the epoch began.
+    pub message_start: i64,
+    /// Its master's action-log (delay: dispatch-log) end when the epoch began.
+    pub action_start: i64,
+}
+
+/// The answer to a GROUP_LEASE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLeaseResponse {
+    /// The server's group.
+    pub group: String,
+    /// The role the server must run as.
+    pub role: BrokerRole,
+    /// The group's current epoch.
+    pub epoch: i64,
+    /// For the master of `epoch`: how long, from when it sent the request, it may accept
+    /// writes (0: none, for example while the previous master's lease may still run, or when
+    /// the request's epoch is not the group's).
+    pub lease_ms: i64,
+    /// For a slave: the master's sync address (`ip:sync_port`); else empty.
+    pub master_sync: String,
+    /// The master's client address (`ip:serve_port`), for operators.
+    pub master_address: String,
+    /// Every epoch of the group, oldest first: where each epoch's data starts, so a server
+    /// coming back cuts what it holds beyond the data it shares with the current master.
+    pub epochs: Vec<EpochStart>,
+}
+
+impl GroupLeaseResponse {
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        put_string(out, &self.group, "group name")?;
+        out.put_i32(self.role.code());
+        out.put_i64(self.epoch);
+        out.put_i64(self.lease_ms);
+        put_string(out, &self.master_sync, "master sync address")?;
+        put_string(out, &self.master_address, "master address")?;
+        let count = i16::try_from(self.epochs.len()).map_err(|_| EncodeError::TooLong {
+            field: "epochs",
+            len: self.epochs.len(),
+            max: i16::MAX as usize,
+        })?;
+        out.put_i16(count);
+        for e in &self.epochs {
+            out.put_i64(e.epoch);
+            out.put_i64(e.message_start);
+            out.put_i64(e.action_start);
+        }
+        Ok(())
+    }
+
+    /// Decodes a body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let group = r.string("group name")?;
+        let role = BrokerRole::from_code(r.i32("broker role")?)?;
+        let epoch = r.i64("epoch")?;
+        let lease_ms = r.i64("lease ms")?;
+        let master_sync = r.string("master sync address")?;
+        let master_address = r.string("master address")?;
+        let count = r.i16("epoch count")?;
+        if count < 0 {
+            return Err(DecodeError::NegativeLength {
+                field: "epoch count",
+                len: i64::from(count),
+            });
+        }
+        let mut epochs = Vec::new();
+        for _ in 0..count {
+            epochs.push(EpochStart {
+                epoch: r.i64("epoch")?,
+                message_start: r.i64("epoch message start")?,
+                action_start: r.i64("epoch action start")?,
+            });
+        }
+        r.finish("group lease response")?;
+        Ok(Self {
+            group,
+            role,
+            epoch,
+            lease_ms,
+            master_sync,
+            master_address,
+            epochs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_log_request_has_qmq_layout() {
+        let req = SyncLogRequest {
+            sync_type: SyncType::Message,
+            message_offset: 0x0102,
+            action_offset: 7,
+        };
+        let mut out = BytesMut::new();
+        req.encode(&mut out);
+        assert_eq!(out.len(), 17);
+        assert_eq!(out[0], 2);
+        assert_eq!(&out[1..9], &0x0102i64.to_be_bytes());
+        assert_eq!(SyncLogRequest::decode(&out).unwrap(), req);
+        assert!(SyncLogRequest::decode(&out[..16]).is_err());
+        let mut bad = out.clone();
+        bad[0] = 4;
+        assert!(SyncLogRequest::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn sync_chunk_round_trips_and_refuses_short_or_negative_sizes() {
+        let chunk = SyncChunk {
+            start: 42,
+            bytes: Bytes::from_static(b"records"),
+        };
+        let mut out = BytesMut::new();
+        chunk.encode(&mut out).unwrap();
+        let body = out.freeze();
+        assert_eq!(SyncChunk::decode(&body).unwrap(), chunk);
+        assert!(SyncChunk::decode(&body.slice(..body.len() - 1)).is_err());
+        let mut neg = BytesMut::new();
+        neg.put_i32(-1);
+        neg.put_i64(0);
+        assert!(SyncChunk::decode(&neg.freeze()).is_err());
+    }
+
+    #[test]
+    fn lease_request_and_response_round_trip() {
+        let req = GroupLeaseRequest {
+            hostname: "h".into(),
+            serve_port: 20881,
+            role: BrokerRole::Slave,
+            epoch: 3,
+            message_offset: 100,
+            action_offset: 50,
+            secret: Some("s".into()),
+        };
+        let mut out = BytesMut::new();
+        req.encode(&mut out).unwrap();
+        assert_eq!(GroupLeaseRequest::decode(&out).unwrap(), req);
+        let resp = GroupLeaseResponse {
+            group: "g".into(),
+            role: BrokerRole::Master,
+            epoch: 4,
+            lease_ms: 3000,
+            master_sync: String::new(),
+            master_address: "127.0.0.1:20881".into(),
+            epochs: vec![EpochStart {
+                epoch: 4,
+                message_start: 100,
+                action_start: -1,
+            }],
+        };
+        let mut out = BytesMut::new();
+        resp.encode(&mut out).unwrap();
+        assert_eq!(GroupLeaseResponse::decode(&out).unwrap(), resp);
+        assert!(GroupLeaseResponse::decode(&out[..out.len() - 1]).is_err());
+    }
+}
