@@ -29,6 +29,12 @@ pub struct Checkpoint {
     pub subjects: BTreeMap<String, u64>,
     /// Action-log offset below which every action is applied to this state and the pull logs.
     pub action_applied: u64,
+    /// Action-log end read once the consumer state below was captured: the state reflects
+    /// every action before `action_applied`, maybe some between it and this, and none at or
+    /// after this. [`crate::truncate_logs`] keeps a checkpoint only if the action log is not
+    /// cut below this. `None` in checkpoints written before it was recorded.
+    #[serde(default)]
+    pub action_state_end: Option<u64>,
     /// Next consume-log sequence per group (consumer field empty) or broadcast consumer.
     pub groups: Vec<(ConsumerKey, u64)>,
     /// Per-consumer pull/ack progress.
@@ -72,6 +78,23 @@ pub fn load(dir: &Path) -> Result<Option<(u64, Checkpoint)>> {
         }
     }
     Ok(None)
+}
+
+/// Every checkpoint file in `dir`, oldest first, with its generation and its contents
+/// (`None` if it is damaged).
+pub(crate) fn load_all(dir: &Path) -> Result<Vec<(u64, PathBuf, Option<Checkpoint>)>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (gen, path) in files(dir)? {
+        let parsed = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| decode(&b))
+            .ok();
+        out.push((gen, path, parsed));
+    }
+    Ok(out)
 }
 
 /// Writes checkpoint generation `gen` and deletes all but the newest `retain`. Returns the

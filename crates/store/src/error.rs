@@ -89,6 +89,47 @@ pub enum StoreError {
         /// The original failure and why it could not be undone.
         reason: String,
     },
+    /// A replica asked for a log from an offset beyond this store's end of it: the replica
+    /// holds bytes this store never had (or has lost), and must be cut back
+    /// ([`crate::truncate_logs`]) or rebuilt before it can follow this store.
+    #[error("{stream} offset {offset} is beyond this store's end {end}")]
+    Ahead {
+        /// The log.
+        stream: crate::LogStream,
+        /// The offset asked for.
+        offset: u64,
+        /// This store's end of the log.
+        end: u64,
+    },
+    /// Replicated bytes do not start at this store's end of the log: nothing was written; the
+    /// caller asks again from [`crate::Store::log_end`] (or resynchronises).
+    #[error("{stream} chunk starts at {got}, this store's log ends at {expected}")]
+    Diverged {
+        /// The log.
+        stream: crate::LogStream,
+        /// This store's end of the log.
+        expected: u64,
+        /// Where the chunk starts.
+        got: u64,
+    },
+    /// Replicated bytes are not whole, intact records (bad length or CRC, cut mid-record,
+    /// a record larger than a segment): nothing was written.
+    #[error("bad {stream} chunk at offset {offset}: {reason}")]
+    BadChunk {
+        /// The log.
+        stream: crate::LogStream,
+        /// Log offset of the first bad record.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// [`crate::truncate_logs`] cannot make the cut consistent (or was asked for a cut that is
+    /// not at a record boundary): nothing was changed.
+    #[error("cannot truncate the logs: {reason}")]
+    TruncateRefused {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Result alias for store operations.

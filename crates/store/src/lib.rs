@@ -117,12 +117,14 @@ pub mod log;
 mod names;
 pub mod pull_log;
 mod record;
+pub mod replication;
 mod store;
 
 pub use action::ConsumerKey;
 pub use dir_lock::DirLock;
 pub use error::{Result, StoreError};
 pub use filter::{BytesFilter, Filter, TagFilter, TagMode};
+pub use replication::{truncate_logs, LogChunk, LogStream, Truncated};
 pub use store::{
     Appended, ConsumerInfo, FlushPolicy, GroupInfo, NewMessage, PullOptions, PullSpec, Pulled,
     ResetTo, Store, StoreConfig, StoreStats, StoredMessage, SubjectInfo,

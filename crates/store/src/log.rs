@@ -233,6 +233,11 @@ impl RecordLog {
         self.end
     }
 
+    /// The largest a segment (and so a record) may be.
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
     /// Offset of the first byte still on disk.
     pub fn start(&self) -> u64 {
         self.segments
@@ -261,6 +266,16 @@ impl RecordLog {
             .ok_or_else(|| StoreError::Failed {
                 reason: "an appended record got no offset".into(),
             })
+    }
+
+    /// Appends already framed and checked records (see [`check_records`], which gives
+    /// `sizes`) as they are, at the log's end: a replica's copy of another log's bytes. The
+    /// records land at the offsets `end()..` in order (offsets are dense whatever the segment
+    /// size: a segment starts where the previous one ends). As [`RecordLog::append_runs`]
+    /// on failure.
+    pub fn append_records(&mut self, bytes: &[u8], sizes: &[usize]) -> Result<()> {
+        let mut placed = Vec::new();
+        self.append_runs(&[(bytes, sizes)], &mut placed)
     }
 
     /// Appends framed records (see [`frame_with`]) given as runs of back-to-back records with each
@@ -737,6 +752,72 @@ impl LogReader {
         }))
     }
 
+    /// Whole records from `from` (raised to the log's first stored offset; the returned
+    /// offset says where the bytes start) for a replica: never past the end of the segment
+    /// holding that offset nor past `limit`, at most `max_bytes` but always the first whole
+    /// record when one is there. Every record is checked (length and CRC): a damaged one is
+    /// [`StoreError::Corrupt`], never shipped. Nothing there: no bytes.
+    pub fn read_chunk(&self, from: u64, limit: u64, max_bytes: usize) -> Result<(u64, Vec<u8>)> {
+        let located = {
+            let segs = self.segments.read();
+            let first = segs.keys().next().copied();
+            let from = first.map_or(from, |f| from.max(f));
+            let here = segs
+                .range(..=from)
+                .next_back()
+                .map(|(_, s)| (s.base, s.file.clone()));
+            let next = segs.range(from + 1..).next().map(|(&b, _)| b);
+            (from, here, next)
+        };
+        let (from, Some((base, file)), next) = located else {
+            return Ok((located.0, Vec::new()));
+        };
+        let stop = limit.min(next.unwrap_or(u64::MAX));
+        if from >= stop {
+            return Ok((from, Vec::new()));
+        }
+        let room = stop - from;
+        let head = RECORD_HEADER as usize;
+        let want = (max_bytes.max(head) as u64).min(room) as usize;
+        let mut buf = vec![0u8; want];
+        read_exact_at(self.name, &file, &mut buf, from - base)
+            .map_err(|e| self.read_error(from, e))?;
+        let corrupt = |offset: u64| StoreError::Corrupt {
+            log: self.name,
+            offset,
+        };
+        // Whole records in what was read.
+        let mut pos = 0usize;
+        while pos + head <= buf.len() {
+            let len = u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]);
+            let size = head as u64 + u64::from(len);
+            if len == 0 || size > self.segment_size || size > room - pos as u64 {
+                return Err(corrupt(from + pos as u64));
+            }
+            if pos + size as usize > buf.len() {
+                break;
+            }
+            pos += size as usize;
+        }
+        if pos == 0 {
+            // The first record is larger than `max_bytes`: it alone.
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let size = head as u64 + u64::from(len);
+            if len == 0 || size > self.segment_size || size > room {
+                return Err(corrupt(from));
+            }
+            buf = vec![0u8; size as usize];
+            read_exact_at(self.name, &file, &mut buf, from - base)
+                .map_err(|e| self.read_error(from, e))?;
+            pos = buf.len();
+        }
+        buf.truncate(pos);
+        if let Err((at, _)) = check_records(&buf, self.segment_size) {
+            return Err(corrupt(from + at as u64));
+        }
+        Ok((from, buf))
+    }
+
     /// Reads and checks the record at `offset`.
     pub fn read(&self, offset: u64) -> Result<Vec<u8>> {
         let (base, file) = self.locate(offset)?;
@@ -845,6 +926,47 @@ impl LogReader {
         }
         segs.range(offset + 1..).next().map(|(&b, _)| b)
     }
+}
+
+/// Checks that `bytes` are whole, intact records (as a slave must before appending what a
+/// master shipped): every record's header is complete, its payload non-empty and complete,
+/// its CRC matches, and the record fits in a segment of `segment_size` bytes. Returns each
+/// record's size, or the byte position in `bytes` of the first bad record and why.
+pub fn check_records(
+    bytes: &[u8],
+    segment_size: u64,
+) -> std::result::Result<Vec<usize>, (usize, String)> {
+    let head = RECORD_HEADER as usize;
+    let mut sizes = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let Some(h) = bytes.get(pos..pos + head) else {
+            return Err((pos, "a record header is cut short".into()));
+        };
+        let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let crc = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        if len == 0 {
+            return Err((pos, "a record with an empty payload".into()));
+        }
+        if (head + len) as u64 > segment_size {
+            return Err((
+                pos,
+                format!(
+                    "a record of {} bytes exceeds the segment size {segment_size}",
+                    head + len
+                ),
+            ));
+        }
+        let Some(payload) = bytes.get(pos + head..pos + head + len) else {
+            return Err((pos, "a record is cut short".into()));
+        };
+        if crc32c::crc32c(payload) != crc {
+            return Err((pos, "CRC mismatch".into()));
+        }
+        sizes.push(head + len);
+        pos += head + len;
+    }
+    Ok(sizes)
 }
 
 /// Creates `dir` if needed and opens (read-write) every segment file in it: files named by

@@ -172,11 +172,15 @@ pub(crate) struct ConsumerSide {
     per_segment: u64,
     /// Pulls, acks and resets return only once their action is fsynced.
     sync_each: bool,
+    /// The action log's shippable end (see [`Store::read_log_chunk`]): written (async
+    /// flush) or fsynced (`SyncBeforeAck`) whole actions.
+    pub(crate) shippable: tokio::sync::watch::Sender<u64>,
 }
 
 /// What a checkpoint records of the consumer side.
 pub(crate) struct Snapshot {
     pub action_applied: u64,
+    pub action_state_end: u64,
     pub groups: Vec<(ConsumerKey, u64)>,
     pub consumers: Vec<(ConsumerKey, ConsumerProgress)>,
 }
@@ -221,6 +225,7 @@ impl ConsumerSide {
     ) -> Self {
         Self {
             action_reader: actions.reader(),
+            shippable: tokio::sync::watch::Sender::new(actions.end()),
             actions: Mutex::new(actions),
             groups: RwLock::new(
                 groups
@@ -307,11 +312,165 @@ impl ConsumerSide {
     }
 
     /// With `SyncBeforeAck`, waits until the action log is durable up to `end`.
+    /// Then moves the shippable end (see [`ConsumerSide::shippable`]) to `end`.
     fn settle(&self, end: u64) -> Result<()> {
         if self.sync_each {
             self.action_reader.sync_to(end)?;
         }
+        self.ship_to(end);
         Ok(())
+    }
+
+    /// Moves the shippable end forward to `end` (never back: concurrent callers may report
+    /// their ends out of order), waking the watchers.
+    fn ship_to(&self, end: u64) {
+        self.shippable.send_if_modified(|v| {
+            let moved = end > *v;
+            if moved {
+                *v = end;
+            }
+            moved
+        });
+    }
+
+    /// The action log's written end.
+    pub(crate) fn action_end(&self) -> u64 {
+        self.action_reader.written()
+    }
+
+    /// A read handle on the action log.
+    pub(crate) fn action_reader(&self) -> &LogReader {
+        &self.action_reader
+    }
+
+    /// Appends replicated action-log bytes at `start`, which must be the log's end, and
+    /// applies them as recovery replays them (see [`Store::append_replicated`]). Returns the
+    /// new end.
+    pub(crate) fn append_replicated(&self, start: u64, bytes: &[u8]) -> Result<u64> {
+        use crate::replication::LogStream;
+        let diverged = |expected: u64| StoreError::Diverged {
+            stream: LogStream::Action,
+            expected,
+            got: start,
+        };
+        let end = self.action_end();
+        if start != end {
+            return Err(diverged(end));
+        }
+        let segment_size = self.actions.lock().segment_size();
+        let sizes = crate::log::check_records(bytes, segment_size).map_err(|(at, reason)| {
+            StoreError::BadChunk {
+                stream: LogStream::Action,
+                offset: start + at as u64,
+                reason,
+            }
+        })?;
+        if sizes.is_empty() {
+            return Ok(start);
+        }
+        let mut actions = Vec::with_capacity(sizes.len());
+        let mut at = 0usize;
+        for size in &sizes {
+            let offset = start + at as u64;
+            let payload = &bytes[at + crate::log::RECORD_HEADER as usize..at + size];
+            match Action::decode(payload, offset) {
+                Ok(a) => actions.push(a),
+                // As recovery does: the record is kept (the logs stay byte-identical), its
+                // action is not applied.
+                Err(e) => tracing::error!(error = %e, "skipping an undecodable replicated action"),
+            }
+            at += size;
+        }
+        // Every group and consumer the actions touch, locked in key order (groups before
+        // consumers, as pulls do) before the action log, and held until the actions are
+        // applied: a checkpoint's snapshot then never sees the new end without their effect.
+        let mut group_keys = std::collections::BTreeSet::new();
+        let mut consumer_keys = std::collections::BTreeSet::new();
+        for a in &actions {
+            match a {
+                Action::Pull { key, broadcast, .. } => {
+                    group_keys.insert(group_key(key, *broadcast));
+                    consumer_keys.insert(key.clone());
+                }
+                Action::Ack { key, .. } => {
+                    consumer_keys.insert(key.clone());
+                }
+                Action::Reset { key, .. } => {
+                    group_keys.insert(key.clone());
+                }
+            }
+        }
+        let groups: Vec<(ConsumerKey, Arc<Mutex<u64>>)> = group_keys
+            .into_iter()
+            .map(|k| (k.clone(), self.group(&k)))
+            .collect();
+        let consumers: Vec<(ConsumerKey, Arc<Mutex<ConsumerState>>)> = consumer_keys
+            .into_iter()
+            .map(|k| (k.clone(), self.consumer(&k)))
+            .collect();
+        let mut group_guards: HashMap<&ConsumerKey, parking_lot::MutexGuard<'_, u64>> =
+            groups.iter().map(|(k, g)| (k, g.lock())).collect();
+        let mut consumer_guards: HashMap<&ConsumerKey, parking_lot::MutexGuard<'_, ConsumerState>> =
+            consumers.iter().map(|(k, c)| (k, c.lock())).collect();
+        let new_end = {
+            let mut log = self.actions.lock();
+            if log.end() != start {
+                return Err(diverged(log.end()));
+            }
+            log.append_records(bytes, &sizes)?;
+            if self.sync_each {
+                if let Err(e) = log.sync() {
+                    return Err(log.rewind(start, &e));
+                }
+            }
+            log.end()
+        };
+        let mut failed = None;
+        for a in &actions {
+            let applied = match a {
+                Action::Pull {
+                    key,
+                    broadcast,
+                    first_pull,
+                    seqs,
+                    next,
+                } => {
+                    let r = match consumer_guards.get_mut(key) {
+                        Some(c) => c.record_pull(self, key, *first_pull, seqs),
+                        None => Ok(()),
+                    };
+                    if let Some(g) = group_guards.get_mut(&group_key(key, *broadcast)) {
+                        **g = (**g).max(*next);
+                    }
+                    r
+                }
+                Action::Ack { key, last, .. } => {
+                    if let Some(c) = consumer_guards.get_mut(key) {
+                        c.progress.acked = c.progress.acked.max(*last as i64);
+                    }
+                    Ok(())
+                }
+                Action::Reset { key, next } => {
+                    if let Some(g) = group_guards.get_mut(key) {
+                        **g = *next;
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(e) = applied {
+                tracing::error!(error = %e, "applying a replicated action failed; the next open replays it");
+                failed.get_or_insert(e);
+            }
+        }
+        drop(consumer_guards);
+        drop(group_guards);
+        self.ship_to(new_end);
+        match failed {
+            None => Ok(new_end),
+            Some(e) => Err(StoreError::MaybeStored {
+                reason: format!("replicated actions written up to {new_end}, not all applied: {e}"),
+            }),
+        }
     }
 
     /// fsyncs the action log (the async flusher calls this); nothing to do while the log
@@ -400,8 +559,12 @@ impl ConsumerSide {
             progress.push((k, c.progress));
         }
         self.action_reader.sync_to(action_applied)?;
+        // Every action the state above reflects was appended before it was applied, so
+        // before this end.
+        let action_state_end = self.actions.lock().end();
         Ok(Snapshot {
             action_applied,
+            action_state_end,
             groups,
             consumers: progress,
         })

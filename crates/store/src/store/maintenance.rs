@@ -79,6 +79,7 @@ impl Inner {
             message_indexed,
             subjects,
             action_applied: consumers.action_applied,
+            action_state_end: Some(consumers.action_state_end),
             groups: consumers.groups,
             consumers: consumers.consumers,
         };

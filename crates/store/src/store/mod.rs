@@ -4,6 +4,7 @@
 mod consumers;
 mod maintenance;
 mod recover;
+mod replicate;
 mod writer;
 
 use std::collections::HashMap;
@@ -167,6 +168,9 @@ pub(crate) struct Inner {
     message_reader: LogReader,
     consume: RwLock<HashMap<String, Arc<RwLock<ConsumeLog>>>>,
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// The message log's shippable end (see [`Store::read_log_chunk`]): the end after the
+    /// last group commit (after its fsync with `SyncBeforeAck`).
+    message_shippable: watch::Sender<u64>,
     consumers: consumers::ConsumerSide,
     checkpoint_gen: Mutex<u64>,
     /// The oldest retained checkpoint: action-log segments before it must stay.

@@ -50,6 +50,12 @@ pub(crate) fn open(config: StoreConfig) -> Result<Inner> {
         };
         let trusted = cp.subjects.get(&subject).copied().unwrap_or(0);
         let clog = ConsumeLog::open(&path, config.index_segment_entries, trusted, log.end())?;
+        if clog.is_empty() && trusted == 0 {
+            // Every entry pointed past the log's end (its tail was lost or cut by
+            // `truncate_logs`): the subject has no message, so it is not listed (the scan
+            // below opens it again if the log has one).
+            continue;
+        }
         if clog.len() < trusted {
             // Entries the checkpoint vouched for are gone: re-index from after the last one left.
             rescan_from = rescan_from.min(clog.last_offset().map_or(0, |o| o + 1));
@@ -146,6 +152,7 @@ pub(crate) fn open(config: StoreConfig) -> Result<Inner> {
     side.clamp_groups(|s| consume.get(s).map_or(0, ConsumeLog::len));
 
     Ok(Inner {
+        message_shippable: tokio::sync::watch::Sender::new(log.end()),
         message_reader: log.reader(),
         log: Mutex::new(log),
         consume: RwLock::new(

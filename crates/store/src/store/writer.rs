@@ -290,7 +290,9 @@ fn commit(inner: &Inner, batch: &mut [WriteJob], placed: &mut Vec<Placed>) -> Re
     }
     index(inner, batch).map_err(|e| StoreError::MaybeStored {
         reason: format!("written to the message log, not indexed: {e}"),
-    })
+    })?;
+    inner.ship_messages_to(log.end());
+    Ok(())
 }
 
 /// Appends each batch's entries to their subjects' consume logs, at the offsets the batch was
@@ -311,18 +313,29 @@ fn index(inner: &Inner, batch: &mut [WriteJob]) -> Result<()> {
 
 /// Wakes long-polls on the subjects a commit grew.
 fn wake(inner: &Inner, batch: &[WriteJob]) {
+    wake_subjects(
+        inner,
+        batch
+            .iter()
+            .flat_map(|j| &j.encoded.groups)
+            .map(|g| (g.subject.as_str(), g.first + g.entries.len() as u64)),
+    );
+}
+
+/// Wakes long-polls on subjects, each with its new length.
+pub(super) fn wake_subjects<'a>(inner: &Inner, grown: impl IntoIterator<Item = (&'a str, u64)>) {
     let mut watchers = inner.watchers.lock();
     if watchers.is_empty() {
         return;
     }
-    for group in batch.iter().flat_map(|j| &j.encoded.groups) {
-        let Some(tx) = watchers.get(&group.subject) else {
+    for (subject, len) in grown {
+        let Some(tx) = watchers.get(subject) else {
             continue;
         };
         if tx.receiver_count() == 0 {
-            watchers.remove(&group.subject);
+            watchers.remove(subject);
         } else {
-            tx.send_replace(group.first + group.entries.len() as u64);
+            tx.send_replace(len);
         }
     }
 }
@@ -344,7 +357,7 @@ fn shared(e: &StoreError) -> StoreError {
     }
 }
 
-fn consume_log_for(inner: &Inner, subject: &str) -> Result<Arc<RwLock<ConsumeLog>>> {
+pub(super) fn consume_log_for(inner: &Inner, subject: &str) -> Result<Arc<RwLock<ConsumeLog>>> {
     if let Some(c) = inner.consume_log(subject) {
         return Ok(c);
     }

@@ -1,0 +1,468 @@
+//! Replication: a replica built with `read_log_chunk` → `append_replicated` has the master's
+//! state; bad chunks are refused; only durable bytes ship with `SyncBeforeAck`; a former
+//! master's unreplicated tail is cut by `truncate_logs`; `watch_log_end` wakes the sync server.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use qmq_store::{
+    ConsumerInfo, ConsumerKey, FlushPolicy, GroupInfo, LogStream, NewMessage, PullOptions,
+    PullSpec, Pulled, ResetTo, Store, StoreConfig, StoreError, StoredMessage, SubjectInfo,
+    TagFilter, TagMode,
+};
+
+mod common;
+use common::{config, key};
+
+const STREAMS: [LogStream; 2] = [LogStream::Message, LogStream::Action];
+
+/// Everything a client can observe of a store.
+#[derive(Debug, PartialEq)]
+struct State {
+    subjects: Vec<SubjectInfo>,
+    messages: Vec<Vec<StoredMessage>>,
+    groups: Vec<GroupInfo>,
+    consumers: Vec<ConsumerInfo>,
+    /// Per consumer: what it pulled and did not ack (redelivered first).
+    unacked: Vec<Vec<Pulled>>,
+    ends: Vec<u64>,
+}
+
+fn state(store: &Store) -> State {
+    let subjects = store.subject_infos().unwrap();
+    let messages = subjects
+        .iter()
+        .map(|s| store.read(&s.subject, 0, 100_000).unwrap())
+        .collect();
+    let consumers = store.consumers();
+    let unacked = consumers
+        .iter()
+        .map(|c| {
+            let p = store.progress(&c.key);
+            assert_eq!(&p, c);
+            store
+                .pulled_since(&c.key, (c.acked + 1) as u64, 100_000)
+                .unwrap()
+        })
+        .collect();
+    State {
+        subjects,
+        messages,
+        groups: store.groups(),
+        consumers,
+        unacked,
+        ends: STREAMS.iter().map(|&s| store.log_end(s)).collect(),
+    }
+}
+
+/// Copies what `replica` misses of `master`'s logs in chunks of at most `max_bytes`
+/// (message log first, then the action log, as a slave's loops would). Returns the number of
+/// chunks.
+fn replicate(master: &Store, replica: &Store, max_bytes: usize) -> usize {
+    let mut chunks = 0;
+    for stream in STREAMS {
+        loop {
+            let from = replica.log_end(stream);
+            let chunk = master.read_log_chunk(stream, from, max_bytes).unwrap();
+            assert_eq!(chunk.start, from, "{stream}: the replica asks from its end");
+            if chunk.bytes.is_empty() {
+                break;
+            }
+            let end = replica
+                .append_replicated(stream, chunk.start, &chunk.bytes)
+                .unwrap();
+            assert_eq!(end, from + chunk.bytes.len() as u64);
+            chunks += 1;
+        }
+        assert_eq!(replica.log_end(stream), master.log_end(stream), "{stream}");
+    }
+    chunks
+}
+
+fn body(round: usize, i: usize) -> Bytes {
+    Bytes::from(format!("r{round}-m{i:04}-{}", "p".repeat((i * 7) % 90)))
+}
+
+fn tags(i: usize) -> Vec<String> {
+    match i % 3 {
+        0 => vec!["red".into()],
+        1 => vec!["blue".into(), "red".into()],
+        _ => Vec::new(),
+    }
+}
+
+/// Appends to three subjects with tags.
+async fn append_round(store: &Store, round: usize, per_subject: usize) {
+    for batch in (0..per_subject).collect::<Vec<_>>().chunks(5) {
+        let messages: Vec<NewMessage> = batch
+            .iter()
+            .flat_map(|&i| {
+                ["a", "b", "c"].map(|s| NewMessage {
+                    subject: s.into(),
+                    tags: tags(i),
+                    body: body(round, i),
+                })
+            })
+            .collect();
+        for r in store.append_messages(&messages).await.unwrap() {
+            r.unwrap();
+        }
+    }
+}
+
+fn pull_tagged(store: &Store, k: &ConsumerKey, broadcast: bool, max: usize) -> Vec<Pulled> {
+    let filter = TagFilter::new(TagMode::Any, vec!["red".into()]);
+    store
+        .pull_matching(
+            PullSpec {
+                key: k,
+                broadcast,
+                max,
+            },
+            &filter,
+        )
+        .unwrap()
+}
+
+/// Appends, pulls (shared with a tag filter, broadcast, a new group starting at the latest),
+/// acks (leaving some unacked) and a reset.
+async fn workload(store: &Store, round: usize) {
+    append_round(store, round, 40).await;
+    let (a1, a2) = (key("a", "g1", "c1"), key("a", "g1", "c2"));
+    let b1 = key("b", "g2", "c1");
+    let (bb1, bb2) = (key("b", "bc", "x"), key("b", "bc", "y"));
+    let pulled = pull_tagged(store, &a1, false, 7);
+    assert!(!pulled.is_empty());
+    let last = pulled.last().unwrap().pull_seq;
+    store.ack(&a1, last - 2).unwrap();
+    let pulled = pull_tagged(store, &a2, false, 5);
+    store.ack(&a2, pulled.last().unwrap().pull_seq).unwrap();
+    pull_tagged(store, &a1, false, 3);
+    for k in [&bb1, &bb2] {
+        let p = pull_tagged(store, k, true, 4 + round);
+        store.ack(k, p[1].pull_seq).unwrap();
+    }
+    let p = pull_tagged(store, &b1, false, 10);
+    store.ack(&b1, p.last().unwrap().pull_seq).unwrap();
+    store.reset(&b1, false, ResetTo::Earliest).unwrap();
+    pull_tagged(store, &b1, false, 2);
+    // A group new to "c" starting at the latest message (a reset in the action log).
+    let c1 = key("c", &format!("late{round}"), "z");
+    let options = PullOptions {
+        new_group: ResetTo::Latest,
+        ..PullOptions::default()
+    };
+    let spec = PullSpec {
+        key: &c1,
+        broadcast: false,
+        max: 5,
+    };
+    let filter = TagFilter::new(TagMode::Any, Vec::new());
+    assert!(store.pull_with(spec, options, &filter).unwrap().is_empty());
+    append_round(store, round + 100, 3).await;
+}
+
+fn small(dir: &Path) -> StoreConfig {
+    let mut c = config(dir);
+    // Small segments everywhere, so chunks stop at segment ends and indexes span segments.
+    c.segment_size = 2048;
+    c.action_segment_size = 512;
+    c.index_segment_entries = 16;
+    c
+}
+
+#[tokio::test]
+async fn a_replica_built_from_chunks_has_the_masters_state_and_keeps_it_across_reopen() {
+    let (mdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = Store::open(small(mdir.path())).unwrap();
+    // The replica checkpoints (and applies retention) all the while.
+    let mut rcfg = small(rdir.path());
+    rcfg.checkpoint_interval = Duration::from_millis(5);
+    let replica = Store::open(rcfg).unwrap();
+    replica.spawn_maintenance().unwrap();
+    workload(&master, 0).await;
+    assert!(
+        master.log_end(LogStream::Message) > 3 * 2048,
+        "spans segments"
+    );
+    let action_end = master.log_end(LogStream::Action);
+    assert!(action_end > 512, "spans segments: {action_end}");
+    let chunks = replicate(&master, &replica, 300);
+    assert!(
+        chunks as u64 > master.log_end(LogStream::Message) / 300,
+        "chunks are split"
+    );
+    let expected = state(&master);
+    assert!(expected.consumers.iter().any(|c| c.unacked() > 0));
+    assert_eq!(state(&replica), expected);
+
+    // Closed and reopened, the replica recovers the same state from its own files.
+    replica.close().unwrap();
+    drop(replica);
+    let replica = Store::open(small(rdir.path())).unwrap();
+    assert_eq!(state(&replica), expected);
+
+    // The master goes on; the replica follows, a checkpoint in the middle of it.
+    workload(&master, 1).await;
+    replicate(&master, &replica, 1000);
+    replica.checkpoint().unwrap();
+    append_round(&master, 2, 10).await;
+    replicate(&master, &replica, 64);
+    let expected = state(&master);
+    assert_eq!(state(&replica), expected);
+    // New messages on the replica wake its subject watchers.
+    let mut watch = replica.watch_subject("a");
+    let len = *watch.borrow();
+    append_round(&master, 3, 2).await;
+    replicate(&master, &replica, 4096);
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*watch.borrow(), len + 2);
+    drop(replica);
+    let replica = Store::open(small(rdir.path())).unwrap();
+    assert_eq!(state(&replica), state(&master));
+}
+
+#[tokio::test]
+async fn bad_chunks_are_refused_whole_and_offsets_are_clamped_or_ahead() {
+    let (mdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = Store::open(small(mdir.path())).unwrap();
+    let replica = Store::open(small(rdir.path())).unwrap();
+    append_round(&master, 0, 6).await;
+    let chunk = master
+        .read_log_chunk(LogStream::Message, 0, 1 << 20)
+        .unwrap();
+    assert_eq!(chunk.start, 0);
+    assert!(chunk.bytes.len() > 200);
+    let nothing_written = |replica: &Store| {
+        assert_eq!(replica.log_end(LogStream::Message), 0);
+        assert!(replica.subject_infos().unwrap().is_empty());
+    };
+
+    // Not at the replica's end.
+    match replica.append_replicated(LogStream::Message, 7, &chunk.bytes) {
+        Err(StoreError::Diverged {
+            stream: LogStream::Message,
+            expected: 0,
+            got: 7,
+        }) => {}
+        other => panic!("expected Diverged, got {other:?}"),
+    }
+    nothing_written(&replica);
+
+    // A flipped byte in a later record: refused whole, the good records before it too.
+    let first_len = u32::from_be_bytes(chunk.bytes[..4].try_into().unwrap()) as usize + 8;
+    let mut flipped = chunk.bytes.to_vec();
+    flipped[first_len + 12] ^= 0x40;
+    match replica.append_replicated(LogStream::Message, 0, &flipped) {
+        Err(StoreError::BadChunk {
+            stream: LogStream::Message,
+            offset,
+            ..
+        }) => assert_eq!(offset, first_len as u64),
+        other => panic!("expected BadChunk, got {other:?}"),
+    }
+    nothing_written(&replica);
+    // Cut mid-record (in the header and in the payload).
+    for cut in [chunk.bytes.len() - 3, first_len + 5] {
+        let r = replica.append_replicated(LogStream::Message, 0, &chunk.bytes[..cut]);
+        assert!(matches!(r, Err(StoreError::BadChunk { .. })), "{r:?}");
+        nothing_written(&replica);
+    }
+    // The intact chunk goes in.
+    let end = replica
+        .append_replicated(LogStream::Message, 0, &chunk.bytes)
+        .unwrap();
+    assert_eq!(end, chunk.bytes.len() as u64);
+    assert_eq!(replica.subject_len("a"), master.subject_len("a"));
+
+    // A record larger than max_bytes comes alone, whole.
+    let one = master.read_log_chunk(LogStream::Message, 0, 1).unwrap();
+    assert_eq!(one.bytes.len(), first_len);
+
+    // Beyond the end: Ahead; at the end: nothing.
+    for stream in STREAMS {
+        let end = master.log_end(stream);
+        match master.read_log_chunk(stream, end + 1, 100) {
+            Err(StoreError::Ahead {
+                stream: s,
+                offset,
+                end: e,
+            }) => assert_eq!((s, offset, e), (stream, end + 1, end)),
+            other => panic!("expected Ahead, got {other:?}"),
+        }
+        let at_end = master.read_log_chunk(stream, end, 100).unwrap();
+        assert_eq!((at_end.start, at_end.bytes.len()), (end, 0));
+    }
+
+    // Below the log's start (retention deleted the head): raised to the start.
+    let gdir = tempfile::tempdir().unwrap();
+    let mut cfg = small(gdir.path());
+    cfg.retention = Duration::ZERO;
+    cfg.retention_deletes_unconsumed = true;
+    let gone = Store::open(cfg).unwrap();
+    append_round(&gone, 0, 40).await;
+    let deleted = gone
+        .apply_retention(SystemTime::now() + Duration::from_secs(60))
+        .unwrap();
+    assert!(deleted > 0);
+    let start = gone.log_start(LogStream::Message);
+    assert!(start > 0);
+    let chunk = gone.read_log_chunk(LogStream::Message, 0, 500).unwrap();
+    assert_eq!(chunk.start, start);
+    assert!(!chunk.bytes.is_empty());
+    // An empty replica cannot take it: its log ends at 0.
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh = Store::open(small(fresh.path())).unwrap();
+    let r = fresh.append_replicated(LogStream::Message, chunk.start, &chunk.bytes);
+    assert!(matches!(r, Err(StoreError::Diverged { .. })), "{r:?}");
+
+    // The action stream is checked the same way.
+    let k = key("a", "g", "c");
+    common::pull(&master, &k, 3);
+    master.ack(&k, 1).unwrap();
+    let actions = master
+        .read_log_chunk(LogStream::Action, 0, 1 << 20)
+        .unwrap();
+    let mut flipped = actions.bytes.to_vec();
+    let at = flipped.len() - 2;
+    flipped[at] ^= 1;
+    let r = replica.append_replicated(LogStream::Action, 0, &flipped);
+    assert!(matches!(r, Err(StoreError::BadChunk { .. })), "{r:?}");
+    let r = replica.append_replicated(LogStream::Action, 1, &actions.bytes);
+    assert!(matches!(r, Err(StoreError::Diverged { .. })), "{r:?}");
+    assert_eq!(replica.log_end(LogStream::Action), 0);
+    assert!(replica.consumers().is_empty() && replica.groups().is_empty());
+    replica
+        .append_replicated(LogStream::Action, 0, &actions.bytes)
+        .unwrap();
+    assert_eq!(replica.progress(&k), master.progress(&k));
+}
+
+#[test]
+fn with_sync_before_ack_only_durable_bytes_are_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Store::open(small(dir.path())).unwrap();
+    assert_eq!(master.config().flush, FlushPolicy::SyncBeforeAck);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (store, done) = (master.clone(), done.clone());
+            rt.spawn(async move {
+                for i in 0..150 {
+                    let m = [(format!("s{w}"), body(w, i))];
+                    store.append(m).await.unwrap();
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            })
+        })
+        .collect();
+    let pulls = {
+        let store = master.clone();
+        std::thread::spawn(move || {
+            let k = key("s0", "g", "c");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while store.position(&k, false) < 150 && Instant::now() < deadline {
+                common::pull(&store, &k, 3);
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut shipped = [0u64; 2];
+    let mut reads = 0;
+    loop {
+        let finished = done.load(std::sync::atomic::Ordering::Acquire) == 4;
+        for (i, stream) in STREAMS.into_iter().enumerate() {
+            let chunk = master.read_log_chunk(stream, shipped[i], 1 << 16).unwrap();
+            let end = chunk.start + chunk.bytes.len() as u64;
+            // The durable mark only grows (no failures here): read after the chunk, it
+            // must cover it. (The action log's durable mark is not public: its bytes are
+            // checked against its end.)
+            let limit = match stream {
+                LogStream::Message => master.durable_offset(),
+                LogStream::Action => master.log_end(LogStream::Action),
+            };
+            assert!(
+                end <= limit,
+                "{stream}: shipped up to {end}, durable {limit}"
+            );
+            shipped[i] = end;
+            reads += 1;
+        }
+        if finished && shipped[0] == master.log_end(LogStream::Message) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "timed out");
+    }
+    for w in writers {
+        rt.block_on(w).unwrap();
+    }
+    pulls.join().unwrap();
+    assert!(reads > 10);
+    assert_eq!(shipped[0], master.durable_offset());
+}
+
+#[tokio::test]
+async fn watch_log_end_fires_after_appends_and_after_pulls_and_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(small(dir.path())).unwrap();
+    let mut messages = store.watch_log_end(LogStream::Message);
+    let mut actions = store.watch_log_end(LogStream::Action);
+    assert_eq!(*messages.borrow_and_update(), 0);
+    assert_eq!(*actions.borrow_and_update(), 0);
+    let wait = Duration::from_secs(5);
+
+    store.append([("s", body(0, 1))]).await.unwrap();
+    tokio::time::timeout(wait, messages.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        *messages.borrow_and_update(),
+        store.log_end(LogStream::Message)
+    );
+    assert!(!actions.has_changed().unwrap(), "appends are no actions");
+
+    let k = key("s", "g", "c");
+    assert_eq!(common::pull(&store, &k, 5).len(), 1);
+    tokio::time::timeout(wait, actions.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let after_pull = *actions.borrow_and_update();
+    assert_eq!(after_pull, store.log_end(LogStream::Action));
+    assert!(after_pull > 0);
+    store.ack(&k, 0).unwrap();
+    tokio::time::timeout(wait, actions.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(*actions.borrow_and_update() > after_pull);
+    store.reset(&k, false, ResetTo::Earliest).unwrap();
+    tokio::time::timeout(wait, actions.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        *actions.borrow_and_update(),
+        store.log_end(LogStream::Action)
+    );
+
+    // A replica's watchers fire on replicated appends.
+    let rdir = tempfile::tempdir().unwrap();
+    let replica = Store::open(small(rdir.path())).unwrap();
+    let mut rm = replica.watch_log_end(LogStream::Message);
+    let mut ra = replica.watch_log_end(LogStream::Action);
+    replicate(&store, &replica, 1 << 20);
+    assert!(rm.has_changed().unwrap() && ra.has_changed().unwrap());
+    assert_eq!(*rm.borrow_and_update(), store.log_end(LogStream::Message));
+    assert_eq!(*ra.borrow_and_update(), store.log_end(LogStream::Action));
+}
