@@ -248,9 +248,7 @@ pub fn truncate_logs(config: &StoreConfig, message_to: u64, action_to: u64) -> R
         .filter(|(_, _, cp)| cp.as_ref().is_some_and(|cp| !holds(cp)))
         .map(|(_, path, _)| path)
         .collect();
-    let survivor = all
-        .iter()
-        .any(|(_, _, cp)| cp.as_ref().is_some_and(&holds));
+    let survivor = all.iter().any(|(_, _, cp)| cp.as_ref().is_some_and(&holds));
     if !survivor && (messages.start() > 0 || actions.start() > 0) {
         return Err(StoreError::TruncateRefused {
             reason: format!(

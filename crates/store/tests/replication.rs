@@ -7,9 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use qmq_store::{
-    ConsumerInfo, ConsumerKey, FlushPolicy, GroupInfo, LogStream, NewMessage, PullOptions,
-    PullSpec, Pulled, ResetTo, Store, StoreConfig, StoreError, StoredMessage, SubjectInfo,
-    TagFilter, TagMode,
+    truncate_logs, ConsumerInfo, ConsumerKey, FlushPolicy, GroupInfo, LogStream, NewMessage,
+    PullOptions, PullSpec, Pulled, ResetTo, Store, StoreConfig, StoreError, StoredMessage,
+    SubjectInfo, TagFilter, TagMode,
 };
 
 mod common;
@@ -465,4 +465,159 @@ async fn watch_log_end_fires_after_appends_and_after_pulls_and_acks() {
     assert!(rm.has_changed().unwrap() && ra.has_changed().unwrap());
     assert_eq!(*rm.borrow_and_update(), store.log_end(LogStream::Message));
     assert_eq!(*ra.borrow_and_update(), store.log_end(LogStream::Action));
+}
+
+/// Every byte of `stream` from `from` to its end, read in chunks.
+fn tail_bytes(store: &Store, stream: LogStream, mut from: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let chunk = store.read_log_chunk(stream, from, 1 << 20).unwrap();
+        if chunk.bytes.is_empty() {
+            return out;
+        }
+        from = chunk.start + chunk.bytes.len() as u64;
+        out.extend_from_slice(&chunk.bytes);
+    }
+}
+
+fn checkpoint_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("checkpoint"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn truncate_logs_cuts_a_former_masters_unreplicated_tail() {
+    let (mdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut mcfg = small(mdir.path());
+    mcfg.checkpoints_retained = 10;
+    let master = Store::open(mcfg.clone()).unwrap();
+    workload(&master, 0).await;
+    master.checkpoint().unwrap();
+    let replica = Store::open(small(rdir.path())).unwrap();
+    replicate(&master, &replica, 500);
+    let p = [
+        replica.log_end(LogStream::Message),
+        replica.log_end(LogStream::Action),
+    ];
+    let expected = state(&replica);
+    assert!(
+        expected.consumers.iter().any(|c| c.unacked() > 0),
+        "the replica has pulled-but-unacked messages to redeliver"
+    );
+    let before_p = checkpoint_files(mdir.path());
+
+    // The unreplicated tail: more messages, pulls, and acks of everything pulled.
+    workload(&master, 1).await;
+    master
+        .append([("only-in-the-tail", body(9, 9))])
+        .await
+        .unwrap();
+    for c in master.consumers() {
+        if c.pulled > c.acked {
+            master.ack(&c.key, c.pulled as u64).unwrap();
+        }
+    }
+    assert!(master.consumers().iter().all(|c| c.unacked() == 0));
+    master.checkpoint().unwrap();
+    let after_p: Vec<_> = checkpoint_files(mdir.path())
+        .into_iter()
+        .filter(|f| !before_p.contains(f))
+        .collect();
+    assert!(!after_p.is_empty(), "a checkpoint taken after P");
+    let tails = [
+        tail_bytes(&master, LogStream::Message, p[0]),
+        tail_bytes(&master, LogStream::Action, p[1]),
+    ];
+    assert!(!tails[0].is_empty() && !tails[1].is_empty());
+    // Not while the store is open.
+    assert!(matches!(
+        truncate_logs(&mcfg, p[0], p[1]),
+        Err(StoreError::Locked { .. })
+    ));
+    master.close().unwrap();
+    drop(master);
+
+    // Not at a record boundary: refused, nothing changed.
+    let r = truncate_logs(&mcfg, p[0] + 1, p[1]);
+    assert!(
+        matches!(r, Err(StoreError::TruncateRefused { .. })),
+        "{r:?}"
+    );
+    let r = truncate_logs(&mcfg, p[0], p[1] + 3);
+    assert!(
+        matches!(r, Err(StoreError::TruncateRefused { .. })),
+        "{r:?}"
+    );
+    assert!(!mdir.path().join("truncated").exists());
+
+    let cut = truncate_logs(&mcfg, p[0], p[1]).unwrap();
+    assert_eq!(cut.message_bytes, tails[0].len() as u64);
+    assert_eq!(cut.action_bytes, tails[1].len() as u64);
+    assert_eq!(cut.side_files.len(), 2);
+    for (file, (kind, tail)) in cut
+        .side_files
+        .iter()
+        .zip(["messagelog", "actionlog"].iter().zip(&tails))
+    {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(name.contains(kind) && name.ends_with(".bin"), "{name}");
+        assert_eq!(&std::fs::read(file).unwrap(), tail, "{name}");
+    }
+    let kept = checkpoint_files(mdir.path());
+    assert!(
+        after_p.iter().all(|f| !kept.contains(f)),
+        "later ones dropped"
+    );
+    assert!(!kept.is_empty(), "older ones kept");
+
+    // Reopened, the former master is the replica at P.
+    let old = Store::open(mcfg.clone()).unwrap();
+    assert_eq!(state(&old), expected);
+    // A second cut at the same point is a no-op.
+    drop(old);
+    let again = truncate_logs(&mcfg, p[0], p[1]).unwrap();
+    assert_eq!((again.message_bytes, again.action_bytes), (0, 0));
+    assert!(again.side_files.is_empty());
+
+    // The promoted replica goes on; the former master follows it and stays equal.
+    let old = Store::open(mcfg.clone()).unwrap();
+    workload(&replica, 2).await;
+    replicate(&replica, &old, 700);
+    let expected = state(&replica);
+    assert_eq!(state(&old), expected);
+    drop(old);
+    let old = Store::open(mcfg).unwrap();
+    assert_eq!(state(&old), expected);
+}
+
+#[tokio::test]
+async fn truncate_logs_refuses_a_cut_no_checkpoint_can_back_after_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small(dir.path());
+    cfg.retention = Duration::ZERO;
+    cfg.retention_deletes_unconsumed = true;
+    let store = Store::open(cfg.clone()).unwrap();
+    append_round(&store, 0, 60).await;
+    store.checkpoint().unwrap();
+    store
+        .apply_retention(SystemTime::now() + Duration::from_secs(60))
+        .unwrap();
+    let start = store.log_start(LogStream::Message);
+    assert!(start > 0);
+    append_round(&store, 1, 5).await;
+    let ends = STREAMS.map(|s| store.log_end(s));
+    drop(store); // no close: no checkpoint past the one above
+                 // Every checkpoint vouches for messages past `start`, and the log no longer starts at 0.
+    let r = truncate_logs(&cfg, start, ends[1]);
+    assert!(
+        matches!(r, Err(StoreError::TruncateRefused { .. })),
+        "{r:?}"
+    );
+    assert!(!dir.path().join("truncated").exists());
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(STREAMS.map(|s| store.log_end(s)), ends, "nothing cut");
 }
