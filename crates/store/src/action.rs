@@ -1,7 +1,8 @@
 //! Action log records: every pull and ack, so consumer state can be rebuilt after a crash.
 //!
-//! Binary layout, big-endian: `u8 kind`, then the key (subject, group, consumer as `u16` length
-//! + UTF-8), then the kind's fields.
+//! Binary layout, big-endian: `u8 kind`, then the key (subject, group, consumer, each a `u16`
+//! length and UTF-8), then the kind's fields. The layout is part of the replication protocol:
+//! see [`crate::formats`].
 
 use crate::error::{Result, StoreError};
 

@@ -3,8 +3,9 @@
 //! # Layout
 //!
 //! - **message log** ([`log`], `messagelog/`): one append-only log for all subjects, in
-//!   fixed-size segment files; every record is `u32 length | u32 CRC32C | payload`, the payload
-//!   being the message's subject, tags and append time and then its bytes. The record's offset
+//!   segment files of at most a fixed size; every record is `u32 length | u32 CRC32C |
+//!   payload`, the payload being the message's subject, tags and append time and then its
+//!   bytes ([`formats`]). The record's offset
 //!   identifies the message. One writer thread batches concurrent appends (group commit): one
 //!   `write` per batch, and with [`FlushPolicy::SyncBeforeAck`] one shared fsync before any of
 //!   them is acknowledged; with [`FlushPolicy::Async`] (default) a flusher fsyncs every interval.
@@ -15,7 +16,8 @@
 //!   sequences handed to each consumer, addressed by its pull-log sequence. All consumers of a
 //!   group share one position (the next consume-log sequence to hand out), so consumers come
 //!   and go with no partitions and no rebalancing; broadcast consumers have their own.
-//! - **action log** ([`action`], `actionlog/`): every pull, range ack and reset, append-only.
+//! - **action log** ([`action`], `actionlog/`): every pull, range ack and reset, append-only,
+//!   in records framed as the message log's ([`formats`]).
 //!   Pull logs, positions and progress are rebuilt from it and the last [`checkpoint`].
 //! - **directory names**: a client's name never becomes a file name. Consume-log and pull-log
 //!   directories are named by 32 hex characters of the SHA-256 of the subject (resp. subject,
@@ -24,6 +26,16 @@
 //!   were percent-encoded names, are moved to this layout on open (see `names.rs`).
 //! - **`LOCK`**: an exclusive `flock` held while a store has the directory open; a second
 //!   store on it, in this process or another, is refused ([`StoreError::Locked`]).
+//!
+//! # Replication
+//!
+//! The message log and the action log are the replication protocol: a replica copies them
+//! byte for byte ([`Store::read_log_chunk`] on the master, [`Store::append_replicated`] on the
+//! replica, [`Store::watch_log_end`] to long-poll) and rebuilds consume logs, pull logs and
+//! progress by indexing and replaying them as the master did. Their record layouts are
+//! specified in [`formats`] (`FORMAT.md` in this crate's directory). A former master that
+//! rejoins as a replica has its unreplicated tail cut by [`truncate_logs`]. See
+//! [`replication`].
 //!
 //! # Recovery
 //!
@@ -109,6 +121,10 @@ pub mod action;
 pub mod checkpoint;
 pub mod consume_log;
 mod dir_lock;
+/// The on-disk formats of the message log and the action log: the replication protocol
+/// (this crate's `FORMAT.md`).
+#[doc = include_str!("../FORMAT.md")]
+pub mod formats {}
 mod error;
 mod faults;
 mod filter;

@@ -3,7 +3,13 @@
 //! Records are `u32 length | u32 CRC32C(payload) | payload`. Offsets are logical byte positions
 //! across the whole log; a segment file is named by the offset of its first byte (20 digits) and
 //! holds at most `segment_size` bytes. A record never spans two segments: when it does not fit,
-//! the next segment starts where the current one ends.
+//! the next segment starts where the current one ends, so offsets are dense and do not depend
+//! on the segment size.
+//!
+//! This framing, and the payloads of the message log and the action log, are the replication
+//! protocol: replicas copy the records byte for byte at the same offsets
+//! ([`LogReader::read_chunk`], [`check_records`], [`RecordLog::append_records`]). The layouts
+//! are specified in [`crate::formats`] (`FORMAT.md`); changing them is a protocol change.
 //!
 //! Reads use `pread` on the segment files (no mmap): memory use does not grow with the log, and
 //! the page cache does the caching. On open the tail is scanned from a given offset: a torn tail

@@ -3,6 +3,7 @@
 //! Layout, big-endian: `u8 format (1) | u16 subject length | subject | u8 tag count |
 //! (u16 tag length | tag)* | u64 append time (ms since the Unix epoch) | message bytes`.
 //! The message bytes are opaque to the store (the broker's stored form of a QMQ message).
+//! The layout is part of the replication protocol: see [`crate::formats`].
 
 use crate::error::{Result, StoreError};
 
