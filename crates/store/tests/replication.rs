@@ -621,3 +621,48 @@ async fn truncate_logs_refuses_a_cut_no_checkpoint_can_back_after_retention() {
     let store = Store::open(cfg).unwrap();
     assert_eq!(STREAMS.map(|s| store.log_end(s)), ends, "nothing cut");
 }
+
+/// A group created by a pull that hands out nothing (its subject empty) is in the action log
+/// too: a promoted replica knows it and serves it what arrived afterwards, instead of treating
+/// it as new and starting it at the latest message.
+#[tokio::test]
+async fn a_group_created_by_an_empty_pull_is_replicated() {
+    let (m, r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = Store::open(config(m.path())).unwrap();
+    let replica = Store::open(config(r.path())).unwrap();
+    let k = key("empty.first", "g", "c");
+    let none = master
+        .pull(
+            PullSpec {
+                key: &k,
+                broadcast: false,
+                max: 10,
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert!(none.is_empty());
+    master
+        .append([("empty.first", &b"later"[..])])
+        .await
+        .unwrap();
+    replicate(&master, &replica, 1 << 20);
+    assert_eq!(replica.groups(), master.groups(), "the group exists on the replica");
+    // Promoted: the group's next pull, asked to start a new group at the latest message,
+    // still gets what arrived after its first pull.
+    let got = replica
+        .pull_with(
+            PullSpec {
+                key: &k,
+                broadcast: false,
+                max: 10,
+            },
+            PullOptions {
+                new_group: ResetTo::Latest,
+                ..PullOptions::default()
+            },
+            &qmq_store::BytesFilter(|_: &[u8]| true),
+        )
+        .unwrap();
+    assert_eq!(got.len(), 1, "the message sent after the group's first pull");
+}

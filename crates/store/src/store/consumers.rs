@@ -252,8 +252,11 @@ impl ConsumerSide {
         }
     }
 
-    /// The group's position, created for a group never seen at `start()` (recorded in the
-    /// action log when not 0, so it survives a restart). Returns the action-log end to settle.
+    /// The group's position, created for a group never seen at `start()`. The start is
+    /// recorded in the action log even when it is 0, so a restart and a slave replaying the log
+    /// know the group exists: a group missing there would start again at the latest message
+    /// when it next pulls, passing over what arrived meanwhile. Returns the action-log end to
+    /// settle.
     fn group_or_start(
         &self,
         key: &ConsumerKey,
@@ -267,14 +270,10 @@ impl ConsumerSide {
             return Ok((g.clone(), None));
         }
         let next = start();
-        let end = if next > 0 {
-            Some(self.log_action(&Action::Reset {
-                key: key.clone(),
-                next,
-            })?)
-        } else {
-            None
-        };
+        let end = Some(self.log_action(&Action::Reset {
+            key: key.clone(),
+            next,
+        })?);
         let g = Arc::new(Mutex::new(next));
         groups.insert(key.clone(), g.clone());
         Ok((g, end))
@@ -645,8 +644,12 @@ impl Store {
         let side = &self.inner.consumers;
         let Some(clog) = self.inner.consume_log(&key.subject) else {
             // Never written: the group starts at 0 whatever the option (the subject's end),
-            // so it gets the first message however long after this pull it comes.
-            side.group(&group_key(key, spec.broadcast));
+            // so it gets the first message however long after this pull it comes; recorded
+            // like any new group's start (see `group_or_start`).
+            let (_, created) = side.group_or_start(&group_key(key, spec.broadcast), || 0)?;
+            if let Some(end) = created {
+                side.settle(end)?;
+            }
             return Ok(Vec::new());
         };
         let (group, created) = side.group_or_start(&group_key(key, spec.broadcast), || {
