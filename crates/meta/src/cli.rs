@@ -68,8 +68,22 @@ pub enum ToolsCommand {
         #[arg(long = "broker-group", alias = "brokerGroup")]
         broker_group: Option<String>,
     },
-    /// Lists broker groups as registered by their masters (address, state, heartbeat).
+    /// Lists broker groups (address, state, heartbeat) with their replication state: epoch,
+    /// lease (remaining or expired) and servers (role, epoch, offsets, lag, report age).
     ListBrokerGroups,
+    /// Promotes a slave to master (planned maintenance): the named one, or the slave with the
+    /// freshest report. The new master gets no lease before the current lease surely ended.
+    Promote {
+        /// Broker group name.
+        #[arg(long = "broker-group", alias = "brokerGroup")]
+        broker_group: String,
+        /// Hostname of the slave to promote (with --serve-port).
+        #[arg(long, requires = "serve_port")]
+        hostname: Option<String>,
+        /// Client port of the slave to promote (with --hostname).
+        #[arg(long = "serve-port", alias = "servePort", requires = "hostname")]
+        serve_port: Option<i32>,
+    },
     /// Moves a group's role to another machine (manual failover).
     ReplaceBroker(BrokerArgs),
     /// Stops producers from sending a subject (default: all) to a broker group.
@@ -245,7 +259,19 @@ fn request(command: &ToolsCommand) -> (Method, String, Option<Value>) {
             };
             (Method::GET, path, None)
         }
-        ToolsCommand::ListBrokerGroups => (Method::GET, "/admin/broker-groups".to_owned(), None),
+        ToolsCommand::ListBrokerGroups => {
+            (Method::GET, "/admin/groups/replication".to_owned(), None)
+        }
+        ToolsCommand::Promote {
+            broker_group,
+            hostname,
+            serve_port,
+        } => (
+            Method::POST,
+            "/admin/groups/promote".to_owned(),
+            Some(json!({"broker_group": broker_group, "hostname": hostname,
+                        "serve_port": serve_port})),
+        ),
         ToolsCommand::MarkReadonly {
             broker_group,
             subject,

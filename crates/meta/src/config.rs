@@ -40,6 +40,16 @@ pub struct MetaConfig {
     /// Addresses allowed to register without the secret (Java servers cannot send it). With
     /// no secret and no trusted address, every registration is accepted, as in QMQ.
     pub trusted_broker_addrs: Vec<IpAddr>,
+    /// How long a master may accept writes after a GROUP_LEASE renewal (from when it sent
+    /// the request).
+    pub lease_ms: u64,
+    /// Extra wait after a lease's end before another server may take over (covers clock skew
+    /// between meta servers).
+    pub lease_grace_ms: u64,
+    /// How often this meta server looks for groups whose master lost its lease.
+    pub failover_check_ms: u64,
+    /// A GROUP_LEASE report older than this does not make a server a promotion candidate.
+    pub replica_stale_ms: u64,
 }
 
 impl Default for MetaConfig {
@@ -57,6 +67,10 @@ impl Default for MetaConfig {
             max_frame: 1024 * 1024,
             cluster_secret: None,
             trusted_broker_addrs: Vec::new(),
+            lease_ms: 2_000,
+            lease_grace_ms: 500,
+            failover_check_ms: 250,
+            replica_stale_ms: 3_000,
         }
     }
 }
@@ -70,6 +84,11 @@ impl MetaConfig {
     /// The cache refresh period.
     pub fn refresh_interval(&self) -> Duration {
         Duration::from_millis(self.refresh_interval_ms)
+    }
+
+    /// The failover checker's period.
+    pub fn failover_check_interval(&self) -> Duration {
+        Duration::from_millis(self.failover_check_ms)
     }
 
     /// Applies QMQ `metaserver.properties` keys (`meta.server.discover.port`,
@@ -110,6 +129,17 @@ impl MetaConfig {
         if self.heartbeat_timeout_ms == 0 || self.refresh_interval_ms == 0 {
             return Err(MetaError::Config(
                 "heartbeat_timeout_ms and refresh_interval_ms must be positive".into(),
+            ));
+        }
+        if self.lease_ms == 0 || self.failover_check_ms == 0 || self.replica_stale_ms == 0 {
+            return Err(MetaError::Config(
+                "lease_ms, failover_check_ms and replica_stale_ms must be positive".into(),
+            ));
+        }
+        let max = i64::MAX as u64 / 4;
+        if self.lease_ms > max || self.lease_grace_ms > max || self.replica_stale_ms > max {
+            return Err(MetaError::Config(
+                "lease_ms, lease_grace_ms and replica_stale_ms are too large".into(),
             ));
         }
         if self.cluster_secret.as_deref().is_some_and(str::is_empty) {

@@ -34,6 +34,8 @@ pub struct MetaCore {
     /// brokers that could not reach a restarting meta server get a chance to heartbeat again.
     started_ms: i64,
     client_touched: Mutex<HashMap<ClientKey, i64>>,
+    /// Groups (and the epoch) for which "no slave can take over" was logged already.
+    pub(crate) no_candidate_logged: Mutex<HashMap<String, i64>>,
 }
 
 impl MetaCore {
@@ -47,6 +49,7 @@ impl MetaCore {
             config,
             started_ms: now_ms(),
             client_touched: Mutex::new(HashMap::new()),
+            no_candidate_logged: Mutex::new(HashMap::new()),
         })
     }
 
@@ -207,6 +210,16 @@ impl MetaCore {
         }
         let kind = GroupKind::of_role(req.role);
         let existing = self.store.broker_group(&req.group_name).await?;
+        if let Some(lease) = self.store.group_lease_state(&req.group_name).await? {
+            // A group under GROUP_LEASE changes masters only through promotions.
+            if lease.epoch >= 1 && lease.master_address != req.broker_address {
+                return Err(MetaError::Conflict(format!(
+                    "broker group {} is replicated with leases (epoch {}) and its master is \
+                     {}; {} cannot register as its master",
+                    req.group_name, lease.epoch, lease.master_address, req.broker_address
+                )));
+            }
+        }
         if let Some(g) = &existing {
             if g.master_address != req.broker_address && g.state != BrokerState::None {
                 return Err(MetaError::Conflict(format!(
@@ -320,6 +333,11 @@ impl MetaCore {
     /// The refresh period.
     pub fn refresh_interval(&self) -> Duration {
         self.config.refresh_interval()
+    }
+
+    /// The failover checker's period.
+    pub fn failover_check_interval(&self) -> Duration {
+        self.config.failover_check_interval()
     }
 
     /// The heartbeat sweep period: a fraction of the timeout, between 20 ms and 5 s.

@@ -8,7 +8,10 @@
 //!   `GET  broker-groups`, `POST readonly/mark`, `POST readonly/unmark`, `POST reset-offset`,
 //!   `POST dbs` (add-db), `GET subjects`, `POST subjects` (add-new-subject),
 //!   `GET consumers[?subject=S]`, `POST client-state`, `POST subject-routes/add-group`,
-//!   `POST subject-routes/remove-group`, `POST subject-routes/extend`.
+//!   `POST subject-routes/remove-group`, `POST subject-routes/extend`,
+//!   `GET groups/replication` (epochs, leases, servers' offsets and lag; see
+//!   [`crate::failover::GroupReplication`]), `POST groups/promote` (manual promotion,
+//!   [`crate::failover::PromoteParams`]).
 //! - `POST /management`: QMQ's form-encoded admin endpoint for the Java tools, answering in
 //!   QMQ's shapes (see [`crate::http_compat`]).
 //!
@@ -36,6 +39,7 @@ use crate::admin::{
 };
 use crate::auth::token_accepted;
 use crate::core::MetaCore;
+use crate::failover::PromoteParams;
 use crate::http_client::{ApiResult, TOKEN_HEADER};
 use crate::model::{BrokerSpec, ClientStateSetting};
 use crate::MetaError;
@@ -276,6 +280,20 @@ async fn client_state(
     }
 }
 
+async fn replication_groups(State(s): State<HttpState>) -> Response {
+    answer(s.core.replication_groups().await)
+}
+
+async fn promote(
+    State(s): State<HttpState>,
+    json: Result<Json<PromoteParams>, JsonRejection>,
+) -> Response {
+    match body(json) {
+        Ok(p) => answer(s.core.promote(&p).await),
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
 /// The HTTP application.
 pub(crate) fn router(state: HttpState) -> Router {
     let admin = Router::new()
@@ -292,6 +310,8 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/subject-routes/extend", post(route_extend))
         .route("/consumers", get(consumers))
         .route("/client-state", post(client_state))
+        .route("/groups/replication", get(replication_groups))
+        .route("/groups/promote", post(promote))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/meta/address", get(meta_address))

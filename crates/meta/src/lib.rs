@@ -8,6 +8,8 @@
 //!   [`broker_api`]).
 //! - State lives in a database ([`store::Store`]: embedded SQLite, PostgreSQL or
 //!   MySQL/MariaDB); every meta server on one database serves the same routes.
+//! - [`failover`]: GROUP_LEASE (roles, epochs and master leases of replicated groups) and the
+//!   failover checker that promotes a slave when a master's lease runs out.
 //! - [`cli`] is the admin tool (`qmq tools ...`); [`standalone`] registers a local broker.
 
 pub mod admin;
@@ -18,6 +20,7 @@ pub mod cli;
 mod config;
 mod core;
 mod error;
+pub mod failover;
 pub mod http;
 mod http_client;
 mod http_compat;

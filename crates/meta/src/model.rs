@@ -235,6 +235,68 @@ pub struct ResetOffsetRequest {
     pub created_ms: i64,
 }
 
+/// A broker group's replication state: its epoch (term), the current master's lease and the
+/// fence a newly promoted master must wait out. Promotions change it with conditional updates
+/// on `epoch`, so the database arbitrates between meta servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupLeaseState {
+    /// Group name.
+    pub name: String,
+    /// Realtime or delay.
+    pub kind: GroupKind,
+    /// The master's client address, `ip:serve_port`.
+    pub master_address: String,
+    /// What clients may do with the group.
+    #[serde(with = "state_serde")]
+    pub state: BrokerState,
+    /// The group's epoch (0: never leased, QMQ-style registration only).
+    pub epoch: i64,
+    /// End of the current master's lease, ms since the epoch (0: none granted this epoch).
+    pub lease_until_ms: i64,
+    /// No lease is granted before this time (covers the previous master's lease), ms.
+    pub fence_until_ms: i64,
+}
+
+/// Where one epoch of a group started: who its master was and its log ends when it took over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Group name.
+    pub group: String,
+    /// The epoch.
+    pub epoch: i64,
+    /// Hostname of the epoch's master.
+    pub hostname: String,
+    /// Client port of the epoch's master.
+    pub serve_port: i32,
+    /// The master's message-log end when the epoch began (-1 until it reports it).
+    pub message_start: i64,
+    /// The master's action-log end when the epoch began (-1 until it reports it).
+    pub action_start: i64,
+    /// When the epoch was created, ms since the epoch.
+    pub created_ms: i64,
+}
+
+/// The last GROUP_LEASE report of one server: what it runs as and how far its logs reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    /// Hostname, as in its `broker` row.
+    pub hostname: String,
+    /// Client port, as in its `broker` row.
+    pub serve_port: i32,
+    /// Its group.
+    pub group: String,
+    /// The role code it reported running as.
+    pub role: i32,
+    /// The epoch it reported following.
+    pub epoch: i64,
+    /// Its message-log end.
+    pub message_offset: i64,
+    /// Its action-log (delay: dispatch-log) end.
+    pub action_offset: i64,
+    /// When the report arrived, ms since the epoch.
+    pub updated_ms: i64,
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

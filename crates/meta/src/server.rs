@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::core::MetaCore;
+use crate::failover::Promotion;
 use crate::http::{router, HttpState};
 use crate::model::BrokerSpec;
 use crate::store::Store;
@@ -50,6 +51,12 @@ impl MetaServerHandle {
         standalone::register_local_broker(self.core.store(), broker).await
     }
 
+    /// Runs one round of the failover checker now (it also runs every `failover_check_ms`);
+    /// returns the promotions this server made.
+    pub async fn check_failover(&self) -> Result<Vec<Promotion>, MetaError> {
+        self.core.check_failover().await
+    }
+
     /// Stops accepting, closes connections, waits for the server's tasks, closes the database.
     pub async fn shutdown(self) {
         self.stop.cancel();
@@ -70,7 +77,7 @@ fn outbound_ip() -> IpAddr {
 }
 
 /// Starts a meta server: opens (and migrates) the database, loads the cache, binds the TCP
-/// and HTTP listeners, and starts the cache refresher and the heartbeat sweeper.
+/// and HTTP listeners, and starts the cache refresher, the heartbeat sweeper and the failover checker.
 pub async fn serve(config: MetaConfig) -> Result<MetaServerHandle, MetaError> {
     config.validate()?;
     let store = match &config.database_url {
@@ -128,6 +135,18 @@ pub async fn serve(config: MetaConfig) -> Result<MetaServerHandle, MetaError> {
             async move {
                 if let Err(e) = core.expire_heartbeats().await {
                     tracing::warn!(error = %e, "heartbeat sweep failed");
+                }
+            }
+        }
+    }));
+
+    tracker.spawn(periodic(stop.clone(), core.failover_check_interval(), {
+        let core = core.clone();
+        move || {
+            let core = core.clone();
+            async move {
+                if let Err(e) = core.check_failover().await {
+                    tracing::warn!(error = %e, "failover check failed");
                 }
             }
         }

@@ -14,8 +14,9 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
 use crate::model::{
-    now_ms, BrokerGroupInfo, BrokerSpec, ClientDb, ClientRecord, ClientStateSetting, GroupKind,
-    ReadonlySetting, ResetAction, ResetOffsetRequest, SubjectInfo, SubjectRoute,
+    now_ms, BrokerGroupInfo, BrokerSpec, ClientDb, ClientRecord, ClientStateSetting, EpochRecord,
+    GroupKind, GroupLeaseState, ReadonlySetting, ReplicaReport, ResetAction, ResetOffsetRequest,
+    SubjectInfo, SubjectRoute,
 };
 use crate::MetaError;
 
@@ -119,6 +120,82 @@ fn group_from_row(row: &AnyRow) -> Result<BrokerGroupInfo, MetaError> {
         heartbeat_ms: row.try_get("heartbeat_ms")?,
         updated_ms: row.try_get("updated_ms")?,
     })
+}
+
+fn lease_state_from_row(row: &AnyRow) -> Result<GroupLeaseState, MetaError> {
+    let kind: i64 = row.try_get("kind")?;
+    Ok(GroupLeaseState {
+        name: row.try_get("group_name")?,
+        kind: GroupKind::from_code(kind)
+            .ok_or_else(|| MetaError::Corrupt(format!("unknown group kind {kind}")))?,
+        master_address: row.try_get("master_address")?,
+        state: state_from(row.try_get("state")?)?,
+        epoch: row.try_get("epoch")?,
+        lease_until_ms: row.try_get("lease_until_ms")?,
+        fence_until_ms: row.try_get("fence_until_ms")?,
+    })
+}
+
+fn int32(row: &AnyRow, name: &str) -> Result<i32, MetaError> {
+    let v: i64 = row.try_get(name)?;
+    i32::try_from(v).map_err(|_| MetaError::Corrupt(format!("{name} {v} out of range")))
+}
+
+fn epoch_from_row(row: &AnyRow) -> Result<EpochRecord, MetaError> {
+    Ok(EpochRecord {
+        group: row.try_get("group_name")?,
+        epoch: row.try_get("epoch")?,
+        hostname: row.try_get("hostname")?,
+        serve_port: int32(row, "serve_port")?,
+        message_start: row.try_get("message_start")?,
+        action_start: row.try_get("action_start")?,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+fn replica_from_row(row: &AnyRow) -> Result<ReplicaReport, MetaError> {
+    Ok(ReplicaReport {
+        hostname: row.try_get("hostname")?,
+        serve_port: int32(row, "serve_port")?,
+        group: row.try_get("group_name")?,
+        role: int32(row, "role")?,
+        epoch: row.try_get("epoch")?,
+        message_offset: row.try_get("message_offset")?,
+        action_offset: row.try_get("action_offset")?,
+        updated_ms: row.try_get("updated_ms")?,
+    })
+}
+
+/// Role code a master is parked at while a promotion swaps roles (the `broker` table allows one
+/// server per group and role).
+const PARKED_ROLE: i64 = -1;
+
+/// Columns of [`GroupLeaseState`].
+const LEASE_COLS: &str =
+    "group_name, kind, master_address, state, epoch, lease_until_ms, fence_until_ms";
+
+/// A promotion to apply in one transaction (see [`Store::promote`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromotionPlan {
+    /// The group.
+    pub group: String,
+    /// The epoch the decision was based on; the promotion fails if it changed.
+    pub from_epoch: i64,
+    /// The lease end the decision was based on; the promotion fails if it changed (the master
+    /// renewed meanwhile).
+    pub expected_lease_until_ms: i64,
+    /// The group's master role code (0 or 5).
+    pub master_role: i32,
+    /// The group's slave role code (1 or 6).
+    pub slave_role: i32,
+    /// Hostname of the slave to promote.
+    pub hostname: String,
+    /// Client port of the slave to promote.
+    pub serve_port: i32,
+    /// Its client address, `ip:serve_port`, the group's new master address.
+    pub master_address: String,
+    /// No lease for the new master before this time, ms since the epoch.
+    pub fence_until_ms: i64,
 }
 
 fn broker_from_row(row: &AnyRow) -> Result<BrokerSpec, MetaError> {
@@ -351,6 +428,345 @@ impl Store {
             }
         }
         Ok(expired)
+    }
+
+    // ---- replication: epochs, leases, reports ----
+
+    /// A group's replication state.
+    pub async fn group_lease_state(
+        &self,
+        name: &str,
+    ) -> Result<Option<GroupLeaseState>, MetaError> {
+        let stmt = format!("SELECT {LEASE_COLS} FROM broker_group WHERE group_name = ?");
+        let sql = self.sql(&stmt);
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(lease_state_from_row).transpose()
+    }
+
+    /// Every group whose master held a lease that ended before `deadline_ms`.
+    pub async fn expired_leases(
+        &self,
+        deadline_ms: i64,
+    ) -> Result<Vec<GroupLeaseState>, MetaError> {
+        let stmt = format!(
+            "SELECT {LEASE_COLS} FROM broker_group \
+             WHERE epoch >= 1 AND lease_until_ms > 0 AND lease_until_ms < ? ORDER BY group_name"
+        );
+        let sql = self.sql(&stmt);
+        let rows = sqlx::query(&sql)
+            .bind(deadline_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(lease_state_from_row).collect()
+    }
+
+    /// Starts epoch 1 of a group whose master leases for the first time: creates the group (or
+    /// raises a QMQ-registered one from epoch 0) with state `NRW` and records the epoch's master.
+    /// `false` when the group had an epoch already (another request or meta server was first).
+    pub async fn start_first_epoch(
+        &self,
+        name: &str,
+        kind: GroupKind,
+        master_address: &str,
+        hostname: &str,
+        serve_port: i32,
+    ) -> Result<bool, MetaError> {
+        let now = now_ms();
+        let nrw = i64::from(BrokerState::None.code());
+        let mut tx = self.pool.begin().await?;
+        let stmt = self.dialect.insert_ignore(
+            "broker_group (group_name, kind, master_address, state, tag, heartbeat_ms, \
+             created_ms, updated_ms, epoch, lease_until_ms, fence_until_ms) \
+             VALUES (?, ?, ?, ?, '', ?, ?, ?, 1, 0, 0)",
+        );
+        let sql = self.sql(&stmt);
+        let inserted = sqlx::query(&sql)
+            .bind(name)
+            .bind(kind.code())
+            .bind(master_address)
+            .bind(nrw)
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        let started = inserted || {
+            let sql = self.sql(
+                "UPDATE broker_group SET epoch = 1, kind = ?, master_address = ?, state = ?, \
+                 lease_until_ms = 0, fence_until_ms = 0, updated_ms = ? \
+                 WHERE group_name = ? AND epoch = 0",
+            );
+            sqlx::query(&sql)
+                .bind(kind.code())
+                .bind(master_address)
+                .bind(nrw)
+                .bind(now)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1
+        };
+        if !started {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        self.insert_epoch(&mut tx, name, 1, hostname, serve_port, now)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn insert_epoch(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        group: &str,
+        epoch: i64,
+        hostname: &str,
+        serve_port: i32,
+        now: i64,
+    ) -> Result<(), MetaError> {
+        let sql = self.sql(
+            "INSERT INTO broker_group_epoch (group_name, epoch, hostname, serve_port, \
+             message_start, action_start, created_ms) VALUES (?, ?, ?, ?, -1, -1, ?)",
+        );
+        sqlx::query(&sql)
+            .bind(group)
+            .bind(epoch)
+            .bind(hostname)
+            .bind(i64::from(serve_port))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// The epochs of a group, oldest first.
+    pub async fn group_epochs(&self, group: &str) -> Result<Vec<EpochRecord>, MetaError> {
+        let sql = self.sql(
+            "SELECT group_name, epoch, hostname, serve_port, message_start, action_start, \
+             created_ms FROM broker_group_epoch WHERE group_name = ? ORDER BY epoch",
+        );
+        let rows = sqlx::query(&sql).bind(group).fetch_all(&self.pool).await?;
+        rows.iter().map(epoch_from_row).collect()
+    }
+
+    /// Records where `epoch` of `group` starts, unless it is recorded already; `true` if
+    /// this call recorded it.
+    pub async fn set_epoch_starts(
+        &self,
+        group: &str,
+        epoch: i64,
+        message_start: i64,
+        action_start: i64,
+    ) -> Result<bool, MetaError> {
+        let sql = self.sql(
+            "UPDATE broker_group_epoch SET message_start = ?, action_start = ? \
+             WHERE group_name = ? AND epoch = ? AND message_start < 0",
+        );
+        let done = sqlx::query(&sql)
+            .bind(message_start)
+            .bind(action_start)
+            .bind(group)
+            .bind(epoch)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Grants (renews) the lease of `epoch`'s master until `lease_until_ms`, marks the group
+    /// `RW` at `master_address` and records a heartbeat. `false` when the group's epoch is no
+    /// longer `epoch` or its fence has not passed at `now`.
+    pub async fn renew_lease(
+        &self,
+        group: &str,
+        epoch: i64,
+        master_address: &str,
+        now: i64,
+        lease_until_ms: i64,
+    ) -> Result<bool, MetaError> {
+        let rw = i64::from(BrokerState::ReadWrite.code());
+        // updated_ms is assigned before state and master_address: MySQL evaluates assignments
+        // left to right.
+        let sql = self.sql(
+            "UPDATE broker_group SET \
+             updated_ms = CASE WHEN state <> ? OR master_address <> ? THEN ? ELSE updated_ms END, \
+             lease_until_ms = ?, heartbeat_ms = ?, state = ?, master_address = ? \
+             WHERE group_name = ? AND epoch = ? AND fence_until_ms <= ?",
+        );
+        let done = sqlx::query(&sql)
+            .bind(rw)
+            .bind(master_address)
+            .bind(now)
+            .bind(lease_until_ms)
+            .bind(now)
+            .bind(rw)
+            .bind(master_address)
+            .bind(group)
+            .bind(epoch)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks a group `NRW` because its master's lease (ending at `lease_until_ms`, epoch
+    /// `epoch`) ran out; `false` if it was `NRW` already or the lease or epoch changed.
+    pub async fn mark_lease_lost(
+        &self,
+        group: &str,
+        epoch: i64,
+        lease_until_ms: i64,
+    ) -> Result<bool, MetaError> {
+        let nrw = i64::from(BrokerState::None.code());
+        let sql = self.sql(
+            "UPDATE broker_group SET state = ?, updated_ms = ? \
+             WHERE group_name = ? AND epoch = ? AND lease_until_ms = ? AND state <> ?",
+        );
+        let done = sqlx::query(&sql)
+            .bind(nrw)
+            .bind(now_ms())
+            .bind(group)
+            .bind(epoch)
+            .bind(lease_until_ms)
+            .bind(nrw)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a server's GROUP_LEASE report (replacing its previous one).
+    pub async fn upsert_replica(&self, r: &ReplicaReport) -> Result<(), MetaError> {
+        let stmt = self.dialect.upsert(
+            "broker_replica (hostname, serve_port, group_name, role, epoch, message_offset, \
+             action_offset, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "hostname, serve_port",
+            &[
+                "group_name",
+                "role",
+                "epoch",
+                "message_offset",
+                "action_offset",
+                "updated_ms",
+            ],
+        );
+        let sql = self.sql(&stmt);
+        sqlx::query(&sql)
+            .bind(&r.hostname)
+            .bind(i64::from(r.serve_port))
+            .bind(&r.group)
+            .bind(i64::from(r.role))
+            .bind(r.epoch)
+            .bind(r.message_offset)
+            .bind(r.action_offset)
+            .bind(r.updated_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The last reports of the servers of `group`, or of every group.
+    pub async fn replica_reports(
+        &self,
+        group: Option<&str>,
+    ) -> Result<Vec<ReplicaReport>, MetaError> {
+        let cols = "SELECT hostname, serve_port, group_name, role, epoch, message_offset, \
+                    action_offset, updated_ms FROM broker_replica";
+        let rows = match group {
+            Some(g) => {
+                let stmt = format!("{cols} WHERE group_name = ? ORDER BY hostname, serve_port");
+                let sql = self.sql(&stmt);
+                sqlx::query(&sql).bind(g).fetch_all(&self.pool).await?
+            }
+            None => {
+                let sql = format!("{cols} ORDER BY group_name, hostname, serve_port");
+                sqlx::query(&sql).fetch_all(&self.pool).await?
+            }
+        };
+        rows.iter().map(replica_from_row).collect()
+    }
+
+    /// Promotes a slave in one transaction: raises the group's epoch (only if it is still
+    /// `from_epoch` with the same lease end), points it at the new master with state `NRW`, no
+    /// lease and the fence, swaps the master and slave roles in `broker` and records the new
+    /// epoch. `false` (nothing changed) when another meta server or a renewal came first, or
+    /// the target is no longer the group's slave.
+    pub async fn promote(&self, p: &PromotionPlan) -> Result<bool, MetaError> {
+        let now = now_ms();
+        let nrw = i64::from(BrokerState::None.code());
+        let mut tx = self.pool.begin().await?;
+        let sql = self.sql(
+            "UPDATE broker_group SET epoch = epoch + 1, master_address = ?, state = ?, \
+             lease_until_ms = 0, fence_until_ms = ?, updated_ms = ? \
+             WHERE group_name = ? AND epoch = ? AND lease_until_ms = ?",
+        );
+        let won = sqlx::query(&sql)
+            .bind(&p.master_address)
+            .bind(nrw)
+            .bind(p.fence_until_ms)
+            .bind(now)
+            .bind(&p.group)
+            .bind(p.from_epoch)
+            .bind(p.expected_lease_until_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !won {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let set_role = self
+            .sql("UPDATE broker SET role = ?, updated_ms = ? WHERE group_name = ? AND role = ?");
+        sqlx::query(&set_role)
+            .bind(PARKED_ROLE)
+            .bind(now)
+            .bind(&p.group)
+            .bind(i64::from(p.master_role))
+            .execute(&mut *tx)
+            .await?;
+        let sql = self.sql(
+            "UPDATE broker SET role = ?, updated_ms = ? \
+             WHERE group_name = ? AND hostname = ? AND serve_port = ? AND role = ?",
+        );
+        let moved = sqlx::query(&sql)
+            .bind(i64::from(p.master_role))
+            .bind(now)
+            .bind(&p.group)
+            .bind(&p.hostname)
+            .bind(i64::from(p.serve_port))
+            .bind(i64::from(p.slave_role))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !moved {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(&set_role)
+            .bind(i64::from(p.slave_role))
+            .bind(now)
+            .bind(&p.group)
+            .bind(PARKED_ROLE)
+            .execute(&mut *tx)
+            .await?;
+        self.insert_epoch(
+            &mut tx,
+            &p.group,
+            p.from_epoch + 1,
+            &p.hostname,
+            p.serve_port,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     // ---- brokers (servers) ----

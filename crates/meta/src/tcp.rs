@@ -1,7 +1,8 @@
 //! The TCP front end: the QMQ meta protocol (CLIENT_REGISTER, BROKER_REGISTER,
-//! BROKER_ACQUIRE_META), byte-compatible with the Java client and servers.
+//! BROKER_ACQUIRE_META), byte-compatible with the Java client and servers, and qmq-rs's
+//! GROUP_LEASE (see [`crate::failover`]).
 //!
-//! A BROKER_REGISTER is checked against the cluster secret and trusted addresses first
+//! A BROKER_REGISTER or GROUP_LEASE is checked against the cluster secret and trusted addresses first
 //! ([`crate::auth`]); a refused one is logged and answered `BROKER_REJECT` without touching the
 //! registry, so a stranger can neither add a group nor take a real one offline.
 
@@ -11,8 +12,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use qmq_protocol::codes::{command, response};
+use qmq_protocol::replication::GROUP_LEASE;
 use qmq_protocol::{
-    BrokerAcquireMetaRequest, BrokerRegisterRequest, Frame, FrameCodec, Header, MetaInfoRequest,
+    BrokerAcquireMetaRequest, BrokerRegisterRequest, Frame, FrameCodec, GroupLeaseRequest, Header,
+    MetaInfoRequest,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
@@ -137,6 +140,26 @@ pub(crate) async fn handle(core: &MetaCore, frame: &Frame, peer: IpAddr) -> Fram
                 Err(e) => refuse(h, error_code(&e), "broker acquire meta refused", &e),
             },
             Err(e) => refuse(h, response::PARAM_ERROR, "malformed acquire meta", &e),
+        },
+        GROUP_LEASE => match GroupLeaseRequest::decode(&frame.body) {
+            Ok(req) => {
+                if let Err(e) = check_registration(&core.config, peer, req.secret.as_deref()) {
+                    tracing::warn!(%peer, host = req.hostname, port = req.serve_port, error = %e,
+                        "group lease refused");
+                    return reply(h, error_code(&e), Bytes::new());
+                }
+                match core.group_lease(&req).await {
+                    Ok(resp) => {
+                        let mut out = BytesMut::new();
+                        match resp.encode(&mut out) {
+                            Ok(()) => reply(h, response::SUCCESS, out.freeze()),
+                            Err(e) => refuse(h, response::BROKER_ERROR, "cannot encode lease", &e),
+                        }
+                    }
+                    Err(e) => refuse(h, error_code(&e), "group lease refused", &e),
+                }
+            }
+            Err(e) => refuse(h, response::PARAM_ERROR, "malformed group lease", &e),
         },
         command::HEARTBEAT => reply(h, response::SUCCESS, Bytes::new()),
         other => refuse(h, response::UNKNOWN_CODE, "unknown command", &other),
