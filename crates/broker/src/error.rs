@@ -20,6 +20,9 @@ pub enum BrokerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// This broker does not serve clients now (a slave, or a master without a lease).
+    #[error("this broker is not the master of its group now")]
+    NotServing,
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

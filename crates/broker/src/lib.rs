@@ -16,6 +16,7 @@ pub mod config;
 mod error;
 pub mod pull;
 pub mod registration;
+pub mod replication;
 pub mod retry;
 pub mod scheduler;
 pub mod server;
@@ -24,4 +25,4 @@ pub mod tags;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;
-pub use server::{serve, BrokerControl, BrokerHandle};
+pub use server::{serve, serve_with, BrokerControl, BrokerHandle};

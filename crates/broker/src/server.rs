@@ -37,6 +37,7 @@ use tokio_util::codec::Framed;
 use crate::config::BrokerConfig;
 use crate::pull::{InFlight, PullSettings, Puller};
 use crate::registration::Registration;
+use crate::replication::Gate;
 use crate::retry::retry_range;
 use crate::subjects;
 use crate::BrokerError;
@@ -56,9 +57,18 @@ struct Shared {
     /// Serialise each consumer's acks and offline retries (see the module docs).
     ack_locks: Vec<tokio::sync::Mutex<()>>,
     started: Instant,
+    /// With replication: whether this broker is the master with a running lease now (None: an
+    /// unreplicated broker, always serving).
+    gate: Option<Arc<Gate>>,
 }
 
 impl Shared {
+    /// Whether clients are served now: always without replication, only as master holding
+    /// a lease with it.
+    fn serving(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| g.serving())
+    }
+
     /// The lock serialising `key`'s acks and offline retries.
     fn ack_lock(&self, key: &ConsumerKey) -> &tokio::sync::Mutex<()> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -98,6 +108,9 @@ impl BrokerControl {
         group: &str,
         to: qmq_store::ResetTo,
     ) -> Result<u64, BrokerError> {
+        if !self.shared.serving() {
+            return Err(BrokerError::NotServing);
+        }
         let store = self.shared.store.clone();
         let key = ConsumerKey {
             subject: subject.to_owned(),
@@ -173,6 +186,16 @@ impl BrokerHandle {
 
 /// Opens the store, binds the listener and starts serving.
 pub async fn serve(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+    serve_with(config, None).await
+}
+
+/// As [`serve`], for a replicated broker: clients are served only while `gate` says so
+/// (otherwise every SEND, PULL and ACK is answered `BROKER_REJECT`), and sends wait for the
+/// slave as the gate's mode says.
+pub async fn serve_with(
+    config: BrokerConfig,
+    gate: Option<Arc<Gate>>,
+) -> Result<BrokerHandle, BrokerError> {
     let store_config = config.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config)).await??;
     store.spawn_maintenance()?;
@@ -205,6 +228,7 @@ pub async fn serve(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
             .map(|_| tokio::sync::Mutex::new(()))
             .collect(),
         started: Instant::now(),
+        gate,
         config,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -405,6 +429,21 @@ async fn dispatch(
     in_flight: InFlight,
 ) {
     let header = frame.header;
+    let client_request = matches!(
+        header.code,
+        command::SEND_MESSAGE | command::PULL_MESSAGE | command::ACK_REQUEST
+    );
+    if client_request && !shared.serving() {
+        // A slave, or a master without a lease: the client must ask the meta server again.
+        let _ = tx
+            .send(Frame::new(
+                header.response(response::BROKER_REJECT),
+                Bytes::new(),
+            ))
+            .await;
+        drop(in_flight);
+        return;
+    }
     match header.code {
         command::SEND_MESSAGE => {
             let (shared, tx) = (shared.clone(), tx.clone());
@@ -501,17 +540,22 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
                 m.message.message_id.clone(),
                 m.message.subject.clone(),
                 m.stored,
+                m.message.flags.is_reliable(),
             ));
         }
     }
     if !accepted.is_empty() {
-        let batch = accepted.iter().map(|(_, s, b)| (s.as_str(), &b[..]));
+        let batch = accepted.iter().map(|(_, s, b, _)| (s.as_str(), &b[..]));
         match shared.store.append(batch).await {
-            Ok(_) => {
-                let mut subjects: Vec<&str> = accepted.iter().map(|(_, s, _)| s.as_str()).collect();
+            Ok(placed) => {
+                let mut subjects: Vec<&str> =
+                    accepted.iter().map(|(_, s, _, _)| s.as_str()).collect();
                 subjects.dedup();
                 for s in subjects {
                     shared.puller.notify(s);
+                }
+                if let Some(gate) = &shared.gate {
+                    wait_for_slave(gate, &accepted, &placed, &mut failures).await;
                 }
             }
             Err(e) => {
@@ -524,7 +568,7 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
                     }
                     _ => "store error, not stored",
                 };
-                for (id, _, _) in &accepted {
+                for (id, _, _, _) in &accepted {
                     failures.push(SendFailure {
                         message_id: id.clone(),
                         code: ProducerCode::StoreError,
@@ -534,6 +578,11 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
             }
         }
     }
+    if !shared.serving() {
+        // The lease ended while the batch was stored: no acknowledgement from a master that
+        // may have been replaced (what it stored is cut when it rejoins as a slave).
+        return Frame::new(header.response(response::BROKER_REJECT), Bytes::new());
+    }
     let mut body = BytesMut::new();
     match encode_send_response(&failures, &mut body) {
         Ok(()) => Frame::new(header.response(response::SUCCESS), body.freeze()),
@@ -541,6 +590,36 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
             tracing::error!(error = %e, "encoding a send response failed");
             Frame::new(header.response(response::BROKER_ERROR), Bytes::new())
         }
+    }
+}
+
+/// With synchronous replication, waits until the slave holds the batch's reliable messages
+/// (QMQ's rule: messages flagged unreliable are answered at once); if it does not in time and
+/// the gate says so, those messages are answered as not replicated.
+async fn wait_for_slave(
+    gate: &Gate,
+    accepted: &[(String, String, Bytes, bool)],
+    placed: &[qmq_store::Appended],
+    failures: &mut Vec<SendFailure>,
+) {
+    let last = accepted
+        .iter()
+        .zip(placed)
+        .filter(|((_, _, _, reliable), _)| *reliable)
+        .map(|(_, p)| p.offset)
+        .max();
+    let Some(last) = last else { return };
+    if gate.replicated(last).await {
+        return;
+    }
+    for (id, _, _, _) in accepted.iter().filter(|(_, _, _, reliable)| *reliable) {
+        failures.push(SendFailure {
+            message_id: id.clone(),
+            code: ProducerCode::StoreError,
+            remark: "not replicated to the slave in time: stored on the master only, a retry may \
+                     duplicate"
+                .into(),
+        });
     }
 }
 
@@ -614,6 +693,10 @@ async fn offline_sweeper(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.config.consumer_check_interval);
     loop {
         tick.tick().await;
+        if !shared.serving() {
+            // A slave's consumer state is the master's, replayed: it moves nothing itself.
+            continue;
+        }
         if let Err(e) = sweep_offline(&shared).await {
             tracing::error!(error = %e, "offline consumer check failed");
         }

@@ -102,6 +102,59 @@ pub struct BrokerOnlyArgs {
     /// Meta server HTTP address (host:port) to take readonly marks and reset-offset requests from.
     #[arg(long)]
     meta_http: Option<String>,
+    #[command(flatten)]
+    replication: ReplicationArgs,
+}
+
+/// Replication of a broker group (`broker` only; `standalone` never replicates).
+#[derive(Args, Debug)]
+pub struct ReplicationArgs {
+    /// `off`: an unreplicated master registering itself with `--meta` (as before).
+    /// `async`/`sync`: a member of a replicated group whose role (master or slave) the meta
+    /// server assigns from its `broker` rows (`qmq tools add-broker`); needs `--meta`.
+    /// `sync` answers a send only once the slave has written it.
+    #[arg(long, value_enum, default_value = "off")]
+    replication: Replication,
+    /// With `--replication sync`: how long a send waits for the slave, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    replication_timeout_ms: u64,
+    /// With `--replication sync`: what a send that waited that long gets: `fail` (an error per
+    /// message: stored on the master only, a retry may duplicate) or `async` (acknowledged, with a
+    /// warning, until the slave catches up).
+    #[arg(long, value_enum, default_value = "fail")]
+    on_replication_timeout: OnTimeout,
+    /// Address of the sync port (slaves copy from it).
+    #[arg(long, default_value = "0.0.0.0:20882")]
+    sync_listen: SocketAddr,
+    /// Hostname of this server's `broker` row (default: $HOSTNAME, else 127.0.0.1).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Client port of this server's `broker` row (default: the listen port).
+    #[arg(long)]
+    serve_port: Option<u16>,
+    /// Time between lease calls to the meta server, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    lease_renew_ms: u64,
+}
+
+/// Replication mode of `broker`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Replication {
+    /// No replication.
+    Off,
+    /// Acknowledge once stored on the master.
+    Async,
+    /// Acknowledge once the slave has written it too.
+    Sync,
+}
+
+/// What a synchronously replicated send gets when the slave is late.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OnTimeout {
+    /// An error per message.
+    Fail,
+    /// Success, running asynchronously until the slave catches up.
+    Async,
 }
 
 /// Meta server settings shared by `meta` and `standalone`.
@@ -361,6 +414,9 @@ impl MetaArgs {
 
 /// Runs a broker until SIGINT/SIGTERM, then shuts it down cleanly (flush + checkpoint).
 pub async fn broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
+    if args.replication.replication != Replication::Off {
+        return replicated_broker(args).await;
+    }
     let config = args
         .broker
         .config(args.meta.clone(), args.secret.cluster_secret.clone());
@@ -386,6 +442,78 @@ pub async fn broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
         .await
         .context("shutting the broker down")?;
     Ok(())
+}
+
+/// Runs a member of a replicated broker group until SIGINT/SIGTERM, printing a line each time
+/// its role changes.
+async fn replicated_broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
+    use qmq_broker::replication::{self, node, ReplicationMode, SyncTimeout};
+    let r = &args.replication;
+    let meta = args
+        .meta
+        .clone()
+        .context("--replication needs --meta (the meta server assigns the roles)")?;
+    let broker = args.broker.config(None, None);
+    let mode = match r.replication {
+        Replication::Sync => ReplicationMode::Sync {
+            timeout: Duration::from_millis(r.replication_timeout_ms),
+            on_timeout: match r.on_replication_timeout {
+                OnTimeout::Fail => SyncTimeout::Fail,
+                OnTimeout::Async => SyncTimeout::Async,
+            },
+        },
+        _ => ReplicationMode::Async,
+    };
+    let config = node::NodeConfig {
+        lease: replication::lease::LeaseClient {
+            meta,
+            hostname: r
+                .hostname
+                .clone()
+                .unwrap_or_else(|| qmq_transport::identity::local_host().to_owned()),
+            serve_port: i32::from(r.serve_port.unwrap_or(args.broker.listen.port())),
+            secret: args.secret.cluster_secret.clone(),
+        },
+        sync_listen: r.sync_listen,
+        mode,
+        renew_every: Duration::from_millis(r.lease_renew_ms.max(10)),
+        sync: replication::sync_server::SyncSettings::default(),
+        broker,
+    };
+    let gate = Arc::new(replication::Gate::new(mode));
+    let (status, mut changes) = tokio::sync::watch::channel(node::NodeStatus::Starting);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut running = tokio::spawn(node::run(config, gate, status, stop.clone()));
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                match &*changes.borrow_and_update() {
+                    node::NodeStatus::Starting => {}
+                    node::NodeStatus::Master { epoch, addr, sync } => {
+                        println!("qmq broker master epoch={epoch} addr={addr} sync={sync}");
+                    }
+                    node::NodeStatus::Slave { epoch, master, addr, sync } => {
+                        println!("qmq broker slave epoch={epoch} addr={addr} sync={sync} master={master}");
+                    }
+                }
+            }
+            signal = wait_for_signal() => {
+                signal?;
+                break;
+            }
+            ended = &mut running => {
+                return ended.context("broker task failed")?.context("running the broker");
+            }
+        }
+    }
+    stop.cancel();
+    running
+        .await
+        .context("broker task failed")?
+        .context("shutting the broker down")
 }
 
 /// Runs a meta server until SIGINT/SIGTERM.

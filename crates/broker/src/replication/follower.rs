@@ -1,0 +1,207 @@
+//! The slave's copy loops: one per log (message, action) asking the master's sync port for
+//! the bytes after this store's end and appending them (the store verifies, indexes and
+//! replays them), and a heartbeat telling the master how far both logs are.
+//!
+//! A chunk that does not start at this store's end is never appended: the logs diverged or
+//! the master no longer holds what this slave needs (it is behind the master's retention).
+//! Both need a resync, which this server cannot do on its own yet: the loop logs it, counts it
+//! ([`super::ReplicationStats::diverged`]) and retries slowly, so an operator sees it.
+//! Network errors are retried after a pause that grows from 100 ms to 2 s.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use qmq_protocol::codes::{command, response};
+use qmq_protocol::{SyncChunk, SyncLogRequest, SyncType};
+use qmq_store::{LogStream, Store, StoreError};
+use qmq_transport::Connection;
+use tokio_util::sync::CancellationToken;
+
+use super::Gate;
+use crate::BrokerError;
+
+/// How long one sync request may take (the master holds an empty one up to its poll time).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time between heartbeats.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs the three loops against `master` (its sync address) until `stop` is cancelled, then
+/// returns once they have ended (no append is in progress after that).
+pub async fn follow(master: String, store: Store, gate: Arc<Gate>, stop: CancellationToken) {
+    tracing::info!(master, "replicating from the master");
+    let message = tokio::spawn(copy_loop(
+        master.clone(),
+        store.clone(),
+        gate.clone(),
+        LogStream::Message,
+        stop.clone(),
+    ));
+    let action = tokio::spawn(copy_loop(
+        master.clone(),
+        store.clone(),
+        gate,
+        LogStream::Action,
+        stop.clone(),
+    ));
+    let beat = tokio::spawn(heartbeat_loop(master, store, stop));
+    for t in [message, action, beat] {
+        if let Err(e) = t.await {
+            tracing::error!(error = %e, "a replication loop failed");
+        }
+    }
+}
+
+/// What one copy round did.
+enum Round {
+    /// Appended a chunk.
+    Copied,
+    /// The master had nothing new.
+    Idle,
+}
+
+async fn copy_loop(
+    master: String,
+    store: Store,
+    gate: Arc<Gate>,
+    stream: LogStream,
+    stop: CancellationToken,
+) {
+    let mut conn: Option<Connection> = None;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        // Not cancelled mid-append: only the request itself stops early (see `copy_once`).
+        let round = copy_once(&master, &mut conn, &store, stream, &stop).await;
+        match round {
+            Ok(Round::Copied | Round::Idle) => pause = Duration::from_millis(100),
+            Err(e) => {
+                conn = None;
+                if let BrokerError::Store(StoreError::Diverged { .. } | StoreError::Ahead { .. }) =
+                    &e
+                {
+                    gate.stats.diverged.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(?stream, master, error = %e,
+                        "this slave's log diverged from the master's (or fell behind its retention); a resync is needed");
+                    pause = Duration::from_secs(2);
+                } else {
+                    tracing::warn!(?stream, master, error = %e, "replication request failed; retrying");
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn connection<'a>(
+    master: &str,
+    conn: &'a mut Option<Connection>,
+) -> Result<&'a Connection, BrokerError> {
+    if conn.as_ref().is_none_or(|c| !c.is_open()) {
+        let c = Connection::connect_with(
+            master,
+            qmq_protocol::frame::VERSION_8,
+            qmq_protocol::frame::DEFAULT_MAX_FRAME,
+        )
+        .await
+        .map_err(|e| io("connect to the master's sync port", e))?;
+        *conn = Some(c);
+    }
+    conn.as_ref().ok_or_else(|| io("connect", "no connection"))
+}
+
+fn io(op: &'static str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Io {
+        op,
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+async fn copy_once(
+    master: &str,
+    conn: &mut Option<Connection>,
+    store: &Store,
+    stream: LogStream,
+    stop: &CancellationToken,
+) -> Result<Round, BrokerError> {
+    let end = store.log_end(stream);
+    let req = match stream {
+        LogStream::Message => SyncLogRequest {
+            sync_type: SyncType::Message,
+            message_offset: end as i64,
+            action_offset: 0,
+        },
+        LogStream::Action => SyncLogRequest {
+            sync_type: SyncType::Action,
+            message_offset: 0,
+            action_offset: end as i64,
+        },
+    };
+    let mut body = BytesMut::new();
+    req.encode(&mut body);
+    let c = connection(master, conn).await?;
+    let resp = tokio::select! {
+        () = stop.cancelled() => return Ok(Round::Idle),
+        r = c.request(command::SYNC_LOG_REQUEST, body.freeze(), REQUEST_TIMEOUT) => {
+            r.map_err(|e| io("sync request", e))?
+        }
+    };
+    match resp.header.code {
+        response::SUCCESS => {}
+        response::PARAM_ERROR => {
+            return Err(BrokerError::Store(StoreError::Ahead {
+                stream,
+                offset: end,
+                end: 0,
+            }))
+        }
+        code => return Err(io("sync request", format!("master answered code {code}"))),
+    }
+    let chunk = SyncChunk::decode(&resp.body)?;
+    if chunk.bytes.is_empty() {
+        return Ok(Round::Idle);
+    }
+    let start = u64::try_from(chunk.start).map_err(|_| io("sync chunk", "negative start"))?;
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.append_replicated(stream, start, &chunk.bytes))
+        .await??;
+    Ok(Round::Copied)
+}
+
+async fn heartbeat_loop(master: String, store: Store, stop: CancellationToken) {
+    let mut conn: Option<Connection> = None;
+    loop {
+        let req = SyncLogRequest {
+            sync_type: SyncType::Heartbeat,
+            message_offset: store.log_end(LogStream::Message) as i64,
+            action_offset: store.log_end(LogStream::Action) as i64,
+        };
+        let mut body = BytesMut::new();
+        req.encode(&mut body);
+        let sent = async {
+            let c = connection(&master, &mut conn).await?;
+            c.request(command::SYNC_LOG_REQUEST, body.freeze(), REQUEST_TIMEOUT)
+                .await
+                .map_err(|e| io("sync heartbeat", e))
+        };
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            r = sent => r,
+        };
+        if let Err(e) = result {
+            conn = None;
+            tracing::debug!(master, error = %e, "sync heartbeat failed");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+        }
+    }
+}

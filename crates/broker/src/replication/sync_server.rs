@@ -1,0 +1,254 @@
+//! The sync port: serves this broker's message and action logs to a slave (QMQ's
+//! SYNC_LOG_REQUEST, code 20, types 1, 2 and 3).
+//!
+//! - Types 1 (action) and 2 (message): whole records from the asked offset (raised to the
+//!   oldest retained one when the log no longer holds it), never across a segment, at most
+//!   `batch_bytes`. When there is nothing new the request waits up to `poll` for the log to
+//!   grow (QMQ waits 10 ms and polls; waiting on the log's end answers as soon as a commit
+//!   lands, which is what synchronous replication needs), then answers an empty chunk.
+//!   A type-2 request's offset is the slave's proof of how far it has written: it releases
+//!   sends waiting for the slave ([`super::Gate::slave_reached`]).
+//! - Type 3 (heartbeat): answers both log ends; the master records the slave's lag.
+//! - An offset beyond the log's end means the slave holds data this log never had: answered
+//!   `PARAM_ERROR` (the slave stops and reports divergence). Other types: `BROKER_ERROR`.
+//!
+//! Each connection is served in order (a slave uses one connection per stream); reads run on
+//! blocking threads.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use qmq_protocol::codes::{command, response};
+use qmq_protocol::{Frame, FrameCodec, SyncChunk, SyncHeartbeat, SyncLogRequest, SyncType};
+use qmq_store::{LogStream, Store, StoreError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::Gate;
+use crate::BrokerError;
+
+/// Sync server settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncSettings {
+    /// Most bytes per chunk.
+    pub batch_bytes: usize,
+    /// How long a request for new bytes waits when there are none.
+    pub poll: Duration,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            batch_bytes: 1024 * 1024,
+            poll: Duration::from_millis(500),
+            max_frame: qmq_protocol::frame::DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// The slave's lag as its last heartbeat showed it (bytes; -1: no heartbeat yet).
+#[derive(Debug)]
+pub struct SlaveLag {
+    /// Message-log bytes the slave is behind.
+    pub message: AtomicI64,
+    /// Action-log bytes the slave is behind.
+    pub action: AtomicI64,
+}
+
+impl Default for SlaveLag {
+    fn default() -> Self {
+        Self {
+            message: AtomicI64::new(-1),
+            action: AtomicI64::new(-1),
+        }
+    }
+}
+
+struct State {
+    store: Store,
+    gate: Arc<Gate>,
+    lag: Arc<SlaveLag>,
+    settings: SyncSettings,
+}
+
+/// Binds `addr` and serves the sync protocol until `stop` is cancelled. Returns the bound
+/// address and the serving task.
+pub async fn spawn(
+    addr: SocketAddr,
+    store: Store,
+    gate: Arc<Gate>,
+    lag: Arc<SlaveLag>,
+    settings: SyncSettings,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), BrokerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrokerError::Io {
+            op: "bind sync port",
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| BrokerError::Io {
+        op: "sync port address",
+        source,
+    })?;
+    let state = Arc::new(State {
+        store,
+        gate,
+        lag,
+        settings,
+    });
+    let task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = stop.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let (state, stop) = (state.clone(), stop.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = serve(stream, state, stop).await {
+                            tracing::debug!(%peer, error = %e, "sync connection closed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sync accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    tracing::info!(addr = %bound, "sync port listening");
+    Ok((bound, task))
+}
+
+async fn serve(
+    stream: TcpStream,
+    state: Arc<State>,
+    stop: CancellationToken,
+) -> Result<(), qmq_protocol::FrameError> {
+    stream.set_nodelay(true)?;
+    let mut framed = Framed::new(stream, FrameCodec::new(state.settings.max_frame));
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            n = framed.next() => n,
+        };
+        let frame = match next {
+            None => return Ok(()),
+            Some(f) => f?,
+        };
+        if frame.header.is_response() {
+            continue;
+        }
+        let (code, body) = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            r = answer(&state, &frame) => r,
+        };
+        framed
+            .send(Frame::new(frame.header.response(code), body))
+            .await?;
+    }
+}
+
+async fn answer(state: &State, frame: &Frame) -> (i16, Bytes) {
+    if frame.header.code != command::SYNC_LOG_REQUEST {
+        return (response::UNKNOWN_CODE, Bytes::new());
+    }
+    let req = match SyncLogRequest::decode(&frame.body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "malformed sync request");
+            return (response::BROKER_ERROR, Bytes::new());
+        }
+    };
+    let (stream, offset) = match req.sync_type {
+        SyncType::Message => (LogStream::Message, req.message_offset),
+        SyncType::Action => (LogStream::Action, req.action_offset),
+        SyncType::Heartbeat => return heartbeat(state, &req),
+        SyncType::Index => {
+            tracing::warn!("index sync (backup servers) is not served yet");
+            return (response::BROKER_ERROR, Bytes::new());
+        }
+    };
+    let Ok(offset) = u64::try_from(offset) else {
+        return (response::PARAM_ERROR, Bytes::new());
+    };
+    if stream == LogStream::Message {
+        state.gate.slave_reached(offset);
+    }
+    match chunk(state, stream, offset).await {
+        Ok(c) => {
+            let mut out = BytesMut::with_capacity(12 + c.bytes.len());
+            match c.encode(&mut out) {
+                Ok(()) => (response::SUCCESS, out.freeze()),
+                Err(e) => {
+                    tracing::error!(error = %e, "encoding a sync chunk failed");
+                    (response::BROKER_ERROR, Bytes::new())
+                }
+            }
+        }
+        Err(BrokerError::Store(e @ StoreError::Ahead { .. })) => {
+            tracing::error!(error = %e, "a slave asks beyond this log's end: its data diverged");
+            (response::PARAM_ERROR, Bytes::new())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, ?stream, offset, "serving a sync request failed");
+            (response::BROKER_ERROR, Bytes::new())
+        }
+    }
+}
+
+/// The chunk at `offset`, waiting up to the poll time for one when the log has nothing new.
+async fn chunk(state: &State, stream: LogStream, offset: u64) -> Result<SyncChunk, BrokerError> {
+    let mut end = state.store.watch_log_end(stream);
+    let deadline = tokio::time::Instant::now() + state.settings.poll;
+    loop {
+        end.borrow_and_update();
+        let store = state.store.clone();
+        let max = state.settings.batch_bytes;
+        let c =
+            tokio::task::spawn_blocking(move || store.read_log_chunk(stream, offset, max)).await??;
+        if !c.bytes.is_empty() {
+            return Ok(SyncChunk {
+                start: c.start as i64,
+                bytes: c.bytes,
+            });
+        }
+        let waited = tokio::time::timeout_at(deadline, end.changed()).await;
+        if !matches!(waited, Ok(Ok(()))) {
+            return Ok(SyncChunk {
+                start: c.start as i64,
+                bytes: Bytes::new(),
+            });
+        }
+    }
+}
+
+fn heartbeat(state: &State, req: &SyncLogRequest) -> (i16, Bytes) {
+    let message_end = state.store.log_end(LogStream::Message) as i64;
+    let action_end = state.store.log_end(LogStream::Action) as i64;
+    state
+        .lag
+        .message
+        .store((message_end - req.message_offset).max(0), Ordering::Relaxed);
+    state
+        .lag
+        .action
+        .store((action_end - req.action_offset).max(0), Ordering::Relaxed);
+    let mut out = BytesMut::new();
+    SyncHeartbeat {
+        message_end,
+        action_end,
+    }
+    .encode(&mut out);
+    (response::SUCCESS, out.freeze())
+}

@@ -1,0 +1,561 @@
+//! Replication and automatic failover, process by process on loopback: a meta server and the
+//! two members of a broker group, killed (SIGKILL), frozen (SIGSTOP) and restarted while
+//! producers and consumers run. Every wait has a deadline; none is a sleep standing in for a
+//! condition.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use qmq_client::{new_message, send_batch, Connection, PullConsumer};
+use qmq_protocol::codes::command;
+use qmq_protocol::{SyncHeartbeat, SyncLogRequest, SyncType};
+
+const TOKEN: &str = "repl-token";
+const GROUP: &str = "rg";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process whose stdout lines are collected as they come.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                l.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits (up to `within`) for a line containing `needle` after the first `skip` lines;
+    /// returns it and its index.
+    fn wait_line(&self, needle: &str, skip: usize, within: Duration) -> (usize, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                if let Some((i, l)) = lines
+                    .iter()
+                    .enumerate()
+                    .skip(skip)
+                    .find(|(_, l)| l.contains(needle))
+                {
+                    return (i, l.clone());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needle:?} within {within:?}; lines: {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn line_count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    fn terminate(&mut self) {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn qmq() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qmq"))
+}
+
+/// One broker member: its ports and data directory.
+#[derive(Clone)]
+struct Member {
+    port: u16,
+    sync: u16,
+    dir: PathBuf,
+}
+
+impl Member {
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn sync_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.sync)
+    }
+}
+
+/// A meta server and a two-member group.
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    meta: Proc,
+    meta_tcp: String,
+    meta_http: String,
+    members: [Member; 2],
+    mode: &'static str,
+}
+
+impl Cluster {
+    /// Starts a meta server and registers the two members: the first as master, the second as
+    /// slave.
+    fn new(mode: &'static str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cmd = qmq();
+        cmd.args([
+            "meta",
+            "--meta-http-listen",
+            "127.0.0.1:0",
+            "--meta-tcp-listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            TOKEN,
+            "--advertised-host",
+            "127.0.0.1",
+            "--data-dir",
+        ])
+        .arg(tmp.path().join("meta"));
+        let meta = Proc::spawn(cmd);
+        let (_, ready) = meta.wait_line("ready", 0, Duration::from_secs(30));
+        let meta_http = field(&ready, "http");
+        let meta_tcp = field(&ready, "tcp");
+        let members = [0, 1].map(|i| Member {
+            port: free_port(),
+            sync: free_port(),
+            dir: tmp.path().join(format!("node{i}")),
+        });
+        for (role, m) in [("0", &members[0]), ("1", &members[1])] {
+            let out = qmq()
+                .args(["tools", "--metaserver", &meta_http, "--token", TOKEN])
+                .args(["add-broker", "--broker-group", GROUP, "--role", role])
+                .args(["--hostname", "127.0.0.1", "--ip", "127.0.0.1"])
+                .args(["--serve-port", &m.port.to_string()])
+                .args(["--sync-port", &m.sync.to_string()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "add-broker: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Self {
+            _tmp: tmp,
+            meta,
+            meta_tcp,
+            meta_http,
+            members,
+            mode,
+        }
+    }
+
+    /// Starts member `i` (`--flush sync`).
+    fn start(&self, i: usize) -> Proc {
+        let m = &self.members[i];
+        let mut cmd = qmq();
+        cmd.args(["broker", "--flush", "sync", "--group", GROUP])
+            .args(["--replication", self.mode])
+            .args(["--listen", &m.addr(), "--sync-listen", &m.sync_addr()])
+            .args(["--hostname", "127.0.0.1", "--meta", &self.meta_tcp])
+            .arg("--data-dir")
+            .arg(&m.dir);
+        Proc::spawn(cmd)
+    }
+}
+
+/// The value of `key` in a `key=value` (or `key value`) status line.
+fn field(line: &str, key: &str) -> String {
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if let Some(v) = w.strip_prefix(&format!("{key}=")) {
+            return v.to_owned();
+        }
+        if w == key {
+            return words.next().unwrap().to_owned();
+        }
+    }
+    panic!("no {key} in {line:?}");
+}
+
+/// The (message, action) log ends a sync port reports.
+async fn log_ends(sync_addr: &str) -> Option<(i64, i64)> {
+    let conn = Connection::connect(sync_addr).await.ok()?;
+    let mut body = BytesMut::new();
+    SyncLogRequest {
+        sync_type: SyncType::Heartbeat,
+        message_offset: 0,
+        action_offset: 0,
+    }
+    .encode(&mut body);
+    let resp = conn
+        .request(
+            command::SYNC_LOG_REQUEST,
+            body.freeze(),
+            Duration::from_secs(3),
+        )
+        .await
+        .ok()?;
+    let hb = SyncHeartbeat::decode(&resp.body).ok()?;
+    Some((hb.message_end, hb.action_end))
+}
+
+/// Waits until both members' logs end at the same offsets (the slave caught up).
+async fn caught_up(c: &Cluster, within: Duration) -> (i64, i64) {
+    let deadline = Instant::now() + within;
+    loop {
+        let a = log_ends(&c.members[0].sync_addr()).await;
+        let b = log_ends(&c.members[1].sync_addr()).await;
+        if let (Some(a), Some(b)) = (a, b) {
+            if a == b {
+                return a;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slave did not catch up: {a:?} vs {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `bodies` to `addr` in batches of 20; every message must be acknowledged.
+async fn send_all(addr: &str, subject: &str, bodies: std::ops::Range<usize>) {
+    let conn = Connection::connect(addr).await.unwrap();
+    let all: Vec<_> = bodies
+        .map(|i| {
+            let mut m = new_message(subject);
+            m.set_attr("body", i.to_string());
+            m
+        })
+        .collect();
+    for chunk in all.chunks(20) {
+        for r in send_batch(&conn, chunk, Duration::from_secs(10))
+            .await
+            .unwrap()
+        {
+            r.unwrap();
+        }
+    }
+}
+
+/// Pulls (and acks) up to `n` messages of `subject` for `group` from `addr`; returns their
+/// bodies. Stops early when a pull comes back empty.
+async fn consume(addr: &str, subject: &str, group: &str, n: usize) -> Vec<usize> {
+    let conn = Connection::connect(addr).await.unwrap();
+    let mut consumer = PullConsumer::new(conn, subject, group, "c1")
+        .new_group_start(qmq_client::NewGroupStart::Earliest);
+    let mut got = Vec::new();
+    while got.len() < n {
+        let want = (n - got.len()).min(100) as i32;
+        let (first, ms) = consumer.pull(want, Duration::from_secs(2)).await.unwrap();
+        if ms.is_empty() {
+            break;
+        }
+        consumer
+            .ack(first, first + ms.len() as i64 - 1)
+            .await
+            .unwrap();
+        got.extend(
+            ms.iter()
+                .map(|m| m.attr("body").unwrap().parse::<usize>().unwrap()),
+        );
+    }
+    got
+}
+
+/// What a store holds, for comparing master and slave offline.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    subjects: Vec<qmq_store::SubjectInfo>,
+    messages: Vec<(String, u64, Vec<u8>)>,
+    groups: Vec<String>,
+    consumers: Vec<String>,
+}
+
+fn snapshot(dir: &Path) -> Snapshot {
+    let store = qmq_store::Store::open(qmq_store::StoreConfig::new(dir.join("broker"))).unwrap();
+    let subjects = store.subject_infos().unwrap();
+    let mut messages = Vec::new();
+    for s in &subjects {
+        for m in store.read(&s.subject, s.first, 1_000_000).unwrap() {
+            messages.push((s.subject.clone(), m.sequence, m.message.to_vec()));
+        }
+    }
+    let mut groups: Vec<String> = store.groups().iter().map(|g| format!("{g:?}")).collect();
+    groups.sort();
+    let mut consumers: Vec<String> = store.consumers().iter().map(|c| format!("{c:?}")).collect();
+    consumers.sort();
+    store.close().unwrap();
+    Snapshot {
+        subjects,
+        messages,
+        groups,
+        consumers,
+    }
+}
+
+/// Test 3: a slave that was down while messages arrived and were consumed catches up after
+/// its restart; its message log and consumer state equal the master's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_slave_catches_up_with_log_and_consumer_state() {
+    let c = Cluster::new("async");
+    let mut master = c.start(0);
+    master.wait_line("master epoch=1", 0, Duration::from_secs(30));
+    let mut slave = c.start(1);
+    slave.wait_line("slave epoch=1", 0, Duration::from_secs(30));
+    send_all(&c.members[0].addr(), "catch.up", 0..200).await;
+    caught_up(&c, Duration::from_secs(30)).await;
+
+    slave.kill9();
+    send_all(&c.members[0].addr(), "catch.up", 200..1200).await;
+    send_all(&c.members[0].addr(), "catch.other", 0..100).await;
+    let got = consume(&c.members[0].addr(), "catch.up", "g1", 700).await;
+    assert_eq!(got.len(), 700);
+
+    let slave = c.start(1);
+    slave.wait_line("slave epoch=1", 0, Duration::from_secs(30));
+    let ends = caught_up(&c, Duration::from_secs(60)).await;
+    assert!(ends.0 > 0 && ends.1 > 0, "{ends:?}");
+
+    master.terminate();
+    let mut slave = slave;
+    slave.terminate();
+    let a = snapshot(&c.members[0].dir);
+    let b = snapshot(&c.members[1].dir);
+    assert_eq!(a.messages.len(), 1300);
+    assert_eq!(a, b, "slave state differs from the master's");
+}
+
+/// Test 4: a consumer group keeps its position across a failover: the promoted slave serves
+/// what the group had not consumed, not the whole subject again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_keep_their_position_across_failover() {
+    let c = Cluster::new("sync");
+    let mut master = c.start(0);
+    master.wait_line("master epoch=1", 0, Duration::from_secs(30));
+    let slave = c.start(1);
+    slave.wait_line("slave epoch=1", 0, Duration::from_secs(30));
+    send_all(&c.members[0].addr(), "pos", 0..300).await;
+    let first = consume(&c.members[0].addr(), "pos", "g1", 100).await;
+    assert_eq!(first, (0..100).collect::<Vec<_>>());
+    caught_up(&c, Duration::from_secs(30)).await;
+
+    let killed = Instant::now();
+    master.kill9();
+    slave.wait_line("master epoch=2", 0, Duration::from_secs(30));
+    eprintln!("promoted {:?} after the kill", killed.elapsed());
+    let rest = consume(&c.members[1].addr(), "pos", "g1", 1000).await;
+    assert_eq!(rest, (100..300).collect::<Vec<_>>(), "group rewound or lost");
+}
+
+/// Test 1: synchronous replication with fsync on both sides; the master is killed five times
+/// in a row (each time the other member), while a producer sends and records every
+/// acknowledged message: all of them are consumed afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_the_master_five_times_loses_no_acknowledged_message() {
+    let c = Cluster::new("sync");
+    let mut procs = [Some(c.start(0)), None];
+    procs[0]
+        .as_ref()
+        .unwrap()
+        .wait_line("master epoch=1", 0, Duration::from_secs(30));
+    procs[1] = Some(c.start(1));
+    procs[1]
+        .as_ref()
+        .unwrap()
+        .wait_line("slave epoch=1", 0, Duration::from_secs(30));
+
+    let acked = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let master_now = Arc::new(Mutex::new(c.members[0].addr()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (acked, master_now, stop) = (acked.clone(), master_now.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut next = 0usize;
+            let mut conn: Option<(String, Connection)> = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let addr = master_now.lock().unwrap().clone();
+                if conn.as_ref().is_none_or(|(a, _)| *a != addr) {
+                    conn = Connection::connect(&addr).await.ok().map(|c| (addr.clone(), c));
+                }
+                let Some((_, cn)) = &conn else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let batch: Vec<_> = (next..next + 5)
+                    .map(|i| {
+                        let mut m = new_message("k9.sync");
+                        m.set_attr("body", i.to_string());
+                        m
+                    })
+                    .collect();
+                match send_batch(cn, &batch, Duration::from_secs(5)).await {
+                    Ok(results) => {
+                        let mut a = acked.lock().unwrap();
+                        for (i, r) in results.iter().enumerate() {
+                            if r.is_ok() {
+                                a.push(next + i);
+                            }
+                        }
+                        next += 5;
+                    }
+                    Err(_) => {
+                        conn = None;
+                        next += 5;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        })
+    };
+
+    let mut master = 0usize;
+    for round in 0..5u64 {
+        let epoch = round + 1;
+        // Let the producer get acknowledgements from this master.
+        let before = acked.lock().unwrap().len();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked.lock().unwrap().len() < before + 50 {
+            assert!(Instant::now() < deadline, "no progress in round {round}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let slave = 1 - master;
+        let skip = procs[slave].as_ref().unwrap().line_count();
+        procs[master].take().unwrap().kill9();
+        let killed = Instant::now();
+        procs[slave].as_ref().unwrap().wait_line(
+            &format!("master epoch={}", epoch + 1),
+            skip,
+            Duration::from_secs(30),
+        );
+        *master_now.lock().unwrap() = c.members[slave].addr();
+        eprintln!("round {round}: promoted after {:?}", killed.elapsed());
+        // Bring the killed member back: it rejoins as the slave.
+        let back = c.start(master);
+        back.wait_line(
+            &format!("slave epoch={}", epoch + 1),
+            0,
+            Duration::from_secs(60),
+        );
+        procs[master] = Some(back);
+        master = slave;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producer.await.unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 250, "{} acknowledged", acked.len());
+    let got = consume(&c.members[master].addr(), "k9.sync", "check", usize::MAX).await;
+    let mut seen = std::collections::HashMap::<usize, usize>::new();
+    for b in &got {
+        *seen.entry(*b).or_default() += 1;
+    }
+    let lost: Vec<_> = acked.iter().filter(|i| !seen.contains_key(i)).collect();
+    let duplicates = seen.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "acknowledged {}, consumed {}, duplicates {duplicates}",
+        acked.len(),
+        got.len()
+    );
+    assert!(lost.is_empty(), "lost acknowledged messages: {lost:?}");
+}
+
+/// Test 2: the master is frozen (SIGSTOP) past its lease; the slave is promoted; the old
+/// master, resumed, acknowledges nothing any more and rejoins as a slave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_master_never_acknowledges_after_its_replacement_is_promoted() {
+    let c = Cluster::new("async");
+    let old = c.start(0);
+    old.wait_line("master epoch=1", 0, Duration::from_secs(30));
+    let new = c.start(1);
+    new.wait_line("slave epoch=1", 0, Duration::from_secs(30));
+    send_all(&c.members[0].addr(), "frozen", 0..50).await;
+
+    // Requests in flight while the old master is frozen: sent with a long client timeout so
+    // a late answer would still be seen.
+    let conn = Connection::connect(&c.members[0].addr()).await.unwrap();
+    old.signal("STOP");
+    let pending: Vec<_> = (0..5)
+        .map(|i| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let mut m = new_message("frozen");
+                m.set_attr("body", (1000 + i).to_string());
+                send_batch(&conn, &[m], Duration::from_secs(60)).await
+            })
+        })
+        .collect();
+    new.wait_line("master epoch=2", 0, Duration::from_secs(30));
+    old.signal("CONT");
+    for p in pending {
+        // An error (refused, connection closed) is no acknowledgement either.
+        if let Ok(results) = p.await.unwrap() {
+            assert!(
+                results.iter().all(|r| r.is_err()),
+                "the old master acknowledged a write after the promotion: {results:?}"
+            );
+        }
+    }
+    // And a fresh send to the old master is refused.
+    let fresh = Connection::connect(&c.members[0].addr()).await;
+    if let Ok(fresh) = fresh {
+        let mut m = new_message("frozen");
+        m.set_attr("body", "2000");
+        if let Ok(results) = send_batch(&fresh, &[m], Duration::from_secs(10)).await {
+            assert!(results.iter().all(|r| r.is_err()), "{results:?}");
+        }
+    }
+    old.wait_line("slave epoch=2", 0, Duration::from_secs(60));
+    let _ = &c.meta;
+    let _ = &c.meta_http;
+}
