@@ -436,6 +436,18 @@ async fn expired_master_is_replaced_by_fresh_slave(backend: Backend) {
     let r = lease(&mut c, A, BrokerRole::Slave, 2, 120, 50).await;
     assert_eq!((r.role, r.lease_ms), (BrokerRole::Slave, 0));
     assert_eq!(lease_state(&meta).await.epoch, 2);
+    // Nor can it take the group back with a QMQ-style BROKER_REGISTER.
+    let code = c
+        .broker(
+            qmq_protocol::BrokerRequestType::Online,
+            "g1",
+            &A.address(),
+            BrokerRole::Master,
+            BrokerState::ReadWrite,
+        )
+        .await;
+    assert_eq!(code, response::BROKER_REJECT);
+    assert_eq!(lease_state(&meta).await.master_address, B.address());
     meta.shutdown().await;
 }
 on_all_backends!(expired_master_is_replaced_by_fresh_slave);
