@@ -436,6 +436,18 @@ async fn expired_master_is_replaced_by_fresh_slave(backend: Backend) {
     let r = lease(&mut c, A, BrokerRole::Slave, 2, 120, 50).await;
     assert_eq!((r.role, r.lease_ms), (BrokerRole::Slave, 0));
     assert_eq!(lease_state(&meta).await.epoch, 2);
+    // Nor can it take the group back with a QMQ-style BROKER_REGISTER.
+    let code = c
+        .broker(
+            qmq_protocol::BrokerRequestType::Online,
+            "g1",
+            &A.address(),
+            BrokerRole::Master,
+            BrokerState::ReadWrite,
+        )
+        .await;
+    assert_eq!(code, response::BROKER_REJECT);
+    assert_eq!(lease_state(&meta).await.master_address, B.address());
     meta.shutdown().await;
 }
 on_all_backends!(expired_master_is_replaced_by_fresh_slave);
@@ -614,3 +626,178 @@ async fn manual_promotion_waits_out_the_old_lease(backend: Backend) {
     meta.shutdown().await;
 }
 on_all_backends!(manual_promotion_waits_out_the_old_lease);
+
+// ---- 6. admin API and tools ----
+
+fn tools(meta: &MetaServerHandle, token: &str, rest: &[&str]) -> qmq_meta::cli::ToolsArgs {
+    use clap::Parser;
+    let addr = meta.http_addr().to_string();
+    let mut argv = vec!["tools", "--metaserver", addr.as_str(), "--token", token];
+    argv.extend_from_slice(rest);
+    qmq_meta::cli::ToolsArgs::try_parse_from(argv).unwrap()
+}
+
+async fn admin_promotes_and_lists_replication(backend: Backend) {
+    use qmq_meta::cli::run_tools;
+
+    let db = TestDb::new(backend).await;
+    let meta = serve(config(&db)).await.unwrap();
+    add_pair(meta.store(), "g1").await;
+    let mut c = MetaConn::connect(&meta).await;
+    lease(&mut c, A, BrokerRole::Master, 0, 0, 0).await;
+    lease(&mut c, A, BrokerRole::Master, 1, 1000, 400).await;
+    lease(&mut c, B, BrokerRole::Slave, 1, 750, 380).await;
+
+    // The listing: epoch, lease, members with offsets and lag.
+    let (status, v) = http(&meta, "GET", "/admin/groups/replication", Some(TOKEN), None).await;
+    assert_eq!(status, 200, "{v}");
+    let g = &v["data"][0];
+    assert_eq!(
+        (g["name"].as_str(), g["epoch"].as_i64()),
+        (Some("g1"), Some(1))
+    );
+    assert_eq!(g["master_address"], A.address());
+    assert!(g["lease"].as_str().unwrap().ends_with("ms left"), "{g}");
+    assert!(g["lease_remaining_ms"].as_i64().unwrap() > 0);
+    let members = g["members"].as_array().unwrap();
+    let member = |host: &str| {
+        members
+            .iter()
+            .find(|m| m["server"].as_str().unwrap().starts_with(host))
+            .unwrap()
+            .clone()
+    };
+    let (a, b) = (member(A.host), member(B.host));
+    assert_eq!(
+        (a["role"].as_i64(), a["message_lag"].as_i64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(b["server"], format!("{}:{}", B.host, B.serve_port));
+    assert_eq!(
+        (b["role"].as_i64(), b["epoch"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        (b["message_offset"].as_i64(), b["action_offset"].as_i64()),
+        (Some(750), Some(380))
+    );
+    assert_eq!(
+        (b["message_lag"].as_i64(), b["action_lag"].as_i64()),
+        (Some(250), Some(20))
+    );
+    assert!(b["report_age_ms"].as_i64().unwrap() >= 0);
+    assert_eq!(g["epochs"][0]["message_start"], 1000);
+    // The tools print it.
+    let out = run_tools(tools(&meta, TOKEN, &["list-broker-groups"]))
+        .await
+        .unwrap();
+    assert!(out.contains("\"message_lag\": 250"), "{out}");
+
+    // Promotion needs the token.
+    let body = json!({"broker_group": "g1"});
+    let (status, _) = http(
+        &meta,
+        "POST",
+        "/admin/groups/promote",
+        None,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = http(
+        &meta,
+        "POST",
+        "/admin/groups/promote",
+        Some("nope"),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let err = run_tools(tools(&meta, "nope", &["promote", "--broker-group", "g1"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, qmq_meta::MetaError::Remote { status: 401, .. }),
+        "{err}"
+    );
+    // Refused targets: the master itself, an unknown group.
+    let master = json!({"broker_group": "g1", "hostname": A.host, "serve_port": A.serve_port});
+    let (status, v) = http(
+        &meta,
+        "POST",
+        "/admin/groups/promote",
+        Some(TOKEN),
+        Some(master),
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("not the slave"),
+        "{v}"
+    );
+    let other = json!({"broker_group": "nope"});
+    let (status, _) = http(
+        &meta,
+        "POST",
+        "/admin/groups/promote",
+        Some(TOKEN),
+        Some(other),
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Nothing changed.
+    assert_eq!(lease_state(&meta).await.epoch, 1);
+
+    // A slave whose report is of another epoch is refused.
+    lease(&mut c, B, BrokerRole::Slave, 0, 750, 380).await;
+    let err = run_tools(tools(
+        &meta,
+        TOKEN,
+        &[
+            "promote",
+            "--broker-group",
+            "g1",
+            "--hostname",
+            B.host,
+            "--serve-port",
+            "31011",
+        ],
+    ))
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("no fresh report"), "{err}");
+    assert_eq!(lease_state(&meta).await.epoch, 1);
+
+    // With a fresh report, the tools promote it.
+    lease(&mut c, B, BrokerRole::Slave, 1, 760, 390).await;
+    let out = run_tools(tools(
+        &meta,
+        TOKEN,
+        &[
+            "promote",
+            "--broker-group",
+            "g1",
+            "--hostname",
+            B.host,
+            "--serve-port",
+            "31011",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert!(out.contains("\"epoch\": 2"), "{out}");
+    assert_eq!(
+        roles(meta.store(), "g1").await,
+        [("host-a".to_owned(), 1), ("host-b".to_owned(), 0)]
+    );
+    let (_, v) = http(&meta, "GET", "/admin/groups/replication", Some(TOKEN), None).await;
+    let g = &v["data"][0];
+    assert_eq!(
+        (g["epoch"].as_i64(), g["lease"].as_str()),
+        (Some(2), Some("fenced"))
+    );
+    assert_eq!(g["master_address"], B.address());
+    assert_eq!(g["epochs"].as_array().unwrap().len(), 2);
+    meta.shutdown().await;
+}
+on_all_backends!(admin_promotes_and_lists_replication);
