@@ -20,6 +20,9 @@ pub enum BrokerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A replication step (lease call, epoch file) failed.
+    #[error(transparent)]
+    Replication(#[from] qmq_replication::ReplicationError),
     /// This broker does not serve clients now (a slave, or a master without a lease).
     #[error("this broker is not the master of its group now")]
     NotServing,

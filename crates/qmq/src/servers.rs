@@ -465,7 +465,7 @@ async fn replicated_broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
         _ => ReplicationMode::Async,
     };
     let config = node::NodeConfig {
-        lease: replication::lease::LeaseClient {
+        lease: qmq_replication::LeaseClient {
             meta,
             hostname: r
                 .hostname

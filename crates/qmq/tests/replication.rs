@@ -395,7 +395,11 @@ async fn consumers_keep_their_position_across_failover() {
     slave.wait_line("master epoch=2", 0, Duration::from_secs(30));
     eprintln!("promoted {:?} after the kill", killed.elapsed());
     let rest = consume(&c.members[1].addr(), "pos", "g1", 1000).await;
-    assert_eq!(rest, (100..300).collect::<Vec<_>>(), "group rewound or lost");
+    assert_eq!(
+        rest,
+        (100..300).collect::<Vec<_>>(),
+        "group rewound or lost"
+    );
 }
 
 /// Test 1: synchronous replication with fsync on both sides; the master is killed five times
@@ -426,7 +430,10 @@ async fn kill_9_the_master_five_times_loses_no_acknowledged_message() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let addr = master_now.lock().unwrap().clone();
                 if conn.as_ref().is_none_or(|(a, _)| *a != addr) {
-                    conn = Connection::connect(&addr).await.ok().map(|c| (addr.clone(), c));
+                    conn = Connection::connect(&addr)
+                        .await
+                        .ok()
+                        .map(|c| (addr.clone(), c));
                 }
                 let Some((_, cn)) = &conn else {
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -647,7 +647,11 @@ async fn a_group_created_by_an_empty_pull_is_replicated() {
         .await
         .unwrap();
     replicate(&master, &replica, 1 << 20);
-    assert_eq!(replica.groups(), master.groups(), "the group exists on the replica");
+    assert_eq!(
+        replica.groups(),
+        master.groups(),
+        "the group exists on the replica"
+    );
     // Promoted: the group's next pull, asked to start a new group at the latest message,
     // still gets what arrived after its first pull.
     let got = replica
@@ -664,5 +668,9 @@ async fn a_group_created_by_an_empty_pull_is_replicated() {
             &qmq_store::BytesFilter(|_: &[u8]| true),
         )
         .unwrap();
-    assert_eq!(got.len(), 1, "the message sent after the group's first pull");
+    assert_eq!(
+        got.len(),
+        1,
+        "the message sent after the group's first pull"
+    );
 }

@@ -18,21 +18,21 @@
 //! The data's epoch lives in the file `replication-epoch` in the store's directory.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qmq_protocol::{BrokerRole, EpochStart};
+use qmq_protocol::BrokerRole;
 use qmq_store::LogStream;
 use qmq_transport::Connection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::lease::{Granted, LeaseClient, Report};
 use super::sync_server::{SlaveLag, SyncSettings};
 use super::{follower, sync_server, Gate, ReplicationMode};
 use crate::{BrokerConfig, BrokerError, BrokerHandle};
+use qmq_replication::epoch::{cut_points, read_epoch, write_epoch};
+use qmq_replication::{Granted, LeaseClient, Report};
 
 /// How a replicated broker runs.
 #[derive(Debug, Clone)]
@@ -109,7 +109,10 @@ pub async fn run(
             }
             write_epoch(&dir, epoch)?;
         } else if !is_master(role) {
-            tracing::error!(?role, "the meta server gave this broker a role it cannot run");
+            tracing::error!(
+                ?role,
+                "the meta server gave this broker a role it cannot run"
+            );
             pause(&config, &stop).await;
             continue;
         }
@@ -134,7 +137,10 @@ pub async fn run(
         };
         let outcome = if is_master(role) {
             write_epoch(&dir, epoch)?;
-            run_master(&config, &gate, &handle, epoch, sync_addr, &status, &mut meta, &stop).await
+            run_master(
+                &config, &gate, &handle, epoch, sync_addr, &status, &mut meta, &stop,
+            )
+            .await
         } else {
             run_slave(
                 &config, &gate, &handle, granted, sync_addr, &status, &mut meta, &stop,
@@ -179,37 +185,21 @@ async fn ask_role(
             message_end: -1,
             action_end: -1,
         };
-        match config.lease.call(meta, report, config.renew_every * 2).await {
+        match config
+            .lease
+            .call(meta, report, config.renew_every * 2)
+            .await
+        {
             Ok(g) => return Some(g),
-            Err(e) => tracing::warn!(meta = %config.lease.meta, error = %e, "cannot learn this broker's role; retrying"),
+            Err(e) => {
+                tracing::warn!(meta = %config.lease.meta, error = %e, "cannot learn this broker's role; retrying")
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return None,
             () = tokio::time::sleep(config.renew_every) => {}
         }
     }
-}
-
-/// Where a slave whose data comes from epoch `data_epoch` must cut its logs: the smallest
-/// start of the later epochs. `Some(None)`: nothing to cut; `None`: a later epoch has not
-/// reported its start yet (wait).
-fn cut_points(data_epoch: u64, epochs: &[EpochStart]) -> Option<Option<(u64, u64)>> {
-    let later: Vec<&EpochStart> = epochs
-        .iter()
-        .filter(|e| e.epoch > data_epoch as i64)
-        .collect();
-    if later.is_empty() {
-        return Some(None);
-    }
-    if later
-        .iter()
-        .any(|e| e.message_start < 0 || e.action_start < 0)
-    {
-        return None;
-    }
-    let message = later.iter().map(|e| e.message_start).min()?;
-    let action = later.iter().map(|e| e.action_start).min()?;
-    Some(Some((message as u64, action as u64)))
 }
 
 async fn truncate(
@@ -382,83 +372,5 @@ fn announce(
         *announced = true;
         tracing::info!(epoch, %addr, "serving as master");
         status.send_replace(NodeStatus::Master { epoch, addr, sync });
-    }
-}
-
-fn epoch_file(dir: &Path) -> PathBuf {
-    dir.join("replication-epoch")
-}
-
-/// The epoch this store's data comes from (0: none recorded).
-pub fn read_epoch(dir: &Path) -> Result<u64, BrokerError> {
-    match std::fs::read_to_string(epoch_file(dir)) {
-        Ok(s) => s.trim().parse().map_err(|_| BrokerError::Io {
-            op: "read replication-epoch",
-            source: std::io::Error::other(format!("not a number: {s:?}")),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(source) => Err(BrokerError::Io {
-            op: "read replication-epoch",
-            source,
-        }),
-    }
-}
-
-/// Records the epoch of this store's data (written to a temporary file, fsynced, renamed).
-fn write_epoch(dir: &Path, epoch: u64) -> Result<(), BrokerError> {
-    let io = |source| BrokerError::Io {
-        op: "write replication-epoch",
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(".replication-epoch.tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(format!("{epoch}\n").as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, epoch_file(dir)).map_err(io)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        d.sync_all().map_err(io)?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn e(epoch: i64, m: i64, a: i64) -> EpochStart {
-        EpochStart {
-            epoch,
-            message_start: m,
-            action_start: a,
-        }
-    }
-
-    #[test]
-    fn a_slave_cuts_at_the_earliest_later_epoch() {
-        let history = [e(1, 0, 0), e(2, 500, 40), e(3, 300, 60)];
-        assert_eq!(cut_points(3, &history), Some(None), "up to date");
-        assert_eq!(cut_points(2, &history), Some(Some((300, 60))));
-        assert_eq!(cut_points(1, &history), Some(Some((300, 40))));
-        assert_eq!(cut_points(0, &history), Some(Some((0, 0))));
-        assert_eq!(
-            cut_points(1, &[e(1, 0, 0), e(2, -1, -1)]),
-            None,
-            "waits for the new master's report"
-        );
-        assert_eq!(cut_points(0, &[]), Some(None));
-    }
-
-    #[test]
-    fn the_epoch_file_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_epoch(dir.path()).unwrap(), 0);
-        write_epoch(dir.path(), 7).unwrap();
-        assert_eq!(read_epoch(dir.path()).unwrap(), 7);
-        std::fs::write(epoch_file(dir.path()), "x").unwrap();
-        assert!(read_epoch(dir.path()).is_err());
     }
 }

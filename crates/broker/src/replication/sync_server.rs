@@ -215,8 +215,8 @@ async fn chunk(state: &State, stream: LogStream, offset: u64) -> Result<SyncChun
         end.borrow_and_update();
         let store = state.store.clone();
         let max = state.settings.batch_bytes;
-        let c =
-            tokio::task::spawn_blocking(move || store.read_log_chunk(stream, offset, max)).await??;
+        let c = tokio::task::spawn_blocking(move || store.read_log_chunk(stream, offset, max))
+            .await??;
         if !c.bytes.is_empty() {
             return Ok(SyncChunk {
                 start: c.start as i64,

@@ -10,7 +10,7 @@ use qmq_protocol::{BrokerRole, GroupLeaseRequest, GroupLeaseResponse};
 use qmq_transport::Connection;
 use tokio::time::Instant;
 
-use crate::BrokerError;
+use crate::ReplicationError;
 
 /// Who this server is to the meta server.
 #[derive(Debug, Clone)]
@@ -54,8 +54,8 @@ impl LeaseClient {
         conn: &mut Option<Connection>,
         report: Report,
         timeout: Duration,
-    ) -> Result<Granted, BrokerError> {
-        let failed = |op: &'static str, e: String| BrokerError::Io {
+    ) -> Result<Granted, ReplicationError> {
+        let failed = |op: &'static str, e: String| ReplicationError::Io {
             op,
             source: std::io::Error::other(e),
         };
