@@ -203,9 +203,15 @@ async fn a_listener_moves_to_the_new_master_when_the_old_one_goes_away() {
     let first = send_to(&addr(&b1), "f.listen").await;
     assert_eq!(recv_within(&mut rx, T).await, first);
 
-    // Failover: the meta server names the new master, the old one stops.
-    *meta.brokers.lock() = vec![addr(&b2)];
+    // Failover: the old master stops; the listener re-reads its route while the meta server
+    // still names the old master, then the meta server names the new one.
+    let before = registrations(&meta, "f.listen");
     b1.shutdown().await.unwrap();
+    wait_until(MOVE, "a route re-read after the master stopped", || {
+        registrations(&meta, "f.listen") > before
+    })
+    .await;
+    *meta.brokers.lock() = vec![addr(&b2)];
     let second = send_to(&addr(&b2), "f.listen").await;
     assert_eq!(recv_within(&mut rx, MOVE).await, second);
     consumer.shutdown().await;

@@ -348,6 +348,7 @@ async fn pull_loop(ctx: Arc<Ctx>, addr: String, pulled_subject: String, cancel: 
                 }
                 Err(e) => {
                     tracing::warn!(broker = %addr, error = %e, "cannot connect for pulling");
+                    request_reroute(&ctx, &addr);
                     pause(&ctx, &cancel).await;
                     continue;
                 }
