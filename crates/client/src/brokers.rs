@@ -1,5 +1,10 @@
 //! The broker side shared by producers and consumers: routes, one connection and one circuit
 //! breaker per broker address, and "send this batch of one subject to some writable broker".
+//!
+//! Failover: a broker that answers BROKER_REJECT (a slave, or a master the meta server
+//! deposed) or whose connection is refused or reset makes the client re-read the subject's
+//! routes right away ([`Brokers::reroute`]; the router throttles the re-reads) and drop its
+//! connection to that address, so the next try goes to the group's new master.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use qmq_protocol::codes::response;
 use qmq_protocol::{ClientType, Message, ProducerCode};
 
 use crate::breaker::{BreakerConfig, CircuitBreaker};
@@ -63,6 +69,21 @@ impl Brokers {
         Ok(conn)
     }
 
+    /// Drops the connection to `addr` (closing it for every user) and asks the router to
+    /// re-read `subject`'s routes: the broker at `addr` refused the client as a non-master or
+    /// is unreachable.
+    pub(crate) fn reroute(&self, subject: &str, addr: &str) {
+        tracing::info!(
+            subject,
+            broker = addr,
+            "broker refused or unreachable; re-reading routes"
+        );
+        self.router.invalidate(subject);
+        if let Some(conn) = self.conns.lock().remove(addr) {
+            conn.close();
+        }
+    }
+
     /// Sends `messages` (all of `subject`) once, to the next writable broker whose breaker lets
     /// the request through. Returns the broker's address and one outcome per message; an `Err`
     /// means nothing was stored by this try.
@@ -92,13 +113,23 @@ impl Brokers {
             Ok(c) => c,
             Err(e) => {
                 breaker.on_failure();
+                self.reroute(subject, &addr);
                 return Err(e.into());
             }
         };
         let results = match send_batch(&conn, messages, timeout).await {
             Ok(r) => r,
+            Err(SendError::Broker(response::BROKER_REJECT)) => {
+                // A completed round trip from a live server that is not the master: no
+                // breaker failure (its address may serve as master again), a new route.
+                self.reroute(subject, &addr);
+                return Err(SendError::Broker(response::BROKER_REJECT));
+            }
             Err(e) => {
                 breaker.on_failure();
+                if e.is_unreachable() {
+                    self.reroute(subject, &addr);
+                }
                 return Err(e);
             }
         };

@@ -1,12 +1,25 @@
 //! Shell client subcommands: `send` and `consume`.
+//!
+//! Both talk to one broker (`--broker`, the default) or, with `--meta <http host:port>`, find
+//! the subject's brokers through the meta server as applications do: `send` then goes through
+//! the client's [`Producer`] (retries on a fresh route keeping message ids, so it follows a
+//! failover) and `consume` through its [`PullClient`] (pulls the subject and the group's retry
+//! subject, and moves to a group's new master).
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use qmq_client::{new_message, send_batch, Connection, PullConsumer};
+use qmq_client::{
+    new_message, send_batch, Connection, Consumer, ConsumerConfig, Message, MetaRouter,
+    MetaRouterConfig, NewGroupStart, Producer, ProducerConfig, PullClient, PullConsumer,
+};
 use qmq_protocol::TagType;
+
+/// The application code the shell client registers with the meta server.
+const APP_CODE: &str = "qmq-cli";
 
 /// How several `--tag` filters combine.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -20,9 +33,13 @@ pub enum TagMode {
 /// `send` arguments.
 #[derive(Args, Debug)]
 pub struct SendArgs {
-    /// Broker address.
+    /// Broker address (talk to this broker directly).
     #[arg(long, default_value = "127.0.0.1:20881")]
     broker: String,
+    /// Meta server HTTP address (`host:port`): find the subject's brokers through it, as
+    /// applications do, retrying failed sends on a fresh route. Excludes `--broker`.
+    #[arg(long, conflicts_with = "broker")]
+    meta: Option<String>,
     /// Subject.
     #[arg(long, short)]
     subject: String,
@@ -39,9 +56,13 @@ pub struct SendArgs {
 /// `consume` arguments.
 #[derive(Args, Debug)]
 pub struct ConsumeArgs {
-    /// Broker address.
+    /// Broker address (pull from this broker directly).
     #[arg(long, default_value = "127.0.0.1:20881")]
     broker: String,
+    /// Meta server HTTP address (`host:port`): pull from the subject's brokers (and the
+    /// group's retry subject) found through it, following route changes. Excludes `--broker`.
+    #[arg(long, conflicts_with = "broker")]
+    meta: Option<String>,
     /// Subject.
     #[arg(long, short)]
     subject: String,
@@ -86,7 +107,6 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let conn = Connection::connect(&args.broker).await?;
     let messages: Vec<_> = (0..args.count)
         .map(|i| {
             let mut m = new_message(&args.subject);
@@ -101,6 +121,19 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
             m
         })
         .collect();
+    let failed = match &args.meta {
+        Some(meta) => send_routed(meta, messages).await,
+        None => send_direct(&args.broker, &messages).await?,
+    };
+    if failed > 0 {
+        bail!("{failed} of {} messages were not sent", args.count);
+    }
+    Ok(())
+}
+
+/// Sends to one broker, 30 messages a request, once each; returns how many failed.
+async fn send_direct(broker: &str, messages: &[Message]) -> anyhow::Result<usize> {
+    let conn = Connection::connect(broker).await?;
     let mut failed = 0;
     for chunk in messages.chunks(30) {
         let results = send_batch(&conn, chunk, Duration::from_secs(10)).await?;
@@ -114,29 +147,78 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if failed > 0 {
-        bail!("{failed} of {} messages were not sent", args.count);
+    Ok(failed)
+}
+
+/// Messages in flight at once through the producer (bounds memory for large counts).
+const IN_FLIGHT: usize = 1000;
+
+/// Sends through a [`Producer`] routed by the meta server at `meta` (QMQ's retries on a fresh
+/// route, keeping each message's id); prints each id once stored. Returns how many failed.
+async fn send_routed(meta: &str, messages: Vec<Message>) -> usize {
+    let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(meta, APP_CODE)));
+    let producer = Arc::new(Producer::new(router, ProducerConfig::default()));
+    let mut running = tokio::task::JoinSet::new();
+    let mut failed = 0;
+    let mut report = |r: Result<Result<qmq_client::SendReceipt, qmq_client::SendError>, _>| match r
+    {
+        Ok(Ok(receipt)) => println!("sent {}", receipt.message_id),
+        Ok(Err(e)) => {
+            failed += 1;
+            eprintln!("{e}");
+        }
+        Err(e) => {
+            failed += 1;
+            eprintln!("send task failed: {e}");
+        }
+    };
+    for m in messages {
+        if running.len() >= IN_FLIGHT {
+            if let Some(r) = running.join_next().await {
+                report(r);
+            }
+        }
+        let p = producer.clone();
+        running.spawn(async move { p.send(m).await });
     }
-    Ok(())
+    while let Some(r) = running.join_next().await {
+        report(r);
+    }
+    producer.close().await;
+    failed
 }
 
 /// Pulls until `count` messages were printed (each batch acked once printed) or the wait ends.
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let conn = Connection::connect(&args.broker).await?;
     let consumer_id = args
         .consumer
+        .clone()
         .unwrap_or_else(|| format!("qmq-cli-{}", std::process::id()));
     let start = match args.from {
-        crate::servers::StartFrom::Earliest => qmq_client::NewGroupStart::Earliest,
-        crate::servers::StartFrom::Latest => qmq_client::NewGroupStart::Latest,
+        crate::servers::StartFrom::Earliest => NewGroupStart::Earliest,
+        crate::servers::StartFrom::Latest => NewGroupStart::Latest,
     };
+    let mode = match args.tag_mode {
+        TagMode::And => TagType::And,
+        TagMode::Or => TagType::Or,
+    };
+    match args.meta.clone() {
+        Some(meta) => consume_routed(&meta, args, consumer_id, start, mode).await,
+        None => consume_direct(args, consumer_id, start, mode).await,
+    }
+}
+
+/// Pulls from one broker.
+async fn consume_direct(
+    args: ConsumeArgs,
+    consumer_id: String,
+    start: NewGroupStart,
+    mode: TagType,
+) -> anyhow::Result<()> {
+    let conn = Connection::connect(&args.broker).await?;
     let mut consumer =
         PullConsumer::new(conn, &args.subject, &args.group, &consumer_id).new_group_start(start);
     if !args.tags.is_empty() {
-        let mode = match args.tag_mode {
-            TagMode::And => TagType::And,
-            TagMode::Or => TagType::Or,
-        };
         consumer = consumer.with_tags(mode, &args.tags);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
@@ -162,5 +244,73 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
             printed += messages.len();
         }
     }
+    Ok(())
+}
+
+/// Longest single pull when routed: the client takes the subject and the retry subject in
+/// turn, so one long poll must not hold the other back.
+const ROUTED_PULL_WAIT: Duration = Duration::from_secs(1);
+
+/// Pause after a failed pull (a broker failing over) before trying again.
+const ROUTED_PULL_PAUSE: Duration = Duration::from_millis(100);
+
+/// Pulls through a [`PullClient`] routed by the meta server at `meta`; a failed pull or ack
+/// (a broker failing over) is reported and pulling goes on until the wait ends.
+async fn consume_routed(
+    meta: &str,
+    args: ConsumeArgs,
+    consumer_id: String,
+    start: NewGroupStart,
+    mode: TagType,
+) -> anyhow::Result<()> {
+    let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(meta, APP_CODE)));
+    let consumer = Consumer::new(
+        router,
+        ConsumerConfig {
+            consumer_id,
+            ..ConsumerConfig::default()
+        },
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
+    let mut pull: PullClient = consumer
+        .pull_client(&args.subject, &args.group)
+        .await?
+        .new_group_start(start);
+    if !args.tags.is_empty() {
+        pull = pull.with_tags(mode, &args.tags);
+    }
+    let mut printed = 0;
+    while printed < args.count {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            bail!(
+                "only {printed} of {} messages arrived in {}s",
+                args.count,
+                args.wait_secs
+            );
+        }
+        let want = (args.count - printed).min(1000) as i32;
+        let batch = match pull.pull(want, left.min(ROUTED_PULL_WAIT)).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => continue,
+            Err(e) => {
+                eprintln!("pull failed (trying again): {e}");
+                tokio::time::sleep(ROUTED_PULL_PAUSE.min(left)).await;
+                continue;
+            }
+        };
+        for m in &batch.messages {
+            println!(
+                "{}\t{}",
+                m.message_id,
+                m.message().attr("body").unwrap_or("")
+            );
+        }
+        printed += batch.messages.len();
+        if let Err(e) = pull.ack(&batch).await {
+            eprintln!("ack failed (the messages may come again): {e}");
+        }
+    }
+    consumer.shutdown().await;
     Ok(())
 }

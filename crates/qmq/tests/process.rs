@@ -1,5 +1,6 @@
 //! The `qmq` executable as a user runs it: start, send, kill -9 or SIGTERM, restart, consume.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -645,4 +646,90 @@ async fn a_broker_registers_with_the_cluster_secret_flag() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
+}
+
+/// Runs `qmq` with `args`; returns its output.
+fn qmq(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_qmq"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn send_and_consume_find_the_broker_through_the_meta_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (mut server, line) = start_with_line(dir.path(), port);
+    let http = field(&line, "http");
+
+    let sent = qmq(&["send", "--meta", &http, "-s", "cli.meta", "-c", "5", "hi"]);
+    let stdout = String::from_utf8_lossy(&sent.stdout);
+    assert!(
+        sent.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let ids: HashSet<String> = stdout
+        .lines()
+        .map(|l| l.strip_prefix("sent ").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 5, "{stdout}");
+
+    let got = qmq(&[
+        "consume",
+        "--meta",
+        &http,
+        "-s",
+        "cli.meta",
+        "-g",
+        "g",
+        "-c",
+        "5",
+        "--wait-secs",
+        "20",
+    ]);
+    let stdout = String::from_utf8_lossy(&got.stdout);
+    assert!(
+        got.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let mut bodies = Vec::new();
+    let consumed: HashSet<String> = stdout
+        .lines()
+        .map(|l| {
+            let (id, body) = l.split_once('\t').unwrap();
+            bodies.push(body.to_owned());
+            id.to_owned()
+        })
+        .collect();
+    assert_eq!(consumed, ids);
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        (0..5).map(|i| format!("hi #{i}")).collect::<Vec<_>>()
+    );
+    // The group acked them: nothing is left for it on the broker.
+    let conn = Connection::connect(&addr).await.unwrap();
+    let mut c = PullConsumer::new(conn, "cli.meta", "g", "checker");
+    let (_, left) = c.pull(10, Duration::from_millis(300)).await.unwrap();
+    assert!(left.is_empty(), "{} messages left unacked", left.len());
+
+    // --meta and --broker exclude each other.
+    for cmd in [
+        vec!["send", "--meta", &http, "--broker", &addr, "-s", "x", "b"],
+        vec![
+            "consume", "--meta", &http, "--broker", &addr, "-s", "x", "-g", "g",
+        ],
+    ] {
+        let both = qmq(&cmd);
+        assert!(!both.status.success(), "{cmd:?}");
+        let stderr = String::from_utf8_lossy(&both.stderr);
+        assert!(stderr.contains("cannot be used with"), "{stderr}");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

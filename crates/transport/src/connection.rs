@@ -3,6 +3,8 @@
 //! A writer task owns the socket's write half and a reader task its read half; callers get a
 //! future per request. When the connection breaks, every pending request fails with
 //! [`ConnectionError::Closed`] and later requests fail at once, so a caller can reconnect.
+//! [`Connection::close`] ends both tasks and the socket at once, for a caller that stops
+//! trusting a peer (a broker that answers BROKER_REJECT is no longer the master).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -17,6 +19,7 @@ use qmq_protocol::{Frame, FrameCodec, FrameError, Header};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
 
 /// Why a request on a connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,7 @@ pub struct Connection {
     pending: Pending,
     next_opaque: Arc<AtomicI32>,
     version: i16,
+    stop: CancellationToken,
 }
 
 impl Connection {
@@ -76,10 +80,19 @@ impl Connection {
         let (mut sink, mut stream) = Framed::new(stream, FrameCodec::new(max_frame)).split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (outbound, mut rx) = mpsc::channel::<Frame>(1024);
+        let stop = CancellationToken::new();
 
         let writer_pending = pending.clone();
+        let writer_stop = stop.clone();
         tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
+            loop {
+                let frame = tokio::select! {
+                    _ = writer_stop.cancelled() => break,
+                    frame = rx.recv() => match frame {
+                        Some(frame) => frame,
+                        None => break,
+                    },
+                };
                 if let Err(e) = sink.send(frame).await {
                     tracing::debug!(error = %e, "connection write failed");
                     break;
@@ -88,10 +101,15 @@ impl Connection {
             fail_all(&writer_pending);
         });
         let reader_pending = pending.clone();
+        let reader_stop = stop.clone();
         let peer = addr.to_owned();
         tokio::spawn(async move {
             loop {
-                match stream.next().await {
+                let next = tokio::select! {
+                    _ = reader_stop.cancelled() => break,
+                    next = stream.next() => next,
+                };
+                match next {
                     Some(Ok(frame)) if frame.header.is_response() => {
                         let waiter = reader_pending
                             .lock()
@@ -117,6 +135,7 @@ impl Connection {
             pending,
             next_opaque: Arc::new(AtomicI32::new(0)),
             version,
+            stop,
         })
     }
 
@@ -127,7 +146,16 @@ impl Connection {
 
     /// Whether the connection is still usable.
     pub fn is_open(&self) -> bool {
-        self.pending.lock().is_some() && !self.outbound.is_closed()
+        self.pending.lock().is_some() && !self.outbound.is_closed() && !self.stop.is_cancelled()
+    }
+
+    /// Closes the connection for every clone: pending requests fail with
+    /// [`ConnectionError::Closed`], later ones fail at once, and the socket is shut. Dropping
+    /// the last clone does not close the socket while the peer keeps it open (the reader task
+    /// owns it), so a caller that abandons a peer closes it explicitly.
+    pub fn close(&self) {
+        self.stop.cancel();
+        fail_all(&self.pending);
     }
 
     /// Sends a request with command `code` and `body`; resolves with the response frame.

@@ -7,10 +7,18 @@
 //!    cached route with `Heartbeat` each refresh period, so routes follow the meta server (new
 //!    brokers, groups turned read-only). A broken TCP connection is replaced, rediscovering the
 //!    address over HTTP.
+//! 3. [`Router::invalidate`] (a broker refused the client: BROKER_REJECT, read-only, connection
+//!    refused) marks the subject's routes stale; the next [`Router::route`] re-registers at once
+//!    instead of waiting for the refresh period, at most once per
+//!    [`MetaRouterConfig::min_reroute`] per route, so a failing broker cannot make every request
+//!    of a busy client hit the meta server. That is how clients follow a failover: the meta
+//!    server answers the group with its new master's address.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -37,10 +45,13 @@ pub struct MetaRouterConfig {
     pub refresh: Duration,
     /// Deadline of one HTTP or TCP request.
     pub timeout: Duration,
+    /// Least time between two re-registrations of one route forced by
+    /// [`Router::invalidate`] (the periodic refresh is not limited by it).
+    pub min_reroute: Duration,
 }
 
 impl MetaRouterConfig {
-    /// Defaults (refresh every 30 s, 5 s timeouts) for the meta server at `meta_http`.
+    /// Defaults (refresh every 30 s, 5 s timeouts, forced re-reads at most every 200 ms) for the meta server at `meta_http`.
     pub fn new(meta_http: &str, app_code: &str) -> Self {
         Self {
             meta_http: meta_http.to_owned(),
@@ -48,16 +59,36 @@ impl MetaRouterConfig {
             client_id: crate::identity::client_id(),
             refresh: Duration::from_secs(30),
             timeout: Duration::from_secs(5),
+            min_reroute: Duration::from_millis(200),
         }
     }
 }
 
 type Key = (String, ClientType, String);
 
+/// One cached route.
+struct Entry {
+    groups: Vec<BrokerGroup>,
+    /// A client asked for a fresh answer ([`Router::invalidate`]).
+    stale: bool,
+    /// When a forced re-registration last started (throttles the next one).
+    last_forced: Option<Instant>,
+}
+
+impl Entry {
+    fn fresh(groups: Vec<BrokerGroup>) -> Self {
+        Self {
+            groups,
+            stale: false,
+            last_forced: None,
+        }
+    }
+}
+
 struct Inner {
     config: MetaRouterConfig,
     conn: tokio::sync::Mutex<Option<Connection>>,
-    cache: Mutex<HashMap<Key, Vec<BrokerGroup>>>,
+    cache: Mutex<HashMap<Key, Entry>>,
 }
 
 /// A [`Router`] backed by a QMQ meta server.
@@ -102,17 +133,62 @@ impl Router for MetaRouter {
     ) -> BoxFuture<'a, Result<Vec<BrokerGroup>, RouteError>> {
         Box::pin(async move {
             let key = (subject.to_owned(), client_type, group.to_owned());
-            if let Some(groups) = self.inner.cache.lock().get(&key) {
-                return Ok(groups.clone());
+            let cached = {
+                let mut cache = self.inner.cache.lock();
+                cache.get_mut(&key).map(|e| {
+                    let due = e.stale
+                        && e.last_forced
+                            .is_none_or(|t| t.elapsed() >= self.inner.config.min_reroute);
+                    if due {
+                        // Claimed: concurrent callers keep the cached answer meanwhile.
+                        e.last_forced = Some(Instant::now());
+                    }
+                    (e.groups.clone(), due)
+                })
+            };
+            match cached {
+                Some((groups, false)) => Ok(groups),
+                Some((old, true)) => {
+                    match self
+                        .inner
+                        .register(&key, ClientRequestType::Heartbeat)
+                        .await
+                    {
+                        Ok(groups) => {
+                            tracing::debug!(subject, ?client_type, group, ?groups, "route re-read");
+                            if let Some(e) = self.inner.cache.lock().get_mut(&key) {
+                                e.groups = groups.clone();
+                                e.stale = false;
+                            }
+                            Ok(groups)
+                        }
+                        Err(e) => {
+                            // Stays stale: the next call after `min_reroute` tries again.
+                            tracing::warn!(subject, error = %e, "route re-read failed; using the cached one");
+                            Ok(old)
+                        }
+                    }
+                }
+                None => {
+                    let groups = self.inner.register(&key, ClientRequestType::Online).await?;
+                    self.inner
+                        .cache
+                        .lock()
+                        .insert(key, Entry::fresh(groups.clone()));
+                    Ok(groups)
+                }
             }
-            let groups = self.inner.register(&key, ClientRequestType::Online).await?;
-            self.inner.cache.lock().insert(key, groups.clone());
-            Ok(groups)
         })
     }
 
+    /// Marks `subject`'s routes stale: the next [`Router::route`] re-registers (throttled by
+    /// [`MetaRouterConfig::min_reroute`]).
     fn invalidate(&self, subject: &str) {
-        self.inner.cache.lock().retain(|k, _| k.0 != subject);
+        for (k, e) in self.inner.cache.lock().iter_mut() {
+            if k.0 == subject {
+                e.stale = true;
+            }
+        }
     }
 }
 
@@ -126,7 +202,10 @@ async fn refresh_loop(inner: Weak<Inner>, period: Duration) {
         for key in keys {
             match inner.register(&key, ClientRequestType::Heartbeat).await {
                 Ok(groups) => {
-                    inner.cache.lock().insert(key, groups);
+                    if let Some(e) = inner.cache.lock().get_mut(&key) {
+                        e.groups = groups;
+                        e.stale = false;
+                    }
                 }
                 Err(e) => tracing::warn!(subject = %key.0, error = %e, "route refresh failed"),
             }

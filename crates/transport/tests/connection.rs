@@ -92,3 +92,41 @@ async fn static_router_answers_every_subject_with_its_addresses() {
     let masters: Vec<&str> = groups.iter().map(|g| g.master.as_str()).collect();
     assert_eq!(masters, ["127.0.0.1:1", "127.0.0.1:2"]);
 }
+
+#[tokio::test]
+async fn close_fails_pending_requests_and_shuts_the_socket() {
+    // A server that never answers and reports when the client hung up.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (hung_up, mut hung_up_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut framed = Framed::new(socket, FrameCodec::new(DEFAULT_MAX_FRAME));
+        while let Some(Ok(_)) = framed.next().await {}
+        let _ = hung_up.send(());
+    });
+    let conn = Connection::connect(&addr).await.unwrap();
+    let pending = {
+        let conn = conn.clone();
+        tokio::spawn(async move { conn.request(10, Bytes::from("x"), WAIT).await })
+    };
+    // Another clone stays alive: closing must not wait for every clone to be dropped.
+    let other = conn.clone();
+    tokio::task::yield_now().await;
+    conn.close();
+    assert!(!other.is_open());
+    let pending = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
+    assert!(
+        matches!(pending, Err(ConnectionError::Closed(_))),
+        "{pending:?}"
+    );
+    let later = other.request(10, Bytes::from("y"), WAIT).await;
+    assert!(
+        matches!(later, Err(ConnectionError::Closed(_))),
+        "{later:?}"
+    );
+    tokio::time::timeout(WAIT, &mut hung_up_rx)
+        .await
+        .expect("the server sees the socket closed")
+        .unwrap();
+}

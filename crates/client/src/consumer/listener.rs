@@ -11,7 +11,10 @@
 //! retried at that pace, the same for Rust and Java consumers. A batch whose failures
 //! could not be sent back is not acked, so the broker hands it out again. Routes are looked up
 //! again every `route_refresh`: pulling starts on brokers that joined the route and stops
-//! (after the batch in hand) on brokers that left it.
+//! (after the batch in hand) on brokers that left it. A broker that answers BROKER_REJECT (a
+//! slave, or a master deposed by a failover) or refuses or drops the connection makes the
+//! subscription re-read its route at once (the router throttles the re-reads), so pulling
+//! resumes on the group's new master without waiting for `route_refresh`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use qmq_protocol::{ClientType, Message, TagType};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -160,6 +163,8 @@ struct Ctx {
     handler: Arc<dyn MessageHandler>,
     slots: Arc<Semaphore>,
     cancel: CancellationToken,
+    /// Woken by a pull loop whose broker refused it or went away: re-read the route now.
+    reroute: Notify,
 }
 
 impl Consumer {
@@ -224,6 +229,7 @@ impl Consumer {
             options,
             handler,
             cancel: cancel.clone(),
+            reroute: Notify::new(),
         });
         let mut pulled = vec![subject.to_owned()];
         if !ctx.options.broadcast {
@@ -301,6 +307,7 @@ async fn supervise(ctx: Arc<Ctx>, initial: HashSet<String>, pulled: Vec<String>)
         tokio::select! {
             _ = ctx.cancel.cancelled() => break,
             _ = tokio::time::sleep(ctx.config.route_refresh) => {}
+            _ = ctx.reroute.notified() => {}
         }
         match readable_brokers(&ctx.brokers, &ctx.subject, &ctx.group).await {
             Ok(now) if !now.is_empty() => wanted = now,
@@ -341,6 +348,7 @@ async fn pull_loop(ctx: Arc<Ctx>, addr: String, pulled_subject: String, cancel: 
                 }
                 Err(e) => {
                     tracing::warn!(broker = %addr, error = %e, "cannot connect for pulling");
+                    request_reroute(&ctx, &addr);
                     pause(&ctx, &cancel).await;
                     continue;
                 }
@@ -355,10 +363,19 @@ async fn pull_loop(ctx: Arc<Ctx>, addr: String, pulled_subject: String, cancel: 
             Err(e) => {
                 tracing::warn!(broker = %addr, subject = %pulled_subject, error = %e, "pull failed");
                 consumer = None;
+                if e.calls_for_reroute() {
+                    request_reroute(&ctx, &addr);
+                }
                 pause(&ctx, &cancel).await;
             }
         }
     }
+}
+
+/// Drops the connection to `addr`, marks the route stale and wakes the supervisor to re-read it.
+fn request_reroute(ctx: &Ctx, addr: &str) {
+    ctx.brokers.reroute(&ctx.subject, addr);
+    ctx.reroute.notify_one();
 }
 
 async fn pause(ctx: &Ctx, cancel: &CancellationToken) {
@@ -532,6 +549,13 @@ async fn ack(ctx: &Ctx, c: &PullConsumer, first: i64, last: i64) {
     for _ in 0..ctx.config.send_back_tries.max(1) {
         match c.ack(first, last).await {
             Ok(()) => return,
+            Err(e) if e.calls_for_reroute() => {
+                // Not the master any more (or gone): the new master hands the unacked batch
+                // out again.
+                tracing::warn!(first, last, error = %e, "ack refused; re-reading routes");
+                request_reroute(ctx, c.connection().addr());
+                return;
+            }
             Err(e) => tracing::warn!(first, last, error = %e, "ack failed"),
         }
         tokio::time::sleep(ctx.config.backoff).await;

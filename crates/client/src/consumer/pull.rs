@@ -26,6 +26,21 @@ pub enum PullError {
     Broker(i16),
 }
 
+impl PullError {
+    /// Whether the broker should no longer be pulled from at this address: it answered
+    /// BROKER_REJECT (a slave or a deposed master) or its connection was refused, reset or
+    /// closed. The client then re-reads the subject's routes.
+    pub(crate) fn calls_for_reroute(&self) -> bool {
+        matches!(
+            self,
+            PullError::Broker(response::BROKER_REJECT)
+                | PullError::Connection(
+                    ConnectionError::Connect { .. } | ConnectionError::Closed(_)
+                )
+        )
+    }
+}
+
 /// Where a consumer group the broker has never seen starts (sent in the pull request's
 /// `offset` field, which QMQ brokers ignore; see [`qmq_protocol::pull::START_EARLIEST`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -139,6 +154,11 @@ impl PullConsumer {
             }
             code => Err(PullError::Broker(code)),
         }
+    }
+
+    /// The connection this consumer pulls on.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// Acknowledges pull-log offsets `first..=last`.

@@ -67,6 +67,17 @@ pub enum SendError {
     },
 }
 
+impl SendError {
+    /// Whether the broker was unreachable: the connection was refused, reset or closed (not a
+    /// timeout: a slow broker is still the master).
+    pub(crate) fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            SendError::Connection(ConnectionError::Connect { .. } | ConnectionError::Closed(_))
+        )
+    }
+}
+
 /// A new message for `subject` with a fresh QMQ-style id and its `qmq_createTime` set (as the
 /// Java client sets it; consumers read the creation time from it).
 ///

@@ -176,3 +176,57 @@ pub async fn fake_meta(brokers: Vec<String>) -> FakeMeta {
         requests,
     }
 }
+
+/// A broker that is no longer a master (a slave, or a deposed master): it answers every
+/// request with header code BROKER_REJECT (52). Counts the requests and the connections
+/// the client closed.
+pub struct RejectingBroker {
+    pub addr: String,
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
+    pub closed_by_client: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+pub async fn rejecting_broker() -> RejectingBroker {
+    use std::sync::atomic::AtomicUsize;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (r, c) = (requests.clone(), closed.clone());
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (r, c) = (r.clone(), c.clone());
+            tokio::spawn(async move {
+                let mut framed = Framed::new(s, FrameCodec::new(1 << 24));
+                while let Some(Ok(frame)) = framed.next().await {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let out = Frame::new(
+                        frame.header.response(response::BROKER_REJECT),
+                        bytes::Bytes::new(),
+                    );
+                    if framed.send(out).await.is_err() {
+                        return;
+                    }
+                }
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    RejectingBroker {
+        addr,
+        requests,
+        closed_by_client: closed,
+    }
+}
+
+/// Polls `check` every 10 ms until it holds; panics after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
