@@ -105,6 +105,9 @@ impl Brokers {
             .map(|i| writable[(start + i) % writable.len()])
             .find(|g| self.breaker(&g.master).try_acquire());
         let Some(group) = chosen else {
+            // The route may be stale (a failover moved the group to another address, whose
+            // breaker is closed): re-read it (throttled by the router).
+            self.router.invalidate(subject);
             return Err(SendError::BrokersUnavailable(subject.to_owned()));
         };
         let addr = group.master.clone();

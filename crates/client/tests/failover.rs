@@ -98,6 +98,36 @@ async fn a_refused_connection_makes_the_producer_reread_routes() {
     producer.close().await;
 }
 
+/// A route whose only broker has its circuit breaker open (it failed before the failover) is
+/// read again: the group's new master, at another address, has a closed breaker.
+#[tokio::test]
+async fn an_open_breaker_makes_the_producer_reread_a_stale_route() {
+    let (b, _dir) = broker().await;
+    let dead = dead_addr().await;
+    let meta = fake_meta(vec![dead.clone()]).await;
+    let router = router(&meta);
+    let producer = Producer::new(
+        router.clone(),
+        ProducerConfig {
+            retry_backoff: Duration::from_millis(10),
+            ..ProducerConfig::default()
+        },
+    );
+    // The dead address's breaker opens (and stays open longer than this test).
+    let failed = producer.send(new_message("f.breaker")).await;
+    assert!(failed.is_err(), "nothing serves {dead}");
+    // The meta server now answers the new master; only a re-read finds it.
+    *meta.brokers.lock() = vec![addr(&b)];
+    let before = registrations(&meta, "f.breaker");
+    let r = tokio::time::timeout(MOVE, producer.send(new_message("f.breaker")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.broker, addr(&b));
+    assert!(registrations(&meta, "f.breaker") > before);
+    producer.close().await;
+}
+
 #[tokio::test]
 async fn forced_route_rereads_are_throttled() {
     let meta = fake_meta(vec!["10.0.0.1:1".into()]).await;

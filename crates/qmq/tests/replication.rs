@@ -566,3 +566,131 @@ async fn a_frozen_master_never_acknowledges_after_its_replacement_is_promoted() 
     let _ = &c.meta;
     let _ = &c.meta_http;
 }
+
+/// The Rust client through the meta server, across a real failover: a producer and a listener
+/// know only the meta server; the master is killed (SIGKILL) and restarted (it rejoins as the
+/// slave); without a restart of the clients the producer moves to the promoted slave and the
+/// listener consumes every message the producer reported acknowledged, before and after the
+/// failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_producer_and_listener_follow_a_real_failover() {
+    use qmq_client::{
+        Consumer, ConsumerConfig, MetaRouter, MetaRouterConfig, NewGroupStart, Producer,
+        ProducerConfig, ReceivedMessage, SubscribeOptions,
+    };
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const SUBJECT: &str = "follow.failover";
+    let c = Cluster::new("sync");
+    let mut master = c.start(0);
+    master.wait_line("master epoch=1", 0, Duration::from_secs(30));
+    let slave = c.start(1);
+    slave.wait_line("slave epoch=1", 0, Duration::from_secs(30));
+
+    let router = || Arc::new(MetaRouter::new(MetaRouterConfig::new(&c.meta_http, "test")));
+    let producer = Arc::new(Producer::new(
+        router(),
+        ProducerConfig {
+            retry_backoff: Duration::from_millis(100),
+            ..ProducerConfig::default()
+        },
+    ));
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (producer, acked, stop) = (producer.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(r) = producer.send(new_message(SUBJECT)).await {
+                    acked.lock().unwrap().push((r.message_id, r.broker));
+                }
+            }
+        })
+    };
+    let consumed: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let consumer = Consumer::new(
+        router(),
+        ConsumerConfig {
+            pull_wait: Duration::from_millis(200),
+            backoff: Duration::from_millis(20),
+            ..ConsumerConfig::default()
+        },
+    );
+    let seen = consumed.clone();
+    consumer
+        .subscribe(
+            SUBJECT,
+            "follower",
+            move |m: ReceivedMessage| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().insert(m.message_id.clone());
+                    Ok(())
+                }
+            },
+            SubscribeOptions {
+                new_group_start: NewGroupStart::Earliest,
+                ..SubscribeOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let on = |addr: &str| {
+        acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, b)| b == addr)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while on(&c.members[0].addr()) < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "no sends through the first master"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    master.kill9();
+    slave.wait_line("master epoch=2", 0, Duration::from_secs(30));
+    // Synchronous replication needs a slave: the killed member comes back as one (as a
+    // supervisor restarts it); until then sends fail after the replication timeout and are
+    // retried by the producer.
+    let back = c.start(0);
+    back.wait_line("slave epoch=2", 0, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while on(&c.members[1].addr()) < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "the producer did not move to the new master"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(30), sender)
+        .await
+        .unwrap()
+        .unwrap();
+    producer.close().await;
+    let acked: HashSet<String> = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing = acked.difference(&consumed.lock().unwrap()).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged messages never consumed",
+            acked.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumer.shutdown().await;
+}
