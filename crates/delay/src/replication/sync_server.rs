@@ -1,0 +1,1 @@
+//! The master's sync port (see the module docs of [`super`]).
