@@ -352,6 +352,7 @@ async fn run_slave(
         .await
         .map_err(blocking_error)??;
     let replica = Arc::new(Mutex::new(replica));
+    ctx.sync.set_replica(Some(replica.clone()));
     let copying = ctx.stop.child_token();
     let follower = tokio::spawn(follower::follow(
         master.clone(),
@@ -406,6 +407,7 @@ async fn run_slave(
     // Stop copying first, so the message-log end reported next is final.
     copying.cancel();
     let _ = follower.await;
+    ctx.sync.set_replica(None);
     drop(replica);
     if let Some(new_epoch) = promoted {
         write_epoch(&ctx.config.server.delay.data_dir, new_epoch)?;

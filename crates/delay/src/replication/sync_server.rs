@@ -15,7 +15,7 @@
 //!   slave's lag.
 //!
 //! While this server has no engine (it is a slave, or between roles) every request is answered
-//! `BROKER_REJECT`.
+//! `BROKER_REJECT`, except a slave's heartbeat, answered with its replica's message-log end.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -59,6 +59,8 @@ impl Default for SyncSettings {
 
 struct State {
     engine: RwLock<Option<Arc<DelayEngine>>>,
+    /// The slave's replica (heartbeats then answer its message-log end, for operators).
+    replica: RwLock<Option<Arc<parking_lot::Mutex<super::Replica>>>>,
     gate: Arc<Gate>,
     /// Message-log bytes the slave is behind, as its last heartbeat showed (-1: none yet).
     lag: AtomicI64,
@@ -88,6 +90,7 @@ impl SyncServer {
             .map_err(|e| DelayError::io("bind sync port", addr.to_string(), e))?;
         let state = Arc::new(State {
             engine: RwLock::new(None),
+            replica: RwLock::new(None),
             gate,
             lag: AtomicI64::new(-1),
             settings,
@@ -133,6 +136,11 @@ impl SyncServer {
     /// Serves `engine`'s logs (None: refuse every request).
     pub fn set_engine(&self, engine: Option<Arc<DelayEngine>>) {
         *self.state.engine.write() = engine;
+    }
+
+    /// While a slave: answer heartbeats with this replica's message-log end (None: refuse).
+    pub fn set_replica(&self, replica: Option<Arc<parking_lot::Mutex<super::Replica>>>) {
+        *self.state.replica.write() = replica;
     }
 
     /// Message-log bytes the slave was behind at its last heartbeat (-1: none yet).
@@ -189,7 +197,20 @@ async fn answer(state: &State, frame: &Frame) -> (i16, Bytes) {
         return (response::UNKNOWN_CODE, Bytes::new());
     }
     let Some(engine) = state.engine.read().clone() else {
-        return (response::BROKER_REJECT, Bytes::new());
+        let replica = state.replica.read().clone();
+        let heartbeat = frame.body.first() == Some(&SyncType::Heartbeat.code());
+        return match replica {
+            Some(r) if heartbeat => {
+                let mut out = BytesMut::new();
+                SyncHeartbeat {
+                    message_end: r.lock().wal_end() as i64,
+                    action_end: 0,
+                }
+                .encode(&mut out);
+                (response::SUCCESS, out.freeze())
+            }
+            _ => (response::BROKER_REJECT, Bytes::new()),
+        };
     };
     if frame.body.first() == Some(&SyncType::Action.code()) {
         return dispatch_state(state, engine, &frame.body).await;
