@@ -287,7 +287,11 @@ impl Store {
     }
 
     /// The distinct schedule-log offsets recorded in a dispatch log; a torn tail is cut.
-    pub(crate) fn read_dispatch_log(&mut self, start: i64, path: &Path) -> Result<HashSet<u64>, DelayError> {
+    pub(crate) fn read_dispatch_log(
+        &mut self,
+        start: i64,
+        path: &Path,
+    ) -> Result<HashSet<u64>, DelayError> {
         let read =
             crate::fsutil::inject("delay::dispatch::read").and_then(|()| std::fs::read(path));
         let bytes = match read {

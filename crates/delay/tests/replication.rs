@@ -88,10 +88,7 @@ async fn a_replica_copied_chunk_by_chunk_holds_the_same_schedule() {
     );
     assert!(ours.len() >= 4, "several buckets: {}", ours.len());
     assert_eq!(ours, theirs, "same bucket files, byte for byte");
-    assert_eq!(
-        replica.buckets().values().map(|(r, _)| r).sum::<u64>(),
-        250
-    );
+    assert_eq!(replica.buckets().values().map(|(r, _)| r).sum::<u64>(), 250);
     engine.shutdown().await.unwrap();
     drop(replica);
 
@@ -127,7 +124,10 @@ async fn bad_chunks_are_never_appended() {
     assert_eq!(start, 0);
     // Not at the replica's end.
     let e = replica.append_wal(10, &bytes).unwrap_err();
-    assert!(matches!(e, ReplicaError::Diverged { start: 10, end: 0 }), "{e}");
+    assert!(
+        matches!(e, ReplicaError::Diverged { start: 10, end: 0 }),
+        "{e}"
+    );
     // A flipped byte.
     let mut bad = bytes.to_vec();
     let last = bad.len() - 1;
@@ -135,7 +135,9 @@ async fn bad_chunks_are_never_appended() {
     let e = replica.append_wal(0, &bad).unwrap_err();
     assert!(matches!(e, ReplicaError::BadChunk { .. }), "{e}");
     // A torn chunk.
-    let e = replica.append_wal(0, &bytes[..bytes.len() - 3]).unwrap_err();
+    let e = replica
+        .append_wal(0, &bytes[..bytes.len() - 3])
+        .unwrap_err();
     assert!(matches!(e, ReplicaError::BadChunk { .. }), "{e}");
     assert_eq!(replica.wal_end(), 0, "nothing appended");
     // Then the good chunk; and the same chunk again is refused.
@@ -145,7 +147,13 @@ async fn bad_chunks_are_never_appended() {
         replica.append_wal(0, &bytes).unwrap_err(),
         ReplicaError::Diverged { .. }
     ));
-    assert_eq!(replica.stats.refused.load(std::sync::atomic::Ordering::Relaxed), 4);
+    assert_eq!(
+        replica
+            .stats
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
     // Asking beyond the master's end.
     assert_eq!(
         engine.read_wal_chunk(engine.wal_end() + 1, 100).unwrap(),
@@ -195,10 +203,19 @@ async fn a_rejoining_server_cuts_its_unreplicated_tail_to_side_files() {
     let side_bytes: u64 = report
         .side_files
         .iter()
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("message-log"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("message-log")
+        })
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
-    assert_eq!(side_bytes, diverged_end - shared, "the cut bytes are kept aside");
+    assert_eq!(
+        side_bytes,
+        diverged_end - shared,
+        "the cut bytes are kept aside"
+    );
     assert_eq!(
         cut_unreplicated(&config(slave_dir.path()), shared).unwrap(),
         Default::default(),
@@ -267,7 +284,11 @@ async fn dispatch_state_is_copied_so_a_promoted_replica_does_not_redeliver() {
     // everything dispatched.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while promoted.stats().dispatched < 100 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", promoted.stats());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            promoted.stats()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let ids = rec2.ids();

@@ -71,9 +71,11 @@ pub fn cut_unreplicated(cfg: &DelayConfig, to: u64) -> Result<CutReport, DelayEr
                 continue;
             }
             let tail = &bytes[keep..];
-            report
-                .side_files
-                .push(save(&side, format!("message-log-{}.cut", base + keep as u64), tail)?);
+            report.side_files.push(save(
+                &side,
+                format!("message-log-{}.cut", base + keep as u64),
+                tail,
+            )?);
             report.wal_bytes += tail.len() as u64;
             if keep == 0 && base > 0 {
                 std::fs::remove_file(&path).map_err(io("delete", &path))?;
@@ -100,19 +102,17 @@ pub fn cut_unreplicated(cfg: &DelayConfig, to: u64) -> Result<CutReport, DelayEr
             let mut frames = FrameReader::new(BufReader::new(file), 0, max_payload);
             let mut records_after = 0u64;
             let mut cut_at: Option<u64> = None;
-            loop {
-                match frames.next_record().map_err(io("read schedule log", &path))? {
-                    Ok(Some((at, payload))) => {
-                        let wal = payload
-                            .get(..8)
-                            .and_then(|b| b.try_into().ok())
-                            .map(u64::from_be_bytes);
-                        if wal.is_none_or(|w| w >= to) {
-                            cut_at.get_or_insert(at);
-                            records_after += 1;
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
+            while let Ok(Some((at, payload))) = frames
+                .next_record()
+                .map_err(io("read schedule log", &path))?
+            {
+                let wal = payload
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
+                if wal.is_none_or(|w| w >= to) {
+                    cut_at.get_or_insert(at);
+                    records_after += 1;
                 }
             }
             let Some(at) = cut_at else { continue };

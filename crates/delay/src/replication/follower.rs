@@ -90,8 +90,7 @@ async fn connection<'a>(
         .map_err(|e| net("connect to the master's sync port", e))?;
         *conn = Some(c);
     }
-    conn.as_ref()
-        .ok_or_else(|| net("connect", "no connection"))
+    conn.as_ref().ok_or_else(|| net("connect", "no connection"))
 }
 
 async fn wal_loop(

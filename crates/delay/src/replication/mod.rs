@@ -123,7 +123,10 @@ impl DispatchSyncRequest {
         for _ in 0..n {
             let b = body.get_i64();
             let c = body.get_i64();
-            cursors.insert(b, u64::try_from(c).map_err(|_| DispatchDecodeError("negative"))?);
+            cursors.insert(
+                b,
+                u64::try_from(c).map_err(|_| DispatchDecodeError("negative"))?,
+            );
         }
         Ok(Self { cursors })
     }

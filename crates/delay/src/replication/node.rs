@@ -36,9 +36,9 @@ use super::sync_server::{SyncServer, SyncSettings};
 use super::{follower, Gate, Replica, ReplicationMode};
 use crate::clock::Clock;
 use crate::dispatch::{Dispatcher, DueMessage, Outcome};
-use crate::error::DispatchError;
 use crate::engine::DelayEngine;
 use crate::error::DelayError;
+use crate::error::DispatchError;
 use crate::server::{Front, ServerConfig};
 
 /// How a replicated delay server runs.
@@ -207,11 +207,10 @@ async fn run_roles(ctx: &Ctx<'_>) -> Result<(), NodeError> {
             };
             if let Some((message_to, _)) = cut {
                 let cfg = ctx.config.server.delay.clone();
-                let report = tokio::task::spawn_blocking(move || {
-                    super::cut_unreplicated(&cfg, message_to)
-                })
-                .await
-                .map_err(blocking_error)??;
+                let report =
+                    tokio::task::spawn_blocking(move || super::cut_unreplicated(&cfg, message_to))
+                        .await
+                        .map_err(blocking_error)??;
                 ctx.gate
                     .stats
                     .truncated_bytes
