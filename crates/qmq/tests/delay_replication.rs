@@ -348,6 +348,23 @@ async fn killing_the_delay_master_loses_no_acknowledged_delayed_message() {
         duplicates < delivered_before,
         "the promoted slave knew what the old master delivered: {duplicates} duplicates of {delivered_before}"
     );
+
+    // The old master comes back as the new master's slave and catches up.
+    let old = c.start(0, "async", &[]);
+    old.wait_line("qmq delay slave epoch=2", Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = wal_end(&c.members[1].sync_addr()).await;
+        let b = wal_end(&c.members[0].sync_addr()).await;
+        if a.is_some() && a == b {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old master did not catch up: {a:?} {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
