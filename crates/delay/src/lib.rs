@@ -12,6 +12,9 @@
 //!   [`BrokerForwarder`], the dispatcher that forwards due messages to one broker, and
 //!   [`RoutedForwarder`], which sends each subject to the brokers the meta server routes it to.
 //!
+//! - [`replication`]: master/slave replication and failover of a delay group (the message log
+//!   exactly, dispatch state with a bounded lag), roles from the meta server.
+//!
 //! Memory: a message costs memory only while its bucket is in the wheel: one 24-byte wheel
 //! entry (plus `Vec` growth slack, ~32-48 MB per million loaded messages in total); messages of
 //! buckets not yet loaded cost nothing but their bucket's ~100 bytes of metadata.
@@ -52,6 +55,7 @@ pub mod error;
 pub mod forward;
 mod fsutil;
 mod record;
+pub mod replication;
 pub mod server;
 mod store;
 mod wal;
@@ -64,3 +68,4 @@ pub use engine::{CleanReport, DelayEngine, DelayStats, NewMessage, Scheduled};
 pub use error::{DelayError, DispatchError, ScheduleError};
 pub use forward::{BrokerForwarder, RoutedForwarder};
 pub use server::{serve, ServerConfig, ServerHandle};
+pub use wal::WalChunk;

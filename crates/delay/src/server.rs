@@ -24,6 +24,9 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use parking_lot::RwLock;
+use qmq_replication::{Gate, ReplicationMode};
+
 use crate::clock::Clock;
 use crate::config::DelayConfig;
 use crate::dispatch::Dispatcher;
@@ -68,6 +71,82 @@ impl ServerConfig {
             )));
         }
         Ok(())
+    }
+}
+
+/// What serves requests: the engine (none while a replicated server is a slave) and, for a
+/// replicated server, the write gate.
+struct Backend {
+    engine: RwLock<Option<Arc<DelayEngine>>>,
+    gate: Option<Arc<Gate>>,
+}
+
+/// The client port of a replicated delay server: bound once, served by whichever engine the
+/// node sets ([`Front::set_engine`]); SENDs get `BROKER_REJECT` while there is none or the
+/// gate does not serve (slave, or master without a lease).
+pub struct Front {
+    addr: SocketAddr,
+    backend: Arc<Backend>,
+    cancel: CancellationToken,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Front {
+    /// Binds `listen` and serves it (`max_frame`: largest frame accepted).
+    pub async fn bind(
+        listen: SocketAddr,
+        max_frame: usize,
+        clock: Arc<dyn Clock>,
+        gate: Arc<Gate>,
+    ) -> Result<Self, DelayError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| DelayError::io("listen on", listen.to_string(), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| DelayError::io("listen on", listen.to_string(), e))?;
+        let backend = Arc::new(Backend {
+            engine: RwLock::new(None),
+            gate: Some(gate),
+        });
+        let cancel = CancellationToken::new();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            backend.clone(),
+            clock,
+            cancel.clone(),
+            max_frame,
+        ));
+        Ok(Self {
+            addr,
+            backend,
+            cancel,
+            accept: Some(accept),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves SENDs with `engine` (None: refuse them).
+    pub fn set_engine(&self, engine: Option<Arc<DelayEngine>>) {
+        *self.backend.engine.write() = engine;
+    }
+
+    /// Stops listening and closes the connections.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.accept.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 
@@ -122,9 +201,13 @@ pub async fn serve(
         .map_err(|e| DelayError::io("listen on", config.listen.to_string(), e))?;
     let engine = Arc::new(DelayEngine::open(config.delay, clock.clone(), dispatcher).await?);
     let cancel = CancellationToken::new();
+    let backend = Arc::new(Backend {
+        engine: RwLock::new(Some(engine.clone())),
+        gate: None,
+    });
     let accept = tokio::spawn(accept_loop(
         listener,
-        engine.clone(),
+        backend,
         clock,
         cancel.clone(),
         config.max_frame,
@@ -140,7 +223,7 @@ pub async fn serve(
 
 async fn accept_loop(
     listener: TcpListener,
-    engine: Arc<DelayEngine>,
+    engine: Arc<Backend>,
     clock: Arc<dyn Clock>,
     cancel: CancellationToken,
     max_frame: usize,
@@ -170,7 +253,7 @@ async fn accept_loop(
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    engine: Arc<DelayEngine>,
+    engine: Arc<Backend>,
     clock: Arc<dyn Clock>,
     cancel: CancellationToken,
     max_frame: usize,
@@ -219,8 +302,20 @@ async fn connection(
     let _ = writer.await;
 }
 
-async fn handle(frame: &Frame, engine: &DelayEngine, clock: &dyn Clock) -> Frame {
+fn reject(frame: &Frame) -> Frame {
+    Frame::new(frame.header.response(response::BROKER_REJECT), Bytes::new())
+}
+
+async fn handle(frame: &Frame, backend: &Backend, clock: &dyn Clock) -> Frame {
     let h = frame.header;
+    let gate = backend.gate.as_deref();
+    let engine = backend.engine.read().clone();
+    let engine = match engine {
+        Some(e) if gate.is_none_or(|g| g.serving()) => e,
+        _ if h.code == command::SEND_MESSAGE => return reject(frame),
+        _ => return Frame::new(h.response(response::SUCCESS), Bytes::new()),
+    };
+    let engine = engine.as_ref();
     match h.code {
         command::SEND_MESSAGE => match decode_send_request(&frame.body) {
             Ok(sent) => {
@@ -249,13 +344,24 @@ async fn handle(frame: &Frame, engine: &DelayEngine, clock: &dyn Clock) -> Frame
                     });
                 }
                 let ids: Vec<String> = batch.iter().map(|m| m.message_id.clone()).collect();
-                for (id, r) in ids.into_iter().zip(engine.schedule(batch).await) {
-                    if let Err(e) = r {
-                        failures.push(SendFailure {
+                let results = engine.schedule(batch).await;
+                let replicated = match gate {
+                    Some(g) => replicated(g, &results).await,
+                    None => Ok(()),
+                };
+                for (id, r) in ids.into_iter().zip(results) {
+                    match (r, &replicated) {
+                        (Err(e), _) => failures.push(SendFailure {
                             message_id: id,
                             code: producer_code(&e),
                             remark: e.to_string(),
-                        });
+                        }),
+                        (Ok(_), Err(remark)) => failures.push(SendFailure {
+                            message_id: id,
+                            code: ProducerCode::StoreError,
+                            remark: (*remark).into(),
+                        }),
+                        (Ok(_), Ok(())) => {}
                     }
                 }
                 let mut body = BytesMut::new();
@@ -275,6 +381,29 @@ async fn handle(frame: &Frame, engine: &DelayEngine, clock: &dyn Clock) -> Frame
         command::HEARTBEAT => Frame::new(h.response(response::SUCCESS), Bytes::new()),
         _ => Frame::new(h.response(response::UNKNOWN_CODE), Bytes::new()),
     }
+}
+
+/// Whether the stored messages of `results` may be acknowledged: in sync mode once the slave
+/// wrote them (QMQ: every delay message waits), and only while this server still is the
+/// master holding a lease. Err: the remark for every stored message.
+async fn replicated(
+    gate: &Gate,
+    results: &[Result<crate::engine::Scheduled, ScheduleError>],
+) -> Result<(), &'static str> {
+    let last = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|s| s.wal_offset)
+        .max();
+    if let (Some(offset), ReplicationMode::Sync { .. }) = (last, gate.mode()) {
+        if !gate.replicated(offset).await {
+            return Err("not replicated: the slave did not confirm it in time (stored on the master only; a retry may duplicate it)");
+        }
+    }
+    if last.is_some() && !gate.serving() {
+        return Err("not acknowledged: this delay server lost its master lease");
+    }
+    Ok(())
 }
 
 fn producer_code(e: &ScheduleError) -> ProducerCode {

@@ -287,7 +287,11 @@ impl Store {
     }
 
     /// The distinct schedule-log offsets recorded in a dispatch log; a torn tail is cut.
-    fn read_dispatch_log(&mut self, start: i64, path: &Path) -> Result<HashSet<u64>, DelayError> {
+    pub(crate) fn read_dispatch_log(
+        &mut self,
+        start: i64,
+        path: &Path,
+    ) -> Result<HashSet<u64>, DelayError> {
         let read =
             crate::fsutil::inject("delay::dispatch::read").and_then(|()| std::fs::read(path));
         let bytes = match read {
@@ -712,6 +716,16 @@ impl Store {
     /// Drops tombstones of records the message log no longer holds.
     pub fn forget_cleaned_before(&mut self, wal_start: u64) {
         self.cleaned.retain(|_, last| *last >= wal_start);
+    }
+
+    /// The dispatch log of the bucket starting at `start`.
+    pub(crate) fn dispatch_path(&self, start: i64) -> PathBuf {
+        disp_path(&self.disp_dir, start)
+    }
+
+    /// The bucket width (ms).
+    pub(crate) fn scale_ms(&self) -> i64 {
+        self.scale_ms
     }
 
     /// The store root.

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use crate::error::DelayError;
 use crate::fsutil::{cut_tail, ensure_dir, numbered_files, sync_dir};
-use crate::record::{Damage, FrameReader};
+use crate::record::{Damage, FrameReader, FRAME_HEADER};
 
 const SUFFIX: &str = ".wal";
 
@@ -294,6 +294,153 @@ impl MessageLog {
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.segments.len() + 1
+    }
+}
+
+/// What the message log holds at an offset a slave asks for (see [`MessageLog::span_at`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalChunk {
+    /// Whole records, back to back, starting at `start`: the asked offset, or (when the log no
+    /// longer holds it, or it falls in a gap left after data loss) the next offset it holds.
+    Records {
+        /// Global offset of the first byte.
+        start: u64,
+        /// The records, byte for byte as on disk.
+        bytes: bytes::Bytes,
+    },
+    /// The asked offset is the log's end: nothing new.
+    AtEnd,
+    /// The asked offset is beyond the log's end: the asker holds data this log never had.
+    Ahead {
+        /// This log's end.
+        end: u64,
+    },
+}
+
+/// A part of one segment to read without holding the log's lock.
+#[derive(Debug)]
+pub enum WalSpan {
+    /// Read `[from, base + len)` of the segment at `path`.
+    Read {
+        /// The segment file.
+        path: PathBuf,
+        /// Its base offset.
+        base: u64,
+        /// Its valid length (bytes durable when the span was taken).
+        len: u64,
+        /// Global offset to read from.
+        from: u64,
+    },
+    /// Nothing to read: this answer as it is.
+    Done(WalChunk),
+}
+
+impl WalSpan {
+    /// Reads whole records of the span: at most `max_bytes`, or the first record alone if it is
+    /// larger.
+    pub fn read(self, max_bytes: usize) -> Result<WalChunk, DelayError> {
+        let (path, base, len, from) = match self {
+            WalSpan::Done(c) => return Ok(c),
+            WalSpan::Read {
+                path,
+                base,
+                len,
+                from,
+            } => (path, base, len, from),
+        };
+        let file = File::open(&path).map_err(|e| DelayError::io("open", &path, e))?;
+        let local = from - base;
+        let avail = len - local;
+        let read_at = |at: u64, n: u64| -> Result<Vec<u8>, DelayError> {
+            let mut buf = vec![0u8; n as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, at)
+                .map_err(|e| DelayError::io("read message log", &path, e))?;
+            Ok(buf)
+        };
+        let mut buf = read_at(local, avail.min(max_bytes.max(FRAME_HEADER) as u64))?;
+        let mut whole = whole_records(&buf);
+        if whole == 0 {
+            // The first record alone is larger than `max_bytes`.
+            let need = buf
+                .get(..4)
+                .and_then(|h| h.try_into().ok())
+                .map(|h: [u8; 4]| u32::from_be_bytes(h) as u64 + FRAME_HEADER as u64)
+                .unwrap_or(0);
+            if need == 0 || need > avail {
+                return Err(DelayError::Corrupt {
+                    path,
+                    reason: format!("record at {from} runs past the segment's end"),
+                });
+            }
+            buf = read_at(local, need)?;
+            whole = buf.len();
+        }
+        buf.truncate(whole);
+        Ok(WalChunk::Records {
+            start: from,
+            bytes: bytes::Bytes::from(buf),
+        })
+    }
+}
+
+/// Length of the longest prefix of `buf` made of whole framed records (by their lengths).
+pub(crate) fn whole_records(buf: &[u8]) -> usize {
+    let mut at = 0usize;
+    while let Some(h) = buf.get(at..at + 4) {
+        let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let end = at + FRAME_HEADER + len;
+        if end > buf.len() {
+            break;
+        }
+        at = end;
+    }
+    at
+}
+
+impl MessageLog {
+    /// Where the records at global `offset` are (cheap, no disk I/O: call it under the lock and
+    /// read the span after releasing it).
+    pub fn span_at(&self, offset: u64) -> Result<WalSpan, DelayError> {
+        let end = self.end();
+        if offset > end {
+            return Ok(WalSpan::Done(WalChunk::Ahead { end }));
+        }
+        if offset == end {
+            return Ok(WalSpan::Done(WalChunk::AtEnd));
+        }
+        let active = std::iter::once((self.active_base, self.active_len));
+        let all = self.segments.iter().map(|(&b, &l)| (b, l)).chain(active);
+        for (base, len) in all {
+            if len == 0 || base + len <= offset {
+                continue;
+            }
+            // The first segment holding bytes at or after `offset`.
+            let from = offset.max(base);
+            return Ok(WalSpan::Read {
+                path: segment_path(&self.dir, base),
+                base,
+                len,
+                from,
+            });
+        }
+        Ok(WalSpan::Done(WalChunk::AtEnd))
+    }
+
+    /// Appends a chunk of whole records copied from a master's message log at global offset
+    /// `start`, which must be this log's end, and fsyncs it. The caller has checked the records.
+    pub fn append_replicated(&mut self, start: u64, frames: &[u8]) -> Result<(), DelayError> {
+        if start != self.end() {
+            return Err(DelayError::Corrupt {
+                path: self.dir.clone(),
+                reason: format!("replicated chunk at {start}, log ends at {}", self.end()),
+            });
+        }
+        let at = self.append(frames)?;
+        if let Err(e) = self.sync() {
+            self.discard_from(at);
+            return Err(e);
+        }
+        Ok(())
     }
 }
 

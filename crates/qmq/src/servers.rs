@@ -254,6 +254,38 @@ pub struct DelayOnlyArgs {
     /// in its dead-letter subject.
     #[arg(long, default_value_t = qmq_delay::config::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
+    #[command(flatten)]
+    replication: DelayReplicationArgs,
+}
+
+/// Replication of a delay group (`delay` only).
+#[derive(Args, Debug)]
+pub struct DelayReplicationArgs {
+    /// `off`: an unreplicated delay server registering itself with `--meta` as a delay master
+    /// (as before). `async`/`sync`: a member of a replicated delay group whose role the meta
+    /// server assigns from its `broker` rows (roles 5 and 6, `qmq tools add-broker`); needs
+    /// `--meta`. `sync` answers a send only once the slave has written it.
+    #[arg(long, value_enum, default_value = "off")]
+    replication: Replication,
+    /// With `--replication sync`: how long a send waits for the slave, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    replication_timeout_ms: u64,
+    /// With `--replication sync`: what a send that waited that long gets (`fail`: an error per
+    /// message; `async`: acknowledged, with a warning, until the slave catches up).
+    #[arg(long, value_enum, default_value = "fail")]
+    on_replication_timeout: OnTimeout,
+    /// Address of the sync port (the slave copies from it).
+    #[arg(long, default_value = "0.0.0.0:20802")]
+    sync_listen: SocketAddr,
+    /// Hostname of this server's `broker` row (default: $HOSTNAME, else 127.0.0.1).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Client port of this server's `broker` row (default: the `--delay-listen` port).
+    #[arg(long)]
+    serve_port: Option<u16>,
+    /// Time between lease calls to the meta server, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    lease_renew_ms: u64,
 }
 
 /// A running delay server and its heartbeat to the meta server.
@@ -358,6 +390,9 @@ pub async fn delay(args: DelayOnlyArgs) -> anyhow::Result<()> {
         Some(http) => routed(http),
         None => Arc::new(qmq_delay::BrokerForwarder::new(args.broker.clone())),
     };
+    if args.replication.replication != Replication::Off {
+        return replicated_delay(args, dispatcher).await;
+    }
     let delay = Delay::start(
         &args.delay,
         args.max_message_bytes,
@@ -371,6 +406,92 @@ pub async fn delay(args: DelayOnlyArgs) -> anyhow::Result<()> {
     println!("qmq delay ready on {}", delay.server.local_addr());
     wait_for_signal().await?;
     delay.shutdown().await
+}
+
+/// Runs a member of a replicated delay group until SIGINT/SIGTERM, printing a line each time
+/// its role changes (`qmq delay master epoch=N addr=… sync=…`, `qmq delay slave epoch=N …`).
+async fn replicated_delay(
+    args: DelayOnlyArgs,
+    dispatcher: Arc<dyn qmq_delay::Dispatcher>,
+) -> anyhow::Result<()> {
+    use qmq_delay::replication::{node, Gate, ReplicationMode, SyncTimeout};
+    let r = &args.replication;
+    let meta = args
+        .meta
+        .clone()
+        .context("--replication needs --meta (the meta server assigns the roles)")?;
+    let dir = args.data_dir.join("delay");
+    let _lock = qmq_store::DirLock::acquire(&dir).context("starting the delay server")?;
+    let mut server = qmq_delay::ServerConfig::new(dir);
+    server.listen = args.delay.delay_listen;
+    server.delay.max_message_bytes = args.max_message_bytes;
+    let mode = match r.replication {
+        Replication::Sync => ReplicationMode::Sync {
+            timeout: Duration::from_millis(r.replication_timeout_ms),
+            on_timeout: match r.on_replication_timeout {
+                OnTimeout::Fail => SyncTimeout::Fail,
+                OnTimeout::Async => SyncTimeout::Async,
+            },
+        },
+        _ => ReplicationMode::Async,
+    };
+    let config = node::NodeConfig {
+        lease: qmq_replication::LeaseClient {
+            meta,
+            hostname: r
+                .hostname
+                .clone()
+                .unwrap_or_else(|| qmq_transport::identity::local_host().to_owned()),
+            serve_port: i32::from(r.serve_port.unwrap_or(args.delay.delay_listen.port())),
+            secret: args.secret.cluster_secret.clone(),
+        },
+        sync_listen: r.sync_listen,
+        mode,
+        renew_every: Duration::from_millis(r.lease_renew_ms.max(10)),
+        sync: qmq_delay::replication::sync_server::SyncSettings::default(),
+        server,
+    };
+    let gate = Arc::new(Gate::new(mode));
+    let (status, mut changes) = tokio::sync::watch::channel(node::NodeStatus::Starting);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut running = tokio::spawn(node::run(
+        config,
+        Arc::new(qmq_delay::SystemClock),
+        dispatcher,
+        gate,
+        status,
+        stop.clone(),
+    ));
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                match &*changes.borrow_and_update() {
+                    node::NodeStatus::Starting => {}
+                    node::NodeStatus::Master { epoch, addr, sync } => {
+                        println!("qmq delay master epoch={epoch} addr={addr} sync={sync}");
+                    }
+                    node::NodeStatus::Slave { epoch, master, addr, sync } => {
+                        println!("qmq delay slave epoch={epoch} addr={addr} sync={sync} master={master}");
+                    }
+                }
+            }
+            signal = wait_for_signal() => {
+                signal?;
+                break;
+            }
+            ended = &mut running => {
+                return ended.context("delay task failed")?.context("running the delay server");
+            }
+        }
+    }
+    stop.cancel();
+    running
+        .await
+        .context("delay task failed")?
+        .context("shutting the delay server down")
 }
 
 impl BrokerArgs {

@@ -32,7 +32,7 @@
 
 mod deliver;
 mod maintenance;
-mod recover;
+pub(crate) mod recover;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +55,7 @@ use crate::wal::MessageLog;
 const MAX_NAME: usize = i16::MAX as usize;
 
 /// Largest message-log payload for a configuration (message, names and record header).
-fn max_payload(cfg: &DelayConfig) -> usize {
+pub(crate) fn max_payload(cfg: &DelayConfig) -> usize {
     cfg.max_message_bytes + 2 * MAX_NAME + 64
 }
 
@@ -82,6 +82,9 @@ pub struct NewMessage {
 pub struct Scheduled {
     /// When it will be delivered: the requested time, or the time of receipt if that was later.
     pub due_ms: i64,
+    /// Where its record starts in the message log (a replicated server acknowledges it once
+    /// the slave's message log ends past this offset).
+    pub wal_offset: u64,
 }
 
 /// A snapshot of the engine's state, for monitoring and tests.
@@ -134,6 +137,8 @@ struct Inner {
     wake: Notify,
     cancel: CancellationToken,
     maint: tokio::sync::Mutex<()>,
+    /// The message log's end, published after every durable append (the sync port waits on it).
+    wal_end: watch::Sender<u64>,
     /// Message-log offset from which the retained checkpoints replay: the message log is kept
     /// from there.
     checkpointed_wal: AtomicU64,
@@ -166,6 +171,7 @@ impl DelayEngine {
             tokio::task::spawn_blocking(move || recover::recover(&cfg2))
                 .await
                 .map_err(|e| join_error("recover", e))??;
+        let wal_end = watch::channel(wal.end()).0;
         let inner = Arc::new(Inner {
             cfg,
             clock,
@@ -178,6 +184,7 @@ impl DelayEngine {
             checkpointed_wal: AtomicU64::new(retained_from),
             dead_lettered: AtomicU64::new(0),
             retrying: AtomicU64::new(0),
+            wal_end,
         });
         let (tx, rx) = mpsc::channel(1024);
         let w = inner.clone();
@@ -265,6 +272,44 @@ impl DelayEngine {
     /// The counter behind [`Self::dead_lettered`], for a metrics registry to read directly.
     pub fn dead_lettered_counter(&self) -> &AtomicU64 {
         &self.inner.dead_lettered
+    }
+
+    /// The message log's end: the offset after its last durable record.
+    pub fn wal_end(&self) -> u64 {
+        *self.inner.wal_end.borrow()
+    }
+
+    /// Watches [`Self::wal_end`] (it changes after every durable append).
+    pub fn watch_wal_end(&self) -> watch::Receiver<u64> {
+        self.inner.wal_end.subscribe()
+    }
+
+    /// Whole message-log records from `offset` (a record boundary), at most `max_bytes` unless
+    /// the first record alone is larger, never across a segment: what the sync port ships to
+    /// a slave, byte for byte. See [`crate::wal::WalChunk`] for what an empty or moved chunk
+    /// means. Reads the disk: call it from a blocking thread.
+    pub fn read_wal_chunk(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<crate::wal::WalChunk, DelayError> {
+        let span = self.inner.wal.lock().span_at(offset)?;
+        span.read(max_bytes)
+    }
+
+    /// The dispatch-log bytes after the given per-bucket positions (see
+    /// [`crate::replication::DispatchChunk`]). Reads the disk: call it from a blocking thread.
+    pub fn read_dispatch_chunk(
+        &self,
+        cursors: &std::collections::BTreeMap<i64, u64>,
+        max_bytes: usize,
+    ) -> Result<crate::replication::DispatchChunk, DelayError> {
+        let dir = self.inner.cfg.data_dir.join("dispatch_log");
+        let mut parts = crate::replication::read_dispatch_logs(&dir, cursors, max_bytes)?;
+        // Read after the logs: every record read refers to a message-log record before it.
+        let wal_end = self.wal_end();
+        parts.sort_by_key(|p| p.bucket);
+        Ok(crate::replication::DispatchChunk { wal_end, parts })
     }
 
     /// The configuration in use.

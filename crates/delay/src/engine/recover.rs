@@ -16,7 +16,7 @@ const REPLAY_CHUNK: usize = 4 << 20;
 /// Opens the store and replays the message log into the schedule logs.
 /// Returns the store, the message log and the message-log offset the retained checkpoints
 /// replay from.
-pub(super) fn recover(cfg: &DelayConfig) -> Result<(Store, MessageLog, u64), DelayError> {
+pub(crate) fn recover(cfg: &DelayConfig) -> Result<(Store, MessageLog, u64), DelayError> {
     let root = &cfg.data_dir;
     ensure_dir(root)?;
     check_scale(root, cfg.segment_scale_minutes)?;

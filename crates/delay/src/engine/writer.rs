@@ -88,7 +88,10 @@ impl Inner {
                             encode_payload(out, due, &m.subject, &m.message_id, &m.message)
                         });
                         placed.push((ji, mi, at, buf.len(), due));
-                        replies[ji].push(Ok(Scheduled { due_ms: due }));
+                        replies[ji].push(Ok(Scheduled {
+                            due_ms: due,
+                            wal_offset: 0,
+                        }));
                     }
                     Err(e) => replies[ji].push(Err(e)),
                 }
@@ -124,6 +127,12 @@ impl Inner {
             }
             base
         };
+        let _ = self.wal_end.send_replace(base + buf.len() as u64);
+        for &(ji, mi, at, ..) in placed {
+            if let Some(Ok(s)) = replies[ji].get_mut(mi) {
+                s.wal_offset = base + at as u64;
+            }
+        }
         let records: Vec<NewRecord<'_>> = placed
             .iter()
             .map(|&(_, _, at, end, due)| NewRecord {
