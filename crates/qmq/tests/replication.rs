@@ -139,36 +139,56 @@ impl Member {
 /// A meta server and a two-member group.
 struct Cluster {
     _tmp: tempfile::TempDir,
-    meta: Proc,
+    /// The meta servers (the first one is the one members and tools talk to).
+    metas: Vec<Proc>,
     meta_tcp: String,
     meta_http: String,
     members: [Member; 2],
     mode: &'static str,
 }
 
+/// Starts a meta server on `database` (None: its own SQLite under `dir`); returns it and its
+/// HTTP and TCP addresses.
+fn start_meta(dir: &Path, database: Option<&str>) -> (Proc, String, String) {
+    let mut cmd = qmq();
+    cmd.args([
+        "meta",
+        "--meta-http-listen",
+        "127.0.0.1:0",
+        "--meta-tcp-listen",
+        "127.0.0.1:0",
+        "--admin-token",
+        TOKEN,
+        "--advertised-host",
+        "127.0.0.1",
+        "--data-dir",
+    ])
+    .arg(dir);
+    if let Some(url) = database {
+        cmd.args(["--database-url", url]);
+    }
+    let meta = Proc::spawn(cmd);
+    let (_, ready) = meta.wait_line("ready", 0, Duration::from_secs(30));
+    let (http, tcp) = (field(&ready, "http"), field(&ready, "tcp"));
+    (meta, http, tcp)
+}
+
 impl Cluster {
     /// Starts a meta server and registers the two members: the first as master, the second as
     /// slave.
     fn new(mode: &'static str) -> Self {
+        Self::with_metas(mode, None, 1)
+    }
+
+    /// As [`Cluster::new`], with `metas` meta servers sharing `database` (None: one SQLite).
+    fn with_metas(mode: &'static str, database: Option<&str>, metas: usize) -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let mut cmd = qmq();
-        cmd.args([
-            "meta",
-            "--meta-http-listen",
-            "127.0.0.1:0",
-            "--meta-tcp-listen",
-            "127.0.0.1:0",
-            "--admin-token",
-            TOKEN,
-            "--advertised-host",
-            "127.0.0.1",
-            "--data-dir",
-        ])
-        .arg(tmp.path().join("meta"));
-        let meta = Proc::spawn(cmd);
-        let (_, ready) = meta.wait_line("ready", 0, Duration::from_secs(30));
-        let meta_http = field(&ready, "http");
-        let meta_tcp = field(&ready, "tcp");
+        let started: Vec<_> = (0..metas)
+            .map(|i| start_meta(&tmp.path().join(format!("meta{i}")), database))
+            .collect();
+        let meta_http = started[0].1.clone();
+        let meta_tcp = started[0].2.clone();
+        let metas: Vec<Proc> = started.into_iter().map(|(p, _, _)| p).collect();
         let members = [0, 1].map(|i| Member {
             port: free_port(),
             sync: free_port(),
@@ -191,7 +211,7 @@ impl Cluster {
         }
         Self {
             _tmp: tmp,
-            meta,
+            metas,
             meta_tcp,
             meta_http,
             members,
@@ -563,8 +583,6 @@ async fn a_frozen_master_never_acknowledges_after_its_replacement_is_promoted() 
         }
     }
     old.wait_line("slave epoch=2", 0, Duration::from_secs(60));
-    let _ = &c.meta;
-    let _ = &c.meta_http;
 }
 
 /// The Rust client through the meta server, across a real failover: a producer and a listener
@@ -693,4 +711,116 @@ async fn rust_producer_and_listener_follow_a_real_failover() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     consumer.shutdown().await;
+}
+
+/// The group's replication view from the meta server at `http` (`qmq tools
+/// list-broker-groups`): its epoch, its epochs' numbers and its members' roles.
+fn group_view(http: &str) -> (i64, Vec<i64>, Vec<i64>) {
+    let out = qmq()
+        .args([
+            "tools",
+            "--metaserver",
+            http,
+            "--token",
+            TOKEN,
+            "list-broker-groups",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let g = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == GROUP)
+        .unwrap();
+    let epochs = g["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_i64().unwrap())
+        .collect();
+    let roles = g["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_i64().unwrap())
+        .collect();
+    (g["epoch"].as_i64().unwrap(), epochs, roles)
+}
+
+/// Test 6: two meta server processes on one PostgreSQL database both run the failover checker
+/// against the same expired master, three failovers in a row: each makes exactly one promotion
+/// (one new epoch, one master), whichever meta server wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_meta_servers_on_one_postgres_promote_once_per_failover() {
+    const TEST: &str = "two_meta_servers_on_one_postgres_promote_once_per_failover";
+    let Some(admin) = qmq_testkit::require(&qmq_testkit::POSTGRES, TEST) else {
+        return;
+    };
+    let name = format!("qmqrepl_{:016x}", rand::random::<u64>());
+    let exec = |sql: String| {
+        let admin = admin.clone();
+        async move {
+            sqlx::any::install_default_drivers();
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+                .await
+                .unwrap();
+            sqlx::raw_sql(&sql).execute(&mut conn).await.unwrap();
+        }
+    };
+    exec(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+    exec(format!("CREATE DATABASE {name}")).await;
+    let url = qmq_testkit::with_database(&admin, &name);
+    {
+        let c = Cluster::with_metas("async", Some(&url), 2);
+        let second_http = {
+            // The second meta server's HTTP address, for reading the outcome from it too.
+            let lines = c.metas[1].lines.lock().unwrap();
+            field(lines.iter().find(|l| l.contains("ready")).unwrap(), "http")
+        };
+        let mut procs = [Some(c.start(0)), None];
+        procs[0]
+            .as_ref()
+            .unwrap()
+            .wait_line("master epoch=1", 0, Duration::from_secs(30));
+        procs[1] = Some(c.start(1));
+        procs[1]
+            .as_ref()
+            .unwrap()
+            .wait_line("slave epoch=1", 0, Duration::from_secs(30));
+        let mut master = 0;
+        for round in 1..=3i64 {
+            let slave = 1 - master;
+            let skip = procs[slave].as_ref().unwrap().line_count();
+            procs[master].take().unwrap().kill9();
+            procs[slave].as_ref().unwrap().wait_line(
+                &format!("master epoch={}", round + 1),
+                skip,
+                Duration::from_secs(30),
+            );
+            for http in [&c.meta_http, &second_http] {
+                let (epoch, epochs, roles) = group_view(http);
+                assert_eq!(epoch, round + 1, "one promotion per failover");
+                assert_eq!(epochs, (1..=round + 1).collect::<Vec<_>>());
+                let mut roles = roles;
+                roles.sort();
+                assert_eq!(roles, vec![0, 1], "exactly one master");
+            }
+            let back = c.start(master);
+            back.wait_line(
+                &format!("slave epoch={}", round + 1),
+                0,
+                Duration::from_secs(60),
+            );
+            procs[master] = Some(back);
+            master = slave;
+        }
+    }
+    exec(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
 }
