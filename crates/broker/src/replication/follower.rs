@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use qmq_protocol::codes::{command, response};
-use qmq_protocol::{SyncChunk, SyncLogRequest, SyncType};
+use qmq_protocol::{SyncChunk, SyncHeartbeat, SyncLogRequest, SyncType};
 use qmq_store::{LogStream, Store, StoreError};
 use qmq_transport::Connection;
 use tokio_util::sync::CancellationToken;
@@ -146,7 +146,17 @@ async fn copy_once(
     };
     let mut body = BytesMut::new();
     req.encode(&mut body);
-    let c = connection(master, conn).await?;
+    let c = connection(master, conn).await?.clone();
+    // Actions are copied only up to a bound whose messages this store already holds (see
+    // `action_bound`); `None` for the message log, and while no new action is known.
+    let bound = match stream {
+        LogStream::Message => None,
+        LogStream::Action => match action_bound(&c, store, end, stop).await? {
+            Bound::Stopped => return Ok(Round::Idle),
+            Bound::Upto(a) => Some(a),
+            Bound::Nothing => None,
+        },
+    };
     let resp = tokio::select! {
         () = stop.cancelled() => return Ok(Round::Idle),
         r = c.request(command::SYNC_LOG_REQUEST, body.freeze(), REQUEST_TIMEOUT) => {
@@ -165,14 +175,97 @@ async fn copy_once(
         code => return Err(io("sync request", format!("master answered code {code}"))),
     }
     let chunk = SyncChunk::decode(&resp.body)?;
-    if chunk.bytes.is_empty() {
+    if chunk.bytes.is_empty() || (stream == LogStream::Action && bound.is_none()) {
+        // Nothing new, or new actions whose messages may not be here yet: the next round
+        // asks for the master's ends first.
         return Ok(Round::Idle);
     }
     let start = u64::try_from(chunk.start).map_err(|_| io("sync chunk", "negative start"))?;
+    let bytes = match bound {
+        Some(upto) => chunk
+            .bytes
+            .slice(..records_before(&chunk.bytes, start, upto)),
+        None => chunk.bytes,
+    };
+    if bytes.is_empty() {
+        return Ok(Round::Idle);
+    }
     let store = store.clone();
-    tokio::task::spawn_blocking(move || store.append_replicated(stream, start, &chunk.bytes))
-        .await??;
+    tokio::task::spawn_blocking(move || store.append_replicated(stream, start, &bytes)).await??;
     Ok(Round::Copied)
+}
+
+/// How far the action log may be copied now.
+enum Bound {
+    /// Up to this action-log offset: this store holds every message those actions refer to.
+    Upto(u64),
+    /// The master has no action past this store's end.
+    Nothing,
+    /// Stopped while waiting.
+    Stopped,
+}
+
+/// The action-log offset up to which this slave may copy: the master's action end, once this
+/// store's message log reaches the master's message end read after it (the master reads its
+/// action end first, so every action before it refers to messages before that message end).
+/// Consumer state on a slave then never points past its own consume logs, and a slave that
+/// restarts does not have to move any group back.
+async fn action_bound(
+    c: &Connection,
+    store: &Store,
+    action_end: u64,
+    stop: &CancellationToken,
+) -> Result<Bound, BrokerError> {
+    let req = SyncLogRequest {
+        sync_type: SyncType::Heartbeat,
+        message_offset: store.log_end(LogStream::Message) as i64,
+        action_offset: action_end as i64,
+    };
+    let mut body = BytesMut::new();
+    req.encode(&mut body);
+    let resp = tokio::select! {
+        () = stop.cancelled() => return Ok(Bound::Stopped),
+        r = c.request(command::SYNC_LOG_REQUEST, body.freeze(), REQUEST_TIMEOUT) => {
+            r.map_err(|e| io("sync heartbeat", e))?
+        }
+    };
+    if resp.header.code != response::SUCCESS {
+        return Err(io(
+            "sync heartbeat",
+            format!("master answered code {}", resp.header.code),
+        ));
+    }
+    let ends = SyncHeartbeat::decode(&resp.body)?;
+    let (messages, actions) = (
+        u64::try_from(ends.message_end).unwrap_or(0),
+        u64::try_from(ends.action_end).unwrap_or(0),
+    );
+    if actions <= action_end {
+        return Ok(Bound::Nothing);
+    }
+    let mut copied = store.watch_log_end(LogStream::Message);
+    tokio::select! {
+        () = stop.cancelled() => Ok(Bound::Stopped),
+        r = copied.wait_for(|end| *end >= messages) => match r {
+            Ok(_) => Ok(Bound::Upto(actions)),
+            Err(_) => Ok(Bound::Stopped),
+        },
+    }
+}
+
+/// How many bytes of `bytes` (whole records, the first at log offset `start`) end at or
+/// before log offset `upto`.
+fn records_before(bytes: &[u8], start: u64, upto: u64) -> usize {
+    let mut at = 0usize;
+    while let Some(len) = bytes.get(at..at + 4) {
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let next = at + 8 + len;
+        if next > bytes.len() || start + next as u64 > upto {
+            break;
+        }
+        at = next;
+    }
+    at
 }
 
 async fn heartbeat_loop(master: String, store: Store, stop: CancellationToken) {
@@ -203,5 +296,33 @@ async fn heartbeat_loop(master: String, store: Store, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::records_before;
+
+    fn record(payload: &[u8]) -> Vec<u8> {
+        let mut r = (payload.len() as u32).to_be_bytes().to_vec();
+        r.extend_from_slice(&[0; 4]);
+        r.extend_from_slice(payload);
+        r
+    }
+
+    #[test]
+    fn a_chunk_is_cut_at_the_last_whole_record_before_the_bound() {
+        let mut bytes = record(b"abc"); // 11 bytes: offsets 100..111
+        bytes.extend(record(b"defgh")); // 13 bytes: 111..124
+        assert_eq!(records_before(&bytes, 100, 124), 24);
+        assert_eq!(records_before(&bytes, 100, 200), 24);
+        assert_eq!(records_before(&bytes, 100, 123), 11);
+        assert_eq!(records_before(&bytes, 100, 111), 11);
+        assert_eq!(records_before(&bytes, 100, 110), 0);
+        assert_eq!(
+            records_before(&bytes[..20], 100, 200),
+            11,
+            "a torn record is left out"
+        );
     }
 }

@@ -8,7 +8,8 @@
 //!   lands, which is what synchronous replication needs), then answers an empty chunk.
 //!   A type-2 request's offset is the slave's proof of how far it has written: it releases
 //!   sends waiting for the slave ([`super::Gate::slave_reached`]).
-//! - Type 3 (heartbeat): answers both log ends; the master records the slave's lag.
+//! - Type 3 (heartbeat): answers both log ends (the action end read first); the master
+//!   records the slave's lag.
 //! - An offset beyond the log's end means the slave holds data this log never had: answered
 //!   `PARAM_ERROR` (the slave stops and reports divergence). Other types: `BROKER_ERROR`.
 //!
@@ -234,8 +235,10 @@ async fn chunk(state: &State, stream: LogStream, offset: u64) -> Result<SyncChun
 }
 
 fn heartbeat(state: &State, req: &SyncLogRequest) -> (i16, Bytes) {
-    let message_end = state.store.log_end(LogStream::Message) as i64;
+    // The action end first: every action before it refers only to messages before the message
+    // end read after it, which is what a slave's action copy relies on (see `follower`).
     let action_end = state.store.log_end(LogStream::Action) as i64;
+    let message_end = state.store.log_end(LogStream::Message) as i64;
     state
         .lag
         .message
