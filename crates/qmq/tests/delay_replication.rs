@@ -3,9 +3,6 @@
 //! Every wait has a deadline; none is a sleep standing in for a condition.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,114 +11,17 @@ use qmq_client::{new_message, send_batch, Connection, PullConsumer};
 use qmq_protocol::codes::command;
 use qmq_protocol::{SyncHeartbeat, SyncLogRequest, SyncType};
 
+mod common;
+use common::{field, free_port, qmq, Member, Proc};
+
 const TOKEN: &str = "delay-repl-token";
 const GROUP: &str = "dg";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// A child process whose stdout lines are collected as they come.
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(mut command: Command) -> Self {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                l.lock().unwrap().push(line);
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// Waits (up to `within`) for a line containing `needle`.
-    fn wait_line(&self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line with {needle:?} within {within:?}; lines: {:?}",
-                self.lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn qmq() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_qmq"))
-}
-
-fn field(line: &str, key: &str) -> String {
-    let mut words = line.split_whitespace();
-    while let Some(w) = words.next() {
-        if let Some(v) = w.strip_prefix(&format!("{key}=")) {
-            return v.to_owned();
-        }
-        if w == key {
-            return words.next().unwrap().to_owned();
-        }
-    }
-    panic!("no {key} in {line:?}");
-}
-
-struct Member {
-    port: u16,
-    sync: u16,
-    dir: PathBuf,
-}
-
-impl Member {
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-    fn sync_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.sync)
-    }
 }
 
 /// A meta server, a plain broker and a delay group of two rows (master role 5, slave role 6).
@@ -143,7 +43,7 @@ impl Cluster {
             .args(["--advertised-host", "127.0.0.1", "--data-dir"])
             .arg(tmp.path().join("meta"));
         let meta = Proc::spawn(cmd);
-        let ready = meta.wait_line("ready", Duration::from_secs(30));
+        let ready = meta.wait_line("ready", 0, Duration::from_secs(30)).1;
         let meta_http = field(&ready, "http");
         let meta_tcp = field(&ready, "tcp");
         let broker_port = free_port();
@@ -152,7 +52,7 @@ impl Cluster {
         cmd.args(["broker", "--listen", &broker, "--data-dir"])
             .arg(tmp.path().join("broker"));
         let plain = Proc::spawn(cmd);
-        plain.wait_line("ready", Duration::from_secs(30));
+        plain.wait_line("ready", 0, Duration::from_secs(30));
         let members = [0, 1].map(|i| Member {
             port: free_port(),
             sync: free_port(),
@@ -252,9 +152,9 @@ async fn send_delayed(
 async fn killing_the_delay_master_loses_no_acknowledged_delayed_message() {
     let c = Cluster::new();
     let mut master = c.start(0, "async", &[]);
-    master.wait_line("qmq delay master epoch=", Duration::from_secs(30));
+    master.wait_line("qmq delay master epoch=", 0, Duration::from_secs(30));
     let slave = c.start(1, "async", &[]);
-    slave.wait_line("qmq delay slave epoch=", Duration::from_secs(30));
+    slave.wait_line("qmq delay slave epoch=", 0, Duration::from_secs(30));
 
     // Consume continuously from the start, recording when each body was first seen.
     let seen: Arc<Mutex<HashMap<usize, (i64, usize)>>> = Arc::default();
@@ -319,7 +219,9 @@ async fn killing_the_delay_master_loses_no_acknowledged_delayed_message() {
     let killed_at = now_ms();
     master.kill9();
     assert!(delivered_before < N, "messages still pending at the kill");
-    let line = slave.wait_line("qmq delay master epoch=", Duration::from_secs(60));
+    let line = slave
+        .wait_line("qmq delay master epoch=", 0, Duration::from_secs(60))
+        .1;
     let promoted_at = now_ms();
 
     // Every acknowledged message is delivered, none before its time.
@@ -351,7 +253,7 @@ async fn killing_the_delay_master_loses_no_acknowledged_delayed_message() {
 
     // The old master comes back as the new master's slave and catches up.
     let old = c.start(0, "async", &[]);
-    old.wait_line("qmq delay slave epoch=2", Duration::from_secs(60));
+    old.wait_line("qmq delay slave epoch=2", 0, Duration::from_secs(60));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let a = wal_end(&c.members[1].sync_addr()).await;
@@ -371,7 +273,7 @@ async fn killing_the_delay_master_loses_no_acknowledged_delayed_message() {
 async fn sync_replication_without_a_slave_fails_sends_after_the_timeout() {
     let c = Cluster::new();
     let master = c.start(0, "sync", &["--replication-timeout-ms", "800"]);
-    master.wait_line("qmq delay master epoch=", Duration::from_secs(30));
+    master.wait_line("qmq delay master epoch=", 0, Duration::from_secs(30));
     let due = now_ms() + 60_000;
     let started = Instant::now();
     let sent = send_delayed(&c.members[0].addr(), 0..1, |_| due).await;
@@ -382,7 +284,7 @@ async fn sync_replication_without_a_slave_fails_sends_after_the_timeout() {
     );
     // With the slave up, sends are acknowledged once it wrote them.
     let slave = c.start(1, "sync", &[]);
-    slave.wait_line("qmq delay slave epoch=", Duration::from_secs(30));
+    slave.wait_line("qmq delay slave epoch=", 0, Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let sent = send_delayed(&c.members[0].addr(), 1..2, |_| due).await;

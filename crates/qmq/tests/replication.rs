@@ -3,9 +3,7 @@
 //! producers and consumers run. Every wait has a deadline; none is a sleep standing in for a
 //! condition.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,127 +12,11 @@ use qmq_client::{new_message, send_batch, Connection, PullConsumer};
 use qmq_protocol::codes::command;
 use qmq_protocol::{SyncHeartbeat, SyncLogRequest, SyncType};
 
+mod common;
+use common::{field, free_port, qmq, Member, Proc};
+
 const TOKEN: &str = "repl-token";
 const GROUP: &str = "rg";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process whose stdout lines are collected as they come.
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(mut command: Command) -> Self {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                l.lock().unwrap().push(line);
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// Waits (up to `within`) for a line containing `needle` after the first `skip` lines;
-    /// returns it and its index.
-    fn wait_line(&self, needle: &str, skip: usize, within: Duration) -> (usize, String) {
-        let deadline = Instant::now() + within;
-        loop {
-            {
-                let lines = self.lines.lock().unwrap();
-                if let Some((i, l)) = lines
-                    .iter()
-                    .enumerate()
-                    .skip(skip)
-                    .find(|(_, l)| l.contains(needle))
-                {
-                    return (i, l.clone());
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line with {needle:?} within {within:?}; lines: {:?}",
-                self.lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn line_count(&self) -> usize {
-        self.lines.lock().unwrap().len()
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
-    }
-
-    fn terminate(&mut self) {
-        self.signal("TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.child.try_wait().unwrap().is_some() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "did not stop after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn qmq() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_qmq"))
-}
-
-/// One broker member: its ports and data directory.
-#[derive(Clone)]
-struct Member {
-    port: u16,
-    sync: u16,
-    dir: PathBuf,
-}
-
-impl Member {
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn sync_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.sync)
-    }
-}
 
 /// A meta server and a two-member group.
 struct Cluster {
@@ -231,20 +113,6 @@ impl Cluster {
             .arg(&m.dir);
         Proc::spawn(cmd)
     }
-}
-
-/// The value of `key` in a `key=value` (or `key value`) status line.
-fn field(line: &str, key: &str) -> String {
-    let mut words = line.split_whitespace();
-    while let Some(w) = words.next() {
-        if let Some(v) = w.strip_prefix(&format!("{key}=")) {
-            return v.to_owned();
-        }
-        if w == key {
-            return words.next().unwrap().to_owned();
-        }
-    }
-    panic!("no {key} in {line:?}");
 }
 
 /// The (message, action) log ends a sync port reports.

@@ -1,0 +1,152 @@
+//! Shared by the process tests of replicated groups: child processes whose output lines are
+//! watched, the `qmq` command, ports, status-line fields and group members.
+
+#![allow(dead_code)] // each test file uses its own part of it
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `qmq` executable under test.
+pub fn qmq() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qmq"))
+}
+
+/// A child process whose stdout lines are collected as they come; killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Spawns `command` with its stdout collected (stderr discarded).
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                l.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits (up to `within`) for a line containing `needle` after the first `skip` lines;
+    /// returns its index and the line.
+    pub fn wait_line(&self, needle: &str, skip: usize, within: Duration) -> (usize, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                if let Some((i, l)) = lines
+                    .iter()
+                    .enumerate()
+                    .skip(skip)
+                    .find(|(_, l)| l.contains(needle))
+                {
+                    return (i, l.clone());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needle:?} within {within:?}; lines: {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lines seen so far.
+    pub fn line_count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends signal `sig` (a name such as `STOP`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// SIGTERM, and waits (up to 30 s) for the process to exit.
+    pub fn terminate(&mut self) {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key` in a `key=value` (or `key value`) status line.
+pub fn field(line: &str, key: &str) -> String {
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if let Some(v) = w.strip_prefix(&format!("{key}=")) {
+            return v.to_owned();
+        }
+        if w == key {
+            return words.next().unwrap().to_owned();
+        }
+    }
+    panic!("no {key} in {line:?}");
+}
+
+/// One member of a replicated group: its ports and data directory.
+#[derive(Clone)]
+pub struct Member {
+    pub port: u16,
+    pub sync: u16,
+    pub dir: PathBuf,
+}
+
+impl Member {
+    /// Its client address.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Its sync address.
+    pub fn sync_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.sync)
+    }
+}
