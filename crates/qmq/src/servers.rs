@@ -452,9 +452,9 @@ async fn replicated_delay(
         server,
     };
     let gate = Arc::new(Gate::new(mode));
-    let (status, mut changes) = tokio::sync::watch::channel(node::NodeStatus::Starting);
+    let (status, changes) = tokio::sync::watch::channel(qmq_replication::NodeStatus::Starting);
     let stop = tokio_util::sync::CancellationToken::new();
-    let mut running = tokio::spawn(node::run(
+    let running = tokio::spawn(node::run(
         config,
         Arc::new(qmq_delay::SystemClock),
         dispatcher,
@@ -462,36 +462,7 @@ async fn replicated_delay(
         status,
         stop.clone(),
     ));
-    loop {
-        tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                match &*changes.borrow_and_update() {
-                    node::NodeStatus::Starting => {}
-                    node::NodeStatus::Master { epoch, addr, sync } => {
-                        println!("qmq delay master epoch={epoch} addr={addr} sync={sync}");
-                    }
-                    node::NodeStatus::Slave { epoch, master, addr, sync } => {
-                        println!("qmq delay slave epoch={epoch} addr={addr} sync={sync} master={master}");
-                    }
-                }
-            }
-            signal = wait_for_signal() => {
-                signal?;
-                break;
-            }
-            ended = &mut running => {
-                return ended.context("delay task failed")?.context("running the delay server");
-            }
-        }
-    }
-    stop.cancel();
-    running
-        .await
-        .context("delay task failed")?
-        .context("shutting the delay server down")
+    run_node("delay", running, changes, stop).await
 }
 
 impl BrokerArgs {
@@ -602,23 +573,31 @@ async fn replicated_broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
         broker,
     };
     let gate = Arc::new(replication::Gate::new(mode));
-    let (status, mut changes) = tokio::sync::watch::channel(node::NodeStatus::Starting);
+    let (status, changes) = tokio::sync::watch::channel(qmq_replication::NodeStatus::Starting);
     let stop = tokio_util::sync::CancellationToken::new();
-    let mut running = tokio::spawn(node::run(config, gate, status, stop.clone()));
+    let running = tokio::spawn(node::run(config, gate, status, stop.clone()));
+    run_node("broker", running, changes, stop).await
+}
+
+/// Runs a replicated `what` server (`broker`, `delay`) until SIGINT/SIGTERM or until it fails,
+/// printing its status line each time its role changes; then stops it and waits for it.
+async fn run_node<E>(
+    what: &str,
+    mut running: tokio::task::JoinHandle<Result<(), E>>,
+    mut changes: tokio::sync::watch::Receiver<qmq_replication::NodeStatus>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     loop {
         tokio::select! {
             changed = changes.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                match &*changes.borrow_and_update() {
-                    node::NodeStatus::Starting => {}
-                    node::NodeStatus::Master { epoch, addr, sync } => {
-                        println!("qmq broker master epoch={epoch} addr={addr} sync={sync}");
-                    }
-                    node::NodeStatus::Slave { epoch, master, addr, sync } => {
-                        println!("qmq broker slave epoch={epoch} addr={addr} sync={sync} master={master}");
-                    }
+                if let Some(line) = changes.borrow_and_update().line(what) {
+                    println!("{line}");
                 }
             }
             signal = wait_for_signal() => {
@@ -626,15 +605,17 @@ async fn replicated_broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
                 break;
             }
             ended = &mut running => {
-                return ended.context("broker task failed")?.context("running the broker");
+                return ended
+                    .with_context(|| format!("{what} task failed"))?
+                    .with_context(|| format!("running the {what} server"));
             }
         }
     }
     stop.cancel();
     running
         .await
-        .context("broker task failed")?
-        .context("shutting the broker down")
+        .with_context(|| format!("{what} task failed"))?
+        .with_context(|| format!("shutting the {what} server down"))
 }
 
 /// Runs a meta server until SIGINT/SIGTERM.

@@ -13,13 +13,16 @@
 //! - [`gate`]: may this server serve now; is a write replicated enough to acknowledge.
 //! - [`lease`]: the GROUP_LEASE call.
 //! - [`epoch`]: the epoch a server's data comes from, and where to cut when rejoining.
+//! - [`status`]: the role a server runs as, and its status line.
 
 pub mod epoch;
 pub mod gate;
 pub mod lease;
+pub mod status;
 
 pub use gate::{Gate, ReplicationMode, ReplicationStats, SyncTimeout};
 pub use lease::{Granted, LeaseClient, Report};
+pub use status::NodeStatus;
 
 /// Why a replication step failed.
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qmq_protocol::BrokerRole;
+use qmq_replication::NodeStatus;
 use qmq_store::LogStream;
 use qmq_transport::Connection;
 use tokio::sync::watch;
@@ -49,33 +50,6 @@ pub struct NodeConfig {
     pub renew_every: Duration,
     /// Sync port settings.
     pub sync: SyncSettings,
-}
-
-/// What the node is doing, for the binary's status lines and for tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeStatus {
-    /// Asking the meta server for the role.
-    Starting,
-    /// Copying from the master at this sync address.
-    Slave {
-        /// The epoch followed.
-        epoch: u64,
-        /// The master's sync address.
-        master: String,
-        /// This broker's client address.
-        addr: SocketAddr,
-        /// This broker's sync address.
-        sync: SocketAddr,
-    },
-    /// Master of this epoch, serving since its first lease (and while its lease runs).
-    Master {
-        /// The epoch.
-        epoch: u64,
-        /// This broker's client address.
-        addr: SocketAddr,
-        /// This broker's sync address.
-        sync: SocketAddr,
-    },
 }
 
 /// Runs the node until `stop` is cancelled. `status` receives every change of role.

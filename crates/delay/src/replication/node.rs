@@ -27,6 +27,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use qmq_protocol::BrokerRole;
 use qmq_replication::epoch::{cut_points, read_epoch, write_epoch};
+use qmq_replication::NodeStatus;
 use qmq_replication::{Granted, LeaseClient, ReplicationError, Report};
 use qmq_transport::Connection;
 use tokio::sync::watch;
@@ -56,33 +57,6 @@ pub struct NodeConfig {
     pub renew_every: Duration,
     /// Sync port settings.
     pub sync: SyncSettings,
-}
-
-/// What the node is doing, for the binary's status lines and for tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeStatus {
-    /// Asking the meta server for the role.
-    Starting,
-    /// Copying from the master at this sync address.
-    Slave {
-        /// The epoch followed.
-        epoch: u64,
-        /// The master's sync address.
-        master: String,
-        /// This server's client address.
-        addr: SocketAddr,
-        /// This server's sync address.
-        sync: SocketAddr,
-    },
-    /// Master of this epoch, serving since its first lease (and while its lease runs).
-    Master {
-        /// The epoch.
-        epoch: u64,
-        /// This server's client address.
-        addr: SocketAddr,
-        /// This server's sync address.
-        sync: SocketAddr,
-    },
 }
 
 /// Why the node stopped.
