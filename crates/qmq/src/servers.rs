@@ -414,7 +414,7 @@ async fn replicated_delay(
     args: DelayOnlyArgs,
     dispatcher: Arc<dyn qmq_delay::Dispatcher>,
 ) -> anyhow::Result<()> {
-    use qmq_delay::replication::{node, Gate, ReplicationMode, SyncTimeout};
+    use qmq_delay::replication::{node, Gate};
     let r = &args.replication;
     let meta = args
         .meta
@@ -425,26 +425,18 @@ async fn replicated_delay(
     let mut server = qmq_delay::ServerConfig::new(dir);
     server.listen = args.delay.delay_listen;
     server.delay.max_message_bytes = args.max_message_bytes;
-    let mode = match r.replication {
-        Replication::Sync => ReplicationMode::Sync {
-            timeout: Duration::from_millis(r.replication_timeout_ms),
-            on_timeout: match r.on_replication_timeout {
-                OnTimeout::Fail => SyncTimeout::Fail,
-                OnTimeout::Async => SyncTimeout::Async,
-            },
-        },
-        _ => ReplicationMode::Async,
-    };
+    let mode = replication_mode(
+        r.replication,
+        r.replication_timeout_ms,
+        r.on_replication_timeout,
+    );
     let config = node::NodeConfig {
-        lease: qmq_replication::LeaseClient {
+        lease: lease_client(
             meta,
-            hostname: r
-                .hostname
-                .clone()
-                .unwrap_or_else(|| qmq_transport::identity::local_host().to_owned()),
-            serve_port: i32::from(r.serve_port.unwrap_or(args.delay.delay_listen.port())),
-            secret: args.secret.cluster_secret.clone(),
-        },
+            r.hostname.clone(),
+            r.serve_port.unwrap_or(args.delay.delay_listen.port()),
+            args.secret.cluster_secret.clone(),
+        ),
         sync_listen: r.sync_listen,
         mode,
         renew_every: Duration::from_millis(r.lease_renew_ms.max(10)),
@@ -539,33 +531,25 @@ pub async fn broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
 /// Runs a member of a replicated broker group until SIGINT/SIGTERM, printing a line each time
 /// its role changes.
 async fn replicated_broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
-    use qmq_broker::replication::{self, node, ReplicationMode, SyncTimeout};
+    use qmq_broker::replication::{self, node};
     let r = &args.replication;
     let meta = args
         .meta
         .clone()
         .context("--replication needs --meta (the meta server assigns the roles)")?;
     let broker = args.broker.config(None, None);
-    let mode = match r.replication {
-        Replication::Sync => ReplicationMode::Sync {
-            timeout: Duration::from_millis(r.replication_timeout_ms),
-            on_timeout: match r.on_replication_timeout {
-                OnTimeout::Fail => SyncTimeout::Fail,
-                OnTimeout::Async => SyncTimeout::Async,
-            },
-        },
-        _ => ReplicationMode::Async,
-    };
+    let mode = replication_mode(
+        r.replication,
+        r.replication_timeout_ms,
+        r.on_replication_timeout,
+    );
     let config = node::NodeConfig {
-        lease: qmq_replication::LeaseClient {
+        lease: lease_client(
             meta,
-            hostname: r
-                .hostname
-                .clone()
-                .unwrap_or_else(|| qmq_transport::identity::local_host().to_owned()),
-            serve_port: i32::from(r.serve_port.unwrap_or(args.broker.listen.port())),
-            secret: args.secret.cluster_secret.clone(),
-        },
+            r.hostname.clone(),
+            r.serve_port.unwrap_or(args.broker.listen.port()),
+            args.secret.cluster_secret.clone(),
+        ),
         sync_listen: r.sync_listen,
         mode,
         renew_every: Duration::from_millis(r.lease_renew_ms.max(10)),
@@ -577,6 +561,42 @@ async fn replicated_broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(node::run(config, gate, status, stop.clone()));
     run_node("broker", running, changes, stop).await
+}
+
+/// The acknowledgement mode `--replication`, `--replication-timeout-ms` and
+/// `--on-replication-timeout` ask for (`off` never gets here).
+fn replication_mode(
+    replication: Replication,
+    timeout_ms: u64,
+    on_timeout: OnTimeout,
+) -> qmq_replication::ReplicationMode {
+    use qmq_replication::{ReplicationMode, SyncTimeout};
+    match replication {
+        Replication::Sync => ReplicationMode::Sync {
+            timeout: Duration::from_millis(timeout_ms),
+            on_timeout: match on_timeout {
+                OnTimeout::Fail => SyncTimeout::Fail,
+                OnTimeout::Async => SyncTimeout::Async,
+            },
+        },
+        Replication::Async | Replication::Off => ReplicationMode::Async,
+    }
+}
+
+/// Who this server is to the meta server: the `broker` row of `hostname` (default: $HOSTNAME,
+/// else 127.0.0.1) and `serve_port`.
+fn lease_client(
+    meta: String,
+    hostname: Option<String>,
+    serve_port: u16,
+    secret: Option<String>,
+) -> qmq_replication::LeaseClient {
+    qmq_replication::LeaseClient {
+        meta,
+        hostname: hostname.unwrap_or_else(|| qmq_transport::identity::local_host().to_owned()),
+        serve_port: i32::from(serve_port),
+        secret,
+    }
 }
 
 /// Runs a replicated `what` server (`broker`, `delay`) until SIGINT/SIGTERM or until it fails,
