@@ -15,25 +15,19 @@
 # message the producer saw acknowledged must then be consumed. Once the slave is promoted the script
 # starts the killed member again, so that it rejoins as the new master's slave: with synchronous
 # replication a master without a slave answers every send "not replicated" after the replication
-# timeout (--on-replication-timeout fail, the default), for any client. It needs its own JVM because the
-# client's meta-server connection is a process-wide singleton that keeps the first meta address it
-# resolved.
+# timeout (--on-replication-timeout fail, the default), for any client. It needs its own JVM
+# because the client's meta-server connection is a process-wide singleton that keeps the first
+# meta address it resolved.
 #
-# Client limitation (QMQ Java client, not the server): the client asks the meta server for a new
-# route only when a broker answers BROKER_REJECT / BROKER_READ_ONLY, or every 60 s
-# (MetaInfoService.REFRESH_INTERVAL_SECONDS). A master killed with -9 answers nothing, so the client
-# keeps the dead master's address until its next 60 s refresh, even though the meta server names
-# the promoted slave ~3.5 s after the kill: sends fail for that window (each message is retried 10
-# times at once, then reported to onFailed; none is reported as sent) and consumers pause, then both
-# carry on with the new master without a restart. The check therefore allows up to 90 s for the
-# producer to get acknowledgements again.
-#
-# The client is compiled from a local git copy of github.com/qunarcorp/qmq (nothing of it is kept
-# in this repository), against Debian's Java packages; compat/java/stubs holds a no-op stand-in
-# for the opentracing API, which Debian does not package. Not part of CI: it needs that copy.
-# qmq is built in release mode under $CARGO_TARGET_DIR (default: target/). When `qmq standalone`
-# has `--retry-delay-secs`, the server is started with a 2 s retry delay to keep the run short;
-# otherwise the broker's default (5 s, QMQ's) is assumed.
+# How the client follows (QMQ Java client behaviour, not the server's): it asks the meta server for
+# a new route only when a broker answers BROKER_REJECT / BROKER_READ_ONLY, or every 60 s
+# (MetaInfoService.REFRESH_INTERVAL_SECONDS). A master killed with -9 answers nothing, so until then
+# every send to it fails (connection refused; each message is retried 10 times at once, then
+# reported to onFailed) and pulls and acks fail, even though the meta server names the promoted
+# slave ~3.5 s after the kill. Here the killed member is back on its address within a few hundred
+# ms of the promotion and, as a slave, refuses with BROKER_REJECT: the client refreshes at once and
+# sends to the new master about 3.6 s after the kill. If the killed machine stayed down, the client
+# would carry on only at its next 60 s refresh (still without a restart).
 #
 #   scripts/java-compat.sh [path to a qmq git repository] [check name...]
 #   (default repository: /work/.mirror/qunarcorp+qmq/repo; no check names: all checks)
@@ -49,7 +43,8 @@ pids=()
 cleanup() {
     [ -f "$work/member0.restarted" ] && pids+=("$(cat "$work/member0.restarted")")
     for p in "${pids[@]}"; do
-        kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+        # (the restarted member is not this shell's child: nothing to wait for)
+        kill "$p" 2>/dev/null && { wait "$p" 2>/dev/null || true; }
     done
     rm -rf "$work"
 }
