@@ -9,11 +9,15 @@ import java.util.Set;
 import java.util.UUID;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.CountDownLatch;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
+import java.util.concurrent.Semaphore;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicLong;
 import java.util.function.BooleanSupplier;
 import java.util.function.Consumer;
 
@@ -46,6 +50,14 @@ import qunar.tc.qmq.producer.MessageProducerProvider;
  *       back through the retry subject.</li>
  *   <li>{@code new-group-start}: a group that subscribes after 10 messages were stored gets none of
  *       them, only later ones (QMQ starts a new group at the subject's end).</li>
+ *   <li>{@code failover} (qmq-rs issue #14, test 7): against a replicated broker group, a producer
+ *       sends continuously and a listener consumes while the master is killed with {@code kill -9}
+ *       half-way; the producer must get acknowledgements again (from the promoted slave, found
+ *       through the meta server by the client itself) and every acknowledged message must be
+ *       consumed. Needs {@code -Dcompat.failover.masterPid=<pid>} (and optionally
+ *       {@code -Dcompat.failover.slaveLog=<file>}, the slave's stdout, to time the promotion), so
+ *       it runs only when named; {@code scripts/java-compat.sh} starts the cluster for it, and
+ *       restarts the killed member once {@code -Dcompat.failover.killedFile} exists.</li>
  * </ul>
  *
  * <p>A QMQ broker starts a new group at the end of the subject, so a check must not send before its
@@ -53,7 +65,7 @@ import qunar.tc.qmq.producer.MessageProducerProvider;
  * {@code kind=probe}, ignored by the checks) every 200 ms until every consumer has received one.
  *
  * <p>Usage: {@code java Compat http://host:port/meta/address [retry delay seconds] [check names...]}
- * (retry delay default 5; no check names: all checks).
+ * (retry delay default 5; no check names: all checks but {@code failover}).
  */
 public final class Compat {
     /** How long a check waits for the messages it expects (beyond any delay it is testing). */
@@ -62,6 +74,13 @@ public final class Compat {
     private static final long PRIME_MS = 20_000;
     /** Slack allowed on "no earlier than" comparisons (millisecond rounding of stored times). */
     private static final long SLACK_MS = 50;
+    /**
+     * How long the failover check waits for the producer to get acknowledgements again after the
+     * kill: the client looks the route up again only every 60 s when the broker is silent.
+     */
+    private static final long RESUME_MS = 90_000;
+    /** Checks that need more than a standalone server: run only when named. */
+    private static final Set<String> NAMED_ONLY = Set.of("failover");
 
     private final String meta;
     private final long retryDelayMs;
@@ -128,10 +147,11 @@ public final class Compat {
         checks.put("broadcast", c::broadcast);
         checks.put("pull-api", c::pullApi);
         checks.put("new-group-start", c::newGroupStart);
+        checks.put("failover", c::failover);
 
         int failed = 0;
         for (Map.Entry<String, Check> e : checks.entrySet()) {
-            if (!only.isEmpty() && !only.contains(e.getKey())) {
+            if (only.isEmpty() ? NAMED_ONLY.contains(e.getKey()) : !only.contains(e.getKey())) {
                 continue;
             }
             Result r;
@@ -476,6 +496,147 @@ public final class Compat {
                 "%d old messages stored before the group subscribed; it received %d old and %d new (wanted %d, sent %d)%s",
                 old, gotOld, gotNew, wantNew, sent,
                 gotOld > 0 ? ": it started at the earliest message, QMQ starts a new group at the latest" : ""));
+    }
+
+    /**
+     * A producer sends one message every 10 ms (at most 50 unanswered) and records the ones it
+     * gets acknowledged; a listener consumes. Once 200 were acknowledged and 100 consumed, the
+     * master is killed ({@code kill -9}); the producer and the consumer go on without a restart.
+     * The check passes when 200 messages created after the kill were acknowledged (so by the new
+     * master) within {@link #RESUME_MS}, and every acknowledged message was then consumed.
+     */
+    private Result failover() throws Exception {
+        final int ackedBefore = 200;
+        final int consumedBefore = 100;
+        final int ackedAfter = 200;
+        final int maxInFlight = 50;
+        String pid = System.getProperty("compat.failover.masterPid");
+        if (pid == null) {
+            return new Result(false, "no master to kill: -Dcompat.failover.masterPid not set "
+                    + "(scripts/java-compat.sh starts a replicated group for this check)");
+        }
+        String slaveLog = System.getProperty("compat.failover.slaveLog");
+        String subject = subject("failover");
+        Recorder rec = new Recorder();
+        listen(subject, "compat", rec, null);
+        if (!prime(subject, p -> { }, rec.probed::get)) {
+            return notReady();
+        }
+
+        Set<String> acked = ConcurrentHashMap.newKeySet();
+        AtomicInteger sendFailures = new AtomicInteger();
+        AtomicInteger next = new AtomicInteger();
+        // Index of the first message created after the kill; MAX_VALUE before it.
+        AtomicInteger firstAfterKill = new AtomicInteger(Integer.MAX_VALUE);
+        AtomicInteger ackedAfterKill = new AtomicInteger();
+        AtomicLong firstAckAfterKillAt = new AtomicLong();
+        Semaphore inFlight = new Semaphore(maxInFlight);
+        AtomicBoolean stop = new AtomicBoolean();
+        MessageSendStateListener callback = new MessageSendStateListener() {
+            @Override
+            public void onSuccess(Message m) {
+                String id = m.getStringProperty("id");
+                acked.add(id);
+                if (Integer.parseInt(id) >= firstAfterKill.get()) {
+                    firstAckAfterKillAt.compareAndSet(0, System.currentTimeMillis());
+                    ackedAfterKill.incrementAndGet();
+                }
+                inFlight.release();
+            }
+
+            @Override
+            public void onFailed(Message m) {
+                sendFailures.incrementAndGet();
+                inFlight.release();
+            }
+        };
+        Thread sender = new Thread(() -> {
+            try {
+                while (!stop.get()) {
+                    inFlight.acquire();
+                    Message m = message(subject, "failover", String.valueOf(next.getAndIncrement()));
+                    try {
+                        producer.sendMessage(m, callback);
+                    } catch (RuntimeException e) {
+                        sendFailures.incrementAndGet();
+                        inFlight.release();
+                    }
+                    Thread.sleep(10);
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }, "compat-failover-producer");
+        sender.setDaemon(true);
+        sender.start();
+        try {
+            if (!waitFor(() -> acked.size() >= ackedBefore && rec.got.size() >= consumedBefore, WAIT_MS)) {
+                return new Result(false, String.format(
+                        "before the kill: acknowledged %d (wanted %d), consumed %d (wanted %d) within %d ms",
+                        acked.size(), ackedBefore, rec.got.size(), consumedBefore, WAIT_MS));
+            }
+            int ackedAtKill = acked.size();
+            int consumedAtKill = rec.got.size();
+            long killedAt = System.currentTimeMillis();
+            int rc = new ProcessBuilder("kill", "-9", pid).inheritIO().start().waitFor();
+            if (rc != 0) {
+                return new Result(false, "kill -9 " + pid + " exited with " + rc);
+            }
+            // Created once the master is dead: an acknowledgement for these can only come from
+            // the new master.
+            firstAfterKill.set(next.get());
+            String killedFile = System.getProperty("compat.failover.killedFile");
+            if (killedFile != null) {
+                // The script restarts the killed member (as the new slave) once this file exists.
+                Files.writeString(Path.of(killedFile), pid);
+            }
+            String promoted = "not timed";
+            if (slaveLog != null) {
+                Path log = Path.of(slaveLog);
+                BooleanSupplier isMaster = () -> {
+                    try {
+                        return Files.readString(log).contains("master epoch=2");
+                    } catch (java.io.IOException e) {
+                        return false;
+                    }
+                };
+                if (!waitFor(isMaster, WAIT_MS)) {
+                    return new Result(false, "the slave was not promoted (no \"master epoch=2\" in "
+                            + slaveLog + ") within " + WAIT_MS + " ms of the kill");
+                }
+                promoted = (System.currentTimeMillis() - killedAt) + " ms";
+            }
+            boolean resumed = waitFor(() -> ackedAfterKill.get() >= ackedAfter, RESUME_MS);
+            stop.set(true);
+            sender.join(WAIT_MS);
+            // Every message sent gets an answer (acknowledged or failed) before it is counted out.
+            boolean answered = inFlight.tryAcquire(maxInFlight, 2 * WAIT_MS, TimeUnit.MILLISECONDS);
+            boolean all = waitFor(() -> rec.got.keySet().containsAll(acked), 2 * WAIT_MS);
+            List<String> missing = new ArrayList<>();
+            for (String id : acked) {
+                if (!rec.got.containsKey(id)) {
+                    missing.add(id);
+                }
+            }
+            missing.sort((a, b) -> Integer.compare(Integer.parseInt(a), Integer.parseInt(b)));
+            long firstAck = firstAckAfterKillAt.get();
+            boolean ok = resumed && answered && all && missing.isEmpty();
+            return new Result(ok, String.format(
+                    "sent %d, acknowledged %d (%d before the kill, %d created after it), send failures %d; "
+                            + "consumed %d before the kill; "
+                            + "slave promoted after %s; first acknowledgement from the new master %s; "
+                            + "%sconsumed %d of the %d acknowledged, missing %d%s, duplicates %d",
+                    next.get(), acked.size(), ackedAtKill, ackedAfterKill.get(), sendFailures.get(),
+                    consumedAtKill, promoted,
+                    firstAck == 0 ? "NEVER" : (firstAck - killedAt) + " ms after the kill",
+                    answered ? "" : "some sends never answered, ",
+                    acked.size() - missing.size(), acked.size(), missing.size(),
+                    missing.isEmpty() ? "" : " " + missing.subList(0, Math.min(10, missing.size())),
+                    rec.duplicates.get()));
+        } finally {
+            stop.set(true);
+            sender.interrupt();
+        }
     }
 
     // ---------------------------------------------------------------------------------------------
