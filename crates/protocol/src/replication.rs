@@ -7,6 +7,9 @@
 //! master no longer holds the requested bytes; a heartbeat (type 3) answers the master's two log
 //! ends. The log bytes are the store's own record format (see the store crate's docs).
 //!
+//! SYNC_CHECKPOINT_REQUEST (code 21) keeps QMQ's response shape with qmq-rs's own content
+//! ([`SyncCheckpoint`]): a slave that cannot continue from its logs starts again from it.
+//!
 //! GROUP_LEASE is a qmq-rs addition (a Java meta server answers it `UNKNOWN_CODE`, and a server
 //! then keeps the role QMQ's BROKER_ACQUIRE_META gave it, without failover). Every server of a
 //! replicated group calls it about three times per lease: it reports how far its logs reach and
@@ -163,6 +166,70 @@ impl SyncHeartbeat {
         };
         r.finish("sync heartbeat")?;
         Ok(hb)
+    }
+}
+
+/// The answer to SYNC_CHECKPOINT_REQUEST (code 21): a master's resync snapshot, for a slave
+/// that cannot continue copying from its own logs (behind the master's retention, or diverged).
+///
+/// QMQ's layout is kept: `u8 version ; i32 len ; bytes ; i32 len ; bytes`. The content is
+/// qmq-rs's own (QMQ ships its checkpoint files here): with [`SyncCheckpoint::VERSION`] the
+/// first bytes are the message side and the second the consumer side of the store's
+/// snapshot, each a JSON document (see `qmq_store::snapshot`). The request's body is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncCheckpoint {
+    /// Content version ([`SyncCheckpoint::VERSION`]).
+    pub version: u8,
+    /// The message side (QMQ: the message checkpoint).
+    pub message: Bytes,
+    /// The consumer side (QMQ: the action checkpoint).
+    pub action: Bytes,
+}
+
+impl SyncCheckpoint {
+    /// The content version this crate writes: qmq-rs's JSON snapshot halves.
+    pub const VERSION: u8 = 1;
+
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        out.put_u8(self.version);
+        for (part, field) in [
+            (&self.message, "message checkpoint"),
+            (&self.action, "action checkpoint"),
+        ] {
+            let len = i32::try_from(part.len()).map_err(|_| EncodeError::TooLong {
+                field,
+                len: part.len(),
+                max: i32::MAX as usize,
+            })?;
+            out.put_i32(len);
+            out.put_slice(part);
+        }
+        Ok(())
+    }
+
+    /// Decodes a body; the parts are slices of `body` (no copy).
+    pub fn decode(body: &Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let version = r.u8("checkpoint version")?;
+        let mut part = |field: &'static str| -> Result<Bytes, DecodeError> {
+            let len = r.i32(field)?;
+            let len = usize::try_from(len).map_err(|_| DecodeError::NegativeLength {
+                field,
+                len: i64::from(len),
+            })?;
+            let at = r.position();
+            r.bytes(len, field)?;
+            Ok(body.slice(at..at + len))
+        };
+        let message = part("message checkpoint")?;
+        let action = part("action checkpoint")?;
+        r.finish("sync checkpoint")?;
+        Ok(Self {
+            version,
+            message,
+            action,
+        })
     }
 }
 

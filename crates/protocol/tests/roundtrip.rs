@@ -452,3 +452,27 @@ fn headers_say_what_they_are() {
 }
 
 use qmq_protocol::codes::command;
+
+/// SYNC_CHECKPOINT_REQUEST's answer keeps QMQ's shape (`u8 version ; i32 len ; bytes ; i32
+/// len ; bytes`) and round-trips; a truncated or negative length is refused.
+#[test]
+fn sync_checkpoint_layout_and_roundtrip() {
+    let cp = SyncCheckpoint {
+        version: SyncCheckpoint::VERSION,
+        message: Bytes::from_static(b"{\"m\":1}"),
+        action: Bytes::from_static(b"[]"),
+    };
+    let mut out = BytesMut::new();
+    cp.encode(&mut out).unwrap();
+    let mut expected = vec![1u8, 0, 0, 0, 7];
+    expected.extend_from_slice(b"{\"m\":1}");
+    expected.extend_from_slice(&[0, 0, 0, 2]);
+    expected.extend_from_slice(b"[]");
+    assert_eq!(&out[..], &expected[..]);
+    let body = out.freeze();
+    assert_eq!(SyncCheckpoint::decode(&body).unwrap(), cp);
+    assert!(SyncCheckpoint::decode(&body.slice(..body.len() - 1)).is_err());
+    let mut negative = expected.clone();
+    negative[1] = 0xff;
+    assert!(SyncCheckpoint::decode(&Bytes::from(negative)).is_err());
+}

@@ -69,6 +69,18 @@ pub struct BrokerArgs {
     /// Where a consumer group new to this broker starts, unless its pull asks (QMQ: latest).
     #[arg(long, value_enum, default_value = "latest")]
     new_group_start: StartFrom,
+    /// Testing only (hidden): message-log retention in seconds, overriding `--retention-hours`,
+    /// so a process test can see segments deleted.
+    #[arg(long, hide = true)]
+    test_retention_secs: Option<u64>,
+    /// Testing only (hidden): message-log and action-log segment size in bytes (tiny
+    /// segments let retention delete some quickly).
+    #[arg(long, hide = true)]
+    test_segment_bytes: Option<u64>,
+    /// Testing only (hidden): time between checkpoints (and retention passes), in
+    /// milliseconds.
+    #[arg(long, hide = true)]
+    test_checkpoint_interval_ms: Option<u64>,
 }
 
 /// Where a new consumer group starts.
@@ -467,6 +479,16 @@ impl BrokerArgs {
             Flush::Sync => FlushPolicy::SyncBeforeAck,
         };
         store.retention = Duration::from_secs(self.retention_hours * 3600);
+        if let Some(secs) = self.test_retention_secs {
+            store.retention = Duration::from_secs(secs);
+        }
+        if let Some(bytes) = self.test_segment_bytes {
+            store.segment_size = bytes;
+            store.action_segment_size = bytes;
+        }
+        if let Some(ms) = self.test_checkpoint_interval_ms {
+            store.checkpoint_interval = Duration::from_millis(ms);
+        }
         let mut c = BrokerConfig::new(store);
         c.listen = self.listen;
         c.advertised = self.advertise.clone();

@@ -3,7 +3,7 @@
 //! producers and consumers run. Every wait has a deadline; none is a sleep standing in for a
 //! condition.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -103,9 +103,15 @@ impl Cluster {
 
     /// Starts member `i` (`--flush sync`).
     fn start(&self, i: usize) -> Proc {
+        self.start_with(i, &[])
+    }
+
+    /// Starts member `i` (`--flush sync`) with `extra` arguments.
+    fn start_with(&self, i: usize, extra: &[&str]) -> Proc {
         let m = &self.members[i];
         let mut cmd = qmq();
         cmd.args(["broker", "--flush", "sync", "--group", GROUP])
+            .args(extra)
             .args(["--replication", self.mode])
             .args(["--listen", &m.addr(), "--sync-listen", &m.sync_addr()])
             .args(["--hostname", "127.0.0.1", "--meta", &self.meta_tcp])
@@ -691,4 +697,82 @@ async fn two_meta_servers_on_one_postgres_promote_once_per_failover() {
         }
     }
     exec(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+}
+
+/// Whether the message log in member `m`'s store still has its first segment (offset 0).
+fn has_first_segment(m: &Member) -> bool {
+    m.dir
+        .join("broker/messagelog")
+        .join(format!("{:020}", 0))
+        .exists()
+}
+
+/// Directories a resync moved replaced data into, in member `m`'s store.
+fn resync_dirs(m: &Member) -> Vec<PathBuf> {
+    match std::fs::read_dir(m.dir.join("broker")) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("resync-"))
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Test 6: a slave started only after the master's retention deleted its first message-log
+/// segments cannot copy from offset 0: it resyncs from the master's snapshot by itself,
+/// catches up, and after a failover the group goes on where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_behind_the_masters_retention_resyncs_by_itself() {
+    // Tiny segments, one-second retention, retention passes every 200 ms (hidden test flags).
+    const TINY: [&str; 6] = [
+        "--test-segment-bytes",
+        "4096",
+        "--test-retention-secs",
+        "1",
+        "--test-checkpoint-interval-ms",
+        "200",
+    ];
+    let c = Cluster::new("async");
+    let mut master = c.start_with(0, &TINY);
+    master.wait_line("master epoch=1", 0, Duration::from_secs(30));
+    send_all(&c.members[0].addr(), "resync", 0..400).await;
+    // The group consumes (and acks) the first 150: retention may delete what lies before.
+    let got = consume(&c.members[0].addr(), "resync", "g1", 150).await;
+    assert_eq!(got, (0..150).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while has_first_segment(&c.members[0]) {
+        assert!(Instant::now() < deadline, "retention deleted nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let slave = c.start_with(1, &TINY);
+    slave.wait_line("slave epoch=1", 0, Duration::from_secs(30));
+    caught_up(&c, Duration::from_secs(60)).await;
+    assert_eq!(
+        resync_dirs(&c.members[1]).len(),
+        1,
+        "the slave resynced once"
+    );
+    assert!(!has_first_segment(&c.members[1]));
+
+    // Copying goes on: more messages and consumption, then the master dies.
+    send_all(&c.members[0].addr(), "resync", 400..450).await;
+    let got = consume(&c.members[0].addr(), "resync", "g1", 50).await;
+    assert_eq!(got, (150..200).collect::<Vec<_>>());
+    caught_up(&c, Duration::from_secs(30)).await;
+    master.kill9();
+    slave.wait_line("master epoch=2", 0, Duration::from_secs(30));
+    let rest = consume(&c.members[1].addr(), "resync", "g1", 1000).await;
+    assert_eq!(
+        rest,
+        (200..450).collect::<Vec<_>>(),
+        "group rewound or lost after the failover"
+    );
+    let mut slave = slave;
+    slave.terminate();
 }

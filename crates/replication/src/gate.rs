@@ -51,6 +51,9 @@ pub struct ReplicationStats {
     pub truncated_bytes: AtomicU64,
     /// Times this server's logs diverged from its master's (a resync is needed).
     pub diverged: AtomicU64,
+    /// Times this server, as a slave, replaced its store with its master's snapshot (it was
+    /// behind the master's retention or diverged) and started copying again from there.
+    pub resyncs: AtomicU64,
 }
 
 /// Whether this broker may serve clients now, and how far its slave has written: what the

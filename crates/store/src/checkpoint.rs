@@ -39,6 +39,13 @@ pub struct Checkpoint {
     pub groups: Vec<(ConsumerKey, u64)>,
     /// Per-consumer pull/ack progress.
     pub consumers: Vec<(ConsumerKey, ConsumerProgress)>,
+    /// A replica resynchronised from a snapshot ([`crate::Store::install_snapshot`]): its
+    /// master's subject lengths when the snapshot was taken. Its consumer positions may point
+    /// up to them before the messages are copied, so recovery does not move them back to the
+    /// subject's local end; kept in later checkpoints until every subject reached its length.
+    /// Empty otherwise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resync_subject_ends: BTreeMap<String, u64>,
 }
 
 const PREFIX: &str = "checkpoint.";

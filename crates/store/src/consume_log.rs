@@ -16,8 +16,13 @@
 
 use std::path::Path;
 
-use crate::error::Result;
+use crate::error::{io, Result};
 use crate::fixed::FixedLog;
+
+/// File in a consume log's directory holding its first sequence when the log was created
+/// empty at a non-zero sequence ([`ConsumeLog::create_at`]): sequences below it were never
+/// stored here (a resynchronised replica starts at its master's retained range).
+const START_FILE: &str = "START";
 
 /// Bytes per entry.
 pub const ENTRY: u64 = 24;
@@ -68,6 +73,8 @@ pub struct ConsumeLog {
     last_offset: Option<u64>,
     /// Entries appended after the written ones (`log.len()..len()`), not yet written.
     tail: Vec<Entry>,
+    /// No entry below this sequence was ever stored here (see [`ConsumeLog::create_at`]).
+    floor: u64,
 }
 
 /// Unwritten entries a consume log holds before it writes them itself (192 KiB of them; a
@@ -83,7 +90,9 @@ impl ConsumeLog {
     /// the log is cut at the first bad one. Entries pointing at or past `log_end` are dropped.
     pub fn open(dir: &Path, per_segment: u64, trusted: u64, log_end: u64) -> Result<Self> {
         let mut log = FixedLog::open("consume-log", dir, ENTRY, per_segment)?;
-        let start = trusted.min(log.len()).max(log.first());
+        let floor = read_floor(dir)?.min(log.len());
+        let first = log.first().max(floor);
+        let start = trusted.min(log.len()).max(first);
         let mut prev = match start.checked_sub(1) {
             Some(p) if p >= log.first() => Self::decode_at(&log, p)?.map(|e| e.offset),
             _ => None,
@@ -107,7 +116,7 @@ impl ConsumeLog {
         }
         // Trusted entries pointing past the log's end (its tail was lost): drop them too.
         let mut len = cut.unwrap_or(log.len());
-        while len > log.first() {
+        while len > first {
             match Self::decode_at(&log, len - 1)? {
                 Some(e) if e.offset >= log_end => len -= 1,
                 _ => break,
@@ -120,7 +129,7 @@ impl ConsumeLog {
         // The newest readable entry (a damaged trusted one is passed over).
         let mut last_offset = None;
         let mut at = len;
-        while at > log.first() && len - at < CHUNK as u64 {
+        while at > first && len - at < CHUNK as u64 {
             if let Some(e) = Self::decode_at(&log, at - 1)? {
                 last_offset = Some(e.offset);
                 break;
@@ -131,7 +140,28 @@ impl ConsumeLog {
             log,
             last_offset,
             tail: Vec::new(),
+            floor,
         })
+    }
+
+    /// Creates an empty consume log in `dir` (which must hold none) whose first sequence is
+    /// `first`: the next entry appended gets sequence `first`. A resynchronised replica's
+    /// consume logs start where its master's retained range starts, so the sequences of the
+    /// messages it copies (and the consumer state referring to them) stay the master's. The
+    /// start is kept in a `START` file; the index segment holding `first` is created sparse.
+    pub fn create_at(dir: &Path, per_segment: u64, first: u64) -> Result<()> {
+        if first == 0 {
+            return Ok(());
+        }
+        let mut log = FixedLog::open("consume-log", dir, ENTRY, per_segment)?;
+        log.extend_to(first)?;
+        log.sync()?;
+        let path = dir.join(START_FILE);
+        std::fs::write(&path, first.to_string()).map_err(io("write", &path))?;
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io("fsync", &path))?;
+        crate::log::sync_dir(dir)
     }
 
     fn decode_at(log: &FixedLog, seq: u64) -> Result<Option<Entry>> {
@@ -153,7 +183,7 @@ impl ConsumeLog {
 
     /// First sequence still stored (earlier segments were deleted by retention).
     pub fn first(&self) -> u64 {
-        self.log.first()
+        self.log.first().max(self.floor.min(self.len()))
     }
 
     /// Offset of the newest indexed message.
@@ -250,7 +280,7 @@ impl ConsumeLog {
     /// The first sequence whose message is at or after message-log offset `offset` (entries
     /// are in message-log order; unreadable entries count as before it).
     pub fn first_at_or_after(&self, offset: u64) -> Result<u64> {
-        let (mut lo, mut hi) = (self.log.first(), self.len());
+        let (mut lo, mut hi) = (self.first(), self.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let entry = self.read(mid, 1)?.into_iter().next().flatten();
@@ -273,6 +303,22 @@ impl ConsumeLog {
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
         self.log.sync()
+    }
+}
+
+/// The first sequence a `START` file records (0 without one).
+fn read_floor(dir: &Path) -> Result<u64> {
+    let path = dir.join(START_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| crate::StoreError::BadNameFile {
+                path,
+                reason: format!("bad consume-log start: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io("read", &path)(e)),
     }
 }
 

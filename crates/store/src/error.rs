@@ -130,6 +130,12 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A resync snapshot ([`crate::Snapshot`]) could not be encoded or decoded.
+    #[error("bad resync snapshot: {reason}")]
+    BadSnapshot {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Result alias for store operations.

@@ -34,8 +34,10 @@
 //! replica, [`Store::watch_log_end`] to long-poll) and rebuilds consume logs, pull logs and
 //! progress by indexing and replaying them as the master did. Their record layouts are
 //! specified in [`formats`] (`FORMAT.md` in this crate's directory). A former master that
-//! rejoins as a replica has its unreplicated tail cut by [`truncate_logs`]. See
-//! [`replication`].
+//! rejoins as a replica has its unreplicated tail cut by [`truncate_logs`]. A replica that
+//! fell behind its master's retention (or diverged beyond what epochs explain) starts again
+//! from a [`Snapshot`] of the master ([`Store::snapshot`], [`Store::install_snapshot`]) and
+//! copies both logs from there. See [`replication`] and [`snapshot`].
 //!
 //! # Recovery
 //!
@@ -134,6 +136,7 @@ mod names;
 pub mod pull_log;
 mod record;
 pub mod replication;
+pub mod snapshot;
 mod store;
 
 pub use action::ConsumerKey;
@@ -141,6 +144,7 @@ pub use dir_lock::DirLock;
 pub use error::{Result, StoreError};
 pub use filter::{BytesFilter, Filter, TagFilter, TagMode};
 pub use replication::{truncate_logs, LogChunk, LogStream, Truncated};
+pub use snapshot::{ConsumerSnapshot, MessageSnapshot, Snapshot, SnapshotConsumer, SubjectStart};
 pub use store::{
     Appended, ConsumerInfo, FlushPolicy, GroupInfo, NewMessage, PullOptions, PullSpec, Pulled,
     ResetTo, Store, StoreConfig, StoreStats, StoredMessage, SubjectInfo,

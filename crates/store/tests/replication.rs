@@ -674,3 +674,183 @@ async fn a_group_created_by_an_empty_pull_is_replicated() {
         "the message sent after the group's first pull"
     );
 }
+
+/// Small segments; action segments large enough for a pull of 60 messages.
+fn resync_cfg(dir: &Path) -> StoreConfig {
+    let mut c = small(dir);
+    c.action_segment_size = 2048;
+    c
+}
+
+/// A master whose first message-log segments retention deleted, with consumers mid-way
+/// (some pulled messages not acked), and with action-log segments trimmed too.
+async fn master_past_retention(dir: &Path) -> Store {
+    let mut cfg = resync_cfg(dir);
+    cfg.retention = Duration::ZERO;
+    let master = Store::open(cfg).unwrap();
+    append_round(&master, 0, 60).await;
+    let (a1, a2) = (key("a", "g1", "c1"), key("a", "g1", "c2"));
+    let p = common::pull(&master, &a1, 50);
+    master.ack(&a1, p.last().unwrap().pull_seq).unwrap();
+    common::pull(&master, &a1, 5); // unacked
+    let p = common::pull(&master, &a2, 3);
+    master.ack(&a2, p[0].pull_seq).unwrap(); // two unacked
+    let b = key("b", "g2", "c1");
+    let p = common::pull(&master, &b, 60);
+    master.ack(&b, p.last().unwrap().pull_seq).unwrap();
+    let x = key("b", "bc", "x");
+    let p = pull_tagged(&master, &x, true, 30);
+    master.ack(&x, p[p.len() - 3].pull_seq).unwrap();
+    let c = key("c", "g3", "c1");
+    let p = common::pull(&master, &c, 45);
+    master.ack(&c, p.last().unwrap().pull_seq).unwrap();
+    append_round(&master, 1, 10).await;
+    for _ in 0..3 {
+        master.checkpoint().unwrap();
+    }
+    let deleted = master
+        .apply_retention(SystemTime::now() + Duration::from_secs(60))
+        .unwrap();
+    assert!(deleted > 0, "retention deleted segments");
+    assert!(master.log_start(LogStream::Message) > 0);
+    assert!(
+        master.log_start(LogStream::Action) > 0,
+        "action log trimmed"
+    );
+    master
+}
+
+/// Pulls, acks and appends on the master after a snapshot, so copying has work to do.
+async fn after_snapshot(master: &Store) {
+    append_round(master, 2, 8).await;
+    let a1 = key("a", "g1", "c1");
+    let p = common::pull(master, &a1, 4);
+    master.ack(&a1, p[0].pull_seq).unwrap();
+    common::pull(master, &key("c", "g3", "c1"), 3);
+}
+
+#[tokio::test]
+async fn a_replica_behind_retention_resyncs_from_a_snapshot_and_copies_to_the_masters_state() {
+    let (mdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = master_past_retention(mdir.path()).await;
+    let m0 = master.log_start(LogStream::Message);
+
+    // An empty replica cannot copy: the master's log no longer starts at 0.
+    let rcfg = resync_cfg(&rdir.path().join("store"));
+    {
+        let empty = tempfile::tempdir().unwrap();
+        let replica = Store::open(resync_cfg(empty.path())).unwrap();
+        let chunk = master.read_log_chunk(LogStream::Message, 0, 4096).unwrap();
+        assert_eq!(chunk.start, m0);
+        let r = replica.append_replicated(LogStream::Message, chunk.start, &chunk.bytes);
+        assert!(matches!(r, Err(StoreError::Diverged { .. })), "{r:?}");
+    }
+
+    let snap = master.snapshot().unwrap();
+    assert_eq!(snap.messages.start, m0);
+    assert_eq!(snap.consumers.action_end, master.log_end(LogStream::Action));
+    let unacked: usize = snap
+        .consumers
+        .consumers
+        .iter()
+        .map(|c| c.unacked.len())
+        .sum();
+    assert_eq!(unacked, 5 + 2 + 2, "{:?}", snap.consumers.consumers);
+    assert!(snap.messages.subjects.iter().all(|s| s.first > 0));
+    let (m, c) = snap.encode_parts().unwrap();
+    let snap = qmq_store::Snapshot::decode_parts(&m, &c).unwrap();
+
+    // Installed into a directory that does not exist yet: nothing to move aside.
+    assert_eq!(Store::install_snapshot(&rcfg, &snap).unwrap(), None);
+    let replica = Store::open(rcfg.clone()).unwrap();
+    assert_eq!(replica.log_end(LogStream::Message), m0);
+    assert_eq!(replica.log_start(LogStream::Message), m0);
+    assert_eq!(
+        replica.log_end(LogStream::Action),
+        snap.consumers.action_end
+    );
+    // Positions and progress are the master's before a message is copied (not moved back).
+    assert_eq!(replica.consumers(), master.consumers());
+    for g in master.groups() {
+        assert_eq!(replica.position(&g.key, !g.key.consumer.is_empty()), g.next);
+    }
+
+    after_snapshot(&master).await;
+    replicate(&master, &replica, 300);
+    let expected = state(&master);
+    assert_eq!(state(&replica), expected);
+    // The unacked messages are there to redeliver, with their bodies.
+    let a1 = key("a", "g1", "c1");
+    let p = replica.progress(&a1);
+    let again = replica
+        .pulled_since(&a1, (p.acked + 1) as u64, 100)
+        .unwrap();
+    assert_eq!(again.len() as i64, p.pulled - p.acked);
+    assert_eq!(
+        again,
+        master.pulled_since(&a1, (p.acked + 1) as u64, 100).unwrap()
+    );
+
+    // Reopened (with a checkpoint in between, and without), it recovers the same state.
+    replica.checkpoint().unwrap();
+    drop(replica);
+    let replica = Store::open(rcfg.clone()).unwrap();
+    assert_eq!(state(&replica), expected);
+    // Promoted, it hands out what the master would.
+    let b = key("b", "g2", "c9");
+    assert_eq!(
+        common::pull(&replica, &b, 10),
+        common::pull(&master, &b, 10)
+    );
+    let c = key("c", "g3", "c1");
+    assert_eq!(
+        common::pull(&replica, &c, 100),
+        common::pull(&master, &c, 100)
+    );
+    replica.close().unwrap();
+}
+
+#[tokio::test]
+async fn installing_a_snapshot_over_a_store_moves_its_data_aside() {
+    let (mdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = master_past_retention(mdir.path()).await;
+    let rcfg = resync_cfg(rdir.path());
+    // A replica with data of its own the master never had.
+    let old = Store::open(rcfg.clone()).unwrap();
+    append_round(&old, 7, 5).await;
+    let old_end = old.log_end(LogStream::Message);
+    let snap = master.snapshot().unwrap();
+    // Refused while a store has the directory open.
+    let r = Store::install_snapshot(&rcfg, &snap);
+    assert!(matches!(r, Err(StoreError::Locked { .. })), "{r:?}");
+    old.close().unwrap();
+    drop(old);
+    let moved = Store::install_snapshot(&rcfg, &snap).unwrap().unwrap();
+    assert!(moved.starts_with(rdir.path()));
+    assert!(moved
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("resync-"));
+    // The old data is intact where it was moved.
+    let mut aside = resync_cfg(&moved);
+    aside.dir = moved.clone();
+    let old = Store::open(aside).unwrap();
+    assert_eq!(old.log_end(LogStream::Message), old_end);
+    assert_eq!(old.subject_len("a"), 5);
+    drop(old);
+    std::fs::remove_file(moved.join("LOCK")).ok();
+
+    let replica = Store::open(rcfg.clone()).unwrap();
+    after_snapshot(&master).await;
+    replicate(&master, &replica, 1000);
+    assert_eq!(state(&replica), state(&master));
+    drop(replica);
+    // A second install keeps the first one's directory and adds another.
+    let again = Store::install_snapshot(&rcfg, &master.snapshot().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_ne!(again, moved);
+    assert!(moved.exists());
+}

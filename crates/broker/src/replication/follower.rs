@@ -2,20 +2,25 @@
 //! the bytes after this store's end and appending them (the store verifies, indexes and
 //! replays them), and a heartbeat telling the master how far both logs are.
 //!
-//! A chunk that does not start at this store's end is never appended: the logs diverged or
-//! the master no longer holds what this slave needs (it is behind the master's retention).
-//! Both need a resync, which this server cannot do on its own yet: the loop logs it, counts it
-//! ([`super::ReplicationStats::diverged`]) and retries slowly, so an operator sees it.
-//! Network errors are retried after a pause that grows from 100 ms to 2 s.
+//! A chunk that does not start at this store's end is never appended. When it starts above
+//! the end, the master no longer holds what this slave needs (it is behind the master's
+//! retention, or joined empty after the master's logs stopped starting at 0); when the master
+//! answers that this slave asks beyond its end, the slave holds what the master never had
+//! (and the epoch history did not explain it, or it would have been cut before copying).
+//! Both need a resync: the loops stop, the divergence is logged and counted
+//! ([`super::ReplicationStats::diverged`]), and [`follow`] returns
+//! [`Followed::ResyncNeeded`]; the node closes the store, installs the master's snapshot
+//! ([`fetch_snapshot`], [`qmq_store::Store::install_snapshot`]) and follows again (see
+//! [`super::node`]). Network errors are retried after a pause that grows from 100 ms to 2 s.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use qmq_protocol::codes::{command, response};
-use qmq_protocol::{SyncChunk, SyncHeartbeat, SyncLogRequest, SyncType};
-use qmq_store::{LogStream, Store, StoreError};
+use qmq_protocol::{SyncCheckpoint, SyncChunk, SyncHeartbeat, SyncLogRequest, SyncType};
+use qmq_store::{LogStream, Snapshot, Store, StoreError};
 use qmq_transport::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -27,29 +32,100 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time between heartbeats.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
-/// Runs the three loops against `master` (its sync address) until `stop` is cancelled, then
-/// returns once they have ended (no append is in progress after that).
-pub async fn follow(master: String, store: Store, gate: Arc<Gate>, stop: CancellationToken) {
+/// How long fetching a resync snapshot may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How [`follow`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Followed {
+    /// `stop` was cancelled.
+    Stopped,
+    /// This store cannot continue copying from its own logs (see the module docs): the
+    /// caller should close it, install the master's snapshot and follow again.
+    ResyncNeeded {
+        /// What the copy loop met.
+        reason: String,
+    },
+}
+
+/// Runs the three loops against `master` (its sync address) until `stop` is cancelled or a
+/// copy loop finds that a resync is needed, then returns once they have ended (no append is
+/// in progress after that). A resync is never asked for once `stop` is cancelled (a slave
+/// being promoted keeps its data).
+pub async fn follow(
+    master: String,
+    store: Store,
+    gate: Arc<Gate>,
+    stop: CancellationToken,
+) -> Followed {
     tracing::info!(master, "replicating from the master");
+    let loops = stop.child_token();
+    let resync: Arc<Mutex<Option<String>>> = Arc::default();
     let message = tokio::spawn(copy_loop(
         master.clone(),
         store.clone(),
         gate.clone(),
         LogStream::Message,
-        stop.clone(),
+        loops.clone(),
+        resync.clone(),
     ));
     let action = tokio::spawn(copy_loop(
         master.clone(),
         store.clone(),
         gate,
         LogStream::Action,
-        stop.clone(),
+        loops.clone(),
+        resync.clone(),
     ));
-    let beat = tokio::spawn(heartbeat_loop(master, store, stop));
+    let beat = tokio::spawn(heartbeat_loop(master, store, loops));
     for t in [message, action, beat] {
         if let Err(e) = t.await {
             tracing::error!(error = %e, "a replication loop failed");
         }
+    }
+    let reason = resync.lock().ok().and_then(|mut r| r.take());
+    match reason {
+        Some(reason) if !stop.is_cancelled() => Followed::ResyncNeeded { reason },
+        _ => Followed::Stopped,
+    }
+}
+
+/// Asks `master`'s sync port for a resync snapshot (SYNC_CHECKPOINT_REQUEST).
+pub async fn fetch_snapshot(master: &str) -> Result<Snapshot, BrokerError> {
+    let mut conn = None;
+    let c = connection(master, &mut conn).await?;
+    let resp = c
+        .request(
+            command::SYNC_CHECKPOINT_REQUEST,
+            bytes::Bytes::new(),
+            SNAPSHOT_TIMEOUT,
+        )
+        .await
+        .map_err(|e| io("resync snapshot request", e))?;
+    if resp.header.code != response::SUCCESS {
+        return Err(io(
+            "resync snapshot request",
+            format!("master answered code {}", resp.header.code),
+        ));
+    }
+    let cp = SyncCheckpoint::decode(&resp.body)?;
+    if cp.version != SyncCheckpoint::VERSION {
+        return Err(io(
+            "resync snapshot",
+            format!("unknown snapshot version {}", cp.version),
+        ));
+    }
+    Ok(Snapshot::decode_parts(&cp.message, &cp.action)?)
+}
+
+/// Whether a copy error means this store cannot continue from its own logs.
+fn needs_resync(e: &BrokerError) -> bool {
+    match e {
+        // The master's bytes start above this store's end: behind its retention.
+        BrokerError::Store(StoreError::Diverged { expected, got, .. }) => got > expected,
+        // This store asks beyond the master's end: it holds what the master never had.
+        BrokerError::Store(StoreError::Ahead { .. }) => true,
+        _ => false,
     }
 }
 
@@ -67,6 +143,7 @@ async fn copy_loop(
     gate: Arc<Gate>,
     stream: LogStream,
     stop: CancellationToken,
+    resync: Arc<Mutex<Option<String>>>,
 ) {
     let mut conn: Option<Connection> = None;
     let mut pause = Duration::from_millis(100);
@@ -84,8 +161,17 @@ async fn copy_loop(
                     &e
                 {
                     gate.stats.diverged.fetch_add(1, Ordering::Relaxed);
+                    if needs_resync(&e) {
+                        tracing::warn!(?stream, master, error = %e,
+                            "this slave fell behind the master's retention or holds what the master never had; resyncing from the master's snapshot");
+                        if let Ok(mut r) = resync.lock() {
+                            r.get_or_insert_with(|| format!("{stream}: {e}"));
+                        }
+                        stop.cancel();
+                        return;
+                    }
                     tracing::error!(?stream, master, error = %e,
-                        "this slave's log diverged from the master's (or fell behind its retention); a resync is needed");
+                        "this slave's log diverged from the master's; retrying");
                     pause = Duration::from_secs(2);
                 } else {
                     tracing::warn!(?stream, master, error = %e, "replication request failed; retrying");

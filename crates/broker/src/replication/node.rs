@@ -9,7 +9,13 @@
 //!    `BROKER_REJECT`.
 //! 3. As master: note the epoch (the store's ends are where the epoch starts, which the next
 //!    lease call reports), open the store and serve clients while the lease runs.
-//! 4. Renew every `renew_every`. A slave told it is master stops copying (waiting for the copy
+//! 4. A slave whose copy loops find it cannot continue from its own logs (behind the master's
+//!    retention, or holding what the master never had: [`follower::Followed::ResyncNeeded`])
+//!    stops them, closes the store, and, if the meta server still says it is a slave, asks
+//!    the master's sync port for a snapshot, installs it (the old data moves to
+//!    `<store dir>/resync-<unix ms>/`), notes the epoch and starts again as in 2. Logged and
+//!    counted (`Gate.stats.resyncs`). A master is never resynchronised.
+//! 5. Renew every `renew_every`. A slave told it is master stops copying (waiting for the copy
 //!    loops to end), notes the epoch and reports its final ends; it serves clients once the
 //!    meta server grants the lease (after the old master's lease surely ended). A master told it
 //!    is a slave stops serving at once, closes the store and goes back to 1, where it cuts its
@@ -60,6 +66,8 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), BrokerError> {
     let mut meta: Option<Connection> = None;
+    // Why the last run as a slave ended asking for a resync.
+    let mut resync: Option<String> = None;
     while !stop.is_cancelled() {
         status.send_replace(NodeStatus::Starting);
         let Some(granted) = ask_role(&config, &mut meta, &stop).await else {
@@ -69,6 +77,20 @@ pub async fn run(
         let epoch = u64::try_from(answer.epoch).unwrap_or(0);
         let dir = config.broker.store.dir.clone();
         let role = answer.role;
+        if let Some(reason) = resync.take() {
+            if is_slave(role) {
+                if let Err(e) =
+                    install_snapshot(&config, &gate, &answer.master_sync, epoch, &reason).await
+                {
+                    tracing::error!(error = %e, master = answer.master_sync, "resync failed; retrying");
+                    resync = Some(reason);
+                    pause(&config, &stop).await;
+                    continue;
+                }
+            } else {
+                tracing::warn!(?role, "no resync: this broker is no longer a slave");
+            }
+        }
         if is_slave(role) {
             let Some(cut) = cut_points(read_epoch(&dir)?, &answer.epochs) else {
                 tracing::info!(
@@ -115,6 +137,7 @@ pub async fn run(
                 &config, &gate, &handle, epoch, sync_addr, &status, &mut meta, &stop,
             )
             .await
+            .map(|()| None)
         } else {
             run_slave(
                 &config, &gate, &handle, granted, sync_addr, &status, &mut meta, &stop,
@@ -125,8 +148,48 @@ pub async fn run(
         sync_stop.cancel();
         let _ = sync_task.await;
         handle.shutdown().await?;
-        outcome?;
+        resync = outcome?;
     }
+    Ok(())
+}
+
+/// Replaces the (closed) store with `master`'s snapshot and notes `epoch` as its data's epoch.
+async fn install_snapshot(
+    config: &NodeConfig,
+    gate: &Gate,
+    master: &str,
+    epoch: u64,
+    reason: &str,
+) -> Result<(), BrokerError> {
+    tracing::warn!(master, reason, "resync: asking the master for a snapshot");
+    let snapshot = follower::fetch_snapshot(master).await?;
+    let (message_start, action_end) = (snapshot.messages.start, snapshot.consumers.action_end);
+    let store = config.broker.store.clone();
+    // The store was closed; a task of the last run may still hold a handle for a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let moved = loop {
+        let (store, snapshot) = (store.clone(), snapshot.clone());
+        let installed = tokio::task::spawn_blocking(move || {
+            qmq_store::Store::install_snapshot(&store, &snapshot)
+        })
+        .await?;
+        match installed {
+            Err(qmq_store::StoreError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other?,
+        }
+    };
+    write_epoch(&config.broker.store.dir, epoch)?;
+    gate.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        master,
+        epoch,
+        message_start,
+        action_end,
+        old_data = ?moved,
+        "resync: installed the master's snapshot; copying from there"
+    );
     Ok(())
 }
 
@@ -255,7 +318,7 @@ async fn run_slave(
     status: &watch::Sender<NodeStatus>,
     meta: &mut Option<Connection>,
     stop: &CancellationToken,
-) -> Result<(), BrokerError> {
+) -> Result<Option<String>, BrokerError> {
     let mut epoch = u64::try_from(granted.answer.epoch).unwrap_or(0);
     let master = granted.answer.master_sync.clone();
     let copying = stop.child_token();
@@ -274,10 +337,29 @@ async fn run_slave(
     let mut follower = Some(follower);
     let mut role = BrokerRole::Slave;
     let mut announced = false;
+    let mut resync = None;
     loop {
+        let following = async {
+            match follower.as_mut() {
+                Some(f) => f.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(config.renew_every) => {}
+            ended = following => {
+                follower = None;
+                match ended {
+                    Ok(follower::Followed::ResyncNeeded { reason }) => {
+                        resync = Some(reason);
+                        break;
+                    }
+                    Ok(follower::Followed::Stopped) => {}
+                    Err(e) => tracing::error!(error = %e, "the copy loops failed"),
+                }
+                continue;
+            }
         }
         let report = Report {
             role,
@@ -330,7 +412,7 @@ async fn run_slave(
     if let Some(f) = follower {
         let _ = f.await;
     }
-    Ok(())
+    Ok(resync)
 }
 
 /// Reports the master status once, when its first lease makes it serve clients.

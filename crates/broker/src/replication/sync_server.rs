@@ -1,5 +1,5 @@
 //! The sync port: serves this broker's message and action logs to a slave (QMQ's
-//! SYNC_LOG_REQUEST, code 20, types 1, 2 and 3).
+//! SYNC_LOG_REQUEST, code 20, types 1, 2 and 3, and SYNC_CHECKPOINT_REQUEST, code 21).
 //!
 //! - Types 1 (action) and 2 (message): whole records from the asked offset (raised to the
 //!   oldest retained one when the log no longer holds it), never across a segment, at most
@@ -13,6 +13,10 @@
 //! - An offset beyond the log's end means the slave holds data this log never had: answered
 //!   `PARAM_ERROR` (the slave stops and reports divergence). Other types: `BROKER_ERROR`.
 //!
+//! - SYNC_CHECKPOINT_REQUEST: a resync snapshot of the store ([`Store::snapshot`]) in QMQ's
+//!   response shape with qmq-rs's content ([`SyncCheckpoint`]), for a slave that cannot
+//!   continue from its own logs (see [`super::follower`]).
+//!
 //! Each connection is served in order (a slave uses one connection per stream); reads run on
 //! blocking threads.
 
@@ -24,7 +28,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use qmq_protocol::codes::{command, response};
-use qmq_protocol::{Frame, FrameCodec, SyncChunk, SyncHeartbeat, SyncLogRequest, SyncType};
+use qmq_protocol::{
+    Frame, FrameCodec, SyncCheckpoint, SyncChunk, SyncHeartbeat, SyncLogRequest, SyncType,
+};
 use qmq_store::{LogStream, Store, StoreError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
@@ -161,6 +167,9 @@ async fn serve(
 }
 
 async fn answer(state: &State, frame: &Frame) -> (i16, Bytes) {
+    if frame.header.code == command::SYNC_CHECKPOINT_REQUEST {
+        return checkpoint(state).await;
+    }
     if frame.header.code != command::SYNC_LOG_REQUEST {
         return (response::UNKNOWN_CODE, Bytes::new());
     }
@@ -230,6 +239,53 @@ async fn chunk(state: &State, stream: LogStream, offset: u64) -> Result<SyncChun
                 start: c.start as i64,
                 bytes: Bytes::new(),
             });
+        }
+    }
+}
+
+/// A resync snapshot of the store, encoded as a [`SyncCheckpoint`].
+async fn checkpoint(state: &State) -> (i16, Bytes) {
+    let store = state.store.clone();
+    let taken = tokio::task::spawn_blocking(move || store.snapshot()).await;
+    let snapshot = match taken {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "taking a resync snapshot failed");
+            return (response::BROKER_ERROR, Bytes::new());
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the resync snapshot task failed");
+            return (response::BROKER_ERROR, Bytes::new());
+        }
+    };
+    let encoded =
+        snapshot
+            .encode_parts()
+            .map_err(|e| e.to_string())
+            .and_then(|(message, action)| {
+                let mut out = BytesMut::with_capacity(9 + message.len() + action.len());
+                SyncCheckpoint {
+                    version: SyncCheckpoint::VERSION,
+                    message: message.into(),
+                    action: action.into(),
+                }
+                .encode(&mut out)
+                .map_err(|e| e.to_string())?;
+                Ok(out.freeze())
+            });
+    match encoded {
+        Ok(body) => {
+            tracing::info!(
+                bytes = body.len(),
+                message_start = snapshot.messages.start,
+                action_end = snapshot.consumers.action_end,
+                "served a resync snapshot to a slave"
+            );
+            (response::SUCCESS, body)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "encoding a resync snapshot failed");
+            (response::BROKER_ERROR, Bytes::new())
         }
     }
 }

@@ -569,6 +569,66 @@ impl ConsumerSide {
         })
     }
 
+    /// The consumer side exactly as the actions before the action log's end left it, for a
+    /// resync snapshot ([`Store::snapshot`]). Unlike a checkpoint's [`ConsumerSide::snapshot`],
+    /// which may reflect actions past its end (replaying them again is harmless), a replica
+    /// copies the action log from the returned end, so the state must hold none of the later
+    /// ones: every group and consumer is locked (groups before consumers, each in key order,
+    /// as replicated appends lock them; the maps are read-locked so none is created
+    /// meanwhile) and only then is the end read. Every action is appended and applied under
+    /// the locks of what it changes (a new group's start under the group map's write lock),
+    /// so none is half done then. Pulls, acks and resets wait while this runs.
+    pub(crate) fn resync_snapshot(&self) -> Result<crate::ConsumerSnapshot> {
+        let group_map = self.groups.read();
+        let mut group_keys: Vec<&ConsumerKey> = group_map.keys().collect();
+        group_keys.sort();
+        let group_guards: Vec<(&ConsumerKey, parking_lot::MutexGuard<'_, u64>)> = group_keys
+            .into_iter()
+            .filter_map(|k| group_map.get(k).map(|g| (k, g.lock())))
+            .collect();
+        let consumer_map = self.consumers.read();
+        let mut consumer_keys: Vec<&ConsumerKey> = consumer_map.keys().collect();
+        consumer_keys.sort();
+        let mut consumer_guards: Vec<(&ConsumerKey, parking_lot::MutexGuard<'_, ConsumerState>)> =
+            consumer_keys
+                .into_iter()
+                .filter_map(|k| consumer_map.get(k).map(|c| (k, c.lock())))
+                .collect();
+        let action_end = self.actions.lock().end();
+        let groups = group_guards
+            .iter()
+            .map(|(k, g)| ((*k).clone(), **g))
+            .collect();
+        let mut consumers = Vec::with_capacity(consumer_guards.len());
+        for (k, c) in &mut consumer_guards {
+            let ConsumerProgress { pulled, acked } = c.progress;
+            let mut unacked = Vec::new();
+            if pulled > acked {
+                let first = (acked + 1) as u64;
+                let n = (pulled - acked) as usize;
+                let seqs = c.pull_log(self, k)?.read(first, n)?;
+                for (i, seq) in seqs.into_iter().enumerate() {
+                    match seq {
+                        Some(seq) => unacked.push((first + i as u64, seq)),
+                        None => tracing::error!(subject = %k.subject, consumer = %k.consumer,
+                            pull_seq = first + i as u64, "damaged pull-log entry left out of a resync snapshot"),
+                    }
+                }
+            }
+            consumers.push(crate::SnapshotConsumer {
+                key: (*k).clone(),
+                pulled,
+                acked,
+                unacked,
+            });
+        }
+        Ok(crate::ConsumerSnapshot {
+            action_end,
+            groups,
+            consumers,
+        })
+    }
+
     /// (subject, consume-log sequence) of every message some group or consumer still needs:
     /// each group's next one, and each consumer's first unacked one.
     pub(crate) fn needed(&self) -> Result<Vec<(String, u64)>> {

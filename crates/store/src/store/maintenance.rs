@@ -75,7 +75,13 @@ impl Inner {
             }
             (log.end(), subjects)
         };
+        let resync_subject_ends = {
+            let mut ends = self.resync_subject_ends.lock();
+            ends.retain(|s, end| subjects.get(s).is_none_or(|len| len < end));
+            ends.clone()
+        };
         let cp = Checkpoint {
+            resync_subject_ends,
             message_indexed,
             subjects,
             action_applied: consumers.action_applied,

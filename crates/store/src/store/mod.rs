@@ -5,6 +5,7 @@ mod consumers;
 mod maintenance;
 mod recover;
 mod replicate;
+mod resync;
 mod writer;
 
 use std::collections::HashMap;
@@ -177,6 +178,8 @@ pub(crate) struct Inner {
     oldest_checkpoint: Mutex<Checkpoint>,
     /// Consume-log entries rebuilt from the message log ([`StoreStats`]).
     index_entries_rebuilt: AtomicU64,
+    /// See [`Checkpoint::resync_subject_ends`]: carried into each checkpoint until reached.
+    resync_subject_ends: Mutex<std::collections::BTreeMap<String, u64>>,
     closed: AtomicBool,
     /// The data directory's lock, held as long as anything of the store is.
     _lock: crate::DirLock,

@@ -149,7 +149,11 @@ pub(crate) fn open(config: StoreConfig) -> Result<Inner> {
     if replayed > 0 {
         tracing::info!(replayed, "replayed actions after the checkpoint");
     }
-    side.clamp_groups(|s| consume.get(s).map_or(0, ConsumeLog::len));
+    // A resynchronised replica's positions may run ahead of the messages it has copied yet.
+    side.clamp_groups(|s| {
+        let len = consume.get(s).map_or(0, ConsumeLog::len);
+        len.max(cp.resync_subject_ends.get(s).copied().unwrap_or(0))
+    });
 
     Ok(Inner {
         message_shippable: tokio::sync::watch::Sender::new(log.end()),
@@ -164,6 +168,7 @@ pub(crate) fn open(config: StoreConfig) -> Result<Inner> {
         watchers: Mutex::new(HashMap::new()),
         consumers: side,
         checkpoint_gen: Mutex::new(gen),
+        resync_subject_ends: Mutex::new(cp.resync_subject_ends.clone()),
         oldest_checkpoint: Mutex::new(cp),
         index_entries_rebuilt: AtomicU64::new(0),
         closed: AtomicBool::new(false),
