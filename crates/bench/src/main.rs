@@ -2,12 +2,14 @@
 //!
 //! Workloads: produce throughput and produce+consume throughput (100 B / 1 KiB bodies, 1 and 4
 //! producers, 1 and 4 consumers), end-to-end latency at a fixed offered rate, and backlog drain
-//! by 1, 2 and 4 consumers of one group. Prints a table with ratios to qmq-rs, the durability
-//! settings of each system, and the peak RSS of the qmq-rs server process.
+//! by 1, 2 and 4 consumers of one group; on request, replication (see [`replication`]). Prints a
+//! table with ratios to qmq-rs, the durability settings of each system, and the peak RSS of the
+//! qmq-rs server process.
 //!
 //! Needs the `qmq` executable built next to this one (`cargo build --release -p qmq`), NATS on
 //! 127.0.0.1:4222 (with JetStream) and RabbitMQ on 127.0.0.1:5672.
 
+mod replication;
 mod server;
 mod systems;
 
@@ -42,7 +44,9 @@ struct Args {
     /// Only these systems (default: all three).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Only these workloads: throughput, latency, drain (default: all).
+    /// Only these workloads: throughput, latency, drain (default: all three), and replication
+    /// (qmq-rs only, never by default: produce with replication off/async/sync, slave lag,
+    /// failover time).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
 }
@@ -62,6 +66,17 @@ struct Row {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.workloads.iter().any(|w| w == "replication") {
+        let report = replication::run(args.quick).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            replication::print(&report);
+        }
+        if args.workloads.len() == 1 {
+            return Ok(());
+        }
+    }
     let data = tempfile::tempdir().context("temp dir for the qmq-rs server")?;
     let qmq = server::QmqServer::start(data.path()).context("starting qmq standalone")?;
     let ep = Endpoints {
