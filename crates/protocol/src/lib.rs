@@ -22,7 +22,8 @@
 //!   ([`BrokerRegisterRequest`], brokers and delay servers come online and heartbeat) and
 //!   BROKER_ACQUIRE_META (a server learns its group and role).
 //! - [`replication`]: SYNC_LOG_REQUEST between a slave and its master ([`SyncLogRequest`],
-//!   [`SyncChunk`], [`SyncHeartbeat`], SYNC_CHECKPOINT_REQUEST's [`SyncCheckpoint`]) and qmq-rs's GROUP_LEASE with the meta server
+//!   [`SyncChunk`], [`SyncHeartbeat`], the backup server's [`SyncIndexChunk`],
+//!   SYNC_CHECKPOINT_REQUEST's [`SyncCheckpoint`]) and qmq-rs's GROUP_LEASE with the meta server
 //!   ([`GroupLeaseRequest`], [`GroupLeaseResponse`]): roles, epochs and the master's lease.
 //! - [`manage`]: CONSUME_MANAGE ([`ConsumeManageRequest`]), meta server to broker.
 //! - [`payload`]: any frame body as a typed [`Payload`], chosen by its header.
@@ -61,7 +62,7 @@ pub use payload::Payload;
 pub use pull::{AckRequest, PullFilter, PullRequest, PullResponse, TagType};
 pub use replication::{
     EpochStart, GroupLeaseRequest, GroupLeaseResponse, SyncCheckpoint, SyncChunk, SyncHeartbeat,
-    SyncLogRequest, SyncType,
+    SyncIndexChunk, SyncIndexRecord, SyncLogRequest, SyncType,
 };
 pub use send::{ProducerCode, SendFailure};
 pub use wire::EncodeError;

@@ -5,7 +5,9 @@
 //! messageLogOffset ; i64 actionLogOffset`; log shipping (types 1 and 2) answers `i32 size ; i64
 //! startOffset ; size bytes of the log`, where `startOffset` may be above what was asked when the
 //! master no longer holds the requested bytes; a heartbeat (type 3) answers the master's two log
-//! ends. The log bytes are the store's own record format (see the store crate's docs).
+//! ends. The log bytes are the store's own record format (see the store crate's docs). An
+//! index request (type 5, from a backup server) answers QMQ's per-message index records
+//! ([`SyncIndexChunk`]), byte for byte as a Java broker does.
 //!
 //! SYNC_CHECKPOINT_REQUEST (code 21) keeps QMQ's response shape with qmq-rs's own content
 //! ([`SyncCheckpoint`]): a slave that cannot continue from its logs starts again from it.
@@ -166,6 +168,139 @@ impl SyncHeartbeat {
         };
         r.finish("sync heartbeat")?;
         Ok(hb)
+    }
+}
+
+/// One message in the answer to an index SYNC_LOG_REQUEST (type 5), what a QMQ backup server
+/// keeps per message (QMQ's `MessageIndexSyncWorker` writes it, the backup's index log reads
+/// it): `i64 sequence ; i64 createdTime ; str16 subject ; str16 messageId`.
+///
+/// Neither string may be empty: a Java backup takes a zero length for the end of the data and
+/// drops the rest of the chunk, so [`SyncIndexRecord::encode`] refuses one and
+/// [`SyncIndexRecord::decode`] rejects one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncIndexRecord {
+    /// The message's consume-log sequence in its subject.
+    pub sequence: i64,
+    /// The message's creation time (ms since the epoch), from its stored form.
+    pub created_time: i64,
+    /// The subject.
+    pub subject: String,
+    /// The producer-assigned message id.
+    pub message_id: String,
+}
+
+impl SyncIndexRecord {
+    /// Bytes [`SyncIndexRecord::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        8 + 8 + 2 + self.subject.len() + 2 + self.message_id.len()
+    }
+
+    /// The record of a message from its stored form (what a broker keeps in its message log:
+    /// `u8 flags ; i64 createdTime ; i64 expireTime ; str16 subject ; str16 messageId ; ...`,
+    /// see [`crate::Message::encode_stored`]); only that head is read. Empty strings are
+    /// refused ([`DecodeError::Invalid`]), as QMQ's worker skips such messages.
+    pub fn from_stored(sequence: i64, stored: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(stored);
+        r.u8("message flags")?;
+        let created_time = r.i64("created time")?;
+        r.i64("expire time")?;
+        Ok(Self {
+            sequence,
+            created_time,
+            subject: non_empty(&mut r, "subject")?,
+            message_id: non_empty(&mut r, "message id")?,
+        })
+    }
+
+    /// Appends the record to `out`.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        for (s, field) in [(&self.subject, "subject"), (&self.message_id, "message id")] {
+            if s.is_empty() {
+                return Err(EncodeError::Empty { field });
+            }
+        }
+        out.put_i64(self.sequence);
+        out.put_i64(self.created_time);
+        put_string(out, &self.subject, "subject")?;
+        put_string(out, &self.message_id, "message id")
+    }
+
+    /// Reads one record.
+    pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            sequence: r.i64("index sequence")?,
+            created_time: r.i64("index created time")?,
+            subject: non_empty(r, "index subject")?,
+            message_id: non_empty(r, "index message id")?,
+        })
+    }
+}
+
+/// A short string that must not be empty.
+fn non_empty(r: &mut Reader<'_>, field: &'static str) -> Result<String, DecodeError> {
+    let s = r.string(field)?;
+    if s.is_empty() {
+        return Err(DecodeError::Invalid {
+            field,
+            reason: "must not be empty",
+        });
+    }
+    Ok(s)
+}
+
+/// The answer to an index SYNC_LOG_REQUEST (type 5, for backup servers): index records of the
+/// messages from the requested message-log offset, in log order.
+///
+/// QMQ's layout, the log-shipping one with records as the data: `i32 size ; i64 next ; size
+/// bytes of` [`SyncIndexRecord`]s. Unlike types 1 and 2, the `i64` is **the message-log offset
+/// to ask for next** (just past the last message looked at), not where the data starts; when
+/// there is nothing new it is the requested offset and `size` is 0. It may also move on with
+/// no records (messages that give no index record were passed over).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncIndexChunk {
+    /// The message-log offset the backup asks for next.
+    pub next: i64,
+    /// The records, in message-log order.
+    pub records: Vec<SyncIndexRecord>,
+}
+
+impl SyncIndexChunk {
+    /// Appends the body to `out`.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let size_at = out.len();
+        out.put_i32(0);
+        out.put_i64(self.next);
+        for record in &self.records {
+            record.encode(out)?;
+        }
+        let size = out.len() - size_at - 12;
+        let size = i32::try_from(size).map_err(|_| EncodeError::TooLong {
+            field: "sync index chunk",
+            len: size,
+            max: i32::MAX as usize,
+        })?;
+        out[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+        Ok(())
+    }
+
+    /// Decodes a body: exactly `size` bytes of whole records must follow the header.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(body);
+        let size = r.i32("sync index size")?;
+        let size = usize::try_from(size).map_err(|_| DecodeError::NegativeLength {
+            field: "sync index size",
+            len: i64::from(size),
+        })?;
+        let next = r.i64("sync index next offset")?;
+        let data = r.bytes(size, "sync index records")?;
+        r.finish("sync index chunk")?;
+        let mut records = Vec::new();
+        let mut r = Reader::new(data);
+        while !r.is_empty() {
+            records.push(SyncIndexRecord::decode(&mut r)?);
+        }
+        Ok(Self { next, records })
     }
 }
 
@@ -436,6 +571,152 @@ mod tests {
         neg.put_i32(-1);
         neg.put_i64(0);
         assert!(SyncChunk::decode(&neg.freeze()).is_err());
+    }
+
+    /// QMQ's type-5 layout, written out by hand: `i32 size ; i64 next ; (i64 sequence ; i64
+    /// createdTime ; i16 len ; subject ; i16 len ; messageId)*`.
+    #[test]
+    fn sync_index_chunk_has_qmq_layout() {
+        let chunk = SyncIndexChunk {
+            next: 4096,
+            records: vec![
+                SyncIndexRecord {
+                    sequence: 7,
+                    created_time: 1_700_000_000_123,
+                    subject: "a.b".into(),
+                    message_id: "m1".into(),
+                },
+                SyncIndexRecord {
+                    sequence: 0,
+                    created_time: 1,
+                    subject: "主".into(),
+                    message_id: "x".into(),
+                },
+            ],
+        };
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            0x00, 0x00, 0x00, 0x31,                         // size: 25 + 24 bytes of records
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, // next offset 4096
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, // sequence 7
+            0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x7b, // created 1_700_000_000_123
+            0x00, 0x03, b'a', b'.', b'b',                   // subject
+            0x00, 0x02, b'm', b'1',                         // message id
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // sequence 0
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, // created 1
+            0x00, 0x03, 0xe4, 0xb8, 0xbb,                   // subject "主" (UTF-8)
+            0x00, 0x01, b'x',                               // message id
+        ];
+        let mut out = BytesMut::new();
+        chunk.encode(&mut out).unwrap();
+        assert_eq!(&out[..], expected);
+        assert_eq!(
+            chunk.records.iter().map(|r| r.encoded_len()).sum::<usize>(),
+            expected.len() - 12
+        );
+        assert_eq!(SyncIndexChunk::decode(expected).unwrap(), chunk);
+
+        // Nothing new: size 0 and the requested offset.
+        let empty = SyncIndexChunk {
+            next: 9,
+            records: Vec::new(),
+        };
+        let mut out = BytesMut::new();
+        empty.encode(&mut out).unwrap();
+        assert_eq!(&out[..], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+        assert_eq!(SyncIndexChunk::decode(&out).unwrap(), empty);
+    }
+
+    #[test]
+    fn sync_index_chunk_refuses_bad_bodies() {
+        let record = SyncIndexRecord {
+            sequence: 1,
+            created_time: 2,
+            subject: "s".into(),
+            message_id: "id".into(),
+        };
+        let mut good = BytesMut::new();
+        SyncIndexChunk {
+            next: 0,
+            records: vec![record.clone()],
+        }
+        .encode(&mut good)
+        .unwrap();
+        // Cut anywhere: the size no longer matches the bytes.
+        for cut in 0..good.len() {
+            assert!(SyncIndexChunk::decode(&good[..cut]).is_err(), "cut {cut}");
+        }
+        // A size that ends inside a record, or leaves bytes after the records.
+        let mut short = good.clone();
+        short[3] -= 1;
+        assert!(SyncIndexChunk::decode(&short).is_err());
+        let mut long = good.clone();
+        long.put_u8(0);
+        assert!(SyncIndexChunk::decode(&long).is_err());
+        long[3] += 1;
+        assert!(SyncIndexChunk::decode(&long).is_err());
+        let mut negative = good.clone();
+        negative[..4].copy_from_slice(&(-1i32).to_be_bytes());
+        assert!(SyncIndexChunk::decode(&negative).is_err());
+        // Empty strings are neither written nor read.
+        for r in [
+            SyncIndexRecord {
+                subject: String::new(),
+                ..record.clone()
+            },
+            SyncIndexRecord {
+                message_id: String::new(),
+                ..record.clone()
+            },
+        ] {
+            assert!(matches!(
+                r.encode(&mut BytesMut::new()),
+                Err(EncodeError::Empty { .. })
+            ));
+        }
+        let mut empty_id = BytesMut::new();
+        empty_id.put_i32(8 + 8 + 3 + 2);
+        empty_id.put_i64(0);
+        empty_id.put_i64(1);
+        empty_id.put_i64(2);
+        put_string(&mut empty_id, "s", "subject").unwrap();
+        empty_id.put_i16(0);
+        assert!(SyncIndexChunk::decode(&empty_id).is_err());
+    }
+
+    #[test]
+    fn sync_index_record_reads_the_stored_head() {
+        let m = crate::Message {
+            flags: crate::MessageFlags(0).with_tags(true),
+            created_time: 1_700_000_000_123,
+            expire_or_schedule: 5,
+            subject: "order.paid".into(),
+            message_id: "id-1".into(),
+            tags: vec!["t".into()],
+            attrs: vec![("body".into(), "x".into())],
+        };
+        let stored = m.to_stored().unwrap();
+        let r = SyncIndexRecord::from_stored(3, &stored).unwrap();
+        assert_eq!(
+            r,
+            SyncIndexRecord {
+                sequence: 3,
+                created_time: 1_700_000_000_123,
+                subject: "order.paid".into(),
+                message_id: "id-1".into(),
+            }
+        );
+        // Only the head is needed; a cut inside it, or an empty id, is an error.
+        let head = 1 + 8 + 8 + 2 + 10 + 2 + 4;
+        assert_eq!(SyncIndexRecord::from_stored(3, &stored[..head]).unwrap(), r);
+        for cut in 0..head {
+            assert!(SyncIndexRecord::from_stored(3, &stored[..cut]).is_err());
+        }
+        let no_id = crate::Message {
+            message_id: String::new(),
+            ..m
+        };
+        assert!(SyncIndexRecord::from_stored(3, &no_id.to_stored().unwrap()).is_err());
     }
 
     #[test]

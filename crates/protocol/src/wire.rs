@@ -194,6 +194,13 @@ pub enum EncodeError {
         /// The protocol version asked for.
         version: i16,
     },
+    /// A field that must not be empty is (for example a string a QMQ reader takes for the end
+    /// of the data when its length is 0).
+    #[error("{field} must not be empty")]
+    Empty {
+        /// Which field.
+        field: &'static str,
+    },
     /// A list has more entries than its count field can say.
     #[error("{field} has {count} entries, more than the {max} the wire format allows")]
     TooMany {

@@ -39,6 +39,11 @@
 //! from a [`Snapshot`] of the master ([`Store::snapshot`], [`Store::install_snapshot`]) and
 //! copies both logs from there. See [`replication`] and [`snapshot`].
 //!
+//! A backup server does not copy the logs: it indexes every message by subject, consume-log
+//! sequence and message id. [`Store::read_index_chunk`] reads what it needs from the message
+//! log in log order ([`IndexRecord`]s, QMQ's sync type 5), long-polled on
+//! [`Store::watch_log_end`] like the log copy.
+//!
 //! # Recovery
 //!
 //! [`Store::open`] loads the newest readable checkpoint (a damaged or deleted one falls back to
@@ -146,6 +151,7 @@ pub use filter::{BytesFilter, Filter, TagFilter, TagMode};
 pub use replication::{truncate_logs, LogChunk, LogStream, Truncated};
 pub use snapshot::{ConsumerSnapshot, MessageSnapshot, Snapshot, SnapshotConsumer, SubjectStart};
 pub use store::{
-    Appended, ConsumerInfo, FlushPolicy, GroupInfo, NewMessage, PullOptions, PullSpec, Pulled,
-    ResetTo, Store, StoreConfig, StoreStats, StoredMessage, SubjectInfo,
+    Appended, ConsumerInfo, FlushPolicy, GroupInfo, IndexChunk, IndexRecord, NewMessage,
+    PullOptions, PullSpec, Pulled, ResetTo, Store, StoreConfig, StoreStats, StoredMessage,
+    SubjectInfo,
 };

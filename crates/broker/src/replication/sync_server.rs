@@ -1,5 +1,6 @@
-//! The sync port: serves this broker's message and action logs to a slave (QMQ's
-//! SYNC_LOG_REQUEST, code 20, types 1, 2 and 3, and SYNC_CHECKPOINT_REQUEST, code 21).
+//! The sync port: serves this broker's message and action logs to a slave and its message
+//! index to a backup server (QMQ's SYNC_LOG_REQUEST, code 20, types 1, 2, 3 and 5, and
+//! SYNC_CHECKPOINT_REQUEST, code 21).
 //!
 //! - Types 1 (action) and 2 (message): whole records from the asked offset (raised to the
 //!   oldest retained one when the log no longer holds it), never across a segment, at most
@@ -10,8 +11,18 @@
 //!   sends waiting for the slave ([`super::Gate::slave_reached`]).
 //! - Type 3 (heartbeat): answers both log ends (the action end read first); the master
 //!   records the slave's lag.
-//! - An offset beyond the log's end means the slave holds data this log never had: answered
-//!   `PARAM_ERROR` (the slave stops and reports divergence). Other types: `BROKER_ERROR`.
+//! - Type 5 (index, for a QMQ backup server, which asks a slave's sync port): one
+//!   [`SyncIndexRecord`] per message from the asked message-log offset (raised to the oldest
+//!   retained one), at most [`INDEX_MAX_RECORDS`] and about `batch_bytes` of them, in QMQ's
+//!   layout ([`SyncIndexChunk`]): the `i64` is the offset to ask for next. It long-polls like
+//!   types 1 and 2 and then answers no records and the asked offset. A backup is not a slave:
+//!   its offset is no proof of replication and releases no waiting send. Records carry the
+//!   store's subject and consume-log sequence, the message id and creation time of the stored
+//!   message (its append time when the creation time is not positive, which a Java backup
+//!   would take for the end of its index); a message without an id is passed over.
+//! - An offset beyond the log's end means the slave (or backup) holds data this log never
+//!   had: answered `PARAM_ERROR` (the slave stops and reports divergence); so is a negative
+//!   one. Other failures: `BROKER_ERROR`.
 //!
 //! - SYNC_CHECKPOINT_REQUEST: a resync snapshot of the store ([`Store::snapshot`]) in QMQ's
 //!   response shape with qmq-rs's content ([`SyncCheckpoint`]), for a slave that cannot
@@ -29,15 +40,20 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use qmq_protocol::codes::{command, response};
 use qmq_protocol::{
-    Frame, FrameCodec, SyncCheckpoint, SyncChunk, SyncHeartbeat, SyncLogRequest, SyncType,
+    Frame, FrameCodec, SyncCheckpoint, SyncChunk, SyncHeartbeat, SyncIndexChunk, SyncIndexRecord,
+    SyncLogRequest, SyncType,
 };
-use qmq_store::{LogStream, Store, StoreError};
+use qmq_store::{IndexChunk, LogStream, Store, StoreError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::Gate;
 use crate::BrokerError;
+
+/// Most index records in one answer to a type-5 request (QMQ's `MessageIndexSyncWorker`
+/// sends at most 5000).
+pub const INDEX_MAX_RECORDS: usize = 5000;
 
 /// Sync server settings.
 #[derive(Debug, Clone, Copy)]
@@ -184,10 +200,8 @@ async fn answer(state: &State, frame: &Frame) -> (i16, Bytes) {
         SyncType::Message => (LogStream::Message, req.message_offset),
         SyncType::Action => (LogStream::Action, req.action_offset),
         SyncType::Heartbeat => return heartbeat(state, &req),
-        SyncType::Index => {
-            tracing::warn!("index sync (backup servers) is not served yet");
-            return (response::BROKER_ERROR, Bytes::new());
-        }
+        // Not a slave's proof of replication: no `slave_reached`.
+        SyncType::Index => return index(state, req.message_offset).await,
     };
     let Ok(offset) = u64::try_from(offset) else {
         return (response::PARAM_ERROR, Bytes::new());
@@ -240,6 +254,103 @@ async fn chunk(state: &State, stream: LogStream, offset: u64) -> Result<SyncChun
                 bytes: Bytes::new(),
             });
         }
+    }
+}
+
+/// Answers a type-5 request: the index records from message-log offset `offset`.
+async fn index(state: &State, offset: i64) -> (i16, Bytes) {
+    let Ok(from) = u64::try_from(offset) else {
+        tracing::warn!(offset, "index sync from a negative offset");
+        return (response::PARAM_ERROR, Bytes::new());
+    };
+    match index_chunk(state, from).await {
+        Ok(c) => {
+            let size: usize = c.records.iter().map(SyncIndexRecord::encoded_len).sum();
+            let mut out = BytesMut::with_capacity(12 + size);
+            match c.encode(&mut out) {
+                Ok(()) => (response::SUCCESS, out.freeze()),
+                Err(e) => {
+                    tracing::error!(error = %e, "encoding an index chunk failed");
+                    (response::BROKER_ERROR, Bytes::new())
+                }
+            }
+        }
+        Err(BrokerError::Store(e @ StoreError::Ahead { .. })) => {
+            tracing::error!(error = %e, "a backup asks for the index beyond this log's end");
+            (response::PARAM_ERROR, Bytes::new())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, offset, "serving an index sync request failed");
+            (response::BROKER_ERROR, Bytes::new())
+        }
+    }
+}
+
+/// The index chunk at `from`, waiting up to the poll time for one when the log has nothing
+/// new; then no records and `next == from`.
+async fn index_chunk(state: &State, from: u64) -> Result<SyncIndexChunk, BrokerError> {
+    let mut end = state.store.watch_log_end(LogStream::Message);
+    let deadline = tokio::time::Instant::now() + state.settings.poll;
+    let max_bytes = state.settings.batch_bytes;
+    loop {
+        end.borrow_and_update();
+        let store = state.store.clone();
+        let c = tokio::task::spawn_blocking(move || {
+            store.read_index_chunk(from, INDEX_MAX_RECORDS, max_bytes)
+        })
+        .await??;
+        if c.next != from || !c.records.is_empty() {
+            return Ok(index_records(c, max_bytes));
+        }
+        let waited = tokio::time::timeout_at(deadline, end.changed()).await;
+        if !matches!(waited, Ok(Ok(()))) {
+            return Ok(SyncIndexChunk {
+                next: from as i64,
+                records: Vec::new(),
+            });
+        }
+    }
+}
+
+/// The wire records of `c`, about `max_bytes` of them (always the first): the stored
+/// message gives the id and creation time, the store the subject and sequence.
+fn index_records(c: IndexChunk, max_bytes: usize) -> SyncIndexChunk {
+    let mut records = Vec::with_capacity(c.records.len());
+    let mut size = 0usize;
+    let mut next = c.next;
+    for r in &c.records {
+        let Ok(sequence) = i64::try_from(r.sequence) else {
+            continue;
+        };
+        let mut record = match SyncIndexRecord::from_stored(sequence, &r.message) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    subject = %r.subject,
+                    sequence = r.sequence,
+                    "index: passing over a message without a readable id"
+                );
+                continue;
+            }
+        };
+        if record.subject != r.subject {
+            // The store's subject is the one the sequence counts in.
+            record.subject.clone_from(&r.subject);
+        }
+        if record.created_time <= 0 {
+            record.created_time = i64::try_from(r.appended_at_ms).unwrap_or(i64::MAX);
+        }
+        if size > 0 && size + record.encoded_len() > max_bytes {
+            next = r.offset;
+            break;
+        }
+        size += record.encoded_len();
+        records.push(record);
+    }
+    SyncIndexChunk {
+        next: next as i64,
+        records,
     }
 }
 

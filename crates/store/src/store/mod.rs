@@ -1,6 +1,7 @@
 //! The store: a message side (message log + consume logs, written by one group-commit thread)
 //! and a consumer side (action log + pull logs + positions, locked per group and per consumer).
 
+mod backup_index;
 mod consumers;
 mod maintenance;
 mod recover;
@@ -26,6 +27,7 @@ use crate::error::{io, Result, StoreError};
 use crate::log::{LogReader, RecordLog, RECORD_HEADER};
 use crate::record;
 
+pub use backup_index::{IndexChunk, IndexRecord};
 pub use consumers::{ConsumerInfo, GroupInfo, PullOptions, PullSpec, Pulled, ResetTo};
 
 /// When appended messages become durable.
