@@ -2,9 +2,12 @@
 //! consumer lease) and the limits that bound what one client can make the broker hold.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use qmq_store::{ResetTo, StoreConfig};
+
+use crate::metrics::BrokerMetrics;
 
 /// Everything a broker needs to start.
 #[derive(Debug, Clone)]
@@ -62,6 +65,9 @@ pub struct BrokerConfig {
     /// Most bytes a SEND frame may take once decoded (attributes cost more decoded than on
     /// the wire); a larger batch is refused whole before it is fully decoded.
     pub max_decoded_send_bytes: usize,
+    /// Where the broker records its metrics (None: it records none). Give every run of a
+    /// process's broker the same one: it is registered once.
+    pub metrics: Option<Arc<BrokerMetrics>>,
 }
 
 impl BrokerConfig {
@@ -87,6 +93,7 @@ impl BrokerConfig {
             max_in_flight: 1024,
             max_in_flight_bytes: 2 * qmq_protocol::frame::DEFAULT_MAX_FRAME,
             max_decoded_send_bytes: 4 * qmq_protocol::frame::DEFAULT_MAX_FRAME,
+            metrics: None,
         }
     }
 

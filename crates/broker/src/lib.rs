@@ -14,6 +14,7 @@
 
 pub mod config;
 mod error;
+pub mod metrics;
 pub mod pull;
 pub mod registration;
 pub mod replication;
@@ -25,4 +26,5 @@ pub mod tags;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;
+pub use metrics::BrokerMetrics;
 pub use server::{serve, serve_with, BrokerControl, BrokerHandle};

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use crate::metrics::BrokerMetrics;
 use crate::scheduler::{Deadline, FairScheduler};
 use crate::subjects;
 use crate::tags::{message_tags, TagFilter};
@@ -59,6 +60,8 @@ pub struct PullSettings {
     pub budget: usize,
     /// The frame limit; a response that would exceed it is refused with an error log.
     pub max_frame: usize,
+    /// Where pulls are counted and timed, if anywhere.
+    pub metrics: Option<Arc<BrokerMetrics>>,
 }
 
 impl Default for PullSettings {
@@ -68,6 +71,7 @@ impl Default for PullSettings {
             new_group_start: ResetTo::Latest,
             budget: 8 * 1024 * 1024,
             max_frame: qmq_protocol::frame::DEFAULT_MAX_FRAME,
+            metrics: None,
         }
     }
 }
@@ -233,6 +237,7 @@ impl Puller {
         if job.reply.is_closed() {
             return;
         }
+        let started = Instant::now();
         let found = match self.find(&job.request).await {
             Ok(found) => found,
             Err(e) => {
@@ -240,6 +245,14 @@ impl Puller {
                 Found::Nothing(None)
             }
         };
+        if let Some(m) = &self.settings.metrics {
+            m.pull_process(started.elapsed());
+            if let Found::Messages(found) = &found {
+                if !found.is_empty() {
+                    m.pulled(&job.request.subject, &job.request.group, found.len() as u64);
+                }
+            }
+        }
         let due = match found {
             Found::Messages(found) if !found.is_empty() => {
                 let frame = match encode_pulled(&job.header, &found) {

@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
 use crate::config::BrokerConfig;
+use crate::metrics::{BrokerMetrics, FailReason};
 use crate::pull::{InFlight, PullSettings, Puller};
 use crate::registration::Registration;
 use crate::replication::Gate;
@@ -60,6 +61,8 @@ struct Shared {
     /// With replication: whether this broker is the master with a running lease now (None: an
     /// unreplicated broker, always serving).
     gate: Option<Arc<Gate>>,
+    /// Where the broker records its metrics, if anywhere.
+    metrics: Option<Arc<BrokerMetrics>>,
 }
 
 impl Shared {
@@ -178,6 +181,9 @@ impl BrokerHandle {
                 .register(BrokerRequestType::Offline, BrokerState::None)
                 .await;
         }
+        if let Some(m) = &self.shared.metrics {
+            m.detach_store();
+        }
         let store = self.shared.store.clone();
         tokio::task::spawn_blocking(move || store.close()).await??;
         Ok(())
@@ -216,8 +222,12 @@ pub async fn serve_with(
             new_group_start: config.new_group_start,
             budget: config.pull_budget(),
             max_frame: config.max_frame_bytes,
+            metrics: config.metrics.clone(),
         },
     );
+    if let Some(m) = &config.metrics {
+        m.attach_store(store.clone());
+    }
     let mut tasks = puller.spawn_workers(config.pull_workers);
     let shared = Arc::new(Shared {
         store,
@@ -229,6 +239,7 @@ pub async fn serve_with(
             .collect(),
         started: Instant::now(),
         gate,
+        metrics: config.metrics.clone(),
         config,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -291,6 +302,7 @@ async fn connection(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let _counted = shared.metrics.as_ref().map(|m| m.connection());
     let (mut sink, mut frames) =
         Framed::new(stream, FrameCodec::new(shared.config.max_frame_bytes)).split();
     let max_in_flight = shared.config.max_in_flight.max(1);
@@ -448,7 +460,11 @@ async fn dispatch(
         command::SEND_MESSAGE => {
             let (shared, tx) = (shared.clone(), tx.clone());
             tokio::spawn(async move {
+                let started = Instant::now();
                 let reply = handle_send(&shared, &frame).await;
+                if let Some(m) = &shared.metrics {
+                    m.send_process(started.elapsed());
+                }
                 let _ = tx.send(reply).await;
                 drop(in_flight);
             });
@@ -514,6 +530,9 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "malformed send request");
+                if let Some(m) = &shared.metrics {
+                    m.invalid_frame();
+                }
                 return Frame::new(header.response(response::BROKER_ERROR), Bytes::new());
             }
         };
@@ -522,19 +541,43 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
     let readonly = shared.readonly.read().clone();
     let all_readonly = readonly.contains("*");
     for m in messages {
-        let refuse = |code, remark: &str| SendFailure {
-            message_id: m.message.message_id.clone(),
-            code,
-            remark: remark.to_owned(),
+        let refuse = |code, remark: &str, reason: FailReason| {
+            if let Some(metrics) = &shared.metrics {
+                let subject = &m.message.subject;
+                let known = subjects::check_subject(subject).is_ok()
+                    && shared.store.subject_len(subject) > 0;
+                metrics.send_failed(subject, known, reason, 1);
+            }
+            SendFailure {
+                message_id: m.message.message_id.clone(),
+                code,
+                remark: remark.to_owned(),
+            }
         };
         if all_readonly || readonly.contains(&m.message.subject) {
-            failures.push(refuse(ProducerCode::ReadOnly, "BROKER READ ONLY"));
+            failures.push(refuse(
+                ProducerCode::ReadOnly,
+                "BROKER READ ONLY",
+                FailReason::Readonly,
+            ));
         } else if !m.crc_ok() {
-            failures.push(refuse(ProducerCode::Block, "message CRC mismatch"));
+            failures.push(refuse(
+                ProducerCode::Block,
+                "message CRC mismatch",
+                FailReason::CrcMismatch,
+            ));
         } else if m.stored.len() > shared.config.max_message_bytes {
-            failures.push(refuse(ProducerCode::Block, "message too large"));
+            failures.push(refuse(
+                ProducerCode::Block,
+                "message too large",
+                FailReason::TooLarge,
+            ));
         } else if let Err(e) = subjects::check_subject(&m.message.subject) {
-            failures.push(refuse(ProducerCode::SubjectNotAssigned, &e.to_string()));
+            failures.push(refuse(
+                ProducerCode::SubjectNotAssigned,
+                &e.to_string(),
+                FailReason::IllegalSubject,
+            ));
         } else {
             accepted.push((
                 m.message.message_id.clone(),
@@ -546,7 +589,12 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
     }
     if !accepted.is_empty() {
         let batch = accepted.iter().map(|(_, s, b, _)| (s.as_str(), &b[..]));
-        match shared.store.append(batch).await {
+        let appending = Instant::now();
+        let appended = shared.store.append(batch).await;
+        if let Some(m) = &shared.metrics {
+            m.store_append(appending.elapsed());
+        }
+        match appended {
             Ok(placed) => {
                 let mut subjects: Vec<&str> =
                     accepted.iter().map(|(_, s, _, _)| s.as_str()).collect();
@@ -554,8 +602,20 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
                 for s in subjects {
                     shared.puller.notify(s);
                 }
+                if let Some(m) = &shared.metrics {
+                    count_by_subject(accepted.iter().map(|(_, s, _, _)| s.as_str()), |s, n| {
+                        m.stored(s, n)
+                    });
+                }
                 if let Some(gate) = &shared.gate {
+                    let before = failures.len();
                     wait_for_slave(gate, &accepted, &placed, &mut failures).await;
+                    if let (Some(m), true) = (&shared.metrics, failures.len() > before) {
+                        let reliable = accepted.iter().filter(|(_, _, _, r)| *r);
+                        count_by_subject(reliable.map(|(_, s, _, _)| s.as_str()), |s, n| {
+                            m.send_failed(s, true, FailReason::NotReplicated, n)
+                        });
+                    }
                 }
             }
             Err(e) => {
@@ -575,6 +635,12 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
                         remark: remark.into(),
                     });
                 }
+                if let Some(m) = &shared.metrics {
+                    count_by_subject(accepted.iter().map(|(_, s, _, _)| s.as_str()), |s, n| {
+                        let known = shared.store.subject_len(s) > 0;
+                        m.send_failed(s, known, FailReason::StoreError, n)
+                    });
+                }
             }
         }
     }
@@ -590,6 +656,23 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
             tracing::error!(error = %e, "encoding a send response failed");
             Frame::new(header.response(response::BROKER_ERROR), Bytes::new())
         }
+    }
+}
+
+/// Calls `record` once per distinct subject of `subjects` with how many times it occurs.
+fn count_by_subject<'a>(
+    subjects: impl Iterator<Item = &'a str>,
+    mut record: impl FnMut(&str, u64),
+) {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for s in subjects {
+        match counts.iter_mut().find(|(c, _)| *c == s) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((s, 1)),
+        }
+    }
+    for (s, n) in counts {
+        record(s, n);
     }
 }
 
@@ -662,6 +745,9 @@ async fn handle_ack(shared: &Shared, ack: AckRequest) -> Result<AckOutcome, Brok
     }
     let last = ack.pull_offset_last.min(progress.pulled) as u64;
     let first_unacked = (progress.acked + 1) as u64;
+    // Acked by the consumer itself: from its range's start (what it skipped goes to retry).
+    let consumer_acked =
+        ack.pull_offset_last.min(progress.pulled) - progress.acked.max(ack.pull_offset_begin - 1);
     if ack.pull_offset_begin > first_unacked as i64 && !ack.broadcast {
         let lost_last = (ack.pull_offset_begin - 1) as u64;
         let moved = retry_range(
@@ -673,6 +759,9 @@ async fn handle_ack(shared: &Shared, ack: AckRequest) -> Result<AckOutcome, Brok
         )
         .await?;
         tracing::warn!(subject = %key.subject, group = %key.group, consumer = %key.consumer, moved, "lost acks sent to retry");
+        if let Some(m) = &shared.metrics {
+            m.retried(&key.subject, &key.group, moved as u64);
+        }
         if moved > 0 {
             let retry = if subjects::is_retry(&key.subject) {
                 key.subject.clone()
@@ -683,7 +772,11 @@ async fn handle_ack(shared: &Shared, ack: AckRequest) -> Result<AckOutcome, Brok
         }
     }
     let store = shared.store.clone();
+    let (subject, group) = (key.subject.clone(), key.group.clone());
     tokio::task::spawn_blocking(move || store.ack(&key, last)).await??;
+    if let Some(m) = &shared.metrics {
+        m.acked(&subject, &group, u64::try_from(consumer_acked).unwrap_or(0));
+    }
     Ok(AckOutcome::Applied)
 }
 
@@ -761,6 +854,9 @@ async fn sweep_offline(shared: &Shared) -> Result<usize, BrokerError> {
         )
         .await?;
         tracing::info!(subject = %c.key.subject, group = %c.key.group, consumer = %c.key.consumer, moved = n, "offline consumer's messages sent to retry");
+        if let Some(m) = &shared.metrics {
+            m.retried(&c.key.subject, &c.key.group, n as u64);
+        }
         moved += n;
     }
     if moved > 0 {

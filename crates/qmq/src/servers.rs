@@ -66,6 +66,10 @@ pub struct BrokerArgs {
     /// `message.retry.delay.seconds`).
     #[arg(long, default_value_t = 5)]
     retry_delay_secs: u64,
+    /// Address to serve Prometheus metrics on (`GET /metrics`); none unless given. `standalone`
+    /// serves the metrics of all its servers there.
+    #[arg(long, env = "QMQ_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Where a consumer group new to this broker starts, unless its pull asks (QMQ: latest).
     #[arg(long, value_enum, default_value = "latest")]
     new_group_start: StartFrom,
@@ -500,6 +504,15 @@ impl BrokerArgs {
         c.new_group_start = self.new_group_start.into();
         c
     }
+
+    /// With `--metrics-listen`: a registry with the broker's metrics in it, and `config` set
+    /// to record them.
+    fn metrics(&self, config: &mut BrokerConfig) -> Option<qmq_metrics::Registry> {
+        self.metrics_listen?;
+        let registry = qmq_metrics::Registry::new();
+        config.metrics = Some(qmq_broker::BrokerMetrics::new(&registry));
+        Some(registry)
+    }
 }
 
 impl MetaArgs {
@@ -518,18 +531,43 @@ impl MetaArgs {
     }
 }
 
+/// With `--metrics-listen` (`listen`): serves `registry` there and prints `qmq metrics on
+/// <bound address>` (operators and tests read it; port 0 picks a free port).
+async fn serve_metrics(
+    listen: Option<SocketAddr>,
+    registry: Option<qmq_metrics::Registry>,
+) -> anyhow::Result<Option<qmq_metrics::MetricsServer>> {
+    let (Some(listen), Some(registry)) = (listen, registry) else {
+        return Ok(None);
+    };
+    let server = qmq_metrics::serve(listen, registry)
+        .await
+        .with_context(|| format!("serving metrics on {listen} (--metrics-listen)"))?;
+    println!("qmq metrics on {}", server.addr());
+    Ok(Some(server))
+}
+
+/// Stops the metrics endpoint, if there is one.
+async fn stop_metrics(server: Option<qmq_metrics::MetricsServer>) {
+    if let Some(s) = server {
+        s.shutdown().await;
+    }
+}
+
 /// Runs a broker until SIGINT/SIGTERM, then shuts it down cleanly (flush + checkpoint).
 pub async fn broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
     if args.replication.replication != Replication::Off {
         return replicated_broker(args).await;
     }
-    let config = args
+    let mut config = args
         .broker
         .config(args.meta.clone(), args.secret.cluster_secret.clone());
+    let registry = args.broker.metrics(&mut config);
     let data_dir = config.store.dir.clone();
     let handle = qmq_broker::serve(config)
         .await
         .context("starting the broker")?;
+    let metrics = serve_metrics(args.broker.metrics_listen, registry).await?;
     let poller = args.meta_http.map(|http| {
         tokio::spawn(follow_directives(
             http,
@@ -543,6 +581,7 @@ pub async fn broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
     if let Some(p) = poller {
         p.abort();
     }
+    stop_metrics(metrics).await;
     handle
         .shutdown()
         .await
@@ -559,7 +598,9 @@ async fn replicated_broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
         .meta
         .clone()
         .context("--replication needs --meta (the meta server assigns the roles)")?;
-    let broker = args.broker.config(None, None);
+    let mut broker = args.broker.config(None, None);
+    let registry = args.broker.metrics(&mut broker);
+    let metrics = serve_metrics(args.broker.metrics_listen, registry).await?;
     let mode = replication_mode(
         r.replication,
         r.replication_timeout_ms,
@@ -582,7 +623,9 @@ async fn replicated_broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
     let (status, changes) = tokio::sync::watch::channel(qmq_replication::NodeStatus::Starting);
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(node::run(config, gate, status, stop.clone()));
-    run_node("broker", running, changes, stop).await
+    let ran = run_node("broker", running, changes, stop).await;
+    stop_metrics(metrics).await;
+    ran
 }
 
 /// The acknowledgement mode `--replication`, `--replication-timeout-ms` and
@@ -715,6 +758,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     if config.advertised.is_none() {
         config.advertised = Some(format!("{host}:{}", config.listen.port()));
     }
+    let registry = args.broker.metrics(&mut config);
     let broker = qmq_broker::serve(config)
         .await
         .context("starting the broker")?;
@@ -735,6 +779,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         data_dir.join("broker"),
         broker.control(),
     ));
+    let metrics = serve_metrics(args.broker.metrics_listen, registry).await?;
     println!(
         "qmq standalone ready: broker {} meta http {} tcp {} delay {}",
         broker.addr(),
@@ -744,6 +789,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     );
     wait_for_signal().await?;
     poller.abort();
+    stop_metrics(metrics).await;
     delay.shutdown().await?;
     broker
         .shutdown()

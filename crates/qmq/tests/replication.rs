@@ -13,7 +13,7 @@ use qmq_protocol::codes::command;
 use qmq_protocol::{SyncHeartbeat, SyncLogRequest, SyncType};
 
 mod common;
-use common::{field, free_port, qmq, Member, Proc};
+use common::{field, free_port, metrics_addr, qmq, sample, scrape, Member, Proc};
 
 const TOKEN: &str = "repl-token";
 const GROUP: &str = "rg";
@@ -294,6 +294,87 @@ async fn consumers_keep_their_position_across_failover() {
         (100..300).collect::<Vec<_>>(),
         "group rewound or lost"
     );
+}
+
+/// Metrics of a replicated pair (`--metrics-listen`): each member's role and epoch, the
+/// master's view of its slave's lag, which reaches 0 once the slave has caught up, and no
+/// replication incident counted on either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_roles_and_the_slave_catching_up() {
+    let c = Cluster::new("sync");
+    let with_metrics = ["--metrics-listen", "127.0.0.1:0"];
+    let master = c.start_with(0, &with_metrics);
+    let master_metrics = metrics_addr(&master);
+    master.wait_line("master epoch=1", 0, Duration::from_secs(30));
+    let slave = c.start_with(1, &with_metrics);
+    let slave_metrics = metrics_addr(&slave);
+    slave.wait_line("slave epoch=1", 0, Duration::from_secs(30));
+    send_all(&c.members[0].addr(), "metrics.repl", 0..100).await;
+    assert_eq!(
+        consume(&c.members[0].addr(), "metrics.repl", "g1", 40)
+            .await
+            .len(),
+        40
+    );
+    caught_up(&c, Duration::from_secs(30)).await;
+
+    // The master learns how far the slave is from its heartbeats (every second).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = scrape(&master_metrics).await;
+        let lag = |log| sample(&m, "qmq_replication_slave_lag_bytes", &[("log", log)]);
+        let (message, action) = (lag("message"), lag("action"));
+        if message == Some(0.0) && action == Some(0.0) {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slave lag still {message:?} / {action:?} after catching up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let s = scrape(&slave_metrics).await;
+    for (scraped, role) in [(&m, "master"), (&s, "slave")] {
+        for r in ["master", "slave", "starting"] {
+            let want = if r == role { 1.0 } else { 0.0 };
+            assert_eq!(
+                sample(scraped, "qmq_broker_role", &[("role", r)]),
+                Some(want),
+                "{role}: role {r}"
+            );
+        }
+        assert_eq!(
+            sample(scraped, "qmq_broker_epoch", &[]),
+            Some(1.0),
+            "{role}"
+        );
+        for counter in [
+            "qmq_replication_sync_timeouts_total",
+            "qmq_replication_async_fallbacks_total",
+            "qmq_replication_truncated_bytes_total",
+            "qmq_replication_resyncs_total",
+            "qmq_replication_diverged_total",
+        ] {
+            assert_eq!(
+                sample(scraped, counter, &[]),
+                Some(0.0),
+                "{role}: {counter}"
+            );
+        }
+    }
+    assert_eq!(
+        sample(
+            &m,
+            "qmq_received_messages_total",
+            &[("subject", "metrics.repl")]
+        ),
+        Some(100.0)
+    );
+    let group = [("subject", "metrics.repl"), ("group", "g1")];
+    assert_eq!(sample(&m, "qmq_acked_messages_total", &group), Some(40.0));
+    // The slave replays the group's progress: the same lag on both.
+    assert_eq!(sample(&m, "qmq_consumer_lag_messages", &group), Some(60.0));
+    assert_eq!(sample(&s, "qmq_consumer_lag_messages", &group), Some(60.0));
 }
 
 /// Test 1: synchronous replication with fsync on both sides; the master is killed five times

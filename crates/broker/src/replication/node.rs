@@ -66,6 +66,11 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), BrokerError> {
     let mut meta: Option<Connection> = None;
+    // The slave's lag as the sync port sees it; one for every run, so metrics read it.
+    let lag = Arc::new(SlaveLag::default());
+    if let Some(m) = &config.broker.metrics {
+        m.observe_replication(gate.clone(), lag.clone(), status.subscribe());
+    }
     // Why the last run as a slave ended asking for a resync.
     let mut resync: Option<String> = None;
     while !stop.is_cancelled() {
@@ -114,12 +119,14 @@ pub async fn run(
         }
         let handle = crate::server::serve_with(config.broker.clone(), Some(gate.clone())).await?;
         let sync_stop = stop.child_token();
-        let lag = Arc::new(SlaveLag::default());
+        // No heartbeat from a slave in this run yet.
+        lag.message.store(-1, Ordering::Relaxed);
+        lag.action.store(-1, Ordering::Relaxed);
         let served = sync_server::spawn(
             config.sync_listen,
             handle.store().clone(),
             gate.clone(),
-            lag,
+            lag.clone(),
             config.sync,
             sync_stop.clone(),
         )

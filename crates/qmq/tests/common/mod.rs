@@ -150,3 +150,37 @@ impl Member {
         format!("127.0.0.1:{}", self.sync)
     }
 }
+
+/// Scrapes the metrics endpoint at `addr` (`GET /metrics`) and parses the exposition.
+pub async fn scrape(addr: &str) -> prometheus_parse::Scrape {
+    let got = qmq_metrics::scrape(addr).await.unwrap();
+    assert!(
+        got.content_type.starts_with("text/plain; version=0.0.4"),
+        "content type {:?}",
+        got.content_type
+    );
+    prometheus_parse::Scrape::parse(got.text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// The value of sample `name` carrying (at least) `labels`; None if there is none.
+pub fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            other => panic!("{name}: unexpected value {other:?}"),
+        })
+}
+
+/// The address a server printed in its `qmq metrics on <addr>` line.
+pub fn metrics_addr(proc: &Proc) -> String {
+    let (_, line) = proc.wait_line("qmq metrics on ", 0, Duration::from_secs(30));
+    line.rsplit(' ').next().unwrap().to_owned()
+}
