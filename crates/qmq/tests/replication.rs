@@ -377,6 +377,57 @@ async fn metrics_show_the_roles_and_the_slave_catching_up() {
     assert_eq!(sample(&s, "qmq_consumer_lag_messages", &group), Some(60.0));
 }
 
+/// A slave promoted in sync mode with `--on-replication-timeout async` does not make its first
+/// sends wait the replication timeout for a slave that cannot be there (its old master was just
+/// killed): they are acknowledged without one (counted as fallbacks, not timeouts) until the
+/// restarted member copies again; from then on sends wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_sync_master_with_policy_async_does_not_wait_for_an_absent_slave() {
+    let c = Cluster::new("sync");
+    let extra = [
+        "--on-replication-timeout",
+        "async",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let mut master = c.start_with(0, &extra);
+    master.wait_line("master epoch=1", 0, Duration::from_secs(30));
+    let slave = c.start_with(1, &extra);
+    let slave_metrics = metrics_addr(&slave);
+    slave.wait_line("slave epoch=1", 0, Duration::from_secs(30));
+    send_all(&c.members[0].addr(), "promoted.async", 0..20).await;
+    caught_up(&c, Duration::from_secs(30)).await;
+
+    master.kill9();
+    slave.wait_line("master epoch=2", 0, Duration::from_secs(30));
+    send_all(&c.members[1].addr(), "promoted.async", 20..40).await;
+    let counter = |m: &prometheus_parse::Scrape, name| sample(m, name, &[]).unwrap();
+    let m = scrape(&slave_metrics).await;
+    assert_eq!(
+        counter(&m, "qmq_replication_sync_timeouts_total"),
+        0.0,
+        "a send waited for a slave that was known to be absent"
+    );
+    let fallbacks = counter(&m, "qmq_replication_async_fallbacks_total");
+    assert!(fallbacks >= 1.0, "fallbacks {fallbacks}");
+
+    let back = c.start_with(0, &extra);
+    back.wait_line("slave epoch=2", 0, Duration::from_secs(60));
+    caught_up(&c, Duration::from_secs(30)).await;
+    send_all(&c.members[1].addr(), "promoted.async", 40..60).await;
+    let m = scrape(&slave_metrics).await;
+    assert_eq!(counter(&m, "qmq_replication_sync_timeouts_total"), 0.0);
+    assert_eq!(
+        counter(&m, "qmq_replication_async_fallbacks_total"),
+        fallbacks,
+        "with a slave copying again, sends wait for it"
+    );
+    assert_eq!(
+        consume(&c.members[1].addr(), "promoted.async", "g1", 100).await,
+        (0..60).collect::<Vec<_>>()
+    );
+}
+
 /// Test 1: synchronous replication with fsync on both sides; the master is killed five times
 /// in a row (each time the other member), while a producer sends and records every
 /// acknowledged message: all of them are consumed afterwards.

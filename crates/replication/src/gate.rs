@@ -91,9 +91,31 @@ impl Gate {
         self.mode
     }
 
-    /// Becomes master of `epoch` (still without a lease: see [`Gate::extend_lease`]).
+    /// Becomes master of `epoch` (still without a lease: see [`Gate::extend_lease`]). What a
+    /// slave reported under an earlier mastership of this process says nothing about this one's
+    /// slave, so it is forgotten.
     pub fn become_master(&self, epoch: u64) {
+        self.slave_end.send_replace(0);
         self.master_epoch.store(epoch, Ordering::Release);
+    }
+
+    /// Called by a slave promoted to master (after [`Gate::become_master`]): its old master is
+    /// gone, so no slave holds anything yet. With [`SyncTimeout::Async`] sends are acknowledged
+    /// without a slave, as after a timeout, until a slave has reported copying something, rather
+    /// than each first send waiting the whole timeout for a slave that is known to be absent.
+    /// With [`SyncTimeout::Fail`] nothing changes: the operator chose errors over unreplicated
+    /// acknowledgements.
+    pub fn promoted(&self) {
+        if let ReplicationMode::Sync {
+            on_timeout: SyncTimeout::Async,
+            ..
+        } = self.mode
+        {
+            self.degraded_until.fetch_max(1, Ordering::AcqRel);
+            tracing::warn!(
+                "promoted without a slave: acknowledging sends without one until a slave copies"
+            );
+        }
     }
 
     /// Stops serving at once (deposed, or shutting down).
@@ -231,6 +253,38 @@ mod tests {
         assert!(waiting.await.unwrap());
         assert!(!gate.replicated(500).await, "times out");
         assert_eq!(gate.stats.sync_timeouts.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_promoted_master_does_not_wait_for_an_absent_slave() {
+        let mode = |on_timeout| ReplicationMode::Sync {
+            timeout: Duration::from_secs(1),
+            on_timeout,
+        };
+        let gate = std::sync::Arc::new(Gate::new(mode(SyncTimeout::Async)));
+        gate.slave_reached(500);
+        gate.become_master(2);
+        assert_eq!(gate.slave_end(), 0, "an earlier slave's end is forgotten");
+        gate.promoted();
+        let before = Instant::now();
+        assert!(gate.replicated(10).await);
+        assert_eq!(Instant::now(), before, "no slave yet: no wait");
+        gate.slave_reached(5);
+        let g = gate.clone();
+        let t = tokio::spawn(async move { g.replicated(20).await });
+        tokio::task::yield_now().await;
+        assert!(!t.is_finished(), "a slave copies: sends wait for it again");
+        gate.slave_reached(21);
+        assert!(t.await.unwrap());
+
+        let strict = Gate::new(mode(SyncTimeout::Fail));
+        strict.become_master(2);
+        strict.promoted();
+        assert!(
+            !strict.replicated(10).await,
+            "policy fail still waits and fails"
+        );
+        assert_eq!(strict.stats.sync_timeouts.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -398,6 +398,7 @@ async fn run_slave(
                 role = a.role;
                 write_epoch(&config.broker.store.dir, epoch)?;
                 gate.become_master(epoch);
+                gate.promoted();
                 // The next call reports the final ends as this epoch's start.
                 continue;
             }

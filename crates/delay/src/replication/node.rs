@@ -263,6 +263,9 @@ async fn run_master(
         );
     }
     ctx.gate.become_master(epoch);
+    if promoted {
+        ctx.gate.promoted();
+    }
     ctx.front.set_engine(Some(engine.clone()));
     ctx.sync.set_engine(Some(engine.clone()));
     let mut announced = false;
