@@ -49,6 +49,10 @@ struct Args {
     /// failover time).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
+    /// Also run every workload against a second qmq-rs server with `--metrics-listen`, scraped
+    /// every second (system `qmq-rs+metrics`): what metrics cost.
+    #[arg(long)]
+    with_metrics: bool,
 }
 
 /// One measured line.
@@ -78,18 +82,34 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let data = tempfile::tempdir().context("temp dir for the qmq-rs server")?;
-    let qmq = server::QmqServer::start(data.path()).context("starting qmq standalone")?;
+    let qmq = server::QmqServer::start(data.path(), false).context("starting qmq standalone")?;
+    let with_metrics = if args.with_metrics {
+        let data = tempfile::tempdir().context("temp dir for the qmq-rs server with metrics")?;
+        let server = server::QmqServer::start(data.path(), true)
+            .context("starting qmq standalone with metrics")?;
+        let scraper = tokio::spawn(scrape_every_second(server.metrics.clone()));
+        Some((data, server, scraper))
+    } else {
+        None
+    };
     let ep = Endpoints {
         qmq: qmq.addr.clone(),
+        qmq_metrics: with_metrics
+            .as_ref()
+            .map_or(String::new(), |(_, s, _)| s.addr.clone()),
         nats: args.nats.clone(),
         rabbit: args.rabbit.clone(),
     };
-    let systems: Vec<System> = [System::Qmq, System::Nats, System::Rabbit]
-        .into_iter()
-        .filter(|s| {
-            args.only.is_empty() || args.only.iter().any(|o| s.name().starts_with(o.as_str()))
-        })
-        .collect();
+    let systems: Vec<System> = [
+        System::Qmq,
+        System::QmqMetrics,
+        System::Nats,
+        System::Rabbit,
+    ]
+    .into_iter()
+    .filter(|s| *s != System::QmqMetrics || args.with_metrics)
+    .filter(|s| args.only.is_empty() || args.only.iter().any(|o| s.name().starts_with(o.as_str())))
+    .collect();
     let scale = if args.quick { 1 } else { 10 };
     let mut rows = Vec::new();
     let mut run = 0usize;
@@ -139,6 +159,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let rss = qmq.peak_rss_kib();
     drop(qmq);
+    if let Some((_, _, scraper)) = with_metrics {
+        scraper.abort();
+    }
 
     if args.json {
         let out = serde_json::json!({
@@ -151,6 +174,19 @@ async fn main() -> anyhow::Result<()> {
         print_table(&rows, &systems, rss);
     }
     Ok(())
+}
+
+/// Scrapes `metrics` every second for as long as the run lasts, as Prometheus would (more
+/// often than its usual 15 s), so the cost of answering scrapes is in the measurement.
+async fn scrape_every_second(metrics: Option<String>) {
+    let Some(addr) = metrics else { return };
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        if let Err(e) = qmq_metrics::scrape(&addr).await {
+            eprintln!("scraping {addr}: {e}");
+        }
+    }
 }
 
 fn bar(len: u64, label: &str) -> ProgressBar {

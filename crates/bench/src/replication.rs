@@ -359,6 +359,7 @@ async fn produce_row(
     let master = &g.members[0];
     let ep = Endpoints {
         qmq: master.addr(),
+        qmq_metrics: String::new(),
         nats: String::new(),
         rabbit: String::new(),
     };

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use anyhow::{bail, Context};
 
@@ -12,6 +12,10 @@ pub struct QmqServer {
     child: Child,
     /// Broker address.
     pub addr: String,
+    /// The metrics endpoint (started with metrics on).
+    pub metrics: Option<String>,
+    /// Kept open so that later lines the server prints do not fail for a closed pipe.
+    _stdout: BufReader<ChildStdout>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -21,8 +25,9 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl QmqServer {
-    /// Starts `qmq standalone` (the executable next to this one) with data under `dir`.
-    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+    /// Starts `qmq standalone` (the executable next to this one) with data under `dir`, with
+    /// `--metrics-listen` on a free port if `metrics`.
+    pub fn start(dir: &Path, metrics: bool) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?
             .parent()
             .context("executable directory")?
@@ -34,8 +39,13 @@ impl QmqServer {
             );
         }
         let port = free_port()?;
-        let mut child = Command::new(&exe)
-            .args(["standalone", "--listen"])
+        let mut command = Command::new(&exe);
+        command.arg("standalone");
+        if metrics {
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args([
                 "--meta-http-listen",
@@ -49,14 +59,25 @@ impl QmqServer {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("running {}", exe.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
-        if !line.contains("ready") {
-            bail!("qmq standalone did not start: {line:?}");
+        let mut out = BufReader::new(child.stdout.take().context("server stdout")?);
+        let mut metrics_addr = None;
+        loop {
+            let mut line = String::new();
+            if out.read_line(&mut line)? == 0 {
+                bail!("qmq standalone exited before it was ready");
+            }
+            if let Some(addr) = line.trim().strip_prefix("qmq metrics on ") {
+                metrics_addr = Some(addr.to_owned());
+            }
+            if line.contains("ready") && (!metrics || metrics_addr.is_some()) {
+                break;
+            }
         }
         Ok(Self {
             child,
             addr: format!("127.0.0.1:{port}"),
+            metrics: metrics_addr,
+            _stdout: out,
         })
     }
 

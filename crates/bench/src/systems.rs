@@ -26,6 +26,9 @@ const QMQ_BATCH: usize = 30;
 pub enum System {
     /// qmq-rs standalone.
     Qmq,
+    /// A second qmq-rs standalone with `--metrics-listen`, scraped every second: what metrics
+    /// cost (`--with-metrics`).
+    QmqMetrics,
     /// NATS JetStream.
     Nats,
     /// RabbitMQ.
@@ -37,6 +40,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             Self::Qmq => "qmq-rs",
+            Self::QmqMetrics => "qmq-rs+metrics",
             Self::Nats => "nats-jetstream",
             Self::Rabbit => "rabbitmq",
         }
@@ -46,6 +50,7 @@ impl System {
     pub fn durability(self) -> &'static str {
         match self {
             Self::Qmq => "ack after write to OS, fsync every 10 ms (--flush async)",
+            Self::QmqMetrics => "as qmq-rs; --metrics-listen, /metrics scraped every second",
             Self::Nats => {
                 "file storage, ack after write to OS, server fsync interval (default 2 min)"
             }
@@ -59,10 +64,23 @@ impl System {
 pub struct Endpoints {
     /// qmq-rs broker address.
     pub qmq: String,
+    /// The broker address of the qmq-rs server with metrics on (empty: not started).
+    pub qmq_metrics: String,
     /// NATS URL.
     pub nats: String,
     /// RabbitMQ URL.
     pub rabbit: String,
+}
+
+impl Endpoints {
+    /// The broker address of a qmq-rs `system`.
+    fn qmq_of(&self, system: System) -> &str {
+        if system == System::QmqMetrics {
+            &self.qmq_metrics
+        } else {
+            &self.qmq
+        }
+    }
 }
 
 /// Microseconds since the epoch.
@@ -89,7 +107,7 @@ pub fn sent_at(body: &[u8]) -> u64 {
 /// Sets up a fresh topic / subject / queue named `name` (and its consumer group).
 pub async fn prepare(system: System, ep: &Endpoints, name: &str) -> anyhow::Result<()> {
     match system {
-        System::Qmq => Ok(()),
+        System::Qmq | System::QmqMetrics => Ok(()),
         System::Nats => {
             let client = async_nats::connect(&ep.nats).await?;
             let js = async_nats::jetstream::new(client);
@@ -137,7 +155,7 @@ pub async fn prepare(system: System, ep: &Endpoints, name: &str) -> anyhow::Resu
 /// Removes what [`prepare`] made.
 pub async fn cleanup(system: System, ep: &Endpoints, name: &str) {
     match system {
-        System::Qmq => {}
+        System::Qmq | System::QmqMetrics => {}
         System::Nats => {
             if let Ok(client) = async_nats::connect(&ep.nats).await {
                 let _ = async_nats::jetstream::new(client).delete_stream(name).await;
@@ -173,8 +191,8 @@ pub async fn produce(
 ) -> anyhow::Result<()> {
     let pace = Pacer::new(rate);
     match system {
-        System::Qmq => {
-            let conn = qmq_client::Connection::connect(&ep.qmq).await?;
+        System::Qmq | System::QmqMetrics => {
+            let conn = qmq_client::Connection::connect(ep.qmq_of(system)).await?;
             let batch = if rate.is_some() { 1 } else { QMQ_BATCH };
             let mut in_flight = FuturesUnordered::new();
             let mut sent = 0;
@@ -311,8 +329,8 @@ pub async fn consume(
         }
     };
     match system {
-        System::Qmq => {
-            let conn = qmq_client::Connection::connect(&ep.qmq).await?;
+        System::Qmq | System::QmqMetrics => {
+            let conn = qmq_client::Connection::connect(ep.qmq_of(system)).await?;
             // Like the peers' queues, the group reads what is already stored (QMQ's default
             // start for a new group is the latest message).
             let mut c = qmq_client::PullConsumer::new(conn, name, "g", &format!("bench-{id}"))
