@@ -52,6 +52,8 @@ impl QmqServer {
                 "127.0.0.1:0",
                 "--meta-tcp-listen",
                 "127.0.0.1:0",
+                "--delay-listen",
+                "127.0.0.1:0",
             ])
             .arg("--data-dir")
             .arg(dir)
