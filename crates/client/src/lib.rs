@@ -12,6 +12,8 @@
 //! - [`consumer`](macro@consumer): `#[qmq_client::consumer(...)]`, QMQ's `@QmqConsumer` (see
 //!   [`annotation`]).
 //! - [`Connection`]: one multiplexed connection to a QMQ server.
+//! - [`monitoring`]: send and consume metrics through the `metrics` facade; the application picks
+//!   the exporter.
 //!
 //! [`Connection`], the routers and [`MetaRouter`] live in the small `qmq-transport` crate, which
 //! the qmq-rs servers use without the rest of the client; they are re-exported here at their
@@ -59,6 +61,7 @@ pub mod consumer;
 mod id;
 pub mod idempotent;
 pub mod message;
+pub mod monitoring;
 pub mod producer;
 
 pub use qmq_transport::{connection, router};

@@ -62,6 +62,7 @@ impl Deref for ReceivedMessage {
 enum Kind {
     Failed(Box<dyn std::error::Error + Send + Sync>),
     NeedRetry { after: Duration, reason: String },
+    Panicked(String),
 }
 
 /// A listener's failure: the message is handed out again (through the group's retry subject).
@@ -99,8 +100,20 @@ impl HandleError {
     pub fn retry_delay(&self) -> Option<Duration> {
         match self.kind {
             Kind::NeedRetry { after, .. } => Some(after),
-            Kind::Failed(_) => None,
+            Kind::Failed(_) | Kind::Panicked(_) => None,
         }
+    }
+
+    /// The handler panicked with `what`.
+    pub(crate) fn panicked(what: String) -> Self {
+        Self {
+            kind: Kind::Panicked(what),
+        }
+    }
+
+    /// Whether the handler panicked (the listener caught it).
+    pub fn is_panic(&self) -> bool {
+        matches!(self.kind, Kind::Panicked(_))
     }
 }
 
@@ -117,6 +130,7 @@ impl fmt::Display for HandleError {
         match &self.kind {
             Kind::Failed(e) => write!(f, "{e}"),
             Kind::NeedRetry { after, reason } => write!(f, "retry after {after:?}: {reason}"),
+            Kind::Panicked(what) => write!(f, "handler panicked: {what}"),
         }
     }
 }

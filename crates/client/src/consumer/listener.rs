@@ -33,6 +33,7 @@ use super::{NewGroupStart, PullConsumer};
 use crate::breaker::BreakerConfig;
 use crate::brokers::{Brokers, Outcome};
 use crate::message::{keys, MessageExt};
+use crate::monitoring::{self, ProcessOutcome};
 use crate::router::{RouteError, Router};
 
 /// Consumer settings.
@@ -170,6 +171,7 @@ struct Ctx {
 impl Consumer {
     /// A consumer routing with `router`.
     pub fn new(router: Arc<dyn Router>, config: ConsumerConfig) -> Self {
+        monitoring::describe();
         Self {
             brokers: Arc::new(Brokers::new(router, BreakerConfig::default())),
             config,
@@ -357,11 +359,13 @@ async fn pull_loop(ctx: Arc<Ctx>, addr: String, pulled_subject: String, cancel: 
         match c.pull(ctx.config.pull_batch, ctx.config.pull_wait).await {
             Ok((_, messages)) if messages.is_empty() => {}
             Ok((first, messages)) => {
+                monitoring::pulled(&ctx.subject, &ctx.group, messages.len());
                 let last = first + messages.len() as i64 - 1;
                 consume_batch(&ctx, c, first, last, messages).await;
             }
             Err(e) => {
                 tracing::warn!(broker = %addr, subject = %pulled_subject, error = %e, "pull failed");
+                monitoring::pull_failed(&ctx.subject, &ctx.group);
                 consumer = None;
                 if e.calls_for_reroute() {
                     request_reroute(&ctx, &addr);
@@ -420,6 +424,7 @@ async fn consume_batch(
                 // A panicking filter (handler panics are caught earlier): its message cannot be
                 // recovered here; leave the batch unacked so the broker hands it out again.
                 tracing::error!(error = %e, "message task failed");
+                monitoring::processed(&ctx.subject, &ctx.group, ProcessOutcome::Panicked, None);
                 all_settled = false;
                 continue;
             }
@@ -450,8 +455,18 @@ async fn handle(ctx: &Ctx, message: ReceivedMessage) -> HandleResult {
         ran += 1;
     }
     let result = if ran == filters.len() {
-        run_guarded(ctx.handler.handle(message.clone())).await
+        let started = std::time::Instant::now();
+        let result = run_guarded(ctx.handler.handle(message.clone())).await;
+        let outcome = match &result {
+            Ok(()) => ProcessOutcome::Ok,
+            Err(e) if e.is_panic() => ProcessOutcome::Panicked,
+            Err(e) if e.retry_delay().is_some() => ProcessOutcome::Retry,
+            Err(_) => ProcessOutcome::Failed,
+        };
+        monitoring::processed(&ctx.subject, &ctx.group, outcome, Some(started.elapsed()));
+        result
     } else {
+        monitoring::processed(&ctx.subject, &ctx.group, ProcessOutcome::Filtered, None);
         Ok(())
     };
     for f in filters[..ran].iter().rev() {
@@ -474,7 +489,7 @@ pub(crate) async fn run_guarded(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic".into());
-            Err(HandleError::msg(format!("handler panicked: {what}")))
+            Err(HandleError::panicked(what))
         }
     }
 }
@@ -536,18 +551,27 @@ pub(crate) async fn send_back_to(
             )
             .await
         {
-            Ok((_, outcomes)) if matches!(outcomes.first(), Some(Outcome::Stored)) => return true,
+            Ok((_, outcomes)) if matches!(outcomes.first(), Some(Outcome::Stored)) => {
+                monitoring::sent_back(subject, group, dead);
+                return true;
+            }
             Ok(_) => tracing::warn!(id = %batch[0].message_id, "send back refused"),
             Err(e) => tracing::warn!(id = %batch[0].message_id, error = %e, "send back failed"),
         }
         tokio::time::sleep(config.backoff).await;
     }
+    monitoring::send_back_failed(subject, group);
     false
 }
 
 async fn ack(ctx: &Ctx, c: &PullConsumer, first: i64, last: i64) {
     for _ in 0..ctx.config.send_back_tries.max(1) {
-        match c.ack(first, last).await {
+        let result = c.ack(first, last).await;
+        match &result {
+            Ok(()) => monitoring::acked(&ctx.subject, &ctx.group, last - first + 1),
+            Err(_) => monitoring::ack_failed(&ctx.subject, &ctx.group),
+        }
+        match result {
             Ok(()) => return,
             Err(e) if e.calls_for_reroute() => {
                 // Not the master any more (or gone): the new master hands the unacked batch

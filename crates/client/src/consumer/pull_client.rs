@@ -17,6 +17,7 @@ use super::listener::{retry_subject, send_back_to, ConsumeError, Consumer, Consu
 use super::{NewGroupStart, PullConsumer, PullError};
 use crate::brokers::Brokers;
 use crate::message::keys;
+use crate::monitoring;
 use crate::ConnectionError;
 
 /// Messages from one pull, to be acked together with [`PullClient::ack`].
@@ -189,6 +190,7 @@ impl PullClient {
         }
         if self.sources.is_empty() {
             self.stale.store(true, Ordering::Release);
+            monitoring::pull_failed(&self.subject, &self.group);
             return Err(PullError::Connection(ConnectionError::Closed(format!(
                 "no broker for {}",
                 self.subject
@@ -200,6 +202,7 @@ impl PullClient {
         let (first, messages) = match source.consumer.pull(max, wait).await {
             Ok(pulled) => pulled,
             Err(e) => {
+                monitoring::pull_failed(&self.subject, &self.group);
                 if e.calls_for_reroute() {
                     let addr = source.addr.clone();
                     self.brokers.reroute(&self.subject, &addr);
@@ -211,6 +214,7 @@ impl PullClient {
         if messages.is_empty() {
             return Ok(None);
         }
+        monitoring::pulled(&self.subject, &self.group, messages.len());
         let key = (source.addr.clone(), source.subject.clone());
         let messages = messages
             .into_iter()
@@ -241,6 +245,10 @@ impl PullClient {
             return Err(PullError::Connection(ConnectionError::Closed(addr.clone())));
         };
         let result = source.consumer.ack(batch.first, last).await;
+        match &result {
+            Ok(()) => monitoring::acked(&self.subject, &self.group, last - batch.first + 1),
+            Err(_) => monitoring::ack_failed(&self.subject, &self.group),
+        }
         if let Err(e) = &result {
             if e.calls_for_reroute() {
                 self.brokers.reroute(&self.subject, addr);

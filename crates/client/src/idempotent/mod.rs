@@ -120,6 +120,7 @@ impl<C: IdempotentChecker, H: MessageHandler> MessageHandler for Idempotent<C, H
             let key = message_key(&message);
             if checker.claim(&key).await? {
                 tracing::debug!(key, "already handled, skipping");
+                crate::monitoring::duplicate(message.subject(), message.group());
                 return Ok(());
             }
             // A panic counts as a failure: the claim must not outlive it.

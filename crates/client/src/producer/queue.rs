@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use qmq_protocol::{ClientType, Message};
@@ -15,6 +15,7 @@ use super::SendError;
 use crate::breaker::BreakerConfig;
 use crate::brokers::{Brokers, Outcome};
 use crate::message::MessageExt;
+use crate::monitoring::{self, RetryReason, SendOutcome};
 use crate::router::Router;
 
 /// Producer settings; the defaults are QMQ's.
@@ -71,10 +72,14 @@ enum Reply {
 struct Job {
     message: Message,
     reply: Reply,
+    /// When it was queued.
+    queued: Instant,
 }
 
 impl Job {
-    fn complete(self, result: Result<SendReceipt, SendError>) {
+    /// Records the outcome and hands `result` to the sender.
+    fn complete(self, outcome: SendOutcome, result: Result<SendReceipt, SendError>) {
+        monitoring::send_finished(&self.message.subject, outcome, Some(self.queued.elapsed()));
         match self.reply {
             Reply::Wait(tx) => {
                 let _ = tx.send(result);
@@ -108,6 +113,7 @@ pub struct Producer {
 impl Producer {
     /// A producer routing with `router`; starts its dispatcher task.
     pub fn new(router: Arc<dyn Router>, config: ProducerConfig) -> Self {
+        monitoring::describe();
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let brokers = Arc::new(Brokers::new(router, config.breaker));
         let worker = tokio::spawn(dispatch(rx, brokers, config));
@@ -125,13 +131,23 @@ impl Producer {
     /// stored or given up on.
     pub async fn send(&self, message: Message) -> Result<SendReceipt, SendError> {
         let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Job {
-                message,
-                reply: Reply::Wait(reply),
-            })
-            .await
-            .map_err(|_| SendError::Closed)?;
+        let permit = match self.sender() {
+            Ok(tx) => tx.reserve_owned().await.map_err(|_| SendError::Closed),
+            Err(e) => Err(e),
+        };
+        let permit = match permit {
+            Ok(p) => p,
+            Err(e) => {
+                monitoring::send_finished(&message.subject, SendOutcome::Closed, None);
+                return Err(e);
+            }
+        };
+        monitoring::send_queue_entered();
+        permit.send(Job {
+            message,
+            reply: Reply::Wait(reply),
+            queued: Instant::now(),
+        });
         rx.await.map_err(|_| SendError::Closed)?
     }
 
@@ -143,14 +159,31 @@ impl Producer {
         message: Message,
         callback: impl FnOnce(Result<SendReceipt, SendError>) + Send + 'static,
     ) -> Result<(), SendError> {
-        let job = Job {
+        let permit = match self.sender() {
+            Ok(tx) => tx.try_reserve_owned().map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+            }),
+            Err(e) => Err(e),
+        };
+        let permit = match permit {
+            Ok(p) => p,
+            Err(e) => {
+                let outcome = match e {
+                    SendError::QueueFull => SendOutcome::QueueFull,
+                    _ => SendOutcome::Closed,
+                };
+                monitoring::send_finished(&message.subject, outcome, None);
+                return Err(e);
+            }
+        };
+        monitoring::send_queue_entered();
+        permit.send(Job {
             message,
             reply: Reply::Callback(Box::new(callback)),
-        };
-        self.sender()?.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+            queued: Instant::now(),
+        });
+        Ok(())
     }
 
     /// Stops taking messages and waits until every queued one is stored or given up on.
@@ -171,10 +204,14 @@ async fn dispatch(mut rx: mpsc::Receiver<Job>, brokers: Arc<Brokers>, config: Pr
     let mut running = JoinSet::new();
     let batch = config.batch_size.max(1);
     while let Some(first) = rx.recv().await {
+        monitoring::send_queue_left();
         let mut jobs = vec![first];
         while jobs.len() < batch * config.max_in_flight.max(1) {
             match rx.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) => {
+                    monitoring::send_queue_left();
+                    jobs.push(job);
+                }
                 Err(_) => break,
             }
         }
@@ -227,13 +264,15 @@ async fn send_with_retries(
             .partition(|j| j.message.expire_time().is_some_and(|t| t <= now));
         for job in expired {
             let id = job.message.message_id.clone();
-            job.complete(Err(SendError::Expired(id)));
+            job.complete(SendOutcome::Expired, Err(SendError::Expired(id)));
         }
         pending = live;
         if pending.is_empty() {
             return;
         }
         let messages: Vec<Message> = pending.iter().map(|j| j.message.clone()).collect();
+        // Why each message still pending failed this try.
+        let mut reasons = Vec::new();
         let last_error = match brokers
             .send_once(subject, client_type, &messages, config.send_timeout)
             .await
@@ -249,10 +288,11 @@ async fn send_with_retries(
                                 broker: broker.clone(),
                                 tries,
                             };
-                            job.complete(Ok(receipt));
+                            job.complete(SendOutcome::Ok, Ok(receipt));
                         }
-                        Outcome::Failed(e) => job.complete(Err(e)),
+                        Outcome::Failed(e) => job.complete(SendOutcome::Refused, Err(e)),
                         Outcome::Retry(e) => {
+                            reasons.push(RetryReason::of(&e));
                             last = Some(e.to_string());
                             again.push(job);
                         }
@@ -263,6 +303,7 @@ async fn send_with_retries(
             }
             Err(e) => {
                 tracing::debug!(subject, tries, error = %e, "send try failed");
+                reasons = vec![RetryReason::of(&e); pending.len()];
                 e.to_string()
             }
         };
@@ -271,12 +312,18 @@ async fn send_with_retries(
         }
         if tries >= config.max_tries {
             for job in pending {
-                job.complete(Err(SendError::GaveUp {
-                    tries,
-                    last: last_error.clone(),
-                }));
+                job.complete(
+                    SendOutcome::GaveUp,
+                    Err(SendError::GaveUp {
+                        tries,
+                        last: last_error.clone(),
+                    }),
+                );
             }
             return;
+        }
+        for reason in reasons {
+            monitoring::send_retried(subject, reason, 1);
         }
         tokio::time::sleep(config.retry_backoff * tries).await;
     }
