@@ -401,17 +401,31 @@ fn json_logs(stderr: &str) -> Vec<serde_json::Value> {
     records
 }
 
-#[test]
-fn log_format_json_writes_json_lines() {
+/// Starts `qmq standalone` with `extra` arguments and stderr to a file, stops it with SIGTERM
+/// right after its ready line (it must exit 0), and returns what it wrote on stderr.
+fn stderr_of_a_standalone_run(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stderr");
     let file = std::fs::File::create(&log).unwrap();
-    let mut s = standalone_with(&["--log-format", "json"], Stdio::from(file));
+    let mut s = standalone_with(extra, Stdio::from(file));
     let pid = i32::try_from(s.child.id()).unwrap();
     // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    assert!(s.child.wait().unwrap().success());
-    let records = json_logs(&std::fs::read_to_string(&log).unwrap());
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn text_logs_to_a_file_have_no_colours() {
+    let stderr = stderr_of_a_standalone_run(&["--log-format", "text"]);
+    assert!(stderr.contains("shutting down"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "ANSI escapes in {stderr:?}");
+}
+
+#[test]
+fn log_format_json_writes_json_lines() {
+    let records = json_logs(&stderr_of_a_standalone_run(&["--log-format", "json"]));
     assert!(
         records
             .iter()
