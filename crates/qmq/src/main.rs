@@ -2,6 +2,8 @@
 
 mod cli;
 mod directives;
+mod listen;
+mod logs;
 mod servers;
 
 use clap::{Parser, Subcommand};
@@ -10,6 +12,16 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log format on standard error: `text` (coloured only on a terminal) or `json` (one object
+    /// per line, for log shippers).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "QMQ_LOG_FORMAT",
+        global = true
+    )]
+    log_format: logs::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,26 +39,53 @@ enum Command {
     Delay(servers::DelayOnlyArgs),
     /// Admin tools (talk to a meta server's admin API with a token).
     Tools(qmq_meta::cli::ToolsArgs),
-    /// Send messages from the shell.
+    /// Send messages from the shell (`--delay`/`--at` for delay messages, `--property k=v`).
     Send(cli::SendArgs),
-    /// Consume messages from the shell (printed one per line, then acked).
+    /// Consume messages from the shell (printed one per line, then acked; `--json`,
+    /// `--follow`).
     Consume(cli::ConsumeArgs),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
-        Command::Standalone(args) => servers::standalone(args).await,
-        Command::Meta(args) => servers::meta(args).await,
-        Command::Broker(args) => servers::broker(args).await,
-        Command::Delay(args) => servers::delay(args).await,
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let format = cli.log_format;
+    logs::init(format);
+    match run(cli.command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            logs::fatal(format, &e);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let server = matches!(
+        command,
+        Command::Standalone(_) | Command::Meta(_) | Command::Broker(_) | Command::Delay(_)
+    );
+    if server {
+        // Before anything is started or printed: SIGTERM right after "ready" shuts down cleanly.
+        servers::install_signal_handlers()?;
+    }
+    match command {
+        Command::Standalone(args) => {
+            let listeners = args.listeners();
+            listen::explained(servers::standalone(args).await, &listeners)
+        }
+        Command::Meta(args) => {
+            let listeners = args.listeners();
+            listen::explained(servers::meta(args).await, &listeners)
+        }
+        Command::Broker(args) => {
+            let listeners = args.listeners();
+            listen::explained(servers::broker(args).await, &listeners)
+        }
+        Command::Delay(args) => {
+            let listeners = args.listeners();
+            listen::explained(servers::delay(args).await, &listeners)
+        }
         Command::Tools(args) => {
             println!("{}", qmq_meta::cli::run_tools(args).await?);
             Ok(())

@@ -868,15 +868,111 @@ async fn record(path: &Path, id: i64) {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+/// SIGINT and SIGTERM streams, created by [`install_signal_handlers`] before a server starts so
+/// that a signal arriving before it waits (say, right after its ready line) is not lost.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+static SIGNALS: std::sync::OnceLock<tokio::sync::Mutex<Signals>> = std::sync::OnceLock::new();
+
+/// Takes SIGINT and SIGTERM over from their default (ending the process at once); from now on
+/// they are seen by [`wait_for_signal`], even if they arrive before it is called.
+pub fn install_signal_handlers() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    if SIGNALS.get().is_none() {
+        let int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let _ = SIGNALS.set(tokio::sync::Mutex::new(Signals { int, term }));
+    }
+    Ok(())
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM.
+pub async fn wait_for_signal() -> anyhow::Result<()> {
+    install_signal_handlers()?;
+    let signals = SIGNALS.get().context("no signal handlers")?;
+    let mut guard = signals.lock().await;
+    let Signals { int, term } = &mut *guard;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// The addresses each server command listens on, with the flag that sets each, so that an
+/// address already in use can be named (see [`crate::listen`]).
+impl BrokerArgs {
+    fn listeners(&self) -> Vec<crate::listen::Listener> {
+        let mut l = vec![(self.listen, "--listen / QMQ_BROKER_LISTEN")];
+        if let Some(m) = self.metrics_listen {
+            l.push((m, "--metrics-listen / QMQ_METRICS_LISTEN"));
+        }
+        l
+    }
+}
+
+impl MetaArgs {
+    fn listeners(&self) -> Vec<crate::listen::Listener> {
+        vec![
+            (
+                self.meta_http_listen,
+                "--meta-http-listen / QMQ_META_HTTP_LISTEN",
+            ),
+            (
+                self.meta_tcp_listen,
+                "--meta-tcp-listen / QMQ_META_TCP_LISTEN",
+            ),
+        ]
+    }
+}
+
+impl DelayArgs {
+    fn listeners(&self) -> Vec<crate::listen::Listener> {
+        vec![(self.delay_listen, "--delay-listen / QMQ_DELAY_LISTEN")]
+    }
+}
+
+impl BrokerOnlyArgs {
+    /// Where `broker` listens, and the flags that set each address.
+    pub fn listeners(&self) -> Vec<crate::listen::Listener> {
+        let mut l = self.broker.listeners();
+        if self.replication.replication != Replication::Off {
+            l.push((self.replication.sync_listen, "--sync-listen"));
+        }
+        l
+    }
+}
+
+impl MetaOnlyArgs {
+    /// Where `meta` listens, and the flags that set each address.
+    pub fn listeners(&self) -> Vec<crate::listen::Listener> {
+        self.meta.listeners()
+    }
+}
+
+impl DelayOnlyArgs {
+    /// Where `delay` listens, and the flags that set each address.
+    pub fn listeners(&self) -> Vec<crate::listen::Listener> {
+        let mut l = self.delay.listeners();
+        if self.replication.replication != Replication::Off {
+            l.push((self.replication.sync_listen, "--sync-listen"));
+        }
+        l
+    }
+}
+
+impl StandaloneArgs {
+    /// Where `standalone` listens, and the flags that set each address.
+    pub fn listeners(&self) -> Vec<crate::listen::Listener> {
+        let mut l = self.broker.listeners();
+        l.extend(self.meta.listeners());
+        l.extend(self.delay.listeners());
+        l
+    }
 }
 
 #[cfg(test)]
