@@ -80,7 +80,9 @@ async fn counts_lateness_and_backlog_follow_what_was_scheduled_and_dispatched() 
         .await
         .unwrap();
 
-    let mut batch: Vec<_> = (0..3).map(|i| msg(&format!("soon{i}"), T0 + 10_000)).collect();
+    let mut batch: Vec<_> = (0..3)
+        .map(|i| msg(&format!("soon{i}"), T0 + 10_000))
+        .collect();
     batch.extend((0..2).map(|i| msg(&format!("half-hour{i}"), T0 + 30 * 60_000)));
     batch.push(msg("five-hours", T0 + 5 * 3_600_000));
     let mut later = msg("too-far", T0 + 3 * 365 * 86_400_000);
@@ -96,7 +98,11 @@ async fn counts_lateness_and_backlog_follow_what_was_scheduled_and_dispatched() 
         Some(6.0)
     );
     assert_eq!(
-        value(&s, "qmq_delay_received_messages_total", &[("subject", "other")]),
+        value(
+            &s,
+            "qmq_delay_received_messages_total",
+            &[("subject", "other")]
+        ),
         None,
         "a refused message creates no subject series"
     );
@@ -121,7 +127,10 @@ async fn counts_lateness_and_backlog_follow_what_was_scheduled_and_dispatched() 
             && value(s, "qmq_delay_pending_messages", &[]) == Some(3.0)
     })
     .await;
-    assert_eq!(value(&s, "qmq_delay_lateness_seconds_count", &[]), Some(3.0));
+    assert_eq!(
+        value(&s, "qmq_delay_lateness_seconds_count", &[]),
+        Some(3.0)
+    );
     assert_eq!(value(&s, "qmq_delay_lateness_seconds_sum", &[]), Some(6.0));
     let late = buckets(&s, "qmq_delay_lateness_seconds");
     let at = |le: f64| late.iter().find(|(b, _)| *b == le).map(|(_, n)| *n);
