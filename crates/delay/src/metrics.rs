@@ -110,10 +110,10 @@ struct ReasonLabels {
 /// `pending` is exact: every schedule-log record not recorded as dispatched (messages being
 /// retried included). `due[i]` counts the messages due within [`DUE_WINDOWS`]`[i]` of now
 /// (overdue ones included): exact for buckets loaded into the timing wheel (by the tick they
-/// fire at), plus the messages being retried (they are due now); a bucket not loaded yet counts
-/// whole once it starts within the window, so a window may over-count by the undispatched
-/// messages of the one bucket it ends in (default width 60 min). Messages taken from the wheel
-/// and not answered by the dispatcher yet are in `pending` only.
+/// fire at), plus the messages being retried (they are due now); the messages of a bucket not
+/// loaded yet (or being loaded) count whole once it starts within the window, so a window may
+/// over-count by the undispatched messages of the one bucket it ends in (default width 60 min).
+/// Messages taken from the wheel and not answered by the dispatcher yet are in `pending` only.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {
     /// Messages scheduled and not dispatched yet.

@@ -381,10 +381,12 @@ impl BacklogSource for Inner {
         for (&start, b) in &store.buckets {
             let left = b.records.saturating_sub(b.dispatched);
             pending += left;
-            if !b.loaded {
+            // Neither in the wheel nor taken from it: a bucket not loaded yet, or being loaded.
+            let outside = left.saturating_sub(b.pending);
+            if outside > 0 {
                 for (d, &limit) in due.iter_mut().zip(&limits) {
                     if start <= limit {
-                        *d += left;
+                        *d += outside;
                     }
                 }
             }
