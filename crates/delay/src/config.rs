@@ -6,9 +6,11 @@
 //! could only ever end as a dead letter.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::DelayError;
+use crate::metrics::DelayMetrics;
 
 /// Two years (730 days), QMQ's longest delay.
 pub const TWO_YEARS: Duration = Duration::from_secs(730 * 24 * 3600);
@@ -62,6 +64,9 @@ pub struct DelayConfig {
     pub retention: Duration,
     /// How long a message-log segment whose records are all in fsynced schedule logs is kept.
     pub wal_retention: Duration,
+    /// Where the engine (and the server in front of it) records its metrics (None: nowhere).
+    /// Give every engine of a process the same one.
+    pub metrics: Option<Arc<DelayMetrics>>,
 }
 
 impl Default for DelayConfig {
@@ -83,6 +88,7 @@ impl Default for DelayConfig {
             clean_interval: Duration::from_secs(60),
             retention: Duration::from_secs(72 * 3600),
             wal_retention: Duration::from_secs(72 * 3600),
+            metrics: None,
         }
     }
 }

@@ -12,6 +12,8 @@
 //!   [`BrokerForwarder`], the dispatcher that forwards due messages to one broker, and
 //!   [`RoutedForwarder`], which sends each subject to the brokers the meta server routes it to.
 //!
+//! - [`metrics`]: Prometheus metrics ([`DelayMetrics`], given in [`DelayConfig::metrics`]):
+//!   received, refused, dispatched, lateness, and the delay backlog at every scrape.
 //! - [`replication`]: master/slave replication and failover of a delay group (the message log
 //!   exactly, dispatch state with a bounded lag), roles from the meta server.
 //!
@@ -54,6 +56,7 @@ pub mod engine;
 pub mod error;
 pub mod forward;
 mod fsutil;
+pub mod metrics;
 mod record;
 pub mod replication;
 pub mod server;
@@ -67,5 +70,6 @@ pub use dispatch::{dead_letter_subject, Dispatcher, DueMessage, Outcome, DEAD_LE
 pub use engine::{CleanReport, DelayEngine, DelayStats, NewMessage, Scheduled};
 pub use error::{DelayError, DispatchError, ScheduleError};
 pub use forward::{BrokerForwarder, RoutedForwarder};
+pub use metrics::DelayMetrics;
 pub use server::{serve, ServerConfig, ServerHandle};
 pub use wal::WalChunk;

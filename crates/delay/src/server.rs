@@ -32,6 +32,7 @@ use crate::config::DelayConfig;
 use crate::dispatch::Dispatcher;
 use crate::engine::{DelayEngine, NewMessage};
 use crate::error::{DelayError, ScheduleError};
+use crate::metrics::{DelayMetrics, FailReason};
 
 /// QMQ's delay server port.
 pub const DEFAULT_PORT: u16 = 20801;
@@ -79,6 +80,7 @@ impl ServerConfig {
 struct Backend {
     engine: RwLock<Option<Arc<DelayEngine>>>,
     gate: Option<Arc<Gate>>,
+    metrics: Option<Arc<DelayMetrics>>,
 }
 
 /// The client port of a replicated delay server: bound once, served by whichever engine the
@@ -92,12 +94,14 @@ pub struct Front {
 }
 
 impl Front {
-    /// Binds `listen` and serves it (`max_frame`: largest frame accepted).
+    /// Binds `listen` and serves it (`max_frame`: largest frame accepted); refusals are
+    /// counted in `metrics`, if given.
     pub async fn bind(
         listen: SocketAddr,
         max_frame: usize,
         clock: Arc<dyn Clock>,
         gate: Arc<Gate>,
+        metrics: Option<Arc<DelayMetrics>>,
     ) -> Result<Self, DelayError> {
         let listener = TcpListener::bind(listen)
             .await
@@ -108,6 +112,7 @@ impl Front {
         let backend = Arc::new(Backend {
             engine: RwLock::new(None),
             gate: Some(gate),
+            metrics,
         });
         let cancel = CancellationToken::new();
         let accept = tokio::spawn(accept_loop(
@@ -199,11 +204,13 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| DelayError::io("listen on", config.listen.to_string(), e))?;
+    let metrics = config.delay.metrics.clone();
     let engine = Arc::new(DelayEngine::open(config.delay, clock.clone(), dispatcher).await?);
     let cancel = CancellationToken::new();
     let backend = Arc::new(Backend {
         engine: RwLock::new(Some(engine.clone())),
         gate: None,
+        metrics,
     });
     let accept = tokio::spawn(accept_loop(
         listener,
@@ -309,10 +316,19 @@ fn reject(frame: &Frame) -> Frame {
 async fn handle(frame: &Frame, backend: &Backend, clock: &dyn Clock) -> Frame {
     let h = frame.header;
     let gate = backend.gate.as_deref();
+    let metrics = backend.metrics.as_deref();
+    let failed = |reason, n| {
+        if let Some(m) = metrics {
+            m.send_failed(reason, n);
+        }
+    };
     let engine = backend.engine.read().clone();
     let engine = match engine {
         Some(e) if gate.is_none_or(|g| g.serving()) => e,
-        _ if h.code == command::SEND_MESSAGE => return reject(frame),
+        _ if h.code == command::SEND_MESSAGE => {
+            failed(FailReason::NotMaster, 1);
+            return reject(frame);
+        }
         _ => return Frame::new(h.response(response::SUCCESS), Bytes::new()),
     };
     let engine = engine.as_ref();
@@ -344,11 +360,16 @@ async fn handle(frame: &Frame, backend: &Backend, clock: &dyn Clock) -> Frame {
                     });
                 }
                 let ids: Vec<String> = batch.iter().map(|m| m.message_id.clone()).collect();
+                failed(FailReason::CrcMismatch, failures.len() as u64);
                 let results = engine.schedule(batch).await;
                 let replicated = match gate {
                     Some(g) => replicated(g, &results).await,
                     None => Ok(()),
                 };
+                if replicated.is_err() {
+                    let stored = results.iter().filter(|r| r.is_ok()).count();
+                    failed(FailReason::NotReplicated, stored as u64);
+                }
                 for (id, r) in ids.into_iter().zip(results) {
                     match (r, &replicated) {
                         (Err(e), _) => failures.push(SendFailure {
@@ -375,6 +396,7 @@ async fn handle(frame: &Frame, backend: &Backend, clock: &dyn Clock) -> Frame {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "malformed SEND_MESSAGE body");
+                failed(FailReason::Malformed, 1);
                 Frame::new(h.response(response::PARAM_ERROR), Bytes::new())
             }
         },

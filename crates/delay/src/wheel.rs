@@ -69,6 +69,29 @@ impl TimingWheel {
         out[start..].sort_unstable();
     }
 
+    /// For each of `limits_ms` (ascending), the entries that fire at or before it. Visits
+    /// the slots up to the last limit once.
+    pub fn count_firing_by<const N: usize>(&self, limits_ms: [i64; N]) -> [u64; N] {
+        let mut out = [0u64; N];
+        let Some(&last) = limits_ms.last() else {
+            return out;
+        };
+        let mut i = 0;
+        let mut running = 0u64;
+        for (tick, slot) in self.slots.range(..=last.div_euclid(self.tick_ms)) {
+            let at = tick * self.tick_ms;
+            while i < N && at > limits_ms[i] {
+                out[i] = running;
+                i += 1;
+            }
+            running += slot.len() as u64;
+        }
+        for o in &mut out[i..] {
+            *o = running;
+        }
+        out
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.len
@@ -120,5 +143,17 @@ mod tests {
         assert_eq!(out, vec![e(1_001, 3), e(1_005, 1)]);
         assert_eq!(w.len(), 1);
         assert_eq!(w.next_fire_ms(), Some(2_000));
+    }
+
+    #[test]
+    fn counts_entries_firing_by_each_limit() {
+        let mut w = TimingWheel::new(10);
+        for (due, off) in [(5, 1), (10, 2), (15, 3), (100, 4), (1_000, 5), (5_000, 6)] {
+            w.insert(e(due, off));
+        }
+        // Ticks fire at 10 (5, 10), 20 (15), 100, 1_000, 5_000.
+        assert_eq!(w.count_firing_by([9, 10, 99, 1_000]), [0, 2, 3, 5]);
+        assert_eq!(w.count_firing_by([10_000]), [6]);
+        assert_eq!(w.count_firing_by([-1, 0]), [0, 0]);
     }
 }

@@ -2,10 +2,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::metrics::MetaMetrics;
 use crate::MetaError;
 
 /// How a meta server runs. `Default` gives QMQ's defaults: HTTP 8080, TCP 20880,
@@ -50,6 +52,9 @@ pub struct MetaConfig {
     pub failover_check_ms: u64,
     /// A GROUP_LEASE report older than this does not make a server a promotion candidate.
     pub replica_stale_ms: u64,
+    /// Where the server records its metrics (None: nowhere). Not read from files.
+    #[serde(skip)]
+    pub metrics: Option<Arc<MetaMetrics>>,
 }
 
 impl Default for MetaConfig {
@@ -71,6 +76,7 @@ impl Default for MetaConfig {
             lease_grace_ms: 500,
             failover_check_ms: 250,
             replica_stale_ms: 3_000,
+            metrics: None,
         }
     }
 }

@@ -53,6 +53,20 @@ impl MetaCore {
         })
     }
 
+    /// Counts `e` in the metrics if it is a database failure.
+    pub(crate) fn note_error(&self, e: &MetaError) {
+        if let Some(m) = &self.config.metrics {
+            m.error(e);
+        }
+    }
+
+    /// Counts a request of `kind` in the metrics.
+    pub(crate) fn note_request(&self, kind: crate::metrics::RequestKind) {
+        if let Some(m) = &self.config.metrics {
+            m.request(kind);
+        }
+    }
+
     /// The database.
     pub fn store(&self) -> &Store {
         &self.store
@@ -191,7 +205,10 @@ impl MetaCore {
                 touched.retain(|_, t| now - *t < 10 * CLIENT_TOUCH_INTERVAL_MS);
                 touched.insert(key, now);
             }
-            Err(e) => tracing::warn!(error = %e, client = req.client_id(), "cannot record client"),
+            Err(e) => {
+                self.note_error(&e);
+                tracing::warn!(error = %e, client = req.client_id(), "cannot record client")
+            }
         }
     }
 

@@ -358,9 +358,13 @@ impl MetaCore {
                 Ok(Some(p)) => done.push(p),
                 Ok(None) => {}
                 Err(e) => {
+                    self.note_error(&e);
                     tracing::warn!(group = g.name, epoch = g.epoch, error = %e, "failover failed");
                 }
             }
+        }
+        if let (Some(m), false) = (&self.config.metrics, done.is_empty()) {
+            m.failovers(crate::metrics::FailoverTrigger::LeaseExpired, done.len());
         }
         Ok(done)
     }
@@ -575,6 +579,9 @@ impl MetaCore {
                 .apply_promotion(&g, &chosen.0, &chosen.1, fence)
                 .await?
             {
+                if let Some(m) = &self.config.metrics {
+                    m.failovers(crate::metrics::FailoverTrigger::Manual, 1);
+                }
                 return Ok(done);
             }
         }

@@ -294,6 +294,20 @@ async fn promote(
     }
 }
 
+/// Counts every HTTP request by endpoint, and answers 503 (the database failed) as store
+/// errors.
+async fn count_requests(State(state): State<HttpState>, req: Request, next: Next) -> Response {
+    let Some(metrics) = state.core.config.metrics.clone() else {
+        return next.run(req).await;
+    };
+    metrics.request(crate::metrics::RequestKind::of_http_path(req.uri().path()));
+    let response = next.run(req).await;
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        metrics.store_error();
+    }
+    response
+}
+
 /// The HTTP application.
 pub(crate) fn router(state: HttpState) -> Router {
     let admin = Router::new()
@@ -318,5 +332,9 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/broker/directives", get(directives))
         .nest("/admin", admin)
         .route("/management", post(crate::http_compat::management))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }

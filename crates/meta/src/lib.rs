@@ -10,6 +10,7 @@
 //!   MySQL/MariaDB); every meta server on one database serves the same routes.
 //! - [`failover`]: GROUP_LEASE (roles, epochs and master leases of replicated groups) and the
 //!   failover checker that promotes a slave when a master's lease runs out.
+//! - [`metrics`]: Prometheus metrics ([`MetaMetrics`], given in [`MetaConfig::metrics`]).
 //! - [`cli`] is the admin tool (`qmq tools ...`); [`standalone`] registers a local broker.
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod failover;
 pub mod http;
 mod http_client;
 mod http_compat;
+pub mod metrics;
 pub mod model;
 mod routing;
 mod server;
@@ -36,4 +38,5 @@ pub use crate::config::MetaConfig;
 pub use crate::core::MetaCore;
 pub use crate::error::MetaError;
 pub use crate::http_client::{ApiResult, TOKEN_HEADER};
+pub use crate::metrics::MetaMetrics;
 pub use crate::server::{serve, MetaServerHandle};

@@ -95,6 +95,9 @@ pub async fn serve(config: MetaConfig) -> Result<MetaServerHandle, MetaError> {
     };
     let advertised = format!("{host}:{}", tcp_addr.port());
     let core = Arc::new(MetaCore::new(store, config).await?);
+    if let Some(m) = &core.config.metrics {
+        m.attach(Arc::downgrade(&core));
+    }
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -123,6 +126,7 @@ pub async fn serve(config: MetaConfig) -> Result<MetaServerHandle, MetaError> {
             let core = core.clone();
             async move {
                 if let Err(e) = core.refresh().await {
+                    core.note_error(&e);
                     tracing::warn!(error = %e, "cache refresh failed; serving the cached view");
                 }
             }
@@ -134,6 +138,7 @@ pub async fn serve(config: MetaConfig) -> Result<MetaServerHandle, MetaError> {
             let core = core.clone();
             async move {
                 if let Err(e) = core.expire_heartbeats().await {
+                    core.note_error(&e);
                     tracing::warn!(error = %e, "heartbeat sweep failed");
                 }
             }
@@ -146,6 +151,7 @@ pub async fn serve(config: MetaConfig) -> Result<MetaServerHandle, MetaError> {
             let core = core.clone();
             async move {
                 if let Err(e) = core.check_failover().await {
+                    core.note_error(&e);
                     tracing::warn!(error = %e, "failover check failed");
                 }
             }

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::check_registration;
 use crate::core::MetaCore;
+use crate::metrics::RequestKind;
 use crate::MetaError;
 
 /// Accepts connections until `stop` is cancelled; each connection gets its own task.
@@ -99,8 +100,34 @@ fn error_code(e: &MetaError) -> i16 {
     }
 }
 
-/// Answers one request frame from `peer`.
+/// The metrics kind of a request frame (BROKER_REGISTER by its type, when it decodes).
+fn request_kind(frame: &Frame) -> RequestKind {
+    match frame.header.code {
+        command::CLIENT_REGISTER => RequestKind::ClientRegister,
+        command::BROKER_REGISTER => match BrokerRegisterRequest::decode_with_secret(&frame.body) {
+            Ok((req, _)) => match req.request_type {
+                qmq_protocol::BrokerRequestType::Online => RequestKind::BrokerOnline,
+                qmq_protocol::BrokerRequestType::Heartbeat => RequestKind::BrokerHeartbeat,
+                qmq_protocol::BrokerRequestType::Offline => RequestKind::BrokerOffline,
+            },
+            Err(_) => RequestKind::BrokerRegisterMalformed,
+        },
+        command::BROKER_ACQUIRE_META => RequestKind::AcquireMeta,
+        GROUP_LEASE => RequestKind::GroupLease,
+        command::HEARTBEAT => RequestKind::Heartbeat,
+        _ => RequestKind::Unknown,
+    }
+}
+
+/// Answers one request frame from `peer` (and counts it, with the database failures it met).
 pub(crate) async fn handle(core: &MetaCore, frame: &Frame, peer: IpAddr) -> Frame {
+    if core.config.metrics.is_some() {
+        core.note_request(request_kind(frame));
+    }
+    answer(core, frame, peer).await
+}
+
+async fn answer(core: &MetaCore, frame: &Frame, peer: IpAddr) -> Frame {
     let h = &frame.header;
     match h.code {
         command::CLIENT_REGISTER => match MetaInfoRequest::decode(&frame.body) {
@@ -123,7 +150,10 @@ pub(crate) async fn handle(core: &MetaCore, frame: &Frame, peer: IpAddr) -> Fram
                 }
                 match core.broker_register(&req).await {
                     Ok(()) => reply(h, response::SUCCESS, Bytes::new()),
-                    Err(e) => refuse(h, error_code(&e), "broker register refused", &e),
+                    Err(e) => {
+                        core.note_error(&e);
+                        refuse(h, error_code(&e), "broker register refused", &e)
+                    }
                 }
             }
             Err(e) => refuse(h, response::PARAM_ERROR, "malformed broker register", &e),
@@ -137,7 +167,10 @@ pub(crate) async fn handle(core: &MetaCore, frame: &Frame, peer: IpAddr) -> Fram
                         Err(e) => refuse(h, response::BROKER_ERROR, "cannot encode meta", &e),
                     }
                 }
-                Err(e) => refuse(h, error_code(&e), "broker acquire meta refused", &e),
+                Err(e) => {
+                    core.note_error(&e);
+                    refuse(h, error_code(&e), "broker acquire meta refused", &e)
+                }
             },
             Err(e) => refuse(h, response::PARAM_ERROR, "malformed acquire meta", &e),
         },
@@ -156,7 +189,10 @@ pub(crate) async fn handle(core: &MetaCore, frame: &Frame, peer: IpAddr) -> Fram
                             Err(e) => refuse(h, response::BROKER_ERROR, "cannot encode lease", &e),
                         }
                     }
-                    Err(e) => refuse(h, error_code(&e), "group lease refused", &e),
+                    Err(e) => {
+                        core.note_error(&e);
+                        refuse(h, error_code(&e), "group lease refused", &e)
+                    }
                 }
             }
             Err(e) => refuse(h, response::PARAM_ERROR, "malformed group lease", &e),

@@ -212,6 +212,9 @@ pub struct MetaOnlyArgs {
     /// Data directory (for the embedded SQLite database).
     #[arg(long, default_value = "./qmq-data", env = "QMQ_DATA_DIR")]
     data_dir: PathBuf,
+    /// Address to serve Prometheus metrics on (`GET /metrics`); none unless given.
+    #[arg(long, env = "QMQ_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Delay server settings shared by `delay` and `standalone`.
@@ -270,6 +273,9 @@ pub struct DelayOnlyArgs {
     /// in its dead-letter subject.
     #[arg(long, default_value_t = qmq_delay::config::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
+    /// Address to serve Prometheus metrics on (`GET /metrics`); none unless given.
+    #[arg(long, env = "QMQ_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     replication: DelayReplicationArgs,
 }
@@ -313,9 +319,10 @@ struct Delay {
 }
 
 impl Delay {
-    /// Starts a delay server handing due messages to `dispatcher`; with a meta server (TCP
-    /// address), registers it as a delay group at `host`:<bound port> before returning,
-    /// presenting `secret` if there is one.
+    /// Starts a delay server handing due messages to `dispatcher` (and recording its metrics
+    /// in `metrics`, if given); with a meta server (TCP address), registers it as a delay
+    /// group at `host`:<bound port> before returning, presenting `secret` if there is one.
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         args: &DelayArgs,
         max_message_bytes: usize,
@@ -324,12 +331,14 @@ impl Delay {
         meta: Option<String>,
         host: &str,
         secret: Option<String>,
+        metrics: Option<Arc<qmq_delay::DelayMetrics>>,
     ) -> anyhow::Result<Self> {
         let dir = data_dir.join("delay");
         let lock = qmq_store::DirLock::acquire(&dir).context("starting the delay server")?;
         let mut config = qmq_delay::ServerConfig::new(dir);
         config.listen = args.delay_listen;
         config.delay.max_message_bytes = max_message_bytes;
+        config.delay.metrics = metrics;
         let server = qmq_delay::serve(config, Arc::new(qmq_delay::SystemClock), dispatcher)
             .await
             .context("starting the delay server")?;
@@ -409,6 +418,7 @@ pub async fn delay(args: DelayOnlyArgs) -> anyhow::Result<()> {
     if args.replication.replication != Replication::Off {
         return replicated_delay(args, dispatcher).await;
     }
+    let registry = args.metrics_listen.map(|_| qmq_metrics::Registry::new());
     let delay = Delay::start(
         &args.delay,
         args.max_message_bytes,
@@ -417,10 +427,13 @@ pub async fn delay(args: DelayOnlyArgs) -> anyhow::Result<()> {
         args.meta.clone(),
         &args.advertised_host,
         args.secret.cluster_secret.clone(),
+        registry.as_ref().map(qmq_delay::DelayMetrics::new),
     )
     .await?;
+    let metrics = serve_metrics(args.metrics_listen, registry).await?;
     println!("qmq delay ready on {}", delay.server.local_addr());
     wait_for_signal().await?;
+    stop_metrics(metrics).await;
     delay.shutdown().await
 }
 
@@ -441,6 +454,8 @@ async fn replicated_delay(
     let mut server = qmq_delay::ServerConfig::new(dir);
     server.listen = args.delay.delay_listen;
     server.delay.max_message_bytes = args.max_message_bytes;
+    let registry = args.metrics_listen.map(|_| qmq_metrics::Registry::new());
+    server.delay.metrics = registry.as_ref().map(qmq_delay::DelayMetrics::new);
     let mode = replication_mode(
         r.replication,
         r.replication_timeout_ms,
@@ -461,6 +476,10 @@ async fn replicated_delay(
     };
     let gate = Arc::new(Gate::new(mode));
     let (status, changes) = tokio::sync::watch::channel(qmq_replication::NodeStatus::Starting);
+    if let Some(m) = &config.server.delay.metrics {
+        m.observe_replication(gate.clone(), changes.clone());
+    }
+    let metrics = serve_metrics(args.metrics_listen, registry).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(node::run(
         config,
@@ -470,7 +489,9 @@ async fn replicated_delay(
         status,
         stop.clone(),
     ));
-    run_node("delay", running, changes, stop).await
+    let ran = run_node("delay", running, changes, stop).await;
+    stop_metrics(metrics).await;
+    ran
 }
 
 impl BrokerArgs {
@@ -705,18 +726,22 @@ where
 
 /// Runs a meta server until SIGINT/SIGTERM.
 pub async fn meta(args: MetaOnlyArgs) -> anyhow::Result<()> {
-    let config = args
+    let mut config = args
         .meta
         .config(&args.data_dir, args.secret.cluster_secret.clone());
+    let registry = args.metrics_listen.map(|_| qmq_metrics::Registry::new());
+    config.metrics = registry.as_ref().map(qmq_meta::MetaMetrics::new);
     let handle = qmq_meta::serve(config)
         .await
         .context("starting the meta server")?;
+    let metrics = serve_metrics(args.metrics_listen, registry).await?;
     println!(
         "qmq meta ready: http {} tcp {}",
         handle.http_addr(),
         handle.advertised_tcp_address()
     );
     wait_for_signal().await?;
+    stop_metrics(metrics).await;
     handle.shutdown().await;
     Ok(())
 }
@@ -744,7 +769,14 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         .unwrap_or_else(generated_secret);
     // Before anything touches the directory (the meta server's database first).
     let _lock = qmq_store::DirLock::acquire(&data_dir).context("locking the data directory")?;
-    let meta = qmq_meta::serve(args.meta.config(&data_dir, Some(secret.clone())))
+    // One registry for the metrics of all three servers.
+    let registry = args
+        .broker
+        .metrics_listen
+        .map(|_| qmq_metrics::Registry::new());
+    let mut meta_config = args.meta.config(&data_dir, Some(secret.clone()));
+    meta_config.metrics = registry.as_ref().map(qmq_meta::MetaMetrics::new);
+    let meta = qmq_meta::serve(meta_config)
         .await
         .context("starting the meta server")?;
     let meta_tcp = format!("127.0.0.1:{}", meta.tcp_addr().port());
@@ -758,7 +790,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     if config.advertised.is_none() {
         config.advertised = Some(format!("{host}:{}", config.listen.port()));
     }
-    let registry = args.broker.metrics(&mut config);
+    config.metrics = registry.as_ref().map(qmq_broker::BrokerMetrics::new);
     let broker = qmq_broker::serve(config)
         .await
         .context("starting the broker")?;
@@ -771,6 +803,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         Some(meta_tcp),
         &host,
         Some(secret),
+        registry.as_ref().map(qmq_delay::DelayMetrics::new),
     )
     .await?;
     let poller = tokio::spawn(follow_directives(

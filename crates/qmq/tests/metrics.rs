@@ -1,13 +1,15 @@
 //! `qmq standalone --metrics-listen`: the broker's counters move by exactly what was sent,
 //! refused, pulled, acked and put in retry or dead letters, and a group's lag is what it has
-//! not been handed yet. Scrapes are parsed with a Prometheus text-format parser.
+//! not been handed yet; the delay server's counters, lateness and backlog and the meta
+//! server's request counts are served from the same endpoint. Scrapes are parsed with a
+//! Prometheus text-format parser.
 
 use std::time::Duration;
 
 use qmq_client::{new_message, send_batch, Connection, PullConsumer, SendError};
 
 mod common;
-use common::{free_port, metrics_addr, qmq, sample, scrape, Proc};
+use common::{field, free_port, metrics_addr, qmq, sample, scrape, Proc};
 
 const SUBJECT: &str = "metrics.orders";
 const GROUP: &str = "g1";
@@ -144,4 +146,195 @@ async fn counters_and_lag_follow_what_clients_did() {
         sample(&done, "qmq_consumer_unacked_messages", &group),
         Some(0.0)
     );
+}
+
+/// A histogram's cumulative bucket counts, by upper bound.
+fn buckets(scrape: &prometheus_parse::Scrape, name: &str) -> Vec<(f64, f64)> {
+    scrape
+        .samples
+        .iter()
+        .find_map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(h) if s.metric == name => {
+                Some(h.iter().map(|b| (b.less_than, b.count)).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no histogram {name}"))
+}
+
+/// Scrapes `addr` until `cond` holds, for at most 60 s (a deadline, not a pace).
+async fn scrape_until(
+    addr: &str,
+    what: &str,
+    cond: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> prometheus_parse::Scrape {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = scrape(addr).await;
+        if cond(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last scrape: {:?}",
+            s.samples
+                .iter()
+                .filter(|x| x.metric.starts_with("qmq_delay") || x.metric.starts_with("qmq_meta"))
+                .map(|x| (&x.metric, &x.labels, &x.value))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A message for the delay server, due `delay_ms` after its creation.
+fn delayed(subject: &str, delay_ms: i64) -> qmq_protocol::Message {
+    let mut m = new_message(subject);
+    m.flags = m.flags.with_delay(true);
+    m.expire_or_schedule = m.created_time + delay_ms;
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_and_meta_metrics_share_the_standalone_endpoint() {
+    const LATER: &str = "metrics.later";
+    const SOON: usize = 5;
+    const HALF_HOUR: usize = 2;
+    const FIVE_HOURS: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = qmq();
+    cmd.args([
+        "standalone",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ])
+    .args(["--meta-http-listen", "127.0.0.1:0"])
+    .args(["--meta-tcp-listen", "127.0.0.1:0"])
+    .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
+    .args(["--metrics-listen", "127.0.0.1:0"])
+    .arg("--data-dir")
+    .arg(dir.path());
+    let server = Proc::spawn(cmd);
+    let metrics = metrics_addr(&server);
+    let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));
+
+    let before = scrape(&metrics).await;
+    // The broker and the delay server registered (online) before "ready"; nobody failed over.
+    assert!(
+        sample(
+            &before,
+            "qmq_meta_requests_total",
+            &[("kind", "broker_online")]
+        )
+        .unwrap()
+            >= 2.0
+    );
+    for trigger in ["lease_expired", "manual"] {
+        assert_eq!(
+            sample(&before, "qmq_meta_failovers_total", &[("trigger", trigger)]),
+            Some(0.0)
+        );
+    }
+    assert_eq!(
+        sample(&before, "qmq_meta_store_errors_total", &[]),
+        Some(0.0)
+    );
+    for kind in ["normal", "delay"] {
+        assert_eq!(
+            sample(
+                &before,
+                "qmq_meta_broker_groups",
+                &[("kind", kind), ("state", "rw")]
+            ),
+            Some(1.0),
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        sample(&before, "qmq_delay_pending_messages", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&before, "qmq_broker_role", &[("role", "master")]),
+        Some(1.0),
+        "the broker's metrics are there too"
+    );
+
+    // 5 messages due in 1.5 s, 2 in half an hour, 3 in five hours, 1 too far ahead.
+    let mut batch: Vec<_> = (0..SOON).map(|_| delayed(LATER, 1_500)).collect();
+    batch.extend((0..HALF_HOUR).map(|_| delayed(LATER, 30 * 60_000)));
+    batch.extend((0..FIVE_HOURS).map(|_| delayed(LATER, 5 * 3_600_000)));
+    batch.push(delayed(LATER, 3 * 365 * 86_400_000));
+    let conn = Connection::connect(&field(&ready, "delay")).await.unwrap();
+    let results = send_batch(&conn, &batch, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        results[..results.len() - 1].iter().all(|r| r.is_ok()),
+        "{results:?}"
+    );
+    assert!(
+        results[results.len() - 1].is_err(),
+        "too far ahead is refused"
+    );
+    let sent = (SOON + HALF_HOUR + FIVE_HOURS) as f64;
+
+    let s = scrape(&metrics).await;
+    let subject = [("subject", LATER)];
+    assert_eq!(
+        sample(&s, "qmq_delay_received_messages_total", &subject),
+        Some(sent)
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "qmq_delay_send_failed_total",
+            &[("reason", "too_far_ahead")]
+        ),
+        Some(1.0)
+    );
+    assert!(sample(&s, "qmq_delay_append_seconds_count", &[]).unwrap() >= 1.0);
+
+    // The five due soon reach the broker; the others stay in the backlog, in their windows.
+    let s = scrape_until(&metrics, "the due messages dispatched", |s| {
+        sample(s, "qmq_delay_dispatched_messages_total", &subject) == Some(SOON as f64)
+            && sample(s, "qmq_delay_pending_messages", &[]) == Some((HALF_HOUR + FIVE_HOURS) as f64)
+            && sample(s, "qmq_delay_due_messages", &[("within", "1m")]) == Some(0.0)
+            && sample(s, "qmq_delay_due_messages", &[("within", "1h")]) == Some(HALF_HOUR as f64)
+    })
+    .await;
+    assert_eq!(
+        sample(&s, "qmq_delay_due_messages", &[("within", "1d")]),
+        Some((HALF_HOUR + FIVE_HOURS) as f64)
+    );
+    assert_eq!(
+        sample(&s, "qmq_delay_lateness_seconds_count", &[]),
+        Some(SOON as f64)
+    );
+    let late = buckets(&s, "qmq_delay_lateness_seconds");
+    let at = |le: f64| late.iter().find(|(b, _)| *b == le).map(|(_, n)| *n);
+    assert_eq!(
+        at(5.0),
+        Some(SOON as f64),
+        "each was at most 5 s late: {late:?}"
+    );
+    assert_eq!(
+        sample(&s, "qmq_received_messages_total", &subject),
+        Some(SOON as f64),
+        "the broker stored what the delay server dispatched"
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "qmq_delay_send_failed_total",
+            &[("reason", "crc_mismatch")]
+        ),
+        None
+    );
+    // The delay server found the subject's route as clients do: the meta server's address
+    // over HTTP, then CLIENT_REGISTER.
+    for kind in ["http_address", "client_register"] {
+        let n = sample(&s, "qmq_meta_requests_total", &[("kind", kind)]);
+        assert!(n.is_some_and(|n| n >= 1.0), "{kind}: {n:?}");
+    }
 }

@@ -266,6 +266,20 @@ impl Inner {
                 .unwrap_or_else(|| Outcome::Transient("no answer for the message".into()));
             match outcome {
                 Outcome::Stored => {
+                    if let Some(metrics) = &self.cfg.metrics {
+                        let subject = match a.dead {
+                            true => m
+                                .subject
+                                .strip_prefix(crate::dispatch::DEAD_LETTER_PREFIX)
+                                .unwrap_or(&m.subject),
+                            false => &m.subject,
+                        };
+                        metrics.dispatched(
+                            subject,
+                            self.clock.now_ms().saturating_sub(m.due_ms),
+                            a.dead,
+                        );
+                    }
                     if a.dead {
                         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(subject = %m.subject, message_id = %m.message_id, refusals = a.refusals, "due message stored under its dead-letter subject");
@@ -298,6 +312,9 @@ impl Inner {
                     retries.push(now + self.backoff(a.failures), a);
                 }
             }
+        }
+        if let (Some(metrics), true) = (&self.cfg.metrics, not_stored > 0) {
+            metrics.dispatch_failed(not_stored as u64);
         }
         if not_stored > 0 {
             tracing::warn!(

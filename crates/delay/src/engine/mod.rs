@@ -48,6 +48,7 @@ use crate::clock::Clock;
 use crate::config::DelayConfig;
 use crate::dispatch::Dispatcher;
 use crate::error::{DelayError, ScheduleError};
+use crate::metrics::{Backlog, BacklogSource, FailReason, DUE_WINDOWS};
 use crate::store::Store;
 use crate::wal::MessageLog;
 
@@ -186,6 +187,9 @@ impl DelayEngine {
             retrying: AtomicU64::new(0),
             wal_end,
         });
+        if let Some(m) = &inner.cfg.metrics {
+            m.attach_engine(inner.observed());
+        }
         let (tx, rx) = mpsc::channel(1024);
         let w = inner.clone();
         let writer = std::thread::Builder::new()
@@ -212,14 +216,33 @@ impl DelayEngine {
     ) -> Vec<Result<Scheduled, ScheduleError>> {
         let n = messages.len();
         let closed = || vec![Err(ScheduleError::Closed); n];
-        let Some(tx) = self.tx.read().clone() else {
-            return closed();
+        let metrics = self.inner.cfg.metrics.as_ref();
+        // Only with metrics: the subjects to count the results under.
+        let subjects: Vec<String> = match metrics {
+            Some(_) => messages.iter().map(|m| m.subject.clone()).collect(),
+            None => Vec::new(),
         };
-        let (reply, rx) = oneshot::channel();
-        if tx.send(Job { messages, reply }).await.is_err() {
-            return closed();
+        let tx = self.tx.read().clone();
+        let results = match tx {
+            None => closed(),
+            Some(tx) => {
+                let (reply, rx) = oneshot::channel();
+                if tx.send(Job { messages, reply }).await.is_err() {
+                    closed()
+                } else {
+                    rx.await.unwrap_or_else(|_| closed())
+                }
+            }
+        };
+        if let Some(m) = metrics {
+            for (subject, r) in subjects.iter().zip(&results) {
+                match r {
+                    Ok(_) => m.received(subject),
+                    Err(e) => m.send_failed(FailReason::of(e), 1),
+                }
+            }
         }
-        rx.await.unwrap_or_else(|_| closed())
+        results
     }
 
     /// Schedules one message.
@@ -321,6 +344,9 @@ impl DelayEngine {
     /// batch the dispatcher has not accepted yet is not recorded and will be offered again
     /// after a restart) and flushes everything.
     pub async fn shutdown(&self) -> Result<(), DelayError> {
+        if let Some(m) = &self.inner.cfg.metrics {
+            m.detach_engine(&self.inner.observed());
+        }
         drop(self.tx.write().take());
         let writer = self.writer.lock().take();
         if let Some(w) = writer {
@@ -332,6 +358,44 @@ impl DelayEngine {
             let _ = t.await;
         }
         self.flush().await
+    }
+}
+
+impl Inner {
+    /// This engine as the metrics collector sees it (held weakly: it never keeps it open).
+    fn observed(self: &Arc<Self>) -> std::sync::Weak<dyn BacklogSource> {
+        let weak: std::sync::Weak<Self> = Arc::downgrade(self);
+        weak
+    }
+}
+
+impl BacklogSource for Inner {
+    fn backlog(&self) -> Backlog {
+        let now = self.clock.now_ms();
+        let limits = DUE_WINDOWS.map(|(_, w)| now.saturating_add(w));
+        // Being retried: due already (and out of the wheel).
+        let retrying = self.retrying.load(Ordering::Relaxed);
+        let store = self.store.lock();
+        let mut due = store.wheel.count_firing_by(limits).map(|n| n + retrying);
+        let mut pending = 0u64;
+        for (&start, b) in &store.buckets {
+            let left = b.records.saturating_sub(b.dispatched);
+            pending += left;
+            // Neither in the wheel nor taken from it: a bucket not loaded yet, or being loaded.
+            let outside = left.saturating_sub(b.pending);
+            if outside > 0 {
+                for (d, &limit) in due.iter_mut().zip(&limits) {
+                    if start <= limit {
+                        *d += outside;
+                    }
+                }
+            }
+        }
+        Backlog { pending, due }
+    }
+
+    fn wal_end(&self) -> u64 {
+        *self.wal_end.borrow()
     }
 }
 

@@ -116,6 +116,7 @@ impl Inner {
         placed: &[(usize, usize, usize, usize, i64)],
         replies: &mut [Reply],
     ) -> Result<(), DelayError> {
+        let started = std::time::Instant::now();
         let base = {
             let mut wal = self.wal.lock();
             let base = wal.append(buf)?;
@@ -127,6 +128,9 @@ impl Inner {
             }
             base
         };
+        if let Some(m) = &self.cfg.metrics {
+            m.append(started.elapsed());
+        }
         let _ = self.wal_end.send_replace(base + buf.len() as u64);
         for &(ji, mi, at, ..) in placed {
             if let Some(Ok(s)) = replies[ji].get_mut(mi) {

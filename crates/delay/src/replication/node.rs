@@ -139,6 +139,7 @@ pub async fn run(
         config.server.max_frame,
         clock.clone(),
         gate.clone(),
+        config.server.delay.metrics.clone(),
     )
     .await?;
     let sync = SyncServer::bind(config.sync_listen, gate.clone(), config.sync).await?;
