@@ -13,7 +13,10 @@ use qmq_protocol::codes::command;
 use qmq_protocol::{SyncHeartbeat, SyncLogRequest, SyncType};
 
 mod common;
-use common::{field, free_port, metrics_addr, qmq, sample, scrape, Member, Proc};
+use common::{
+    dashboard_names, exposed_names, field, free_port, metrics_addr, qmq, sample, scrape, Member,
+    Proc,
+};
 
 const TOKEN: &str = "repl-token";
 const GROUP: &str = "rg";
@@ -372,6 +375,17 @@ async fn metrics_show_the_roles_and_the_slave_catching_up() {
     );
     let group = [("subject", "metrics.repl"), ("group", "g1")];
     assert_eq!(sample(&m, "qmq_acked_messages_total", &group), Some(40.0));
+    // The Grafana dashboard's replication queries (tests/dashboard.rs checks the rest).
+    let exposed = exposed_names(&qmq_metrics::scrape(&master_metrics).await.unwrap().text);
+    let missing: Vec<_> = dashboard_names()
+        .into_iter()
+        .filter(|n| n.starts_with("qmq_replication_") || n == "qmq_broker_epoch")
+        .filter(|n| !exposed.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "dashboard queries missing on a master: {missing:?}"
+    );
     // The slave replays the group's progress: the same lag on both.
     assert_eq!(sample(&m, "qmq_consumer_lag_messages", &group), Some(60.0));
     assert_eq!(sample(&s, "qmq_consumer_lag_messages", &group), Some(60.0));

@@ -195,3 +195,83 @@ pub fn metrics_addr(proc: &Proc) -> String {
     let (_, line) = proc.wait_line("qmq metrics on ", 0, Duration::from_secs(30));
     line.rsplit(' ').next().unwrap().to_owned()
 }
+
+/// Every `qmq_…` metric name the Grafana dashboard (`deploy/grafana/qmq-rs.json`) queries.
+pub fn dashboard_names() -> std::collections::BTreeSet<String> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/qmq-rs.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    queried_names(&dashboard)
+}
+
+/// Every `qmq_…` metric name in a dashboard's queries (PromQL expressions).
+pub fn queried_names(dashboard: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let mut exprs = Vec::new();
+    collect_exprs(dashboard, &mut exprs);
+    assert!(!exprs.is_empty(), "the dashboard has no queries");
+    let mut names = std::collections::BTreeSet::new();
+    for e in exprs {
+        let bytes = e.as_bytes();
+        let mut i = 0;
+        while let Some(at) = e[i..].find("qmq_") {
+            let start = i + at;
+            let boundary = start == 0 || {
+                let c = bytes[start - 1];
+                !(c.is_ascii_alphanumeric() || c == b'_')
+            };
+            let end = e[start..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(e.len(), |n| start + n);
+            if boundary {
+                names.insert(e[start..end].to_owned());
+            }
+            i = end;
+        }
+    }
+    names
+}
+
+fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The series names an exposition declares (`# TYPE` lines), with the suffixes PromQL uses
+/// for them: `_total` for counters, `_bucket`, `_sum` and `_count` for histograms.
+pub fn exposed_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("#") || words.next() != Some("TYPE") {
+            continue;
+        }
+        let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        names.insert(name.to_owned());
+        match kind {
+            "counter" => {
+                names.insert(format!("{base}_total"));
+            }
+            "histogram" => {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
