@@ -22,11 +22,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
+use qmq_metrics::{encode_counter as counter, encode_gauge as gauge};
 use qmq_replication::{Gate, NodeStatus};
 use qmq_store::Store;
 use tokio::sync::watch;
@@ -440,14 +441,6 @@ where
     Ok(())
 }
 
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Result {
-    ConstGauge::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
-}
-
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
-    ConstCounter::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
-}
-
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         {
@@ -526,36 +519,8 @@ impl Collector for StateCollector {
                 ConstGauge::new(lag).encode(family.encode_family(&[("log", log)])?)?;
             }
         }
-        let stats = &r.gate.stats;
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        for (name, help, v) in [
-            (
-                "qmq_replication_sync_timeouts",
-                "Sends that waited for the slave longer than the replication timeout",
-                load(&stats.sync_timeouts),
-            ),
-            (
-                "qmq_replication_async_fallbacks",
-                "Sends acknowledged without the slave (on-replication-timeout async)",
-                load(&stats.sync_fallbacks),
-            ),
-            (
-                "qmq_replication_truncated_bytes",
-                "Bytes cut from this broker's logs when it rejoined as a slave",
-                load(&stats.truncated_bytes),
-            ),
-            (
-                "qmq_replication_resyncs",
-                "Times this broker, as a slave, installed its master's snapshot",
-                load(&stats.resyncs),
-            ),
-            (
-                "qmq_replication_diverged",
-                "Times this broker's logs were found diverged from its master's",
-                load(&stats.diverged),
-            ),
-        ] {
-            counter(&mut encoder, name, help, v)?;
+        for (name, help, v) in r.gate.stats.counters() {
+            counter(&mut encoder, &format!("qmq_replication_{name}"), help, v)?;
         }
         Ok(())
     }

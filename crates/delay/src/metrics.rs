@@ -16,18 +16,18 @@
 //! [`crate::DelayConfig::metrics`].
 
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
+use qmq_metrics::{encode_counter as counter, encode_gauge as gauge};
 use qmq_replication::{Gate, NodeStatus};
 use tokio::sync::watch;
 
@@ -297,14 +297,6 @@ impl fmt::Debug for StateCollector {
     }
 }
 
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Result {
-    ConstGauge::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
-}
-
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
-    ConstCounter::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
-}
-
 fn as_gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -375,36 +367,13 @@ impl Collector for StateCollector {
                 as_gauge(engine.wal_end().saturating_sub(r.gate.slave_end())),
             )?;
         }
-        let stats = &r.gate.stats;
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        for (name, help, v) in [
-            (
-                "qmq_delay_replication_sync_timeouts",
-                "Sends that waited for the slave longer than the replication timeout",
-                load(&stats.sync_timeouts),
-            ),
-            (
-                "qmq_delay_replication_async_fallbacks",
-                "Sends acknowledged without the slave (on-replication-timeout async)",
-                load(&stats.sync_fallbacks),
-            ),
-            (
-                "qmq_delay_replication_truncated_bytes",
-                "Bytes cut from this server's message log when it rejoined as a slave",
-                load(&stats.truncated_bytes),
-            ),
-            (
-                "qmq_delay_replication_resyncs",
-                "Times this server, as a slave, installed its master's snapshot",
-                load(&stats.resyncs),
-            ),
-            (
-                "qmq_delay_replication_diverged",
-                "Times this server's logs were found diverged from its master's",
-                load(&stats.diverged),
-            ),
-        ] {
-            counter(&mut encoder, name, help, v)?;
+        for (name, help, v) in r.gate.stats.counters() {
+            counter(
+                &mut encoder,
+                &format!("qmq_delay_replication_{name}"),
+                help,
+                v,
+            )?;
         }
         Ok(())
     }

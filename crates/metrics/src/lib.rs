@@ -95,6 +95,31 @@ impl Registry {
     }
 }
 
+/// Writes one unlabelled gauge with value `v` from a scrape-time [`Collector`].
+pub fn encode_gauge(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: i64,
+) -> fmt::Result {
+    use prometheus_client::encoding::EncodeMetric;
+    let metric = prometheus_client::metrics::gauge::ConstGauge::new(v);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// Writes one unlabelled counter with value `v` from a scrape-time [`Collector`] (`name`
+/// without `_total`: the encoder adds it).
+pub fn encode_counter(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> fmt::Result {
+    use prometheus_client::encoding::EncodeMetric;
+    let metric = prometheus_client::metrics::counter::ConstCounter::new(v);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus_client::metrics::counter::Counter;

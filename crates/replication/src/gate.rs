@@ -56,6 +56,42 @@ pub struct ReplicationStats {
     pub resyncs: AtomicU64,
 }
 
+impl ReplicationStats {
+    /// Every counter as (name without a prefix, help text, value), for metrics: the broker
+    /// exports them as `qmq_replication_<name>_total`, the delay server as
+    /// `qmq_delay_replication_<name>_total`.
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 5] {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            (
+                "sync_timeouts",
+                "Sends that waited for the slave longer than the replication timeout",
+                load(&self.sync_timeouts),
+            ),
+            (
+                "async_fallbacks",
+                "Sends acknowledged without the slave (on-replication-timeout async)",
+                load(&self.sync_fallbacks),
+            ),
+            (
+                "truncated_bytes",
+                "Bytes cut from this server's logs when it rejoined as a slave",
+                load(&self.truncated_bytes),
+            ),
+            (
+                "resyncs",
+                "Times this server, as a slave, installed its master's snapshot",
+                load(&self.resyncs),
+            ),
+            (
+                "diverged",
+                "Times this server's logs were found diverged from its master's",
+                load(&self.diverged),
+            ),
+        ]
+    }
+}
+
 /// Whether this broker may serve clients now, and how far its slave has written: what the
 /// client server asks before it accepts and before it acknowledges.
 #[derive(Debug)]
