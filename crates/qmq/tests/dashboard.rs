@@ -9,8 +9,8 @@ use qmq_client::{new_message, send_batch, Connection, NewGroupStart, PullConsume
 
 mod common;
 use common::{
-    dashboard_names, exposed_names, field, free_port, metrics_addr, qmq, queried_names, sample,
-    scrape, Proc,
+    dashboard_names, exposed_names, field, free_port, queried_names, sample, scrape,
+    standalone_with_metrics,
 };
 
 /// Names only a replicated broker declares.
@@ -48,17 +48,7 @@ async fn every_metric_the_dashboard_queries_exists() {
 
     let dir = tempfile::tempdir().unwrap();
     let broker = format!("127.0.0.1:{}", free_port());
-    let mut cmd = qmq();
-    cmd.args(["standalone", "--listen", &broker])
-        .args(["--meta-http-listen", "127.0.0.1:0"])
-        .args(["--meta-tcp-listen", "127.0.0.1:0"])
-        .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.path());
-    let server = Proc::spawn(cmd);
-    let metrics = metrics_addr(&server);
-    let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));
+    let (_server, metrics, ready) = standalone_with_metrics(dir.path(), &broker, &[]);
 
     // Traffic that gives every labelled family a series: a stored message, one sent to retry and
     // one to dead letters, a refused one, a pull and its ack, a delayed message delivered.

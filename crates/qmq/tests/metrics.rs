@@ -9,7 +9,7 @@ use std::time::Duration;
 use qmq_client::{new_message, send_batch, Connection, PullConsumer, SendError};
 
 mod common;
-use common::{field, free_port, metrics_addr, qmq, sample, scrape, Proc};
+use common::{field, free_port, sample, scrape, standalone_with_metrics};
 
 const SUBJECT: &str = "metrics.orders";
 const GROUP: &str = "g1";
@@ -26,18 +26,11 @@ async fn send(conn: &Connection, subject: &str, n: usize) -> Vec<Result<(), Send
 async fn counters_and_lag_follow_what_clients_did() {
     let dir = tempfile::tempdir().unwrap();
     let broker = format!("127.0.0.1:{}", free_port());
-    let mut cmd = qmq();
-    cmd.args(["standalone", "--flush", "sync", "--listen", &broker])
-        .args(["--meta-http-listen", "127.0.0.1:0"])
-        .args(["--meta-tcp-listen", "127.0.0.1:0"])
-        .args(["--admin-token", "secret"])
-        .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.path());
-    let server = Proc::spawn(cmd);
-    let metrics = metrics_addr(&server);
-    server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));
+    let (_server, metrics, _) = standalone_with_metrics(
+        dir.path(),
+        &broker,
+        &["--flush", "sync", "--admin-token", "secret"],
+    );
 
     let before = scrape(&metrics).await;
     assert_eq!(
@@ -202,21 +195,8 @@ async fn delay_and_meta_metrics_share_the_standalone_endpoint() {
     const HALF_HOUR: usize = 2;
     const FIVE_HOURS: usize = 3;
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = qmq();
-    cmd.args([
-        "standalone",
-        "--listen",
-        &format!("127.0.0.1:{}", free_port()),
-    ])
-    .args(["--meta-http-listen", "127.0.0.1:0"])
-    .args(["--meta-tcp-listen", "127.0.0.1:0"])
-    .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
-    .args(["--metrics-listen", "127.0.0.1:0"])
-    .arg("--data-dir")
-    .arg(dir.path());
-    let server = Proc::spawn(cmd);
-    let metrics = metrics_addr(&server);
-    let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));
+    let broker = format!("127.0.0.1:{}", free_port());
+    let (_server, metrics, ready) = standalone_with_metrics(dir.path(), &broker, &[]);
 
     let before = scrape(&metrics).await;
     // The broker and the delay server registered (online) before "ready"; nobody failed over.

@@ -196,6 +196,29 @@ pub fn metrics_addr(proc: &Proc) -> String {
     line.rsplit(' ').next().unwrap().to_owned()
 }
 
+/// Starts `qmq standalone` in `dir` with its broker on `broker`, everything else on free
+/// loopback ports, metrics on, and `extra` arguments; returns it, its metrics address and its
+/// ready line.
+pub fn standalone_with_metrics(
+    dir: &std::path::Path,
+    broker: &str,
+    extra: &[&str],
+) -> (Proc, String, String) {
+    let mut cmd = qmq();
+    cmd.args(["standalone", "--listen", broker])
+        .args(extra)
+        .args(["--meta-http-listen", "127.0.0.1:0"])
+        .args(["--meta-tcp-listen", "127.0.0.1:0"])
+        .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir);
+    let server = Proc::spawn(cmd);
+    let metrics = metrics_addr(&server);
+    let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));
+    (server, metrics, ready)
+}
+
 /// Every `qmq_…` metric name the Grafana dashboard (`deploy/grafana/qmq-rs.json`) queries.
 pub fn dashboard_names() -> std::collections::BTreeSet<String> {
     let path =
