@@ -485,7 +485,10 @@ fn violations(views: &[View], listeners: &[crate::listen::Listener]) -> Vec<Stri
             }
         }
     }
-    let secrets: Vec<&View> = views.iter().filter(|v| v.cluster_secret.is_some()).collect();
+    let secrets: Vec<&View> = views
+        .iter()
+        .filter(|v| v.cluster_secret.is_some())
+        .collect();
     for pair in secrets.windows(2) {
         if pair[0].cluster_secret != pair[1].cluster_secret {
             broken.push(format!(
@@ -739,7 +742,9 @@ mod tests {
                 assert!(text.contains(&set) || text.contains(&unset), "{key}");
             }
         }
-        assert!(text.contains("\n# Data directory. Env: QMQ_DATA_DIR.\ndata_dir = \"./qmq-data\"\n"));
+        assert!(
+            text.contains("\n# Data directory. Env: QMQ_DATA_DIR.\ndata_dir = \"./qmq-data\"\n")
+        );
         assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
         assert!(text.contains("\nmax_message_bytes = 4194304\n"));
         assert!(text.contains("\nflush = \"async\"\n"));
@@ -787,13 +792,19 @@ mod tests {
         assert!(e.contains("set it in [broker]"), "{e}");
         let e = error(with_file("broker = 1\n", &["broker"]));
         assert!(e.contains("`broker` must be a table"), "{e}");
-        let e = error(with_file("[broker]\nmax_message_bytes = \"big\"\n", &["broker"]));
+        let e = error(with_file(
+            "[broker]\nmax_message_bytes = \"big\"\n",
+            &["broker"],
+        ));
         assert!(
             e.contains("`[broker] max_message_bytes` must be an integer, not string"),
             "{e}"
         );
         let e = error(with_file("[broker]\nlisten = \"nowhere\"\n", &["broker"]));
-        assert!(e.contains("`[broker] listen`: invalid value 'nowhere'"), "{e}");
+        assert!(
+            e.contains("`[broker] listen`: invalid value 'nowhere'"),
+            "{e}"
+        );
         let e = error(with_file("[broker]\nflush = \"sometimes\"\n", &["broker"]));
         assert!(e.contains("`[broker] flush`"), "{e}");
         let e = error(with_file("[meta]\nadmin_token = \"a\"\n", &["meta"]));
@@ -816,9 +827,15 @@ mod tests {
                     [meta]\ncluster_secret = \"b\"\n[delay]\nmax_message_bytes = 8388608\n";
         let e = error(with_file(text, &["broker"]));
         assert!(e.contains("breaks 3 rules"), "{e}");
-        assert!(e.contains("lease-renew: broker lease_renew_ms = 5000"), "{e}");
+        assert!(
+            e.contains("lease-renew: broker lease_renew_ms = 5000"),
+            "{e}"
+        );
         assert!(e.contains("cluster-secret: cluster_secret differs between broker and meta"));
-        assert!(!e.contains("\"a\"") && !e.contains("\"b\""), "secrets printed: {e}");
+        assert!(
+            !e.contains("\"a\"") && !e.contains("\"b\""),
+            "secrets printed: {e}"
+        );
         assert!(e.contains("delay-message-limit: delay max_message_bytes = 8388608"));
         // Without a file: this process's own rules.
         let e = error(parse(&["broker", "--max-message-bytes", "16777216"]));

@@ -124,10 +124,16 @@ fn an_unknown_key_is_refused_with_its_name_and_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = config_file(
         dir.path(),
-        &format!("[broker]\nlisten = \"127.0.0.1:{}\"\nlisen = 1\n", free_port()),
+        &format!(
+            "[broker]\nlisten = \"127.0.0.1:{}\"\nlisen = 1\n",
+            free_port()
+        ),
     );
     let stderr = refused(server(&["broker", "--config", &path]));
-    assert!(stderr.contains("unknown key `lisen` in [broker]"), "{stderr}");
+    assert!(
+        stderr.contains("unknown key `lisen` in [broker]"),
+        "{stderr}"
+    );
     assert!(stderr.contains(&path), "{stderr}");
 }
 
@@ -147,7 +153,9 @@ fn a_broken_cross_role_rule_is_refused_by_name() {
     let stderr = refused(server(&["delay", "--config", &path]));
     assert!(stderr.contains("delay-message-limit"), "{stderr}");
     assert!(
-        stderr.contains("delay max_message_bytes = 2097152 exceeds broker max_message_bytes = 1048576"),
+        stderr.contains(
+            "delay max_message_bytes = 2097152 exceeds broker max_message_bytes = 1048576"
+        ),
         "{stderr}"
     );
     assert!(!data.join("delay").exists(), "started before refusing");
@@ -158,7 +166,10 @@ fn the_default_file_starts_a_standalone_server() {
     let out = server(&["config", "default"]).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("\n[broker]\n") && text.contains("\n[delay]\n"), "{text}");
+    assert!(
+        text.contains("\n[broker]\n") && text.contains("\n[delay]\n"),
+        "{text}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     // The default ports may be taken on a test machine: flags override them (and the
