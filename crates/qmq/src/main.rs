@@ -1,6 +1,7 @@
 //! `qmq`: one executable for every qmq-rs server and tool.
 
 mod cli;
+mod config;
 mod directives;
 mod listen;
 mod logs;
@@ -41,6 +42,8 @@ enum Command {
     Tools(qmq_meta::cli::ToolsArgs),
     /// Send messages from the shell (`--delay`/`--at` for delay messages, `--property k=v`).
     Send(cli::SendArgs),
+    /// Configuration files: `qmq config default` prints one with every key at its default.
+    Config(config::ConfigArgs),
     /// Consume messages from the shell (printed one per line, then acked; `--json`,
     /// `--follow`).
     Consume(cli::ConsumeArgs),
@@ -48,7 +51,16 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // The configuration file is read (and the start-up rules checked) before anything else.
+    let (format, cli) = config::parse(std::env::args_os().collect());
+    let cli = match cli {
+        Ok(cli) => cli,
+        Err(e) => {
+            logs::init(format);
+            logs::fatal(format, &e);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let format = cli.log_format;
     logs::init(format);
     match run(cli.command).await {
@@ -92,5 +104,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Send(args) => cli::send(args).await,
         Command::Consume(args) => cli::consume(args).await,
+        Command::Config(args) => {
+            config::run(args);
+            Ok(())
+        }
     }
 }
