@@ -800,15 +800,26 @@ async fn scrape_all(addrs: &[String]) -> Vec<Result<String, String>> {
 
 /// `qmq stat`: asks the meta server, scrapes the endpoints twice `--interval` apart, prints.
 pub async fn run(args: StatArgs) -> anyhow::Result<()> {
-    if !args.metrics.is_empty() && args.interval.is_zero() {
-        bail!("--interval must be longer than 0 (rates are measured over it)");
-    }
     let metrics: Vec<String> = args
         .metrics
         .iter()
         .map(|a| a.trim().to_owned())
         .filter(|a| !a.is_empty())
         .collect();
+    if !metrics.is_empty() && args.interval.is_zero() {
+        bail!("--interval must be longer than 0 (rates are measured over it)");
+    }
+    // The meta server first: an unreachable one or a refused token fails before any wait.
+    let meta = MetaAnswers {
+        groups: ask(&args, ToolsCommand::ListBrokerGroups, "broker groups").await?,
+        subjects: ask(&args, ToolsCommand::ListSubjects, "subjects").await?,
+        consumers: ask(
+            &args,
+            ToolsCommand::ListConsumers { subject: None },
+            "consumers",
+        )
+        .await?,
+    };
     let (scrapes, elapsed) = if metrics.is_empty() {
         (Vec::new(), Duration::ZERO)
     } else {
@@ -829,16 +840,6 @@ pub async fn run(args: StatArgs) -> anyhow::Result<()> {
             })
             .collect();
         (scrapes, elapsed)
-    };
-    let meta = MetaAnswers {
-        groups: ask(&args, ToolsCommand::ListBrokerGroups, "broker groups").await?,
-        subjects: ask(&args, ToolsCommand::ListSubjects, "subjects").await?,
-        consumers: ask(
-            &args,
-            ToolsCommand::ListConsumers { subject: None },
-            "consumers",
-        )
-        .await?,
     };
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)

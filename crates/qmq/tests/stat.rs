@@ -190,6 +190,11 @@ async fn stat_shows_subject_lag_and_online_consumer() {
     bad[at] = "wrong".to_owned();
     let out = run(bad).await;
     assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("asking the meta server"),
+        "{}",
+        text(&out.stderr)
+    );
 
     consumer.shutdown().await;
 }
