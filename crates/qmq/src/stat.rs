@@ -335,6 +335,16 @@ fn add_rates(
     }
 }
 
+/// A broker group state as the admin API and `qmq tools` name it.
+fn state_name(state: qmq_protocol::BrokerState) -> &'static str {
+    match state {
+        qmq_protocol::BrokerState::ReadWrite => "RW",
+        qmq_protocol::BrokerState::Read => "R",
+        qmq_protocol::BrokerState::Write => "W",
+        qmq_protocol::BrokerState::None => "NRW",
+    }
+}
+
 /// Builds the report from the meta server's answers and the endpoints' scrapes; `interval` is
 /// the time between the two scrapes, `now_ms` the current time (ms since the epoch) for the
 /// consumers' ages.
@@ -528,10 +538,7 @@ pub fn build_report(
                 qmq_meta::model::GroupKind::Delay => "delay".to_owned(),
             },
             master_address: g.group.master_address.clone(),
-            state: serde_json::to_value(&g.group)
-                .ok()
-                .and_then(|v| v.get("state").and_then(|s| s.as_str()).map(str::to_owned))
-                .unwrap_or_default(),
+            state: state_name(g.group.state).to_owned(),
             tag: g.group.tag.clone(),
             epoch: g.epoch,
             lease: g.lease.clone(),
