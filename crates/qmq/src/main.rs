@@ -6,6 +6,7 @@ mod directives;
 mod listen;
 mod logs;
 mod servers;
+mod stat;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,10 @@ enum Command {
     Delay(servers::DelayOnlyArgs),
     /// Admin tools (talk to a meta server's admin API with a token).
     Tools(qmq_meta::cli::ToolsArgs),
+    /// Cluster overview: broker groups, subjects with rates and backlog, consumer groups with
+    /// lag and online consumers, delay backlog (meta server admin API plus `--metrics`
+    /// endpoints; `--json` for one JSON document).
+    Stat(stat::StatArgs),
     /// Send messages from the shell (`--delay`/`--at` for delay messages, `--property k=v`).
     Send(cli::SendArgs),
     /// Configuration files: `qmq config default` prints one with every key at its default.
@@ -102,6 +107,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", qmq_meta::cli::run_tools(args).await?);
             Ok(())
         }
+        Command::Stat(args) => stat::run(args).await,
         Command::Send(args) => cli::send(args).await,
         Command::Consume(args) => cli::consume(args).await,
         Command::Config(args) => {
