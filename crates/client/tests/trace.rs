@@ -1,9 +1,11 @@
-//! One trace from producer to consumer: spans recorded by an in-memory exporter installed as
-//! the global tracer provider. One test in this binary, since the provider is process-wide.
+//! Traces from producer to consumer: spans recorded by an in-memory exporter installed as the
+//! global tracer provider. The provider is process-wide, so the tests share it and each looks
+//! only at the spans of its own subject.
 
 mod common;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::*;
@@ -17,8 +19,40 @@ use qmq_client::tracing_ctx::{
 use qmq_client::*;
 use tokio::sync::mpsc;
 
+/// The global provider, installed once, and its exporter.
+fn provider() -> &'static (SdkTracerProvider, InMemorySpanExporter) {
+    static P: OnceLock<(SdkTracerProvider, InMemorySpanExporter)> = OnceLock::new();
+    P.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        global::set_tracer_provider(provider.clone());
+        (provider, exporter)
+    })
+}
+
+/// The finished spans about `subject`, plus those of trace `trace` (if any).
+fn finished(subject: &str, trace: Option<opentelemetry::trace::TraceId>) -> Vec<SpanData> {
+    let (provider, exporter) = provider();
+    provider.force_flush().unwrap();
+    let subject = Value::from(subject.to_owned());
+    exporter
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|s| {
+            attr(s, "subject") == Some(&subject) || Some(s.span_context.trace_id()) == trace
+        })
+        .collect()
+}
+
+fn named<'a>(spans: &'a [SpanData], name: &str) -> Vec<&'a SpanData> {
+    spans.iter().filter(|s| s.name == name).collect()
+}
+
 fn only<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
-    let found: Vec<&SpanData> = spans.iter().filter(|s| s.name == name).collect();
+    let found = named(spans, name);
     assert_eq!(found.len(), 1, "spans named {name}: {spans:#?}");
     found[0]
 }
@@ -32,11 +66,7 @@ fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_and_consumer_spans_share_one_trace() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    global::set_tracer_provider(provider.clone());
+    let (provider, _) = provider();
 
     let (b, _dir) = broker().await;
     let router = Arc::new(StaticRouter::new([addr(&b)]));
@@ -83,8 +113,8 @@ async fn producer_and_consumer_spans_share_one_trace() {
     // Shutting down waits for the handler's end and the batch's ack: every span has ended.
     consumer.shutdown().await;
     producer.close().await;
-    provider.force_flush().unwrap();
-    let spans = exporter.get_finished_spans().unwrap();
+    let request_trace = request_cx.span().span_context().trace_id();
+    let spans = finished("trace.one", Some(request_trace));
 
     let app = only(&spans, "app.request");
     let send = only(&spans, PRODUCE_SEND);
@@ -145,5 +175,54 @@ async fn producer_and_consumer_spans_share_one_trace() {
             try_.span_context.span_id()
         ))
     );
-    provider.shutdown().unwrap();
+}
+
+/// A try whose answer was lost and the try that follows each get a `Qmq.QueueSender.Send` span;
+/// each stored copy of the message carries the context of the try that sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_try_injects_its_own_span() {
+    provider();
+    let (b, _dir) = broker().await;
+    let proxy = lossy_proxy(addr(&b)).await;
+    let producer = Producer::new(
+        Arc::new(StaticRouter::new([proxy])),
+        ProducerConfig {
+            retry_backoff: Duration::from_millis(10),
+            ..ProducerConfig::default()
+        },
+    );
+    let receipt = producer.send(new_message("trace.retry")).await.unwrap();
+    assert_eq!(receipt.tries, 2, "the first answer was lost");
+    // The broker stored both tries' copies.
+    let copies = pull_n(&addr(&b), "trace.retry", "g", 2).await;
+    producer.close().await;
+
+    let spans = finished("trace.retry", None);
+    let send = only(&spans, PRODUCE_SEND);
+    assert_eq!(send.status, Status::Unset);
+    let tries = named(&spans, QUEUE_SENDER_SEND);
+    assert_eq!(tries.len(), 2, "{spans:#?}");
+    for t in &tries {
+        assert_eq!(t.span_context.trace_id(), send.span_context.trace_id());
+        assert_eq!(t.parent_span_id, send.span_context.span_id());
+    }
+    let failed: Vec<_> = tries.iter().filter(|t| t.status != Status::Unset).collect();
+    assert_eq!(failed.len(), 1, "one try failed: {tries:#?}");
+    assert_eq!(attr(failed[0], "tries"), Some(&Value::from(1_i64)));
+
+    let expected: HashSet<String> = tries
+        .iter()
+        .map(|t| {
+            format!(
+                "00-{}-{}-01",
+                t.span_context.trace_id(),
+                t.span_context.span_id()
+            )
+        })
+        .collect();
+    let carried: HashSet<String> = copies
+        .iter()
+        .map(|m| m.attr(TRACEPARENT_ATTR).unwrap().to_owned())
+        .collect();
+    assert_eq!(carried, expected);
 }
