@@ -28,14 +28,20 @@ async fn start(dir: &std::path::Path) -> (BrokerHandle, Connection) {
 async fn send_pull_ack_and_resume_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, conn) = start(dir.path()).await;
-    let batch: Vec<Message> = (0..10)
+    let mut batch: Vec<Message> = (0..10)
         .map(|i| message("orders", &format!("id{i}"), &[], &format!("m{i}")))
         .collect();
+    // Trace context as the client carries it (W3C, `qtrace_` prefix).
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    batch[0].set_attr("qtrace_traceparent", traceparent);
+    batch[0].set_attr("qtrace_tracestate", "congo=t61rcWkgMzE");
     assert!(send(&conn, &batch).await.is_empty());
     let (first, got) = pull(&conn, &pull_request("orders", "g", "c1", 4, -1)).await;
     assert_eq!(first, 0);
     assert_eq!(bodies(&got), ["m0", "m1", "m2", "m3"]);
     assert_eq!(got[0], batch[0], "message comes back exactly as sent");
+    assert_eq!(got[0].attr("qtrace_traceparent"), Some(traceparent));
+    assert_eq!(got[0].attr("qtrace_tracestate"), Some("congo=t61rcWkgMzE"));
     ack(&conn, "orders", "g", "c1", 0, 3).await;
     broker.shutdown().await.unwrap();
 

@@ -14,6 +14,9 @@
 //! - [`Connection`]: one multiplexed connection to a QMQ server.
 //! - [`monitoring`]: send and consume metrics through the `metrics` facade; the application picks
 //!   the exporter.
+//! - [`tracing_ctx`]: OpenTelemetry spans for sending, handling and acking, with the trace
+//!   context carried in `qtrace_` message attributes (W3C Trace Context); the application
+//!   installs the tracer provider.
 //!
 //! [`Connection`], the routers and [`MetaRouter`] live in the small `qmq-transport` crate, which
 //! the qmq-rs servers use without the rest of the client; they are re-exported here at their
@@ -63,6 +66,7 @@ pub mod idempotent;
 pub mod message;
 pub mod monitoring;
 pub mod producer;
+pub mod tracing_ctx;
 
 pub use qmq_transport::{connection, router};
 

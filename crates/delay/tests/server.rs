@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::codec::{Decoder, Framed};
 
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/delay-5s");
 
 /// A fake broker: records raw SEND_MESSAGE frames; refuses `refuse` by id once.
@@ -110,6 +111,9 @@ fn delay_message(id: &str, at_ms: i64, now: i64) -> Message {
         attrs: vec![
             ("qmq_appCode".into(), "test".into()),
             ("body".into(), format!("payload {id}")),
+            // Trace context as the client carries it (W3C, `qtrace_` prefix).
+            ("qtrace_traceparent".into(), TRACEPARENT.into()),
+            ("qtrace_tracestate".into(), "congo=t61rcWkgMzE".into()),
         ],
     }
 }
@@ -238,6 +242,11 @@ async fn send_message_is_scheduled_and_forwarded_byte_for_byte() {
                 s.stored,
                 original.to_stored().unwrap(),
                 "forwarded unchanged"
+            );
+            assert_eq!(s.message.attr("qtrace_traceparent"), Some(TRACEPARENT));
+            assert_eq!(
+                s.message.attr("qtrace_tracestate"),
+                Some("congo=t61rcWkgMzE")
             );
         }
     }

@@ -20,6 +20,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::SpanContext;
 use parking_lot::Mutex;
 use qmq_protocol::{ClientType, Message, TagType};
 use tokio::sync::{Notify, Semaphore};
@@ -35,6 +37,7 @@ use crate::brokers::{Brokers, Outcome};
 use crate::message::{keys, MessageExt};
 use crate::monitoring::{self, ProcessOutcome};
 use crate::router::{RouteError, Router};
+use crate::tracing_ctx;
 
 /// Consumer settings.
 #[derive(Debug, Clone)]
@@ -396,22 +399,24 @@ async fn consume_batch(
     last: i64,
     messages: Vec<Message>,
 ) {
+    // The context each message carries (its producer's span), and those to link the ack to.
+    let parents: Vec<_> = messages.iter().map(tracing_ctx::extract).collect();
+    let links: Vec<SpanContext> = parents.iter().filter_map(tracing_ctx::carried).collect();
     if ctx.options.consume_most_once {
-        ack(ctx, c, first, last).await;
+        ack(ctx, c, first, last, &links).await;
     }
     let mut running = JoinSet::new();
-    for mut m in messages {
+    for (mut m, parent) in messages.into_iter().zip(parents) {
         m.set_attr(keys::CONSUMER_GROUP_NAME, ctx.group.clone());
         let Ok(permit) = ctx.slots.clone().acquire_owned().await else {
             return;
         };
         let ctx = ctx.clone();
         running.spawn(async move {
-            let result = handle(
-                &ctx,
-                ReceivedMessage::new(m.clone(), &ctx.subject, &ctx.group),
-            )
-            .await;
+            let received = ReceivedMessage::new(m.clone(), &ctx.subject, &ctx.group);
+            let cx = tracing_ctx::start_process(&received, &parent);
+            let result = handle(&ctx, received).with_context(cx.clone()).await;
+            tracing_ctx::end_process(&cx, &result);
             drop(permit);
             (m, result)
         });
@@ -440,7 +445,7 @@ async fn consume_batch(
         }
     }
     if !ctx.options.consume_most_once && all_settled {
-        ack(ctx, c, first, last).await;
+        ack(ctx, c, first, last, &links).await;
     }
 }
 
@@ -564,9 +569,12 @@ pub(crate) async fn send_back_to(
     false
 }
 
-async fn ack(ctx: &Ctx, c: &PullConsumer, first: i64, last: i64) {
+/// Acks the batch `first..=last`, whose messages carried the contexts `links`.
+async fn ack(ctx: &Ctx, c: &PullConsumer, first: i64, last: i64, links: &[SpanContext]) {
     for _ in 0..ctx.config.send_back_tries.max(1) {
+        let trace = tracing_ctx::start_ack(&ctx.subject, &ctx.group, last - first + 1, links);
         let result = c.ack(first, last).await;
+        tracing_ctx::end_ack(&trace, result.as_ref().err().map(|e| e as _));
         match &result {
             Ok(()) => monitoring::acked(&ctx.subject, &ctx.group, last - first + 1),
             Err(_) => monitoring::ack_failed(&ctx.subject, &ctx.group),

@@ -17,6 +17,7 @@ use crate::brokers::{Brokers, Outcome};
 use crate::message::MessageExt;
 use crate::monitoring::{self, RetryReason, SendOutcome};
 use crate::router::Router;
+use crate::tracing_ctx::SendTrace;
 
 /// Producer settings; the defaults are QMQ's.
 #[derive(Debug, Clone)]
@@ -74,12 +75,16 @@ struct Job {
     reply: Reply,
     /// When it was queued.
     queued: Instant,
+    /// Its `Qmq.Produce.Send` span.
+    trace: SendTrace,
 }
 
 impl Job {
     /// Records the outcome and hands `result` to the sender.
     fn complete(self, outcome: SendOutcome, result: Result<SendReceipt, SendError>) {
         monitoring::send_finished(&self.message.subject, outcome, Some(self.queued.elapsed()));
+        self.trace
+            .finish(result.as_ref().err().map(|e| e as &dyn std::fmt::Display));
         match self.reply {
             Reply::Wait(tx) => {
                 let _ = tx.send(result);
@@ -129,7 +134,8 @@ impl Producer {
 
     /// Queues `message` (waiting for room when the queue is full) and resolves once it is
     /// stored or given up on.
-    pub async fn send(&self, message: Message) -> Result<SendReceipt, SendError> {
+    pub async fn send(&self, mut message: Message) -> Result<SendReceipt, SendError> {
+        let trace = SendTrace::start(&mut message);
         let (reply, rx) = oneshot::channel();
         let permit = match self.sender() {
             Ok(tx) => tx.reserve_owned().await.map_err(|_| SendError::Closed),
@@ -139,6 +145,7 @@ impl Producer {
             Ok(p) => p,
             Err(e) => {
                 monitoring::send_finished(&message.subject, SendOutcome::Closed, None);
+                trace.finish(Some(&e));
                 return Err(e);
             }
         };
@@ -147,6 +154,7 @@ impl Producer {
             message,
             reply: Reply::Wait(reply),
             queued: Instant::now(),
+            trace,
         });
         rx.await.map_err(|_| SendError::Closed)?
     }
@@ -156,9 +164,10 @@ impl Producer {
     /// non-blocking queue does.
     pub fn send_with_callback(
         &self,
-        message: Message,
+        mut message: Message,
         callback: impl FnOnce(Result<SendReceipt, SendError>) + Send + 'static,
     ) -> Result<(), SendError> {
+        let trace = SendTrace::start(&mut message);
         let permit = match self.sender() {
             Ok(tx) => tx.try_reserve_owned().map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => SendError::QueueFull,
@@ -174,6 +183,7 @@ impl Producer {
                     _ => SendOutcome::Closed,
                 };
                 monitoring::send_finished(&message.subject, outcome, None);
+                trace.finish(Some(&e));
                 return Err(e);
             }
         };
@@ -182,6 +192,7 @@ impl Producer {
             message,
             reply: Reply::Callback(Box::new(callback)),
             queued: Instant::now(),
+            trace,
         });
         Ok(())
     }
@@ -270,7 +281,15 @@ async fn send_with_retries(
         if pending.is_empty() {
             return;
         }
-        let messages: Vec<Message> = pending.iter().map(|j| j.message.clone()).collect();
+        // The copies that go on the wire, each carrying the context of this try's span.
+        let (messages, try_traces): (Vec<Message>, Vec<_>) = pending
+            .iter()
+            .map(|j| {
+                let mut m = j.message.clone();
+                let t = j.trace.start_try(&mut m, tries);
+                (m, t)
+            })
+            .unzip();
         // Why each message still pending failed this try.
         let mut reasons = Vec::new();
         let last_error = match brokers
@@ -280,7 +299,12 @@ async fn send_with_retries(
             Ok((broker, outcomes)) => {
                 let mut again = Vec::new();
                 let mut last = None;
-                for (job, outcome) in pending.into_iter().zip(outcomes) {
+                for ((job, outcome), try_trace) in pending.into_iter().zip(outcomes).zip(try_traces)
+                {
+                    match &outcome {
+                        Outcome::Stored => try_trace.finish(Some(&broker), None),
+                        Outcome::Failed(e) | Outcome::Retry(e) => try_trace.finish(None, Some(e)),
+                    }
                     match outcome {
                         Outcome::Stored => {
                             let receipt = SendReceipt {
@@ -303,6 +327,9 @@ async fn send_with_retries(
             }
             Err(e) => {
                 tracing::debug!(subject, tries, error = %e, "send try failed");
+                for t in try_traces {
+                    t.finish(None, Some(&e));
+                }
                 reasons = vec![RetryReason::of(&e); pending.len()];
                 e.to_string()
             }
