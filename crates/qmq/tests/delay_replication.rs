@@ -12,7 +12,7 @@ use qmq_protocol::codes::command;
 use qmq_protocol::{SyncHeartbeat, SyncLogRequest, SyncType};
 
 mod common;
-use common::{field, free_port, qmq, Member, Proc};
+use common::{field, free_port, metrics_addr, qmq, sample, scrape, Member, Proc};
 
 const TOKEN: &str = "delay-repl-token";
 const GROUP: &str = "dg";
@@ -30,6 +30,8 @@ struct Cluster {
     _meta: Proc,
     _broker: Proc,
     meta_tcp: String,
+    /// The meta server's metrics endpoint.
+    meta_metrics: String,
     broker: String,
     members: [Member; 2],
 }
@@ -41,8 +43,10 @@ impl Cluster {
         cmd.args(["meta", "--meta-http-listen", "127.0.0.1:0"])
             .args(["--meta-tcp-listen", "127.0.0.1:0", "--admin-token", TOKEN])
             .args(["--advertised-host", "127.0.0.1", "--data-dir"])
-            .arg(tmp.path().join("meta"));
+            .arg(tmp.path().join("meta"))
+            .args(["--metrics-listen", "127.0.0.1:0"]);
         let meta = Proc::spawn(cmd);
+        let meta_metrics = metrics_addr(&meta);
         let ready = meta.wait_line("ready", 0, Duration::from_secs(30)).1;
         let meta_http = field(&ready, "http");
         let meta_tcp = field(&ready, "tcp");
@@ -78,6 +82,7 @@ impl Cluster {
             _meta: meta,
             _broker: plain,
             meta_tcp,
+            meta_metrics,
             broker,
             members,
         }
@@ -223,6 +228,16 @@ async fn killing_the_delay_master_loses_no_acknowledged_delayed_message() {
         .wait_line("qmq delay master epoch=", 0, Duration::from_secs(60))
         .1;
     let promoted_at = now_ms();
+    let m = scrape(&c.meta_metrics).await;
+    assert_eq!(
+        sample(
+            &m,
+            "qmq_meta_failovers_total",
+            &[("trigger", "lease_expired")]
+        ),
+        Some(1.0),
+        "the meta server counted the promotion"
+    );
 
     // Every acknowledged message is delivered, none before its time.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -272,7 +287,18 @@ async fn killing_the_delay_master_loses_no_acknowledged_delayed_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_replication_without_a_slave_fails_sends_after_the_timeout() {
     let c = Cluster::new();
-    let master = c.start(0, "sync", &["--replication-timeout-ms", "800"]);
+    let with_metrics = ["--metrics-listen", "127.0.0.1:0"];
+    let master = c.start(
+        0,
+        "sync",
+        &[
+            "--replication-timeout-ms",
+            "800",
+            with_metrics[0],
+            with_metrics[1],
+        ],
+    );
+    let master_metrics = metrics_addr(&master);
     master.wait_line("qmq delay master epoch=", 0, Duration::from_secs(30));
     let due = now_ms() + 60_000;
     let started = Instant::now();
@@ -282,9 +308,34 @@ async fn sync_replication_without_a_slave_fails_sends_after_the_timeout() {
         started.elapsed() >= Duration::from_millis(800),
         "waited for the slave"
     );
+    // `qmq delay --metrics-listen`: the timeout and the refusal are counted, the role shown.
+    let m = scrape(&master_metrics).await;
+    assert_eq!(
+        sample(&m, "qmq_delay_replication_sync_timeouts_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "qmq_delay_send_failed_total",
+            &[("reason", "not_replicated")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "qmq_delay_role", &[("role", "master")]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "qmq_delay_epoch", &[]), Some(1.0));
     // With the slave up, sends are acknowledged once it wrote them.
-    let slave = c.start(1, "sync", &[]);
+    let slave = c.start(1, "sync", &with_metrics);
+    let slave_metrics = metrics_addr(&slave);
     slave.wait_line("qmq delay slave epoch=", 0, Duration::from_secs(30));
+    let s = scrape(&slave_metrics).await;
+    assert_eq!(
+        sample(&s, "qmq_delay_role", &[("role", "slave")]),
+        Some(1.0)
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let sent = send_delayed(&c.members[0].addr(), 1..2, |_| due).await;
