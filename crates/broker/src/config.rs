@@ -68,6 +68,10 @@ pub struct BrokerConfig {
     /// Where the broker records its metrics (None: it records none). Give every run of a
     /// process's broker the same one: it is registered once.
     pub metrics: Option<Arc<BrokerMetrics>>,
+    /// Make OpenTelemetry spans (`Qmq.Broker.Append`, see [`crate::server`]) for the messages
+    /// that carry a trace context, with the global tracer provider. Off by default: then the
+    /// send path does not look at a message's attributes for tracing at all.
+    pub trace_spans: bool,
 }
 
 impl BrokerConfig {
@@ -94,6 +98,7 @@ impl BrokerConfig {
             max_in_flight_bytes: 2 * qmq_protocol::frame::DEFAULT_MAX_FRAME,
             max_decoded_send_bytes: 4 * qmq_protocol::frame::DEFAULT_MAX_FRAME,
             metrics: None,
+            trace_spans: false,
         }
     }
 

@@ -13,6 +13,14 @@
 //! picked by hash, so no map of locks grows with names). An ack may not reach past what the
 //! consumer pulled: one that starts beyond it changes nothing and is answered `PARAM_ERROR`;
 //! one that ends beyond it is cut to the pulled end.
+//!
+//! Tracing: with [`BrokerConfig::trace_spans`] set, each stored message that carries a trace
+//! context (`qtrace_traceparent`, see [`qmq_trace`]) gets a `Qmq.Broker.Append` span
+//! ([`APPEND_SPAN`], kind server), a child of that context, from the moment the broker accepts
+//! it to the end of its append (and, with synchronous replication, of the wait for the slave);
+//! attributes `subject`, `messageId`, `brokerGroup`, and `offset` (message-log offset) once
+//! stored; an error status when it is not. A message without a context gets no span: the broker
+//! does not start traces. The message's attributes are stored unchanged.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -21,6 +29,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use qmq_protocol::codes::{command, response};
 use qmq_protocol::send::{decode_send_request_limited, encode_send_response};
@@ -42,6 +53,11 @@ use crate::replication::Gate;
 use crate::retry::retry_range;
 use crate::subjects;
 use crate::BrokerError;
+
+/// Name of the span of one message's append (see the module docs).
+pub const APPEND_SPAN: &str = "Qmq.Broker.Append";
+/// Name of the broker's instrumentation scope (its tracer).
+pub const TRACER_NAME: &str = "qmq-broker";
 
 /// Number of consumer ack locks (a consumer's is picked by the hash of its key).
 const ACK_LOCKS: usize = 64;
@@ -538,6 +554,13 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
         };
     let mut failures = Vec::new();
     let mut accepted = Vec::new();
+    // Only with tracing on: one entry per accepted message, its Append span if it carries a
+    // context.
+    let tracer = shared
+        .config
+        .trace_spans
+        .then(|| qmq_trace::tracer(TRACER_NAME, env!("CARGO_PKG_VERSION")));
+    let mut traces: Vec<Option<opentelemetry::Context>> = Vec::new();
     let readonly = shared.readonly.read().clone();
     let all_readonly = readonly.contains("*");
     for m in messages {
@@ -579,6 +602,9 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
                 FailReason::IllegalSubject,
             ));
         } else {
+            if let Some(tracer) = &tracer {
+                traces.push(start_append(tracer, &shared.config.group, &m.message));
+            }
             accepted.push((
                 m.message.message_id.clone(),
                 m.message.subject.clone(),
@@ -596,6 +622,12 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
         }
         match appended {
             Ok(placed) => {
+                for (cx, p) in traces.iter().zip(&placed) {
+                    if let Some(cx) = cx {
+                        let offset = i64::try_from(p.offset).unwrap_or(i64::MAX);
+                        qmq_trace::set_attributes(cx, || vec![KeyValue::new("offset", offset)]);
+                    }
+                }
                 let mut subjects: Vec<&str> =
                     accepted.iter().map(|(_, s, _, _)| s.as_str()).collect();
                 subjects.dedup();
@@ -644,7 +676,11 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
             }
         }
     }
-    if !shared.serving() {
+    let serving = shared.serving();
+    if traces.iter().any(Option::is_some) {
+        end_appends(traces, &accepted, &failures, serving);
+    }
+    if !serving {
         // The lease ended while the batch was stored: no acknowledgement from a master that
         // may have been replaced (what it stored is cut when it rejoins as a slave).
         return Frame::new(header.response(response::BROKER_REJECT), Bytes::new());
@@ -656,6 +692,48 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
             tracing::error!(error = %e, "encoding a send response failed");
             Frame::new(header.response(response::BROKER_ERROR), Bytes::new())
         }
+    }
+}
+
+/// Starts the `Qmq.Broker.Append` span of `message` if it carries a trace context.
+fn start_append(
+    tracer: &BoxedTracer,
+    group: &str,
+    message: &qmq_protocol::Message,
+) -> Option<opentelemetry::Context> {
+    let parent = qmq_trace::carried(message)?;
+    Some(qmq_trace::start(
+        tracer,
+        APPEND_SPAN,
+        SpanKind::Server,
+        &parent,
+        || {
+            vec![
+                KeyValue::new("subject", message.subject.clone()),
+                KeyValue::new("messageId", message.message_id.clone()),
+                KeyValue::new("brokerGroup", group.to_owned()),
+            ]
+        },
+    ))
+}
+
+/// Ends the Append spans of a batch (`traces`: one per accepted message): with an error status
+/// for the messages answered as failed, or all of them when the broker stopped serving.
+fn end_appends(
+    traces: Vec<Option<opentelemetry::Context>>,
+    accepted: &[(String, String, Bytes, bool)],
+    failures: &[SendFailure],
+    serving: bool,
+) {
+    for (cx, (id, _, _, _)) in traces.iter().zip(accepted) {
+        let Some(cx) = cx else { continue };
+        let failure = failures.iter().find(|f| &f.message_id == id);
+        let error: Option<&dyn std::fmt::Display> = match failure {
+            Some(f) => Some(&f.remark),
+            None if !serving => Some(&"not acknowledged: the broker stopped serving"),
+            None => None,
+        };
+        qmq_trace::end(cx, error, None);
     }
 }
 

@@ -67,6 +67,10 @@ pub struct DelayConfig {
     /// Where the engine (and the server in front of it) records its metrics (None: nowhere).
     /// Give every engine of a process the same one.
     pub metrics: Option<Arc<DelayMetrics>>,
+    /// Make OpenTelemetry spans (`Qmq.Delay.Schedule`, `Qmq.Delay.Dispatch`, see
+    /// [`crate::engine`]) for the messages that carry a trace context, with the global tracer
+    /// provider. Off by default: then no message is decoded for tracing.
+    pub trace_spans: bool,
 }
 
 impl Default for DelayConfig {
@@ -89,6 +93,7 @@ impl Default for DelayConfig {
             retention: Duration::from_secs(72 * 3600),
             wal_retention: Duration::from_secs(72 * 3600),
             metrics: None,
+            trace_spans: false,
         }
     }
 }

@@ -5,6 +5,7 @@ mod config;
 mod directives;
 mod listen;
 mod logs;
+mod otlp;
 mod servers;
 mod stat;
 

@@ -13,6 +13,7 @@ use qmq_protocol::{BrokerRequestType, BrokerRole, BrokerState};
 use qmq_store::{FlushPolicy, ResetTo, StoreConfig};
 
 use crate::directives;
+use crate::otlp::{self, Export, OtlpArgs};
 
 /// When an acknowledged send is durable.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -120,6 +121,8 @@ pub struct BrokerOnlyArgs {
     meta_http: Option<String>,
     #[command(flatten)]
     replication: ReplicationArgs,
+    #[command(flatten)]
+    otlp: OtlpArgs,
 }
 
 /// Replication of a broker group (`broker` only; `standalone` never replicates).
@@ -244,6 +247,8 @@ pub struct StandaloneArgs {
     /// could never be delivered.
     #[arg(long)]
     delay_max_message_bytes: Option<usize>,
+    #[command(flatten)]
+    otlp: OtlpArgs,
 }
 
 /// `delay` settings.
@@ -278,6 +283,8 @@ pub struct DelayOnlyArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     replication: DelayReplicationArgs,
+    #[command(flatten)]
+    otlp: OtlpArgs,
 }
 
 /// Replication of a delay group (`delay` only).
@@ -332,6 +339,7 @@ impl Delay {
         host: &str,
         secret: Option<String>,
         metrics: Option<Arc<qmq_delay::DelayMetrics>>,
+        trace_spans: bool,
     ) -> anyhow::Result<Self> {
         let dir = data_dir.join("delay");
         let lock = qmq_store::DirLock::acquire(&dir).context("starting the delay server")?;
@@ -339,6 +347,7 @@ impl Delay {
         config.listen = args.delay_listen;
         config.delay.max_message_bytes = max_message_bytes;
         config.delay.metrics = metrics;
+        config.delay.trace_spans = trace_spans;
         let server = qmq_delay::serve(config, Arc::new(qmq_delay::SystemClock), dispatcher)
             .await
             .context("starting the delay server")?;
@@ -409,8 +418,15 @@ fn routed(meta_http: &str) -> Arc<dyn qmq_delay::Dispatcher> {
     Arc::new(qmq_delay::RoutedForwarder::new(router))
 }
 
-/// Runs a delay server until SIGINT/SIGTERM.
+/// Runs a delay server until SIGINT/SIGTERM (exporting spans over OTLP if asked to).
 pub async fn delay(args: DelayOnlyArgs) -> anyhow::Result<()> {
+    let export = Export::install(&args.otlp, "qmq-delay")?;
+    let ran = delay_server(args).await;
+    otlp::shutdown(export).await;
+    ran
+}
+
+async fn delay_server(args: DelayOnlyArgs) -> anyhow::Result<()> {
     let dispatcher: Arc<dyn qmq_delay::Dispatcher> = match &args.meta_http {
         Some(http) => routed(http),
         None => Arc::new(qmq_delay::BrokerForwarder::new(args.broker.clone())),
@@ -428,6 +444,7 @@ pub async fn delay(args: DelayOnlyArgs) -> anyhow::Result<()> {
         &args.advertised_host,
         args.secret.cluster_secret.clone(),
         registry.as_ref().map(qmq_delay::DelayMetrics::new),
+        args.otlp.enabled(),
     )
     .await?;
     let metrics = serve_metrics(args.metrics_listen, registry).await?;
@@ -456,6 +473,7 @@ async fn replicated_delay(
     server.delay.max_message_bytes = args.max_message_bytes;
     let registry = args.metrics_listen.map(|_| qmq_metrics::Registry::new());
     server.delay.metrics = registry.as_ref().map(qmq_delay::DelayMetrics::new);
+    server.delay.trace_spans = args.otlp.enabled();
     let mode = replication_mode(
         r.replication,
         r.replication_timeout_ms,
@@ -575,14 +593,23 @@ async fn stop_metrics(server: Option<qmq_metrics::MetricsServer>) {
     }
 }
 
-/// Runs a broker until SIGINT/SIGTERM, then shuts it down cleanly (flush + checkpoint).
+/// Runs a broker until SIGINT/SIGTERM, then shuts it down cleanly (flush + checkpoint; then
+/// the spans still buffered for OTLP export, if asked to export).
 pub async fn broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
+    let export = Export::install(&args.otlp, "qmq-broker")?;
+    let ran = broker_server(args).await;
+    otlp::shutdown(export).await;
+    ran
+}
+
+async fn broker_server(args: BrokerOnlyArgs) -> anyhow::Result<()> {
     if args.replication.replication != Replication::Off {
         return replicated_broker(args).await;
     }
     let mut config = args
         .broker
         .config(args.meta.clone(), args.secret.cluster_secret.clone());
+    config.trace_spans = args.otlp.enabled();
     let registry = args.broker.metrics(&mut config);
     let data_dir = config.store.dir.clone();
     let handle = qmq_broker::serve(config)
@@ -620,6 +647,7 @@ async fn replicated_broker(args: BrokerOnlyArgs) -> anyhow::Result<()> {
         .clone()
         .context("--replication needs --meta (the meta server assigns the roles)")?;
     let mut broker = args.broker.config(None, None);
+    broker.trace_spans = args.otlp.enabled();
     let registry = args.broker.metrics(&mut broker);
     let metrics = serve_metrics(args.broker.metrics_listen, registry).await?;
     let mode = replication_mode(
@@ -759,6 +787,13 @@ fn generated_secret() -> String {
 /// Runs meta server + broker in one process until SIGINT/SIGTERM. The broker registers with
 /// the meta server before "ready" is printed, so clients find a route at once.
 pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    let export = Export::install(&args.otlp, "qmq-standalone")?;
+    let ran = standalone_servers(args).await;
+    otlp::shutdown(export).await;
+    ran
+}
+
+async fn standalone_servers(args: StandaloneArgs) -> anyhow::Result<()> {
     let delay_max =
         standalone_delay_max(args.delay_max_message_bytes, args.broker.max_message_bytes)?;
     let data_dir = args.broker.data_dir.clone();
@@ -791,6 +826,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         config.advertised = Some(format!("{host}:{}", config.listen.port()));
     }
     config.metrics = registry.as_ref().map(qmq_broker::BrokerMetrics::new);
+    config.trace_spans = args.otlp.enabled();
     let broker = qmq_broker::serve(config)
         .await
         .context("starting the broker")?;
@@ -804,6 +840,7 @@ pub async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         &host,
         Some(secret),
         registry.as_ref().map(qmq_delay::DelayMetrics::new),
+        args.otlp.enabled(),
     )
     .await?;
     let poller = tokio::spawn(follow_directives(

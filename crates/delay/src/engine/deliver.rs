@@ -12,6 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use tokio::time::Instant;
 
 use crate::dispatch::{DueMessage, Outcome};
@@ -20,6 +22,19 @@ use crate::record::{DelayRecord, FRAME_HEADER};
 use crate::wheel::WheelEntry;
 
 use super::{join_error, max_payload, Inner};
+
+/// Ends a `Qmq.Delay.Dispatch` span with the message's outcome.
+fn end_dispatch_span(cx: &opentelemetry::Context, outcome: &Outcome) {
+    match outcome {
+        Outcome::Stored => qmq_trace::end(cx, None, None),
+        Outcome::Transient(why) => qmq_trace::end(
+            cx,
+            Some(&format_args!("not stored (transient): {why}")),
+            None,
+        ),
+        Outcome::Permanent(why) => qmq_trace::end(cx, Some(&format_args!("refused: {why}")), None),
+    }
+}
 
 /// One message being offered, with what its earlier attempts left behind.
 #[derive(Debug, Clone, Copy)]
@@ -202,6 +217,40 @@ impl Inner {
             .min(self.cfg.retry_backoff_max)
     }
 
+    /// Starts the `Qmq.Delay.Dispatch` span of each of `messages` (offered as `offered`) that
+    /// carries a trace context.
+    fn start_dispatch_spans(
+        &self,
+        offered: &[Attempt],
+        messages: &[DueMessage],
+    ) -> Vec<Option<opentelemetry::Context>> {
+        let tracer = super::tracer();
+        let now = self.clock.now_ms();
+        offered
+            .iter()
+            .zip(messages)
+            .map(|(a, m)| {
+                let parent = super::carried(&m.message)?;
+                Some(qmq_trace::start(
+                    &tracer,
+                    super::DISPATCH_SPAN,
+                    SpanKind::Producer,
+                    &parent,
+                    || {
+                        vec![
+                            KeyValue::new("subject", m.subject.clone()),
+                            KeyValue::new("messageId", m.message_id.clone()),
+                            KeyValue::new("dueTime", m.due_ms),
+                            KeyValue::new("latenessMs", now.saturating_sub(m.due_ms)),
+                            KeyValue::new("attempt", i64::from(a.failures) + 1),
+                            KeyValue::new("deadLetter", a.dead),
+                        ]
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Offers one batch once; what is not stored goes to `retries`. `false` if cancelled first
     /// (nothing of the batch is then recorded: it is offered again after a restart).
     async fn deliver(self: &Arc<Self>, batch: Vec<Attempt>, retries: &mut RetryQueue) -> bool {
@@ -245,6 +294,11 @@ impl Inner {
         if messages.is_empty() {
             return true;
         }
+        // Only with tracing on: the Dispatch span of each message that carries a context.
+        let traces: Vec<Option<opentelemetry::Context>> = match self.cfg.trace_spans {
+            true => self.start_dispatch_spans(&offered, &messages),
+            false => Vec::new(),
+        };
         let result = tokio::select! {
             // Once cancelled, nothing more is handed over.
             biased;
@@ -264,6 +318,9 @@ impl Inner {
                 .get(i)
                 .cloned()
                 .unwrap_or_else(|| Outcome::Transient("no answer for the message".into()));
+            if let Some(Some(cx)) = traces.get(i) {
+                end_dispatch_span(cx, &outcome);
+            }
             match outcome {
                 Outcome::Stored => {
                     if let Some(metrics) = &self.cfg.metrics {

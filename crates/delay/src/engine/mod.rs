@@ -27,6 +27,17 @@
 //! fsync that succeeds proves nothing about the pages the failed one lost), so a restart
 //! replays the message log from the last good checkpoint.
 //!
+//! Tracing: with [`DelayConfig::trace_spans`] set, a message that carries a trace context
+//! (`qtrace_traceparent`, see [`qmq_trace`]) gets a [`SCHEDULE_SPAN`] span (kind server) from
+//! [`DelayEngine::schedule`] until it is durably in the message log (attributes `subject`,
+//! `messageId`, `scheduleTime`, `delayMs`, then `dueTime`; an error status when refused), and
+//! a [`DISPATCH_SPAN`] span (kind producer) for every attempt to hand it to the dispatcher
+//! (attributes `subject`, `messageId`, `dueTime`, `latenessMs`, `attempt`, `deadLetter`; an
+//! error status when it was not stored). Both are children of the message's own context, so
+//! producer, delay server, broker and consumer spans form one trace. A message without a
+//! context gets no span, and the message's bytes are never changed: to read the context, the
+//! stored form is decoded, and only when tracing is on.
+//!
 //! One file per phase: `recover.rs` (open), `writer.rs` (accepting messages), `deliver.rs`
 //! (due messages), `maintenance.rs` (flush, retention).
 
@@ -39,6 +50,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use opentelemetry::KeyValue;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
@@ -63,6 +75,25 @@ pub(crate) fn max_payload(cfg: &DelayConfig) -> usize {
 /// A join error of a blocking disk task (a panic in it): reported as an I/O error of `op`.
 fn join_error(op: &'static str, e: tokio::task::JoinError) -> DelayError {
     DelayError::io(op, "", std::io::Error::other(e.to_string()))
+}
+
+/// Name of the span of a message accepted for later delivery (see the module docs).
+pub const SCHEDULE_SPAN: &str = "Qmq.Delay.Schedule";
+/// Name of the span of one attempt at delivering a due message (see the module docs).
+pub const DISPATCH_SPAN: &str = "Qmq.Delay.Dispatch";
+/// Name of the delay server's instrumentation scope (its tracer).
+pub const TRACER_NAME: &str = "qmq-delay";
+
+/// The tracer of the engine's spans.
+pub(crate) fn tracer() -> opentelemetry::global::BoxedTracer {
+    qmq_trace::tracer(TRACER_NAME, env!("CARGO_PKG_VERSION"))
+}
+
+/// The trace context carried by a message in stored form, if it decodes and carries one.
+pub(crate) fn carried(stored: &[u8]) -> Option<opentelemetry::Context> {
+    let message =
+        qmq_protocol::Message::decode_stored(&mut qmq_protocol::wire::Reader::new(stored)).ok()?;
+    qmq_trace::carried(&message)
 }
 
 /// A message to schedule.
@@ -222,6 +253,34 @@ impl DelayEngine {
             Some(_) => messages.iter().map(|m| m.subject.clone()).collect(),
             None => Vec::new(),
         };
+        // Only with tracing on: the Schedule span of each message that carries a context.
+        let traces: Vec<Option<opentelemetry::Context>> = match self.inner.cfg.trace_spans {
+            true => {
+                let tracer = tracer();
+                let now = self.inner.clock.now_ms();
+                messages
+                    .iter()
+                    .map(|m| {
+                        let parent = carried(&m.message)?;
+                        Some(qmq_trace::start(
+                            &tracer,
+                            SCHEDULE_SPAN,
+                            opentelemetry::trace::SpanKind::Server,
+                            &parent,
+                            || {
+                                vec![
+                                    KeyValue::new("subject", m.subject.clone()),
+                                    KeyValue::new("messageId", m.message_id.clone()),
+                                    KeyValue::new("scheduleTime", m.schedule_ms),
+                                    KeyValue::new("delayMs", m.schedule_ms.saturating_sub(now)),
+                                ]
+                            },
+                        ))
+                    })
+                    .collect()
+            }
+            false => Vec::new(),
+        };
         let tx = self.tx.read().clone();
         let results = match tx {
             None => closed(),
@@ -234,6 +293,16 @@ impl DelayEngine {
                 }
             }
         };
+        for (cx, r) in traces.iter().zip(&results) {
+            let Some(cx) = cx else { continue };
+            match r {
+                Ok(s) => {
+                    qmq_trace::set_attributes(cx, || vec![KeyValue::new("dueTime", s.due_ms)]);
+                    qmq_trace::end(cx, None, None);
+                }
+                Err(e) => qmq_trace::end(cx, Some(e), None),
+            }
+        }
         if let Some(m) = metrics {
             for (subject, r) in subjects.iter().zip(&results) {
                 match r {
