@@ -275,7 +275,7 @@ impl DedupWindow {
         now_ms: impl Fn() -> u64,
     ) -> (Vec<Admission>, Reservation) {
         loop {
-            let mut waiting = None;
+            let mut waiting: Option<Outcome> = None;
             let keys: Vec<Option<Key>> = batch
                 .iter()
                 .map(|(subject, id)| (!exempt(subject)).then(|| self.key(subject, id)))
