@@ -301,6 +301,15 @@ async fn send_direct(broker: &str, messages: &[Message]) -> anyhow::Result<usize
         for (m, r) in chunk.iter().zip(results) {
             match r {
                 Ok(()) => println!("{}", sent_line(&m.message_id, m)),
+                // QMQ's clients count a duplicate as sent: the broker already stored this id
+                // (within its duplicate window) and stored nothing this time.
+                Err(qmq_client::SendError::Refused {
+                    code: qmq_protocol::ProducerCode::Duplicate,
+                    ..
+                }) => println!(
+                    "{} (duplicate: already stored)",
+                    sent_line(&m.message_id, m)
+                ),
                 Err(e) => {
                     failed += 1;
                     eprintln!("{e}");
