@@ -438,7 +438,7 @@ impl Store {
 
     /// Where reading the message log forward must start to meet every message appended at or
     /// after `time_ms`: the first record of the newest segment whose first record was appended
-    /// at or before `time_ms` (the log's start when there is none). Record times rise with
+    /// before `time_ms` (the log's start when there is none). Record times rise with
     /// offsets (one writer stamps them; a replica copies its master's), so at most one
     /// segment of older records lies between it and the first newer one. A segment whose
     /// first record is damaged counts as older (reading starts earlier, never later).
@@ -453,7 +453,7 @@ impl Store {
             }
             match reader.read(base) {
                 Ok(payload) => match record::decode(&payload, base) {
-                    Ok(v) if v.time_ms > time_ms => continue,
+                    Ok(v) if v.time_ms >= time_ms => continue,
                     _ => return Ok(base),
                 },
                 Err(StoreError::Corrupt { .. } | StoreError::OutOfRange { .. }) => return Ok(base),
