@@ -970,7 +970,10 @@ async fn a_promoted_slave_answers_the_old_masters_ids_as_duplicates() {
                     break;
                 }
                 Err(e) => {
-                    assert!(Instant::now() < deadline, "the new master never served: {e}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "the new master never served: {e}"
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -990,5 +993,9 @@ async fn a_promoted_slave_answers_the_old_masters_ids_as_duplicates() {
         );
     }
     let got = consume(&c.members[1].addr(), SUBJECT, "fresh", 1000).await;
-    assert_eq!(got, (0..100).collect::<Vec<_>>(), "each message stored once");
+    assert_eq!(
+        got,
+        (0..100).collect::<Vec<_>>(),
+        "each message stored once"
+    );
 }
