@@ -285,6 +285,7 @@ impl DedupWindow {
                 self.expire(&mut s, now_ms());
                 let mut admissions = Vec::with_capacity(batch.len());
                 let mut reserved: Vec<Key> = Vec::new();
+                let mut in_batch: HashSet<Key, KeyBuild> = HashSet::default();
                 for key in &keys {
                     let Some(key) = key else {
                         admissions.push(Admission::Exempt);
@@ -295,7 +296,7 @@ impl DedupWindow {
                     } else if let Some(outcome) = s.pending.get(key) {
                         waiting = Some(outcome.clone());
                         break;
-                    } else if reserved.contains(key) {
+                    } else if !in_batch.insert(*key) {
                         admissions.push(Admission::Repeat);
                     } else {
                         reserved.push(*key);
