@@ -65,6 +65,13 @@ pub struct BrokerConfig {
     /// Most bytes a SEND frame may take once decoded (attributes cost more decoded than on
     /// the wire); a larger batch is refused whole before it is fully decoded.
     pub max_decoded_send_bytes: usize,
+    /// How long a stored message id is remembered per subject, so that the same id sent again
+    /// is answered `DUPLICATE` and not stored twice ([`crate::dedup`]); zero turns the window
+    /// off. Default 2 minutes (JetStream's duplicate window).
+    pub dedup_window: Duration,
+    /// Most ids the duplicate window holds across all subjects (oldest evicted first); about
+    /// 60 bytes each. Default 1,000,000 (about 64 MB when full).
+    pub dedup_window_max_ids: usize,
     /// Where the broker records its metrics (None: it records none). Give every run of a
     /// process's broker the same one: it is registered once.
     pub metrics: Option<Arc<BrokerMetrics>>,
@@ -97,6 +104,8 @@ impl BrokerConfig {
             max_in_flight: 1024,
             max_in_flight_bytes: 2 * qmq_protocol::frame::DEFAULT_MAX_FRAME,
             max_decoded_send_bytes: 4 * qmq_protocol::frame::DEFAULT_MAX_FRAME,
+            dedup_window: Duration::from_secs(120),
+            dedup_window_max_ids: 1_000_000,
             metrics: None,
             trace_spans: false,
         }

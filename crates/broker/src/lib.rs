@@ -10,9 +10,12 @@
 //! QMQ, unless configured or asked otherwise ([`pull`]); pull responses and redeliveries keep to
 //! a byte budget below the frame limit; each connection has bounded requests and bytes in
 //! flight, and a SEND frame a bounded decoded size; acks are checked against what was pulled and
-//! applied in order per consumer; idle consumers are forgotten ([`server`]).
+//! applied in order per consumer; idle consumers are forgotten ([`server`]). A message whose
+//! id was stored on its subject within the duplicate window is answered `DUPLICATE` and not
+//! stored again ([`dedup`]).
 
 pub mod config;
+pub mod dedup;
 mod error;
 pub mod metrics;
 pub mod pull;

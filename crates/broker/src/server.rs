@@ -46,6 +46,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
 use crate::config::BrokerConfig;
+use crate::dedup::{self, DedupWindow};
 use crate::metrics::{BrokerMetrics, FailReason};
 use crate::pull::{InFlight, PullSettings, Puller};
 use crate::registration::Registration;
@@ -79,6 +80,8 @@ struct Shared {
     gate: Option<Arc<Gate>>,
     /// Where the broker records its metrics, if anywhere.
     metrics: Option<Arc<BrokerMetrics>>,
+    /// Ids stored recently, answered `DUPLICATE` when sent again (None: the window is off).
+    dedup: Option<Arc<DedupWindow>>,
 }
 
 impl Shared {
@@ -117,6 +120,16 @@ impl BrokerControl {
     /// server's readonly marks say; pulls and acks go on.
     pub fn set_readonly_subjects(&self, subjects: Vec<String>) {
         *self.shared.readonly.write() = subjects.into_iter().collect();
+    }
+
+    /// Refills the duplicate window from the tail of the message log (a slave promoted to
+    /// master: the log it copied holds what its old master stored). Returns the ids it holds.
+    pub async fn rebuild_dedup_window(&self) -> Result<usize, BrokerError> {
+        let Some(window) = self.shared.dedup.clone() else {
+            return Ok(0);
+        };
+        let store = self.shared.store.clone();
+        rebuild(window, store).await
     }
 
     /// Moves `group`'s position on `subject` to the earliest or latest message (an operator's
@@ -220,6 +233,7 @@ pub async fn serve_with(
 ) -> Result<BrokerHandle, BrokerError> {
     let store_config = config.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config)).await??;
+    let dedup = dedup_window(&config, &store).await?;
     store.spawn_maintenance()?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -256,6 +270,7 @@ pub async fn serve_with(
         started: Instant::now(),
         gate,
         metrics: config.metrics.clone(),
+        dedup,
         config,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -288,6 +303,31 @@ pub async fn serve_with(
         shutdown,
         tasks,
     })
+}
+
+/// The duplicate window `config` asks for, filled from the log's tail (None: off).
+async fn dedup_window(
+    config: &BrokerConfig,
+    store: &Store,
+) -> Result<Option<Arc<DedupWindow>>, BrokerError> {
+    if config.dedup_window.is_zero() {
+        return Ok(None);
+    }
+    let window = Arc::new(DedupWindow::new(
+        config.dedup_window,
+        config.dedup_window_max_ids,
+    ));
+    rebuild(window.clone(), store.clone()).await?;
+    Ok(Some(window))
+}
+
+/// Refills `window` from `store`'s log tail on a blocking thread; returns the ids it holds.
+async fn rebuild(window: Arc<DedupWindow>, store: Store) -> Result<usize, BrokerError> {
+    let started = std::time::Instant::now();
+    let (ids, read) =
+        tokio::task::spawn_blocking(move || window.rebuild(&store, dedup::now_ms())).await??;
+    tracing::info!(ids, log_bytes_read = read, elapsed = ?started.elapsed(), "duplicate window rebuilt");
+    Ok(ids)
 }
 
 async fn accept_loop(
@@ -613,6 +653,18 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
             ));
         }
     }
+    // The window may drop messages from `accepted`: their spans are ended (not stored: already
+    // there) and the rest stay aligned with what is appended.
+    let traced_ids: Vec<String> = if traces.is_empty() {
+        Vec::new()
+    } else {
+        accepted.iter().map(|(id, _, _, _)| id.clone()).collect()
+    };
+    let (reservation, dropped) =
+        dedup::filter(shared.dedup.as_ref(), &mut accepted, &mut failures).await;
+    if dropped > 0 && !traces.is_empty() {
+        traces = realign_traces(traces, &traced_ids, &accepted);
+    }
     if !accepted.is_empty() {
         let batch = accepted.iter().map(|(_, s, b, _)| (s.as_str(), &b[..]));
         let appending = Instant::now();
@@ -622,6 +674,9 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
         }
         match appended {
             Ok(placed) => {
+                if let Some(r) = reservation {
+                    r.commit(dedup::now_ms());
+                }
                 for (cx, p) in traces.iter().zip(&placed) {
                     if let Some(cx) = cx {
                         let offset = i64::try_from(p.offset).unwrap_or(i64::MAX);
@@ -693,6 +748,35 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
             Frame::new(header.response(response::BROKER_ERROR), Bytes::new())
         }
     }
+}
+
+/// The spans of the messages still in `accepted` after the duplicate window dropped some
+/// (`traces` and `ids` were aligned with the batch before, and the window keeps the order); the
+/// spans of dropped messages end here, without an error: the message was already stored.
+fn realign_traces(
+    traces: Vec<Option<opentelemetry::Context>>,
+    ids: &[String],
+    accepted: &[dedup::Accepted],
+) -> Vec<Option<opentelemetry::Context>> {
+    let mut before = ids.iter().zip(traces);
+    let mut kept = Vec::with_capacity(accepted.len());
+    for (id, _, _, _) in accepted {
+        for (old_id, cx) in before.by_ref() {
+            if old_id == id {
+                kept.push(cx);
+                break;
+            }
+            if let Some(cx) = cx {
+                qmq_trace::end(&cx, None, None);
+            }
+        }
+    }
+    for (_, cx) in before {
+        if let Some(cx) = cx {
+            qmq_trace::end(&cx, None, None);
+        }
+    }
+    kept
 }
 
 /// Starts the `Qmq.Broker.Append` span of `message` if it carries a trace context.

@@ -315,11 +315,12 @@ async fn a_crowded_group_does_not_starve_a_small_one() {
     let mut c = config(dir.path());
     c.pull_workers = 1;
     let (broker, conn) = start_with(c).await;
-    let batch: Vec<Message> = (0..30)
-        .map(|i| message("fair", &format!("{i}"), &[], "x"))
-        .collect();
-    for _ in 0..10 {
-        send(&conn, &batch).await;
+    for round in 0..10 {
+        // Distinct ids: the same ids again would be duplicates, not stored.
+        let batch: Vec<Message> = (0..30)
+            .map(|i| message("fair", &format!("{round}-{i}"), &[], "x"))
+            .collect();
+        assert!(send(&conn, &batch).await.is_empty());
     }
     // 100 consumers of group "big" and 2 of group "small" pull at once, on one connection.
     let order = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));

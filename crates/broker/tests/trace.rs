@@ -115,3 +115,42 @@ async fn no_spans_when_tracing_is_off() {
     assert!(spans_of("append-off").is_empty());
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_stay_with_their_messages_when_the_duplicate_window_drops_some() {
+    provider();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = qmq_config(dir.path());
+    config.trace_spans = true;
+    let (broker, conn) = start_with(config).await;
+    let mut first = message("traced.dup", "dup-first", &[], "a");
+    traced(&mut first, 0x1, 0x2);
+    assert!(send(&conn, &[first.clone()]).await.is_empty());
+
+    // The stored one again (a duplicate, dropped before the append), then a new one.
+    let mut fresh = message("traced.dup", "dup-fresh", &[], "b");
+    let (trace, parent) = traced(&mut fresh, 0x3, 0x4);
+    let failed = send(&conn, &[first, fresh]).await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+
+    let spans = spans_of("dup-fresh");
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(spans[0].span_context.trace_id(), trace);
+    assert_eq!(spans[0].parent_span_id, parent);
+    assert_eq!(spans[0].status, Status::Unset);
+    assert!(
+        attr(&spans[0], "offset").is_some(),
+        "the new message's span has its offset"
+    );
+    // The duplicate's second span ended too (without an offset: it was not stored again).
+    let first_spans = spans_of("dup-first");
+    assert_eq!(first_spans.len(), 2, "{first_spans:#?}");
+    assert_eq!(
+        first_spans
+            .iter()
+            .filter(|s| attr(s, "offset").is_some())
+            .count(),
+        1
+    );
+    broker.shutdown().await.unwrap();
+}

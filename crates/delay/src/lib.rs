@@ -3,7 +3,18 @@
 //! Storage follows QMQ's design: a message log (write-ahead log, fsynced before a message is
 //! acknowledged), schedule logs bucketed by delivery time (bucket width fixed when the store is
 //! created, default 60 minutes), an in-memory timing wheel holding only the buckets near "now",
-//! and per-bucket dispatch logs so a restart neither delivers a message twice nor skips one.
+//! and per-bucket dispatch logs so a restart skips no message and offers again only what it had
+//! not recorded as dispatched.
+//!
+//! Duplicates: a crash between forwarding a batch and recording it as dispatched (one
+//! `dispatch_batch`, at most a few hundred messages) offers that batch again after the
+//! restart, with the same message ids. A qmq-rs broker answers an id it stored within its
+//! duplicate window (default 2 minutes, `--dedup-window-secs`; see `qmq_broker::dedup`) with
+//! DUPLICATE and stores nothing, and the forwarder counts that as stored: so a restart within
+//! the window stores nothing twice. A restart after it, a broker with the window off, a
+//! re-dispatch routed to another broker group, or QMQ's Java broker (which never answers
+//! DUPLICATE) may still store such a message twice; consumers that must never see a
+//! duplicate still check ids (`qmq_client::idempotent`).
 //!
 //! - [`DelayEngine`]: the engine; [`DelayEngine::schedule`] takes message bytes + subject +
 //!   id + schedule time, a [`Dispatcher`] receives them when due.

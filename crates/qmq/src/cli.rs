@@ -69,6 +69,11 @@ pub struct SendArgs {
     /// non-empty, unique and not QMQ's own (`qmq_*`) nor `body`.
     #[arg(long = "property", short = 'p', value_name = "KEY=VALUE", value_parser = parse_property)]
     properties: Vec<(String, String)>,
+    /// The message id (default: a new unique one). Sending an id again within the broker's
+    /// duplicate window (`--dedup-window-secs`) stores nothing and still succeeds: for
+    /// replaying a message by hand. Only with `--count 1`.
+    #[arg(long)]
+    message_id: Option<String>,
     /// Message body (property `body`); read from standard input when absent.
     body: Option<String>,
 }
@@ -238,6 +243,15 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
              the delay server the meta server routes the subject to"
         );
     }
+    if args.message_id.is_some() && args.count != 1 {
+        bail!(
+            "--message-id sends one message: it cannot go with --count {}",
+            args.count
+        );
+    }
+    if args.message_id.as_deref() == Some("") {
+        bail!("--message-id must not be empty");
+    }
     let mut seen = std::collections::HashSet::new();
     for (key, _) in &args.properties {
         if !seen.insert(key.as_str()) {
@@ -247,6 +261,9 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let mut messages = Vec::with_capacity(args.count);
     for i in 0..args.count {
         let mut m = new_message(&args.subject);
+        if let Some(id) = &args.message_id {
+            m.message_id.clone_from(id);
+        }
         m.tags = args.tags.clone();
         m.flags = m.flags.with_tags(!m.tags.is_empty());
         let text = if args.count > 1 {
@@ -284,6 +301,15 @@ async fn send_direct(broker: &str, messages: &[Message]) -> anyhow::Result<usize
         for (m, r) in chunk.iter().zip(results) {
             match r {
                 Ok(()) => println!("{}", sent_line(&m.message_id, m)),
+                // QMQ's clients count a duplicate as sent: the broker already stored this id
+                // (within its duplicate window) and stored nothing this time.
+                Err(qmq_client::SendError::Refused {
+                    code: qmq_protocol::ProducerCode::Duplicate,
+                    ..
+                }) => println!(
+                    "{} (duplicate: already stored)",
+                    sent_line(&m.message_id, m)
+                ),
                 Err(e) => {
                     failed += 1;
                     eprintln!("{e}");

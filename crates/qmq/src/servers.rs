@@ -67,6 +67,15 @@ pub struct BrokerArgs {
     /// `message.retry.delay.seconds`).
     #[arg(long, default_value_t = 5)]
     retry_delay_secs: u64,
+    /// Seconds a stored message id is remembered per subject: the same id sent again within
+    /// them is answered DUPLICATE (a success to QMQ clients) and not stored twice. 0 turns the
+    /// duplicate window off.
+    #[arg(long, default_value_t = 120)]
+    dedup_window_secs: u64,
+    /// Most message ids the duplicate window holds across subjects (oldest evicted first;
+    /// about 60 bytes each).
+    #[arg(long, default_value_t = 1_000_000)]
+    dedup_window_max_ids: usize,
     /// Address to serve Prometheus metrics on (`GET /metrics`); none unless given. `standalone`
     /// serves the metrics of all its servers there.
     #[arg(long, env = "QMQ_METRICS_LISTEN")]
@@ -540,6 +549,8 @@ impl BrokerArgs {
         c.cluster_secret = secret;
         c.max_message_bytes = self.max_message_bytes;
         c.retry_delay = Duration::from_secs(self.retry_delay_secs);
+        c.dedup_window = Duration::from_secs(self.dedup_window_secs);
+        c.dedup_window_max_ids = self.dedup_window_max_ids;
         c.new_group_start = self.new_group_start.into();
         c
     }

@@ -922,3 +922,80 @@ async fn a_slave_behind_the_masters_retention_resyncs_by_itself() {
     let mut slave = slave;
     slave.terminate();
 }
+
+/// The duplicate window across a failover: the ids the old master stored (and the slave
+/// copied) are answered DUPLICATE by the promoted slave, which rebuilt its window from the
+/// copied log, and each message stays stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_slave_answers_the_old_masters_ids_as_duplicates() {
+    use qmq_client::SendError;
+    use qmq_protocol::ProducerCode;
+
+    const SUBJECT: &str = "dup.failover";
+    let c = Cluster::new("sync");
+    let mut master = c.start(0);
+    master.wait_line("master epoch=1", 0, Duration::from_secs(30));
+    let slave = c.start(1);
+    slave.wait_line("slave epoch=1", 0, Duration::from_secs(30));
+    let sent: Vec<_> = (0..100)
+        .map(|i| {
+            let mut m = new_message(SUBJECT);
+            m.message_id = format!("f-{i}");
+            m.set_attr("body", i.to_string());
+            m
+        })
+        .collect();
+    let conn = Connection::connect(&c.members[0].addr()).await.unwrap();
+    for chunk in sent.chunks(20) {
+        for r in send_batch(&conn, chunk, Duration::from_secs(10))
+            .await
+            .unwrap()
+        {
+            r.unwrap();
+        }
+    }
+    caught_up(&c, Duration::from_secs(30)).await;
+    master.kill9();
+    slave.wait_line("master epoch=2", 0, Duration::from_secs(30));
+
+    // The new master answers once its lease runs; until then it refuses whole frames.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let conn = Connection::connect(&c.members[1].addr()).await.unwrap();
+    let mut answers = Vec::new();
+    for chunk in sent.chunks(20) {
+        loop {
+            match send_batch(&conn, chunk, Duration::from_secs(10)).await {
+                Ok(results) => {
+                    answers.extend(results);
+                    break;
+                }
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the new master never served: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    assert_eq!(answers.len(), 100);
+    for a in &answers {
+        assert!(
+            matches!(
+                a,
+                Err(SendError::Refused {
+                    code: ProducerCode::Duplicate,
+                    ..
+                })
+            ),
+            "{a:?}"
+        );
+    }
+    let got = consume(&c.members[1].addr(), SUBJECT, "fresh", 1000).await;
+    assert_eq!(
+        got,
+        (0..100).collect::<Vec<_>>(),
+        "each message stored once"
+    );
+}

@@ -720,6 +720,11 @@ impl LogReader {
         self.segments.read().keys().next().copied().unwrap_or(0)
     }
 
+    /// The segments' bases (the offsets of their first records), oldest first.
+    pub fn segment_bases(&self) -> Vec<u64> {
+        self.segments.read().keys().copied().collect()
+    }
+
     /// Offset below which every record is durable (fsynced).
     pub fn durable(&self) -> u64 {
         self.marks.synced.load(Ordering::Acquire)

@@ -392,6 +392,11 @@ async fn run_slave(
                     epoch = new_epoch,
                     "promoted to master; stopped copying from the old master"
                 );
+                // What the old master stored is in the copied log: the duplicate window holds
+                // its ids (with their append times) before this broker serves a send.
+                if let Err(e) = handle.control().rebuild_dedup_window().await {
+                    tracing::error!(error = %e, "rebuilding the duplicate window failed; serving without the old master's ids");
+                }
             }
             if new_epoch != epoch || role != a.role {
                 epoch = new_epoch;

@@ -19,7 +19,10 @@
 //!
 //! Restart: schedule logs are checked against the checkpoint (torn tails cut), the message log
 //! after the checkpoint is replayed into them (records already there are recognised by their
-//! message-log offset), dispatch logs say what not to deliver again.
+//! message-log offset), dispatch logs say what not to deliver again. A batch forwarded but not
+//! yet recorded in its dispatch log when the process died is offered again: the broker's
+//! duplicate window answers it DUPLICATE (stored once) when the restart comes within the
+//! window (see the crate docs).
 //!
 //! Disk work never runs on the async runtime: the writer has its own thread, and the dispatch
 //! and maintenance tasks do every read, write, fsync and deletion in `spawn_blocking`.

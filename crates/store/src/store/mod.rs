@@ -435,6 +435,60 @@ impl Store {
     pub fn durable_offset(&self) -> u64 {
         self.inner.message_reader.durable()
     }
+
+    /// Where reading the message log forward must start to meet every message appended at or
+    /// after `time_ms`: the first record of the newest segment whose first record was appended
+    /// before `time_ms` (the log's start when there is none). Record times rise with
+    /// offsets (one writer stamps them; a replica copies its master's), so at most one
+    /// segment of older records lies between it and the first newer one. A segment whose
+    /// first record is damaged counts as older (reading starts earlier, never later).
+    ///
+    /// Blocking I/O (one `pread` per segment looked at): call it from a blocking thread.
+    pub fn offset_at_or_before_time(&self, time_ms: u64) -> Result<u64> {
+        let reader = &self.inner.message_reader;
+        let written = reader.written();
+        for base in reader.segment_bases().into_iter().rev() {
+            if base >= written {
+                continue;
+            }
+            match reader.read(base) {
+                Ok(payload) => match record::decode(&payload, base) {
+                    Ok(v) if v.time_ms >= time_ms => continue,
+                    _ => return Ok(base),
+                },
+                Err(StoreError::Corrupt { .. } | StoreError::OutOfRange { .. }) => return Ok(base),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(reader.start())
+    }
+
+    /// Visits every message appended at or after `time_ms` (by its record's append time), in
+    /// log order, up to the log's written end: `visit(subject, appended_at_ms, bytes)`.
+    /// Reads from [`Store::offset_at_or_before_time`], so at most one segment of older
+    /// records is read and passed over. Damaged records are passed over (and logged). Returns
+    /// how many bytes of the log were read. For rebuilding time-bounded state (the broker's
+    /// duplicate window) from the log's tail on open or on promotion.
+    ///
+    /// Blocking I/O: call it from a blocking thread.
+    pub fn scan_messages_since(
+        &self,
+        time_ms: u64,
+        mut visit: impl FnMut(&str, u64, &[u8]),
+    ) -> Result<u64> {
+        let from = self.offset_at_or_before_time(time_ms)?;
+        let reader = &self.inner.message_reader;
+        let end = reader.written();
+        reader.scan(from, end, &[], |offset, payload| {
+            if let Ok(v) = record::decode(payload, offset) {
+                if v.time_ms >= time_ms {
+                    visit(v.subject, v.time_ms, v.body);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(end.saturating_sub(from))
+    }
 }
 
 impl Inner {

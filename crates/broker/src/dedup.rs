@@ -1,0 +1,538 @@
+//! The duplicate window: the message ids stored recently, per subject, so that a message sent
+//! again (a producer's retry after a lost answer, the delay server's re-dispatch after a
+//! crash) is answered `DUPLICATE` (QMQ's code 2, a success to the Java client and to our
+//! forwarder) and not stored a second time.
+//!
+//! # What it holds
+//!
+//! A key per stored message: a 128-bit keyed hash of its subject and id (two independent
+//! SipHash-1-3 hashes with per-process random keys, so clients cannot aim for collisions; two
+//! distinct keys among a million collide with probability about 10⁻²⁷), with the time it
+//! was stored. A key leaves the window `span` after it came in, or earlier when the window
+//! holds `max_ids` keys and a newer one comes (oldest first). The cost is
+//! [`DedupWindow::memory_bytes`]: about 60 bytes per id (measured by the unit test below at a
+//! million ids: a 16-byte key in a hash set plus a 24-byte time-ordered queue entry, with the
+//! set's spare capacity), whatever the length of subjects and ids.
+//!
+//! # What it does not cover
+//!
+//! - Retry and dead-letter subjects (`%RETRY%…`, `%DEAD_RETRY%…`): a consumer that fails a
+//!   message sends it back to its group's retry subject *with the same id*, once per failure,
+//!   so the same (subject, id) legitimately comes again; those subjects are exempt. Messages
+//!   the broker moves to retry subjects itself do not pass through the window either.
+//! - An id sent again after the window (after `span`, or after `max_ids` newer ids evicted
+//!   it) is stored again.
+//! - A message whose append failed with an unknown outcome (`MaybeStored`) is not in the
+//!   window: its retry may store it twice, as the answer's remark says.
+//!
+//! # Concurrency
+//!
+//! A batch *reserves* its keys before it is appended ([`DedupWindow::admit`]); another batch
+//! carrying one of them waits for the outcome (stored: it is a duplicate; not stored: it tries
+//! again), so two concurrent sends of the same id never both store it. The reservation becomes
+//! the stored keys when the append succeeds ([`Reservation::commit`]) and is released when it
+//! fails or is dropped.
+//!
+//! # Rebuilt from the log
+//!
+//! The window is derived from the message log: [`DedupWindow::rebuild`] reads the log's tail
+//! back to `span` ago ([`qmq_store::Store::scan_messages_since`]: at most one segment of older
+//! records besides) when the broker opens its store and when a slave is promoted, so it
+//! survives a restart, a `kill -9` and a failover (the slave holds the master's log, with the
+//! master's append times).
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use qmq_protocol::wire::Reader;
+use qmq_protocol::{Message, ProducerCode, SendFailure};
+use tokio::sync::watch;
+
+use crate::subjects;
+
+/// A message's key in the window: a 128-bit keyed hash of its subject and id.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key(u64, u64);
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a random-keyed hash: its first word is the table's hash.
+        state.write_u64(self.0);
+    }
+}
+
+/// Hashes a [`Key`] by its first word, already a random-keyed hash.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyBuild = BuildHasherDefault<KeyHasher>;
+
+/// The outcome of a batch that reserved keys: `None` while it is being appended.
+type Outcome = watch::Receiver<Option<bool>>;
+
+struct State {
+    /// Stored keys within the window.
+    stored: HashSet<Key, KeyBuild>,
+    /// The same keys in the order they came, with when (ms since the Unix epoch).
+    order: VecDeque<(u64, Key)>,
+    /// Keys of batches being appended, with their outcome.
+    pending: HashMap<Key, Outcome, KeyBuild>,
+    /// The newest time seen: times never go back in `order`, whatever the clock does.
+    latest_ms: u64,
+}
+
+/// The window of recently stored message ids (see the module docs).
+pub struct DedupWindow {
+    span_ms: u64,
+    max_ids: usize,
+    hashers: (RandomState, RandomState),
+    state: Mutex<State>,
+}
+
+/// What [`DedupWindow::admit`] decided for one message of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Not seen: append it (its key is reserved).
+    Append,
+    /// Stored within the window: answer `DUPLICATE`, do not append.
+    Duplicate,
+    /// The same (subject, id) as an earlier message of the same batch: do not append; its
+    /// answer is the earlier one's.
+    Repeat,
+    /// Exempt from the window (a retry or dead-letter subject, or the window is off): append.
+    Exempt,
+}
+
+/// Keys a batch reserved while it is appended: [`Reservation::commit`] them once stored;
+/// dropping the reservation releases them (not stored).
+pub struct Reservation {
+    window: Arc<DedupWindow>,
+    keys: Vec<Key>,
+    outcome: watch::Sender<Option<bool>>,
+    committed: bool,
+}
+
+impl Reservation {
+    /// The batch was stored at `now_ms`: its keys enter the window.
+    pub fn commit(mut self, now_ms: u64) {
+        self.committed = true;
+        let mut s = self.window.state.lock();
+        for key in &self.keys {
+            s.pending.remove(key);
+        }
+        for &key in &self.keys {
+            self.window.insert(&mut s, key, now_ms);
+        }
+        drop(s);
+        let _ = self.outcome.send(Some(true));
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let mut s = self.window.state.lock();
+        for key in &self.keys {
+            s.pending.remove(key);
+        }
+        drop(s);
+        let _ = self.outcome.send(Some(false));
+    }
+}
+
+/// Milliseconds since the Unix epoch now (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether `subject`'s messages are exempt from the window (see the module docs).
+pub fn exempt(subject: &str) -> bool {
+    subjects::is_retry(subject) || subjects::is_dead_letter(subject)
+}
+
+impl DedupWindow {
+    /// A window keeping ids for `span` (at least 1 ms), at most `max_ids` of them (at least 1).
+    pub fn new(span: Duration, max_ids: usize) -> Self {
+        Self {
+            span_ms: (span.as_millis() as u64).max(1),
+            max_ids: max_ids.max(1),
+            hashers: (RandomState::new(), RandomState::new()),
+            state: Mutex::new(State {
+                stored: HashSet::default(),
+                order: VecDeque::new(),
+                pending: HashMap::default(),
+                latest_ms: 0,
+            }),
+        }
+    }
+
+    fn key(&self, subject: &str, id: &str) -> Key {
+        let hash = |b: &RandomState| {
+            let mut h = b.build_hasher();
+            h.write(subject.as_bytes());
+            h.write_u8(0xff);
+            h.write(id.as_bytes());
+            h.finish()
+        };
+        Key(hash(&self.hashers.0), hash(&self.hashers.1))
+    }
+
+    /// Drops the keys older than the window at `now_ms`.
+    fn expire(&self, s: &mut State, now_ms: u64) {
+        s.latest_ms = s.latest_ms.max(now_ms);
+        let cutoff = s.latest_ms.saturating_sub(self.span_ms);
+        while let Some(&(t, key)) = s.order.front() {
+            if t > cutoff {
+                break;
+            }
+            s.order.pop_front();
+            s.stored.remove(&key);
+        }
+    }
+
+    /// Adds a stored key (if it is not already in), evicting the oldest beyond `max_ids`.
+    fn insert(&self, s: &mut State, key: Key, at_ms: u64) {
+        if !s.stored.insert(key) {
+            return;
+        }
+        s.latest_ms = s.latest_ms.max(at_ms);
+        let at = s.latest_ms;
+        s.order.push_back((at, key));
+        while s.order.len() > self.max_ids {
+            if let Some((_, old)) = s.order.pop_front() {
+                s.stored.remove(&old);
+            }
+        }
+    }
+
+    /// Whether `subject`/`id` is in the window at `now_ms` (stored within it).
+    pub fn contains(&self, subject: &str, id: &str, now_ms: u64) -> bool {
+        let key = self.key(subject, id);
+        let mut s = self.state.lock();
+        self.expire(&mut s, now_ms);
+        s.stored.contains(&key)
+    }
+
+    /// Records `subject`/`id` as stored at `at_ms` (no reservation: for rebuilding and tests).
+    pub fn record(&self, subject: &str, id: &str, at_ms: u64) {
+        if exempt(subject) {
+            return;
+        }
+        let key = self.key(subject, id);
+        let mut s = self.state.lock();
+        self.insert(&mut s, key, at_ms);
+    }
+
+    /// Ids in the window (reservations aside).
+    pub fn len(&self) -> usize {
+        self.state.lock().order.len()
+    }
+
+    /// Whether the window holds no id.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the window's tables take now (allocated capacity, reservations included).
+    pub fn memory_bytes(&self) -> usize {
+        let s = self.state.lock();
+        // hashbrown: one control byte per bucket besides the entry; buckets = capacity * 8/7.
+        let buckets = |cap: usize| cap + cap / 7;
+        buckets(s.stored.capacity()) * (std::mem::size_of::<Key>() + 1)
+            + s.order.capacity() * std::mem::size_of::<(u64, Key)>()
+            + buckets(s.pending.capacity()) * (std::mem::size_of::<(Key, Outcome)>() + 1)
+    }
+
+    /// Decides, for each `(subject, id)` of a batch in order, whether to append it, and
+    /// reserves the keys of those to append. A key another batch has reserved is waited for:
+    /// once that batch is stored the message is a duplicate; if it failed, this one may go.
+    pub async fn admit<'a>(
+        self: &Arc<Self>,
+        batch: &[(&'a str, &'a str)],
+        now_ms: impl Fn() -> u64,
+    ) -> (Vec<Admission>, Reservation) {
+        loop {
+            let mut waiting: Option<Outcome> = None;
+            let keys: Vec<Option<Key>> = batch
+                .iter()
+                .map(|(subject, id)| (!exempt(subject)).then(|| self.key(subject, id)))
+                .collect();
+            {
+                let mut s = self.state.lock();
+                self.expire(&mut s, now_ms());
+                let mut admissions = Vec::with_capacity(batch.len());
+                let mut reserved: Vec<Key> = Vec::new();
+                let mut in_batch: HashSet<Key, KeyBuild> = HashSet::default();
+                for key in &keys {
+                    let Some(key) = key else {
+                        admissions.push(Admission::Exempt);
+                        continue;
+                    };
+                    if s.stored.contains(key) {
+                        admissions.push(Admission::Duplicate);
+                    } else if let Some(outcome) = s.pending.get(key) {
+                        waiting = Some(outcome.clone());
+                        break;
+                    } else if !in_batch.insert(*key) {
+                        admissions.push(Admission::Repeat);
+                    } else {
+                        reserved.push(*key);
+                        admissions.push(Admission::Append);
+                    }
+                }
+                if waiting.is_none() {
+                    let (outcome, rx) = watch::channel(None);
+                    for key in &reserved {
+                        s.pending.insert(*key, rx.clone());
+                    }
+                    return (
+                        admissions,
+                        Reservation {
+                            window: self.clone(),
+                            keys: reserved,
+                            outcome,
+                            committed: false,
+                        },
+                    );
+                }
+            }
+            if let Some(mut outcome) = waiting {
+                // Stored or not, look again: the key is then stored or free. A dropped sender
+                // (its batch gone) has released its keys too.
+                let _ = outcome.wait_for(Option::is_some).await;
+            }
+        }
+    }
+
+    /// Empties the window and fills it from the message log: every message stored in the
+    /// last `span` (at `now_ms`), by the time the store appended it. Returns how many ids it
+    /// holds and how many bytes of the log were read. Blocking I/O: call it from a blocking
+    /// thread.
+    pub fn rebuild(
+        &self,
+        store: &qmq_store::Store,
+        now_ms: u64,
+    ) -> Result<(usize, u64), qmq_store::StoreError> {
+        {
+            let mut s = self.state.lock();
+            s.stored.clear();
+            s.order.clear();
+            s.latest_ms = 0;
+        }
+        let since = now_ms.saturating_sub(self.span_ms);
+        let read = store.scan_messages_since(since, |subject, at_ms, body| {
+            if exempt(subject) {
+                return;
+            }
+            if let Some(id) = stored_message_id(body) {
+                self.record(subject, &id, at_ms);
+            }
+        })?;
+        let mut s = self.state.lock();
+        self.expire(&mut s, now_ms);
+        Ok((s.order.len(), read))
+    }
+}
+
+/// The id of a message in the broker's stored form, if it decodes.
+fn stored_message_id(body: &[u8]) -> Option<String> {
+    Message::decode_stored(&mut Reader::new(body))
+        .ok()
+        .map(|m| m.message_id)
+}
+
+/// A batch's accepted messages as the SEND handler holds them: id, subject, stored bytes,
+/// reliable flag.
+pub(crate) type Accepted = (String, String, Bytes, bool);
+
+/// Passes a SEND batch's accepted messages through `window` (if any): drops duplicates (each
+/// answered `DUPLICATE` in `failures`) and repeats within the batch (answered as the first
+/// copy), and returns the reservation to commit once the rest is stored, with how many were
+/// dropped.
+pub(crate) async fn filter(
+    window: Option<&Arc<DedupWindow>>,
+    accepted: &mut Vec<Accepted>,
+    failures: &mut Vec<SendFailure>,
+) -> (Option<Reservation>, usize) {
+    let Some(window) = window else {
+        return (None, 0);
+    };
+    let (admissions, reservation) = {
+        let batch: Vec<(&str, &str)> = accepted
+            .iter()
+            .map(|(id, subject, _, _)| (subject.as_str(), id.as_str()))
+            .collect();
+        window.admit(&batch, now_ms).await
+    };
+    let before = accepted.len();
+    let mut admitted = admissions.into_iter();
+    accepted.retain(|(id, _, _, _)| match admitted.next() {
+        Some(Admission::Duplicate) => {
+            failures.push(SendFailure {
+                message_id: id.clone(),
+                code: ProducerCode::Duplicate,
+                remark: "duplicate message id: already stored".into(),
+            });
+            false
+        }
+        Some(Admission::Repeat) => false,
+        _ => true,
+    });
+    (Some(reservation), before - accepted.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_expire_after_the_span() {
+        let w = DedupWindow::new(Duration::from_secs(120), 1000);
+        w.record("s", "a", 1_000);
+        assert!(w.contains("s", "a", 1_000));
+        assert!(w.contains("s", "a", 120_999));
+        assert!(!w.contains("s", "a", 121_000), "expired at span");
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn keyed_by_subject_and_id() {
+        let w = DedupWindow::new(Duration::from_secs(120), 1000);
+        w.record("s", "a", 1);
+        assert!(!w.contains("t", "a", 1));
+        assert!(!w.contains("s", "b", 1));
+        // No ambiguity between where the subject ends and the id starts.
+        w.record("ab", "c", 1);
+        assert!(!w.contains("a", "bc", 1));
+    }
+
+    #[test]
+    fn retry_subjects_are_exempt() {
+        let w = DedupWindow::new(Duration::from_secs(120), 1000);
+        w.record("%RETRY%s%g", "a", 1);
+        w.record("%DEAD_RETRY%s%g", "a", 1);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn oldest_evicted_beyond_max_ids() {
+        let w = DedupWindow::new(Duration::from_secs(120), 3);
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            w.record("s", id, i as u64);
+        }
+        assert_eq!(w.len(), 3);
+        assert!(!w.contains("s", "a", 4), "oldest evicted");
+        for id in ["b", "c", "d"] {
+            assert!(w.contains("s", id, 4), "{id}");
+        }
+    }
+
+    #[test]
+    fn a_clock_step_back_does_not_reorder() {
+        let w = DedupWindow::new(Duration::from_millis(100), 10);
+        w.record("s", "a", 1_000);
+        w.record("s", "b", 500); // stamped 1_000: times never go back
+        assert!(w.contains("s", "b", 1_099));
+        assert!(!w.contains("s", "b", 1_100));
+    }
+
+    #[test]
+    fn memory_at_a_million_ids() {
+        let n = 1_000_000;
+        let w = DedupWindow::new(Duration::from_secs(120), n);
+        for i in 0..n {
+            w.record("subject", &format!("id-{i}"), 1);
+        }
+        assert_eq!(w.len(), n);
+        let per_id = w.memory_bytes() as f64 / n as f64;
+        println!(
+            "window memory at {n} ids: {} bytes, {per_id:.1} per id",
+            w.memory_bytes()
+        );
+        assert!(
+            per_id >= 40.0,
+            "accounts for the key and queue entry: {per_id}"
+        );
+        assert!(per_id <= 80.0, "stated as about 60 bytes per id: {per_id}");
+        // Full: the next id evicts the oldest, memory does not grow.
+        let before = w.memory_bytes();
+        w.record("subject", "one-more", 2);
+        assert_eq!(w.len(), n);
+        assert!(!w.contains("subject", "id-0", 2));
+        assert_eq!(w.memory_bytes(), before);
+    }
+
+    #[tokio::test]
+    async fn repeats_in_a_batch_and_duplicates_after_commit() {
+        let w = Arc::new(DedupWindow::new(Duration::from_secs(120), 100));
+        let batch = [("s", "a"), ("s", "b"), ("s", "a"), ("%RETRY%s%g", "a")];
+        let (adm, r) = w.admit(&batch, || 10).await;
+        use Admission::*;
+        assert_eq!(adm, vec![Append, Append, Repeat, Exempt]);
+        r.commit(10);
+        let (adm, r) = w.admit(&batch, || 11).await;
+        assert_eq!(adm, vec![Duplicate, Duplicate, Duplicate, Exempt]);
+        drop(r);
+        assert_eq!(w.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_releases_its_ids() {
+        let w = Arc::new(DedupWindow::new(Duration::from_secs(120), 100));
+        let (adm, r) = w.admit(&[("s", "a")], || 10).await;
+        assert_eq!(adm, vec![Admission::Append]);
+        drop(r); // the append failed
+        let (adm, _r) = w.admit(&[("s", "a")], || 11).await;
+        assert_eq!(adm, vec![Admission::Append]);
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_send_of_a_reserved_id_waits_for_the_outcome() {
+        let w = Arc::new(DedupWindow::new(Duration::from_secs(120), 100));
+        let (_, first) = w.admit(&[("s", "a")], || 10).await;
+        let w2 = w.clone();
+        let second = tokio::spawn(async move {
+            let (adm, _r) = w2.admit(&[("s", "b"), ("s", "a")], || 10).await;
+            adm
+        });
+        // The second batch cannot decide while the first is pending.
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        first.commit(10);
+        assert_eq!(
+            second.await.unwrap(),
+            vec![Admission::Append, Admission::Duplicate]
+        );
+
+        // And when the first fails, the second stores it.
+        let (_, first) = w.admit(&[("s", "c")], || 10).await;
+        let w2 = w.clone();
+        let second = tokio::spawn(async move { w2.admit(&[("s", "c")], || 10).await.0 });
+        tokio::task::yield_now().await;
+        drop(first);
+        assert_eq!(second.await.unwrap(), vec![Admission::Append]);
+    }
+}
