@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -29,7 +29,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use qmq_metrics::{encode_counter as counter, encode_gauge as gauge};
 use qmq_replication::{Gate, NodeStatus};
-use qmq_store::Store;
+use qmq_store::{LogStream, Store};
 use tokio::sync::watch;
 
 use crate::replication::sync_server::SlaveLag;
@@ -471,6 +471,21 @@ impl Collector for StateCollector {
                     "Messages handed to the consumer group and not acknowledged yet",
                     with(|l| l.unacked as f64),
                 )?;
+                let mut family = encoder.encode_descriptor(
+                    "qmq_store_flush_seconds",
+                    "Time of the fsyncs that made the message or action log durable",
+                    None,
+                    MetricType::Histogram,
+                )?;
+                for (log, stream) in [
+                    ("message", LogStream::Message),
+                    ("action", LogStream::Action),
+                ] {
+                    let t = store.fsync_times(stream);
+                    family
+                        .encode_family(&[("log", log)])?
+                        .encode_histogram::<NoLabelSet>(t.sum_seconds, t.count, &t.buckets, None)?;
+                }
             }
         }
         let replication = self.observed.replication.lock();

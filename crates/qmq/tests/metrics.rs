@@ -114,6 +114,11 @@ async fn counters_and_lag_follow_what_clients_did() {
     assert_eq!(sample(s, "qmq_send_process_seconds_count", &[]), Some(4.0));
     assert_eq!(sample(s, "qmq_store_append_seconds_count", &[]), Some(3.0));
     assert_eq!(sample(s, "qmq_pull_process_seconds_count", &[]), Some(2.0));
+    // `--flush sync`: each stored SEND was fsynced before its answer (sequential SENDs share no
+    // group commit), and each pull and ack fsynced the action log.
+    let fsyncs = |log| sample(s, "qmq_store_flush_seconds_count", &[("log", log)]).unwrap();
+    assert!(fsyncs("message") >= 3.0, "{}", fsyncs("message"));
+    assert!(fsyncs("action") >= 2.0, "{}", fsyncs("action"));
     assert!(sample(s, "qmq_active_connections", &[]).unwrap() >= 2.0);
 
     // Consuming the rest: no lag left, and its age reads 0.

@@ -136,6 +136,7 @@ mod error;
 mod faults;
 mod filter;
 mod fixed;
+mod fsync_times;
 pub mod log;
 mod names;
 pub mod pull_log;
@@ -148,6 +149,7 @@ pub use action::ConsumerKey;
 pub use dir_lock::DirLock;
 pub use error::{Result, StoreError};
 pub use filter::{BytesFilter, Filter, TagFilter, TagMode};
+pub use fsync_times::{FsyncSnapshot, FSYNC_BUCKETS};
 pub use replication::{truncate_logs, LogChunk, LogStream, Truncated};
 pub use snapshot::{ConsumerSnapshot, MessageSnapshot, Snapshot, SnapshotConsumer, SubjectStart};
 pub use store::{

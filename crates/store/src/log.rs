@@ -70,6 +70,8 @@ struct Marks {
     syncing: parking_lot::Mutex<()>,
     /// Why the files cannot be trusted since a failed write or fsync, until a repair.
     failure: parking_lot::Mutex<Option<String>>,
+    /// How long the fsyncs that made something durable took.
+    fsyncs: crate::fsync_times::FsyncTimes,
 }
 
 impl Marks {
@@ -690,6 +692,7 @@ impl LogReader {
                 .map(|s| (s.file.clone(), s.path.clone()))
         };
         if let Some((file, path)) = file {
+            let started = std::time::Instant::now();
             let synced = faults::check(self.name, "fsync")
                 .and_then(|()| file.sync_data())
                 .map_err(io("fsync", &path));
@@ -697,9 +700,15 @@ impl LogReader {
                 self.marks.fail(&e);
                 return Err(e);
             }
+            self.marks.fsyncs.record(started.elapsed());
         }
         self.marks.synced.fetch_max(target, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// How long this log's fsyncs have taken since it was opened.
+    pub fn fsync_times(&self) -> crate::FsyncSnapshot {
+        self.marks.fsyncs.snapshot()
     }
 
     /// Makes the log durable at least up to `end`; callers arriving while another one fsyncs

@@ -472,6 +472,11 @@ impl ConsumerSide {
         }
     }
 
+    /// How long the action log's fsyncs have taken.
+    pub(crate) fn fsync_times(&self) -> crate::FsyncSnapshot {
+        self.action_reader.fsync_times()
+    }
+
     /// fsyncs the action log (the async flusher calls this); nothing to do while the log
     /// awaits a repair (its next write does it).
     pub(crate) fn sync_actions(&self) -> Result<()> {

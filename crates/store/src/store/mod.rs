@@ -424,6 +424,15 @@ impl Store {
         }
     }
 
+    /// How long the fsyncs of the message or the action log have taken since the store opened
+    /// (exported by the broker as `qmq_store_flush_seconds`).
+    pub fn fsync_times(&self, log: crate::LogStream) -> crate::FsyncSnapshot {
+        match log {
+            crate::LogStream::Message => self.inner.message_reader.fsync_times(),
+            crate::LogStream::Action => self.inner.consumers.fsync_times(),
+        }
+    }
+
     /// Makes every message appended so far durable now (one fsync of the message log), whatever
     /// the flush policy. Consume logs and consumer state need no fsync for this: recovery
     /// rebuilds them from the message and action logs.
