@@ -182,7 +182,13 @@ async fn producer_and_consumer_spans_share_one_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_try_injects_its_own_span() {
     provider();
-    let (b, _dir) = broker().await;
+    // Without the broker's duplicate window, so that both tries' copies are stored and each
+    // shows the context its try wrote.
+    let (b, _dir) = broker_with(|c| {
+        c.retry_delay = Duration::ZERO;
+        c.dedup_window = Duration::ZERO;
+    })
+    .await;
     let proxy = lossy_proxy(addr(&b)).await;
     let producer = Producer::new(
         Arc::new(StaticRouter::new([proxy])),
