@@ -14,17 +14,6 @@ use qmq_protocol::ProducerCode;
 mod common;
 use common::{metrics_addr, scrape, Proc};
 
-/// A free loopback port whose successor is free too (broker and delay server ports).
-fn free_port() -> u16 {
-    loop {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// Starts `qmq standalone` on `dir` (broker on `port`, delay server on the next) and waits
 /// for its "ready" line.
 fn start(dir: &std::path::Path, port: u16) -> Child {
@@ -135,7 +124,7 @@ async fn stored_until(addr: &str, subject: &str, end: &str) -> Vec<String> {
 #[tokio::test]
 async fn ids_acknowledged_before_a_kill_9_are_duplicates_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port_pair();
     let addr = format!("127.0.0.1:{port}");
     let mut server = start(dir.path(), port);
     let sent = messages("dedup.k9", 300);
@@ -212,7 +201,7 @@ async fn a_delay_server_killed_mid_dispatch_stores_nothing_twice() {
     const N: usize = 10_000;
     const SUBJECT: &str = "dedup.spike";
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port_pair();
     let (broker, delay) = (
         format!("127.0.0.1:{port}"),
         format!("127.0.0.1:{}", port + 1),

@@ -1,22 +1,13 @@
 //! The `qmq` executable as a user runs it: start, send, kill -9 or SIGTERM, restart, consume.
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use qmq_client::{new_message, send_batch, Connection, PullConsumer};
-
-/// A free loopback port whose successor is free too (broker and delay server ports).
-fn free_port() -> u16 {
-    loop {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
 
 /// Starts `qmq standalone` and waits for its "ready" line.
 fn start(dir: &std::path::Path, port: u16) -> Child {
@@ -105,7 +96,7 @@ async fn drain(addr: &str, subject: &str, group: &str, expect: usize) -> Vec<usi
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port_pair();
     let addr = format!("127.0.0.1:{port}");
     let mut server = start(dir.path(), port);
     send_n(&addr, "k9", 0..500).await;
@@ -122,10 +113,10 @@ async fn kill_9_loses_no_acknowledged_message() {
 #[tokio::test]
 async fn a_second_process_on_the_same_data_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port_pair();
     let addr = format!("127.0.0.1:{port}");
     let mut server = start(dir.path(), port);
-    let second = standalone(dir.path(), free_port())
+    let second = standalone(dir.path(), common::free_port_pair())
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
@@ -156,7 +147,7 @@ fn sigterm_exits_0(server: &mut Child) {
 #[tokio::test]
 async fn sigterm_checkpoints_and_a_restart_resumes_the_group() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port_pair();
     let addr = format!("127.0.0.1:{port}");
     let mut server = start(dir.path(), port);
     send_n(&addr, "st", 0..100).await;
@@ -182,7 +173,7 @@ async fn sigterm_checkpoints_and_a_restart_resumes_the_group() {
 #[tokio::test]
 async fn over_long_names_from_clients_never_brick_the_broker() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port_pair();
     let addr = format!("127.0.0.1:{port}");
     let subjects = ["q".repeat(256), "主".repeat(100)];
     let group = "g".repeat(300);
@@ -265,7 +256,7 @@ async fn a_client_finds_the_broker_through_the_meta_server_as_the_java_client_do
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port_pair();
     let (mut server, line) = start_with_line(dir.path(), port);
     // 1. Discovery over HTTP, as the Java client: GET /meta/address answers host:port.
     let http = field(&line, "http");
@@ -327,7 +318,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(
 #[tokio::test]
 async fn admin_tools_need_a_token_and_readonly_and_reset_reach_the_broker() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port_pair();
     let addr = format!("127.0.0.1:{port}");
     let (mut server, line) = start_with_line(dir.path(), port);
     let http = field(&line, "http");
@@ -407,7 +398,7 @@ async fn admin_tools_need_a_token_and_readonly_and_reset_reach_the_broker() {
 #[tokio::test]
 async fn a_delay_message_is_routed_to_the_delay_server_and_delivered_when_due() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port_pair();
     let addr = format!("127.0.0.1:{port}");
     let (mut server, line) = start_with_line(dir.path(), port);
     // Delay producers are routed to the delay server, as the Java client would be.
@@ -452,7 +443,7 @@ async fn a_failed_message_comes_back_through_the_delay_server_after_its_retry_de
     use std::time::Instant;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port_pair();
     let addr = format!("127.0.0.1:{port}");
     let (mut server, line) = start_with_line(dir.path(), port);
     let http = field(&line, "http");
@@ -548,7 +539,7 @@ async fn standalone_refuses_registrations_without_its_secret() {
     use qmq_protocol::BrokerRequestType;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port_pair();
     let addr = format!("127.0.0.1:{port}");
     let (mut server, line) = start_with_line(dir.path(), port);
     let meta_tcp = field(&line, "tcp");
@@ -633,9 +624,9 @@ async fn a_broker_registers_with_the_cluster_secret_flag() {
         .0
     };
     // A broker with the wrong secret is refused: no route appears.
-    let mut wrong = broker("wrong", free_port(), "guess");
+    let mut wrong = broker("wrong", common::free_port_pair(), "guess");
     // A broker with the secret registers and becomes the route.
-    let port = free_port();
+    let port = common::free_port_pair();
     let mut right = broker("right", port, "s3cret");
     eventually(Duration::from_secs(20), || async {
         route_len(&meta_tcp, "flag").await == 1
@@ -660,7 +651,7 @@ fn qmq(args: &[&str]) -> std::process::Output {
 #[tokio::test]
 async fn send_and_consume_find_the_broker_through_the_meta_server() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port_pair();
     let addr = format!("127.0.0.1:{port}");
     let (mut server, line) = start_with_line(dir.path(), port);
     let http = field(&line, "http");

@@ -29,6 +29,16 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A free loopback port whose successor is free too (a standalone's broker and delay server).
+pub fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// The `qmq` executable under test.
 pub fn qmq() -> Command {
     Command::new(env!("CARGO_BIN_EXE_qmq"))
