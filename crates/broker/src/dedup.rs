@@ -274,12 +274,13 @@ impl DedupWindow {
         batch: &[(&'a str, &'a str)],
         now_ms: impl Fn() -> u64,
     ) -> (Vec<Admission>, Reservation) {
+        // Hashed once: a batch that waits for another's outcome looks again with the same keys.
+        let keys: Vec<Option<Key>> = batch
+            .iter()
+            .map(|(subject, id)| (!exempt(subject)).then(|| self.key(subject, id)))
+            .collect();
         loop {
             let mut waiting: Option<Outcome> = None;
-            let keys: Vec<Option<Key>> = batch
-                .iter()
-                .map(|(subject, id)| (!exempt(subject)).then(|| self.key(subject, id)))
-                .collect();
             {
                 let mut s = self.state.lock();
                 self.expire(&mut s, now_ms());
