@@ -53,6 +53,10 @@ struct Args {
     /// every second (system `qmq-rs+metrics`): what metrics cost.
     #[arg(long)]
     with_metrics: bool,
+    /// Also run every workload against a second qmq-rs server with the duplicate window off
+    /// (system `qmq-rs-nodedup`): what the window costs.
+    #[arg(long)]
+    without_dedup: bool,
 }
 
 /// One measured line.
@@ -65,6 +69,8 @@ struct Row {
     msgs_per_sec: f64,
     mb_per_sec: f64,
     latency_ms: Option<(f64, f64, f64, f64)>,
+    /// CPU seconds the qmq-rs server used per million messages of the row (qmq-rs only).
+    server_cpu_s_per_m: Option<f64>,
 }
 
 #[tokio::main]
@@ -82,10 +88,19 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let data = tempfile::tempdir().context("temp dir for the qmq-rs server")?;
-    let qmq = server::QmqServer::start(data.path(), false).context("starting qmq standalone")?;
+    let qmq =
+        server::QmqServer::start(data.path(), false, &[]).context("starting qmq standalone")?;
+    let without_dedup = if args.without_dedup {
+        let data = tempfile::tempdir().context("temp dir for the qmq-rs server without dedup")?;
+        let server = server::QmqServer::start(data.path(), false, &["--dedup-window-secs", "0"])
+            .context("starting qmq standalone without the duplicate window")?;
+        Some((data, server))
+    } else {
+        None
+    };
     let with_metrics = if args.with_metrics {
         let data = tempfile::tempdir().context("temp dir for the qmq-rs server with metrics")?;
-        let server = server::QmqServer::start(data.path(), true)
+        let server = server::QmqServer::start(data.path(), true, &[])
             .context("starting qmq standalone with metrics")?;
         let scraper = tokio::spawn(scrape_every_second(server.metrics.clone()));
         Some((data, server, scraper))
@@ -97,17 +112,22 @@ async fn main() -> anyhow::Result<()> {
         qmq_metrics: with_metrics
             .as_ref()
             .map_or(String::new(), |(_, s, _)| s.addr.clone()),
+        qmq_nodedup: without_dedup
+            .as_ref()
+            .map_or(String::new(), |(_, s)| s.addr.clone()),
         nats: args.nats.clone(),
         rabbit: args.rabbit.clone(),
     };
     let systems: Vec<System> = [
         System::Qmq,
         System::QmqMetrics,
+        System::QmqNoDedup,
         System::Nats,
         System::Rabbit,
     ]
     .into_iter()
     .filter(|s| *s != System::QmqMetrics || args.with_metrics)
+    .filter(|s| *s != System::QmqNoDedup || args.without_dedup)
     .filter(|s| args.only.is_empty() || args.only.iter().any(|o| s.name().starts_with(o.as_str())))
     .collect();
     let scale = if args.quick { 1 } else { 10 };
@@ -118,6 +138,14 @@ async fn main() -> anyhow::Result<()> {
         format!("bench_{}_{w}_{run}", std::process::id())
     };
 
+    // The qmq-rs server process behind a system, for its CPU time per row.
+    let server_of = |system: System| match system {
+        System::Qmq => Some(&qmq),
+        System::QmqMetrics => with_metrics.as_ref().map(|(_, s, _)| s),
+        System::QmqNoDedup => without_dedup.as_ref().map(|(_, s)| s),
+        System::Nats | System::Rabbit => None,
+    };
+    let cpu_of = |system: System| server_of(system).and_then(server::QmqServer::cpu_seconds);
     let wants = |w: &str| args.workloads.is_empty() || args.workloads.iter().any(|x| x == w);
     // Throughput: produce only, then produce + consume together.
     for size in [100usize, 1024].into_iter().filter(|_| wants("throughput")) {
@@ -130,10 +158,12 @@ async fn main() -> anyhow::Result<()> {
             };
             for &system in &systems {
                 let n = name("tp");
+                let cpu = cpu_of(system);
                 let r = throughput(
                     system, &ep, &n, count, size, producers, consumers, &workload,
                 )
                 .await;
+                let r = with_cpu(r, cpu, cpu_of(system));
                 systems::cleanup(system, &ep, &n).await;
                 rows.push(r.with_context(|| format!("{workload} on {}", system.name()))?);
             }
@@ -143,7 +173,9 @@ async fn main() -> anyhow::Result<()> {
     let secs = if args.quick { 3 } else { 15 };
     for &system in systems.iter().filter(|_| wants("latency")) {
         let n = name("lat");
+        let cpu = cpu_of(system);
         let r = latency(system, &ep, &n, args.rate, secs).await;
+        let r = with_cpu(r, cpu, cpu_of(system));
         systems::cleanup(system, &ep, &n).await;
         rows.push(r.with_context(|| format!("latency on {}", system.name()))?);
     }
@@ -152,13 +184,14 @@ async fn main() -> anyhow::Result<()> {
     for consumers in [1usize, 2, 4].into_iter().filter(|_| wants("drain")) {
         for &system in &systems {
             let n = name("drain");
-            let r = drain(system, &ep, &n, backlog, consumers).await;
+            let r = drain(system, &ep, &n, backlog, consumers, cpu_of).await;
             systems::cleanup(system, &ep, &n).await;
             rows.push(r.with_context(|| format!("drain on {}", system.name()))?);
         }
     }
     let rss = qmq.peak_rss_kib();
     drop(qmq);
+    drop(without_dedup);
     if let Some((_, _, scraper)) = with_metrics {
         scraper.abort();
     }
@@ -338,6 +371,7 @@ async fn drain(
     name: &str,
     backlog: usize,
     consumers: usize,
+    cpu_of: impl Fn(System) -> Option<f64>,
 ) -> anyhow::Result<Row> {
     systems::prepare(system, ep, name).await?;
     let workload = format!("drain {backlog} x{consumers}c");
@@ -357,6 +391,7 @@ async fn drain(
     pb.finish_and_clear();
     let total = backlog / 4 * 4;
     let pb = bar(total as u64, &format!("{workload} {}", system.name()));
+    let cpu = cpu_of(system);
     let start = Instant::now();
     let mut tasks = Tasks::new();
     let run = Run {
@@ -368,14 +403,21 @@ async fn drain(
     let finished = run.spawn_group(&mut tasks, consumers, total, None);
     join(tasks).await?;
     pb.finish_and_clear();
-    Ok(row(
-        &workload,
-        system,
-        total,
-        100,
-        took(start, &finished),
-        None,
-    ))
+    let r = row(&workload, system, total, 100, took(start, &finished), None);
+    with_cpu(Ok(r), cpu, cpu_of(system))
+}
+
+/// Sets a row's server CPU per million messages from the server's CPU time before and after.
+fn with_cpu(
+    row: anyhow::Result<Row>,
+    before: Option<f64>,
+    after: Option<f64>,
+) -> anyhow::Result<Row> {
+    let mut row = row?;
+    if let (Some(b), Some(a)) = (before, after) {
+        row.server_cpu_s_per_m = Some((a - b) / row.messages.max(1) as f64 * 1e6);
+    }
+    Ok(row)
 }
 
 /// Time from `start` to the last message consumed (or to now, when nothing consumed).
@@ -402,13 +444,14 @@ fn row(
         msgs_per_sec: messages as f64 / s,
         mb_per_sec: (messages * size) as f64 / s / 1e6,
         latency_ms,
+        server_cpu_s_per_m: None,
     }
 }
 
 fn print_table(rows: &[Row], systems: &[System], rss: Option<u64>) {
     println!(
-        "{:<34} {:<15} {:>10} {:>12} {:>9} {:>9}  latency ms p50/p99/p99.9/max",
-        "workload", "system", "messages", "msgs/s", "MB/s", "vs qmq"
+        "{:<34} {:<15} {:>10} {:>12} {:>9} {:>9} {:>9}  latency ms p50/p99/p99.9/max",
+        "workload", "system", "messages", "msgs/s", "MB/s", "vs qmq", "cpu s/M"
     );
     for r in rows {
         let base = rows
@@ -419,18 +462,25 @@ fn print_table(rows: &[Row], systems: &[System], rss: Option<u64>) {
         let lat = r.latency_ms.map_or(String::new(), |(a, b, c, d)| {
             format!("{a:.2}/{b:.2}/{c:.2}/{d:.2}")
         });
+        let cpu = r
+            .server_cpu_s_per_m
+            .map_or("-".to_owned(), |c| format!("{c:.2}"));
         println!(
-            "{:<34} {:<15} {:>10} {:>12.0} {:>9.1} {:>9}  {}",
+            "{:<34} {:<15} {:>10} {:>12.0} {:>9.1} {:>9} {:>9}  {}",
             r.workload,
             r.system.name(),
             r.messages,
             r.msgs_per_sec,
             r.mb_per_sec,
             ratio,
+            cpu,
             lat
         );
     }
     println!("\n\"vs qmq\" is the system's rate divided by qmq-rs's (below 1: qmq-rs is faster).");
+    println!(
+        "\"cpu s/M\" is the qmq-rs server's CPU time (user + system) per million messages of the row."
+    );
     println!("durability:");
     for s in systems {
         println!("  {:<15} {}", s.name(), s.durability());

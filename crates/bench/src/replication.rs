@@ -360,6 +360,7 @@ async fn produce_row(
     let ep = Endpoints {
         qmq: master.addr(),
         qmq_metrics: String::new(),
+        qmq_nodedup: String::new(),
         nats: String::new(),
         rabbit: String::new(),
     };

@@ -26,8 +26,8 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl QmqServer {
     /// Starts `qmq standalone` (the executable next to this one) with data under `dir`, with
-    /// `--metrics-listen` on a free port if `metrics`.
-    pub fn start(dir: &Path, metrics: bool) -> anyhow::Result<Self> {
+    /// `--metrics-listen` on a free port if `metrics`, and `extra` arguments.
+    pub fn start(dir: &Path, metrics: bool, extra: &[&str]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?
             .parent()
             .context("executable directory")?
@@ -57,6 +57,7 @@ impl QmqServer {
             ])
             .arg("--data-dir")
             .arg(dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -94,6 +95,24 @@ impl QmqServer {
             .parse()
             .ok()
     }
+
+    /// CPU time the server has used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.child.id())
+    }
+}
+
+/// CPU time (user + system) process `pid` has used, in seconds, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3;
+    // utime and stime are fields 14 and 15.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let ticks = rustix::param::clock_ticks_per_second();
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
 impl Drop for QmqServer {

@@ -29,6 +29,9 @@ pub enum System {
     /// A second qmq-rs standalone with `--metrics-listen`, scraped every second: what metrics
     /// cost (`--with-metrics`).
     QmqMetrics,
+    /// A second qmq-rs standalone with the duplicate window off (`--dedup-window-secs 0`):
+    /// what the window costs (`--without-dedup`).
+    QmqNoDedup,
     /// NATS JetStream.
     Nats,
     /// RabbitMQ.
@@ -41,6 +44,7 @@ impl System {
         match self {
             Self::Qmq => "qmq-rs",
             Self::QmqMetrics => "qmq-rs+metrics",
+            Self::QmqNoDedup => "qmq-rs-nodedup",
             Self::Nats => "nats-jetstream",
             Self::Rabbit => "rabbitmq",
         }
@@ -51,6 +55,7 @@ impl System {
         match self {
             Self::Qmq => "ack after write to OS, fsync every 10 ms (--flush async)",
             Self::QmqMetrics => "as qmq-rs; --metrics-listen, /metrics scraped every second",
+            Self::QmqNoDedup => "as qmq-rs; duplicate window off (--dedup-window-secs 0)",
             Self::Nats => {
                 "file storage, ack after write to OS, server fsync interval (default 2 min)"
             }
@@ -66,6 +71,9 @@ pub struct Endpoints {
     pub qmq: String,
     /// The broker address of the qmq-rs server with metrics on (empty: not started).
     pub qmq_metrics: String,
+    /// The broker address of the qmq-rs server with the duplicate window off (empty: not
+    /// started).
+    pub qmq_nodedup: String,
     /// NATS URL.
     pub nats: String,
     /// RabbitMQ URL.
@@ -75,10 +83,10 @@ pub struct Endpoints {
 impl Endpoints {
     /// The broker address of a qmq-rs `system`.
     fn qmq_of(&self, system: System) -> &str {
-        if system == System::QmqMetrics {
-            &self.qmq_metrics
-        } else {
-            &self.qmq
+        match system {
+            System::QmqMetrics => &self.qmq_metrics,
+            System::QmqNoDedup => &self.qmq_nodedup,
+            _ => &self.qmq,
         }
     }
 }
@@ -107,7 +115,7 @@ pub fn sent_at(body: &[u8]) -> u64 {
 /// Sets up a fresh topic / subject / queue named `name` (and its consumer group).
 pub async fn prepare(system: System, ep: &Endpoints, name: &str) -> anyhow::Result<()> {
     match system {
-        System::Qmq | System::QmqMetrics => Ok(()),
+        System::Qmq | System::QmqMetrics | System::QmqNoDedup => Ok(()),
         System::Nats => {
             let client = async_nats::connect(&ep.nats).await?;
             let js = async_nats::jetstream::new(client);
@@ -155,7 +163,7 @@ pub async fn prepare(system: System, ep: &Endpoints, name: &str) -> anyhow::Resu
 /// Removes what [`prepare`] made.
 pub async fn cleanup(system: System, ep: &Endpoints, name: &str) {
     match system {
-        System::Qmq | System::QmqMetrics => {}
+        System::Qmq | System::QmqMetrics | System::QmqNoDedup => {}
         System::Nats => {
             if let Ok(client) = async_nats::connect(&ep.nats).await {
                 let _ = async_nats::jetstream::new(client).delete_stream(name).await;
@@ -191,7 +199,7 @@ pub async fn produce(
 ) -> anyhow::Result<()> {
     let pace = Pacer::new(rate);
     match system {
-        System::Qmq | System::QmqMetrics => {
+        System::Qmq | System::QmqMetrics | System::QmqNoDedup => {
             let conn = qmq_client::Connection::connect(ep.qmq_of(system)).await?;
             let batch = if rate.is_some() { 1 } else { QMQ_BATCH };
             let mut in_flight = FuturesUnordered::new();
@@ -329,7 +337,7 @@ pub async fn consume(
         }
     };
     match system {
-        System::Qmq | System::QmqMetrics => {
+        System::Qmq | System::QmqMetrics | System::QmqNoDedup => {
             let conn = qmq_client::Connection::connect(ep.qmq_of(system)).await?;
             // Like the peers' queues, the group reads what is already stored (QMQ's default
             // start for a new group is the latest message).

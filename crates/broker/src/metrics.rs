@@ -106,6 +106,7 @@ struct Replication {
 pub struct BrokerMetrics {
     received: Family<SubjectLabels, Counter>,
     send_failed: Family<FailLabels, Counter>,
+    duplicates: Family<SubjectLabels, Counter>,
     invalid_frames: Counter,
     pulled: Family<GroupLabels, Counter>,
     acked: Family<GroupLabels, Counter>,
@@ -136,6 +137,7 @@ impl BrokerMetrics {
         let m = Arc::new(Self {
             received: Family::default(),
             send_failed: Family::default(),
+            duplicates: Family::default(),
             invalid_frames: Counter::default(),
             pulled: Family::default(),
             acked: Family::default(),
@@ -157,6 +159,12 @@ impl BrokerMetrics {
             "qmq_send_failed",
             "Messages refused to producers, per subject and reason",
             m.send_failed.clone(),
+        );
+        r.register(
+            "qmq_send_duplicates",
+            "Messages answered DUPLICATE and not stored again: their (subject, id) was stored \
+             within the duplicate window, per subject",
+            m.duplicates.clone(),
         );
         r.register(
             "qmq_send_invalid_frames",
@@ -251,6 +259,15 @@ impl BrokerMetrics {
                 reason: reason.as_str(),
             })
             .inc_by(n);
+    }
+
+    /// A message of `subject` answered DUPLICATE (already stored within the duplicate window).
+    pub(crate) fn duplicate(&self, subject: &str) {
+        self.duplicates
+            .get_or_create(&SubjectLabels {
+                subject: subject.to_owned(),
+            })
+            .inc();
     }
 
     /// `n` messages stored under `subject`: received, or retry or dead letters by the

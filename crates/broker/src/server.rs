@@ -660,8 +660,17 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
     } else {
         accepted.iter().map(|(id, _, _, _)| id.clone()).collect()
     };
-    let (reservation, dropped) =
-        dedup::filter(shared.dedup.as_ref(), &mut accepted, &mut failures).await;
+    let (reservation, dropped) = dedup::filter(
+        shared.dedup.as_ref(),
+        &mut accepted,
+        &mut failures,
+        |subject| {
+            if let Some(m) = &shared.metrics {
+                m.duplicate(subject);
+            }
+        },
+    )
+    .await;
     if dropped > 0 && !traces.is_empty() {
         traces = realign_traces(traces, &traced_ids, &accepted);
     }

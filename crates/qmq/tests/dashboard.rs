@@ -51,13 +51,19 @@ async fn every_metric_the_dashboard_queries_exists() {
     let (_server, metrics, ready) = standalone_with_metrics(dir.path(), &broker, &[]);
 
     // Traffic that gives every labelled family a series: a stored message, one sent to retry and
-    // one to dead letters, a refused one, a pull and its ack, a delayed message delivered.
+    // one to dead letters, one sent twice (a duplicate), a refused one, a pull and its ack, a delayed message delivered.
     let conn = Connection::connect(&broker).await.unwrap();
     for subject in ["dash", "%RETRY%dash%g", "%DEAD_RETRY%dash%g"] {
         let r = send_batch(&conn, &[new_message(subject)], Duration::from_secs(10))
             .await
             .unwrap();
         r[0].as_ref().unwrap();
+    }
+    let twice = new_message("dash.twice");
+    for _ in 0..2 {
+        send_batch(&conn, std::slice::from_ref(&twice), Duration::from_secs(10))
+            .await
+            .unwrap();
     }
     let refused = send_batch(
         &conn,

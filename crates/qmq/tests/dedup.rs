@@ -251,7 +251,8 @@ async fn a_delay_server_killed_mid_dispatch_stores_nothing_twice() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let redispatched = metric_sum(&metrics, "qmq_delay_dispatched_messages").await;
-    eprintln!("{redispatched} dispatched after the restart");
+    let duplicates = metric_sum(&metrics, "qmq_send_duplicates").await;
+    eprintln!("{redispatched} dispatched after the restart, {duplicates} answered DUPLICATE");
     assert_eq!(send_codes(&broker, &[spike_end()]).await, [0]);
     let got = stored_until(&broker, SUBJECT, "end").await;
     let mut bodies: Vec<usize> = got.iter().map(|b| b.parse().unwrap()).collect();
@@ -315,6 +316,8 @@ async fn redispatch_after_a_crash(window: Duration, n: usize) -> (u64, usize) {
     let mut config = qmq_broker::BrokerConfig::new(store);
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.dedup_window = window;
+    let registry = qmq_metrics::Registry::new();
+    config.metrics = Some(qmq_broker::BrokerMetrics::new(&registry));
     let broker = qmq_broker::serve(config).await.unwrap();
     let addr = broker.addr().to_string();
     let delay_config = || DelayConfig {
@@ -374,6 +377,24 @@ async fn redispatch_after_a_crash(window: Duration, n: usize) -> (u64, usize) {
     engine.shutdown().await.unwrap();
     let stored = broker.store().subject_len(SUBJECT);
     broker.shutdown().await.unwrap();
+    // The broker counted what it answered DUPLICATE.
+    let text = registry.encode().unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let duplicates: f64 = scrape
+        .samples
+        .iter()
+        .filter(|x| x.metric == "qmq_send_duplicates_total")
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    // Every message offered again was either stored again or answered DUPLICATE.
+    assert_eq!(
+        duplicates as u64 + stored,
+        (n + batch) as u64,
+        "{duplicates}"
+    );
     (stored, batch)
 }
 
