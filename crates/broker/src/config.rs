@@ -70,7 +70,7 @@ pub struct BrokerConfig {
     /// off. Default 2 minutes (JetStream's duplicate window).
     pub dedup_window: Duration,
     /// Most ids the duplicate window holds across all subjects (oldest evicted first); about
-    /// 70 bytes each. Default 1,000,000 (about 70 MB when full).
+    /// 72 bytes each at most. Default 1,000,000 (at most about 72 MB).
     pub dedup_window_max_ids: usize,
     /// Where the broker records its metrics (None: it records none). Give every run of a
     /// process's broker the same one: it is registered once.

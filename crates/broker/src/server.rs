@@ -684,7 +684,7 @@ async fn handle_send(shared: &Shared, frame: &Frame) -> Frame {
         match appended {
             Ok(placed) => {
                 if let Some(r) = reservation {
-                    r.commit(dedup::now_ms());
+                    r.commit();
                 }
                 for (cx, p) in traces.iter().zip(&placed) {
                     if let Some(cx) = cx {

@@ -73,7 +73,7 @@ pub struct BrokerArgs {
     #[arg(long, default_value_t = 120)]
     dedup_window_secs: u64,
     /// Most message ids the duplicate window holds across subjects (oldest evicted first;
-    /// about 70 bytes each).
+    /// at most about 72 bytes each).
     #[arg(long, default_value_t = 1_000_000)]
     dedup_window_max_ids: usize,
     /// Address to serve Prometheus metrics on (`GET /metrics`); none unless given. `standalone`
