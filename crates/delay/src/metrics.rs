@@ -128,6 +128,9 @@ pub(crate) trait BacklogSource: Send + Sync {
     fn backlog(&self) -> Backlog;
     /// The message log's end (for the slave's lag).
     fn wal_end(&self) -> u64;
+    /// Damaged records met so far, and damaged schedule records rebuilt from the message log
+    /// (see [`crate::DelayStats`]).
+    fn damage(&self) -> (u64, u64);
 }
 
 /// What the scrape-time collector reads.
@@ -328,6 +331,21 @@ impl Collector for StateCollector {
                 ConstGauge::new(as_gauge(n))
                     .encode(family.encode_family(&[("within", *within)])?)?;
             }
+            drop(family);
+            let (damaged, repaired) = engine.damage();
+            counter(
+                &mut encoder,
+                "qmq_delay_damaged_records",
+                "Damaged records met by the delay engine since it opened (a damaged schedule \
+                 record the message log could not rebuild is never delivered)",
+                damaged,
+            )?;
+            counter(
+                &mut encoder,
+                "qmq_delay_repaired_records",
+                "Damaged schedule records rebuilt from the message log since the engine opened",
+                repaired,
+            )?;
         }
         let replication = self.observed.replication.lock();
         let Some(r) = replication.as_ref() else {
