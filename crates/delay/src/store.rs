@@ -604,9 +604,9 @@ impl Store {
         }
     }
 
-    /// A [`LoadJob`]'s entries are all in the wheel: counts what it found dispatched and
-    /// damaged.
-    pub fn finish_load(&mut self, start: i64, dispatched: u64, damaged: u64) {
+    /// Counts what a [`LoadJob`] found dispatched and damaged (before its entries go into the
+    /// wheel with [`Self::insert_loaded`]).
+    pub fn count_load(&mut self, start: i64, dispatched: u64, damaged: u64) {
         self.damaged += damaged;
         if let Some(b) = self.buckets.get_mut(&start) {
             b.dispatched += dispatched;

@@ -47,13 +47,14 @@ impl Inner {
             }
         };
         let n = loaded.entries.len();
+        // Counted before any entry can fire: damage is on record before the bucket dispatches.
+        self.store
+            .lock()
+            .count_load(start, loaded.dispatched, loaded.damaged);
         for part in loaded.entries.chunks(INSERT_CHUNK) {
             self.store.lock().insert_loaded(start, part);
             self.wake.notify_one();
         }
-        self.store
-            .lock()
-            .finish_load(start, loaded.dispatched, loaded.damaged);
         tracing::debug!(bucket = start, entries = n, "bucket loaded into the wheel");
         Ok(())
     }
