@@ -46,12 +46,16 @@ pub struct Bucket {
     pub records: u64,
     /// Message-log offset of the last record.
     pub last_wal: Option<u64>,
-    /// Distinct records the dispatcher accepted.
+    /// Distinct records the dispatcher accepted: exact once the bucket is loaded (or settled);
+    /// before that, what the checkpoint knew (a lower bound).
     pub dispatched: u64,
     /// Whether the bucket's records are in the wheel (new ones go straight in).
     pub loaded: bool,
     /// Entries of this bucket in the wheel or being dispatched.
     pub pending: u64,
+    /// Of `dispatched`, those whose dispatch record could not be written (the append failed):
+    /// a checkpoint does not count them, so a restart loads the bucket and offers them again.
+    unrecorded: u64,
     /// Schedule-log handles that wrote since the last flush.
     unsynced: Vec<Arc<File>>,
     /// Dispatch-log handles that wrote since the last flush.
@@ -88,6 +92,8 @@ pub struct LoadJob {
     records: u64,
     /// Message-log offset of the last record in those bytes.
     last_wal: Option<u64>,
+    /// The bucket's dispatched count when its load began (see [`Store::count_load`]).
+    base: u64,
 }
 
 /// What a [`LoadJob`] read.
@@ -124,6 +130,7 @@ struct LoadPart {
     len: u64,
     records: u64,
     last_wal: Option<u64>,
+    base: u64,
 }
 
 /// Everything a flush must fsync and persist, taken under the lock and run outside it.
@@ -354,14 +361,7 @@ impl Store {
             end: size,
         };
         let mut frames = FrameReader::new(
-            BufReader::with_capacity(
-                if size - from > 1 << 20 {
-                    1 << 20
-                } else {
-                    64 << 10
-                },
-                reader,
-            ),
+            BufReader::with_capacity((size - from).clamp(4096, 1 << 20) as usize, reader),
             from,
             self.max_payload,
         );
@@ -545,14 +545,16 @@ impl Store {
         let Some(b) = self.buckets.get_mut(&start) else {
             return Ok(None);
         };
-        let (len, records, last_wal) = match reload {
-            Some(part) => (part.len, part.records, part.last_wal),
+        let part = match reload {
+            Some(part) => part,
             None => {
-                // Records dispatched from now on are the ones appended after this point;
-                // the job counts those before it (exactly, from the dispatch log).
-                b.dispatched = 0;
                 b.loaded = true;
-                (b.len, b.records, b.last_wal)
+                LoadPart {
+                    len: b.len,
+                    records: b.records,
+                    last_wal: b.last_wal,
+                    base: b.dispatched,
+                }
             }
         };
         Ok(Some(LoadJob {
@@ -560,9 +562,10 @@ impl Store {
             file,
             sched_path: sched_path(&self.sched_dir, start),
             disp_path: disp_path(&self.disp_dir, start),
-            len,
-            records,
-            last_wal,
+            len: part.len,
+            records: part.records,
+            last_wal: part.last_wal,
+            base: part.base,
         }))
     }
 
@@ -589,6 +592,7 @@ impl Store {
                 len: job.len,
                 records: job.records,
                 last_wal: job.last_wal,
+                base: job.base,
             },
         );
     }
@@ -605,11 +609,13 @@ impl Store {
     }
 
     /// Counts what a [`LoadJob`] found dispatched and damaged (before its entries go into the
-    /// wheel with [`Self::insert_loaded`]).
-    pub fn count_load(&mut self, start: i64, dispatched: u64, damaged: u64) {
-        self.damaged += damaged;
-        if let Some(b) = self.buckets.get_mut(&start) {
-            b.dispatched += dispatched;
+    /// wheel with [`Self::insert_loaded`]). The bucket's count becomes exact: what the job
+    /// found recorded before `len`, plus what was dispatched since the load began (records
+    /// appended after it, at `len` or later); the lower bound it had until then is dropped.
+    pub fn count_load(&mut self, job: &LoadJob, loaded: &Loaded) {
+        self.damaged += loaded.damaged;
+        if let Some(b) = self.buckets.get_mut(&job.bucket_start) {
+            b.dispatched = b.dispatched.saturating_sub(job.base) + loaded.dispatched;
         }
     }
 
@@ -650,6 +656,9 @@ impl Store {
                         }
                         Err(e) => {
                             tracing::error!(file = %path.display(), error = %e, "cannot open dispatch log; these messages may be delivered again after a restart");
+                            if let Some(b) = self.buckets.get_mut(&start) {
+                                b.unrecorded += n;
+                            }
                             continue;
                         }
                     }
@@ -673,6 +682,9 @@ impl Store {
                 }
                 Err(e) => {
                     self.dispatch_handles.remove(&start);
+                    if let Some(b) = self.buckets.get_mut(&start) {
+                        b.unrecorded += n;
+                    }
                     tracing::error!(file = %path.display(), error = %e, "dispatch log append failed; these messages may be delivered again after a restart");
                 }
             }
@@ -717,7 +729,7 @@ impl Store {
                     last_wal: b.last_wal,
                     // Every dispatch record counted here was written through a handle this
                     // flush fsyncs (or an earlier one did) before the checkpoint is written.
-                    dispatched: b.dispatched.min(b.records),
+                    dispatched: b.dispatched.saturating_sub(b.unrecorded).min(b.records),
                 },
             );
         }

@@ -48,9 +48,7 @@ impl Inner {
         };
         let n = loaded.entries.len();
         // Counted before any entry can fire: damage is on record before the bucket dispatches.
-        self.store
-            .lock()
-            .count_load(start, loaded.dispatched, loaded.damaged);
+        self.store.lock().count_load(&job, &loaded);
         for part in loaded.entries.chunks(INSERT_CHUNK) {
             self.store.lock().insert_loaded(start, part);
             self.wake.notify_one();
@@ -69,19 +67,25 @@ impl Inner {
             return Ok(loaded);
         };
         let file = job.sched_path().display().to_string();
+        let mut loaded = loaded;
+        let mut damage = damage;
         if let Some(bytes) = self.rebuild(job, &damage)? {
             job.rewrite(damage.at, &bytes)?;
             let again = job.run(scale, max)?;
-            if again.damage.is_none() {
-                tracing::warn!(
-                    file,
-                    at = damage.at,
-                    records = damage.unread,
-                    damage = ?damage.damage,
-                    "damaged schedule records rebuilt from the message log"
-                );
-                self.store.lock().repaired += damage.unread;
-                return Ok(again);
+            match again.damage.clone() {
+                None => {
+                    tracing::warn!(
+                        file,
+                        at = damage.at,
+                        records = damage.unread,
+                        damage = ?damage.damage,
+                        "damaged schedule records rebuilt from the message log"
+                    );
+                    self.store.lock().repaired += damage.unread;
+                    return Ok(again);
+                }
+                // The rewrite did not hold (the disk keeps damaging it): what it reads now.
+                Some(d) => (loaded, damage) = (again, d),
             }
         }
         tracing::error!(
@@ -89,10 +93,9 @@ impl Inner {
             at = damage.at,
             lost = damage.unread,
             damage = ?damage.damage,
-            "damaged schedule record, and the message log no longer holds the bucket's records \
+            "damaged schedule record, and the message log cannot rebuild the bucket's records \
              from there on: they cannot be delivered (the damaged bytes stay in the file)"
         );
-        let mut loaded = loaded;
         loaded.damaged += damage.unread.max(1);
         Ok(loaded)
     }
