@@ -4,6 +4,11 @@
 //! refused at once for `open_for`; then half-open: one probe request is let through. The
 //! probe's success closes the breaker, its failure opens it again for another `open_for`.
 //! Time is `tokio::time`'s, so tests drive it with a paused clock.
+//!
+//! A producer whose every broker for a subject has its breaker open waits for the first one to
+//! half-open before its next try (see [`crate::ProducerConfig::retry_backoff`]): tries refused
+//! by an open breaker never run out while a broker restarts, so an outage shorter than the
+//! send timeout costs no send.
 
 use std::time::Duration;
 
@@ -69,6 +74,15 @@ impl CircuitBreaker {
             Inner::Open { until } if Instant::now() >= until => BreakerState::HalfOpen,
             Inner::Open { .. } => BreakerState::Open,
             Inner::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// When an open breaker lets its probe through; None when it is not open (closed,
+    /// half-open, or open with its time up).
+    pub fn open_until(&self) -> Option<Instant> {
+        match *self.inner.lock() {
+            Inner::Open { until } if Instant::now() < until => Some(until),
+            _ => None,
         }
     }
 

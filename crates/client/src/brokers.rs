@@ -84,6 +84,23 @@ impl Brokers {
         }
     }
 
+    /// When the first of `subject`'s writable brokers lets a request through again, if every
+    /// one of them has its breaker open now (None otherwise, or when the route cannot be had).
+    pub(crate) async fn reopens_at(
+        &self,
+        subject: &str,
+        client_type: ClientType,
+    ) -> Option<tokio::time::Instant> {
+        let groups = self.router.route(subject, client_type, "").await.ok()?;
+        groups
+            .iter()
+            .filter(|g| g.state.can_write())
+            .map(|g| self.breaker(&g.master).open_until())
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .min()
+    }
+
     /// Sends `messages` (all of `subject`) once, to the next writable broker whose breaker lets
     /// the request through. Returns the broker's address and one outcome per message; an `Err`
     /// means nothing was stored by this try.

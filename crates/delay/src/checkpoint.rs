@@ -3,11 +3,15 @@
 //!
 //! `delay.meta`: `b"QMQDELAY" | u32 version (1) | u32 segment scale in minutes | u32 CRC-32C`.
 //!
-//! `checkpoint`: `b"QDCP" | u32 version (1) | u64 message-log offset | u32 bucket count |
+//! `checkpoint`: `b"QDCP" | u32 version (2) | u64 message-log offset | u32 bucket count |
 //! per bucket: i64 bucket start ms, u64 durable length, u64 records, u64 last message-log
-//! offset (u64::MAX = none) | u32 cleaned count | per cleaned bucket: i64 start, u64 last
-//! message-log offset | u32 CRC-32C of everything before`. Every message-log record
-//! before the offset is in a schedule log whose first `length` bytes were fsynced.
+//! offset (u64::MAX = none), u64 dispatched | u32 cleaned count | per cleaned bucket: i64
+//! start, u64 last message-log offset | u32 CRC-32C of everything before`. Every message-log
+//! record before the offset is in a schedule log whose first `length` bytes were fsynced, and
+//! `dispatched` distinct records of each bucket are in its dispatch log, fsynced before the
+//! checkpoint was written. Version 1 (the same without `dispatched`) is still read, as
+//! "nothing known dispatched": the first restart after an upgrade reads the dispatch logs as
+//! before.
 //!
 //! Checkpoints are generations, `checkpoint.<generation, 20 digits>`, as the broker's store
 //! keeps them: each is written to a temporary file, fsynced, renamed into place and the
@@ -28,7 +32,10 @@ use crate::fsutil::sync_dir;
 
 const META_MAGIC: &[u8; 8] = b"QMQDELAY";
 const CP_MAGIC: &[u8; 4] = b"QDCP";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Bytes per bucket in a version-1 and in a version-2 checkpoint.
+const BUCKET_V1: usize = 32;
+const BUCKET_V2: usize = 40;
 /// Checkpoint generations kept.
 pub const RETAIN: usize = 3;
 const PREFIX: &str = "checkpoint.";
@@ -44,6 +51,10 @@ pub struct DurableBucket {
     pub records: u64,
     /// Message-log offset of the last of them.
     pub last_wal: Option<u64>,
+    /// Distinct records of the bucket recorded in its dispatch log, fsynced before the
+    /// checkpoint was written (0 in a version-1 checkpoint). A bucket whose `dispatched`
+    /// reaches `records` is settled: a restart reads neither of its logs again.
+    pub dispatched: u64,
 }
 
 /// The checkpoint's content.
@@ -184,29 +195,39 @@ impl Checkpoint {
         if crc32c::crc32c(body) != u32::from_be_bytes(crc.try_into().ok()?) {
             return None;
         }
-        if body.get(..4)? != CP_MAGIC || u32::from_be_bytes(body.get(4..8)?.try_into().ok()?) != 1 {
+        if body.get(..4)? != CP_MAGIC {
             return None;
         }
+        let per_bucket = match u32::from_be_bytes(body.get(4..8)?.try_into().ok()?) {
+            1 => BUCKET_V1,
+            2 => BUCKET_V2,
+            _ => return None,
+        };
         let u64_at = |at: usize| -> Option<u64> {
             Some(u64::from_be_bytes(body.get(at..at + 8)?.try_into().ok()?))
         };
         let wal_offset = u64_at(8)?;
         let n = u32::from_be_bytes(body.get(16..20)?.try_into().ok()?) as usize;
-        let cleaned_at = 20usize.checked_add(n.checked_mul(32)?)?;
+        let cleaned_at = 20usize.checked_add(n.checked_mul(per_bucket)?)?;
         let m = u32::from_be_bytes(body.get(cleaned_at..cleaned_at + 4)?.try_into().ok()?) as usize;
         if body.len() != cleaned_at + 4 + m.checked_mul(16)? {
             return None;
         }
         let mut buckets = BTreeMap::new();
         for i in 0..n {
-            let at = 20 + i * 32;
+            let at = 20 + i * per_bucket;
             let last = u64_at(at + 24)?;
+            let dispatched = match per_bucket {
+                BUCKET_V2 => u64_at(at + 32)?,
+                _ => 0,
+            };
             buckets.insert(
                 u64_at(at)? as i64,
                 DurableBucket {
                     len: u64_at(at + 8)?,
                     records: u64_at(at + 16)?,
                     last_wal: (last != u64::MAX).then_some(last),
+                    dispatched,
                 },
             );
         }
@@ -226,7 +247,8 @@ impl Checkpoint {
     /// newest [`RETAIN`]. Returns the lowest message-log offset a retained checkpoint replays
     /// from: the message log must be kept from there.
     pub fn store(&self, dir: &Path) -> Result<u64, DelayError> {
-        let mut b = Vec::with_capacity(24 + self.buckets.len() * 32);
+        let mut b =
+            Vec::with_capacity(28 + self.buckets.len() * BUCKET_V2 + self.cleaned.len() * 16);
         b.extend_from_slice(CP_MAGIC);
         b.extend_from_slice(&VERSION.to_be_bytes());
         b.extend_from_slice(&self.wal_offset.to_be_bytes());
@@ -236,6 +258,7 @@ impl Checkpoint {
             b.extend_from_slice(&d.len.to_be_bytes());
             b.extend_from_slice(&d.records.to_be_bytes());
             b.extend_from_slice(&d.last_wal.unwrap_or(u64::MAX).to_be_bytes());
+            b.extend_from_slice(&d.dispatched.to_be_bytes());
         }
         b.extend_from_slice(&(self.cleaned.len() as u32).to_be_bytes());
         for (start, last) in &self.cleaned {
@@ -308,6 +331,7 @@ mod tests {
                 len: 100,
                 records: 2,
                 last_wal: Some(40),
+                dispatched: 1,
             },
         );
         cp.buckets.insert(7_200_000, DurableBucket::default());
@@ -377,5 +401,35 @@ mod tests {
         cp_at(88).store(dir.path()).unwrap();
         assert!(!dir.path().join(LEGACY).exists());
         assert_eq!(Checkpoint::load(dir.path()).unwrap(), cp_at(88));
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_reads_as_nothing_known_dispatched() {
+        // A version-1 file as the previous release wrote it: one bucket, one cleaned bucket.
+        let mut b = Vec::new();
+        b.extend_from_slice(CP_MAGIC);
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.extend_from_slice(&500u64.to_be_bytes());
+        b.extend_from_slice(&1u32.to_be_bytes());
+        for v in [3_600_000u64, 100, 2, 40] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.extend_from_slice(&0u64.to_be_bytes());
+        b.extend_from_slice(&12u64.to_be_bytes());
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_be_bytes());
+        let cp = Checkpoint::decode(&b).unwrap();
+        assert_eq!(cp.wal_offset, 500);
+        assert_eq!(
+            cp.buckets[&3_600_000],
+            DurableBucket {
+                len: 100,
+                records: 2,
+                last_wal: Some(40),
+                dispatched: 0,
+            }
+        );
+        assert_eq!(cp.cleaned[&0], 12);
     }
 }

@@ -6,6 +6,12 @@
 //! and per-bucket dispatch logs so a restart skips no message and offers again only what it had
 //! not recorded as dispatched.
 //!
+//! Restarts cost nothing per message of history: buckets the checkpoint counts fully
+//! dispatched (fully dispatched history kept for retention) are never read again, the durable
+//! part of every other schedule log is CRC-checked when its bucket is loaded rather than at
+//! open, and dispatch starts as soon as the store is open: the bucket holding "now" is loaded
+//! first, and loading later or overdue buckets never holds up the dispatch of what is due.
+//!
 //! Duplicates: a crash between forwarding a batch and recording it as dispatched (one
 //! `dispatch_batch`, at most a few hundred messages) offers that batch again after the
 //! restart, with the same message ids. A qmq-rs broker answers an id it stored within its

@@ -107,8 +107,9 @@ struct ReasonLabels {
 
 /// The delay backlog of an engine at one moment.
 ///
-/// `pending` is exact: every schedule-log record not recorded as dispatched (messages being
-/// retried included). `due[i]` counts the messages due within [`DUE_WINDOWS`]`[i]` of now
+/// `pending` is every schedule-log record not recorded as dispatched (messages being retried
+/// included): exact, except that after a crash a bucket not loaded yet counts as dispatched
+/// only what the last checkpoint knew (its dispatch log is read when it loads). `due[i]` counts the messages due within [`DUE_WINDOWS`]`[i]` of now
 /// (overdue ones included): exact for buckets loaded into the timing wheel (by the tick they
 /// fire at), plus the messages being retried (they are due now); the messages of a bucket not
 /// loaded yet (or being loaded) count whole once it starts within the window, so a window may
@@ -128,6 +129,9 @@ pub(crate) trait BacklogSource: Send + Sync {
     fn backlog(&self) -> Backlog;
     /// The message log's end (for the slave's lag).
     fn wal_end(&self) -> u64;
+    /// Damaged records met so far, and damaged schedule records rebuilt from the message log
+    /// (see [`crate::DelayStats`]).
+    fn damage(&self) -> (u64, u64);
 }
 
 /// What the scrape-time collector reads.
@@ -317,17 +321,33 @@ impl Collector for StateCollector {
                 "Delayed messages scheduled and not dispatched yet",
                 as_gauge(b.pending),
             )?;
-            let mut family = encoder.encode_descriptor(
-                "qmq_delay_due_messages",
-                "Delayed messages due within the next minute, hour or day (overdue included; \
-                 buckets not loaded yet count whole once they start within the window)",
-                None,
-                MetricType::Gauge,
-            )?;
-            for ((within, _), n) in DUE_WINDOWS.iter().zip(b.due) {
-                ConstGauge::new(as_gauge(n))
-                    .encode(family.encode_family(&[("within", *within)])?)?;
+            {
+                let mut family = encoder.encode_descriptor(
+                    "qmq_delay_due_messages",
+                    "Delayed messages due within the next minute, hour or day (overdue included; \
+                     buckets not loaded yet count whole once they start within the window)",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for ((within, _), n) in DUE_WINDOWS.iter().zip(b.due) {
+                    ConstGauge::new(as_gauge(n))
+                        .encode(family.encode_family(&[("within", *within)])?)?;
+                }
             }
+            let (damaged, repaired) = engine.damage();
+            counter(
+                &mut encoder,
+                "qmq_delay_damaged_records",
+                "Damaged records met by the delay engine since it opened (a damaged schedule \
+                 record the message log could not rebuild is never delivered)",
+                damaged,
+            )?;
+            counter(
+                &mut encoder,
+                "qmq_delay_repaired_records",
+                "Damaged schedule records rebuilt from the message log since the engine opened",
+                repaired,
+            )?;
         }
         let replication = self.observed.replication.lock();
         let Some(r) = replication.as_ref() else {

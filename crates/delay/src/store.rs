@@ -7,12 +7,18 @@
 //!
 //! All of it sits behind one mutex held only for short, non-blocking-on-the-network work; the
 //! engine calls the methods that touch the disk from its writer thread or `spawn_blocking`.
+//! Loading a bucket (reading its dispatch log and schedule log) runs outside the lock.
+//!
+//! Restart cost: a schedule log is read at open only past the length the checkpoint counts as
+//! durable (the part a crash may have torn); the durable part is CRC-checked when the bucket is
+//! loaded, every record of it before any of its entries reaches the wheel. A bucket whose
+//! records the checkpoint counts all dispatched is settled: neither of its logs is read again.
 //!
 //! Durability: a flush fsyncs the very handles that wrote since the last flush (an error a
 //! failed writeback left on one handle is not reported to another one opened later), then
 //! the directories in which logs were created, before a checkpoint counts any of it durable.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -40,12 +46,16 @@ pub struct Bucket {
     pub records: u64,
     /// Message-log offset of the last record.
     pub last_wal: Option<u64>,
-    /// Distinct records the dispatcher accepted.
+    /// Distinct records the dispatcher accepted: exact once the bucket is loaded (or settled);
+    /// before that, what the checkpoint knew (a lower bound).
     pub dispatched: u64,
     /// Whether the bucket's records are in the wheel (new ones go straight in).
     pub loaded: bool,
     /// Entries of this bucket in the wheel or being dispatched.
     pub pending: u64,
+    /// Of `dispatched`, those whose dispatch record could not be written (the append failed):
+    /// a checkpoint does not count them, so a restart loads the bucket and offers them again.
+    unrecorded: u64,
     /// Schedule-log handles that wrote since the last flush.
     unsynced: Vec<Arc<File>>,
     /// Dispatch-log handles that wrote since the last flush.
@@ -73,8 +83,54 @@ pub struct NewRecord<'a> {
 pub struct LoadJob {
     bucket_start: i64,
     file: Arc<File>,
+    /// The schedule log (for a repair) and the dispatch log.
+    sched_path: PathBuf,
+    disp_path: PathBuf,
+    /// Bytes of the schedule log to load: `[0, len)`.
     len: u64,
-    dispatched: HashSet<u64>,
+    /// Records in those bytes.
+    records: u64,
+    /// Message-log offset of the last record in those bytes.
+    last_wal: Option<u64>,
+    /// The bucket's dispatched count when its load began (see [`Store::count_load`]).
+    base: u64,
+}
+
+/// What a [`LoadJob`] read.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Entries not recorded as dispatched, in schedule-log order.
+    pub entries: Vec<WheelEntry>,
+    /// Distinct records of `[0, len)` the dispatch log records as dispatched.
+    pub dispatched: u64,
+    /// Damaged dispatch records (their messages are offered again) and intact schedule records
+    /// of an unknown layout (never dispatched).
+    pub damaged: u64,
+    /// Where the schedule log is damaged, if it is: nothing from there to `len` was read.
+    pub damage: Option<LoadDamage>,
+}
+
+/// A damaged schedule-log record met by a [`LoadJob`].
+#[derive(Debug, Clone)]
+pub struct LoadDamage {
+    /// Offset of the damaged record.
+    pub at: u64,
+    /// Message-log offset of the record after the last intact one (None: none was intact, the
+    /// bucket's records may start anywhere in the message log).
+    pub resume_wal: Option<u64>,
+    /// Records of `[0, len)` not read (the damaged one and every later one).
+    pub unread: u64,
+    /// What is wrong with it.
+    pub damage: Damage,
+}
+
+/// The part of a bucket a failed load must read again.
+#[derive(Debug, Clone, Copy)]
+struct LoadPart {
+    len: u64,
+    records: u64,
+    last_wal: Option<u64>,
+    base: u64,
 }
 
 /// Everything a flush must fsync and persist, taken under the lock and run outside it.
@@ -107,8 +163,8 @@ pub struct Store {
     sched_dir_dirty: bool,
     /// A dispatch log was created since the last flush.
     disp_dir_dirty: bool,
-    /// Loaded buckets whose load failed: start -> bytes to load again.
-    reload: BTreeMap<i64, u64>,
+    /// Loaded buckets whose load failed: start -> the part to load again.
+    reload: BTreeMap<i64, LoadPart>,
     /// The timing wheel.
     pub wheel: TimingWheel,
     /// Message-log offset up to which every record is in a schedule log.
@@ -121,6 +177,8 @@ pub struct Store {
     pub cleaned: BTreeMap<i64, u64>,
     /// Records found damaged while loading or dispatching.
     pub damaged: u64,
+    /// Damaged schedule records rebuilt from the message log by a load.
+    pub repaired: u64,
 }
 
 fn sched_path(dir: &Path, start: i64) -> PathBuf {
@@ -189,6 +247,7 @@ impl Store {
             poisoned_at: None,
             cleaned: cp.cleaned.clone(),
             damaged: 0,
+            repaired: 0,
         };
         let mut rewind = false;
         let files = numbered_files(&store.sched_dir, SCHED)?;
@@ -203,7 +262,66 @@ impl Store {
                 rewind = true;
             }
         }
+        store.check_dispatch_logs()?;
         Ok((store, rewind))
+    }
+
+    /// Deletes the dispatch logs of buckets retention deleted, warns about ones without a
+    /// schedule log, and cuts torn tails (a partial record a crash left) so later appends
+    /// start on a record boundary. Reads no record: each log is read when its bucket loads.
+    fn check_dispatch_logs(&mut self) -> Result<(), DelayError> {
+        for (start, path) in numbered_files(&self.disp_dir, DISP)? {
+            if !self.buckets.contains_key(&start) {
+                if self.cleaned.contains_key(&start) {
+                    std::fs::remove_file(&path).map_err(|e| DelayError::io("delete", &path, e))?;
+                } else {
+                    tracing::warn!(file = %path.display(), "dispatch log without a schedule log");
+                }
+                continue;
+            }
+            let len = std::fs::metadata(&path)
+                .map_err(|e| DelayError::io("stat", &path, e))?
+                .len();
+            let whole = len - len % DISPATCH_RECORD as u64;
+            if whole < len {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .read(true)
+                    .open(&path)
+                    .map_err(|e| DelayError::io("open dispatch log", &path, e))?;
+                cut_tail(&mut file, &path, whole)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After the message-log replay: takes what the checkpoint `cp` knew dispatched. A bucket
+    /// whose records (exactly the ones the checkpoint counted) were all recorded dispatched is
+    /// settled: nothing of it is loaded, and records added to it later go straight into the
+    /// wheel. Any other bucket is loaded when due, which reads its dispatch log; until then its
+    /// dispatched count is the checkpoint's (a lower bound). Call it only when no durable
+    /// schedule-log data was found missing (otherwise every bucket is loaded, as if in doubt).
+    pub fn settle(&mut self, cp: &Checkpoint) {
+        let mut settled = 0usize;
+        for (start, b) in self.buckets.iter_mut() {
+            let Some(d) = cp.buckets.get(start) else {
+                continue;
+            };
+            if b.len < d.len || b.records < d.records {
+                continue;
+            }
+            b.dispatched = d.dispatched.min(b.records);
+            if b.len == d.len && b.records == d.records && d.dispatched >= d.records {
+                b.loaded = true;
+                settled += 1;
+            }
+        }
+        if settled > 0 {
+            tracing::info!(
+                settled,
+                "fully dispatched buckets are not read again (settled by the checkpoint)"
+            );
+        }
     }
 
     fn scan_schedule(
@@ -220,18 +338,31 @@ impl Store {
             .metadata()
             .map_err(|e| DelayError::io("stat", path, e))?
             .len();
-        // Every record is checked (CRC) at open, not only the part after the checkpoint: a
-        // damaged byte in a fsynced region must be found while the message log can still
-        // rebuild it.
-        let mut bucket = Bucket::default();
+        // Only the part after what the checkpoint counts durable is read here (a crash may
+        // have torn it). The durable part is CRC-checked when the bucket is loaded, before any
+        // of its entries reaches the wheel (a damaged record is then rebuilt from the message
+        // log if it still holds it, see `engine::load`). A log shorter than its durable length
+        // lost data: it is read whole to find where.
+        let (from, mut bucket) = match durable {
+            Some(d) if size >= d.len => (
+                d.len,
+                Bucket {
+                    len: d.len,
+                    records: d.records,
+                    last_wal: d.last_wal,
+                    ..Bucket::default()
+                },
+            ),
+            _ => (0, Bucket::default()),
+        };
         let reader = AtReader {
             file: &file,
-            pos: 0,
+            pos: from,
             end: size,
         };
         let mut frames = FrameReader::new(
-            BufReader::with_capacity(1 << 20, reader),
-            0,
+            BufReader::with_capacity((size - from).clamp(4096, 1 << 20) as usize, reader),
+            from,
             self.max_payload,
         );
         let valid_end = loop {
@@ -266,64 +397,6 @@ impl Store {
             bucket,
             lost_durable,
         })
-    }
-
-    /// Reads the dispatch logs (after the message-log replay) and counts what was dispatched.
-    pub fn load_dispatch_logs(&mut self) -> Result<(), DelayError> {
-        for (start, path) in numbered_files(&self.disp_dir, DISP)? {
-            if self.cleaned.contains_key(&start) && !self.buckets.contains_key(&start) {
-                std::fs::remove_file(&path).map_err(|e| DelayError::io("delete", &path, e))?;
-                continue;
-            }
-            let set = self.read_dispatch_log(start, &path)?;
-            match self.buckets.get_mut(&start) {
-                Some(b) => b.dispatched = set.len() as u64,
-                None => {
-                    tracing::warn!(file = %path.display(), "dispatch log without a schedule log")
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The distinct schedule-log offsets recorded in a dispatch log; a torn tail is cut.
-    pub(crate) fn read_dispatch_log(
-        &mut self,
-        start: i64,
-        path: &Path,
-    ) -> Result<HashSet<u64>, DelayError> {
-        let read =
-            crate::fsutil::inject("delay::dispatch::read").and_then(|()| std::fs::read(path));
-        let bytes = match read {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
-            Err(e) => return Err(DelayError::io("read dispatch log", path, e)),
-        };
-        let whole = bytes.len() - bytes.len() % DISPATCH_RECORD;
-        if whole < bytes.len() {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .read(true)
-                .open(path)
-                .map_err(|e| DelayError::io("open dispatch log", path, e))?;
-            self.dispatch_handles.remove(&start);
-            cut_tail(&mut file, path, whole as u64)?;
-        }
-        let mut set = HashSet::with_capacity(whole / DISPATCH_RECORD);
-        for rec in bytes[..whole].chunks_exact(DISPATCH_RECORD) {
-            let id: Option<[u8; 8]> = rec.get(..8).and_then(|b| b.try_into().ok());
-            let crc: Option<[u8; 4]> = rec.get(8..12).and_then(|b| b.try_into().ok());
-            let intact = id
-                .zip(crc)
-                .filter(|(id, crc)| crc32c::crc32c(id) == u32::from_be_bytes(*crc));
-            if let Some((id, _)) = intact {
-                set.insert(u64::from_be_bytes(id));
-            } else {
-                self.damaged += 1;
-                tracing::error!(file = %path.display(), "damaged dispatch record skipped (its message may be delivered again)");
-            }
-        }
-        Ok(set)
     }
 
     /// The bucket start for a due time.
@@ -436,56 +509,67 @@ impl Store {
         (results, wake)
     }
 
-    /// Marks every unloaded bucket starting at or before `horizon_ms` as loaded and returns the
-    /// work to read them; also returns when the next unloaded bucket becomes due for loading
-    /// (its start), if any.
-    pub fn begin_loads(
+    /// Begins loading the most urgent bucket that needs it: a bucket whose load failed, or
+    /// an unloaded one starting at or before `horizon_ms`. The bucket holding `now_ms` goes
+    /// first, then overdue ones (newest first), then later ones (soonest first). The bucket
+    /// counts as loaded from here on: records appended to it go straight into the wheel, and
+    /// the job reads the part before them. Opens the schedule log if needed; reads nothing.
+    pub fn begin_load(
         &mut self,
         horizon_ms: i64,
-    ) -> Result<(Vec<LoadJob>, Option<i64>), DelayError> {
-        let starts: Vec<i64> = self
+        now_ms: i64,
+    ) -> Result<Option<LoadJob>, DelayError> {
+        self.reload.retain(|s, _| self.buckets.contains_key(s));
+        let now_bucket = self.bucket_of(now_ms);
+        let urgency = |start: i64| match start.cmp(&now_bucket) {
+            std::cmp::Ordering::Equal => (0, 0),
+            std::cmp::Ordering::Less => (1, now_bucket - start),
+            std::cmp::Ordering::Greater => (2, start - now_bucket),
+        };
+        let unloaded = self
             .buckets
             .range(..=horizon_ms)
             .filter(|(_, b)| !b.loaded)
-            .map(|(s, _)| *s)
-            .collect();
-        let mut jobs: Vec<LoadJob> = Vec::with_capacity(starts.len());
-        let reloads: Vec<(i64, Option<u64>)> =
-            self.reload.iter().map(|(&s, &l)| (s, Some(l))).collect();
-        for (start, len) in reloads
-            .into_iter()
-            .chain(starts.into_iter().map(|s| (s, None)))
-        {
-            if !self.buckets.contains_key(&start) {
-                self.reload.remove(&start);
-                continue;
-            }
-            match self.load_job(start, len) {
-                Ok(job) => {
-                    self.reload.remove(&start);
-                    if let Some(b) = self.buckets.get_mut(&start) {
-                        b.loaded = true;
-                    }
-                    jobs.push(job);
-                }
-                Err(e) => {
-                    // Jobs already begun are handed out again by the next call.
-                    for job in &jobs {
-                        self.reload.insert(job.bucket_start, job.len);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        let next = self
-            .buckets
-            .range(horizon_ms + 1..)
-            .find(|(_, b)| !b.loaded)
             .map(|(s, _)| *s);
-        Ok((jobs, next))
+        let Some(start) = self
+            .reload
+            .keys()
+            .copied()
+            .chain(unloaded)
+            .min_by_key(|&s| urgency(s))
+        else {
+            return Ok(None);
+        };
+        let file = self.handle(start)?;
+        let reload = self.reload.remove(&start);
+        let Some(b) = self.buckets.get_mut(&start) else {
+            return Ok(None);
+        };
+        let part = match reload {
+            Some(part) => part,
+            None => {
+                b.loaded = true;
+                LoadPart {
+                    len: b.len,
+                    records: b.records,
+                    last_wal: b.last_wal,
+                    base: b.dispatched,
+                }
+            }
+        };
+        Ok(Some(LoadJob {
+            bucket_start: start,
+            file,
+            sched_path: sched_path(&self.sched_dir, start),
+            disp_path: disp_path(&self.disp_dir, start),
+            len: part.len,
+            records: part.records,
+            last_wal: part.last_wal,
+            base: part.base,
+        }))
     }
 
-    /// Whether [`Self::begin_loads`] has work for `horizon_ms` (a cheap look, no disk); and
+    /// Whether [`Self::begin_load`] has work for `horizon_ms` (a cheap look, no disk); and
     /// when the next unloaded bucket after the horizon starts.
     pub fn loads_pending(&self, horizon_ms: i64) -> (bool, Option<i64>) {
         let pending =
@@ -498,36 +582,40 @@ impl Store {
         (pending, next)
     }
 
-    /// A job loading `[0, len)` of a loaded bucket again (after a failed load).
-    fn load_job(&mut self, start: i64, len: Option<u64>) -> Result<LoadJob, DelayError> {
-        let file = self.handle(start)?;
-        let path = disp_path(&self.disp_dir, start);
-        let dispatched = self.read_dispatch_log(start, &path)?;
-        let bucket = self.buckets.entry(start).or_default();
-        bucket.dispatched = dispatched.len() as u64;
-        Ok(LoadJob {
-            bucket_start: start,
-            file,
-            len: len.unwrap_or(bucket.len),
-            dispatched,
-        })
-    }
-
-    /// A [`LoadJob`] failed: nothing of it went into the wheel; the next
-    /// [`Self::begin_loads`] reads the same part again (records appended since the job began
+    /// A [`LoadJob`] failed: nothing of it went into the wheel; a later
+    /// [`Self::begin_load`] reads the same part again (records appended since the job began
     /// are in the wheel already and are not read twice).
     pub fn abort_load(&mut self, job: &LoadJob) {
-        self.reload.insert(job.bucket_start, job.len);
+        self.reload.insert(
+            job.bucket_start,
+            LoadPart {
+                len: job.len,
+                records: job.records,
+                last_wal: job.last_wal,
+                base: job.base,
+            },
+        );
     }
 
-    /// Adds the entries a [`LoadJob`] found.
-    pub fn finish_load(&mut self, start: i64, entries: Vec<WheelEntry>, damaged: u64) {
-        self.damaged += damaged;
+    /// Adds entries a [`LoadJob`] found to the wheel (in parts, so the lock is never held for
+    /// long).
+    pub fn insert_loaded(&mut self, start: i64, entries: &[WheelEntry]) {
         if let Some(b) = self.buckets.get_mut(&start) {
             b.pending += entries.len() as u64;
         }
         for e in entries {
-            self.wheel.insert(e);
+            self.wheel.insert(*e);
+        }
+    }
+
+    /// Counts what a [`LoadJob`] found dispatched and damaged (before its entries go into the
+    /// wheel with [`Self::insert_loaded`]). The bucket's count becomes exact: what the job
+    /// found recorded before `len`, plus what was dispatched since the load began (records
+    /// appended after it, at `len` or later); the lower bound it had until then is dropped.
+    pub fn count_load(&mut self, job: &LoadJob, loaded: &Loaded) {
+        self.damaged += loaded.damaged;
+        if let Some(b) = self.buckets.get_mut(&job.bucket_start) {
+            b.dispatched = b.dispatched.saturating_sub(job.base) + loaded.dispatched;
         }
     }
 
@@ -568,6 +656,9 @@ impl Store {
                         }
                         Err(e) => {
                             tracing::error!(file = %path.display(), error = %e, "cannot open dispatch log; these messages may be delivered again after a restart");
+                            if let Some(b) = self.buckets.get_mut(&start) {
+                                b.unrecorded += n;
+                            }
                             continue;
                         }
                     }
@@ -591,6 +682,9 @@ impl Store {
                 }
                 Err(e) => {
                     self.dispatch_handles.remove(&start);
+                    if let Some(b) = self.buckets.get_mut(&start) {
+                        b.unrecorded += n;
+                    }
                     tracing::error!(file = %path.display(), error = %e, "dispatch log append failed; these messages may be delivered again after a restart");
                 }
             }
@@ -633,6 +727,9 @@ impl Store {
                     len: b.len,
                     records: b.records,
                     last_wal: b.last_wal,
+                    // Every dispatch record counted here was written through a handle this
+                    // flush fsyncs (or an earlier one did) before the checkpoint is written.
+                    dispatched: b.dispatched.saturating_sub(b.unrecorded).min(b.records),
                 },
             );
         }
@@ -800,13 +897,24 @@ impl LoadJob {
         self.bucket_start
     }
 
-    /// Reads the bucket's schedule log and returns the entries not yet dispatched, and how many
-    /// damaged records were skipped.
-    pub fn run(
-        &self,
-        scale_ms: i64,
-        max_payload: usize,
-    ) -> Result<(Vec<WheelEntry>, u64), DelayError> {
+    /// Bytes of the schedule log this job reads: `[0, len)`.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Message-log offset of the last record this job reads (a repair rebuilds no later one).
+    pub fn last_wal(&self) -> Option<u64> {
+        self.last_wal
+    }
+
+    /// Reads the bucket's dispatch log, then its schedule log (checking every record's CRC),
+    /// and returns the entries not yet dispatched. Nothing goes into the wheel here: a damaged
+    /// record is found before any entry of the bucket can be dispatched. An I/O error fails
+    /// the whole job (it is tried again later).
+    pub fn run(&self, scale_ms: i64, max_payload: usize) -> Result<Loaded, DelayError> {
+        let mut loaded = Loaded::default();
+        let dispatched = self.read_dispatched(&mut loaded.damaged)?;
+        loaded.dispatched = dispatched.len() as u64;
         crate::fsutil::inject("delay::schedule::read").map_err(|e| {
             DelayError::io(
                 "read schedule log",
@@ -825,28 +933,41 @@ impl LoadJob {
             max_payload + 64 * 1024,
         );
         let bucket_no = (self.bucket_start / scale_ms) as u32;
-        let mut out = Vec::new();
-        let mut damaged = 0;
+        // Dispatched offsets, ascending; schedule-log offsets are read ascending too.
+        let mut done = dispatched.iter().copied().peekable();
+        let mut read = 0u64;
+        let mut resume_wal = None;
         loop {
             match frames.next_record() {
                 Ok(Ok(Some((at, payload)))) => {
-                    if self.dispatched.contains(&at) {
+                    read += 1;
+                    if let Some(wal) = payload.get(..8).and_then(|w| w.try_into().ok()) {
+                        let wal = u64::from_be_bytes(wal);
+                        // The next message-log record starts right after this one's frame.
+                        resume_wal = Some(wal + (FRAME_HEADER + payload.len() - 8) as u64);
+                    }
+                    while done.next_if(|&d| d < at).is_some() {}
+                    if done.next_if_eq(&at).is_some() {
                         continue;
                     }
                     match payload.get(8..).and_then(crate::record::peek_due) {
-                        Some(due_ms) => out.push(WheelEntry {
+                        Some(due_ms) => loaded.entries.push(WheelEntry {
                             due_ms,
                             bucket_no,
                             len: (FRAME_HEADER + payload.len()) as u32,
                             offset: at,
                         }),
-                        None => damaged += 1,
+                        None => loaded.damaged += 1,
                     }
                 }
                 Ok(Ok(None)) => break,
                 Ok(Err(damage)) => {
-                    damaged += 1;
-                    log_load_damage(self.bucket_start, frames.offset(), &damage);
+                    loaded.damage = Some(LoadDamage {
+                        at: frames.offset(),
+                        resume_wal,
+                        unread: self.records.saturating_sub(read),
+                        damage,
+                    });
                     break;
                 }
                 Err(e) => {
@@ -859,17 +980,73 @@ impl LoadJob {
                 }
             }
         }
-        Ok((out, damaged))
+        Ok(loaded)
+    }
+
+    /// The distinct schedule-log offsets in `[0, len)` the dispatch log records, ascending.
+    /// Damaged records are counted in `damaged` and skipped (their messages are offered
+    /// again); a partial record at the end (an append in progress) is left alone.
+    fn read_dispatched(&self, damaged: &mut u64) -> Result<Vec<u64>, DelayError> {
+        let path = &self.disp_path;
+        let read =
+            crate::fsutil::inject("delay::dispatch::read").and_then(|()| std::fs::read(path));
+        let bytes = match read {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(DelayError::io("read dispatch log", path, e)),
+        };
+        let (offsets, bad) = parse_dispatch_records(&bytes, path);
+        *damaged += bad;
+        let mut offsets: Vec<u64> = offsets.into_iter().filter(|&o| o < self.len).collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        Ok(offsets)
+    }
+
+    /// Writes `bytes` (records rebuilt from the message log) over the damaged part of the
+    /// schedule log starting at `at`, and fsyncs them. The part lies before every record
+    /// appended since the job began, so nothing else writes there.
+    pub fn rewrite(&self, at: u64, bytes: &[u8]) -> Result<(), DelayError> {
+        let path = &self.sched_path;
+        // Not the append handle: a positional write through an O_APPEND file appends.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| DelayError::io("open schedule log", path, e))?;
+        let written = crate::fsutil::inject("delay::schedule::write")
+            .and_then(|()| file.write_all_at(bytes, at))
+            .and_then(|()| crate::fsutil::inject("delay::schedule::fsync"))
+            .and_then(|()| file.sync_data());
+        written.map_err(|e| DelayError::io("repair schedule log", path, e))
+    }
+
+    /// The schedule log this job reads.
+    pub fn sched_path(&self) -> &Path {
+        &self.sched_path
     }
 }
 
-fn log_load_damage(bucket: i64, at: u64, damage: &Damage) {
-    tracing::error!(
-        bucket,
-        at,
-        ?damage,
-        "damaged schedule record; the rest of the bucket is not loaded"
-    );
+/// The offsets of the intact 12-byte records of a dispatch log (in file order, repeats kept)
+/// and how many were damaged (logged). Trailing bytes short of a record are ignored.
+pub(crate) fn parse_dispatch_records(bytes: &[u8], path: &Path) -> (Vec<u64>, u64) {
+    let whole = bytes.len() - bytes.len() % DISPATCH_RECORD;
+    let mut out = Vec::with_capacity(whole / DISPATCH_RECORD);
+    let mut damaged = 0;
+    for rec in bytes[..whole].chunks_exact(DISPATCH_RECORD) {
+        let id: Option<[u8; 8]> = rec.get(..8).and_then(|b| b.try_into().ok());
+        let crc: Option<[u8; 4]> = rec.get(8..12).and_then(|b| b.try_into().ok());
+        let intact = id
+            .zip(crc)
+            .filter(|(id, crc)| crc32c::crc32c(id) == u32::from_be_bytes(*crc));
+        match intact {
+            Some((id, _)) => out.push(u64::from_be_bytes(id)),
+            None => damaged += 1,
+        }
+    }
+    if damaged > 0 {
+        tracing::error!(file = %path.display(), damaged, "damaged dispatch records skipped (their messages may be delivered again)");
+    }
+    (out, damaged)
 }
 
 #[cfg(test)]

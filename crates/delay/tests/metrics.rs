@@ -116,6 +116,11 @@ async fn counts_lateness_and_backlog_follow_what_was_scheduled_and_dispatched() 
     );
     assert_eq!(value(&s, "qmq_delay_append_seconds_count", &[]), Some(1.0));
     assert_eq!(value(&s, "qmq_delay_pending_messages", &[]), Some(6.0));
+    assert_eq!(value(&s, "qmq_delay_damaged_records_total", &[]), Some(0.0));
+    assert_eq!(
+        value(&s, "qmq_delay_repaired_records_total", &[]),
+        Some(0.0)
+    );
     assert_eq!(due(&s, "1m"), Some(3.0));
     assert_eq!(due(&s, "1h"), Some(5.0));
     assert_eq!(due(&s, "1d"), Some(6.0));

@@ -32,7 +32,11 @@ pub struct ProducerConfig {
     pub send_timeout: Duration,
     /// Batches in flight at once.
     pub max_in_flight: usize,
-    /// Pause after a failed try, multiplied by the try number.
+    /// Pause after a failed try, multiplied by the try number. When every broker of the
+    /// subject has its circuit breaker open, the pause lasts until the first one lets a probe
+    /// through instead (a try refused by an open breaker never reached a broker): tries then
+    /// outlast the breaker's `open_for`, so a broker or delay server restart shorter than the
+    /// send timeout costs no failed send.
     pub retry_backoff: Duration,
     /// Per-broker circuit breaker settings.
     pub breaker: BreakerConfig,
@@ -292,6 +296,7 @@ async fn send_with_retries(
             .unzip();
         // Why each message still pending failed this try.
         let mut reasons = Vec::new();
+        let mut refused_by_breakers = false;
         let last_error = match brokers
             .send_once(subject, client_type, &messages, config.send_timeout)
             .await
@@ -327,6 +332,7 @@ async fn send_with_retries(
             }
             Err(e) => {
                 tracing::debug!(subject, tries, error = %e, "send try failed");
+                refused_by_breakers = matches!(e, SendError::BrokersUnavailable(_));
                 for t in try_traces {
                     t.finish(None, Some(&e));
                 }
@@ -352,6 +358,127 @@ async fn send_with_retries(
         for reason in reasons {
             monitoring::send_retried(subject, reason, 1);
         }
-        tokio::time::sleep(config.retry_backoff * tries).await;
+        let reopen = match refused_by_breakers {
+            true => brokers.reopens_at(subject, client_type).await,
+            false => None,
+        };
+        tokio::time::sleep(retry_pause(config, tries, reopen)).await;
+    }
+}
+
+/// The pause after failed try number `tries`: `retry_backoff × tries`, or, when every broker
+/// had its breaker open and the first reopens at `reopen`, until then (a few ms after, so
+/// the try finds it half-open).
+pub(crate) fn retry_pause(
+    config: &ProducerConfig,
+    tries: u32,
+    reopen: Option<tokio::time::Instant>,
+) -> Duration {
+    let backoff = config.retry_backoff * tries;
+    match reopen {
+        Some(at) => {
+            backoff.max(at.saturating_duration_since(tokio::time::Instant::now()) + REOPEN_SLACK)
+        }
+        None => backoff,
+    }
+}
+
+/// How long after a breaker's open period ends a try waiting for it goes.
+const REOPEN_SLACK: Duration = Duration::from_millis(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::CircuitBreaker;
+    use tokio::time::Instant;
+
+    /// One batch sent like `send_with_retries` does, against one broker behind `breaker` that
+    /// is down until `up_at` (each request takes 1 ms); `aware`: pause as the producer does,
+    /// else the old pause (`retry_backoff × tries` whatever refused the try). Returns the
+    /// tries it took, or Err(tries) when it gave up.
+    async fn send_through(
+        config: &ProducerConfig,
+        breaker: &CircuitBreaker,
+        up_at: Instant,
+        aware: bool,
+    ) -> Result<u32, u32> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let refused = !breaker.try_acquire();
+            if !refused {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                if Instant::now() >= up_at {
+                    breaker.on_success();
+                    return Ok(tries);
+                }
+                breaker.on_failure();
+            }
+            if tries >= config.max_tries {
+                return Err(tries);
+            }
+            let reopen = match refused && aware {
+                true => breaker.open_until(),
+                false => None,
+            };
+            tokio::time::sleep(retry_pause(config, tries, reopen)).await;
+        }
+    }
+
+    /// Batches sent every 10 ms for 10 s while the broker is down for 4.9 s from t = 1 s
+    /// (default producer and breaker settings); returns how many gave up.
+    async fn outage(aware: bool) -> usize {
+        let config = Arc::new(ProducerConfig::default());
+        assert!(Duration::from_millis(4_900) < config.send_timeout);
+        let breaker = Arc::new(CircuitBreaker::new(config.breaker));
+        let t0 = Instant::now();
+        let up_at = t0 + Duration::from_millis(5_900);
+        let mut batches = JoinSet::new();
+        for i in 0..1_000u64 {
+            let at = t0 + Duration::from_millis(10 * i);
+            let (config, breaker) = (config.clone(), breaker.clone());
+            let down_from = t0 + Duration::from_secs(1);
+            batches.spawn(async move {
+                tokio::time::sleep_until(at).await;
+                // Up before the outage: a batch sent then is stored at once.
+                let up = if Instant::now() < down_from {
+                    Instant::now()
+                } else {
+                    up_at
+                };
+                send_through(&config, &breaker, up, aware).await
+            });
+        }
+        let mut gave_up = 0;
+        while let Some(r) = batches.join_next().await {
+            if r.unwrap().is_err() {
+                gave_up += 1;
+            }
+        }
+        gave_up
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_shorter_than_the_send_timeout_costs_no_send() {
+        assert_eq!(outage(true).await, 0);
+        // The pause the producer had before: its tries (~2.25 s) ran out while the breaker
+        // (open for 5 s) refused them.
+        assert!(outage(false).await > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_try_refused_by_open_breakers_waits_until_the_first_reopens() {
+        let config = ProducerConfig::default();
+        assert_eq!(retry_pause(&config, 3, None), config.retry_backoff * 3);
+        let reopen = Instant::now() + Duration::from_secs(4);
+        let pause = retry_pause(&config, 3, Some(reopen));
+        assert!(pause >= Duration::from_secs(4), "{pause:?}");
+        assert!(pause <= Duration::from_secs(4) + Duration::from_millis(10));
+        // A breaker reopening sooner than the backoff does not shorten it.
+        let soon = Instant::now() + Duration::from_millis(1);
+        assert_eq!(
+            retry_pause(&config, 3, Some(soon)),
+            config.retry_backoff * 3
+        );
     }
 }

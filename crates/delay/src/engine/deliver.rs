@@ -1,8 +1,9 @@
-//! Delivering due messages: loading buckets into the wheel, reading due records back, handing
-//! them to the [`Dispatcher`], retrying each message that was not stored on its own backoff,
-//! dead-lettering the ones refused too often, and recording what was stored.
+//! Delivering due messages: reading due records back, handing them to the [`Dispatcher`],
+//! retrying each message that was not stored on its own backoff, dead-lettering the ones
+//! refused too often, and recording what was stored. Buckets reach the wheel through the
+//! loader (`load.rs`), which never holds this loop up.
 //!
-//! Every disk access here (bucket loads, record reads, dispatch-log appends) runs in
+//! Every disk access here (record reads, dispatch-log appends) runs in
 //! `spawn_blocking`. A record that fails its checksum is dropped and counted (it cannot be
 //! delivered); a read that fails with an I/O error is retried like a failed dispatch.
 
@@ -17,11 +18,10 @@ use opentelemetry::KeyValue;
 use tokio::time::Instant;
 
 use crate::dispatch::{DueMessage, Outcome};
-use crate::error::DelayError;
 use crate::record::{DelayRecord, FRAME_HEADER};
 use crate::wheel::WheelEntry;
 
-use super::{join_error, max_payload, Inner};
+use super::Inner;
 
 /// Ends a `Qmq.Delay.Dispatch` span with the message's outcome.
 fn end_dispatch_span(cx: &opentelemetry::Context, outcome: &Outcome) {
@@ -101,53 +101,6 @@ enum Read {
 }
 
 impl Inner {
-    /// Loads every bucket within the load-ahead window into the wheel; returns the start of the
-    /// next bucket to load later. A bucket whose read fails is loaded again on a later call
-    /// (nothing of it goes into the wheel until a read succeeds).
-    async fn load_buckets(self: &Arc<Self>, now: i64) -> Result<Option<i64>, DelayError> {
-        let horizon = now + self.cfg.load_ahead_ms();
-        let (pending, next) = self.store.lock().loads_pending(horizon);
-        if !pending {
-            return Ok(next);
-        }
-        let me = self.clone();
-        let (jobs, next) =
-            tokio::task::spawn_blocking(move || me.store.lock().begin_loads(horizon))
-                .await
-                .map_err(|e| join_error("load bucket", e))??;
-        let mut failed = None;
-        for job in jobs {
-            let scale = self.cfg.scale_ms();
-            let max = max_payload(&self.cfg);
-            let start = job.bucket_start();
-            let (job, result) = tokio::task::spawn_blocking(move || {
-                let r = job.run(scale, max);
-                (job, r)
-            })
-            .await
-            .map_err(|e| join_error("load bucket", e))?;
-            match result {
-                Ok((entries, damaged)) => {
-                    tracing::debug!(
-                        bucket = start,
-                        entries = entries.len(),
-                        "bucket loaded into the wheel"
-                    );
-                    self.store.lock().finish_load(start, entries, damaged);
-                }
-                Err(e) => {
-                    tracing::error!(bucket = start, error = %e, "loading a bucket failed; retrying");
-                    self.store.lock().abort_load(&job);
-                    failed = Some(e);
-                }
-            }
-        }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(next),
-        }
-    }
-
     /// Reads the records of due entries back (blocking: call from `spawn_blocking`).
     fn read_due(&self, entries: &[WheelEntry]) -> Vec<Read> {
         let mut files: Vec<(u32, Option<Arc<std::fs::File>>)> = Vec::new();
@@ -430,16 +383,6 @@ pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
     let mut retries = RetryQueue::default();
     while !inner.cancel.is_cancelled() {
         let now = inner.clock.now_ms();
-        let next_load = match inner.load_buckets(now).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, "loading buckets failed; retrying");
-                tokio::select! {
-                    _ = inner.cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
         due.clear();
         let next_fire = {
             let mut store = inner.store.lock();
@@ -466,13 +409,8 @@ pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
         inner
             .retrying
             .store(retries.len() as u64, Ordering::Relaxed);
-        let next_load = next_load.map(|s| s - inner.cfg.load_ahead_ms());
-        let target = match (next_fire, next_load) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         let sleep = async {
-            match target {
+            match next_fire {
                 Some(t) => inner.clock.sleep_until(t).await,
                 None => futures::future::pending().await,
             }

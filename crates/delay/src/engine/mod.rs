@@ -3,8 +3,8 @@
 //! Flow of a message: a writer thread appends a batch of messages to the message log (WAL) and
 //! fsyncs it (the acknowledgement point), then appends each message to the schedule log of its
 //! time bucket; if that bucket is already in the timing wheel the message goes into the wheel
-//! too. The dispatch task loads buckets into the wheel `load_ahead` before they start, takes
-//! due entries tick by tick, reads the messages back from the schedule logs, hands them to the
+//! too. A loader task loads buckets into the wheel `load_ahead` before they start; the
+//! dispatch task takes due entries tick by tick, reads the messages back from the schedule logs, hands them to the
 //! [`Dispatcher`] in batches bounded by count and bytes, and appends the stored ones to the
 //! bucket's dispatch log. A maintenance task fsyncs schedule and dispatch logs and writes the
 //! checkpoint every `flush_interval`, and deletes fully dispatched logs past retention.
@@ -17,15 +17,24 @@
 //! too it keeps backing off. Retry state lives in memory: after a restart a message that was
 //! being retried is offered again with a fresh count.
 //!
-//! Restart: schedule logs are checked against the checkpoint (torn tails cut), the message log
-//! after the checkpoint is replayed into them (records already there are recognised by their
-//! message-log offset), dispatch logs say what not to deliver again. A batch forwarded but not
-//! yet recorded in its dispatch log when the process died is offered again: the broker's
+//! Restart: each schedule log is read only past the length the checkpoint counts durable (torn
+//! tails cut); the message log after the checkpoint is replayed into them (records already
+//! there are recognised by their message-log offset). Buckets the checkpoint counts fully
+//! dispatched (its per-bucket dispatched count, taken only after the dispatch logs were
+//! fsynced) are settled: neither their schedule logs nor their dispatch logs are read again,
+//! so history kept for retention costs a restart nothing. Every other bucket is loaded when
+//! due, its dispatch log then saying what not to deliver again, and its schedule log
+//! CRC-checked whole before any of its entries can fire (`load.rs`: a damaged record is
+//! rebuilt from the message log if it still holds it, reported as lost otherwise). Dispatch
+//! starts at once: the loader loads the bucket holding "now" first and never holds up the
+//! dispatch loop. A crash between recording a dispatch and the next checkpoint only means the
+//! bucket is loaded (and its dispatch log read) once more. A batch forwarded but not yet
+//! recorded in its dispatch log when the process died is offered again: the broker's
 //! duplicate window answers it DUPLICATE (stored once) when the restart comes within the
 //! window (see the crate docs).
 //!
-//! Disk work never runs on the async runtime: the writer has its own thread, and the dispatch
-//! and maintenance tasks do every read, write, fsync and deletion in `spawn_blocking`.
+//! Disk work never runs on the async runtime: the writer has its own thread, and the loader,
+//! dispatch and maintenance tasks do every read, write, fsync and deletion in `spawn_blocking`.
 //! After a failed fsync of a schedule or dispatch log the checkpoint stops advancing (a later
 //! fsync that succeeds proves nothing about the pages the failed one lost), so a restart
 //! replays the message log from the last good checkpoint.
@@ -41,10 +50,11 @@
 //! context gets no span, and the message's bytes are never changed: to read the context, the
 //! stored form is decoded, and only when tracing is on.
 //!
-//! One file per phase: `recover.rs` (open), `writer.rs` (accepting messages), `deliver.rs`
-//! (due messages), `maintenance.rs` (flush, retention).
+//! One file per phase: `recover.rs` (open), `writer.rs` (accepting messages), `load.rs`
+//! (buckets into the wheel), `deliver.rs` (due messages), `maintenance.rs` (flush, retention).
 
 mod deliver;
+mod load;
 mod maintenance;
 pub(crate) mod recover;
 mod writer;
@@ -139,8 +149,11 @@ pub struct DelayStats {
     pub dispatched: u64,
     /// Message-log segment files.
     pub wal_segments: usize,
-    /// Damaged records met while loading or dispatching (and damaged dispatch records).
+    /// Damaged records met while loading or dispatching (and damaged dispatch records): a
+    /// damaged schedule record the message log could not rebuild is never delivered.
     pub damaged: u64,
+    /// Damaged schedule records a load rebuilt from the message log (then delivered as usual).
+    pub repaired: u64,
     /// Messages stored under their dead-letter subject since the engine opened.
     pub dead_lettered: u64,
     /// Messages offered and not stored yet, waiting for their next attempt.
@@ -169,7 +182,10 @@ struct Inner {
     dispatcher: Arc<dyn Dispatcher>,
     store: Mutex<Store>,
     wal: Mutex<MessageLog>,
+    /// Wakes the dispatch loop (new wheel entries).
     wake: Notify,
+    /// Wakes the loader (a new bucket).
+    load_wake: Notify,
     cancel: CancellationToken,
     maint: tokio::sync::Mutex<()>,
     /// The message log's end, published after every durable append (the sync port waits on it).
@@ -214,6 +230,7 @@ impl DelayEngine {
             store: Mutex::new(store),
             wal: Mutex::new(wal),
             wake: Notify::new(),
+            load_wake: Notify::new(),
             cancel: CancellationToken::new(),
             maint: tokio::sync::Mutex::new(()),
             checkpointed_wal: AtomicU64::new(retained_from),
@@ -231,6 +248,7 @@ impl DelayEngine {
             .spawn(move || writer::writer_loop(w, rx))
             .map_err(|e| DelayError::io("spawn writer thread", "", e))?;
         let tasks = vec![
+            tokio::spawn(load::load_loop(inner.clone())),
             tokio::spawn(deliver::dispatch_loop(inner.clone())),
             tokio::spawn(maintenance::maintenance_loop(inner.clone())),
         ];
@@ -353,6 +371,7 @@ impl DelayEngine {
                 .sum(),
             wal_segments,
             damaged: s.damaged,
+            repaired: s.repaired,
             dead_lettered: self.dead_lettered(),
             retrying: self.inner.retrying.load(Ordering::Relaxed),
         }
@@ -468,6 +487,11 @@ impl BacklogSource for Inner {
 
     fn wal_end(&self) -> u64 {
         *self.wal_end.borrow()
+    }
+
+    fn damage(&self) -> (u64, u64) {
+        let store = self.store.lock();
+        (store.damaged, store.repaired)
     }
 }
 

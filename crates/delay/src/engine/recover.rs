@@ -104,7 +104,9 @@ pub(crate) fn recover(cfg: &DelayConfig) -> Result<(Store, MessageLog, u64), Del
         tracing::info!(replayed, "message log records replayed into schedule logs");
     }
     store.applied_wal = wal.end();
-    store.load_dispatch_logs()?;
+    if !rewind {
+        store.settle(&cp);
+    }
     let retained_from = store.plan_flush().execute(root)?;
     Ok((store, wal, retained_from))
 }

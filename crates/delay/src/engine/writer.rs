@@ -160,6 +160,7 @@ impl Inner {
         }
         if wake {
             self.wake.notify_one();
+            self.load_wake.notify_one();
         }
         Ok(())
     }

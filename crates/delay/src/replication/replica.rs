@@ -196,12 +196,15 @@ impl Replica {
         let scale = self.store.scale_ms();
         for part in &chunk.parts {
             let bucket = part.bucket;
+            let len = self.store.buckets.get(&bucket).map_or(0, |b| b.len);
             if !self.dispatched.contains_key(&bucket) {
-                let path = self.store.dispatch_path(bucket);
-                let set = self.store.read_dispatch_log(bucket, &path)?;
+                let set = self.read_dispatched(bucket, len)?;
+                if let Some(b) = self.store.buckets.get_mut(&bucket) {
+                    // Exact from here on: what the log holds, plus what this replica adds.
+                    b.dispatched = set.len() as u64;
+                }
                 self.dispatched.insert(bucket, set);
             }
-            let len = self.store.buckets.get(&bucket).map_or(0, |b| b.len);
             let mut entries = Vec::new();
             let mut skipped = 0u64;
             if let Some(known) = self.dispatched.get_mut(&bucket) {
@@ -246,6 +249,22 @@ impl Replica {
                 .insert(bucket, part.from + part.bytes.len() as u64);
         }
         Ok(true)
+    }
+
+    /// The distinct schedule-log offsets before `len` this replica's dispatch log of `bucket`
+    /// records (damaged records are counted and skipped).
+    fn read_dispatched(&mut self, bucket: i64, len: u64) -> Result<HashSet<u64>, DelayError> {
+        let path = self.store.dispatch_path(bucket);
+        let read =
+            crate::fsutil::inject("delay::dispatch::read").and_then(|()| std::fs::read(&path));
+        let bytes = match read {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+            Err(e) => return Err(DelayError::io("read dispatch log", &path, e)),
+        };
+        let (offsets, damaged) = crate::store::parse_dispatch_records(&bytes, &path);
+        self.store.damaged += damaged;
+        Ok(offsets.into_iter().filter(|&o| o < len).collect())
     }
 
     /// Fsyncs schedule and dispatch logs and writes the checkpoint.
