@@ -60,7 +60,7 @@ pub fn check_table(table: &str) -> Result<(), OutboxError> {
 /// Every statement on one outbox table in one dialect.
 ///
 /// Parameters, in order: `insert` (content), `delete`/`block` (id), `select_pending` (grace in
-/// milliseconds, row limit), `mark` (status, id), `failed` (id). Times come from the database's
+/// milliseconds, lowest id to skip, row limit), `mark` (status, id), `failed` (id). Times come from the database's
 /// clock (`update_time` is compared with the database's "now"), so producer, watchdog and
 /// database need not agree on the time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +81,9 @@ pub struct OutboxSql {
     pub delete: String,
     /// Marks a row blocked (status −100) and counts the failure.
     pub block: String,
-    /// Pending rows older than the grace period, oldest first: `id`, `content`, `error`
-    /// (as a 64-bit integer).
+    /// Pending rows older than the grace period with an id above the one given, by id: `id`,
+    /// `content`, `error` (as a 64-bit integer). The id lets one scan move forward past rows it
+    /// handled but could not send.
     pub select_pending: String,
     /// Sets a pending row's status and counts the failure.
     pub mark: String,
@@ -95,9 +96,9 @@ impl OutboxSql {
     pub fn new(dialect: Dialect, table: &str) -> Result<Self, OutboxError> {
         check_table(table)?;
         let schema = table.split_once('.').map(|(s, _)| s);
-        let (p1, p2) = match dialect {
-            Dialect::Postgres => ("$1", "$2"),
-            Dialect::MySql | Dialect::Sqlite => ("?", "?"),
+        let (p1, p2, p3) = match dialect {
+            Dialect::Postgres => ("$1", "$2", "$3"),
+            Dialect::MySql | Dialect::Sqlite => ("?", "?", "?"),
         };
         let now = match dialect {
             Dialect::MySql | Dialect::Postgres => "CURRENT_TIMESTAMP",
@@ -175,7 +176,8 @@ impl OutboxSql {
             ),
             select_pending: format!(
                 "SELECT id, content, {error} AS error FROM {table} \
-                 WHERE status = {pending} AND update_time < {cutoff} ORDER BY id LIMIT {p2}"
+                 WHERE status = {pending} AND update_time < {cutoff} AND id > {p2} \
+                 ORDER BY id LIMIT {p3}"
             ),
             mark: format!(
                 "UPDATE {table} SET status = {p1}, error = error + 1, update_time = {now} \
@@ -215,7 +217,7 @@ mod tests {
             pg.create_schema.as_deref(),
             Some("CREATE SCHEMA IF NOT EXISTS qmq_produce")
         );
-        assert!(pg.select_pending.contains("$2"));
+        assert!(pg.select_pending.contains("id > $2") && pg.select_pending.ends_with("$3"));
         let lite = OutboxSql::new(Dialect::Sqlite, DEFAULT_SQLITE_TABLE).unwrap();
         assert_eq!(lite.create_schema, None);
         assert!(!OutboxSql::new(Dialect::MySql, DEFAULT_SQLITE_TABLE)
