@@ -30,7 +30,16 @@ use crate::Cli;
 const ROLES: [&str; 3] = ["broker", "meta", "delay"];
 
 /// The server subcommands, which take `--config`.
-const SERVERS: [&str; 4] = ["standalone", "broker", "meta", "delay"];
+const SERVERS: [&str; 5] = ["standalone", "broker", "meta", "delay", "watchdog"];
+
+/// The watchdog's table: like a role's, but not part of the cluster's shared keys; `standalone`
+/// reads its `watchdog_<key>` flags from `[watchdog] <key>`.
+const WATCHDOG: &str = "watchdog";
+
+/// Whether `key` names a table of the file.
+fn is_table(key: &str) -> bool {
+    ROLES.contains(&key) || key == WATCHDOG
+}
 
 /// The id of the `--config` argument.
 const CONFIG: &str = "config";
@@ -153,7 +162,7 @@ impl File {
             None => self
                 .doc
                 .get(key)
-                .filter(|_| !ROLES.contains(&key))
+                .filter(|_| !is_table(key))
                 .filter(|item| !item.is_none()),
             Some(s) => self.doc.get(s)?.as_table_like()?.get(key),
         }
@@ -165,7 +174,7 @@ impl File {
         let mut bad = Vec::new();
         let top = top_level_keys(cmd);
         for (key, item) in self.doc.iter() {
-            if ROLES.contains(&key) {
+            if is_table(key) {
                 let Some(table) = item.as_table_like() else {
                     bad.push(format!("`{key}` must be a table ([{key}])"));
                     continue;
@@ -246,11 +255,17 @@ fn top_level_keys(cmd: &Command) -> Vec<String> {
 /// Where server subcommand `server` reads its key `key`: a table and the key in it (also
 /// looked up at the top level when not in that table).
 fn source(cmd: &Command, server: &str, key: &str) -> Option<(&'static str, String)> {
+    if server == WATCHDOG {
+        return Some((WATCHDOG, key.to_owned()));
+    }
     if server != "standalone" {
         return ROLES
             .iter()
             .find(|r| **r == server)
             .map(|r| (*r, key.to_owned()));
+    }
+    if let Some(k) = key.strip_prefix("watchdog_") {
+        return Some((WATCHDOG, k.to_owned()));
     }
     if key == "delay_max_message_bytes" {
         return Some(("delay", "max_message_bytes".to_owned()));
@@ -587,7 +602,7 @@ pub fn default_file() -> String {
             entry(&mut out, arg);
         }
     }
-    for role in ROLES {
+    for role in ROLES.into_iter().chain([WATCHDOG]) {
         let _ = write!(out, "\n[{role}]\n");
         for (key, arg) in keys(subcommand(&cmd, role)) {
             if !shared.contains(&key) {
@@ -696,6 +711,7 @@ mod tests {
             crate::Command::Broker(a) => format!("{a:?}"),
             crate::Command::Meta(a) => format!("{a:?}"),
             crate::Command::Delay(a) => format!("{a:?}"),
+            crate::Command::Watchdog(a) => format!("{a:?}"),
             _ => panic!("not a server"),
         };
         format!("log_format: {:?} {text}", cli.log_format)

@@ -255,3 +255,81 @@ macro_rules! on_all_databases {
         }
     };
 }
+
+/// The meta database of one test: SQLite in a temp dir, or a fresh PostgreSQL or MariaDB
+/// database (dropped by [`MetaDb::drop_now`]).
+pub struct MetaDb {
+    pub url: String,
+    admin: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl MetaDb {
+    /// `None` (after a skip line) when the server of `dialect` is absent.
+    pub async fn new(dialect: Dialect, test: &str) -> Option<Self> {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let admin = match dialect {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some(require(&POSTGRES, test)?),
+            Dialect::MySql => Some(require(&MYSQL, test)?),
+        };
+        let (url, admin) = match admin {
+            None => (
+                format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display()),
+                None,
+            ),
+            Some(admin) => {
+                let name = unique("qmqwdmeta");
+                let pool = AnyPoolOptions::new().max_connections(1).connect(&admin).await.unwrap();
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.unwrap();
+                pool.close().await;
+                (qmq_testkit::with_database(&admin, &name), Some((admin, name)))
+            }
+        };
+        Some(Self { url, admin, _dir: dir })
+    }
+
+    pub async fn drop_now(&self) {
+        if let Some((admin, name)) = &self.admin {
+            let pool = AnyPoolOptions::new().max_connections(1).connect(admin).await.unwrap();
+            let force = if admin.starts_with("postgres") { " WITH (FORCE)" } else { "" };
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name}{force}"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+/// The registry entry (as add-db makes it) of the outbox server of `db` (PostgreSQL or
+/// MariaDB; SQLite cannot be registered) in room `room`.
+pub fn registration(db: &OutboxDb, room: &str) -> qmq_meta::model::ClientDb {
+    let rest = db.url.split_once("://").unwrap().1;
+    let (auth, hostpath) = rest.rsplit_once('@').unwrap_or(("", rest));
+    let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+    let (hostport, path) = hostpath.split_once('/').unwrap_or((hostpath, ""));
+    let database = path.split(['?', '#']).next().unwrap_or_default();
+    let (host, port) = hostport.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let url = match db.dialect {
+        Dialect::Postgres => format!("postgres://{host}:{port}/{database}"),
+        _ => format!("mysql://{host}:{port}"),
+    };
+    qmq_meta::model::ClientDb {
+        url,
+        user_name: user.into(),
+        password: password.into(),
+        room: room.into(),
+    }
+}
+
+/// Waits until `cond()` holds, or panics with `what` after the deadline.
+pub async fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
