@@ -728,8 +728,13 @@ mod tests {
     fn the_default_file_sets_exactly_the_defaults() {
         let text = default_file();
         for server in SERVERS {
-            let plain = settings(&parse(&[server]).unwrap());
-            let mut from_file = settings(&with_file(&text, &[server]).unwrap());
+            let argv: &[&str] = if server == WATCHDOG {
+                &[server, "--meta-database-url", "sqlite://m.db", "--meta-http", "m:8080"]
+            } else {
+                &[server]
+            };
+            let plain = settings(&parse(argv).unwrap());
+            let mut from_file = settings(&with_file(&text, argv).unwrap());
             if server == "standalone" {
                 // `[delay] max_message_bytes` is the delay role's 4 MiB; standalone's own
                 // default is "the broker's", also 4 MiB.
@@ -750,7 +755,11 @@ mod tests {
         let cmd = command();
         for server in SERVERS {
             for (key, arg) in keys(subcommand(&cmd, server)) {
-                if arg.is_hide_set() || key == "delay_max_message_bytes" {
+                // Standalone's own names for keys of [delay] and [watchdog].
+                if arg.is_hide_set()
+                    || key == "delay_max_message_bytes"
+                    || key.starts_with("watchdog_")
+                {
                     continue;
                 }
                 let set = format!("\n{key} = ");
@@ -795,6 +804,20 @@ mod tests {
         assert!(s.contains("admin_tokens: [\"a\", \"b\"]"), "{s}");
         assert!(s.contains("delay_max_message_bytes: Some(900)"), "{s}");
         assert!(s.contains("listen: 127.0.0.1:1234"), "{s}");
+    }
+
+    #[test]
+    fn the_watchdog_table_sets_watchdog_and_standalone() {
+        let text = "[watchdog]\ngrace_ms = 5\nnamespace = \"ns\"\nlease_ms = 9000\n";
+        let argv = ["watchdog", "--meta-database-url", "sqlite://m.db", "--meta-http", "m:1"];
+        let s = settings(&with_file(text, &argv).unwrap());
+        assert!(s.contains("grace_ms: 5"), "{s}");
+        assert!(s.contains("namespace: \"ns\""), "{s}");
+        assert!(s.contains("lease_ms: 9000"), "{s}");
+        let s = settings(&with_file(text, &["standalone"]).unwrap());
+        assert!(s.contains("grace_ms: 5"), "{s}");
+        let e = error(with_file("[watchdog]\nbogus = 1\n", &["standalone"]));
+        assert!(e.contains("unknown key `bogus` in [watchdog]"), "{e}");
     }
 
     #[test]

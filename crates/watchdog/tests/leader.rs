@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use qmq_client::idempotent::Dialect;
+use qmq_client::MessageExt;
 use qmq_meta::store::Store;
 use qmq_watchdog::{start, ScanOptions, WatchdogConfig};
 
@@ -70,9 +71,8 @@ async fn one_leader_then_take_over(meta: Dialect, test: &str) {
             .await;
         let got = pull_exactly(&addr, &subject, "g", 1).await;
         assert_eq!(got[0].message_id, "first");
-        assert_eq!(got[0].get_i64_attr("qmq_sequence"), Some(row));
-        let db2 = db.clone();
-        wait_for_rows_gone(&db2).await;
+        assert_eq!(got[0].get_i64("qmq_sequence"), Some(row));
+        wait_for_rows_gone(&db).await;
 
         leader.shutdown().await;
         wait_for("the take-over", Duration::from_secs(5), || follower.is_leader()).await;
@@ -86,16 +86,6 @@ async fn one_leader_then_take_over(meta: Dialect, test: &str) {
     })
     .await;
     meta_db.drop_now().await;
-}
-
-trait Attr {
-    fn get_i64_attr(&self, key: &str) -> Option<i64>;
-}
-
-impl Attr for qmq_client::Message {
-    fn get_i64_attr(&self, key: &str) -> Option<i64> {
-        self.attrs.iter().find(|(k, _)| k == key)?.1.parse().ok()
-    }
 }
 
 async fn wait_for_rows_gone(db: &Arc<OutboxDb>) {
