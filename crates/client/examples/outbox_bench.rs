@@ -52,9 +52,11 @@ macro_rules! bench {
         };
         let outbox = TransactionalProducer::with_table($producer.clone(), pool.clone(), &table)?;
         outbox.create_table().await?;
-        sqlx::query(&format!("CREATE TABLE {orders} (id BIGINT PRIMARY KEY, amount BIGINT)"))
-            .execute(&pool)
-            .await?;
+        sqlx::query(&format!(
+            "CREATE TABLE {orders} (id BIGINT PRIMARY KEY, amount BIGINT)"
+        ))
+        .execute(&pool)
+        .await?;
         let subject = "bench.outbox";
         // Warm-up: connections, routes, broker files.
         for _ in 0..50 {
@@ -118,7 +120,9 @@ macro_rules! bench {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().ok_or("usage: outbox_bench <db-url> [messages] [tasks]")?;
+    let url = args
+        .next()
+        .ok_or("usage: outbox_bench <db-url> [messages] [tasks]")?;
     let n: usize = args.next().map_or(Ok(2000), |s| s.parse())?;
     let tasks: usize = args.next().map_or(Ok(1), |s| s.parse())?;
 
@@ -138,22 +142,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let schema = format!("qmq_bench_{:08x}", rand::random::<u32>());
     let (plain, tx_plain, transactional) = if url.starts_with("postgres") {
         let admin = sqlx::PgPool::connect(&url).await?;
-        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await?;
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await?;
         bench!(sqlx::PgPool, &url, Some(&schema), n, tasks, producer)
     } else if url.starts_with("mysql") || url.starts_with("mariadb") {
         let url = url.replacen("mariadb:", "mysql:", 1);
         let admin = sqlx::MySqlPool::connect(&url).await?;
-        sqlx::query(&format!("CREATE DATABASE {schema}")).execute(&admin).await?;
+        sqlx::query(&format!("CREATE DATABASE {schema}"))
+            .execute(&admin)
+            .await?;
         bench!(sqlx::MySqlPool, &url, Some(&schema), n, tasks, producer)
     } else {
         bench!(sqlx::SqlitePool, &url, None::<&str>, n, tasks, producer)
     };
-    println!("database {}, {n} messages, {tasks} task(s)", url.split('@').next_back().unwrap_or(&url));
+    println!(
+        "database {}, {n} messages, {tasks} task(s)",
+        url.split('@').next_back().unwrap_or(&url)
+    );
     println!("| row | msgs/s | vs plain send |");
     println!("|---|---:|---:|");
     println!("| plain send | {plain:.0} | 1.00 |");
-    println!("| tx + plain send | {tx_plain:.0} | {:.2} |", tx_plain / plain);
-    println!("| transactional | {transactional:.0} | {:.2} |", transactional / plain);
+    println!(
+        "| tx + plain send | {tx_plain:.0} | {:.2} |",
+        tx_plain / plain
+    );
+    println!(
+        "| transactional | {transactional:.0} | {:.2} |",
+        transactional / plain
+    );
     producer.close().await;
     broker.shutdown().await?;
     Ok(())

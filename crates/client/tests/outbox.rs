@@ -69,8 +69,9 @@ where
     let (outbox_table, orders) = (qualify("qmq_msg_queue"), qualify("orders"));
     let (b, _dir) = broker().await;
     let subject = unique("tx.commit");
-    let outbox = TransactionalProducer::with_table(producer(addr(&b), 3), pool.clone(), &outbox_table)
-        .unwrap();
+    let outbox =
+        TransactionalProducer::with_table(producer(addr(&b), 3), pool.clone(), &outbox_table)
+            .unwrap();
     outbox.create_table().await.unwrap();
     outbox.create_table().await.unwrap(); // idempotent
     sqlx::query(&format!("CREATE TABLE {orders} (id BIGINT PRIMARY KEY)"))
@@ -108,12 +109,24 @@ where
     let deliveries = tx.commit().await.unwrap();
     assert_eq!(deliveries.len(), 1);
     let d = &deliveries[0];
-    assert_eq!((d.message_id.as_str(), d.row_id), (committed_id.as_str(), row));
+    assert_eq!(
+        (d.message_id.as_str(), d.row_id),
+        (committed_id.as_str(), row)
+    );
     assert_eq!(d.result.as_ref().unwrap().message_id, committed_id);
 
-    assert_eq!(count(&pool, &format!("SELECT COUNT(*) FROM {outbox_table}")).await, 0);
-    assert_eq!(count(&pool, &format!("SELECT COUNT(*) FROM {orders}")).await, 1);
-    assert_eq!(count(&pool, &format!("SELECT MAX(id) FROM {orders}")).await, 3);
+    assert_eq!(
+        count(&pool, &format!("SELECT COUNT(*) FROM {outbox_table}")).await,
+        0
+    );
+    assert_eq!(
+        count(&pool, &format!("SELECT COUNT(*) FROM {orders}")).await,
+        1
+    );
+    assert_eq!(
+        count(&pool, &format!("SELECT MAX(id) FROM {orders}")).await,
+        3
+    );
 
     // The broker has exactly the committed message: pull it, then find nothing more.
     let got = pull_n(&addr(&b), &subject, "g", 1).await;
@@ -122,7 +135,10 @@ where
     let conn = Connection::connect(&addr(&b)).await.unwrap();
     let mut c = PullConsumer::new(conn, &subject, "g", "test-puller-2");
     let (_, more) = c.pull(100, Duration::from_millis(300)).await.unwrap();
-    assert!(more.is_empty(), "only the committed message is stored: {more:?}");
+    assert!(
+        more.is_empty(),
+        "only the committed message is stored: {more:?}"
+    );
     let all = pull_n(&addr(&b), &subject, "other-group", 1).await;
     assert!(ids(&all).contains(&committed_id));
     assert!(!ids(&all).contains(&rolled_id) && !ids(&all).contains(&dropped_id));
@@ -152,7 +168,10 @@ where
     let id = m.message_id.clone();
     let row = tx.send(m).await.unwrap();
     let deliveries = tx.commit().await.unwrap();
-    assert!(deliveries[0].result.is_err(), "nothing listens: {deliveries:?}");
+    assert!(
+        deliveries[0].result.is_err(),
+        "nothing listens: {deliveries:?}"
+    );
     let (content, st): (String, i16) = sqlx::query_as(&format!(
         "SELECT content, status FROM {table} WHERE id = {row}"
     ))
@@ -226,7 +245,11 @@ async fn postgres_commit_sends_once_rollback_never() {
     let Some((pool, schema)) = postgres("postgres_commit_sends_once_rollback_never").await else {
         return;
     };
-    cleaned(commit_and_rollback(pool.clone(), Some(&schema)), drop_pg(pool, schema.clone())).await;
+    cleaned(
+        commit_and_rollback(pool.clone(), Some(&schema)),
+        drop_pg(pool, schema.clone()),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -234,7 +257,11 @@ async fn mysql_commit_sends_once_rollback_never() {
     let Some((pool, db)) = mysql("mysql_commit_sends_once_rollback_never").await else {
         return;
     };
-    cleaned(commit_and_rollback(pool.clone(), Some(&db)), drop_my(pool, db.clone())).await;
+    cleaned(
+        commit_and_rollback(pool.clone(), Some(&db)),
+        drop_my(pool, db.clone()),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -249,8 +276,11 @@ async fn postgres_broker_down_leaves_a_pending_row() {
         return;
     };
     let table = format!("{schema}.qmq_msg_queue");
-    cleaned(broker_down_leaves_a_pending_row(pool.clone(), &table), drop_pg(pool, schema.clone()))
-        .await;
+    cleaned(
+        broker_down_leaves_a_pending_row(pool.clone(), &table),
+        drop_pg(pool, schema.clone()),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -259,7 +289,11 @@ async fn mysql_broker_down_leaves_a_pending_row() {
         return;
     };
     let table = format!("{db}.qmq_msg_queue");
-    cleaned(broker_down_leaves_a_pending_row(pool.clone(), &table), drop_my(pool, db.clone())).await;
+    cleaned(
+        broker_down_leaves_a_pending_row(pool.clone(), &table),
+        drop_my(pool, db.clone()),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -295,7 +329,8 @@ async fn mysql_default_table_has_javas_columns() {
             .fetch_all(&p)
             .await
             .unwrap();
-            let cols: Vec<(&str, &str)> = cols.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            let cols: Vec<(&str, &str)> =
+                cols.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
             assert_eq!(
                 cols,
                 [

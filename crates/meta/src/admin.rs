@@ -358,7 +358,10 @@ impl MetaCore {
         };
         let mut url = format!("{}://{}:{}", p.db_type, p.host, p.port);
         if let Some(name) = p.database.as_deref().filter(|d| !d.trim().is_empty()) {
-            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 return Err(MetaError::InvalidArgument(format!(
                     "database name {name:?} may hold only letters, digits, '_' and '-'"
                 )));

@@ -1173,7 +1173,9 @@ impl Store {
         lease_ms: i64,
     ) -> Result<bool, MetaError> {
         if node.is_empty() {
-            return Err(MetaError::InvalidArgument("lease node must not be empty".into()));
+            return Err(MetaError::InvalidArgument(
+                "lease node must not be empty".into(),
+            ));
         }
         let now = self.db_now_ms();
         let insert = self.dialect.insert_ignore(&format!(

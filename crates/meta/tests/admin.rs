@@ -335,7 +335,9 @@ async fn databases_consumers_and_client_state(backend: Backend) {
     let bad = json!({"type": "postgres", "host": "db3", "port": 5432, "username": "u",
         "password": "p", "database": "a/b"});
     assert_eq!(
-        http(&meta, "POST", "/admin/dbs", Some(TOKEN), Some(bad)).await.0,
+        http(&meta, "POST", "/admin/dbs", Some(TOKEN), Some(bad))
+            .await
+            .0,
         400
     );
     assert_eq!(meta.store().client_dbs().await.unwrap().len(), 2);
@@ -1190,20 +1192,48 @@ async fn leases_have_one_holder(backend: Backend) {
     let meta = db.start().await;
     let store = meta.store();
     assert_eq!(store.lease_holder("wd").await.unwrap(), None);
-    assert!(store.acquire_lease("wd", "a", 60_000).await.unwrap(), "first taker");
-    assert!(!store.acquire_lease("wd", "b", 60_000).await.unwrap(), "held by a");
-    assert!(store.acquire_lease("wd", "a", 60_000).await.unwrap(), "a renews");
-    assert!(store.acquire_lease("other", "b", 60_000).await.unwrap(), "leases are separate");
-    assert_eq!(store.lease_holder("wd").await.unwrap().as_deref(), Some("a"));
+    assert!(
+        store.acquire_lease("wd", "a", 60_000).await.unwrap(),
+        "first taker"
+    );
+    assert!(
+        !store.acquire_lease("wd", "b", 60_000).await.unwrap(),
+        "held by a"
+    );
+    assert!(
+        store.acquire_lease("wd", "a", 60_000).await.unwrap(),
+        "a renews"
+    );
+    assert!(
+        store.acquire_lease("other", "b", 60_000).await.unwrap(),
+        "leases are separate"
+    );
+    assert_eq!(
+        store.lease_holder("wd").await.unwrap().as_deref(),
+        Some("a")
+    );
     store.release_lease("wd", "b").await.unwrap();
-    assert_eq!(store.lease_holder("wd").await.unwrap().as_deref(), Some("a"), "not b's");
+    assert_eq!(
+        store.lease_holder("wd").await.unwrap().as_deref(),
+        Some("a"),
+        "not b's"
+    );
     store.release_lease("wd", "a").await.unwrap();
     assert_eq!(store.lease_holder("wd").await.unwrap().as_deref(), Some(""));
-    assert!(store.acquire_lease("wd", "b", 60_000).await.unwrap(), "free: b takes it");
+    assert!(
+        store.acquire_lease("wd", "b", 60_000).await.unwrap(),
+        "free: b takes it"
+    );
     assert!(!store.acquire_lease("wd", "a", 60_000).await.unwrap());
     // With a lease of -1 ms every holder counts as expired: a takes over.
-    assert!(store.acquire_lease("wd", "a", -1).await.unwrap(), "expired: a takes over");
-    assert_eq!(store.lease_holder("wd").await.unwrap().as_deref(), Some("a"));
+    assert!(
+        store.acquire_lease("wd", "a", -1).await.unwrap(),
+        "expired: a takes over"
+    );
+    assert_eq!(
+        store.lease_holder("wd").await.unwrap().as_deref(),
+        Some("a")
+    );
     assert!(store.acquire_lease("wd", "", 1).await.is_err());
     meta.shutdown().await;
 }

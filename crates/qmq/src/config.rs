@@ -729,7 +729,13 @@ mod tests {
         let text = default_file();
         for server in SERVERS {
             let argv: &[&str] = if server == WATCHDOG {
-                &[server, "--meta-database-url", "sqlite://m.db", "--meta-http", "m:8080"]
+                &[
+                    server,
+                    "--meta-database-url",
+                    "sqlite://m.db",
+                    "--meta-http",
+                    "m:8080",
+                ]
             } else {
                 &[server]
             };
@@ -809,7 +815,13 @@ mod tests {
     #[test]
     fn the_watchdog_table_sets_watchdog_and_standalone() {
         let text = "[watchdog]\ngrace_ms = 5\nnamespace = \"ns\"\nlease_ms = 9000\n";
-        let argv = ["watchdog", "--meta-database-url", "sqlite://m.db", "--meta-http", "m:1"];
+        let argv = [
+            "watchdog",
+            "--meta-database-url",
+            "sqlite://m.db",
+            "--meta-http",
+            "m:1",
+        ];
         let s = settings(&with_file(text, &argv).unwrap());
         assert!(s.contains("grace_ms: 5"), "{s}");
         assert!(s.contains("namespace: \"ns\""), "{s}");

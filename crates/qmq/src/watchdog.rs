@@ -55,7 +55,11 @@ pub struct ScanArgs {
     #[arg(long, default_value_t = 60_000, env = "QMQ_WATCHDOG_CHECK_INTERVAL_MS")]
     check_interval_ms: u64,
     /// Time between readings of the registered databases, in milliseconds.
-    #[arg(long, default_value_t = 180_000, env = "QMQ_WATCHDOG_REFRESH_INTERVAL_MS")]
+    #[arg(
+        long,
+        default_value_t = 180_000,
+        env = "QMQ_WATCHDOG_REFRESH_INTERVAL_MS"
+    )]
     refresh_interval_ms: u64,
     /// Most rows resent per second per database.
     #[arg(long, default_value_t = 50, env = "QMQ_WATCHDOG_RATE")]
@@ -76,14 +80,26 @@ pub struct StandaloneWatchdogArgs {
     outbox_table: String,
     /// Rows younger than this are left to their producer, in milliseconds (`watchdog
     /// --grace-ms`).
-    #[arg(long = "watchdog-grace-ms", default_value_t = 60_000, env = "QMQ_WATCHDOG_GRACE_MS")]
+    #[arg(
+        long = "watchdog-grace-ms",
+        default_value_t = 60_000,
+        env = "QMQ_WATCHDOG_GRACE_MS"
+    )]
     grace_ms: u64,
     /// Time between scans, in milliseconds (`watchdog --check-interval-ms`).
-    #[arg(long = "watchdog-check-interval-ms", default_value_t = 60_000, env = "QMQ_WATCHDOG_CHECK_INTERVAL_MS")]
+    #[arg(
+        long = "watchdog-check-interval-ms",
+        default_value_t = 60_000,
+        env = "QMQ_WATCHDOG_CHECK_INTERVAL_MS"
+    )]
     check_interval_ms: u64,
     /// Time between readings of the registered databases, in milliseconds (`watchdog
     /// --refresh-interval-ms`).
-    #[arg(long = "watchdog-refresh-interval-ms", default_value_t = 180_000, env = "QMQ_WATCHDOG_REFRESH_INTERVAL_MS")]
+    #[arg(
+        long = "watchdog-refresh-interval-ms",
+        default_value_t = 180_000,
+        env = "QMQ_WATCHDOG_REFRESH_INTERVAL_MS"
+    )]
     refresh_interval_ms: u64,
 }
 
@@ -133,8 +149,7 @@ pub async fn run(args: WatchdogArgs) -> anyhow::Result<()> {
             args.lease_ms
         );
     }
-    qmq_client::outbox::check_table(&args.scan.outbox_table)
-        .context("--outbox-table")?;
+    qmq_client::outbox::check_table(&args.scan.outbox_table).context("--outbox-table")?;
     let store = qmq_meta::store::Store::connect(&args.meta_database_url)
         .await
         .context("opening the meta database")?;
@@ -176,5 +191,8 @@ pub fn start_standalone(
     };
     config.scan.grace = Duration::from_millis(args.grace_ms);
     let producer = producer(meta_http, "qmq-watchdog");
-    Ok((qmq_watchdog::start(config, store, producer.clone()), producer))
+    Ok((
+        qmq_watchdog::start(config, store, producer.clone()),
+        producer,
+    ))
 }

@@ -73,7 +73,15 @@ impl Outbox {
         let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
         let database = path.split(['?', '#']).next().unwrap_or_default();
         let mut args: Vec<String> = [
-            "add-db", "--type", "postgres", "--host", host, "--port", port, "--username", user,
+            "add-db",
+            "--type",
+            "postgres",
+            "--host",
+            host,
+            "--port",
+            port,
+            "--username",
+            user,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -100,7 +108,12 @@ fn standalone(dir: &std::path::Path, extra: &[&str]) -> (Proc, String, String) {
     let port = free_port_pair();
     let mut cmd = qmq();
     cmd.args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--meta-http-listen", "127.0.0.1:0", "--meta-tcp-listen", "127.0.0.1:0"])
+        .args([
+            "--meta-http-listen",
+            "127.0.0.1:0",
+            "--meta-tcp-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--admin-token", TOKEN, "--new-group-start", "earliest"])
         .args(extra)
@@ -117,7 +130,11 @@ fn add_db(meta_http: &str, args: &[String]) {
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "add-db: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "add-db: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Pulls `subject` (group `g`) until `n` messages arrived, then checks nothing else is there.
@@ -127,7 +144,11 @@ async fn pull_exactly(broker: &str, subject: &str, n: usize) -> Vec<Message> {
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while out.len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} messages", out.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} messages",
+            out.len()
+        );
         let (first, msgs) = c.pull(100, Duration::from_millis(500)).await.unwrap();
         if !msgs.is_empty() {
             c.ack(first, first + msgs.len() as i64 - 1).await.unwrap();
@@ -148,12 +169,28 @@ async fn until_empty(outbox: &Outbox) {
 }
 
 fn watchdog(dir: &std::path::Path, meta_http: &str, node: &str, table: &str) -> Proc {
-    let meta_db = format!("sqlite://{}?mode=rw", dir.join("meta").join("meta.db").display());
+    let meta_db = format!(
+        "sqlite://{}?mode=rw",
+        dir.join("meta").join("meta.db").display()
+    );
     let mut cmd = qmq();
-    cmd.args(["watchdog", "--meta-database-url", &meta_db, "--meta-http", meta_http])
-        .args(["--namespace", "ns", "--node", node, "--outbox-table", table])
-        .args(["--lease-ms", "2000", "--renew-interval-ms", "300"])
-        .args(["--check-interval-ms", "200", "--refresh-interval-ms", "200", "--grace-ms", "0"]);
+    cmd.args([
+        "watchdog",
+        "--meta-database-url",
+        &meta_db,
+        "--meta-http",
+        meta_http,
+    ])
+    .args(["--namespace", "ns", "--node", node, "--outbox-table", table])
+    .args(["--lease-ms", "2000", "--renew-interval-ms", "300"])
+    .args([
+        "--check-interval-ms",
+        "200",
+        "--refresh-interval-ms",
+        "200",
+        "--grace-ms",
+        "0",
+    ]);
     let p = Proc::spawn(cmd);
     p.wait_line("qmq watchdog ready", 0, Duration::from_secs(30));
     p
@@ -161,7 +198,8 @@ fn watchdog(dir: &std::path::Path, meta_http: &str, node: &str, table: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_watchdogs_one_sends_the_other_takes_over_after_kill9() {
-    let Some(outbox) = Outbox::new("two_watchdogs_one_sends_the_other_takes_over_after_kill9").await
+    let Some(outbox) =
+        Outbox::new("two_watchdogs_one_sends_the_other_takes_over_after_kill9").await
     else {
         return;
     };
@@ -175,8 +213,18 @@ async fn two_watchdogs_one_sends_the_other_takes_over_after_kill9() {
     // Exactly one announces leadership.
     let deadline = Instant::now() + Duration::from_secs(30);
     let (leader, follower) = loop {
-        let la = a.lines.lock().unwrap().iter().any(|l| l.contains("qmq watchdog leader"));
-        let lb = b.lines.lock().unwrap().iter().any(|l| l.contains("qmq watchdog leader"));
+        let la = a
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("qmq watchdog leader"));
+        let lb = b
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("qmq watchdog leader"));
         assert!(!(la && lb), "two leaders");
         if la {
             break (&mut a, &mut b);
@@ -192,7 +240,12 @@ async fn two_watchdogs_one_sends_the_other_takes_over_after_kill9() {
     let got = pull_exactly(&broker, &subject, 1).await;
     assert_eq!(got[0].message_id, "first");
     assert!(
-        !follower.lines.lock().unwrap().iter().any(|l| l.contains("leader")),
+        !follower
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("leader")),
         "the follower stayed a follower"
     );
 

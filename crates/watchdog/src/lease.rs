@@ -143,7 +143,11 @@ async fn contend(
                 leader.send_replace(true);
             }
             (false, true) => {
-                tracing::warn!(lease = name, node = config.node, "watchdog lost the lease; scans stop");
+                tracing::warn!(
+                    lease = name,
+                    node = config.node,
+                    "watchdog lost the lease; scans stop"
+                );
                 stop_work(work.take()).await;
                 metrics::gauge!("qmq_watchdog_leader").set(0.0);
                 leader.send_replace(false);
@@ -267,7 +271,10 @@ async fn refresh(
             continue;
         }
         let Some((url, name)) = sqlx_url(&db) else {
-            tracing::warn!(url = db.url, "registered database has an unsupported URL; skipped");
+            tracing::warn!(
+                url = db.url,
+                "registered database has an unsupported URL; skipped"
+            );
             continue;
         };
         match Outbox::connect(&url, &config.table, &name).await {
@@ -309,7 +316,9 @@ mod tests {
             )
         );
         assert_eq!(
-            sqlx_url(&db("postgres://db2:5432/shop", "app", "")).unwrap().0,
+            sqlx_url(&db("postgres://db2:5432/shop", "app", ""))
+                .unwrap()
+                .0,
             "postgres://app@db2:5432/shop"
         );
         assert_eq!(sqlx_url(&db("oracle://db3:1521", "u", "p")), None);

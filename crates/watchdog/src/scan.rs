@@ -108,8 +108,7 @@ impl Outbox {
     /// Connects to the database at the sqlx URL `url` (`mysql://`, `mariadb://`, `postgres://`
     /// or `sqlite:`) and uses `table`. `name` names the database in logs (no password).
     pub async fn connect(url: &str, table: &str, name: &str) -> Result<Self, WatchdogError> {
-        let dialect =
-            Dialect::from_url(url).map_err(|_| WatchdogError::BadUrl(name.to_owned()))?;
+        let dialect = Dialect::from_url(url).map_err(|_| WatchdogError::BadUrl(name.to_owned()))?;
         let sql = OutboxSql::new(dialect, table)?;
         sqlx::any::install_default_drivers();
         let url = url.replacen("mariadb:", "mysql:", 1);
@@ -219,7 +218,12 @@ impl Outbox {
             }
             pace.wait().await;
             if errors >= MAX_ERRORS {
-                tracing::error!(db = self.name, id, errors, "outbox row failed too often; marked invalid");
+                tracing::error!(
+                    db = self.name,
+                    id,
+                    errors,
+                    "outbox row failed too often; marked invalid"
+                );
                 self.mark(id, status::INVALID).await?;
                 report.invalid += 1;
                 continue;
@@ -234,7 +238,9 @@ impl Outbox {
                 }
             };
             message.attrs.retain(|(k, _)| k != SEQUENCE_ATTR);
-            message.attrs.push((SEQUENCE_ATTR.to_owned(), id.to_string()));
+            message
+                .attrs
+                .push((SEQUENCE_ATTR.to_owned(), id.to_string()));
             sends.push(async move { (id, producer.send(message).await) });
         }
         for (id, result) in join_all(sends).await {
@@ -251,7 +257,11 @@ impl Outbox {
                     code: ProducerCode::Block,
                     ..
                 }) => {
-                    tracing::error!(db = self.name, id, "broker blocked the message; row marked blocked");
+                    tracing::error!(
+                        db = self.name,
+                        id,
+                        "broker blocked the message; row marked blocked"
+                    );
                     sqlx::query(&self.sql.block)
                         .bind(id)
                         .execute(&self.pool)

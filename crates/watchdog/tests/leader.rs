@@ -43,7 +43,10 @@ async fn one_leader_then_take_over(meta: Dialect, test: &str) {
     with_outbox(outbox_dialect, test, |db| async move {
         let store = Store::connect(&meta_url).await.unwrap();
         let namespace = unique("ns");
-        store.add_client_db(&registration(&db, &namespace)).await.unwrap();
+        store
+            .add_client_db(&registration(&db, &namespace))
+            .await
+            .unwrap();
         // A registration in another room is not this watchdog's business.
         let mut other = registration(&db, "elsewhere");
         other.url.push_str("0");
@@ -52,8 +55,16 @@ async fn one_leader_then_take_over(meta: Dialect, test: &str) {
         let (b, _dir) = broker_on("127.0.0.1:0".parse().unwrap()).await;
         let addr = b.addr().to_string();
         let subject = unique("wd.lead");
-        let a = start(config(&namespace, "a", &db.table), store.clone(), producer(&addr, 3));
-        let b2 = start(config(&namespace, "b", &db.table), store.clone(), producer(&addr, 3));
+        let a = start(
+            config(&namespace, "a", &db.table),
+            store.clone(),
+            producer(&addr, 3),
+        );
+        let b2 = start(
+            config(&namespace, "b", &db.table),
+            store.clone(),
+            producer(&addr, 3),
+        );
         wait_for("a leader", T, || a.is_leader() || b2.is_leader()).await;
         // Never both, while they keep contending for a few lease periods.
         let end = std::time::Instant::now() + Duration::from_millis(1500);
@@ -63,11 +74,18 @@ async fn one_leader_then_take_over(meta: Dialect, test: &str) {
         }
         assert!(a.is_leader() ^ b2.is_leader());
         let (leader, follower) = if a.is_leader() { (a, b2) } else { (b2, a) };
-        let holder = store.lease_holder(&format!("qmq_watchdog_{namespace}")).await.unwrap();
+        let holder = store
+            .lease_holder(&format!("qmq_watchdog_{namespace}"))
+            .await
+            .unwrap();
         assert!(holder.as_deref() == Some("a") || holder.as_deref() == Some("b"));
 
         let row = db
-            .insert_raw(&format!(r#"{{"messageId":"first","subject":"{subject}"}}"#), 0, 0)
+            .insert_raw(
+                &format!(r#"{{"messageId":"first","subject":"{subject}"}}"#),
+                0,
+                0,
+            )
             .await;
         let got = pull_exactly(&addr, &subject, "g", 1).await;
         assert_eq!(got[0].message_id, "first");
@@ -75,9 +93,16 @@ async fn one_leader_then_take_over(meta: Dialect, test: &str) {
         wait_for_rows_gone(&db).await;
 
         leader.shutdown().await;
-        wait_for("the take-over", Duration::from_secs(5), || follower.is_leader()).await;
-        db.insert_raw(&format!(r#"{{"messageId":"second","subject":"{subject}"}}"#), 0, 0)
-            .await;
+        wait_for("the take-over", Duration::from_secs(5), || {
+            follower.is_leader()
+        })
+        .await;
+        db.insert_raw(
+            &format!(r#"{{"messageId":"second","subject":"{subject}"}}"#),
+            0,
+            0,
+        )
+        .await;
         let got = pull_exactly(&addr, &subject, "g", 1).await;
         assert_eq!(got[0].message_id, "second");
         follower.shutdown().await;

@@ -48,7 +48,11 @@ async fn producer_child() {
             ..ProducerConfig::default()
         },
     ));
-    let db = ChildDb { dialect, url, table };
+    let db = ChildDb {
+        dialect,
+        url,
+        table,
+    };
     db.commit(producer, new_message(&subject)).await;
     panic!("the send was supposed to hang until the parent killed this process");
 }
@@ -114,7 +118,12 @@ async fn producer_killed_after_commit(dialect: Dialect, test: &str) {
         };
         let spec = [name, &db.url, &db.table, &hole, &subject].join("\u{1f}");
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["producer_child", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "producer_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD, spec)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -129,7 +138,10 @@ async fn producer_killed_after_commit(dialect: Dialect, test: &str) {
             if let Some(st) = child.try_wait().unwrap() {
                 panic!("the producer exited before it was killed: {st}");
             }
-            assert!(Instant::now() < deadline, "the producer never committed and sent");
+            assert!(
+                Instant::now() < deadline,
+                "the producer never committed and sent"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         child.kill().unwrap(); // SIGKILL
@@ -142,7 +154,10 @@ async fn producer_killed_after_commit(dialect: Dialect, test: &str) {
             let sql = format!("SELECT content FROM {} WHERE id = {}", db.table, rows[0].0);
             let row = sqlx::query(&sql).fetch_one(&db.pool).await.unwrap();
             row.try_get::<String, _>("content")
-                .or_else(|_| row.try_get::<Vec<u8>, _>("content").map(|b| String::from_utf8(b).unwrap()))
+                .or_else(|_| {
+                    row.try_get::<Vec<u8>, _>("content")
+                        .map(|b| String::from_utf8(b).unwrap())
+                })
                 .unwrap()
         };
         let message_id = from_json(&content).unwrap().message_id;
@@ -157,8 +172,14 @@ async fn producer_killed_after_commit(dialect: Dialect, test: &str) {
         };
         let deadline = Instant::now() + T;
         while !db.rows().await.is_empty() {
-            outbox.scan(&p, &options, &CancellationToken::new()).await.unwrap();
-            assert!(Instant::now() < deadline, "the watchdog did not send the row");
+            outbox
+                .scan(&p, &options, &CancellationToken::new())
+                .await
+                .unwrap();
+            assert!(
+                Instant::now() < deadline,
+                "the watchdog did not send the row"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let got = pull_exactly(&addr, &subject, "g", 1).await;

@@ -44,7 +44,10 @@ async fn scan_until(
         if done(&total) {
             return total;
         }
-        assert!(Instant::now() < deadline, "scans did not get there: {total:?}");
+        assert!(
+            Instant::now() < deadline,
+            "scans did not get there: {total:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -70,7 +73,13 @@ async fn broker_down_then_back(dialect: Dialect, test: &str) {
         let outbox = Outbox::connect(&db.url, &db.table, "test").await.unwrap();
         let p = producer(&addr.to_string(), 3);
         let r = scan_until(&outbox, &p, &quick(), |r| r.sent == 1).await;
-        assert_eq!(r, ScanReport { sent: 1, ..Default::default() });
+        assert_eq!(
+            r,
+            ScanReport {
+                sent: 1,
+                ..Default::default()
+            }
+        );
         assert!(db.rows().await.is_empty(), "sent rows are deleted");
         let got = pull_exactly(&addr.to_string(), &subject, "g", 1).await;
         assert_eq!(got[0].message_id, id);
@@ -78,7 +87,10 @@ async fn broker_down_then_back(dialect: Dialect, test: &str) {
         assert_eq!(got[0].tags, vec!["vip".to_owned()]);
         assert_eq!(got[0].get_i64("qmq_sequence"), Some(row));
         // Nothing left: another scan sends nothing.
-        let again = outbox.scan(&p, &quick(), &CancellationToken::new()).await.unwrap();
+        let again = outbox
+            .scan(&p, &quick(), &CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(again, ScanReport::default());
         b.shutdown().await.unwrap();
     })
@@ -133,12 +145,13 @@ async fn malformed_rows_are_marked(dialect: Dialect, test: &str) {
         let (b, _dir) = broker_on("127.0.0.1:0".parse().unwrap()).await;
         let addr = b.addr().to_string();
         let subject = unique("wd.bad");
-        let valid = |id: &str| {
-            format!(r#"{{"messageId":"{id}","subject":"{subject}","attrs":{{}}}}"#)
-        };
+        let valid =
+            |id: &str| format!(r#"{{"messageId":"{id}","subject":"{subject}","attrs":{{}}}}"#);
         let empty = db.insert_raw("", 0, 0).await;
         let not_json = db.insert_raw("{not json", 0, 0).await;
-        let no_id = db.insert_raw(&format!(r#"{{"subject":"{subject}"}}"#), 0, 0).await;
+        let no_id = db
+            .insert_raw(&format!(r#"{{"subject":"{subject}"}}"#), 0, 0)
+            .await;
         let placeholder = db
             .insert_raw(r#"{"messageId":"p1","subject":"${order.subject}"}"#, 0, 0)
             .await;
@@ -150,7 +163,14 @@ async fn malformed_rows_are_marked(dialect: Dialect, test: &str) {
         let outbox = Outbox::connect(&db.url, &db.table, "test").await.unwrap();
         let p = producer(&addr, 3);
         let r = scan_until(&outbox, &p, &quick(), |r| r.sent + r.invalid == 6).await;
-        assert_eq!(r, ScanReport { sent: 1, invalid: 5, ..Default::default() });
+        assert_eq!(
+            r,
+            ScanReport {
+                sent: 1,
+                invalid: 5,
+                ..Default::default()
+            }
+        );
         let rows = db.rows().await;
         let state = |id| rows.iter().find(|r| r.0 == id).map(|r| (r.1, r.2));
         let invalid = i64::from(status::INVALID);
@@ -159,13 +179,24 @@ async fn malformed_rows_are_marked(dialect: Dialect, test: &str) {
         assert_eq!(state(no_id), Some((invalid, 1)));
         assert_eq!(state(placeholder), Some((invalid, 1)));
         assert_eq!(state(worn_out), Some((invalid, 1001)));
-        assert_eq!(state(blocked), Some((i64::from(status::BLOCKED), 1)), "untouched");
-        assert_eq!(state(busy), Some((i64::from(status::BROKER_BUSY), 1)), "untouched");
+        assert_eq!(
+            state(blocked),
+            Some((i64::from(status::BLOCKED), 1)),
+            "untouched"
+        );
+        assert_eq!(
+            state(busy),
+            Some((i64::from(status::BROKER_BUSY), 1)),
+            "untouched"
+        );
         assert_eq!(state(good), None, "sent and deleted");
         let got = pull_exactly(&addr, &subject, "g", 1).await;
         assert_eq!(got[0].message_id, "good");
         // Marked rows are not retried: the next scan finds nothing to do.
-        let again = outbox.scan(&p, &quick(), &CancellationToken::new()).await.unwrap();
+        let again = outbox
+            .scan(&p, &quick(), &CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(again, ScanReport::default());
         assert_eq!(db.rows().await.len(), 7);
         b.shutdown().await.unwrap();
@@ -188,11 +219,18 @@ async fn grace_period_and_failed_resends(dialect: Dialect, test: &str) {
             grace: Duration::from_secs(3600),
             ..quick()
         };
-        let r = outbox.scan(&p, &patient, &CancellationToken::new()).await.unwrap();
+        let r = outbox
+            .scan(&p, &patient, &CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(r, ScanReport::default(), "young rows are left alone");
         let r = scan_until(&outbox, &p, &quick(), |r| r.failed == 1).await;
         assert_eq!(r.sent, 0);
-        assert_eq!(db.rows().await, vec![(row, 0, 1)], "still pending, one error counted");
+        assert_eq!(
+            db.rows().await,
+            vec![(row, 0, 1)],
+            "still pending, one error counted"
+        );
     })
     .await;
 }
@@ -205,8 +243,12 @@ async fn scans_are_rate_limited() {
         let (b, _dir) = broker_on("127.0.0.1:0".parse().unwrap()).await;
         let subject = unique("wd.rate");
         for i in 0..12 {
-            db.insert_raw(&format!(r#"{{"messageId":"r{i}","subject":"{subject}"}}"#), 0, 0)
-                .await;
+            db.insert_raw(
+                &format!(r#"{{"messageId":"r{i}","subject":"{subject}"}}"#),
+                0,
+                0,
+            )
+            .await;
         }
         let outbox = Outbox::connect(&db.url, &db.table, "test").await.unwrap();
         let p = producer(&b.addr().to_string(), 3);
@@ -217,7 +259,11 @@ async fn scans_are_rate_limited() {
         };
         let started = Instant::now();
         scan_until(&outbox, &p, &slow, |r| r.sent == 12).await;
-        assert!(started.elapsed() >= Duration::from_millis(1000), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
         pull_exactly(&b.addr().to_string(), &subject, "g", 12).await;
         b.shutdown().await.unwrap();
     })

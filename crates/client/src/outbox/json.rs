@@ -46,7 +46,10 @@ pub fn to_json(message: &Message) -> String {
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     let mut doc = Map::new();
-    doc.insert("messageId".into(), Value::String(message.message_id.clone()));
+    doc.insert(
+        "messageId".into(),
+        Value::String(message.message_id.clone()),
+    );
     doc.insert("subject".into(), Value::String(message.subject.clone()));
     doc.insert(
         "tags".into(),

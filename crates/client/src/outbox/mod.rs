@@ -69,8 +69,7 @@ mod sql;
 
 pub use json::{from_json, to_json, ContentError};
 pub use sql::{
-    check_table, default_table, status, OutboxSql, DEFAULT_SQLITE_TABLE, DEFAULT_TABLE,
-    MAX_ERRORS,
+    check_table, default_table, status, OutboxSql, DEFAULT_SQLITE_TABLE, DEFAULT_TABLE, MAX_ERRORS,
 };
 
 pub use crate::idempotent::Dialect;
@@ -403,11 +402,7 @@ impl<'c, DB: OutboxDatabase> OutboxTransaction<'c, DB> {
     /// (should the commit have happened anyway, the watchdog sends the rows). A failed send
     /// leaves its row to the watchdog: see [`Delivery::result`].
     pub async fn commit(self) -> Result<Vec<Delivery>, OutboxError> {
-        let Self {
-            tx,
-            outbox,
-            staged,
-        } = self;
+        let Self { tx, outbox, staged } = self;
         tx.commit().await?;
         Ok(futures::future::join_all(
             staged

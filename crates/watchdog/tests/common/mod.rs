@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use qmq_broker::{serve, BrokerConfig, BrokerHandle};
 use qmq_client::idempotent::Dialect;
-use qmq_client::{
-    Connection, Message, Producer, ProducerConfig, PullConsumer, StaticRouter,
-};
+use qmq_client::{Connection, Message, Producer, ProducerConfig, PullConsumer, StaticRouter};
 use qmq_store::{FlushPolicy, StoreConfig};
 use qmq_testkit::{require, MYSQL, POSTGRES};
 use sqlx::any::AnyPoolOptions;
@@ -52,17 +50,27 @@ impl OutboxDb {
                 (url, Some(dir))
             }
         };
-        let pool = AnyPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap();
         let schema = match dialect {
             Dialect::Sqlite => None,
             Dialect::Postgres => {
                 let s = unique("qmqwd");
-                sqlx::query(&format!("CREATE SCHEMA {s}")).execute(&pool).await.unwrap();
+                sqlx::query(&format!("CREATE SCHEMA {s}"))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
                 Some(s)
             }
             Dialect::MySql => {
                 let s = unique("qmqwd");
-                sqlx::query(&format!("CREATE DATABASE {s}")).execute(&pool).await.unwrap();
+                sqlx::query(&format!("CREATE DATABASE {s}"))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
                 Some(s)
             }
         };
@@ -178,7 +186,11 @@ pub async fn pull_exactly(broker: &str, subject: &str, group: &str, n: usize) ->
     let mut out = Vec::new();
     let deadline = Instant::now() + T;
     while out.len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} messages on {subject}", out.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} messages on {subject}",
+            out.len()
+        );
         let (first, msgs) = c.pull(100, Duration::from_millis(500)).await.unwrap();
         if !msgs.is_empty() {
             c.ack(first, first + msgs.len() as i64 - 1).await.unwrap();
@@ -186,7 +198,10 @@ pub async fn pull_exactly(broker: &str, subject: &str, group: &str, n: usize) ->
         }
     }
     let (_, more) = c.pull(100, Duration::from_millis(300)).await.unwrap();
-    assert!(more.is_empty(), "more than {n} messages on {subject}: {more:?}");
+    assert!(
+        more.is_empty(),
+        "more than {n} messages on {subject}: {more:?}"
+    );
     out
 }
 
@@ -226,7 +241,9 @@ where
         return;
     };
     let db = Arc::new(db);
-    let outcome = std::panic::AssertUnwindSafe(body(db.clone())).catch_unwind().await;
+    let outcome = std::panic::AssertUnwindSafe(body(db.clone()))
+        .catch_unwind()
+        .await;
     db.drop_now().await;
     if let Err(p) = outcome {
         std::panic::resume_unwind(p);
@@ -281,19 +298,41 @@ impl MetaDb {
             ),
             Some(admin) => {
                 let name = unique("qmqwdmeta");
-                let pool = AnyPoolOptions::new().max_connections(1).connect(&admin).await.unwrap();
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.unwrap();
+                let pool = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&admin)
+                    .await
+                    .unwrap();
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
                 pool.close().await;
-                (qmq_testkit::with_database(&admin, &name), Some((admin, name)))
+                (
+                    qmq_testkit::with_database(&admin, &name),
+                    Some((admin, name)),
+                )
             }
         };
-        Some(Self { url, admin, _dir: dir })
+        Some(Self {
+            url,
+            admin,
+            _dir: dir,
+        })
     }
 
     pub async fn drop_now(&self) {
         if let Some((admin, name)) = &self.admin {
-            let pool = AnyPoolOptions::new().max_connections(1).connect(admin).await.unwrap();
-            let force = if admin.starts_with("postgres") { " WITH (FORCE)" } else { "" };
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(admin)
+                .await
+                .unwrap();
+            let force = if admin.starts_with("postgres") {
+                " WITH (FORCE)"
+            } else {
+                ""
+            };
             sqlx::query(&format!("DROP DATABASE IF EXISTS {name}{force}"))
                 .execute(&pool)
                 .await
