@@ -49,7 +49,7 @@ async fn one_leader_then_take_over(meta: Dialect, test: &str) {
             .unwrap();
         // A registration in another room is not this watchdog's business.
         let mut other = registration(&db, "elsewhere");
-        other.url.push_str("0");
+        other.url.push('0');
         store.add_client_db(&other).await.unwrap();
 
         let (b, _dir) = broker_on("127.0.0.1:0".parse().unwrap()).await;
