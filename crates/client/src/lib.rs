@@ -11,6 +11,8 @@
 //!   transaction shared with the handler (cargo feature `sql`), or Redis (feature `redis`).
 //! - [`consumer`](macro@consumer): `#[qmq_client::consumer(...)]`, QMQ's `@QmqConsumer` (see
 //!   [`annotation`]).
+//! - `outbox` (feature `sql`): transactional messages, sent if and only if the business
+//!   transaction commits (QMQ's outbox table, resent by the watchdog).
 //! - [`Connection`]: one multiplexed connection to a QMQ server.
 //! - [`monitoring`]: send and consume metrics through the `metrics` facade; the application picks
 //!   the exporter.
@@ -28,7 +30,7 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `sql` | `idempotent::SqlChecker` and `idempotent::Transactional` (sqlx: PostgreSQL, MySQL/MariaDB, SQLite) |
+//! | `sql` | `idempotent::SqlChecker` and `idempotent::Transactional` (sqlx: PostgreSQL, MySQL/MariaDB, SQLite); `outbox`: transactional messages |
 //! | `redis` | `idempotent::RedisChecker` |
 //!
 //! Quick start:
@@ -65,6 +67,8 @@ mod id;
 pub mod idempotent;
 pub mod message;
 pub mod monitoring;
+#[cfg(feature = "sql")]
+pub mod outbox;
 pub mod producer;
 pub mod tracing_ctx;
 

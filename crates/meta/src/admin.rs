@@ -56,6 +56,11 @@ pub struct AddDbParams {
     /// Data centre, default `default`.
     #[serde(default = "default_room")]
     pub room: String,
+    /// Database to connect to, for servers where the outbox is not reachable without one
+    /// (PostgreSQL); appended to the URL as `/<database>`. QMQ has no such parameter: its
+    /// watchdog addresses MySQL's `qmq_produce` schema from any connection.
+    #[serde(default)]
+    pub database: Option<String>,
 }
 
 fn default_db_type() -> String {
@@ -351,8 +356,21 @@ impl MetaCore {
         } else {
             p.room.clone()
         };
+        let mut url = format!("{}://{}:{}", p.db_type, p.host, p.port);
+        if let Some(name) = p.database.as_deref().filter(|d| !d.trim().is_empty()) {
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(MetaError::InvalidArgument(format!(
+                    "database name {name:?} may hold only letters, digits, '_' and '-'"
+                )));
+            }
+            url.push('/');
+            url.push_str(name);
+        }
         let db = ClientDb {
-            url: format!("{}://{}:{}", p.db_type, p.host, p.port),
+            url,
             user_name: p.username.clone(),
             password: p.password.clone(),
             room,

@@ -136,6 +136,9 @@ pub enum ToolsCommand {
         /// Data centre.
         #[arg(long, default_value = "default")]
         room: String,
+        /// Database to connect to (PostgreSQL outboxes); added to the URL as `/<database>`.
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Lists subjects and their broker groups.
     ListSubjects,
@@ -310,12 +313,13 @@ fn request(command: &ToolsCommand) -> (Method, String, Option<Value>) {
             username,
             password,
             room,
+            database,
         } => (
             Method::POST,
             "/admin/dbs".to_owned(),
             Some(
                 json!({"type": db_type, "host": host, "port": port, "username": username,
-                        "password": password, "room": room}),
+                        "password": password, "room": room, "database": database}),
             ),
         ),
         ToolsCommand::ListSubjects => (Method::GET, "/admin/subjects".to_owned(), None),

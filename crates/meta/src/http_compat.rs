@@ -271,6 +271,7 @@ async fn dispatch(state: &HttpState, action: &str, p: &Params) -> Answer {
                 username: text(p, "username").to_owned(),
                 password: text(p, "password").to_owned(),
                 room: text(p, "room").to_owned(),
+                database: None,
             });
             match params {
                 Ok(params) => data(

@@ -180,7 +180,7 @@ pub struct ReadonlySetting {
 /// A database registered for the transactional-message watchdog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientDb {
-    /// Connection URL, `type://host:port`.
+    /// Connection URL, `type://host:port`, or `type://host:port/database` when add-db named one.
     pub url: String,
     /// User name.
     pub user_name: String,

@@ -1150,6 +1150,81 @@ impl Store {
             .collect()
     }
 
+    // ---- leases (leader election) ----
+
+    /// The database's clock in milliseconds since the epoch, as an SQL expression: every
+    /// contender compares times from the same clock.
+    fn db_now_ms(&self) -> &'static str {
+        match self.dialect {
+            Dialect::MySql => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+            Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+        }
+    }
+
+    /// Takes or renews the lease `name` for `node` (not empty); `true` when `node` holds it
+    /// now. The lease is `node`'s if the row is new, names `node` already, is free, or was
+    /// last renewed more than `lease_ms` ago by the database's clock; one conditional statement
+    /// decides, so two contenders never both win the same round.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        node: &str,
+        lease_ms: i64,
+    ) -> Result<bool, MetaError> {
+        if node.is_empty() {
+            return Err(MetaError::InvalidArgument(
+                "lease node must not be empty".into(),
+            ));
+        }
+        let now = self.db_now_ms();
+        let insert = self.dialect.insert_ignore(&format!(
+            "leader_election (name, node, last_seen_active, term) VALUES (?, ?, {now}, 1)"
+        ));
+        let done = sqlx::query(&self.sql(&insert))
+            .bind(name)
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        let update = format!(
+            "UPDATE leader_election SET node = ?, last_seen_active = {now}, term = term + 1 \
+             WHERE name = ? AND (node = ? OR node = '' OR last_seen_active < {now} - ?)"
+        );
+        let done = sqlx::query(&self.sql(&update))
+            .bind(node)
+            .bind(name)
+            .bind(node)
+            .bind(lease_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives the lease `name` up if `node` holds it, so another contender takes it at once.
+    pub async fn release_lease(&self, name: &str, node: &str) -> Result<(), MetaError> {
+        let sql = self.sql("UPDATE leader_election SET node = '' WHERE name = ? AND node = ?");
+        sqlx::query(&sql)
+            .bind(name)
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Who holds the lease `name` (`None` when nobody ever took it, `Some("")` when free), by
+    /// the row only: an expired holder is still named.
+    pub async fn lease_holder(&self, name: &str) -> Result<Option<String>, MetaError> {
+        let sql = self.sql("SELECT node FROM leader_election WHERE name = ?");
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("node")).transpose()?)
+    }
+
     // ---- reset offset requests ----
 
     /// Records a reset-offset request and returns it with its id.

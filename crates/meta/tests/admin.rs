@@ -326,6 +326,21 @@ async fn databases_consumers_and_client_state(backend: Backend) {
         (dbs.len(), dbs[0].password.as_str(), dbs[0].room.as_str()),
         (1, "p", "default")
     );
+    // A database name (PostgreSQL outboxes) goes into the URL; a strange one is refused.
+    let pg = json!({"type": "postgres", "host": "db2", "port": 5432, "username": "u",
+        "password": "p", "database": "shop_1"});
+    let (status, body) = http(&meta, "POST", "/admin/dbs", Some(TOKEN), Some(pg)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["url"], "postgres://db2:5432/shop_1");
+    let bad = json!({"type": "postgres", "host": "db3", "port": 5432, "username": "u",
+        "password": "p", "database": "a/b"});
+    assert_eq!(
+        http(&meta, "POST", "/admin/dbs", Some(TOKEN), Some(bad))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(meta.store().client_dbs().await.unwrap().len(), 2);
 
     let mut c = MetaConn::connect(&meta).await;
     c.online("g1", "127.0.0.1:30001").await;
@@ -1169,3 +1184,57 @@ async fn add_new_subject_over_management(backend: Backend) {
     meta.shutdown().await;
 }
 on_all_backends!(add_new_subject_over_management);
+
+/// The lease table: one holder at a time, renewal by the holder, take-over only after the lease
+/// time (by the database's clock) or a release.
+async fn leases_have_one_holder(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let meta = db.start().await;
+    let store = meta.store();
+    assert_eq!(store.lease_holder("wd").await.unwrap(), None);
+    assert!(
+        store.acquire_lease("wd", "a", 60_000).await.unwrap(),
+        "first taker"
+    );
+    assert!(
+        !store.acquire_lease("wd", "b", 60_000).await.unwrap(),
+        "held by a"
+    );
+    assert!(
+        store.acquire_lease("wd", "a", 60_000).await.unwrap(),
+        "a renews"
+    );
+    assert!(
+        store.acquire_lease("other", "b", 60_000).await.unwrap(),
+        "leases are separate"
+    );
+    assert_eq!(
+        store.lease_holder("wd").await.unwrap().as_deref(),
+        Some("a")
+    );
+    store.release_lease("wd", "b").await.unwrap();
+    assert_eq!(
+        store.lease_holder("wd").await.unwrap().as_deref(),
+        Some("a"),
+        "not b's"
+    );
+    store.release_lease("wd", "a").await.unwrap();
+    assert_eq!(store.lease_holder("wd").await.unwrap().as_deref(), Some(""));
+    assert!(
+        store.acquire_lease("wd", "b", 60_000).await.unwrap(),
+        "free: b takes it"
+    );
+    assert!(!store.acquire_lease("wd", "a", 60_000).await.unwrap());
+    // With a lease of -1 ms every holder counts as expired: a takes over.
+    assert!(
+        store.acquire_lease("wd", "a", -1).await.unwrap(),
+        "expired: a takes over"
+    );
+    assert_eq!(
+        store.lease_holder("wd").await.unwrap().as_deref(),
+        Some("a")
+    );
+    assert!(store.acquire_lease("wd", "", 1).await.is_err());
+    meta.shutdown().await;
+}
+on_all_backends!(leases_have_one_holder);

@@ -30,7 +30,16 @@ use crate::Cli;
 const ROLES: [&str; 3] = ["broker", "meta", "delay"];
 
 /// The server subcommands, which take `--config`.
-const SERVERS: [&str; 4] = ["standalone", "broker", "meta", "delay"];
+const SERVERS: [&str; 5] = ["standalone", "broker", "meta", "delay", "watchdog"];
+
+/// The watchdog's table: like a role's, but not part of the cluster's shared keys; `standalone`
+/// reads its `watchdog_<key>` flags from `[watchdog] <key>`.
+const WATCHDOG: &str = "watchdog";
+
+/// Whether `key` names a table of the file.
+fn is_table(key: &str) -> bool {
+    ROLES.contains(&key) || key == WATCHDOG
+}
 
 /// The id of the `--config` argument.
 const CONFIG: &str = "config";
@@ -153,7 +162,7 @@ impl File {
             None => self
                 .doc
                 .get(key)
-                .filter(|_| !ROLES.contains(&key))
+                .filter(|_| !is_table(key))
                 .filter(|item| !item.is_none()),
             Some(s) => self.doc.get(s)?.as_table_like()?.get(key),
         }
@@ -165,7 +174,7 @@ impl File {
         let mut bad = Vec::new();
         let top = top_level_keys(cmd);
         for (key, item) in self.doc.iter() {
-            if ROLES.contains(&key) {
+            if is_table(key) {
                 let Some(table) = item.as_table_like() else {
                     bad.push(format!("`{key}` must be a table ([{key}])"));
                     continue;
@@ -246,11 +255,17 @@ fn top_level_keys(cmd: &Command) -> Vec<String> {
 /// Where server subcommand `server` reads its key `key`: a table and the key in it (also
 /// looked up at the top level when not in that table).
 fn source(cmd: &Command, server: &str, key: &str) -> Option<(&'static str, String)> {
+    if server == WATCHDOG {
+        return Some((WATCHDOG, key.to_owned()));
+    }
     if server != "standalone" {
         return ROLES
             .iter()
             .find(|r| **r == server)
             .map(|r| (*r, key.to_owned()));
+    }
+    if let Some(k) = key.strip_prefix("watchdog_") {
+        return Some((WATCHDOG, k.to_owned()));
     }
     if key == "delay_max_message_bytes" {
         return Some(("delay", "max_message_bytes".to_owned()));
@@ -587,7 +602,7 @@ pub fn default_file() -> String {
             entry(&mut out, arg);
         }
     }
-    for role in ROLES {
+    for role in ROLES.into_iter().chain([WATCHDOG]) {
         let _ = write!(out, "\n[{role}]\n");
         for (key, arg) in keys(subcommand(&cmd, role)) {
             if !shared.contains(&key) {
@@ -696,6 +711,7 @@ mod tests {
             crate::Command::Broker(a) => format!("{a:?}"),
             crate::Command::Meta(a) => format!("{a:?}"),
             crate::Command::Delay(a) => format!("{a:?}"),
+            crate::Command::Watchdog(a) => format!("{a:?}"),
             _ => panic!("not a server"),
         };
         format!("log_format: {:?} {text}", cli.log_format)
@@ -712,8 +728,19 @@ mod tests {
     fn the_default_file_sets_exactly_the_defaults() {
         let text = default_file();
         for server in SERVERS {
-            let plain = settings(&parse(&[server]).unwrap());
-            let mut from_file = settings(&with_file(&text, &[server]).unwrap());
+            let argv: &[&str] = if server == WATCHDOG {
+                &[
+                    server,
+                    "--meta-database-url",
+                    "sqlite://m.db",
+                    "--meta-http",
+                    "m:8080",
+                ]
+            } else {
+                &[server]
+            };
+            let plain = settings(&parse(argv).unwrap());
+            let mut from_file = settings(&with_file(&text, argv).unwrap());
             if server == "standalone" {
                 // `[delay] max_message_bytes` is the delay role's 4 MiB; standalone's own
                 // default is "the broker's", also 4 MiB.
@@ -734,7 +761,11 @@ mod tests {
         let cmd = command();
         for server in SERVERS {
             for (key, arg) in keys(subcommand(&cmd, server)) {
-                if arg.is_hide_set() || key == "delay_max_message_bytes" {
+                // Standalone's own names for keys of [delay] and [watchdog].
+                if arg.is_hide_set()
+                    || key == "delay_max_message_bytes"
+                    || key.starts_with("watchdog_")
+                {
                     continue;
                 }
                 let set = format!("\n{key} = ");
@@ -779,6 +810,26 @@ mod tests {
         assert!(s.contains("admin_tokens: [\"a\", \"b\"]"), "{s}");
         assert!(s.contains("delay_max_message_bytes: Some(900)"), "{s}");
         assert!(s.contains("listen: 127.0.0.1:1234"), "{s}");
+    }
+
+    #[test]
+    fn the_watchdog_table_sets_watchdog_and_standalone() {
+        let text = "[watchdog]\ngrace_ms = 5\nnamespace = \"ns\"\nlease_ms = 9000\n";
+        let argv = [
+            "watchdog",
+            "--meta-database-url",
+            "sqlite://m.db",
+            "--meta-http",
+            "m:1",
+        ];
+        let s = settings(&with_file(text, &argv).unwrap());
+        assert!(s.contains("grace_ms: 5"), "{s}");
+        assert!(s.contains("namespace: \"ns\""), "{s}");
+        assert!(s.contains("lease_ms: 9000"), "{s}");
+        let s = settings(&with_file(text, &["standalone"]).unwrap());
+        assert!(s.contains("grace_ms: 5"), "{s}");
+        let e = error(with_file("[watchdog]\nbogus = 1\n", &["standalone"]));
+        assert!(e.contains("unknown key `bogus` in [watchdog]"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod logs;
 mod otlp;
 mod servers;
 mod stat;
+mod watchdog;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,9 @@ enum Command {
     Broker(servers::BrokerOnlyArgs),
     /// A delay/scheduled-message server.
     Delay(servers::DelayOnlyArgs),
+    /// The transactional-message watchdog: resends what producers left in the outbox tables of
+    /// the registered databases (`tools add-db`); one active instance at a time.
+    Watchdog(watchdog::WatchdogArgs),
     /// Admin tools (talk to a meta server's admin API with a token).
     Tools(qmq_meta::cli::ToolsArgs),
     /// Cluster overview: broker groups, subjects with rates and backlog, consumer groups with
@@ -81,7 +85,11 @@ async fn main() -> std::process::ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     let server = matches!(
         command,
-        Command::Standalone(_) | Command::Meta(_) | Command::Broker(_) | Command::Delay(_)
+        Command::Standalone(_)
+            | Command::Meta(_)
+            | Command::Broker(_)
+            | Command::Delay(_)
+            | Command::Watchdog(_)
     );
     if server {
         // Before anything is started or printed: SIGTERM right after "ready" shuts down cleanly.
@@ -104,6 +112,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listeners = args.listeners();
             listen::explained(servers::delay(args).await, &listeners)
         }
+        Command::Watchdog(args) => watchdog::run(args).await,
         Command::Tools(args) => {
             println!("{}", qmq_meta::cli::run_tools(args).await?);
             Ok(())

@@ -257,6 +257,8 @@ pub struct StandaloneArgs {
     #[arg(long)]
     delay_max_message_bytes: Option<usize>,
     #[command(flatten)]
+    watchdog: crate::watchdog::StandaloneWatchdogArgs,
+    #[command(flatten)]
     otlp: OtlpArgs,
 }
 
@@ -860,6 +862,12 @@ async fn standalone_servers(args: StandaloneArgs) -> anyhow::Result<()> {
         data_dir.join("broker"),
         broker.control(),
     ));
+    // The transactional-message watchdog: idle until a database is registered (`tools add-db`).
+    let (watchdog, watchdog_producer) = crate::watchdog::start_standalone(
+        &args.watchdog,
+        meta.store().clone(),
+        &format!("127.0.0.1:{}", meta.http_addr().port()),
+    )?;
     let metrics = serve_metrics(args.broker.metrics_listen, registry).await?;
     println!(
         "qmq standalone ready: broker {} meta http {} tcp {} delay {}",
@@ -870,6 +878,8 @@ async fn standalone_servers(args: StandaloneArgs) -> anyhow::Result<()> {
     );
     wait_for_signal().await?;
     poller.abort();
+    watchdog.shutdown().await;
+    watchdog_producer.close().await;
     stop_metrics(metrics).await;
     delay.shutdown().await?;
     broker
