@@ -141,6 +141,8 @@ async fn a_schedule_log_write_failure_is_an_error_and_loses_nothing() {
     let rec2 = Recorder::new(Arc::new(clock.clone()));
     let engine = open(dir.path(), &clock, &rec2).await;
     engine.flush().await.unwrap();
+    // The bucket's dispatched count is known once the loader has read its dispatch log.
+    wait_recorded(&engine, engine.stats().scheduled).await;
     let stats = engine.stats();
     assert_eq!(stats.dispatched, stats.scheduled, "{stats:?}");
     engine.shutdown().await.unwrap();
