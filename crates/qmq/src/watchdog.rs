@@ -214,8 +214,7 @@ impl StandaloneWatchdog {
             tracing::info!("the watchdog is off (--watchdog-enabled false)");
             return Ok(None);
         }
-        qmq_client::outbox::check_table(&args.outbox_table)
-            .context("--watchdog-outbox-table")?;
+        qmq_client::outbox::check_table(&args.outbox_table).context("--watchdog-outbox-table")?;
         let mut config = WatchdogConfig {
             table: args.outbox_table.clone(),
             check_interval: Duration::from_millis(args.check_interval_ms),

@@ -125,7 +125,10 @@ impl Drop for Outbox {
         match dropped {
             Ok(Ok(())) => {}
             Ok(Err(e)) => eprintln!("dropping schema {}: {e}", self.schema),
-            Err(_) => eprintln!("dropping schema {}: the cleanup thread panicked", self.schema),
+            Err(_) => eprintln!(
+                "dropping schema {}: the cleanup thread panicked",
+                self.schema
+            ),
         }
     }
 }
@@ -218,7 +221,14 @@ fn watchdog(
         "--meta-http",
         meta_http,
     ])
-    .args(["--namespace", namespace, "--node", node, "--outbox-table", table])
+    .args([
+        "--namespace",
+        namespace,
+        "--node",
+        node,
+        "--outbox-table",
+        table,
+    ])
     .args(["--metrics-listen", "127.0.0.1:0"])
     .args(["--lease-ms", "2000", "--renew-interval-ms", "300"])
     .args([
@@ -303,7 +313,15 @@ async fn two_watchdogs_one_sends_the_other_takes_over_after_kill9() {
     let got = pull_exactly(&broker, &subject, 1).await;
     assert_eq!(got[0].message_id, "first");
     until_sent(leader_metrics, 1.0).await;
-    assert!(metric(leader_metrics, "qmq_watchdog_scans_total", &[("result", "ok")]).await >= 1.0);
+    assert!(
+        metric(
+            leader_metrics,
+            "qmq_watchdog_scans_total",
+            &[("result", "ok")]
+        )
+        .await
+            >= 1.0
+    );
     assert_eq!(
         metric(leader_metrics, "qmq_watchdog_databases", &[]).await,
         1.0
@@ -366,7 +384,8 @@ async fn standalone_resends_the_rows_of_a_registered_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_without_watchdog_leaves_the_lease_to_qmq_watchdog() {
-    let Some(outbox) = Outbox::new("standalone_without_watchdog_leaves_the_lease_to_qmq_watchdog").await
+    let Some(outbox) =
+        Outbox::new("standalone_without_watchdog_leaves_the_lease_to_qmq_watchdog").await
     else {
         return;
     };
@@ -383,7 +402,10 @@ async fn standalone_without_watchdog_leaves_the_lease_to_qmq_watchdog() {
     let standalone_metrics = metrics_addr(&server);
     let exposed = scrape(&standalone_metrics).await;
     assert!(
-        !exposed.samples.iter().any(|s| s.metric.starts_with("qmq_watchdog_")),
+        !exposed
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("qmq_watchdog_")),
         "a standalone without watchdog has watchdog metrics"
     );
     add_db(&meta_http, &outbox.add_db_args("default"));
