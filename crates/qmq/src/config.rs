@@ -6,8 +6,10 @@
 //! subcommand of that name, and the top level holds the keys every role has (`data_dir`,
 //! `cluster_secret`, ...) and `log_format`. `standalone` reads every table: each of its keys
 //! from the first of `[broker]`, `[meta]`, `[delay]` that has it, and its
-//! `delay_max_message_bytes` from `[delay] max_message_bytes`. A value in a table overrides the
-//! same key at the top level.
+//! `delay_max_message_bytes` from `[delay] max_message_bytes`. `[watchdog]` holds the keys of
+//! `qmq watchdog`; `standalone` reads its `watchdog_<key>` flags from `[watchdog] <key>`, and
+//! `[watchdog] enabled` is standalone's alone (`qmq watchdog` has no such flag and ignores it).
+//! A value in a table overrides the same key at the top level.
 //!
 //! The file's values become the flags' defaults, so clap's own order decides: command line,
 //! then environment variable, then the file, then the built-in default.
@@ -181,7 +183,9 @@ impl File {
                 };
                 let role = subcommand(cmd, key);
                 for (k, _) in table.iter() {
-                    if find_key(role, k).is_none() {
+                    let standalone_only =
+                        key == WATCHDOG && standalone_watchdog_keys(cmd).any(|(sk, _)| sk == k);
+                    if find_key(role, k).is_none() && !standalone_only {
                         bad.push(format!("unknown key `{k}` in [{key}]"));
                     }
                 }
@@ -231,6 +235,16 @@ fn find_key<'c>(cmd: &'c Command, key: &str) -> Option<&'c Arg> {
 fn keys(cmd: &Command) -> impl Iterator<Item = (String, &Arg)> {
     cmd.get_arguments()
         .filter_map(|a| key_of(a).map(|k| (k, a)))
+}
+
+/// The keys of `[watchdog]` that only `standalone` reads (as its `watchdog_<key>` flags;
+/// `qmq watchdog` has no such flag), with their arguments.
+fn standalone_watchdog_keys(cmd: &Command) -> impl Iterator<Item = (String, &Arg)> {
+    let watchdog = subcommand(cmd, WATCHDOG);
+    keys(subcommand(cmd, "standalone")).filter_map(move |(k, arg)| {
+        let k = k.strip_prefix("watchdog_")?.to_owned();
+        find_key(watchdog, &k).is_none().then_some((k, arg))
+    })
 }
 
 /// The keys every role has (they may be set at the top level).
@@ -609,6 +623,11 @@ pub fn default_file() -> String {
                 entry(&mut out, arg);
             }
         }
+        if role == WATCHDOG {
+            for (key, arg) in standalone_watchdog_keys(&cmd) {
+                entry_as(&mut out, arg, &key);
+            }
+        }
     }
     out
 }
@@ -616,9 +635,16 @@ pub fn default_file() -> String {
 /// Writes `arg`'s comment and `key = default` (commented out without a default); hidden
 /// (testing-only) flags are left out.
 fn entry(out: &mut String, arg: &Arg) {
-    let Some(key) = key_of(arg).filter(|_| !arg.is_hide_set()) else {
+    if let Some(key) = key_of(arg) {
+        entry_as(out, arg, &key);
+    }
+}
+
+/// [`entry`] under the key `key`.
+fn entry_as(out: &mut String, arg: &Arg, key: &str) {
+    if arg.is_hide_set() {
         return;
-    };
+    }
     let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
     let mut comment = help.split_whitespace().collect::<Vec<_>>().join(" ");
     if !comment.ends_with('.') {
@@ -828,6 +854,15 @@ mod tests {
         assert!(s.contains("lease_ms: 9000"), "{s}");
         let s = settings(&with_file(text, &["standalone"]).unwrap());
         assert!(s.contains("grace_ms: 5"), "{s}");
+        assert!(s.contains("enabled: true"), "{s}");
+        // `enabled` is standalone's only: `qmq watchdog` accepts the key and has no such flag.
+        let off = "[watchdog]\nenabled = false\nmetrics_listen = \"127.0.0.1:9\"\n";
+        let s = settings(&with_file(off, &["standalone"]).unwrap());
+        assert!(s.contains("enabled: false"), "{s}");
+        let s = settings(&with_file(off, &argv).unwrap());
+        assert!(s.contains("metrics_listen: Some(127.0.0.1:9)"), "{s}");
+        assert!(default_file().contains("\n[watchdog]\n"));
+        assert!(default_file().contains("\nenabled = true\n"));
         let e = error(with_file("[watchdog]\nbogus = 1\n", &["standalone"]));
         assert!(e.contains("unknown key `bogus` in [watchdog]"), "{e}");
     }

@@ -585,7 +585,7 @@ impl MetaArgs {
 
 /// With `--metrics-listen` (`listen`): serves `registry` there and prints `qmq metrics on
 /// <bound address>` (operators and tests read it; port 0 picks a free port).
-async fn serve_metrics(
+pub(crate) async fn serve_metrics(
     listen: Option<SocketAddr>,
     registry: Option<qmq_metrics::Registry>,
 ) -> anyhow::Result<Option<qmq_metrics::MetricsServer>> {
@@ -600,7 +600,7 @@ async fn serve_metrics(
 }
 
 /// Stops the metrics endpoint, if there is one.
-async fn stop_metrics(server: Option<qmq_metrics::MetricsServer>) {
+pub(crate) async fn stop_metrics(server: Option<qmq_metrics::MetricsServer>) {
     if let Some(s) = server {
         s.shutdown().await;
     }
@@ -863,10 +863,11 @@ async fn standalone_servers(args: StandaloneArgs) -> anyhow::Result<()> {
         broker.control(),
     ));
     // The transactional-message watchdog: idle until a database is registered (`tools add-db`).
-    let (watchdog, watchdog_producer) = crate::watchdog::start_standalone(
+    let watchdog = crate::watchdog::StandaloneWatchdog::start(
         &args.watchdog,
         meta.store().clone(),
         &format!("127.0.0.1:{}", meta.http_addr().port()),
+        registry.as_ref(),
     )?;
     let metrics = serve_metrics(args.broker.metrics_listen, registry).await?;
     println!(
@@ -878,8 +879,9 @@ async fn standalone_servers(args: StandaloneArgs) -> anyhow::Result<()> {
     );
     wait_for_signal().await?;
     poller.abort();
-    watchdog.shutdown().await;
-    watchdog_producer.close().await;
+    if let Some(w) = watchdog {
+        w.shutdown().await;
+    }
     stop_metrics(metrics).await;
     delay.shutdown().await?;
     broker

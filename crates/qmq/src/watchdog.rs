@@ -2,13 +2,14 @@
 //! (see the `qmq-watchdog` crate), one active instance at a time by a lease in the meta
 //! database. `qmq standalone` runs one too, on its own meta database and meta server.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use qmq_client::{MetaRouter, MetaRouterConfig, Producer, ProducerConfig};
-use qmq_watchdog::{ScanOptions, WatchdogConfig, WatchdogHandle};
+use qmq_watchdog::{ScanOptions, WatchdogConfig, WatchdogHandle, WatchdogMetrics};
 
 /// `watchdog` settings.
 #[derive(Args, Debug)]
@@ -34,6 +35,9 @@ pub struct WatchdogArgs {
     /// Time between lease calls, in milliseconds; at most a third of `--lease-ms`.
     #[arg(long, default_value_t = 1000, env = "QMQ_WATCHDOG_RENEW_INTERVAL_MS")]
     renew_interval_ms: u64,
+    /// Address to serve Prometheus metrics on (`GET /metrics`); none unless given.
+    #[arg(long, env = "QMQ_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     scan: ScanArgs,
 }
@@ -75,6 +79,15 @@ pub struct ScanArgs {
 /// The watchdog settings of `standalone`: the same as `watchdog`'s, prefixed `watchdog-`.
 #[derive(Args, Debug)]
 pub struct StandaloneWatchdogArgs {
+    /// Run the transactional-message watchdog in this process (`false`: it neither takes the
+    /// lease nor resends; run `qmq watchdog` instead, or none). Standalone only.
+    #[arg(
+        long = "watchdog-enabled",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        env = "QMQ_WATCHDOG_ENABLED"
+    )]
+    enabled: bool,
     /// Outbox table on every registered database (`watchdog --outbox-table`).
     #[arg(long = "watchdog-outbox-table", default_value = qmq_client::outbox::DEFAULT_TABLE, env = "QMQ_WATCHDOG_OUTBOX_TABLE")]
     outbox_table: String,
@@ -162,6 +175,11 @@ pub async fn run(args: WatchdogArgs) -> anyhow::Result<()> {
         config.node = node.clone();
     }
     args.scan.apply(&mut config);
+    let registry = args.metrics_listen.map(|_| qmq_metrics::Registry::new());
+    if let Some(r) = &registry {
+        config.metrics = Arc::new(WatchdogMetrics::new(r));
+    }
+    let metrics = crate::servers::serve_metrics(args.metrics_listen, registry).await?;
     let node = config.node.clone();
     let producer = producer(&args.meta_http, &args.app_code);
     let handle = qmq_watchdog::start(config, store.clone(), producer.clone());
@@ -171,28 +189,52 @@ pub async fn run(args: WatchdogArgs) -> anyhow::Result<()> {
     handle.shutdown().await;
     announcer.abort();
     producer.close().await;
+    crate::servers::stop_metrics(metrics).await;
     store.close().await;
     Ok(())
 }
 
-/// Starts the watchdog of `standalone` on its meta database, resending through its meta server
-/// (namespace `default`, QMQ's lease and renewal times).
-pub fn start_standalone(
-    args: &StandaloneWatchdogArgs,
-    store: qmq_meta::store::Store,
-    meta_http: &str,
-) -> anyhow::Result<(WatchdogHandle, Arc<Producer>)> {
-    qmq_client::outbox::check_table(&args.outbox_table).context("--watchdog-outbox-table")?;
-    let mut config = WatchdogConfig {
-        table: args.outbox_table.clone(),
-        check_interval: Duration::from_millis(args.check_interval_ms),
-        refresh_interval: Duration::from_millis(args.refresh_interval_ms),
-        ..WatchdogConfig::default()
-    };
-    config.scan.grace = Duration::from_millis(args.grace_ms);
-    let producer = producer(meta_http, "qmq-watchdog");
-    Ok((
-        qmq_watchdog::start(config, store, producer.clone()),
-        producer,
-    ))
+/// The watchdog of `standalone`.
+pub struct StandaloneWatchdog {
+    handle: WatchdogHandle,
+    producer: Arc<Producer>,
+}
+
+impl StandaloneWatchdog {
+    /// Starts the watchdog of `standalone` on its meta database, resending through its meta
+    /// server (namespace `default`, QMQ's lease and renewal times), with its metrics in
+    /// `registry` when given; `None` with `--watchdog-enabled false`.
+    pub fn start(
+        args: &StandaloneWatchdogArgs,
+        store: qmq_meta::store::Store,
+        meta_http: &str,
+        registry: Option<&qmq_metrics::Registry>,
+    ) -> anyhow::Result<Option<Self>> {
+        if !args.enabled {
+            tracing::info!("the watchdog is off (--watchdog-enabled false)");
+            return Ok(None);
+        }
+        qmq_client::outbox::check_table(&args.outbox_table).context("--watchdog-outbox-table")?;
+        let mut config = WatchdogConfig {
+            table: args.outbox_table.clone(),
+            check_interval: Duration::from_millis(args.check_interval_ms),
+            refresh_interval: Duration::from_millis(args.refresh_interval_ms),
+            ..WatchdogConfig::default()
+        };
+        config.scan.grace = Duration::from_millis(args.grace_ms);
+        if let Some(r) = registry {
+            config.metrics = Arc::new(WatchdogMetrics::new(r));
+        }
+        let producer = producer(meta_http, "qmq-watchdog");
+        Ok(Some(Self {
+            handle: qmq_watchdog::start(config, store, producer.clone()),
+            producer,
+        }))
+    }
+
+    /// Stops the watchdog (giving the lease up) and closes its producer.
+    pub async fn shutdown(self) {
+        self.handle.shutdown().await;
+        self.producer.close().await;
+    }
 }

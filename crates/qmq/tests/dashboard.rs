@@ -1,7 +1,8 @@
 //! The Grafana dashboard in `deploy/grafana/qmq-rs.json` queries only metrics that exist: every
 //! `qmq_*` name in its queries is declared in the `/metrics` of a live `qmq standalone` (broker,
-//! delay and meta server behind one endpoint) once it has seen traffic, except the replication
-//! ones, which only a replicated broker has: `tests/replication.rs` checks those on a live pair.
+//! delay and meta server and the watchdog behind one endpoint; the watchdog's series exist from
+//! its start) once it has seen traffic, except the replication ones, which only a replicated
+//! broker has: `tests/replication.rs` checks those on a live pair.
 
 use std::time::Duration;
 
@@ -43,6 +44,10 @@ async fn every_metric_the_dashboard_queries_exists() {
     let wanted = dashboard_names();
     assert!(
         wanted.iter().any(|n| replication_only(n)) && wanted.iter().any(|n| !replication_only(n)),
+        "{wanted:?}"
+    );
+    assert!(
+        wanted.iter().any(|n| n.starts_with("qmq_watchdog_")),
         "{wanted:?}"
     );
 

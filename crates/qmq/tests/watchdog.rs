@@ -1,24 +1,29 @@
 //! `qmq watchdog` and the watchdog of `qmq standalone`, as processes, with an outbox on the
 //! PostgreSQL server `qmq_testkit` finds (skipped with one line when it is absent, or failing
-//! where `QMQ_TEST_REQUIRE_SERVICES=1`; each test uses its own schema and drops it).
+//! where `QMQ_TEST_REQUIRE_SERVICES=1`; each test uses its own schema, dropped when the test
+//! ends, panicking or not).
 //!
 //! - Two `qmq watchdog` processes on the standalone's meta database: one takes the lease and
 //!   sends; when it is killed with SIGKILL, the other takes over within the lease time and
-//!   sends.
-//! - `qmq standalone` alone resends the rows of a database registered with `qmq tools add-db`.
+//!   sends. Their `/metrics` say which one leads and count the rows each sent.
+//! - `qmq standalone` alone resends the rows of a database registered with `qmq tools add-db`,
+//!   and its one metrics endpoint has the watchdog's metrics.
+//! - `qmq standalone --watchdog-enabled false` runs no watchdog: no watchdog metrics, and a
+//!   `qmq watchdog` in the same namespace takes the lease at once and resends.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{field, free_port, free_port_pair, qmq, Proc};
+use common::{field, free_port, free_port_pair, metrics_addr, qmq, sample, scrape, Proc};
 use qmq_client::idempotent::Dialect;
 use qmq_client::outbox::OutboxSql;
 use qmq_client::{Connection, Message, PullConsumer};
 
 const TOKEN: &str = "wd-token";
 
-/// A private schema with an outbox table on the test PostgreSQL server.
+/// A private schema with an outbox table on the test PostgreSQL server, dropped when this is
+/// dropped (also when the test panics).
 struct Outbox {
     pool: sqlx::PgPool,
     schema: String,
@@ -93,12 +98,38 @@ impl Outbox {
         }
         args
     }
+}
 
-    async fn drop_now(&self) {
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
-            .execute(&self.pool)
-            .await
-            .unwrap();
+impl Drop for Outbox {
+    /// Drops the schema on a thread of its own with a runtime of its own: the test's runtime
+    /// may be unwinding, and blocking on it from inside is not allowed. Failures are printed,
+    /// not raised (a panic while unwinding would abort).
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                use sqlx::Connection as _;
+                let mut conn = sqlx::PgConnection::connect(&url).await?;
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await
+            })
+            .map_err(|e| e.to_string())
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("dropping schema {}: {e}", self.schema),
+            Err(_) => eprintln!(
+                "dropping schema {}: the cleanup thread panicked",
+                self.schema
+            ),
+        }
     }
 }
 
@@ -168,7 +199,16 @@ async fn until_empty(outbox: &Outbox) {
     }
 }
 
-fn watchdog(dir: &std::path::Path, meta_http: &str, node: &str, table: &str) -> Proc {
+/// `qmq watchdog` on the meta database of the standalone in `dir`, in `namespace`, with quick
+/// lease, scans and registry readings and its metrics on a free port; returns it and its
+/// metrics address.
+fn watchdog(
+    dir: &std::path::Path,
+    meta_http: &str,
+    namespace: &str,
+    node: &str,
+    table: &str,
+) -> (Proc, String) {
     let meta_db = format!(
         "sqlite://{}?mode=rw",
         dir.join("meta").join("meta.db").display()
@@ -181,7 +221,15 @@ fn watchdog(dir: &std::path::Path, meta_http: &str, node: &str, table: &str) -> 
         "--meta-http",
         meta_http,
     ])
-    .args(["--namespace", "ns", "--node", node, "--outbox-table", table])
+    .args([
+        "--namespace",
+        namespace,
+        "--node",
+        node,
+        "--outbox-table",
+        table,
+    ])
+    .args(["--metrics-listen", "127.0.0.1:0"])
     .args(["--lease-ms", "2000", "--renew-interval-ms", "300"])
     .args([
         "--check-interval-ms",
@@ -192,9 +240,32 @@ fn watchdog(dir: &std::path::Path, meta_http: &str, node: &str, table: &str) -> 
         "0",
     ]);
     let p = Proc::spawn(cmd);
+    let metrics = metrics_addr(&p);
     p.wait_line("qmq watchdog ready", 0, Duration::from_secs(30));
-    p
+    (p, metrics)
 }
+
+/// The value of the watchdog metric `name` (with `labels`) at `metrics`; panics when absent.
+async fn metric(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let got = scrape(metrics).await;
+    sample(&got, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} at {metrics}"))
+}
+
+/// Waits until the rows `sent` counter at `metrics` reads `n`.
+async fn until_sent(metrics: &str, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = metric(metrics, SENT, &[("outcome", "sent")]).await;
+        if sent == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "sent counter {sent}, not {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const SENT: &str = "qmq_watchdog_rows_total";
+const LEADER: &str = "qmq_watchdog_leader";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_watchdogs_one_sends_the_other_takes_over_after_kill9() {
@@ -208,23 +279,19 @@ async fn two_watchdogs_one_sends_the_other_takes_over_after_kill9() {
     add_db(&meta_http, &outbox.add_db_args("ns"));
     let subject = format!("wd.proc.{:08x}", rand::random::<u32>());
 
-    let mut a = watchdog(dir.path(), &meta_http, "a", &outbox.table);
-    let mut b = watchdog(dir.path(), &meta_http, "b", &outbox.table);
+    let mut a = watchdog(dir.path(), &meta_http, "ns", "a", &outbox.table);
+    let mut b = watchdog(dir.path(), &meta_http, "ns", "b", &outbox.table);
     // Exactly one announces leadership.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (leader, follower) = loop {
-        let la = a
-            .lines
+    let leads = |p: &Proc| {
+        p.lines
             .lock()
             .unwrap()
             .iter()
-            .any(|l| l.contains("qmq watchdog leader"));
-        let lb = b
-            .lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("qmq watchdog leader"));
+            .any(|l| l.contains("qmq watchdog leader"))
+    };
+    let ((leader, leader_metrics), (follower, follower_metrics)) = loop {
+        let (la, lb) = (leads(&a.0), leads(&b.0));
         assert!(!(la && lb), "two leaders");
         if la {
             break (&mut a, &mut b);
@@ -235,18 +302,34 @@ async fn two_watchdogs_one_sends_the_other_takes_over_after_kill9() {
         assert!(Instant::now() < deadline, "no leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // The leader's gauge is set before it announces itself.
+    assert_eq!(metric(leader_metrics, LEADER, &[]).await, 1.0);
+    assert_eq!(metric(follower_metrics, LEADER, &[]).await, 0.0);
+    let terms = "qmq_watchdog_leader_terms_total";
+    assert_eq!(metric(leader_metrics, terms, &[]).await, 1.0);
+    assert_eq!(metric(follower_metrics, terms, &[]).await, 0.0);
     outbox.insert("first", &subject).await;
     until_empty(&outbox).await;
     let got = pull_exactly(&broker, &subject, 1).await;
     assert_eq!(got[0].message_id, "first");
+    until_sent(leader_metrics, 1.0).await;
     assert!(
-        !follower
-            .lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("leader")),
-        "the follower stayed a follower"
+        metric(
+            leader_metrics,
+            "qmq_watchdog_scans_total",
+            &[("result", "ok")]
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        metric(leader_metrics, "qmq_watchdog_databases", &[]).await,
+        1.0
+    );
+    assert!(!leads(follower), "the follower stayed a follower");
+    assert_eq!(
+        metric(follower_metrics, SENT, &[("outcome", "sent")]).await,
+        0.0
     );
 
     leader.kill9();
@@ -255,11 +338,12 @@ async fn two_watchdogs_one_sends_the_other_takes_over_after_kill9() {
     // The lease is 2 s: the follower waits for it to expire, and not much longer.
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(6), "take-over took {took:?}");
+    assert_eq!(metric(follower_metrics, LEADER, &[]).await, 1.0);
     outbox.insert("second", &subject).await;
     until_empty(&outbox).await;
     let got = pull_exactly(&broker, &subject, 1).await;
     assert_eq!(got[0].message_id, "second");
-    outbox.drop_now().await;
+    until_sent(follower_metrics, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +354,7 @@ async fn standalone_resends_the_rows_of_a_registered_database() {
     };
     let dir = tempfile::tempdir().unwrap();
     let table = outbox.table.clone();
-    let (_server, broker, meta_http) = standalone(
+    let (server, broker, meta_http) = standalone(
         dir.path(),
         &[
             "--watchdog-grace-ms",
@@ -281,13 +365,58 @@ async fn standalone_resends_the_rows_of_a_registered_database() {
             "200",
             "--watchdog-outbox-table",
             &table,
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
     );
+    let metrics = metrics_addr(&server);
     let subject = format!("wd.standalone.{:08x}", rand::random::<u32>());
     outbox.insert("s1", &subject).await;
     add_db(&meta_http, &outbox.add_db_args("default"));
     until_empty(&outbox).await;
     let got = pull_exactly(&broker, &subject, 1).await;
     assert_eq!(got[0].message_id, "s1");
-    outbox.drop_now().await;
+    // The standalone's one endpoint has the watchdog's metrics beside the servers'.
+    until_sent(&metrics, 1.0).await;
+    assert_eq!(metric(&metrics, LEADER, &[]).await, 1.0);
+    assert!(sample(&scrape(&metrics).await, "qmq_received_messages_total", &[]).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_without_watchdog_leaves_the_lease_to_qmq_watchdog() {
+    let Some(outbox) =
+        Outbox::new("standalone_without_watchdog_leaves_the_lease_to_qmq_watchdog").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (server, broker, meta_http) = standalone(
+        dir.path(),
+        &[
+            "--watchdog-enabled",
+            "false",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let standalone_metrics = metrics_addr(&server);
+    let exposed = scrape(&standalone_metrics).await;
+    assert!(
+        !exposed
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("qmq_watchdog_")),
+        "a standalone without watchdog has watchdog metrics"
+    );
+    add_db(&meta_http, &outbox.add_db_args("default"));
+    // Same namespace as the standalone's watchdog would have: had it run, it would hold the
+    // lease and this one would stay a follower.
+    let (wd, metrics) = watchdog(dir.path(), &meta_http, "default", "only", &outbox.table);
+    wd.wait_line("qmq watchdog leader", 0, Duration::from_secs(15));
+    let subject = format!("wd.off.{:08x}", rand::random::<u32>());
+    outbox.insert("o1", &subject).await;
+    until_empty(&outbox).await;
+    let got = pull_exactly(&broker, &subject, 1).await;
+    assert_eq!(got[0].message_id, "o1");
+    until_sent(&metrics, 1.0).await;
 }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::WatchdogMetrics;
 use crate::scan::{Outbox, ScanOptions};
 use crate::WatchdogError;
 
@@ -37,6 +38,9 @@ pub struct WatchdogConfig {
     pub table: String,
     /// How each scan goes.
     pub scan: ScanOptions,
+    /// Where the lease and the scans are counted (default: metrics no registry serves; give
+    /// [`WatchdogMetrics::new`] to serve them).
+    pub metrics: Arc<WatchdogMetrics>,
 }
 
 impl Default for WatchdogConfig {
@@ -50,6 +54,7 @@ impl Default for WatchdogConfig {
             refresh_interval: Duration::from_secs(180),
             table: DEFAULT_TABLE.into(),
             scan: ScanOptions::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -121,17 +126,19 @@ async fn contend(
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 tracing::warn!(lease = name, error = %e, "lease call failed");
+                config.metrics.lease_error();
                 false
             }
             Err(_) => {
                 tracing::warn!(lease = name, "lease call timed out");
+                config.metrics.lease_error();
                 false
             }
         };
         match (holds, work.is_some()) {
             (true, false) => {
                 tracing::info!(lease = name, node = config.node, "watchdog is the leader");
-                metrics::gauge!("qmq_watchdog_leader").set(1.0);
+                config.metrics.leader(true);
                 let token = stop.child_token();
                 let task = tokio::spawn(run_scans(
                     config.clone(),
@@ -149,7 +156,7 @@ async fn contend(
                     "watchdog lost the lease; scans stop"
                 );
                 stop_work(work.take()).await;
-                metrics::gauge!("qmq_watchdog_leader").set(0.0);
+                config.metrics.leader(false);
                 leader.send_replace(false);
             }
             _ => {}
@@ -165,7 +172,7 @@ async fn contend(
         if let Err(e) = store.release_lease(&name, &config.node).await {
             tracing::warn!(lease = name, error = %e, "lease not released; it expires instead");
         }
-        metrics::gauge!("qmq_watchdog_leader").set(0.0);
+        config.metrics.leader(false);
     }
     leader.send_replace(false);
 }
@@ -279,6 +286,7 @@ async fn refresh(
         };
         match Outbox::connect(&url, &config.table, &name).await {
             Ok(o) => {
+                let o = o.with_metrics(config.metrics.clone());
                 tracing::info!(db = name, table = config.table, "watching outbox");
                 keep.insert(key, o);
             }
@@ -290,6 +298,7 @@ async fn refresh(
         gone.close().await;
     }
     *outboxes = keep;
+    config.metrics.databases(outboxes.len());
     Ok(())
 }
 

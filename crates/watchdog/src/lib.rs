@@ -21,13 +21,16 @@
 //!   (QMQ leaves such rows untouched and retries them forever). Rows whose status is not 0 are
 //!   never sent.
 //!
-//! Metrics (through the `metrics` facade): `qmq_watchdog_rows_total{outcome}` (sent, invalid,
-//! blocked, busy, failed) and `qmq_watchdog_leader` (1 while this instance holds the lease).
+//! Metrics ([`WatchdogMetrics`], registered into a [`qmq_metrics::Registry`] as the servers'
+//! are): rows handled per outcome, scans, whether this instance is the leader, lease terms and
+//! errors, databases watched.
 
 mod lease;
+mod metrics;
 mod scan;
 
 pub use lease::{start, WatchdogConfig, WatchdogHandle};
+pub use metrics::WatchdogMetrics;
 pub use scan::{Outbox, ScanOptions, ScanReport};
 
 /// Why the watchdog failed.

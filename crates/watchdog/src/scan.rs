@@ -1,5 +1,6 @@
 //! One outbox table on one database: finding the rows producers left behind and resending them.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -11,6 +12,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{Outcome, WatchdogMetrics};
 use crate::WatchdogError;
 
 /// The attribute carrying the outbox row id of a resent message (QMQ's watchdog sets it).
@@ -57,6 +59,17 @@ pub struct ScanReport {
 }
 
 impl ScanReport {
+    fn count(&mut self, outcome: Outcome) {
+        let n = match outcome {
+            Outcome::Sent => &mut self.sent,
+            Outcome::Invalid => &mut self.invalid,
+            Outcome::Blocked => &mut self.blocked,
+            Outcome::Busy => &mut self.busy,
+            Outcome::Failed => &mut self.failed,
+        };
+        *n += 1;
+    }
+
     fn add(&mut self, other: ScanReport) {
         self.sent += other.sent;
         self.invalid += other.invalid;
@@ -76,6 +89,7 @@ pub struct Outbox {
     pool: AnyPool,
     sql: OutboxSql,
     name: String,
+    metrics: Arc<WatchdogMetrics>,
 }
 
 /// Spaces out rows: at most `rate` per second.
@@ -95,12 +109,6 @@ impl Pace {
     async fn wait(&mut self) {
         tokio::time::sleep_until(self.next.into()).await;
         self.next = self.next.max(Instant::now()) + self.step;
-    }
-}
-
-fn record(outcome: &'static str, n: u64) {
-    if n > 0 {
-        metrics::counter!("qmq_watchdog_rows_total", "outcome" => outcome).increment(n);
     }
 }
 
@@ -124,7 +132,15 @@ impl Outbox {
             pool,
             sql,
             name: name.to_owned(),
+            metrics: Arc::default(),
         })
+    }
+
+    /// Counts the rows and scans of this outbox in `metrics` (by default in metrics no
+    /// registry serves).
+    pub fn with_metrics(mut self, metrics: Arc<WatchdogMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The database's name in logs.
@@ -143,6 +159,17 @@ impl Outbox {
     /// until none is left, `options.timeout` passes or `stop` is cancelled (the rows of the
     /// batch in hand are finished first).
     pub async fn scan(
+        &self,
+        producer: &Producer,
+        options: &ScanOptions,
+        stop: &CancellationToken,
+    ) -> Result<ScanReport, WatchdogError> {
+        let scanned = self.scan_batches(producer, options, stop).await;
+        self.metrics.scan(scanned.is_ok());
+        scanned
+    }
+
+    async fn scan_batches(
         &self,
         producer: &Producer,
         options: &ScanOptions,
@@ -194,11 +221,6 @@ impl Outbox {
             }
             report.add(round);
         }
-        record("sent", report.sent);
-        record("invalid", report.invalid);
-        record("blocked", report.blocked);
-        record("busy", report.busy);
-        record("failed", report.failed);
         Ok(report)
     }
 
@@ -225,7 +247,7 @@ impl Outbox {
                     "outbox row failed too often; marked invalid"
                 );
                 self.mark(id, status::INVALID).await?;
-                report.invalid += 1;
+                self.tally(&mut report, Outcome::Invalid);
                 continue;
             }
             let mut message: Message = match from_json(&content) {
@@ -233,7 +255,7 @@ impl Outbox {
                 Err(e) => {
                     tracing::error!(db = self.name, id, error = %e, "invalid outbox row; marked invalid");
                     self.mark(id, status::INVALID).await?;
-                    report.invalid += 1;
+                    self.tally(&mut report, Outcome::Invalid);
                     continue;
                 }
             };
@@ -251,7 +273,7 @@ impl Outbox {
                         .execute(&self.pool)
                         .await
                         .map_err(|e| self.db_error(e))?;
-                    report.sent += 1;
+                    self.tally(&mut report, Outcome::Sent);
                 }
                 Err(SendError::Refused {
                     code: ProducerCode::Block,
@@ -267,17 +289,17 @@ impl Outbox {
                         .execute(&self.pool)
                         .await
                         .map_err(|e| self.db_error(e))?;
-                    report.blocked += 1;
+                    self.tally(&mut report, Outcome::Blocked);
                 }
                 Err(e @ (SendError::Closed | SendError::QueueFull)) => {
                     tracing::error!(db = self.name, id, error = %e, "send refused; row marked broker-busy");
                     self.mark(id, status::BROKER_BUSY).await?;
-                    report.busy += 1;
+                    self.tally(&mut report, Outcome::Busy);
                 }
                 Err(e @ SendError::Encode(_)) => {
                     tracing::error!(db = self.name, id, error = %e, "message cannot be encoded; marked invalid");
                     self.mark(id, status::INVALID).await?;
-                    report.invalid += 1;
+                    self.tally(&mut report, Outcome::Invalid);
                 }
                 Err(e) => {
                     tracing::warn!(db = self.name, id, error = %e, "resend failed; the row stays pending");
@@ -286,11 +308,17 @@ impl Outbox {
                         .execute(&self.pool)
                         .await
                         .map_err(|e| self.db_error(e))?;
-                    report.failed += 1;
+                    self.tally(&mut report, Outcome::Failed);
                 }
             }
         }
         Ok(report)
+    }
+
+    /// Counts a handled row in `report` and the metrics.
+    fn tally(&self, report: &mut ScanReport, outcome: Outcome) {
+        report.count(outcome);
+        self.metrics.row(outcome);
     }
 
     async fn mark(&self, id: i64, state: i16) -> Result<(), WatchdogError> {

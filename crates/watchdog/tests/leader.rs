@@ -27,6 +27,7 @@ fn config(namespace: &str, node: &str, table: &str) -> WatchdogConfig {
             rate: 1000,
             ..ScanOptions::default()
         },
+        ..WatchdogConfig::default()
     }
 }
 

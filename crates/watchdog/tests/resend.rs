@@ -1,6 +1,6 @@
 //! The watchdog's scan against real PostgreSQL, MariaDB and SQLite outboxes and a real broker:
 //! rows left by a producer whose broker was down, rows written exactly as QMQ's Java producer
-//! writes them, malformed rows, and the grace period.
+//! writes them, malformed rows, rows the broker answers BLOCK for, and the grace period.
 
 mod common;
 
@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use qmq_client::idempotent::Dialect;
 use qmq_client::outbox::status;
-use qmq_client::{new_message, MessageExt};
-use qmq_watchdog::{Outbox, ScanOptions, ScanReport};
+use qmq_client::{new_message, MessageExt, SendError};
+use qmq_protocol::ProducerCode;
+use qmq_watchdog::{Outbox, ScanOptions, ScanReport, WatchdogMetrics};
 use tokio_util::sync::CancellationToken;
 
 fn quick() -> ScanOptions {
@@ -204,6 +205,94 @@ async fn malformed_rows_are_marked(dialect: Dialect, test: &str) {
     .await;
 }
 on_all_databases!(malformed_rows_are_marked);
+
+/// BLOCK is final. The broker refuses messages over its `max_message_bytes` with BLOCK: the
+/// transactional producer marks such a row blocked (−100) at commit and the watchdog never
+/// sends it; a pending row the watchdog resends and gets BLOCK for is marked blocked, counted
+/// as `blocked` in its metrics, and not tried again. Nothing is stored.
+async fn block_is_final(dialect: Dialect, test: &str) {
+    with_outbox(dialect, test, |db| async move {
+        let (b, _dir) = broker_with("127.0.0.1:0".parse().unwrap(), |c| {
+            c.max_message_bytes = 1024;
+        })
+        .await;
+        let addr = b.addr().to_string();
+        let subject = unique("wd.block");
+        let big = |id: &str| {
+            let mut m = new_message(&subject);
+            m.message_id = id.to_owned();
+            m.set_string("payload", &"x".repeat(4096)).unwrap();
+            m
+        };
+
+        // At commit: the broker answers BLOCK, the producer marks the row.
+        let deliveries = commit_one(&db, producer(&addr, 3), big("at-commit")).await;
+        assert!(
+            matches!(
+                deliveries[0].result,
+                Err(SendError::Refused {
+                    code: ProducerCode::Block,
+                    ..
+                })
+            ),
+            "{:?}",
+            deliveries[0].result
+        );
+        let blocked_at_commit = deliveries[0].row_id;
+        let blocked = i64::from(status::BLOCKED);
+        assert_eq!(db.rows().await, vec![(blocked_at_commit, blocked, 1)]);
+
+        // Broker down at commit: the row stays pending for the watchdog.
+        let deliveries = commit_one(&db, producer(&free_addr().to_string(), 1), big("later")).await;
+        assert!(deliveries[0].result.is_err(), "broker is down");
+        let pending = deliveries[0].row_id;
+        assert_eq!(db.rows().await[1], (pending, i64::from(status::PENDING), 0));
+
+        let registry = qmq_metrics::Registry::new();
+        let metrics = std::sync::Arc::new(WatchdogMetrics::new(&registry));
+        let outbox = Outbox::connect(&db.url, &db.table, "test")
+            .await
+            .unwrap()
+            .with_metrics(metrics);
+        let p = producer(&addr, 3);
+        let r = scan_until(&outbox, &p, &quick(), |r| r.blocked == 1).await;
+        assert_eq!(
+            r,
+            ScanReport {
+                blocked: 1,
+                ..Default::default()
+            },
+            "the row blocked at commit is not sent"
+        );
+        assert_eq!(
+            db.rows().await,
+            vec![(blocked_at_commit, blocked, 1), (pending, blocked, 1)]
+        );
+        let text = registry.encode().unwrap();
+        assert!(
+            text.contains("qmq_watchdog_rows_total{outcome=\"blocked\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("qmq_watchdog_rows_total{outcome=\"sent\"} 0\n"),
+            "{text}"
+        );
+        // Blocked rows are never tried again.
+        let again = outbox
+            .scan(&p, &quick(), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(again, ScanReport::default());
+        assert_eq!(
+            db.rows().await,
+            vec![(blocked_at_commit, blocked, 1), (pending, blocked, 1)]
+        );
+        pull_exactly(&addr, &subject, "g", 0).await;
+        b.shutdown().await.unwrap();
+    })
+    .await;
+}
+on_all_databases!(block_is_final);
 
 /// Rows younger than the grace period are left to their producer; a failed resend counts an
 /// error and keeps the row pending.

@@ -150,12 +150,21 @@ impl OutboxDb {
 
 /// A broker on `addr` (`127.0.0.1:0` for any port); keep the TempDir as long as the broker.
 pub async fn broker_on(addr: SocketAddr) -> (BrokerHandle, tempfile::TempDir) {
+    broker_with(addr, |_| {}).await
+}
+
+/// [`broker_on`] with `adjust` applied to its configuration.
+pub async fn broker_with(
+    addr: SocketAddr,
+    adjust: impl FnOnce(&mut BrokerConfig),
+) -> (BrokerHandle, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = StoreConfig::new(dir.path());
     store.flush = FlushPolicy::SyncBeforeAck;
     let mut c = BrokerConfig::new(store);
     c.listen = addr;
     c.new_group_start = qmq_store::ResetTo::Earliest;
+    adjust(&mut c);
     (serve(c).await.unwrap(), dir)
 }
 
