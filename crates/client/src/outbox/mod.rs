@@ -159,21 +159,28 @@ macro_rules! common_impl {
     };
 }
 
+/// `insert_row` for databases whose INSERT returns the new id (`RETURNING id`).
+macro_rules! insert_returning_id {
+    () => {
+        fn insert_row<'e>(
+            conn: &'e mut Self::Connection,
+            sql: &'e str,
+            content: String,
+        ) -> BoxFuture<'e, Result<i64, OutboxError>> {
+            Box::pin(async move {
+                Ok(sqlx::query_scalar::<_, i64>(sql)
+                    .bind(content)
+                    .fetch_one(conn)
+                    .await?)
+            })
+        }
+    };
+}
+
 impl OutboxDatabase for sqlx::Postgres {
     const DIALECT: Dialect = Dialect::Postgres;
 
-    fn insert_row<'e>(
-        conn: &'e mut Self::Connection,
-        sql: &'e str,
-        content: String,
-    ) -> BoxFuture<'e, Result<i64, OutboxError>> {
-        Box::pin(async move {
-            Ok(sqlx::query_scalar::<_, i64>(sql)
-                .bind(content)
-                .fetch_one(conn)
-                .await?)
-        })
-    }
+    insert_returning_id!();
 
     common_impl!();
 }
@@ -181,18 +188,7 @@ impl OutboxDatabase for sqlx::Postgres {
 impl OutboxDatabase for sqlx::Sqlite {
     const DIALECT: Dialect = Dialect::Sqlite;
 
-    fn insert_row<'e>(
-        conn: &'e mut Self::Connection,
-        sql: &'e str,
-        content: String,
-    ) -> BoxFuture<'e, Result<i64, OutboxError>> {
-        Box::pin(async move {
-            Ok(sqlx::query_scalar::<_, i64>(sql)
-                .bind(content)
-                .fetch_one(conn)
-                .await?)
-        })
-    }
+    insert_returning_id!();
 
     common_impl!();
 }
