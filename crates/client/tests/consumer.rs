@@ -614,11 +614,7 @@ impl tracing::field::Visit for LogFields {
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogRecorder {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let mut f = LogFields::default();
         event.record(&mut f);
         self.0.lock().push(LogLine {
@@ -652,9 +648,8 @@ async fn a_dead_broker_is_logged_once_and_retried_with_back_off() {
     use tracing_subscriber::layer::SubscriberExt;
     let recorder = LogRecorder::default();
     // The current-thread runtime runs every task of the test on this thread.
-    let _log = tracing::subscriber::set_default(
-        tracing_subscriber::registry().with(recorder.clone()),
-    );
+    let _log =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(recorder.clone()));
     let dead = dead_addr().await;
     let config = ConsumerConfig {
         pull_wait: Duration::from_millis(100),

@@ -478,7 +478,10 @@ async fn removing_a_group_from_every_route_excludes_it_everywhere(backend: Backe
     assert_ne!(status, 200, "{body}");
     assert_eq!(body["status"], -1, "{body}");
     let why = body["message"].as_str().unwrap();
-    assert!(why.contains("s.only") && why.contains("removed from 2"), "{why}");
+    assert!(
+        why.contains("s.only") && why.contains("removed from 2"),
+        "{why}"
+    );
     for s in ["s.a", "s.b"] {
         for _ in 0..5 {
             assert_eq!(c.groups(ClientType::Producer, s).await, ["g2"], "{s}");
@@ -487,10 +490,7 @@ async fn removing_a_group_from_every_route_excludes_it_everywhere(backend: Backe
         assert_eq!(r.excluded, ["g1"], "{s}");
     }
     // Not excluded where it stayed: that route is topped up as usual.
-    assert_eq!(
-        c.groups(ClientType::Producer, "s.only").await,
-        ["g1", "g2"]
-    );
+    assert_eq!(c.groups(ClientType::Producer, "s.only").await, ["g1", "g2"]);
     let r = meta.store().subject_route("s.only").await.unwrap().unwrap();
     assert!(r.excluded.is_empty(), "{r:?}");
     meta.shutdown().await;

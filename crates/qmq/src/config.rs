@@ -782,7 +782,10 @@ mod tests {
         assert!(text.contains("\nadmin_token = []\n"));
         assert!(text.contains("\n[meta]\n"));
         let meta = &text[text.find("\n[meta]\n").unwrap()..text.find("\n[delay]\n").unwrap()];
-        assert!(meta.contains("Env: QMQ_META_MIN_GROUP_NUM.\nmin_group_num = 2\n"), "{meta}");
+        assert!(
+            meta.contains("Env: QMQ_META_MIN_GROUP_NUM.\nmin_group_num = 2\n"),
+            "{meta}"
+        );
         assert!(text.contains("\n# advertise = "));
         assert!(!text.contains("test_retention_secs"));
         assert!(text.parse::<DocumentMut>().is_ok());
