@@ -3,12 +3,12 @@
 //! Realtime subjects get `min_group_num` groups (fewer when fewer exist), chosen among alive,
 //! non-readonly groups carrying the subject's tag (AddNewSubject; the default pool when no
 //! group has it) with the fewest subjects (ties broken by a hash of subject and group, so
-//! new groups take new subjects first). The assignment is stored and only ever grows: when
-//! groups are added later, routes with fewer than `min_group_num` groups are extended with an
-//! optimistic version check, so concurrent meta servers on one database agree. A top-up never
-//! takes a group an operator removed from the route ([`SubjectRoute::excluded`]): an explicit
-//! removal wins over `min_group_num`, and the route may stay shorter until the operator adds a
-//! group back.
+//! new groups take new subjects first). The assignment is stored and, unless an operator edits
+//! it, only ever grows: when groups are added later, routes with fewer than `min_group_num`
+//! groups are extended with an optimistic version check, so concurrent meta servers on one
+//! database agree. A top-up never takes a group an operator removed from the route
+//! ([`SubjectRoute::excluded`]): an explicit removal wins over `min_group_num`, and the route
+//! may stay shorter until the operator adds a group back.
 //! Delay producers get delay groups, chosen by hash and not stored (delay servers forward to
 //! the realtime route themselves).
 
