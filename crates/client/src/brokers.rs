@@ -73,7 +73,8 @@ impl Brokers {
     /// re-read `subject`'s routes: the broker at `addr` refused the client as a non-master or
     /// is unreachable.
     pub(crate) fn reroute(&self, subject: &str, addr: &str) {
-        tracing::info!(
+        // Debug: the callers log why, once per failure run (a dead broker is retried often).
+        tracing::debug!(
             subject,
             broker = addr,
             "broker refused or unreachable; re-reading routes"

@@ -575,3 +575,146 @@ async fn pull_client_retries_handed_back_messages() {
         vec![(id.clone(), 1, subject.clone()), (id, 2, subject)]
     );
 }
+
+/// One log event of the consumer, as [`LogRecorder`] keeps it.
+#[derive(Debug, Clone)]
+struct LogLine {
+    level: tracing::Level,
+    message: String,
+    broker: String,
+    subject: String,
+    at: std::time::Instant,
+}
+
+/// A tracing layer keeping every event (level, message, `broker` and `subject` fields).
+#[derive(Clone, Default)]
+struct LogRecorder(Arc<Mutex<Vec<LogLine>>>);
+
+#[derive(Default)]
+struct LogFields {
+    message: String,
+    broker: String,
+    subject: String,
+}
+
+impl tracing::field::Visit for LogFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let slot = match field.name() {
+            "message" => &mut self.message,
+            "broker" => &mut self.broker,
+            "subject" => &mut self.subject,
+            _ => return,
+        };
+        *slot = format!("{value:?}");
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogRecorder {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut f = LogFields::default();
+        event.record(&mut f);
+        self.0.lock().push(LogLine {
+            level: *event.metadata().level(),
+            message: f.message,
+            broker: f.broker,
+            subject: f.subject,
+            at: std::time::Instant::now(),
+        });
+    }
+}
+
+impl LogRecorder {
+    /// The events about `broker`.
+    fn about(&self, broker: &str) -> Vec<LogLine> {
+        self.0
+            .lock()
+            .iter()
+            .filter(|l| l.broker == broker)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A consumer whose broker is dead logs one warning per pull loop (the subject and its retry
+/// subject) however often it retries, retries with a growing pause, and logs once (info) per
+/// loop when the broker is back; the old loop logged a warning and an info line on every try,
+/// 10 times a second.
+#[tokio::test(flavor = "current_thread")]
+async fn a_dead_broker_is_logged_once_and_retried_with_back_off() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let recorder = LogRecorder::default();
+    // The current-thread runtime runs every task of the test on this thread.
+    let _log =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(recorder.clone()));
+    let dead = dead_addr().await;
+    let config = ConsumerConfig {
+        pull_wait: Duration::from_millis(100),
+        backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(160),
+        ..ConsumerConfig::default()
+    };
+    let consumer = Consumer::new(Arc::new(StaticRouter::new([dead.clone()])), config);
+    let sub = consumer
+        .subscribe_handle(
+            "dead.s",
+            "g",
+            Arc::new(|_m: ReceivedMessage| async { Ok(()) }),
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    let subjects = ["dead.s".to_owned(), retry_subject("dead.s", "g")];
+    let tries = |lines: &[LogLine], subject: &str| -> Vec<std::time::Instant> {
+        lines
+            .iter()
+            .filter(|l| l.subject == subject && l.message.starts_with("cannot connect for pulling"))
+            .map(|l| l.at)
+            .collect()
+    };
+    // Seven tries of each loop: pauses of 20, 40, 80, 160, 160, 160 ms in between.
+    wait_until(T, "seven connection attempts per pull loop", || {
+        let lines = recorder.about(&dead);
+        subjects.iter().all(|s| tries(&lines, s).len() >= 7)
+    })
+    .await;
+    let lines = recorder.about(&dead);
+    let loud: Vec<&LogLine> = lines
+        .iter()
+        .filter(|l| l.level <= tracing::Level::INFO)
+        .collect();
+    assert_eq!(loud.len(), 2, "{loud:#?}");
+    for s in &subjects {
+        let warned = loud
+            .iter()
+            .filter(|l| l.level == tracing::Level::WARN && &l.subject == s)
+            .count();
+        assert_eq!(warned, 1, "{s}: {loud:#?}");
+        let at = tries(&lines, s);
+        let spread = at[6] - at[0];
+        // 620 ms of pauses; a fixed 20 ms pause would take 120 ms.
+        assert!(spread >= Duration::from_millis(550), "{s}: {spread:?}");
+    }
+
+    // The broker comes back on the same address: one info line per loop, no more warnings.
+    let (_broker, _dir) = broker_with(|c| c.listen = dead.parse().unwrap()).await;
+    wait_until(T, "pulling works again on both loops", || {
+        recorder
+            .about(&dead)
+            .iter()
+            .filter(|l| l.level == tracing::Level::INFO && l.message == "pulling works again")
+            .count()
+            == 2
+    })
+    .await;
+    let loud: Vec<LogLine> = recorder
+        .about(&dead)
+        .into_iter()
+        .filter(|l| l.level <= tracing::Level::INFO)
+        .collect();
+    assert_eq!(loud.len(), 4, "{loud:#?}");
+    sub.shutdown().await;
+}

@@ -412,28 +412,48 @@ impl MetaCore {
         })
     }
 
-    /// Replaces `old`'s groups by `groups` if nobody changed the route meanwhile; on success
-    /// the cached view gets the new route at once, so clients are answered from it.
+    /// Replaces `old`'s groups by `groups` if nobody changed the route meanwhile, recording
+    /// `removed` as excluded from the route (a top-up to `min.group.num` never re-adds it) and
+    /// the groups `groups` has and `old` had not as no longer excluded; on success the cached
+    /// view gets the new route at once, so clients are answered from it.
     async fn save_route(
         &self,
         old: &SubjectRoute,
         groups: Vec<String>,
+        removed: Option<&str>,
     ) -> Result<Option<SubjectRoute>, MetaError> {
+        let added: Vec<String> = groups
+            .iter()
+            .filter(|g| !old.groups.contains(g))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = removed.into_iter().map(str::to_owned).collect();
         if !self
             .store
-            .update_subject_route(&old.subject, old.version, &groups)
+            .edit_subject_route(&old.subject, old.version, &groups, &added, &removed)
             .await?
         {
             return Ok(None);
         }
+        let mut excluded: Vec<String> = old
+            .excluded
+            .iter()
+            .filter(|g| !added.contains(g))
+            .chain(&removed)
+            .cloned()
+            .collect();
+        excluded.sort();
+        excluded.dedup();
         let route = SubjectRoute {
             subject: old.subject.clone(),
             groups,
             version: old.version + 1,
             updated_ms: now_ms(),
+            excluded,
         };
         tracing::info!(subject = route.subject, from = ?old.groups, to = ?route.groups,
-            version = route.version, "subject route changed by an operator");
+            excluded = ?route.excluded, version = route.version,
+            "subject route changed by an operator");
         self.cache.put_route(route.clone());
         Ok(Some(route))
     }
@@ -450,8 +470,9 @@ impl MetaCore {
     }
 
     /// add-subject-broker-group (QMQ `AddSubjectBrokerGroup`): adds an existing broker group
-    /// to the route of a subject that has one. Returns the route as it is afterwards; if the
-    /// route changed concurrently, nothing is written and the error shows the current route.
+    /// to the route of a subject that has one, ending its exclusion if an operator had removed
+    /// it. Returns the route as it is afterwards; if the route changed concurrently, nothing is
+    /// written and the error shows the current route.
     pub async fn add_subject_broker_group(
         &self,
         p: &SubjectGroupParams,
@@ -465,7 +486,7 @@ impl MetaCore {
         }
         let mut groups = route.groups.clone();
         groups.push(p.broker_group.clone());
-        match self.save_route(&route, groups).await? {
+        match self.save_route(&route, groups, None).await? {
             Some(saved) => Ok(saved),
             None => Err(MetaError::Conflict(format!(
                 "cannot add broker group {} to subject {}: {}",
@@ -493,7 +514,7 @@ impl MetaCore {
                 "{group} is its last broker group and a route cannot be left empty"
             )));
         }
-        Ok(match self.save_route(route, groups).await? {
+        Ok(match self.save_route(route, groups, Some(group)).await? {
             Some(saved) => RouteChange::Saved(saved),
             None => RouteChange::Refused(self.changed_meanwhile(&route.subject).await?),
         })
@@ -510,8 +531,10 @@ impl MetaCore {
     }
 
     /// remove-subject-broker-group (QMQ `RemoveSubjectBrokerGroup`): takes a broker group out
-    /// of one subject's route, or out of every route containing it for subject `*`. A route's
-    /// last group is never removed. Routes that could not be changed (last group, concurrent
+    /// of one subject's route, or out of every route containing it for subject `*`, and
+    /// excludes it from each route it left: the top-up to `min.group.num` never puts it back
+    /// (only add-subject-broker-group or extend-subject-route do). A route's last group is
+    /// never removed. Routes that could not be changed (last group, concurrent
     /// change) are listed in the error; the others are changed all the same. Returns the
     /// changed routes (none if no route contained the group).
     pub async fn remove_subject_broker_group(
@@ -551,7 +574,8 @@ impl MetaCore {
 
     /// extend-subject-route (QMQ `ExtendSubjectRoute`): adds an existing broker group to every
     /// route (or only `related_subject`'s, unless it is `*`) that contains
-    /// `related_broker_group` and not the new group yet. Routes changed concurrently are
+    /// `related_broker_group` and not the new group yet (ending the new group's exclusion from
+    /// those routes, if an operator had removed it). Routes changed concurrently are
     /// skipped, as in QMQ; the outcome counts and names the routes that were extended.
     pub async fn extend_subject_route(
         &self,
@@ -573,7 +597,7 @@ impl MetaCore {
             }
             let mut groups = route.groups.clone();
             groups.push(p.new_broker_group.clone());
-            match self.save_route(&route, groups).await? {
+            match self.save_route(&route, groups, None).await? {
                 Some(saved) => subjects.push(saved.subject),
                 None => tracing::warn!(
                     subject = route.subject,

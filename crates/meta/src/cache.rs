@@ -220,6 +220,7 @@ mod tests {
             groups: vec!["g1".into(), "g2".into()],
             version: 2,
             updated_ms: 0,
+            excluded: Vec::new(),
         };
         cache.put_route(newer.clone());
         cache.refresh(&store).await.unwrap();

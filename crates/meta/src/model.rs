@@ -134,6 +134,11 @@ pub struct SubjectRoute {
     pub version: i64,
     /// Last change, ms since the epoch.
     pub updated_ms: i64,
+    /// Groups an operator removed from the route (remove-subject-broker-group), sorted: the
+    /// route is not topped up to `min.group.num` with them until an operator adds them back.
+    /// They change only together with the version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
 }
 
 /// A client seen through CLIENT_REGISTER.

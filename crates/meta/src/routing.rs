@@ -3,9 +3,12 @@
 //! Realtime subjects get `min_group_num` groups (fewer when fewer exist), chosen among alive,
 //! non-readonly groups carrying the subject's tag (AddNewSubject; the default pool when no
 //! group has it) with the fewest subjects (ties broken by a hash of subject and group, so
-//! new groups take new subjects first). The assignment is stored and only ever grows: when
-//! groups are added later, routes with fewer than `min_group_num` groups are extended with an
-//! optimistic version check, so concurrent meta servers on one database agree.
+//! new groups take new subjects first). The assignment is stored and, unless an operator edits
+//! it, only ever grows: when groups are added later, routes with fewer than `min_group_num`
+//! groups are extended with an optimistic version check, so concurrent meta servers on one
+//! database agree. A top-up never takes a group an operator removed from the route
+//! ([`SubjectRoute::excluded`]): an explicit removal wins over `min_group_num`, and the route
+//! may stay shorter until the operator adds a group back.
 //! Delay producers get delay groups, chosen by hash and not stored (delay servers forward to
 //! the realtime route themselves).
 
@@ -83,6 +86,16 @@ pub async fn realtime_groups(
     extend_if_needed(store, cache, route, min_groups).await
 }
 
+/// Groups a top-up of `route` must not pick: its own and those an operator removed.
+fn taken(route: &SubjectRoute) -> Vec<String> {
+    route
+        .groups
+        .iter()
+        .chain(&route.excluded)
+        .cloned()
+        .collect()
+}
+
 async fn extend_if_needed(
     store: &Store,
     cache: &Cache,
@@ -92,7 +105,7 @@ async fn extend_if_needed(
     let lacking = |r: &SubjectRoute| {
         r.groups.len() < min_groups
             && !cache
-                .read(|v| pick(v, &r.subject, &r.groups, min_groups - r.groups.len()))
+                .read(|v| pick(v, &r.subject, &taken(r), min_groups - r.groups.len()))
                 .is_empty()
     };
     if !lacking(&route) {
@@ -108,7 +121,7 @@ async fn extend_if_needed(
             return Ok(current.groups);
         }
         let mut groups = current.groups.clone();
-        let more = cache.read(|v| pick(v, &subject, &groups, min_groups - groups.len()));
+        let more = cache.read(|v| pick(v, &subject, &taken(&current), min_groups - groups.len()));
         groups.extend(more);
         if store
             .update_subject_route(&subject, current.version, &groups)

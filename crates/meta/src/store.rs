@@ -5,6 +5,7 @@
 //! lives in versioned migrations, one directory per dialect, applied on every start.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -223,6 +224,7 @@ fn route_from_row(row: &AnyRow) -> Result<SubjectRoute, MetaError> {
         groups,
         version: row.try_get("version")?,
         updated_ms: row.try_get("updated_ms")?,
+        excluded: Vec::new(),
     })
 }
 
@@ -856,17 +858,39 @@ impl Store {
 
     // ---- subject routes ----
 
-    /// Every subject route.
+    /// Every subject route, with its exclusions.
     pub async fn subject_routes(&self) -> Result<Vec<SubjectRoute>, MetaError> {
+        // Routes before exclusions: exclusions change only with a route's version, so a
+        // route read before a concurrent change is stale by version and cannot be updated.
         let rows = sqlx::query(
             "SELECT subject, broker_groups, version, updated_ms FROM subject_route ORDER BY subject",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(route_from_row).collect()
+        let mut routes = rows
+            .iter()
+            .map(route_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = sqlx::query(
+            "SELECT subject, broker_group FROM subject_route_exclusion \
+             ORDER BY subject, broker_group",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut excluded: HashMap<String, Vec<String>> = HashMap::new();
+        for row in rows {
+            excluded
+                .entry(row.try_get("subject")?)
+                .or_default()
+                .push(row.try_get("broker_group")?);
+        }
+        for route in &mut routes {
+            route.excluded = excluded.remove(&route.subject).unwrap_or_default();
+        }
+        Ok(routes)
     }
 
-    /// One subject's route.
+    /// One subject's route, with its exclusions.
     pub async fn subject_route(&self, subject: &str) -> Result<Option<SubjectRoute>, MetaError> {
         let sql = self.sql(
             "SELECT subject, broker_groups, version, updated_ms FROM subject_route WHERE subject = ?",
@@ -875,7 +899,22 @@ impl Store {
             .bind(subject)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(route_from_row).transpose()
+        let Some(mut route) = row.as_ref().map(route_from_row).transpose()? else {
+            return Ok(None);
+        };
+        // After the route: see `subject_routes`.
+        let sql = self.sql(
+            "SELECT broker_group FROM subject_route_exclusion WHERE subject = ? \
+             ORDER BY broker_group",
+        );
+        route.excluded = sqlx::query(&sql)
+            .bind(subject)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("broker_group"))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(route))
     }
 
     fn groups_json(groups: &[String]) -> Result<String, MetaError> {
@@ -923,6 +962,60 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// An operator's change of a route, in one transaction: replaces its groups if its version
+    /// is still `version` and records `removed` as excluded from it (see
+    /// [`SubjectRoute::excluded`]) and `added` as no longer excluded. `false` (nothing written)
+    /// if the version changed.
+    pub async fn edit_subject_route(
+        &self,
+        subject: &str,
+        version: i64,
+        groups: &[String],
+        added: &[String],
+        removed: &[String],
+    ) -> Result<bool, MetaError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let sql = self.sql(
+            "UPDATE subject_route SET broker_groups = ?, version = version + 1, updated_ms = ? \
+             WHERE subject = ? AND version = ?",
+        );
+        let done = sqlx::query(&sql)
+            .bind(Self::groups_json(groups)?)
+            .bind(now)
+            .bind(subject)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let delete =
+            self.sql("DELETE FROM subject_route_exclusion WHERE subject = ? AND broker_group = ?");
+        for group in added {
+            sqlx::query(&delete)
+                .bind(subject)
+                .bind(group)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let stmt = self.dialect.insert_ignore(
+            "subject_route_exclusion (subject, broker_group, created_ms) VALUES (?, ?, ?)",
+        );
+        let insert = self.sql(&stmt);
+        for group in removed {
+            sqlx::query(&insert)
+                .bind(subject)
+                .bind(group)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     // ---- subject info ----

@@ -350,3 +350,149 @@ async fn duplicate_group_names_are_refused(backend: Backend) {
     meta.shutdown().await;
 }
 on_all_backends!(duplicate_group_names_are_refused);
+
+/// The scenario: an operator takes a group out of a subject's route, and producer and
+/// consumer registrations (which top routes up to `min.group.num`, 2 here) must not put it
+/// back, not even after a restart or when the group re-registers; a newly live group may still
+/// top the route up, and adding the removed group back ends its exclusion.
+async fn a_removed_group_stays_out_of_the_route(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let meta = db.start().await;
+    let mut c = MetaConn::connect(&meta).await;
+    c.online("broker-1", "127.0.0.1:30001").await;
+    c.online("broker-2", "127.0.0.1:30002").await;
+    let both = ["broker-1", "broker-2"];
+    assert_eq!(c.groups(ClientType::Producer, "s.x").await, both);
+
+    let edit = |group: &str| json!({"broker_group": group, "subject": "s.x"});
+    let (status, body) = http(
+        &meta,
+        "POST",
+        "/admin/subject-routes/remove-group",
+        Some(TOKEN),
+        Some(edit("broker-1")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["groups"], json!(["broker-2"]), "{body}");
+    assert_eq!(body["data"][0]["excluded"], json!(["broker-1"]), "{body}");
+    let removed = meta.store().subject_route("s.x").await.unwrap().unwrap();
+    assert_eq!(removed.groups, ["broker-2"]);
+    assert_eq!(removed.excluded, ["broker-1"]);
+
+    for _ in 0..20 {
+        assert_eq!(c.groups(ClientType::Producer, "s.x").await, ["broker-2"]);
+        assert_eq!(c.groups(ClientType::Consumer, "s.x").await, ["broker-2"]);
+    }
+    // The removed group going offline and online again changes nothing either.
+    c.broker(
+        BrokerRequestType::Offline,
+        "broker-1",
+        "127.0.0.1:30001",
+        BrokerRole::Master,
+        BrokerState::None,
+    )
+    .await;
+    c.online("broker-1", "127.0.0.1:30001").await;
+    assert_eq!(c.groups(ClientType::Producer, "s.x").await, ["broker-2"]);
+    let after = meta.store().subject_route("s.x").await.unwrap().unwrap();
+    assert_eq!(after, removed, "the route was written again");
+    // Other subjects still get the group.
+    assert_eq!(c.groups(ClientType::Producer, "s.other").await, both);
+
+    // The exclusion is stored: a restarted server keeps it.
+    meta.shutdown().await;
+    let meta = db.start().await;
+    let mut c = MetaConn::connect(&meta).await;
+    c.online("broker-1", "127.0.0.1:30001").await;
+    c.online("broker-2", "127.0.0.1:30002").await;
+    for _ in 0..5 {
+        assert_eq!(c.groups(ClientType::Producer, "s.x").await, ["broker-2"]);
+    }
+
+    // min.group.num still applies with the groups that are not excluded.
+    c.online("broker-3", "127.0.0.1:30003").await;
+    assert_eq!(
+        c.groups(ClientType::Producer, "s.x").await,
+        ["broker-2", "broker-3"]
+    );
+
+    // Adding the group back ends the exclusion.
+    let (status, body) = http(
+        &meta,
+        "POST",
+        "/admin/subject-routes/add-group",
+        Some(TOKEN),
+        Some(edit("broker-1")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["data"].get("excluded").is_none(), "{body}");
+    assert_eq!(
+        c.groups(ClientType::Producer, "s.x").await,
+        ["broker-1", "broker-2", "broker-3"]
+    );
+    let back = meta.store().subject_route("s.x").await.unwrap().unwrap();
+    assert!(back.excluded.is_empty(), "{back:?}");
+
+    // Removing another group excludes that one only; the route is long enough already.
+    let (status, body) = http(
+        &meta,
+        "POST",
+        "/admin/subject-routes/remove-group",
+        Some(TOKEN),
+        Some(edit("broker-3")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        c.groups(ClientType::Producer, "s.x").await,
+        ["broker-1", "broker-2"]
+    );
+    let now = meta.store().subject_route("s.x").await.unwrap().unwrap();
+    assert_eq!(now.excluded, ["broker-3"]);
+    meta.shutdown().await;
+}
+on_all_backends!(a_removed_group_stays_out_of_the_route);
+
+/// `remove-subject-broker-group --subject '*'` excludes the group from every route it left;
+/// routes that kept it (their last group) get no exclusion.
+async fn removing_a_group_from_every_route_excludes_it_everywhere(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let meta = db.start().await;
+    let mut c = MetaConn::connect(&meta).await;
+    c.online("g1", "127.0.0.1:30001").await;
+    assert_eq!(c.groups(ClientType::Producer, "s.only").await, ["g1"]);
+    c.online("g2", "127.0.0.1:30002").await;
+    assert_eq!(c.groups(ClientType::Producer, "s.a").await, ["g1", "g2"]);
+    assert_eq!(c.groups(ClientType::Producer, "s.b").await, ["g1", "g2"]);
+    let (status, body) = http(
+        &meta,
+        "POST",
+        "/admin/subject-routes/remove-group",
+        Some(TOKEN),
+        Some(json!({"broker_group": "g1", "subject": "*"})),
+    )
+    .await;
+    // s.only was not asked for since g2 came online: g1 is its last group and stays.
+    assert_ne!(status, 200, "{body}");
+    assert_eq!(body["status"], -1, "{body}");
+    let why = body["message"].as_str().unwrap();
+    assert!(
+        why.contains("s.only") && why.contains("removed from 2"),
+        "{why}"
+    );
+    for s in ["s.a", "s.b"] {
+        for _ in 0..5 {
+            assert_eq!(c.groups(ClientType::Producer, s).await, ["g2"], "{s}");
+        }
+        let r = meta.store().subject_route(s).await.unwrap().unwrap();
+        assert_eq!(r.excluded, ["g1"], "{s}");
+    }
+    // Not excluded where it stayed: that route is topped up as usual.
+    assert_eq!(c.groups(ClientType::Producer, "s.only").await, ["g1", "g2"]);
+    let r = meta.store().subject_route("s.only").await.unwrap().unwrap();
+    assert!(r.excluded.is_empty(), "{r:?}");
+    meta.shutdown().await;
+}
+on_all_backends!(removing_a_group_from_every_route_excludes_it_everywhere);

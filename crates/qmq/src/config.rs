@@ -806,6 +806,12 @@ mod tests {
         assert!(text.contains("\nmax_message_bytes = 4194304\n"));
         assert!(text.contains("\nflush = \"async\"\n"));
         assert!(text.contains("\nadmin_token = []\n"));
+        assert!(text.contains("\n[meta]\n"));
+        let meta = &text[text.find("\n[meta]\n").unwrap()..text.find("\n[delay]\n").unwrap()];
+        assert!(
+            meta.contains("Env: QMQ_META_MIN_GROUP_NUM.\nmin_group_num = 2\n"),
+            "{meta}"
+        );
         assert!(text.contains("\n# advertise = "));
         assert!(!text.contains("test_retention_secs"));
         assert!(text.parse::<DocumentMut>().is_ok());
@@ -836,6 +842,19 @@ mod tests {
         assert!(s.contains("admin_tokens: [\"a\", \"b\"]"), "{s}");
         assert!(s.contains("delay_max_message_bytes: Some(900)"), "{s}");
         assert!(s.contains("listen: 127.0.0.1:1234"), "{s}");
+    }
+
+    #[test]
+    fn min_group_num_comes_from_the_meta_table() {
+        let text = "[meta]\nmin_group_num = 3\n";
+        for server in ["meta", "standalone"] {
+            let s = settings(&with_file(text, &[server]).unwrap());
+            assert!(s.contains("min_group_num: 3"), "{server}: {s}");
+            let s = settings(&with_file(text, &[server, "--min-group-num", "1"]).unwrap());
+            assert!(s.contains("min_group_num: 1"), "{server}: {s}");
+        }
+        let e = error(with_file("[meta]\nmin_group_num = 0\n", &["meta"]));
+        assert!(e.contains("min_group_num"), "{e}");
     }
 
     #[test]

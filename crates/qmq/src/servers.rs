@@ -212,6 +212,16 @@ pub struct MetaArgs {
         value_delimiter = ','
     )]
     trusted_broker_addrs: Vec<IpAddr>,
+    /// Broker groups a realtime subject's route gets and is topped up to (QMQ's
+    /// `min.group.num`); fewer while fewer are alive. A group an operator removed from a route
+    /// with remove-subject-broker-group is never put back by the top-up.
+    #[arg(
+        long,
+        default_value_t = 2,
+        env = "QMQ_META_MIN_GROUP_NUM",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    min_group_num: u32,
 }
 
 /// `meta` settings.
@@ -578,6 +588,7 @@ impl MetaArgs {
             admin_tokens: self.admin_tokens.clone(),
             cluster_secret: secret,
             trusted_broker_addrs: self.trusted_broker_addrs.clone(),
+            min_group_num: usize::try_from(self.min_group_num).unwrap_or(usize::MAX),
             ..MetaConfig::default()
         }
     }
@@ -1099,6 +1110,17 @@ mod tests {
         let readme = include_str!("../../../README.md");
         assert!(readme.contains("| 20880 | meta server TCP"));
         assert!(readme.contains("| `--meta-tcp-listen` | `0.0.0.0:20880` |"));
+    }
+
+    /// `--min-group-num` reaches the meta server (QMQ's default when absent, as the README says).
+    #[test]
+    fn min_group_num_is_a_meta_flag() {
+        assert_eq!(meta_config(&[]).min_group_num, 2);
+        assert_eq!(MetaConfig::default().min_group_num, 2);
+        assert_eq!(meta_config(&["--min-group-num", "3"]).min_group_num, 3);
+        assert!(Meta::try_parse_from(["meta", "--min-group-num", "0"]).is_err());
+        let readme = include_str!("../../../README.md");
+        assert!(readme.contains("| `--min-group-num` (`QMQ_META_MIN_GROUP_NUM`) | 2 |"));
     }
 
     #[test]

@@ -198,3 +198,15 @@ fn the_default_file_starts_a_standalone_server() {
     assert!(dir.path().join("broker").is_dir());
     s.terminate();
 }
+
+/// `QMQ_META_MIN_GROUP_NUM` is read (and checked) like the `--min-group-num` flag it stands for.
+#[test]
+fn min_group_num_is_read_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = server(&["meta"]);
+    command
+        .env("QMQ_META_MIN_GROUP_NUM", "0")
+        .env("QMQ_DATA_DIR", dir.path());
+    let stderr = refused(command);
+    assert!(stderr.contains("--min-group-num"), "{stderr}");
+}

@@ -15,7 +15,7 @@
 //!    server answers the group with its new master's address.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -101,26 +101,50 @@ struct Inner {
 /// ```
 pub struct MetaRouter {
     inner: Arc<Inner>,
-    refresher: JoinHandle<()>,
+    /// The refresh task, started by the first [`Router::route`] (which runs on a Tokio
+    /// runtime), so that [`MetaRouter::new`] needs none.
+    refresher: OnceLock<JoinHandle<()>>,
 }
 
 impl MetaRouter {
-    /// A router for `config`; starts the refresh task (stopped when the router is dropped).
+    /// A router for `config`. Creating it needs no Tokio runtime (it may be built before one
+    /// starts); the task refreshing cached routes starts with the first [`Router::route`] on
+    /// the runtime that call runs on, and stops when the router is dropped.
     pub fn new(config: MetaRouterConfig) -> Self {
-        let period = config.refresh;
-        let inner = Arc::new(Inner {
-            config,
-            conn: tokio::sync::Mutex::new(None),
-            cache: Mutex::new(HashMap::new()),
-        });
-        let refresher = tokio::spawn(refresh_loop(Arc::downgrade(&inner), period));
-        Self { inner, refresher }
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                conn: tokio::sync::Mutex::new(None),
+                cache: Mutex::new(HashMap::new()),
+            }),
+            refresher: OnceLock::new(),
+        }
+    }
+
+    /// Starts the refresh task if it is not running and a Tokio runtime is at hand.
+    fn start_refresher(&self) {
+        if self.refresher.get().is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let task = runtime.spawn(refresh_loop(
+            Arc::downgrade(&self.inner),
+            self.inner.config.refresh,
+        ));
+        if let Err(duplicate) = self.refresher.set(task) {
+            // A concurrent first call started one too.
+            duplicate.abort();
+        }
     }
 }
 
 impl Drop for MetaRouter {
     fn drop(&mut self) {
-        self.refresher.abort();
+        if let Some(task) = self.refresher.get() {
+            task.abort();
+        }
     }
 }
 
@@ -132,6 +156,7 @@ impl Router for MetaRouter {
         group: &'a str,
     ) -> BoxFuture<'a, Result<Vec<BrokerGroup>, RouteError>> {
         Box::pin(async move {
+            self.start_refresher();
             let key = (subject.to_owned(), client_type, group.to_owned());
             let cached = {
                 let mut cache = self.inner.cache.lock();
@@ -308,4 +333,31 @@ pub(crate) async fn discover(meta_http: &str, timeout: Duration) -> Result<Strin
     tokio::time::timeout(timeout, fetch)
         .await
         .map_err(|_| fail(format!("no answer within {timeout:?}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Built and dropped outside a Tokio runtime without a panic; the refresh task starts with
+    /// the first lookup, on the runtime that runs it.
+    #[test]
+    fn needs_no_runtime_until_the_first_lookup() {
+        drop(MetaRouter::new(MetaRouterConfig::new("127.0.0.1:1", "app")));
+        let mut config = MetaRouterConfig::new("127.0.0.1:1", "app");
+        config.timeout = Duration::from_secs(2);
+        let router = MetaRouter::new(config);
+        assert!(router.refresher.get().is_none());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let result = runtime.block_on(router.route("s", ClientType::Producer, ""));
+        assert!(
+            matches!(result, Err(RouteError::Discovery { .. })),
+            "{result:?}"
+        );
+        assert!(router.refresher.get().is_some());
+        drop(router);
+    }
 }

@@ -55,8 +55,11 @@ pub struct ConsumerConfig {
     pub max_retry_num: u32,
     /// Tries to send a failed message back, or to ack, before leaving it to the broker.
     pub send_back_tries: u32,
-    /// Pause between those tries and after pull errors.
+    /// Pause between those tries, and the first pause after a failed pull or connection.
     pub backoff: Duration,
+    /// Longest pause while a broker keeps failing: the pause after a failed pull or connection
+    /// doubles from `backoff` up to this, until a pull succeeds again.
+    pub max_backoff: Duration,
     /// How often a subscription looks its route up again.
     pub route_refresh: Duration,
     /// Extra delay before a failed message is sent back, unless its handler asked for one
@@ -77,6 +80,7 @@ impl Default for ConsumerConfig {
             max_retry_num: 32,
             send_back_tries: 10,
             backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
             route_refresh: Duration::from_secs(30),
             retry_delay: Duration::ZERO,
         }
@@ -330,8 +334,61 @@ async fn supervise(ctx: Arc<Ctx>, initial: HashSet<String>, pulled: Vec<String>)
     }
 }
 
+/// A pull loop's run of consecutive failures (connecting or pulling). Its start is logged as a
+/// warning and its end (the next successful pull) as info; the failures in between are logged
+/// at debug only, each followed by a pause that doubles from `backoff` up to `max_backoff`, so a
+/// dead broker costs a few log lines and few connection attempts however long it stays dead.
+struct Failures<'a> {
+    config: &'a ConsumerConfig,
+    broker: &'a str,
+    subject: &'a str,
+    /// Failures in the current run (0: pulling works).
+    count: u32,
+    /// Pause after the next failure.
+    next_pause: Duration,
+}
+
+impl<'a> Failures<'a> {
+    fn new(config: &'a ConsumerConfig, broker: &'a str, subject: &'a str) -> Self {
+        Self {
+            config,
+            broker,
+            subject,
+            count: 0,
+            next_pause: config.backoff,
+        }
+    }
+
+    /// Records a failure, logged as `what`; returns the pause before the next try.
+    fn failed(&mut self, what: &'static str, error: &dyn std::fmt::Display) -> Duration {
+        let pause = self.next_pause;
+        let max = self.config.max_backoff.max(self.config.backoff);
+        if self.count == 0 {
+            tracing::warn!(broker = %self.broker, subject = %self.subject, %error,
+                max_pause = ?max, "{what}; retrying with back-off, logged again when it works");
+        } else {
+            tracing::debug!(broker = %self.broker, subject = %self.subject, %error,
+                failures = self.count + 1, ?pause, "{what}");
+        }
+        self.count = self.count.saturating_add(1);
+        self.next_pause = pause.saturating_mul(2).min(max);
+        pause
+    }
+
+    /// Records a successful pull, ending a run of failures.
+    fn succeeded(&mut self) {
+        if self.count > 0 {
+            tracing::info!(broker = %self.broker, subject = %self.subject,
+                failures = self.count, "pulling works again");
+        }
+        self.count = 0;
+        self.next_pause = self.config.backoff;
+    }
+}
+
 async fn pull_loop(ctx: Arc<Ctx>, addr: String, pulled_subject: String, cancel: CancellationToken) {
     let mut consumer: Option<PullConsumer> = None;
+    let mut failures = Failures::new(&ctx.config, &addr, &pulled_subject);
     while !cancel.is_cancelled() {
         let c = match consumer.as_mut() {
             Some(c) => c,
@@ -352,28 +409,29 @@ async fn pull_loop(ctx: Arc<Ctx>, addr: String, pulled_subject: String, cancel: 
                     consumer.insert(c)
                 }
                 Err(e) => {
-                    tracing::warn!(broker = %addr, error = %e, "cannot connect for pulling");
+                    let pause = failures.failed("cannot connect for pulling", &e);
                     request_reroute(&ctx, &addr);
-                    pause(&ctx, &cancel).await;
+                    sleep_unless_cancelled(pause, &cancel).await;
                     continue;
                 }
             },
         };
         match c.pull(ctx.config.pull_batch, ctx.config.pull_wait).await {
-            Ok((_, messages)) if messages.is_empty() => {}
+            Ok((_, messages)) if messages.is_empty() => failures.succeeded(),
             Ok((first, messages)) => {
+                failures.succeeded();
                 monitoring::pulled(&ctx.subject, &ctx.group, messages.len());
                 let last = first + messages.len() as i64 - 1;
                 consume_batch(&ctx, c, first, last, messages).await;
             }
             Err(e) => {
-                tracing::warn!(broker = %addr, subject = %pulled_subject, error = %e, "pull failed");
+                let pause = failures.failed("pull failed", &e);
                 monitoring::pull_failed(&ctx.subject, &ctx.group);
                 consumer = None;
                 if e.calls_for_reroute() {
                     request_reroute(&ctx, &addr);
                 }
-                pause(&ctx, &cancel).await;
+                sleep_unless_cancelled(pause, &cancel).await;
             }
         }
     }
@@ -385,10 +443,10 @@ fn request_reroute(ctx: &Ctx, addr: &str) {
     ctx.reroute.notify_one();
 }
 
-async fn pause(ctx: &Ctx, cancel: &CancellationToken) {
+async fn sleep_unless_cancelled(pause: Duration, cancel: &CancellationToken) {
     tokio::select! {
         _ = cancel.cancelled() => {}
-        _ = tokio::time::sleep(ctx.config.backoff) => {}
+        _ = tokio::time::sleep(pause) => {}
     }
 }
 
