@@ -165,6 +165,27 @@ fn restart(dir: &std::path::Path) -> Restart {
     }
 }
 
+/// Schedules `HISTORY` messages of 16 bytes (ids `<prefix><n>`) due evenly over the hour from
+/// `first_due`, in batches of 10,000.
+async fn schedule_an_hour(engine: &DelayEngine, prefix: &str, first_due: i64) {
+    let body = Bytes::from_static(b"sixteen bytes!!!");
+    const BATCH: u64 = 10_000;
+    for b in 0..HISTORY / BATCH {
+        let batch = (0..BATCH)
+            .map(|i| {
+                let n = b * BATCH + i;
+                NewMessage {
+                    subject: "history".into(),
+                    message_id: format!("{prefix}{n}"),
+                    schedule_ms: first_due + (n as i64 * HOUR) / HISTORY as i64,
+                    message: body.clone(),
+                }
+            })
+            .collect();
+        assert!(engine.schedule(batch).await.iter().all(|r| r.is_ok()));
+    }
+}
+
 /// Schedules `HISTORY` messages due 3 to 2 hours ago (two buckets, well within the 72 h
 /// retention), dispatches them all and shuts down cleanly.
 async fn write_history(dir: &std::path::Path) {
@@ -174,23 +195,7 @@ async fn write_history(dir: &std::path::Path) {
     let engine = DelayEngine::open(config(dir), Arc::new(clock.clone()), counter.clone())
         .await
         .unwrap();
-    let body = Bytes::from_static(b"sixteen bytes!!!");
-    let first_due = now - 3 * HOUR;
-    const BATCH: u64 = 10_000;
-    for b in 0..HISTORY / BATCH {
-        let batch = (0..BATCH)
-            .map(|i| {
-                let n = b * BATCH + i;
-                NewMessage {
-                    subject: "history".into(),
-                    message_id: format!("h{n}"),
-                    schedule_ms: first_due + (n as i64 * HOUR) / HISTORY as i64,
-                    message: body.clone(),
-                }
-            })
-            .collect();
-        assert!(engine.schedule(batch).await.iter().all(|r| r.is_ok()));
-    }
+    schedule_an_hour(&engine, "h", now - 3 * HOUR).await;
     clock.set(now - HOUR);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     while engine.stats().dispatched < HISTORY {
@@ -267,22 +272,7 @@ async fn write_far_future(dir: &std::path::Path) {
     )
     .await
     .unwrap();
-    let body = Bytes::from_static(b"sixteen bytes!!!");
-    const BATCH: u64 = 10_000;
-    for b in 0..HISTORY / BATCH {
-        let batch = (0..BATCH)
-            .map(|i| {
-                let n = b * BATCH + i;
-                NewMessage {
-                    subject: "far".into(),
-                    message_id: format!("f{n}"),
-                    schedule_ms: now + 48 * HOUR + (n as i64 * HOUR) / HISTORY as i64,
-                    message: body.clone(),
-                }
-            })
-            .collect();
-        assert!(engine.schedule(batch).await.iter().all(|r| r.is_ok()));
-    }
+    schedule_an_hour(&engine, "f", now + 48 * HOUR).await;
     engine.shutdown().await.unwrap();
 }
 
