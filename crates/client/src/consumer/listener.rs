@@ -196,6 +196,14 @@ impl Consumer {
     }
 
     /// Starts consuming `subject` as `group` with `handler`; runs until [`Consumer::shutdown`].
+    ///
+    /// A group new to a broker starts at the latest message there unless
+    /// [`SubscribeOptions::new_group_start`] says otherwise
+    /// ([crate docs](crate#where-a-new-consumer-group-starts)). Delivery is at least once: a
+    /// message is acked after its handler returned `Ok`, and a lost ack (a consumer or broker
+    /// that died in between) makes the broker hand it out again, so a handler may see a message
+    /// it already handled ([crate docs](crate#at-least-once-a-handler-may-see-a-message-again);
+    /// [`crate::idempotent`] for handlers that must run once).
     pub async fn subscribe(
         &self,
         subject: &str,
