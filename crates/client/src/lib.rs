@@ -176,8 +176,9 @@
 //! # Without a meta server (low level)
 //!
 //! - [`StaticRouter`]: [`Producer`] and [`Consumer`] over a fixed list of broker addresses, for
-//!   tests and a single `qmq standalone` broker. It knows no delay server (delayed messages and
-//!   [`HandleError::retry_after`] need the meta server's routes) and follows no failover.
+//!   tests and a single `qmq standalone` broker. It answers every subject and client type with
+//!   that list, so delayed messages and [`HandleError::retry_after`] go to those brokers rather
+//!   than to a delay server (they need the meta server's routes), and it follows no failover.
 //! - [`Connection`], [`send_batch`] and [`PullConsumer`]: one connection to one broker, one
 //!   request at a time, nothing more: no routing, queue, retries, circuit breaker, retry
 //!   subject, tracing or metrics. The building blocks of the above and of the `qmq send` /

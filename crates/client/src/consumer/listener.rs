@@ -121,6 +121,23 @@ pub enum ConsumeError {
 }
 
 /// A running subscription; [`Subscription::shutdown`] stops it cleanly.
+///
+/// ```no_run
+/// # async fn demo(consumer: qmq_client::Consumer) -> Result<(), qmq_client::ConsumeError> {
+/// use std::sync::Arc;
+/// use qmq_client::{ReceivedMessage, SubscribeOptions};
+///
+/// // Broadcast: every consumer of the group gets every message (QMQ's isBroadcast).
+/// let options = SubscribeOptions { broadcast: true, ..SubscribeOptions::default() };
+/// let handler = Arc::new(|m: ReceivedMessage| async move {
+///     println!("config changed: {}", m.message_id);
+///     Ok(())
+/// });
+/// let subscription = consumer.subscribe_handle("config.changed", "cache", handler, options).await?;
+/// // ... QMQ's ListenerHolder.stopListen():
+/// subscription.shutdown().await;
+/// # Ok(()) }
+/// ```
 pub struct Subscription {
     cancel: CancellationToken,
     tasks: JoinSet<()>,
