@@ -1,24 +1,37 @@
-//! A listener consumer: handles `example.orders` as group `billing` until Ctrl-C, failing
-//! every message on its first delivery to show the retry path (`qmq_times`).
+//! A listener consumer routed by the meta server: handles `example.orders` as group `billing`
+//! until Ctrl-C, failing every message on its first delivery to show the retry path
+//! (`qmq_times`).
 //!
-//! `cargo run -p qmq-client --example listener -- 127.0.0.1:20881`
+//! A new group starts at the latest message (QMQ's rule), so start this before the `producer`
+//! example; `--earliest` makes a new group read what the subject already holds instead.
+//! Delivery is at least once: a message whose handler finished can come again if the ack is
+//! lost (see the crate docs; `qmq_client::idempotent` makes a handler run once per message).
+//!
+//! `cargo run -p qmq-client --example listener -- 127.0.0.1:8080 [--earliest]`
 
 use std::sync::Arc;
 
 use qmq_client::{
-    Consumer, ConsumerConfig, HandleError, MessageExt, ReceivedMessage, StaticRouter,
-    SubscribeOptions,
+    Consumer, ConsumerConfig, HandleError, MessageExt, MetaRouter, MetaRouterConfig, NewGroupStart,
+    ReceivedMessage, SubscribeOptions,
 };
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let broker = std::env::args()
+    // The meta server's HTTP address: `qmq standalone` serves it on 127.0.0.1:8080.
+    let meta = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:20881".into());
-    let consumer = Consumer::new(
-        Arc::new(StaticRouter::new([broker])),
-        ConsumerConfig::default(),
-    );
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(&meta, "example")));
+    let options = SubscribeOptions {
+        new_group_start: if std::env::args().any(|a| a == "--earliest") {
+            NewGroupStart::Earliest
+        } else {
+            NewGroupStart::Broker
+        },
+        ..SubscribeOptions::default()
+    };
+    let consumer = Consumer::new(router, ConsumerConfig::default());
     consumer
         .subscribe(
             "example.orders",
@@ -35,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 Ok(())
             },
-            SubscribeOptions::default(),
+            options,
         )
         .await?;
     tokio::signal::ctrl_c().await?;

@@ -134,6 +134,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = qmq_broker::BrokerConfig::new(store);
     config.listen = "127.0.0.1:0".parse()?;
     let broker = qmq_broker::serve(config).await?;
+    // Low level, no meta server: the in-process broker is the only one, so a fixed route.
     let producer = Arc::new(Producer::new(
         Arc::new(StaticRouter::new([broker.addr().to_string()])),
         ProducerConfig::default(),

@@ -3,8 +3,8 @@
 //! commit stays in the outbox table for the watchdog (`qmq watchdog`, or the one in
 //! `qmq standalone` once the database is registered with `qmq tools add-db`).
 //!
-//! Run a broker first (`qmq standalone`), then:
-//! `cargo run -p qmq-client --features sql --example transactional -- 127.0.0.1:20881 sqlite://orders.db?mode=rwc`
+//! Run a server first (`qmq standalone`), then (the meta server's HTTP address, the database):
+//! `cargo run -p qmq-client --features sql --example transactional -- 127.0.0.1:8080 sqlite://orders.db?mode=rwc`
 //!
 //! The example uses SQLite so that it needs no database server; with PostgreSQL or MariaDB use
 //! `sqlx::PgPool` or `sqlx::MySqlPool` instead of `sqlx::SqlitePool`: nothing else changes.
@@ -12,18 +12,18 @@
 use std::sync::Arc;
 
 use qmq_client::outbox::TransactionalProducer;
-use qmq_client::{new_message, MessageExt, Producer, ProducerConfig, StaticRouter};
+use qmq_client::{new_message, MessageExt, MetaRouter, MetaRouterConfig, Producer, ProducerConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let broker = args.next().unwrap_or_else(|| "127.0.0.1:20881".into());
+    let meta = args.next().unwrap_or_else(|| "127.0.0.1:8080".into());
     let db = args
         .next()
         .unwrap_or_else(|| "sqlite://orders.db?mode=rwc".into());
 
     let producer = Arc::new(Producer::new(
-        Arc::new(StaticRouter::new([broker])),
+        Arc::new(MetaRouter::new(MetaRouterConfig::new(&meta, "example"))),
         ProducerConfig::default(),
     ));
     let pool = sqlx::SqlitePool::connect(&db).await?;

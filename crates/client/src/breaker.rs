@@ -52,6 +52,26 @@ enum Inner {
 }
 
 /// One breaker (the producer keeps one per broker address).
+///
+/// ```
+/// use std::time::Duration;
+/// use qmq_client::{BreakerConfig, BreakerState, CircuitBreaker};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+/// let breaker = CircuitBreaker::new(BreakerConfig { failure_threshold: 2, open_for: Duration::from_secs(5) });
+/// breaker.on_failure();
+/// assert_eq!(breaker.state(), BreakerState::Closed); // one failure is not enough
+/// breaker.on_failure();
+/// assert_eq!(breaker.state(), BreakerState::Open);
+/// assert!(!breaker.try_acquire()); // refused at once, no request sent
+///
+/// tokio::time::sleep(Duration::from_secs(5)).await;
+/// assert!(breaker.try_acquire()); // the probe
+/// assert!(!breaker.try_acquire()); // only one
+/// breaker.on_success();
+/// assert_eq!(breaker.state(), BreakerState::Closed);
+/// # });
+/// ```
 #[derive(Debug)]
 pub struct CircuitBreaker {
     config: BreakerConfig,

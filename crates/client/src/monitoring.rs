@@ -24,6 +24,21 @@
 //!
 //! [`Producer::new`](crate::Producer::new) and [`Consumer::new`](crate::Consumer::new) call
 //! [`describe`], so install the recorder before creating them, or call [`describe`] after.
+//!
+//! ```no_run
+//! # async fn demo(router: std::sync::Arc<dyn qmq_client::Router>) -> Result<(), Box<dyn std::error::Error>> {
+//! // Any `metrics` recorder; in production e.g. `metrics_exporter_prometheus::PrometheusBuilder`.
+//! let recorder = metrics_util::debugging::DebuggingRecorder::new();
+//! let snapshotter = recorder.snapshotter();
+//! recorder.install()?;
+//!
+//! let producer = qmq_client::Producer::new(router, Default::default());
+//! producer.send(qmq_client::new_message("order.created")).await?;
+//! for (key, _unit, _help, value) in snapshotter.snapshot().into_vec() {
+//!     println!("{key:?} = {value:?}"); // qmq_client_send_total{subject="order.created",outcome="ok"} ...
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::time::Duration;
 

@@ -26,6 +26,22 @@
 //! with the prefix stripped ([`MessageExtractor`]); a message without a valid `traceparent`
 //! starts a new trace. The handler runs with the `Qmq.Consume.Process` context current, so
 //! messages it sends, and spans it starts, join the same trace.
+//!
+//! A message read by hand (the pull APIs make no span) joins its producer's trace with
+//! [`extract`]:
+//!
+//! ```
+//! use opentelemetry::trace::TraceContextExt;
+//! use qmq_client::tracing_ctx::{extract, TRACEPARENT_ATTR};
+//!
+//! let mut m = qmq_client::new_message("order.created");
+//! m.set_attr(TRACEPARENT_ATTR, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+//! let cx = extract(&m);
+//! assert_eq!(
+//!     cx.span().span_context().trace_id().to_string(),
+//!     "4bf92f3577b34da6a3ce929d0e0e4736"
+//! );
+//! ```
 
 use std::fmt::Display;
 

@@ -121,6 +121,23 @@ pub enum ConsumeError {
 }
 
 /// A running subscription; [`Subscription::shutdown`] stops it cleanly.
+///
+/// ```no_run
+/// # async fn demo(consumer: qmq_client::Consumer) -> Result<(), qmq_client::ConsumeError> {
+/// use std::sync::Arc;
+/// use qmq_client::{ReceivedMessage, SubscribeOptions};
+///
+/// // Broadcast: every consumer of the group gets every message (QMQ's isBroadcast).
+/// let options = SubscribeOptions { broadcast: true, ..SubscribeOptions::default() };
+/// let handler = Arc::new(|m: ReceivedMessage| async move {
+///     println!("config changed: {}", m.message_id);
+///     Ok(())
+/// });
+/// let subscription = consumer.subscribe_handle("config.changed", "cache", handler, options).await?;
+/// // ... QMQ's ListenerHolder.stopListen():
+/// subscription.shutdown().await;
+/// # Ok(()) }
+/// ```
 pub struct Subscription {
     cancel: CancellationToken,
     tasks: JoinSet<()>,
@@ -196,6 +213,14 @@ impl Consumer {
     }
 
     /// Starts consuming `subject` as `group` with `handler`; runs until [`Consumer::shutdown`].
+    ///
+    /// A group new to a broker starts at the latest message there unless
+    /// [`SubscribeOptions::new_group_start`] says otherwise
+    /// ([crate docs](crate#where-a-new-consumer-group-starts)). Delivery is at least once: a
+    /// message is acked after its handler returned `Ok`, and a lost ack (a consumer or broker
+    /// that died in between) makes the broker hand it out again, so a handler may see a message
+    /// it already handled ([crate docs](crate#at-least-once-a-handler-may-see-a-message-again);
+    /// [`crate::idempotent`] for handlers that must run once).
     pub async fn subscribe(
         &self,
         subject: &str,

@@ -1,4 +1,5 @@
-//! Pulling messages from one broker and acknowledging them.
+//! Pulling messages from one broker and acknowledging them: the low-level [`PullConsumer`] that
+//! [`PullClient`](crate::PullClient) and the listeners are built on.
 
 use std::time::Duration;
 
@@ -43,6 +44,13 @@ impl PullError {
 
 /// Where a consumer group the broker has never seen starts (sent in the pull request's
 /// `offset` field, which QMQ brokers ignore; see [`qmq_protocol::pull::START_EARLIEST`]).
+///
+/// It matters once per (broker, group): the first pull of the group on that broker fixes its
+/// position there, and later pulls continue from it whatever they ask. With the default, a new
+/// group gets only the messages stored after its first pull, so start its consumers before
+/// the producers it must hear from, or ask for [`NewGroupStart::Earliest`] to read what the
+/// subject already holds. Retry subjects always start at the earliest. See the crate's
+/// [new group section](crate#where-a-new-consumer-group-starts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NewGroupStart {
     /// As the broker is configured (QMQ's rule, and the default: the latest message).
@@ -66,6 +74,25 @@ impl NewGroupStart {
 
 /// A consumer of one subject in one group, pulling from one broker. Each pulled batch must be
 /// acked (in order); what is not acked is handed out again.
+///
+/// Low level, no meta server: one connection, no routing, no retry subject (failed messages
+/// cannot be handed back), no failover. Not QMQ Java's `PullConsumer`, whose equivalent is
+/// [`PullClient`](crate::PullClient) ([`Consumer::pull_client`](crate::Consumer::pull_client)).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use qmq_client::{Connection, NewGroupStart, PullConsumer};
+///
+/// let conn = Connection::connect("127.0.0.1:20881").await?; // a broker
+/// let mut consumer = PullConsumer::new(conn, "demo", "g1", "consumer-1")
+///     .new_group_start(NewGroupStart::Earliest);
+/// let (first, messages) = consumer.pull(10, Duration::from_secs(5)).await?;
+/// if !messages.is_empty() {
+///     consumer.ack(first, first + messages.len() as i64 - 1).await?;
+/// }
+/// # Ok(()) }
+/// ```
 pub struct PullConsumer {
     conn: Connection,
     subject: String,

@@ -92,7 +92,19 @@ impl Consumer {
 
 impl PullClient {
     /// Where the group starts on a broker that has never seen it (default: as the broker is
-    /// configured).
+    /// configured; see [`NewGroupStart`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(consumer: qmq_client::Consumer) -> Result<(), Box<dyn std::error::Error>> {
+    /// use qmq_client::{NewGroupStart, TagType};
+    ///
+    /// let pull = consumer
+    ///     .pull_client("order.created", "audit")
+    ///     .await?
+    ///     .new_group_start(NewGroupStart::Earliest)
+    ///     .with_tags(TagType::Or, &["vip".into(), "refund".into()]);
+    /// # Ok(()) }
+    /// ```
     pub fn new_group_start(mut self, start: NewGroupStart) -> Self {
         self.start = start;
         self.sources = std::mem::take(&mut self.sources)

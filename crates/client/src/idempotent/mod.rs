@@ -2,6 +2,12 @@
 //! handler wrapped in [`Idempotent`] runs at most once per message key, whatever the number of
 //! deliveries.
 //!
+//! Redeliveries happen without any failure: a handler finished, but its ack was lost because
+//! the consumer or the broker died first (acks reach a slave asynchronously, so a failover can
+//! lose the last ones); the broker then hands the message out again. A test that killed a master
+//! under load saw 30 such repeats. This is the case the checkers are for (the crate's
+//! [at-least-once section](crate#at-least-once-a-handler-may-see-a-message-again)).
+//!
 //! The wrapper claims the key before the handler runs; a key already claimed means "done
 //! before": the message is acked without running the handler. When the handler fails, the claim
 //! is removed again, so the retry runs it. Stores, each behind a cargo feature of this crate

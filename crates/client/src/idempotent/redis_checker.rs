@@ -9,6 +9,22 @@ use redis::aio::ConnectionManager;
 use super::{IdempotentChecker, IdempotentError};
 
 /// Claimed keys in Redis, each kept for `ttl`.
+///
+/// ```no_run
+/// # async fn demo(consumer: qmq_client::Consumer) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use qmq_client::idempotent::{Idempotent, RedisChecker};
+/// use qmq_client::{ReceivedMessage, SubscribeOptions};
+///
+/// // Keep claims longer than a message can take to come back (retries, a consumer lease).
+/// let checker = RedisChecker::connect("redis://127.0.0.1/0", "billing:", Duration::from_secs(7 * 24 * 3600)).await?;
+/// let handler = Idempotent::new(checker, |m: ReceivedMessage| async move {
+///     println!("charging for {}", m.message_id);
+///     Ok(())
+/// });
+/// consumer.subscribe("order.paid", "billing", handler, SubscribeOptions::default()).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct RedisChecker {
     conn: ConnectionManager,

@@ -1,5 +1,6 @@
 //! Sending messages: [`Producer`] (queue, batching, retries, routing, circuit breakers) and the
-//! one-shot [`send_batch`] it is built on.
+//! one-shot [`send_batch`] it is built on. Applications use [`Producer`] with a
+//! [`MetaRouter`](crate::MetaRouter); [`send_batch`] is the low-level path.
 
 mod queue;
 
@@ -102,6 +103,24 @@ pub fn new_message(subject: &str) -> Message {
 }
 
 /// Sends a batch to the broker on `conn`; returns one result per message, in order.
+///
+/// Low level, no meta server: one request to one broker, with no routing, retries, queue,
+/// circuit breaker, metrics or tracing. A message refused by the broker (including DUPLICATE,
+/// which [`Producer`] counts as stored) is an `Err` in its slot. Applications use [`Producer`]
+/// with a [`MetaRouter`](crate::MetaRouter) (see the crate's quick start).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use qmq_client::{new_message, send_batch, Connection};
+///
+/// let conn = Connection::connect("127.0.0.1:20881").await?; // a broker
+/// let messages = [new_message("demo"), new_message("demo")];
+/// for (m, result) in messages.iter().zip(send_batch(&conn, &messages, Duration::from_secs(5)).await?) {
+///     println!("{}: {:?}", m.message_id, result);
+/// }
+/// # Ok(()) }
+/// ```
 pub async fn send_batch(
     conn: &Connection,
     messages: &[Message],
