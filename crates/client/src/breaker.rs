@@ -107,7 +107,8 @@ impl CircuitBreaker {
     }
 
     /// Whether a request may go now. In half-open state only the first caller gets `true`
-    /// (the probe); it must report [`Self::on_success`] or [`Self::on_failure`].
+    /// (the probe); it must report [`Self::on_success`] or [`Self::on_failure`], or
+    /// [`Self::release`] when the request ends without an outcome.
     pub fn try_acquire(&self) -> bool {
         let mut inner = self.inner.lock();
         match *inner {
@@ -145,6 +146,55 @@ impl CircuitBreaker {
             Inner::Closed { .. } | Inner::HalfOpen { .. } => open,
             Inner::Open { until } => Inner::Open { until },
         };
+    }
+
+    /// A request ended without an outcome to report (cancelled, or answered by a live server
+    /// that is not the master): a half-open breaker's probe is given back, so that the next
+    /// request probes; otherwise nothing changes. Without this a dropped probe would leave
+    /// the breaker refusing every request.
+    pub fn release(&self) {
+        let mut inner = self.inner.lock();
+        if let Inner::HalfOpen { probing: true } = *inner {
+            *inner = Inner::HalfOpen { probing: false };
+        }
+    }
+}
+
+/// A request let through by a breaker: unless it reports [`Self::success`] or
+/// [`Self::failure`], dropping it [`CircuitBreaker::release`]s the breaker (so a cancelled
+/// send cannot keep a probe forever).
+pub(crate) struct Permit {
+    breaker: std::sync::Arc<CircuitBreaker>,
+    reported: bool,
+}
+
+impl Permit {
+    /// A permit for a request `breaker` let through.
+    pub(crate) fn new(breaker: std::sync::Arc<CircuitBreaker>) -> Self {
+        Self {
+            breaker,
+            reported: false,
+        }
+    }
+
+    /// The request succeeded.
+    pub(crate) fn success(mut self) {
+        self.reported = true;
+        self.breaker.on_success();
+    }
+
+    /// The request failed.
+    pub(crate) fn failure(mut self) {
+        self.reported = true;
+        self.breaker.on_failure();
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.breaker.release();
+        }
     }
 }
 
@@ -205,5 +255,25 @@ mod tests {
         assert!(!b.try_acquire());
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(b.try_acquire());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_dropped_without_an_outcome_lets_the_next_request_probe() {
+        let b = std::sync::Arc::new(breaker());
+        for _ in 0..3 {
+            b.on_failure();
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(b.try_acquire(), "the probe");
+        let permit = Permit::new(b.clone());
+        assert!(!b.try_acquire(), "one probe at a time");
+        drop(permit); // the send was cancelled
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(b.try_acquire(), "the next request probes");
+        Permit::new(b.clone()).success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        // A closed breaker is not changed by a dropped permit.
+        drop(Permit::new(b.clone()));
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 }

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use qmq_protocol::codes::response;
 use qmq_protocol::{ClientType, Message, ProducerCode};
 
-use crate::breaker::{BreakerConfig, CircuitBreaker};
+use crate::breaker::{BreakerConfig, CircuitBreaker, Permit};
 use crate::producer::{send_batch, SendError};
 use crate::router::Router;
 use crate::{Connection, ConnectionError};
@@ -129,11 +129,13 @@ impl Brokers {
             return Err(SendError::BrokersUnavailable(subject.to_owned()));
         };
         let addr = group.master.clone();
-        let breaker = self.breaker(&addr);
+        // Reported below; dropped unreported (this future cancelled, or BROKER_REJECT), it
+        // gives a half-open breaker's probe back.
+        let breaker = Permit::new(self.breaker(&addr));
         let conn = match self.connection(&addr).await {
             Ok(c) => c,
             Err(e) => {
-                breaker.on_failure();
+                breaker.failure();
                 self.reroute(subject, &addr);
                 return Err(e.into());
             }
@@ -147,7 +149,7 @@ impl Brokers {
                 return Err(SendError::Broker(response::BROKER_REJECT));
             }
             Err(e) => {
-                breaker.on_failure();
+                breaker.failure();
                 if e.is_unreachable() {
                     self.reroute(subject, &addr);
                 }
@@ -178,9 +180,9 @@ impl Brokers {
             })
             .collect();
         if overloaded {
-            breaker.on_failure();
+            breaker.failure();
         } else {
-            breaker.on_success();
+            breaker.success();
         }
         Ok((addr, outcomes))
     }
