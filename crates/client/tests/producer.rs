@@ -20,9 +20,14 @@ fn config() -> ProducerConfig {
 #[tokio::test]
 async fn awaited_and_callback_sends_arrive_with_their_properties() {
     let (b, _dir) = broker().await;
+    // Each send must succeed on its first try: a try timeout long enough for a loaded
+    // machine (70 large sends at once on a debug build) keeps that about the broker.
     let producer = Arc::new(Producer::new(
         Arc::new(StaticRouter::new([addr(&b)])),
-        config(),
+        ProducerConfig {
+            send_timeout: Duration::from_secs(30),
+            ..config()
+        },
     ));
     let big = "x".repeat(message::LARGE_STRING_PART_CHARS * 3);
     let mut sends = Vec::new();
