@@ -47,7 +47,7 @@ struct State<J> {
     expired: u64,
 }
 
-/// A job handed to a worker; report how long it took with [`Turn::finish`].
+/// A job handed to a worker; report how long it took with [`FairScheduler::finish`].
 pub struct Turn<J> {
     /// The consumer group the job belongs to.
     pub group: Arc<str>,

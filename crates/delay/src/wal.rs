@@ -297,7 +297,7 @@ impl MessageLog {
     }
 }
 
-/// What the message log holds at an offset a slave asks for (see [`MessageLog::span_at`]).
+/// What the message log holds at an offset a slave asks for (see `MessageLog::span_at`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WalChunk {
     /// Whole records, back to back, starting at `start`: the asked offset, or (when the log no

@@ -13,7 +13,7 @@
 //!   [`crate::failover::GroupReplication`]), `POST groups/promote` (manual promotion,
 //!   [`crate::failover::PromoteParams`]).
 //! - `POST /management`: QMQ's form-encoded admin endpoint for the Java tools, answering in
-//!   QMQ's shapes (see [`crate::http_compat`]).
+//!   QMQ's shapes (see the `http_compat` module).
 //!
 //! Every JSON answer of the native API (`/admin`, `/broker`) is
 //! `{"status": 0 | -1, "message": "...", "data": ...}` with snake_case fields; errors also carry

@@ -349,7 +349,7 @@ struct Delay {
 impl Delay {
     /// Starts a delay server handing due messages to `dispatcher` (and recording its metrics
     /// in `metrics`, if given); with a meta server (TCP address), registers it as a delay
-    /// group at `host`:<bound port> before returning, presenting `secret` if there is one.
+    /// group at `host`:(bound port) before returning, presenting `secret` if there is one.
     #[allow(clippy::too_many_arguments)]
     async fn start(
         args: &DelayArgs,

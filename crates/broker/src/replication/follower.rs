@@ -8,7 +8,7 @@
 //! answers that this slave asks beyond its end, the slave holds what the master never had
 //! (and the epoch history did not explain it, or it would have been cut before copying).
 //! Both need a resync: the loops stop, the divergence is logged and counted
-//! ([`super::ReplicationStats::diverged`]), and [`follow`] returns
+//! ([`qmq_replication::ReplicationStats::diverged`]), and [`follow`] returns
 //! [`Followed::ResyncNeeded`]; the node closes the store, installs the master's snapshot
 //! ([`fetch_snapshot`], [`qmq_store::Store::install_snapshot`]) and follows again (see
 //! [`super::node`]). Network errors are retried after a pause that grows from 100 ms to 2 s.

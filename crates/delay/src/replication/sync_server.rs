@@ -10,7 +10,7 @@
 //!   written: it releases sends waiting for the slave ([`Gate::slave_reached`]). An offset
 //!   beyond the log's end is answered `PARAM_ERROR` (the slave holds data this log never had).
 //! - **type 1 (dispatch state)**: the longer body of [`DispatchSyncRequest`], answered with a
-//!   [`DispatchChunk`].
+//!   [`DispatchChunk`](crate::replication::DispatchChunk).
 //! - **type 3 (heartbeat)**: answers `i64 message-log end | i64 0`; the master records the
 //!   slave's lag.
 //!
