@@ -221,7 +221,7 @@
 //!     println!("charging for {}", m.message_id);
 //!     Ok(())
 //! });
-//! consumer.subscribe("order.paid", "billing", handler, SubscribeOptions::default()).await?;
+//! consumer.subscribe_with("order.paid", "billing", handler, SubscribeOptions::default()).await?;
 //! # Ok(()) }
 //! ```
 //!

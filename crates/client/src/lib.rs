@@ -164,7 +164,7 @@
 //!     println!("charging order {} once", m.message_id);
 //!     Ok(())
 //! });
-//! consumer.subscribe("order.paid", "billing", handler, SubscribeOptions::default()).await?;
+//! consumer.subscribe_with("order.paid", "billing", handler, SubscribeOptions::default()).await?;
 //! # Ok(()) }
 //! ```
 //!

@@ -347,7 +347,7 @@ async fn duplicates_through_a_broker_run_the_handler_once() {
     });
     let (dtx, mut deliveries) = mpsc::unbounded_channel();
     consumer
-        .subscribe(
+        .subscribe_with(
             "idem.e2e",
             "g",
             handler,

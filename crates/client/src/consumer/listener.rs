@@ -221,7 +221,31 @@ impl Consumer {
     /// that died in between) makes the broker hand it out again, so a handler may see a message
     /// it already handled ([crate docs](crate#at-least-once-a-handler-may-see-a-message-again);
     /// [`crate::idempotent`] for handlers that must run once).
-    pub async fn subscribe(
+    ///
+    /// `handler` is a closure or function taking the [`ReceivedMessage`] and returning a future
+    /// of [`HandleResult`]; its argument's type is inferred (`|m| async move { .. }` compiles).
+    /// Handler values that are not closures (an [`Idempotent`](crate::idempotent::Idempotent)
+    /// wrapper, a type of one's own implementing [`MessageHandler`]) go through
+    /// [`Consumer::subscribe_with`].
+    pub async fn subscribe<F, Fut>(
+        &self,
+        subject: &str,
+        group: &str,
+        handler: F,
+        options: SubscribeOptions,
+    ) -> Result<(), ConsumeError>
+    where
+        F: Fn(ReceivedMessage) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = HandleResult> + Send + 'static,
+    {
+        self.subscribe_with(subject, group, handler, options).await
+    }
+
+    /// [`Consumer::subscribe`] for any [`MessageHandler`]: an
+    /// [`Idempotent`](crate::idempotent::Idempotent) wrapper or a type of one's own. (Closures
+    /// are handlers too, but here the compiler cannot infer their argument's type: write
+    /// `|m: ReceivedMessage|`, or use [`Consumer::subscribe`].)
+    pub async fn subscribe_with(
         &self,
         subject: &str,
         group: &str,

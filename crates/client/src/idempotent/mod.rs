@@ -100,7 +100,7 @@ pub fn message_key(message: &ReceivedMessage) -> String {
 ///     println!("charging for {}", m.message_id);
 ///     Ok(())
 /// });
-/// consumer.subscribe("order.paid", "billing", handler, SubscribeOptions::default()).await?;
+/// consumer.subscribe_with("order.paid", "billing", handler, SubscribeOptions::default()).await?;
 /// # Ok(()) }
 /// ```
 pub struct Idempotent<C, H> {

@@ -22,7 +22,7 @@ use super::{IdempotentChecker, IdempotentError};
 ///     println!("charging for {}", m.message_id);
 ///     Ok(())
 /// });
-/// consumer.subscribe("order.paid", "billing", handler, SubscribeOptions::default()).await?;
+/// consumer.subscribe_with("order.paid", "billing", handler, SubscribeOptions::default()).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
