@@ -91,7 +91,31 @@ struct Inner {
     cache: Mutex<HashMap<Key, Entry>>,
 }
 
-/// A [`Router`] backed by a QMQ meta server.
+/// A [`Router`] backed by a QMQ meta server: what production clients use (the Java client's
+/// `metaServer` setting).
+///
+/// - **One per process.** Share it (`Arc<dyn Router>`) between every producer and consumer: it
+///   keeps one TCP connection to the meta server and one cache of routes, keyed by subject,
+///   client type and consumer group.
+/// - **Address.** [`MetaRouterConfig::meta_http`] is the meta server's HTTP `host:port` (Java:
+///   the URL `http://host:port/meta/address`); the TCP address is discovered from it, again after
+///   every broken connection, so the meta server may move.
+/// - **Freshness.** A route is asked for on first use (an `Online` registration) and then
+///   re-registered every [`MetaRouterConfig::refresh`] by a background task (a `Heartbeat`), so
+///   brokers that join or turn read-only are seen within that period. A broker that refuses a
+///   client makes the client call [`Router::invalidate`], and the next
+///   [`route`](Router::route) asks at once (throttled by [`MetaRouterConfig::min_reroute`]):
+///   that is how clients follow a failover to a group's new master without waiting for the
+///   refresh period.
+/// - **Failures.** An unreachable meta server is a [`RouteError`] from
+///   [`route`](Router::route) for a subject not cached yet; a cached route keeps being served
+///   while the meta server is away, so a meta restart does not stop traffic.
+/// - **Runtime.** [`MetaRouter::new`] needs no Tokio runtime and never panics; the refresh task
+///   starts on the runtime of the first [`route`](Router::route) call and stops when the router
+///   is dropped.
+/// - **Cancel safety.** Dropping a [`route`](Router::route) future is safe: the cache changes
+///   only once an answer has arrived, so a dropped call leaves the cached route as it was (a
+///   stale one is asked for again by a later call).
 ///
 /// ```no_run
 /// # async fn demo() {
