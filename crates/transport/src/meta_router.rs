@@ -324,7 +324,9 @@ pub enum DiscoveryError {
         answer: String,
     },
     /// The TCP address the meta server gave cannot be connected to.
-    #[error("the meta server at {url} gave its TCP address {addr}, which cannot be reached: {source}")]
+    #[error(
+        "the meta server at {url} gave its TCP address {addr}, which cannot be reached: {source}"
+    )]
     TcpUnreachable {
         /// The URL asked.
         url: String,
@@ -474,14 +476,20 @@ pub(crate) async fn discover(
         url: url.clone(),
         reason,
     };
-    let stream = within(meta_http, timeout, deadline, "connecting over HTTP", async {
-        tokio::net::TcpStream::connect(meta_http)
-            .await
-            .map_err(|source| DiscoveryError::HttpUnreachable {
-                url: url.clone(),
-                source,
-            })
-    })
+    let stream = within(
+        meta_http,
+        timeout,
+        deadline,
+        "connecting over HTTP",
+        async {
+            tokio::net::TcpStream::connect(meta_http)
+                .await
+                .map_err(|source| DiscoveryError::HttpUnreachable {
+                    url: url.clone(),
+                    source,
+                })
+        },
+    )
     .await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -495,21 +503,33 @@ pub(crate) async fn discover(
         .header(hyper::header::HOST, meta_http)
         .body(Empty::<Bytes>::new())
         .map_err(|e| http(e.to_string()))?;
-    let resp = within(meta_http, timeout, deadline, "waiting for the HTTP answer", async {
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| http(e.to_string()))
-    })
+    let resp = within(
+        meta_http,
+        timeout,
+        deadline,
+        "waiting for the HTTP answer",
+        async {
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| http(e.to_string()))
+        },
+    )
     .await?;
     let status = resp.status();
-    let body = within(meta_http, timeout, deadline, "reading the HTTP answer", async {
-        // A meta server answers a few bytes; a larger answer is not one.
-        http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| http(e.to_string()))
-    })
+    let body = within(
+        meta_http,
+        timeout,
+        deadline,
+        "reading the HTTP answer",
+        async {
+            // A meta server answers a few bytes; a larger answer is not one.
+            http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| http(e.to_string()))
+        },
+    )
     .await?
     .to_bytes();
     if status != hyper::StatusCode::OK {
