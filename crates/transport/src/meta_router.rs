@@ -449,7 +449,7 @@ async fn within<T>(
 }
 
 /// Whether `s` looks like `host:port` (a host name, IPv4 or bracketed IPv6 address, and a
-/// non-zero port).
+/// non-zero port). Underscores are allowed: container names often have them.
 fn is_host_port(s: &str) -> bool {
     let Some((host, port)) = s.rsplit_once(':') else {
         return false;
@@ -577,7 +577,12 @@ mod tests {
 
     #[test]
     fn only_host_port_answers_are_addresses() {
-        for ok in ["127.0.0.1:20880", "meta-1.example.com:20880", "[::1]:20880"] {
+        for ok in [
+            "127.0.0.1:20880",
+            "meta-1.example.com:20880",
+            "[::1]:20880",
+            "qmq_meta:20880",
+        ] {
             assert!(is_host_port(ok), "{ok}");
         }
         for bad in [
