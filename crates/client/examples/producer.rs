@@ -1,14 +1,15 @@
-//! Sends a few messages with properties, a tag and an expiry, awaiting each receipt, one delayed
-//! message, and one fire-and-forget send with a callback; brokers and delay servers are found
-//! through the meta server, as production clients do.
+//! Sends a few messages with properties, a tag and an expiry as one batch (`send_all`, one
+//! receipt per message, in order), one delayed message, and one fire-and-forget send with a
+//! callback; brokers and delay servers are found through the meta server, as production
+//! clients do. Prints one line per message and exits.
 //!
 //! Run a server first (`qmq standalone`), then:
-//! `cargo run -p qmq-client --example producer -- 127.0.0.1:8080` (the meta server's HTTP address)
+//! `cargo run -p qmq-client --example producer -- [META_HTTP]` (the meta server's HTTP
+//! address, default `127.0.0.1:8080`)
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use qmq_client::{new_message, MessageExt, MetaRouter, MetaRouterConfig, Producer, ProducerConfig};
+use qmq_client::{new_message, Client, MessageExt};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,17 +17,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let meta = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(&meta, "example")));
-    let producer = Producer::new(router, ProducerConfig::default());
+    // Fails at once, naming the address, when the meta server cannot be reached.
+    let client = Client::connect(&meta, "example").await?;
+    let producer = client.producer().build()?;
+
+    let mut orders = Vec::new();
     for i in 0..3 {
         let mut m = new_message("example.orders");
         m.set_i64("orderId", 1000 + i)?;
         m.set_bool("vip", i == 0)?;
         m.add_tag(if i == 0 { "vip" } else { "normal" })?;
         m.set_expire_after(Duration::from_secs(60));
-        let receipt = producer.send(m).await?;
+        orders.push(m);
+    }
+    for result in producer.send_all(orders).await {
+        let receipt = result?;
         println!("stored {} on {}", receipt.message_id, receipt.broker);
     }
+
     // Delivered to consumers in 5 s: routed to a delay server, which the meta server names.
     let mut m = new_message("example.orders");
     m.set_delay(Duration::from_secs(5));
@@ -35,11 +43,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "delayed {} stored on {}",
         receipt.message_id, receipt.broker
     );
+
     let (tx, rx) = tokio::sync::oneshot::channel();
     producer.send_with_callback(new_message("example.orders"), move |result| {
         let _ = tx.send(result);
     })?;
-    println!("fire-and-forget: {:?}", rx.await?);
+    let receipt = rx.await??;
+    println!(
+        "fire-and-forget {} stored on {}",
+        receipt.message_id, receipt.broker
+    );
     producer.close().await;
     Ok(())
 }

@@ -148,6 +148,8 @@ impl Brokers {
                 self.reroute(subject, &addr);
                 return Err(SendError::Broker(response::BROKER_REJECT));
             }
+            // A message that cannot be encoded never reached the broker: not its failure.
+            Err(e @ SendError::Encode(_)) => return Err(e),
             Err(e) => {
                 breaker.failure();
                 if e.is_unreachable() {

@@ -10,8 +10,8 @@
 //!
 //! | QMQ Java | qmq-client |
 //! |---|---|
-//! | `metaServer` (`http://host:8080/meta/address`), `appCode` | [`MetaRouterConfig::new`]`("host:8080", app_code)`, one [`MetaRouter`] shared by all producers and consumers |
-//! | `MessageProducerProvider` + `init()` | [`Producer::new`]`(router, `[`ProducerConfig`]`)` (no `init`: ready at once) |
+//! | `metaServer` (`http://host:8080/meta/address`), `appCode` | [`Client::connect`](crate::Client::connect)`("host:8080", app_code)` (checks the meta server at once), one client shared by all producers and consumers; or [`MetaRouterConfig::new`]`("host:8080", app_code)` and a [`MetaRouter`] |
+//! | `MessageProducerProvider` + `init()` | [`Client::producer`](crate::Client::producer)`().build()?` (setters per [`ProducerConfig`] field), or [`Producer::new`]`(router, config)` (no `init`: ready at once) |
 //! | `sendThreads`, `sendBatch`, `maxQueueSize`, `sendTryCount`, `sendTimeoutMillis` | [`ProducerConfig`]: `max_in_flight`, `batch_size`, `queue_capacity`, `max_tries`, `send_timeout` (same defaults) |
 //! | `producer.generateMessage(subject)` | [`new_message`]`(subject)` |
 //! | `message.setProperty(k, v)`, `getLongProperty(k)`, ... | [`MessageExt`]: `set_i64`, `get_i64` (an `Option`: no silent `0`), `set_string`, `set_bool`, `set_date`, ... |

@@ -1,6 +1,8 @@
 //! Native async Rust client for QMQ: speaks the same wire protocol as the QMQ Java client, so it
 //! works against qmq-rs and Java QMQ servers alike.
 //!
+//! - [`Client`]: connects to the meta server (checking it at once) and builds producers and
+//!   consumers sharing its router.
 //! - [`Producer`]: an async send queue with batching, retries keeping message ids, routing
 //!   through a [`Router`] ([`StaticRouter`] or [`MetaRouter`]) and per-broker
 //!   [`CircuitBreaker`]s. [`MessageExt`] gives typed message properties, tags, delay and expiry.
@@ -31,28 +33,38 @@
 //! # Quick start
 //!
 //! Applications find their brokers through the meta server, as QMQ's Java client does: a
-//! [`MetaRouter`] asks it which broker groups serve a subject, keeps the answer fresh and
-//! follows failovers. One router serves every producer and consumer of the process.
+//! [`Client`] checks the meta server when it connects, asks it which broker groups serve a
+//! subject, keeps the answer fresh and follows failovers. One client (cheap to clone) serves
+//! every producer and consumer of the process; they are made with builders, whose `build()`
+//! returns an error rather than panicking outside a Tokio runtime.
 //!
 //! ```no_run
-//! use std::sync::Arc;
 //! use qmq_client::*;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! // The meta server's HTTP address (`host:port`; QMQ Java's `metaServer` is the URL
-//! // `http://127.0.0.1:8080/meta/address`) and this application's code.
-//! let router: Arc<dyn Router> = Arc::new(MetaRouter::new(MetaRouterConfig::new(
-//!     "127.0.0.1:8080",
-//!     "order-service",
-//! )));
+//! // `http://127.0.0.1:8080/meta/address`) and this application's code. A meta server that
+//! // cannot be reached is an error here, naming the address and what failed.
+//! let client = Client::connect("127.0.0.1:8080", "order-service").await?;
 //!
-//! let producer = Producer::new(router.clone(), ProducerConfig::default());
+//! let producer = client.producer().build()?;
 //! let mut m = new_message("order.created");
 //! m.set_i64("orderId", 42)?;
 //! let receipt = producer.send(m).await?; // resolves once a broker stored it
 //! println!("stored {} on {}", receipt.message_id, receipt.broker);
 //!
-//! let consumer = Consumer::new(router, ConsumerConfig::default());
+//! // Many at once: one result per message, in order.
+//! let mut batch = Vec::new();
+//! for order in 43..53 {
+//!     let mut m = new_message("order.created");
+//!     m.set_i64("orderId", order)?;
+//!     batch.push(m);
+//! }
+//! for result in producer.send_all(batch).await {
+//!     println!("{:?}", result.map(|r| r.message_id));
+//! }
+//!
+//! let consumer = client.consumer().concurrency(8).build()?;
 //! consumer
 //!     .subscribe("order.created", "billing", |m: ReceivedMessage| async move {
 //!         println!("order {:?}", m.get_i64("orderId"));
@@ -64,6 +76,9 @@
 //! producer.close().await;
 //! # Ok(()) }
 //! ```
+//!
+//! [`Producer::builder`] and [`Consumer::builder`] take any [`Router`] (a [`MetaRouter`] of
+//! one's own, a [`StaticRouter`]); [`Producer::new`] and [`Consumer::new`] take a whole config.
 //!
 //! The programs in `crates/client/examples/` do the same against a running server
 //! (`qmq standalone` serves the meta server on `127.0.0.1:8080`): `producer`, `listener`,
@@ -218,6 +233,7 @@
 pub mod annotation;
 pub mod breaker;
 mod brokers;
+pub mod client;
 pub mod consumer;
 pub mod from_java;
 mod id;
@@ -232,18 +248,21 @@ pub mod tracing_ctx;
 pub use qmq_transport::{connection, router};
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use client::{BuildError, Client, ClientBuilder, ConnectError};
 pub use connection::{Connection, ConnectionError};
 pub use consumer::{
-    ConsumeError, Consumer, ConsumerConfig, Filter, FilterContext, HandleError, HandleResult,
-    MessageHandler, NewGroupStart, PullClient, PullConsumer, PullError, PulledBatch,
+    ConsumeError, Consumer, ConsumerBuilder, ConsumerConfig, Filter, FilterContext, HandleError,
+    HandleResult, MessageHandler, NewGroupStart, PullClient, PullConsumer, PullError, PulledBatch,
     ReceivedMessage, SubscribeOptions, Subscription,
 };
 pub use message::{MessageExt, PropertyError};
-pub use producer::{new_message, send_batch, Producer, ProducerConfig, SendError, SendReceipt};
+pub use producer::{
+    new_message, send_batch, Producer, ProducerBuilder, ProducerConfig, SendError, SendReceipt,
+};
 pub use qmq_protocol::{
     BrokerGroup, BrokerState as BrokerGroupState, ClientType, Message, TagType,
 };
-pub use qmq_transport::{MetaRouter, MetaRouterConfig};
+pub use qmq_transport::{DiscoveryError, MetaRouter, MetaRouterConfig};
 pub use router::{RouteError, Router, StaticRouter};
 
 /// Registers an async fn as a listener; see [`annotation`].

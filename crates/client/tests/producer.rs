@@ -287,3 +287,85 @@ async fn delay_messages_are_routed_as_delay_producer() {
         .any(|r| r.subject() == "p.delay" && r.client_type() == ClientType::DelayProducer));
     assert!(!reqs.iter().any(|r| r.client_type() == ClientType::Producer));
 }
+
+/// A producer with a queue much smaller than the batches given to `send_all`, so it waits for
+/// room; a long try timeout keeps every send to one try on a loaded machine.
+fn send_all_producer(b: &qmq_broker::BrokerHandle) -> Producer {
+    Producer::builder(Arc::new(StaticRouter::new([addr(b)])))
+        .config(config())
+        .queue_capacity(64)
+        .send_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn send_all_returns_every_receipt_in_input_order() {
+    let (b, _dir) = broker().await;
+    let producer = send_all_producer(&b);
+    let messages: Vec<Message> = (0..500)
+        .map(|i| {
+            let mut m = new_message(if i % 2 == 0 { "p.all.a" } else { "p.all.b" });
+            m.set_i32("n", i).unwrap();
+            m
+        })
+        .collect();
+    let sent: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
+    let results = producer.send_all(messages).await;
+    assert_eq!(results.len(), 500);
+    let receipts: Vec<SendReceipt> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        receipts
+            .iter()
+            .map(|r| r.message_id.clone())
+            .collect::<Vec<_>>(),
+        sent
+    );
+    assert!(receipts.iter().all(|r| r.broker == addr(&b)));
+
+    let mut got = pull_n(&addr(&b), "p.all.a", "g", 250).await;
+    got.extend(pull_n(&addr(&b), "p.all.b", "g", 250).await);
+    assert_eq!(ids(&got), sent.iter().cloned().collect());
+    producer.close().await;
+}
+
+#[tokio::test]
+async fn send_all_fails_only_the_messages_that_cannot_be_stored() {
+    let (b, _dir) = broker().await;
+    let producer = send_all_producer(&b);
+    let mut messages: Vec<Message> = (0..500).map(|_| new_message("p.all.bad")).collect();
+    // Expired before it could be sent.
+    messages[100].set_expire_at(chrono::Utc::now() - chrono::Duration::seconds(1));
+    // Cannot be encoded: an attribute value longer than the wire's 65535 bytes.
+    messages[301]
+        .attrs
+        .push(("huge".to_owned(), "x".repeat(70_000)));
+    let sent: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
+    let results = producer.send_all(messages).await;
+    assert_eq!(results.len(), 500);
+    let mut stored = std::collections::HashSet::new();
+    for (i, (result, id)) in results.iter().zip(&sent).enumerate() {
+        match (i, result) {
+            (100, Err(SendError::Expired(expired))) => assert_eq!(expired, id),
+            (301, Err(SendError::Encode(_))) => {}
+            (100 | 301, other) => panic!("message {i}: {other:?}"),
+            (_, Ok(r)) => {
+                assert_eq!(&r.message_id, id);
+                // The invalid message cost its batch-mates no try.
+                assert_eq!(r.tries, 1, "message {i}");
+                stored.insert(r.message_id.clone());
+            }
+            (_, Err(e)) => panic!("message {i}: {e}"),
+        }
+    }
+    assert_eq!(stored.len(), 498);
+    let got = pull_n(&addr(&b), "p.all.bad", "g", 498).await;
+    assert_eq!(ids(&got), stored);
+    producer.close().await;
+
+    // A closed producer fails each message in its slot.
+    let results = producer
+        .send_all([new_message("p.all.bad"), new_message("p.all.bad")])
+        .await;
+    assert!(results.iter().all(|r| matches!(r, Err(SendError::Closed))));
+}

@@ -60,11 +60,19 @@ pub struct Connection {
 
 impl Connection {
     /// Connects to `addr` (`host:port`) and starts the reader and writer tasks.
+    ///
+    /// # Panics
+    ///
+    /// When polled outside a Tokio runtime: the tasks are spawned on the current one.
     pub async fn connect(addr: &str) -> Result<Self, ConnectionError> {
         Self::connect_with(addr, VERSION_9, qmq_protocol::frame::DEFAULT_MAX_FRAME).await
     }
 
     /// Connects speaking protocol `version` and accepting frames up to `max_frame` bytes.
+    ///
+    /// # Panics
+    ///
+    /// When polled outside a Tokio runtime, as [`Connection::connect`].
     pub async fn connect_with(
         addr: &str,
         version: i16,

@@ -11,6 +11,9 @@
 //! on the whole `qmq-client`, and with it on SQL drivers and Redis they never call. Servers
 //! depend on this crate; `qmq-client` re-exports every item here at its old path, so client
 //! users see no change. Nothing here touches the disk.
+//!
+//! Runtimes: the constructors ([`MetaRouter::new`], [`StaticRouter::new`]) need no Tokio
+//! runtime; every async fn (and the tasks it spawns) runs on the Tokio runtime that polls it.
 
 #![warn(missing_docs)]
 
@@ -20,5 +23,5 @@ mod meta_router;
 pub mod router;
 
 pub use connection::{Connection, ConnectionError};
-pub use meta_router::{MetaRouter, MetaRouterConfig};
+pub use meta_router::{DiscoveryError, MetaRouter, MetaRouterConfig};
 pub use router::{RouteError, Router, StaticRouter};

@@ -30,7 +30,7 @@ use qmq_protocol::{BrokerGroup, ClientRequestType, ClientType, MetaInfoRequest, 
 use tokio::task::JoinHandle;
 
 use crate::router::{RouteError, Router};
-use crate::Connection;
+use crate::{Connection, ConnectionError};
 
 /// How to reach the meta server and who this client is.
 #[derive(Debug, Clone)]
@@ -301,62 +301,276 @@ impl Inner {
         if let Some(conn) = slot.as_ref().filter(|c| c.is_open()) {
             return Ok(conn.clone());
         }
-        let addr = discover(&self.config.meta_http, self.config.timeout).await?;
+        let deadline = Instant::now() + self.config.timeout;
+        let addr = discover(&self.config.meta_http, self.config.timeout, deadline).await?;
         let conn = Connection::connect(&addr).await?;
         *slot = Some(conn.clone());
         Ok(conn)
     }
 }
 
-/// Asks the meta server's HTTP endpoint for its TCP address.
-pub(crate) async fn discover(meta_http: &str, timeout: Duration) -> Result<String, RouteError> {
-    let url = format!("http://{meta_http}/meta/address");
-    let fail = |reason: String| RouteError::Discovery {
+/// Why the meta server could not be reached ([`MetaRouter::check`]). Every variant names the
+/// URL asked (`http://<meta_http>/meta/address`) and says which step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// Nothing accepted a TCP connection at the meta server's HTTP address.
+    #[error("cannot reach the meta server at {url}: {source}")]
+    HttpUnreachable {
+        /// The URL asked.
+        url: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Something listens there but the HTTP exchange failed (the peer does not speak HTTP,
+    /// closed the connection, sent a malformed answer).
+    #[error("the meta server at {url} did not answer over HTTP: {reason}")]
+    Http {
+        /// The URL asked.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The server answered with a status other than 200 (not a QMQ meta server, or a wrong
+    /// port).
+    #[error("{url} answered HTTP {status}, not 200 with the meta server's TCP address")]
+    Status {
+        /// The URL asked.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The server answered 200 with something that is not a `host:port`.
+    #[error("{url} answered {answer:?}, which is not the meta server's TCP address (host:port)")]
+    BadAnswer {
+        /// The URL asked.
+        url: String,
+        /// The start of the answer (at most 100 characters).
+        answer: String,
+    },
+    /// The TCP address the meta server gave cannot be connected to.
+    #[error(
+        "the meta server at {url} gave its TCP address {addr}, which cannot be reached: {source}"
+    )]
+    TcpUnreachable {
+        /// The URL asked.
+        url: String,
+        /// The TCP address it answered.
+        addr: String,
+        /// The cause.
+        source: ConnectionError,
+    },
+    /// The deadline passed during `step`.
+    #[error("the meta server at {url} did not answer within {after:?} ({step})")]
+    Timeout {
+        /// The URL asked.
+        url: String,
+        /// The deadline.
+        after: Duration,
+        /// What was under way.
+        step: String,
+    },
+}
+
+impl DiscoveryError {
+    /// What failed, without the URL (which [`RouteError::Discovery`] carries on its own).
+    fn reason(&self) -> String {
+        match self {
+            DiscoveryError::HttpUnreachable { source, .. } => source.to_string(),
+            DiscoveryError::Http { reason, .. } => reason.clone(),
+            DiscoveryError::Status { status, .. } => format!("HTTP status {status}"),
+            DiscoveryError::BadAnswer { answer, .. } => {
+                format!("answered {answer:?}, not a host:port")
+            }
+            DiscoveryError::TcpUnreachable { addr, source, .. } => {
+                format!("TCP address {addr}: {source}")
+            }
+            DiscoveryError::Timeout { after, step, .. } => {
+                format!("no answer within {after:?} ({step})")
+            }
+        }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            DiscoveryError::HttpUnreachable { url, .. }
+            | DiscoveryError::Http { url, .. }
+            | DiscoveryError::Status { url, .. }
+            | DiscoveryError::BadAnswer { url, .. }
+            | DiscoveryError::TcpUnreachable { url, .. }
+            | DiscoveryError::Timeout { url, .. } => url,
+        }
+    }
+}
+
+impl From<DiscoveryError> for RouteError {
+    fn from(e: DiscoveryError) -> Self {
+        match e {
+            DiscoveryError::TcpUnreachable { source, .. } => RouteError::Connection(source),
+            e => RouteError::Discovery {
+                url: e.url().to_owned(),
+                reason: e.reason(),
+            },
+        }
+    }
+}
+
+impl MetaRouter {
+    /// Checks the meta server now, within `timeout`: asks its HTTP endpoint for its TCP address
+    /// and connects to that address. Returns the address; the connection is kept for the
+    /// lookups that follow. A router works without this call (the first [`Router::route`]
+    /// connects), but then a wrong address shows only as failing sends and subscriptions;
+    /// this call fails at once with an error saying which step failed.
+    ///
+    /// # Panics
+    ///
+    /// When polled outside a Tokio runtime (as every async fn of this crate).
+    pub async fn check(&self, timeout: Duration) -> Result<String, DiscoveryError> {
+        let meta_http = &self.inner.config.meta_http;
+        let deadline = Instant::now() + timeout;
+        let addr = discover(meta_http, timeout, deadline).await?;
+        let conn = within(
+            meta_http,
+            timeout,
+            deadline,
+            format!("connecting to its TCP address {addr}"),
+            async {
+                Connection::connect(&addr)
+                    .await
+                    .map_err(|source| DiscoveryError::TcpUnreachable {
+                        url: meta_url(meta_http),
+                        addr: addr.clone(),
+                        source,
+                    })
+            },
+        )
+        .await?;
+        *self.inner.conn.lock().await = Some(conn);
+        self.start_refresher();
+        Ok(addr)
+    }
+}
+
+fn meta_url(meta_http: &str) -> String {
+    format!("http://{meta_http}/meta/address")
+}
+
+/// Runs `step` until `deadline`; past it, a [`DiscoveryError::Timeout`] naming `what`.
+async fn within<T>(
+    meta_http: &str,
+    timeout: Duration,
+    deadline: Instant,
+    what: impl Into<String>,
+    step: impl std::future::Future<Output = Result<T, DiscoveryError>>,
+) -> Result<T, DiscoveryError> {
+    match tokio::time::timeout_at(deadline, step).await {
+        Ok(result) => result,
+        Err(_) => Err(DiscoveryError::Timeout {
+            url: meta_url(meta_http),
+            after: timeout,
+            step: what.into(),
+        }),
+    }
+}
+
+/// Whether `s` looks like `host:port` (a host name, IPv4 or bracketed IPv6 address, and a
+/// non-zero port). Underscores are allowed: container names often have them.
+fn is_host_port(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    !host.is_empty()
+        && port.parse::<u16>().is_ok_and(|p| p != 0)
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._[]:".contains(c))
+}
+
+/// The longest HTTP answer read from the meta server's address endpoint.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Asks the meta server's HTTP endpoint for its TCP address, before `deadline` (`timeout`
+/// from now, reported in the error).
+pub(crate) async fn discover(
+    meta_http: &str,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<String, DiscoveryError> {
+    let url = meta_url(meta_http);
+    let http = |reason: String| DiscoveryError::Http {
         url: url.clone(),
         reason,
     };
-    let fetch = async {
-        let stream = tokio::net::TcpStream::connect(meta_http)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "meta http connection ended");
-            }
-        });
-        let req = hyper::Request::get("/meta/address")
-            .header(hyper::header::HOST, meta_http)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| fail(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(fail(format!("HTTP status {status}")));
-        }
-        let addr = std::str::from_utf8(&body)
-            .map_err(|e| fail(e.to_string()))?
-            .trim()
-            .to_owned();
-        if addr.is_empty() {
-            return Err(fail("empty answer".into()));
-        }
-        Ok(addr)
-    };
-    tokio::time::timeout(timeout, fetch)
+    let stream = within(
+        meta_http,
+        timeout,
+        deadline,
+        "connecting over HTTP",
+        async {
+            tokio::net::TcpStream::connect(meta_http)
+                .await
+                .map_err(|source| DiscoveryError::HttpUnreachable {
+                    url: url.clone(),
+                    source,
+                })
+        },
+    )
+    .await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|_| fail(format!("no answer within {timeout:?}")))?
+        .map_err(|e| http(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "meta http connection ended");
+        }
+    });
+    let req = hyper::Request::get("/meta/address")
+        .header(hyper::header::HOST, meta_http)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| http(e.to_string()))?;
+    let resp = within(
+        meta_http,
+        timeout,
+        deadline,
+        "waiting for the HTTP answer",
+        async {
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| http(e.to_string()))
+        },
+    )
+    .await?;
+    let status = resp.status();
+    let body = within(
+        meta_http,
+        timeout,
+        deadline,
+        "reading the HTTP answer",
+        async {
+            // A meta server answers a few bytes; a larger answer is not one.
+            http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| http(e.to_string()))
+        },
+    )
+    .await?
+    .to_bytes();
+    if status != hyper::StatusCode::OK {
+        return Err(DiscoveryError::Status {
+            url,
+            status: status.as_u16(),
+        });
+    }
+    let answer = String::from_utf8_lossy(&body);
+    let addr = answer.trim();
+    if !is_host_port(addr) {
+        return Err(DiscoveryError::BadAnswer {
+            url,
+            answer: addr.chars().take(100).collect(),
+        });
+    }
+    Ok(addr.to_owned())
 }
 
 #[cfg(test)]
@@ -383,5 +597,29 @@ mod tests {
         );
         assert!(router.refresher.get().is_some());
         drop(router);
+    }
+
+    #[test]
+    fn only_host_port_answers_are_addresses() {
+        for ok in [
+            "127.0.0.1:20880",
+            "meta-1.example.com:20880",
+            "[::1]:20880",
+            "qmq_meta:20880",
+        ] {
+            assert!(is_host_port(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "127.0.0.1",
+            ":20880",
+            "127.0.0.1:0",
+            "127.0.0.1:99999",
+            "<html>hi</html>",
+            "http://127.0.0.1:20880",
+            "host name:1",
+        ] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
     }
 }

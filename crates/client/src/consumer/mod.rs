@@ -1,11 +1,13 @@
 //! Consuming: the listener API ([`Consumer::subscribe`]), the pull API ([`PullClient`]) and the
 //! single-broker [`PullConsumer`] both are built on.
 
+mod builder;
 mod handler;
 mod listener;
 mod pull;
 mod pull_client;
 
+pub use builder::ConsumerBuilder;
 pub use handler::{
     Filter, FilterContext, HandleError, HandleResult, MessageHandler, ReceivedMessage,
 };

@@ -2,8 +2,10 @@
 //! one-shot [`send_batch`] it is built on. Applications use [`Producer`] with a
 //! [`MetaRouter`](crate::MetaRouter); [`send_batch`] is the low-level path.
 
+mod builder;
 mod queue;
 
+pub use builder::ProducerBuilder;
 pub use queue::{Producer, ProducerConfig, SendReceipt};
 
 use std::time::Duration;

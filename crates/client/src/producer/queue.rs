@@ -100,15 +100,17 @@ impl Job {
 
 /// Sends messages to QMQ brokers.
 ///
+/// Made with [`Client::producer`](crate::Client::producer) or [`Producer::builder`] (which
+/// return an error outside a Tokio runtime), or [`Producer::new`].
+///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use qmq_client::{new_message, Producer, ProducerConfig, StaticRouter};
+/// use qmq_client::{new_message, Producer, StaticRouter};
 ///
-/// let producer = Producer::new(
-///     Arc::new(StaticRouter::new(["127.0.0.1:20881"])),
-///     ProducerConfig::default(),
-/// );
+/// let producer = Producer::builder(Arc::new(StaticRouter::new(["127.0.0.1:20881"])))
+///     .batch_size(50)
+///     .build()?;
 /// let receipt = producer.send(new_message("order.created")).await?;
 /// println!("stored {} on {}", receipt.message_id, receipt.broker);
 /// producer.close().await;
@@ -121,11 +123,26 @@ pub struct Producer {
 
 impl Producer {
     /// A producer routing with `router`; starts its dispatcher task.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (the dispatcher is spawned on the current one). Use
+    /// [`Producer::builder`] (or [`Client::producer`](crate::Client::producer)), whose
+    /// `build()` returns [`BuildError::NoRuntime`](crate::BuildError::NoRuntime) instead.
     pub fn new(router: Arc<dyn Router>, config: ProducerConfig) -> Self {
+        Self::start(router, config, &tokio::runtime::Handle::current())
+    }
+
+    /// Starts the dispatcher on `runtime`.
+    pub(crate) fn start(
+        router: Arc<dyn Router>,
+        config: ProducerConfig,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
         monitoring::describe();
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let brokers = Arc::new(Brokers::new(router, config.breaker));
-        let worker = tokio::spawn(dispatch(rx, brokers, config));
+        let worker = runtime.spawn(dispatch(rx, brokers, config));
         Self {
             tx: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
@@ -138,7 +155,70 @@ impl Producer {
 
     /// Queues `message` (waiting for room when the queue is full) and resolves once it is
     /// stored or given up on.
-    pub async fn send(&self, mut message: Message) -> Result<SendReceipt, SendError> {
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future while it waits for room in the queue drops the message unsent.
+    /// Once it is queued (the wait for room is over) dropping the future only drops the
+    /// receipt: the message stays queued and may still be stored. Sending it again is safe:
+    /// a message keeps its id through retries and resends, and a qmq-rs broker's duplicate
+    /// window stores an id once (a Java QMQ broker stores it again).
+    pub async fn send(&self, message: Message) -> Result<SendReceipt, SendError> {
+        match self.enqueue(message).await {
+            Ok(rx) => rx.await.map_err(|_| SendError::Closed)?,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Queues every message of `messages` in order (waiting for room in the queue as
+    /// [`Producer::send`] does, so a batch larger than the queue works) and then waits for all
+    /// of them. Returns one result per message, in input order: a message refused, expired or
+    /// given up on gets its `Err` in its slot without failing the others. Underneath, the
+    /// messages are batched per subject as any queued messages are.
+    ///
+    /// ```no_run
+    /// # async fn demo(producer: qmq_client::Producer) {
+    /// use qmq_client::new_message;
+    ///
+    /// let messages: Vec<_> = (0..100).map(|_| new_message("order.created")).collect();
+    /// for result in producer.send_all(messages).await {
+    ///     match result {
+    ///         Ok(receipt) => println!("stored {}", receipt.message_id),
+    ///         Err(e) => eprintln!("not stored: {e}"),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`Producer::send`], per message: dropping the future leaves the messages queued
+    /// so far queued (they may still be stored, and their receipts are lost) and drops the
+    /// rest unsent. Resending the whole batch is safe with a broker's duplicate window, as
+    /// every message keeps its id.
+    pub async fn send_all(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Vec<Result<SendReceipt, SendError>> {
+        let mut queued = Vec::new();
+        for message in messages {
+            queued.push(self.enqueue(message).await);
+        }
+        let mut results = Vec::with_capacity(queued.len());
+        for q in queued {
+            results.push(match q {
+                Ok(rx) => rx.await.unwrap_or(Err(SendError::Closed)),
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
+    /// Queues `message`, waiting for room; the receiver gets its result.
+    async fn enqueue(
+        &self,
+        mut message: Message,
+    ) -> Result<oneshot::Receiver<Result<SendReceipt, SendError>>, SendError> {
         let trace = SendTrace::start(&mut message);
         let (reply, rx) = oneshot::channel();
         let permit = match self.sender() {
@@ -160,12 +240,20 @@ impl Producer {
             queued: Instant::now(),
             trace,
         });
-        rx.await.map_err(|_| SendError::Closed)?
+        Ok(rx)
     }
 
     /// Queues `message` without waiting; `callback` gets the result on the producer's task (keep
     /// it short). Fails at once with [`SendError::QueueFull`] when the queue is full, as QMQ's
     /// non-blocking queue does.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not async, so nothing to drop: once it returns `Ok` the message is queued and
+    /// `callback` is called once with its outcome, also when the producer is closed or dropped
+    /// meanwhile ([`Producer::close`] waits for it), as long as the runtime runs: a runtime
+    /// shut down first drops the callback uncalled. A message resent after such a loss keeps
+    /// its id, so a broker's duplicate window stores it once.
     pub fn send_with_callback(
         &self,
         mut message: Message,
@@ -202,6 +290,14 @@ impl Producer {
     }
 
     /// Stops taking messages and waits until every queued one is stored or given up on.
+    ///
+    /// # Cancel safety
+    ///
+    /// The producer stops taking messages as soon as the future is first polled. Dropping the
+    /// future then stops only the waiting: the queued messages are still sent in the
+    /// background (while the runtime runs), but nothing waits for them, and a later `close`
+    /// returns at once. Await `close` before the runtime shuts down to be sure every queued
+    /// message was stored or given up on.
     pub async fn close(&self) {
         self.tx.lock().take();
         let worker = self.worker.lock().take();
@@ -331,6 +427,27 @@ async fn send_with_retries(
                 last.unwrap_or_default()
             }
             Err(e) => {
+                if matches!(e, SendError::Encode(_)) {
+                    // Some message cannot be put on the wire: it fails alone, and the others
+                    // go again at once (no try counted, no broker blamed).
+                    let bad = unencodable(&messages);
+                    if bad.iter().any(Option::is_some) {
+                        for t in try_traces {
+                            t.finish(None, Some(&e));
+                        }
+                        let mut rest = Vec::new();
+                        for (job, error) in pending.into_iter().zip(bad) {
+                            match error {
+                                Some(error) => job
+                                    .complete(SendOutcome::Refused, Err(SendError::Encode(error))),
+                                None => rest.push(job),
+                            }
+                        }
+                        pending = rest;
+                        tries -= 1;
+                        continue;
+                    }
+                }
                 tracing::debug!(subject, tries, error = %e, "send try failed");
                 refused_by_breakers = matches!(e, SendError::BrokersUnavailable(_));
                 for t in try_traces {
@@ -364,6 +481,18 @@ async fn send_with_retries(
         };
         tokio::time::sleep(retry_pause(config, tries, reopen)).await;
     }
+}
+
+/// Why each of `messages` cannot be encoded, if it cannot.
+fn unencodable(messages: &[Message]) -> Vec<Option<qmq_protocol::EncodeError>> {
+    let mut scratch = bytes::BytesMut::new();
+    messages
+        .iter()
+        .map(|m| {
+            scratch.clear();
+            m.encode_with_crc(&mut scratch).err()
+        })
+        .collect()
 }
 
 /// The pause after failed try number `tries`: `retry_backoff × tries`, or, when every broker
