@@ -90,16 +90,17 @@ async fn every_example_runs_against_a_standalone() {
     let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));
     let meta = field(&ready, "http");
 
-    // producer: receipts for each send, a delayed message and a fire-and-forget send.
+    // producer: Client::connect, send_all's receipts, a delayed message and a
+    // fire-and-forget send.
     let out = run("producer", &[&meta]).await;
     let mut sent = ids_after(&out, "stored ");
     sent.extend(ids_after(&out, "delayed "));
-    assert!(sent.len() >= 4, "producer printed too few receipts:\n{out}");
+    sent.extend(ids_after(&out, "fire-and-forget "));
+    assert_eq!(sent.len(), 5, "producer printed too few receipts:\n{out}");
 
     // listener: fails each first delivery on purpose, so every message comes back through
     // the retry subject and is then acked; stops after the producer's messages.
-    let total = sent.len() + 1; // and the fire-and-forget one, whose id is not printed
-    let out = run("listener", &[&meta, "--count", &total.to_string()]).await;
+    let out = run("listener", &[&meta, "--count", &sent.len().to_string()]).await;
     for id in &sent {
         assert!(
             out.lines()
