@@ -495,3 +495,58 @@ async fn a_shut_down_consumer_makes_no_stream() {
         Err(ConsumeError::Closed)
     ));
 }
+
+/// Spans of the stream: each delivery has a `Qmq.Consume.Process` span from its hand-out to
+/// its resolution, in the producer's trace. The global tracer provider is installed here for
+/// this test binary (the other tests only make spans it records, and do not look at them).
+#[tokio::test]
+async fn each_delivery_has_a_process_span_in_the_producers_trace() {
+    use opentelemetry::trace::{Status, TraceContextExt};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use qmq_client::tracing_ctx::CONSUME_PROCESS;
+
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+
+    let (b, _dir) = broker().await;
+    let (router, producer) = setup(&b);
+    produce(&producer, "s.trace", 1).await;
+    let consumer = Consumer::new(router, consumer_config());
+    let mut deliveries = consumer
+        .stream("s.trace", "g", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let first = next(&mut deliveries).await;
+    let carried = tracing_ctx::extract(first.message())
+        .span()
+        .span_context()
+        .clone();
+    assert!(carried.is_valid(), "the producer's context is carried");
+    let span = first.trace_context().span().span_context().clone();
+    assert_eq!(span.trace_id(), carried.trace_id());
+    first.nack(HandleError::msg("boom"));
+    let again = next(&mut deliveries).await;
+    let span_again = again.trace_context().span().span_context().clone();
+    again.ack();
+    deliveries.shutdown().await;
+
+    provider.force_flush().unwrap();
+    let spans: Vec<_> = exporter
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.name == CONSUME_PROCESS && s.span_context.trace_id() == carried.trace_id())
+        .collect();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let by_id = |id| {
+        spans
+            .iter()
+            .find(|s| s.span_context.span_id() == id)
+            .unwrap()
+    };
+    assert!(matches!(by_id(span.span_id()).status, Status::Error { .. }));
+    assert_eq!(by_id(span_again.span_id()).status, Status::Unset);
+}
