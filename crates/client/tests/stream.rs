@@ -550,3 +550,11 @@ async fn each_delivery_has_a_process_span_in_the_producers_trace() {
     assert!(matches!(by_id(span.span_id()).status, Status::Error { .. }));
     assert_eq!(by_id(span_again.span_id()).status, Status::Unset);
 }
+
+/// The stream and its deliveries move across tasks (a consuming loop is usually spawned).
+#[test]
+fn deliveries_and_delivery_are_send() {
+    fn send<T: Send + 'static>() {}
+    send::<Deliveries>();
+    send::<Delivery>();
+}

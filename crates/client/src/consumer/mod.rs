@@ -8,7 +8,10 @@
 //! with bounded concurrency, follow failovers, send failures to the group's retry subject (and
 //! to the dead-letter subject after the last retry) and ack each pulled batch once all its
 //! messages are done; tags, [`Filter`]s, broadcast and at-most-once work the same for both,
-//! and so do tracing and metrics. Pick the listener for a function called per message, the
+//! and so do tracing and metrics. The stream sits on the listener rather than the other way
+//! round because the per-batch bookkeeping (which messages of a pulled range are done, when to
+//! ack it) must live below either API anyway, and handlers keep a direct call instead of a
+//! channel hop per message. Pick the listener for a function called per message, the
 //! stream to drive the loop yourself (`while let Some(d) = deliveries.next().await`), and the
 //! pull API to ask for batches when you want them.
 //!
