@@ -3,11 +3,12 @@
 //! delivery to show the retry path (it comes back through the group's retry subject with
 //! `qmq_times` 2, after the broker's retry delay).
 //!
-//! The group starts at the earliest stored message, so it also reads what the `producer`
-//! example sent before. With `--count N` it stops after acking N messages (exit status 0);
-//! without, it runs until Ctrl-C. One line per delivery.
+//! A new group starts at the latest message (QMQ's rule), so start this before the `producer`
+//! example; `--earliest` makes a new group read what the subject already holds instead. With
+//! `--count N` it stops after acking N messages (exit status 0); without, it runs until
+//! Ctrl-C. One line per delivery.
 //!
-//! `cargo run -p qmq-client --example stream -- 127.0.0.1:8080 [--count N]`
+//! `cargo run -p qmq-client --example stream -- 127.0.0.1:8080 [--earliest] [--count N]`
 
 use std::sync::Arc;
 
@@ -34,7 +35,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(&meta, "example")));
     let consumer = Consumer::new(router, ConsumerConfig::default());
     let options = SubscribeOptions {
-        new_group_start: NewGroupStart::Earliest,
+        new_group_start: if args.iter().any(|a| a == "--earliest") {
+            NewGroupStart::Earliest
+        } else {
+            NewGroupStart::Broker
+        },
         ..SubscribeOptions::default()
     };
     let mut deliveries = consumer.stream("example.orders", "stream", options).await?;
