@@ -8,7 +8,8 @@
 //!   [`CircuitBreaker`]s. [`MessageExt`] gives typed message properties, tags, delay and expiry.
 //! - [`Consumer`]: listeners ([`Consumer::subscribe`]) with bounded concurrency, QMQ's
 //!   retry and dead-letter subjects, at-most-once and broadcast modes, tag filters and
-//!   [`Filter`] hooks; the pull API ([`PullClient`]); the low-level single-broker
+//!   [`Filter`] hooks; the same as a [`Stream`](futures::Stream) of [`Delivery`]s to ack or
+//!   nack ([`Consumer::stream`]); the pull API ([`PullClient`]); the low-level single-broker
 //!   [`PullConsumer`].
 //! - [`from_java`]: QMQ Java client concepts and their equivalents here.
 //! - [`idempotent`]: run handlers at most once per message with a database, a database
@@ -82,7 +83,37 @@
 //!
 //! The programs in `crates/client/examples/` do the same against a running server
 //! (`qmq standalone` serves the meta server on `127.0.0.1:8080`): `producer`, `listener`,
-//! `pull`, `macro_consumer`, `transactional` (feature `sql`) and `low_level`.
+//! `stream`, `pull`, `macro_consumer`, `transactional` (feature `sql`) and `low_level`.
+//!
+//! # Consuming as a stream
+//!
+//! [`Consumer::stream`] gives the messages as a [`Stream`](futures::Stream) of [`Delivery`]s,
+//! for code that drives its own loop. Each delivery is resolved explicitly: [`Delivery::ack`],
+//! [`Delivery::nack`] (back through the group's retry subject, like a listener's `Err`) or
+//! [`Delivery::retry_after`]; one dropped unresolved counts as a failure, so none is lost. It
+//! is the listener underneath (same retries, filters, modes, metrics and spans), with at most
+//! [`ConsumerConfig::concurrency`] deliveries unresolved at once: the stream stops handing out
+//! (and pulling) until some are resolved.
+//!
+//! ```no_run
+//! # async fn demo(consumer: qmq_client::Consumer) -> Result<(), qmq_client::ConsumeError> {
+//! use futures::StreamExt;
+//! use qmq_client::{HandleError, MessageExt, SubscribeOptions};
+//!
+//! let mut deliveries = consumer.stream("order.created", "billing", SubscribeOptions::default()).await?;
+//! while let Some(d) = deliveries.next().await {
+//!     match d.get_i64("orderId") {
+//!         Some(order) => {
+//!             println!("order {order}");
+//!             d.ack();
+//!         }
+//!         None => d.nack(HandleError::msg("no orderId")), // retried after the broker's delay
+//!     }
+//! #   break;
+//! }
+//! deliveries.shutdown().await; // what is unresolved is handed out again
+//! # Ok(()) }
+//! ```
 //!
 //! QMQ Java users: [`from_java`] maps `MessageProducerProvider`, `@QmqConsumer`,
 //! `PullConsumer`, idempotent checkers and filters to this crate.
@@ -251,9 +282,9 @@ pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use client::{BuildError, Client, ClientBuilder, ConnectError};
 pub use connection::{Connection, ConnectionError};
 pub use consumer::{
-    ConsumeError, Consumer, ConsumerBuilder, ConsumerConfig, Filter, FilterContext, HandleError,
-    HandleResult, MessageHandler, NewGroupStart, PullClient, PullConsumer, PullError, PulledBatch,
-    ReceivedMessage, SubscribeOptions, Subscription,
+    ConsumeError, Consumer, ConsumerBuilder, ConsumerConfig, Deliveries, Delivery, Filter,
+    FilterContext, HandleError, HandleResult, MessageHandler, NewGroupStart, PullClient,
+    PullConsumer, PullError, PulledBatch, ReceivedMessage, SubscribeOptions, Subscription,
 };
 pub use message::{MessageExt, PropertyError};
 pub use producer::{

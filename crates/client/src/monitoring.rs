@@ -12,10 +12,10 @@
 //! | `qmq_client_send_total` | counter | `subject`, `outcome` | messages by final outcome ([`SendOutcome`]) |
 //! | `qmq_client_send_retries_total` | counter | `subject`, `reason` | failed tries followed by another one ([`RetryReason`]) |
 //! | `qmq_client_send_queue_size` | gauge | – | messages waiting in producers' queues |
-//! | `qmq_client_pulled_messages_total` | counter | `subject`, `group` | messages received (listener and pull API, retries included) |
+//! | `qmq_client_pulled_messages_total` | counter | `subject`, `group` | messages received (listener, stream and pull API, retries included) |
 //! | `qmq_client_pull_failed_total` | counter | `subject`, `group` | failed pull requests |
-//! | `qmq_client_process_seconds` | histogram | `subject`, `group` | a listener's handler running on one message |
-//! | `qmq_client_process_total` | counter | `subject`, `group`, `outcome` | listener messages by outcome ([`ProcessOutcome`]) |
+//! | `qmq_client_process_seconds` | histogram | `subject`, `group` | a listener's handler running on one message (a stream's delivery: handed out → acked or nacked) |
+//! | `qmq_client_process_total` | counter | `subject`, `group`, `outcome` | listener messages and stream deliveries by outcome ([`ProcessOutcome`]) |
 //! | `qmq_client_duplicate_messages_total` | counter | `subject`, `group` | deliveries an [`Idempotent`](crate::idempotent::Idempotent) handler skipped as handled before (they count as `ok` above) |
 //! | `qmq_client_acked_messages_total` | counter | `subject`, `group` | messages acknowledged to a broker |
 //! | `qmq_client_ack_failed_total` | counter | `subject`, `group` | failed ack requests |
@@ -227,10 +227,11 @@ impl RetryReason {
 pub enum ProcessOutcome {
     /// `ok`: the handler succeeded (or an idempotent handler skipped a duplicate).
     Ok,
-    /// `failed`: the handler returned an error.
+    /// `failed`: the handler returned an error (a stream delivery was nacked or dropped).
     Failed,
     /// `retry`: the handler asked for a later delivery
-    /// ([`HandleError::retry_after`](crate::HandleError::retry_after)).
+    /// ([`HandleError::retry_after`](crate::HandleError::retry_after),
+    /// [`Delivery::retry_after`](crate::Delivery::retry_after)).
     Retry,
     /// `panicked`: the handler (or a filter) panicked.
     Panicked,

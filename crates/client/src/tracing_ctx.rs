@@ -11,8 +11,8 @@
 //! |---|---|---|---|---|
 //! | `Qmq.Produce.Send` | producer | [`Producer::send`](crate::Producer::send) (or `send_with_callback`) to the message's final outcome | the caller's current context | `subject`, `messageId` |
 //! | `Qmq.QueueSender.Send` | client | one try of the producer's queue at sending the message | `Qmq.Produce.Send` | `subject`, `messageId`, `broker` (once stored), `tries` |
-//! | `Qmq.Consume.Process` | consumer | a listener's filters and handler on one message | the context the message carries; a new root if none | `subject`, `messageId`, `consumerGroup`, `times` |
-//! | `Qmq.Consume.Ack` | client | a listener acknowledging a pulled batch | none (links to the batch's carried contexts) | `subject`, `consumerGroup`, `messages` |
+//! | `Qmq.Consume.Process` | consumer | a listener's filters and handler on one message; for a stream, one [`Delivery`](crate::Delivery) from its hand-out to its ack or nack ([`Delivery::trace_context`](crate::Delivery::trace_context)) | the context the message carries; a new root if none | `subject`, `messageId`, `consumerGroup`, `times` |
+//! | `Qmq.Consume.Ack` | client | a listener or stream acknowledging a pulled batch | none (links to the batch's carried contexts) | `subject`, `consumerGroup`, `messages` |
 //!
 //! Failures set the span's status to error; a failed send adds a `send_failed` event, a failed
 //! ack an `ack_failed` event.

@@ -109,6 +109,19 @@ async fn every_example_runs_against_a_standalone() {
         );
     }
 
+    // stream: the same as a Stream of deliveries, nacking each first delivery, acking the
+    // second; stops after acking the producer's messages.
+    let out = run("stream", &[&meta, "--count", &total.to_string()]).await;
+    for id in &sent {
+        for line in ["delivery #1 nack", "delivery #2 ack"] {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with(id.as_str()) && l.ends_with(line)),
+                "stream did not print `{line}` for {id}:\n{out}"
+            );
+        }
+    }
+
     // pull: ten pulls of batches, acked.
     let out = run("pull", &[&meta]).await;
     for id in &sent {
@@ -122,7 +135,10 @@ async fn every_example_runs_against_a_standalone() {
     assert_eq!(ids_after(&out, "pulled "), stored, "{out}");
 
     // transactional (feature `sql`): the committed order's message is stored.
-    let db = format!("sqlite://{}?mode=rwc", dir.path().join("orders.db").display());
+    let db = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("orders.db").display()
+    );
     let out = run("transactional", &[&meta, &db]).await;
     assert!(out.contains("stored"), "{out}");
 }

@@ -61,8 +61,14 @@ impl Deref for ReceivedMessage {
 
 enum Kind {
     Failed(Box<dyn std::error::Error + Send + Sync>),
-    NeedRetry { after: Duration, reason: String },
+    NeedRetry {
+        after: Duration,
+        reason: String,
+    },
     Panicked(String),
+    /// A stream delivery left unresolved when its stream stopped: neither a success nor a
+    /// failure; its batch is left unacked so the broker hands it out again.
+    Abandoned,
 }
 
 /// A listener's failure: the message is handed out again (through the group's retry subject).
@@ -100,7 +106,7 @@ impl HandleError {
     pub fn retry_delay(&self) -> Option<Duration> {
         match self.kind {
             Kind::NeedRetry { after, .. } => Some(after),
-            Kind::Failed(_) | Kind::Panicked(_) => None,
+            Kind::Failed(_) | Kind::Panicked(_) | Kind::Abandoned => None,
         }
     }
 
@@ -114,6 +120,20 @@ impl HandleError {
     /// Whether the handler panicked (the listener caught it).
     pub fn is_panic(&self) -> bool {
         matches!(self.kind, Kind::Panicked(_))
+    }
+
+    /// A stream delivery still unresolved when its stream stopped (see
+    /// [`Deliveries::shutdown`](crate::consumer::Deliveries::shutdown)).
+    pub(crate) fn abandoned() -> Self {
+        Self {
+            kind: Kind::Abandoned,
+        }
+    }
+
+    /// Whether this is [`HandleError::abandoned`]: not a failure, the message is to be handed
+    /// out again as it is (not sent back, its batch not acked).
+    pub(crate) fn is_abandoned(&self) -> bool {
+        matches!(self.kind, Kind::Abandoned)
     }
 }
 
@@ -131,6 +151,7 @@ impl fmt::Display for HandleError {
             Kind::Failed(e) => write!(f, "{e}"),
             Kind::NeedRetry { after, reason } => write!(f, "retry after {after:?}: {reason}"),
             Kind::Panicked(what) => write!(f, "handler panicked: {what}"),
+            Kind::Abandoned => write!(f, "left unresolved when the stream stopped"),
         }
     }
 }

@@ -8,13 +8,17 @@
 //! exceed the maximum retry number (the message's `qmq_maxRetryNum`, else the consumer's
 //! setting, QMQ's default 32); then the batch's pull-log range is acked. The broker serves a
 //! retry subject's message only after its retry delay (QMQ: 5 s), so a failing handler is
-//! retried at that pace, the same for Rust and Java consumers. A batch whose failures
-//! could not be sent back is not acked, so the broker hands it out again. Routes are looked up
+//! retried at that pace, the same for Rust and Java consumers. A failure that could not be
+//! sent back is not acked (the batch is acked up to the message before it), so the broker
+//! hands it out again. Routes are looked up
 //! again every `route_refresh`: pulling starts on brokers that joined the route and stops
 //! (after the batch in hand) on brokers that left it. A broker that answers BROKER_REJECT (a
 //! slave, or a master deposed by a failover) or refuses or drops the connection makes the
 //! subscription re-read its route at once (the router throttles the re-reads), so pulling
 //! resumes on the group's new master without waiting for `route_refresh`.
+//!
+//! The same engine serves [`Consumer::stream`]: its handler hands each message to the stream
+//! and waits for the delivery's outcome (see [`Deliveries`](super::Deliveries)).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -153,6 +157,13 @@ impl Subscription {
             }
         }
     }
+
+    /// Stops pulling like [`Subscription::shutdown`], finishing in the background instead of
+    /// waiting (for a `Drop`, which cannot wait).
+    pub(super) fn detach(mut self) {
+        self.cancel.cancel();
+        self.tasks.detach_all();
+    }
 }
 
 /// Subscribes listeners to subjects.
@@ -273,11 +284,24 @@ impl Consumer {
         handler: Arc<dyn MessageHandler>,
         options: SubscribeOptions,
     ) -> Result<Subscription, ConsumeError> {
+        self.start(subject, group, handler, options, CancellationToken::new())
+            .await
+    }
+
+    /// Starts the pull loops of `subject` as `group`, running `handler` on each message until
+    /// `cancel` fires: the engine under both [`Consumer::subscribe`] and [`Consumer::stream`].
+    pub(super) async fn start(
+        &self,
+        subject: &str,
+        group: &str,
+        handler: Arc<dyn MessageHandler>,
+        options: SubscribeOptions,
+        cancel: CancellationToken,
+    ) -> Result<Subscription, ConsumeError> {
         let readable = readable_brokers(&self.brokers, subject, group).await?;
         if readable.is_empty() {
             return Err(ConsumeError::NoBroker(subject.to_owned()));
         }
-        let cancel = CancellationToken::new();
         let ctx = Arc::new(Ctx {
             brokers: self.brokers.clone(),
             config: self.config.clone(),
@@ -296,6 +320,11 @@ impl Consumer {
         let mut tasks = JoinSet::new();
         tasks.spawn(supervise(ctx, readable, pulled));
         Ok(Subscription { cancel, tasks })
+    }
+
+    /// Whether [`Consumer::shutdown`] was called.
+    pub(super) fn is_closed(&self) -> bool {
+        self.subscriptions.lock().is_none()
     }
 
     /// Stops every subscription made with [`Consumer::subscribe`] (see
@@ -512,8 +541,9 @@ async fn consume_batch(
     if ctx.options.consume_most_once {
         ack(ctx, c, first, last, &links).await;
     }
+    let count = messages.len();
     let mut running = JoinSet::new();
-    for (mut m, parent) in messages.into_iter().zip(parents) {
+    for (i, (mut m, parent)) in messages.into_iter().zip(parents).enumerate() {
         m.set_attr(keys::CONSUMER_GROUP_NAME, ctx.group.clone());
         let Ok(permit) = ctx.slots.clone().acquire_owned().await else {
             return;
@@ -525,34 +555,48 @@ async fn consume_batch(
             let result = handle(&ctx, received).with_context(cx.clone()).await;
             tracing_ctx::end_process(&cx, &result);
             drop(permit);
-            (m, result)
+            (i, m, result)
         });
     }
-    let mut all_settled = true;
+    // Per message, in pull-log order: done with (handled, or failed and sent back).
+    let mut settled = vec![false; count];
     while let Some(joined) = running.join_next().await {
-        let (m, result) = match joined {
+        let (i, m, result) = match joined {
             Ok(done) => done,
             Err(e) => {
                 // A panicking filter (handler panics are caught earlier): its message cannot be
-                // recovered here; leave the batch unacked so the broker hands it out again.
+                // recovered here; leave it unacked so the broker hands it out again.
                 tracing::error!(error = %e, "message task failed");
                 monitoring::processed(&ctx.subject, &ctx.group, ProcessOutcome::Panicked, None);
-                all_settled = false;
                 continue;
             }
         };
-        let Err(e) = result else { continue };
+        let e = match result {
+            Ok(()) => {
+                settled[i] = true;
+                continue;
+            }
+            // A stream delivery left unresolved at shutdown: handed out again as it is.
+            Err(e) if e.is_abandoned() => continue,
+            Err(e) => e,
+        };
         tracing::warn!(subject = %ctx.subject, group = %ctx.group, id = %m.message_id, error = %e, "message handling failed");
         if ctx.options.consume_most_once || ctx.options.broadcast {
+            settled[i] = true;
             continue;
         }
         let delay = e.retry_delay().unwrap_or(ctx.config.retry_delay);
-        if !send_back(ctx, m, delay).await {
-            all_settled = false;
-        }
+        settled[i] = send_back(ctx, m, delay).await;
     }
-    if !ctx.options.consume_most_once && all_settled {
-        ack(ctx, c, first, last, &links).await;
+    if ctx.options.consume_most_once {
+        return;
+    }
+    // Ack the batch, or as much of it as is settled from its start: the rest stays unacked,
+    // and the broker hands it out again (to this consumer's next pull of a new connection, or
+    // through the retry subject once a later ack skips it).
+    let done = settled.iter().take_while(|s| **s).count();
+    if done > 0 {
+        ack(ctx, c, first, first + done as i64 - 1, &links).await;
     }
 }
 
@@ -570,12 +614,16 @@ async fn handle(ctx: &Ctx, message: ReceivedMessage) -> HandleResult {
         let started = std::time::Instant::now();
         let result = run_guarded(ctx.handler.handle(message.clone())).await;
         let outcome = match &result {
-            Ok(()) => ProcessOutcome::Ok,
-            Err(e) if e.is_panic() => ProcessOutcome::Panicked,
-            Err(e) if e.retry_delay().is_some() => ProcessOutcome::Retry,
-            Err(_) => ProcessOutcome::Failed,
+            Ok(()) => Some(ProcessOutcome::Ok),
+            Err(e) if e.is_panic() => Some(ProcessOutcome::Panicked),
+            Err(e) if e.retry_delay().is_some() => Some(ProcessOutcome::Retry),
+            // Not processed: it will be, when it comes again.
+            Err(e) if e.is_abandoned() => None,
+            Err(_) => Some(ProcessOutcome::Failed),
         };
-        monitoring::processed(&ctx.subject, &ctx.group, outcome, Some(started.elapsed()));
+        if let Some(outcome) = outcome {
+            monitoring::processed(&ctx.subject, &ctx.group, outcome, Some(started.elapsed()));
+        }
         result
     } else {
         monitoring::processed(&ctx.subject, &ctx.group, ProcessOutcome::Filtered, None);

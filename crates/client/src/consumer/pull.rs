@@ -143,6 +143,13 @@ impl PullConsumer {
 
     /// Pulls up to `max` messages, waiting up to `wait` for some to arrive. Returns the
     /// pull-log offset of the first and the messages (none when the wait ran out).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe as to messages: a dropped future may leave the broker having handed out a
+    /// batch this consumer never received, but the consumer's position only moves on past
+    /// what it received, so its next pull asks from the same place and the broker (qmq-rs or
+    /// Java QMQ) hands those messages out again. The connection stays usable.
     pub async fn pull(
         &mut self,
         max: i32,
@@ -189,6 +196,12 @@ impl PullConsumer {
     }
 
     /// Acknowledges pull-log offsets `first..=last`.
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped, the ack may or may not have reached the broker. Sending it
+    /// again is harmless (a range already acked is ignored); left unacked, the messages are
+    /// handed out again (at least once, never lost).
     pub async fn ack(&self, first: i64, last: i64) -> Result<(), PullError> {
         let mut body = BytesMut::new();
         AckRequest {

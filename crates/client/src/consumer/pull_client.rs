@@ -189,6 +189,15 @@ impl PullClient {
     /// Up to `max` messages from the next source (broker and subject or retry subject) in
     /// turn, waiting up to `wait`; `None` when it had none. After a broker refused a pull or
     /// went away (that pull's error), the route is read again first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe as to messages: if the future is dropped after the request went out, the
+    /// broker may have handed this consumer a batch that the client never sees, but nothing
+    /// is lost. The client only moves on past what it received, so the next pull of that
+    /// source asks from the same place and the broker (qmq-rs or Java QMQ) hands the same
+    /// messages out again. The turn of the sources does move on, so the next call may pull
+    /// another source first.
     pub async fn pull(
         &mut self,
         max: i32,
@@ -246,6 +255,12 @@ impl PullClient {
     /// Messages handed to [`PullClient::retry_later`] are acked along with the rest. A batch
     /// from a broker the client no longer pulls from (it failed over) cannot be acked; its
     /// group's new master hands the messages out again.
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped, the ack may or may not have reached the broker. Acking the
+    /// batch again is harmless (the broker ignores a range it already has); a batch left
+    /// unacked is handed out again, so nothing is lost either way, at worst delivered twice.
     pub async fn ack(&self, batch: &PulledBatch) -> Result<(), PullError> {
         let last = batch.first + batch.messages.len() as i64 - 1;
         let (addr, subject) = &batch.source;
