@@ -111,7 +111,7 @@ async fn every_example_runs_against_a_standalone() {
 
     // stream: the same as a Stream of deliveries, nacking each first delivery, acking the
     // second; stops after acking the producer's messages.
-    let out = run("stream", &[&meta, "--count", &total.to_string()]).await;
+    let out = run("stream", &[&meta, "--count", &sent.len().to_string()]).await;
     for id in &sent {
         for line in ["delivery #1 nack", "delivery #2 ack"] {
             assert!(
