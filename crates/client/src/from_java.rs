@@ -28,6 +28,7 @@
 //! | `ListenerHolder.stopListen()` | [`Consumer::subscribe_handle`] and [`Subscription::shutdown`] |
 //! | `provider.destroy()` | [`Consumer::shutdown`] (waits for running handlers and their acks), [`Producer::close`] |
 //! | `@EnableQmq(appCode, metaServer)` + `@QmqConsumer(subject, consumerGroup, ...)` | `#[qmq_client::consumer(subject = .., group = ..)]` + [`Consumer::subscribe_registered`] on a consumer built with a [`MetaRouter`] |
+//! | `${...}` in `@QmqConsumer`, `idempotentChecker = "bean"`, beans the listener uses | `subject = "${name}"`, `idempotent = "name"`, a second handler argument: all from a [`ConsumerContext`](crate::annotation::ConsumerContext) given to [`Consumer::subscribe_registered_with`] |
 //! | `consumerProvider.getOrCreatePullConsumer(subject, group, isBroadcast)` (`PullConsumer`) | [`Consumer::pull_client`] ([`PullClient`]) — **not** this crate's [`PullConsumer`], which is the single-broker building block |
 //! | `pullConsumer.pull(size, timeoutMillis)`, `message.ack(elapsed, null)` | [`PullClient::pull`], [`PullClient::ack`] (per batch) |
 //! | `message.ack(elapsed, exception)` on a pulled message | [`PullClient::retry_later`] then [`PullClient::ack`] |
@@ -165,11 +166,49 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The attribute takes `subject`, `group`, `tags`, `tag_type` (`"and"`/`"or"`), `broadcast`
-//! and `consume_most_once`. It has no `executor` (see [`ConsumerConfig::concurrency`]), no
-//! `${...}` placeholders, and no `idempotentChecker` or `filters`: a handler that needs those
-//! is subscribed with [`Consumer::subscribe`], wrapped in [`idempotent::Idempotent`] and with
+//! The attribute takes `subject`, `group`, `tags`, `tag_type` (`"and"`/`"or"`), `broadcast`,
+//! `consume_most_once` and `idempotent` (QMQ's `idempotentChecker`). QMQ's `${...}`
+//! placeholders, resolved from the Spring environment there, are resolved here from a
+//! [`ConsumerContext`](crate::annotation::ConsumerContext) given to
+//! [`Consumer::subscribe_registered_with`]: its configuration values, then environment variables
+//! (`order.subject` → `ORDER_SUBJECT`), then a `${name:default}`. The context also holds what
+//! Spring beans give a Java listener: shared state (a second handler argument, by type) and
+//! idempotent checkers (by name). It has no `executor` (see [`ConsumerConfig::concurrency`]) and
+//! no `filters`: a handler that needs those is subscribed with [`Consumer::subscribe`] and
 //! [`SubscribeOptions::filters`].
+//!
+//! ```java
+//! @QmqConsumer(subject = "${order.subject}", consumerGroup = "billing", executor = "qmqExecutor",
+//!              idempotentChecker = "dedup")
+//! public void onMessage(Message message) { billing.charge(message); }
+//! ```
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use qmq_client::annotation::ConsumerContext;
+//! use qmq_client::{HandleResult, ReceivedMessage};
+//!
+//! struct Billing;
+//! impl Billing {
+//!     async fn charge(&self, _m: &ReceivedMessage) {}
+//! }
+//!
+//! #[qmq_client::consumer(subject = "${order.subject}", group = "billing", idempotent = "dedup")]
+//! async fn on_message(message: ReceivedMessage, billing: Arc<Billing>) -> HandleResult {
+//!     billing.charge(&message).await;
+//!     Ok(())
+//! }
+//!
+//! # #[cfg(feature = "sql")]
+//! # async fn demo(consumer: qmq_client::Consumer) -> Result<(), Box<dyn std::error::Error>> {
+//! let checker = qmq_client::idempotent::SqlChecker::connect("mysql://app@db/billing", "deduplicate_tbl").await?;
+//! let context = ConsumerContext::new()
+//!     .config("order.subject", "order.paid") // or ORDER_SUBJECT in the environment
+//!     .state(Arc::new(Billing))
+//!     .checker("dedup", checker);
+//! consumer.subscribe_registered_with(&context).await?;
+//! # Ok(()) }
+//! ```
 //!
 //! # `PullConsumer`
 //!
