@@ -16,6 +16,7 @@
 //! | `producer.generateMessage(subject)` | [`new_message`]`(subject)` |
 //! | `message.setProperty(k, v)`, `getLongProperty(k)`, ... | [`MessageExt`]: `set_i64`, `get_i64` (an `Option`: no silent `0`), `set_string`, `set_bool`, `set_date`, ... |
 //! | `setLargeString` / `getLargeString` | [`MessageExt::set_large_string`] / [`MessageExt::get_large_string`] (same `key#partN` chunks) |
+//! | the `body` string attribute (`setLargeString("body", text)` / `getLargeString("body")`) | [`MessageExt::set_body_text`] / [`MessageExt::body_text`] (the same attribute and chunks); bytes: [`MessageExt::set_body`] / [`MessageExt::body`], base64 (standard, padded) in `body` plus `bodyEncoding=base64`, which Java reads with `Base64.getDecoder().decode(m.getLargeString("body"))` ([details](crate::message#body)) |
 //! | `addTag`, `setDelayTime(n, unit)`, `setDelayTime(date)` | [`MessageExt::add_tag`], [`MessageExt::set_delay`], [`MessageExt::set_delay_until`]; an expiry (Java: always 15 min; here none unless set): [`MessageExt::set_expire_after`] |
 //! | `setMaxRetryNum` on the producer | none; consumers apply [`ConsumerConfig::max_retry_num`] (32) to messages without `qmq_maxRetryNum`, and honour it when a Java producer set it |
 //! | `sendMessage(m)` / `sendMessage(m, MessageSendStateListener)` | `producer.send(m).await` (a [`SendReceipt`] or a [`SendError`]) / [`Producer::send_with_callback`] |
