@@ -5,7 +5,8 @@
 # than the broker's retry delay), dead-letters (after setMaxRetryNum failures a message lands on
 # %DEAD_RETRY%<subject>%<group>), tags (AND/OR subscriptions), broadcast (two clients each get every
 # message), pull-api (the pull consumer pulls, acks and nacks) and new-group-start (a new group
-# starts at the latest message, as in QMQ), and failover (issue #14 test 7, see below). Exits
+# starts at the latest message, as in QMQ), rust-body (the Rust client's text and bytes bodies, sent
+# by its body_producer example, read by the Java consumer as documented), and failover (issue #14 test 7, see below). Exits
 # non-zero if any check fails.
 #
 # failover runs in a JVM of its own against a replicated cluster the script starts for it: `qmq meta`
@@ -88,8 +89,8 @@ elif [ ${#others[@]} -eq 0 ]; then
     run_standalone=0
 fi
 
-echo "building qmq"
-(cd "$root" && cargo build --release -q -p qmq)
+echo "building qmq and the body_producer example (rust-body check)"
+(cd "$root" && cargo build --release -q -p qmq && cargo build --release -q -p qmq-client --example body_producer)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 qmq=$target/release/qmq
 
@@ -130,7 +131,8 @@ if [ "$run_standalone" -eq 1 ]; then
 
     echo "running the checks against qmq standalone (broker retry delay ${retry_delay} s)"
     before=$status
-    java_run logback.xml Compat "http://127.0.0.1:$http/meta/address" "$retry_delay" "${others[@]}"
+    java_run logback.xml -Dcompat.rustBodyProducer="$target/release/examples/body_producer" \
+        Compat "http://127.0.0.1:$http/meta/address" "$retry_delay" "${others[@]}"
     if [ "$status" -ne "$before" ]; then
         echo "--- last lines of the server log" >&2
         tail -n 30 "$work/server.log" >&2

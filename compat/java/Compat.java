@@ -50,6 +50,12 @@ import qunar.tc.qmq.producer.MessageProducerProvider;
  *       back through the retry subject.</li>
  *   <li>{@code new-group-start}: a group that subscribes after 10 messages were stored gets none of
  *       them, only later ones (QMQ starts a new group at the subject's end).</li>
+ *   <li>{@code rust-body}: the Rust client's message bodies, sent by its {@code body_producer}
+ *       example run as a process ({@code -Dcompat.rustBodyProducer=<binary>}), read as documented:
+ *       a short text body with {@code getStringProperty("body")}, a long one with
+ *       {@code getLargeString("body")}, a bytes body with
+ *       {@code Base64.getDecoder().decode(getLargeString("body"))} when {@code bodyEncoding} is
+ *       {@code base64}.</li>
  *   <li>{@code failover} (qmq-rs issue #14, test 7): against a replicated broker group, a producer
  *       sends continuously and a listener consumes while the master is killed with {@code kill -9}
  *       half-way; the producer must get acknowledgements again (from the promoted slave, found
@@ -147,6 +153,7 @@ public final class Compat {
         checks.put("broadcast", c::broadcast);
         checks.put("pull-api", c::pullApi);
         checks.put("new-group-start", c::newGroupStart);
+        checks.put("rust-body", c::rustBody);
         checks.put("failover", c::failover);
 
         int failed = 0;
@@ -496,6 +503,101 @@ public final class Compat {
                 "%d old messages stored before the group subscribed; it received %d old and %d new (wanted %d, sent %d)%s",
                 old, gotOld, gotNew, wantNew, sent,
                 gotOld > 0 ? ": it started at the earliest message, QMQ starts a new group at the latest" : ""));
+    }
+
+    /** The bodies {@code crates/client/examples/body_producer.rs} sends (keep both in step). */
+    private static final String RUST_SHORT_BODY = "short body \u2713";
+    private static final int RUST_TEXT_CHARS = 20_000;
+    private static final int RUST_BYTES_LEN = 70_000;
+
+    private static String rustTextBody() {
+        char[] cycle = {'q', 'm', 'q', '-', '\u00e9', '\u00df', '\u2713', '\u4e2d'};
+        StringBuilder b = new StringBuilder(RUST_TEXT_CHARS);
+        for (int i = 0; i < RUST_TEXT_CHARS; i++) {
+            b.append(cycle[i % cycle.length]);
+        }
+        return b.toString();
+    }
+
+    private static byte[] rustBytesBody() {
+        byte[] b = new byte[RUST_BYTES_LEN];
+        for (int i = 0; i < RUST_BYTES_LEN; i++) {
+            b[i] = (byte) ((i * 7 + 3) % 256);
+        }
+        return b;
+    }
+
+    /** What the listener read of a body: the plain property, the large string, the encoding. */
+    private record Body(String plain, String large, String encoding) {
+    }
+
+    /**
+     * The Rust client sends a short and a long text body and a bytes body (its
+     * {@code body_producer} example, run as a process); this consumer reads them as the Rust
+     * client documents: {@code getStringProperty("body")} for a text body of at most 8192 chars,
+     * {@code getLargeString("body")} for any text body, and
+     * {@code Base64.getDecoder().decode(getLargeString("body"))} when {@code bodyEncoding} is
+     * {@code base64}.
+     */
+    private Result rustBody() throws Exception {
+        String bin = System.getProperty("compat.rustBodyProducer");
+        if (bin == null) {
+            return new Result(false, "needs -Dcompat.rustBodyProducer=<the body_producer example's binary>");
+        }
+        String subject = subject("rust-body");
+        AtomicBoolean probed = new AtomicBoolean();
+        Map<String, Body> got = new ConcurrentHashMap<>();
+        listen(subject, "compat", m -> {
+            if ("probe".equals(m.getStringProperty("kind"))) {
+                probed.set(true);
+                return;
+            }
+            got.put(m.getStringProperty("id"), new Body(m.getStringProperty("body"),
+                    m.getLargeString("body"), m.getStringProperty("bodyEncoding")));
+        }, null);
+        if (!prime(subject, p -> { }, probed::get)) {
+            return notReady();
+        }
+        java.net.URI uri = java.net.URI.create(meta);
+        Process rust = new ProcessBuilder(bin, uri.getHost() + ":" + uri.getPort(), "--subject", subject)
+                .redirectErrorStream(true).redirectOutput(ProcessBuilder.Redirect.INHERIT).start();
+        if (!rust.waitFor(WAIT_MS, TimeUnit.MILLISECONDS)) {
+            rust.destroyForcibly();
+            return new Result(false, "the Rust producer did not finish within " + WAIT_MS + " ms");
+        }
+        if (rust.exitValue() != 0) {
+            return new Result(false, "the Rust producer exited with " + rust.exitValue());
+        }
+        boolean all = waitFor(() -> got.size() >= 3, WAIT_MS);
+        List<String> wrong = new ArrayList<>();
+        Body s = got.get("short");
+        if (s == null || !RUST_SHORT_BODY.equals(s.plain()) || !RUST_SHORT_BODY.equals(s.large())
+                || s.encoding() != null) {
+            wrong.add("short text " + s);
+        }
+        Body t = got.get("text");
+        String text = rustTextBody();
+        if (t == null || t.plain() != null || !text.equals(t.large()) || t.encoding() != null) {
+            wrong.add("long text " + (t == null ? "missing" : String.format(
+                    "plain %s, large %d chars (equal: %b), encoding %s", t.plain() == null ? "null" : "set",
+                    t.large() == null ? -1 : t.large().length(), text.equals(t.large()), t.encoding())));
+        }
+        Body b = got.get("bytes");
+        boolean bytesOk = false;
+        if (b != null && "base64".equals(b.encoding()) && b.large() != null) {
+            try {
+                bytesOk = Arrays.equals(rustBytesBody(), java.util.Base64.getDecoder().decode(b.large()));
+            } catch (IllegalArgumentException e) {
+                wrong.add("bytes: not base64: " + e.getMessage());
+            }
+        }
+        if (!bytesOk) {
+            wrong.add("bytes " + (b == null ? "missing" : "encoding " + b.encoding() + ", "
+                    + (b.large() == null ? "no body" : b.large().length() + " base64 chars")));
+        }
+        boolean ok = all && wrong.isEmpty();
+        return new Result(ok, String.format("received %d/3 (short, %d-char text, %d bytes)%s", got.size(),
+                RUST_TEXT_CHARS, RUST_BYTES_LEN, wrong.isEmpty() ? "" : ", wrong: " + wrong));
     }
 
     /**

@@ -16,6 +16,7 @@
 //! | `producer.generateMessage(subject)` | [`new_message`]`(subject)` |
 //! | `message.setProperty(k, v)`, `getLongProperty(k)`, ... | [`MessageExt`]: `set_i64`, `get_i64` (an `Option`: no silent `0`), `set_string`, `set_bool`, `set_date`, ... |
 //! | `setLargeString` / `getLargeString` | [`MessageExt::set_large_string`] / [`MessageExt::get_large_string`] (same `key#partN` chunks) |
+//! | the `body` string attribute (`setLargeString("body", text)` / `getLargeString("body")`) | [`MessageExt::set_body_text`] / [`MessageExt::body_text`] (the same attribute and chunks); bytes: [`MessageExt::set_body`] / [`MessageExt::body`], base64 (standard, padded) in `body` plus `bodyEncoding=base64`, which Java reads with `Base64.getDecoder().decode(m.getLargeString("body"))` ([details](crate::message#body)) |
 //! | `addTag`, `setDelayTime(n, unit)`, `setDelayTime(date)` | [`MessageExt::add_tag`], [`MessageExt::set_delay`], [`MessageExt::set_delay_until`]; an expiry (Java: always 15 min; here none unless set): [`MessageExt::set_expire_after`] |
 //! | `setMaxRetryNum` on the producer | none; consumers apply [`ConsumerConfig::max_retry_num`] (32) to messages without `qmq_maxRetryNum`, and honour it when a Java producer set it |
 //! | `sendMessage(m)` / `sendMessage(m, MessageSendStateListener)` | `producer.send(m).await` (a [`SendReceipt`] or a [`SendError`]) / [`Producer::send_with_callback`] |
@@ -28,6 +29,7 @@
 //! | `ListenerHolder.stopListen()` | [`Consumer::subscribe_handle`] and [`Subscription::shutdown`] |
 //! | `provider.destroy()` | [`Consumer::shutdown`] (waits for running handlers and their acks), [`Producer::close`] |
 //! | `@EnableQmq(appCode, metaServer)` + `@QmqConsumer(subject, consumerGroup, ...)` | `#[qmq_client::consumer(subject = .., group = ..)]` + [`Consumer::subscribe_registered`] on a consumer built with a [`MetaRouter`] |
+//! | `${...}` in `@QmqConsumer`, `idempotentChecker = "bean"`, beans the listener uses | `subject = "${name}"`, `idempotent = "name"`, a second handler argument: all from a [`ConsumerContext`](crate::annotation::ConsumerContext) given to [`Consumer::subscribe_registered_with`] |
 //! | `consumerProvider.getOrCreatePullConsumer(subject, group, isBroadcast)` (`PullConsumer`) | [`Consumer::pull_client`] ([`PullClient`]) — **not** this crate's [`PullConsumer`], which is the single-broker building block |
 //! | `pullConsumer.pull(size, timeoutMillis)`, `message.ack(elapsed, null)` | [`PullClient::pull`], [`PullClient::ack`] (per batch) |
 //! | `message.ack(elapsed, exception)` on a pulled message | [`PullClient::retry_later`] then [`PullClient::ack`] |
@@ -165,11 +167,49 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The attribute takes `subject`, `group`, `tags`, `tag_type` (`"and"`/`"or"`), `broadcast`
-//! and `consume_most_once`. It has no `executor` (see [`ConsumerConfig::concurrency`]), no
-//! `${...}` placeholders, and no `idempotentChecker` or `filters`: a handler that needs those
-//! is subscribed with [`Consumer::subscribe`], wrapped in [`idempotent::Idempotent`] and with
+//! The attribute takes `subject`, `group`, `tags`, `tag_type` (`"and"`/`"or"`), `broadcast`,
+//! `consume_most_once` and `idempotent` (QMQ's `idempotentChecker`). QMQ's `${...}`
+//! placeholders, resolved from the Spring environment there, are resolved here from a
+//! [`ConsumerContext`](crate::annotation::ConsumerContext) given to
+//! [`Consumer::subscribe_registered_with`]: its configuration values, then environment variables
+//! (`order.subject` → `ORDER_SUBJECT`), then a `${name:default}`. The context also holds what
+//! Spring beans give a Java listener: shared state (a second handler argument, by type) and
+//! idempotent checkers (by name). It has no `executor` (see [`ConsumerConfig::concurrency`]) and
+//! no `filters`: a handler that needs those is subscribed with [`Consumer::subscribe`] and
 //! [`SubscribeOptions::filters`].
+//!
+//! ```java
+//! @QmqConsumer(subject = "${order.subject}", consumerGroup = "billing", executor = "qmqExecutor",
+//!              idempotentChecker = "dedup")
+//! public void onMessage(Message message) { billing.charge(message); }
+//! ```
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use qmq_client::annotation::ConsumerContext;
+//! use qmq_client::{HandleResult, ReceivedMessage};
+//!
+//! struct Billing;
+//! impl Billing {
+//!     async fn charge(&self, _m: &ReceivedMessage) {}
+//! }
+//!
+//! #[qmq_client::consumer(subject = "${order.subject}", group = "billing", idempotent = "dedup")]
+//! async fn on_message(message: ReceivedMessage, billing: Arc<Billing>) -> HandleResult {
+//!     billing.charge(&message).await;
+//!     Ok(())
+//! }
+//!
+//! # #[cfg(feature = "sql")]
+//! # async fn demo(consumer: qmq_client::Consumer) -> Result<(), Box<dyn std::error::Error>> {
+//! let checker = qmq_client::idempotent::SqlChecker::connect("mysql://app@db/billing", "deduplicate_tbl").await?;
+//! let context = ConsumerContext::new()
+//!     .config("order.subject", "order.paid") // or ORDER_SUBJECT in the environment
+//!     .state(Arc::new(Billing))
+//!     .checker("dedup", checker);
+//! consumer.subscribe_registered_with(&context).await?;
+//! # Ok(()) }
+//! ```
 //!
 //! # `PullConsumer`
 //!

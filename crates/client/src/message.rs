@@ -4,9 +4,48 @@
 //! and dates (as ms since the epoch) with `toString()`, and this module does the same, so messages
 //! travel both ways between this client and the Java one. QMQ's own keys (`qmq_*`) are reserved:
 //! the generic setters refuse them, the dedicated ones (delay, expiry, retries) set them.
+//!
+//! # Body
+//!
+//! QMQ messages have no body of their own, only attributes; by convention the payload is the
+//! string attribute `body`. [`MessageExt::set_body_text`] / [`MessageExt::set_body`] and
+//! [`MessageExt::body_text`] / [`MessageExt::body`] keep to that convention, so a Java producer or
+//! consumer on the other side needs nothing new:
+//!
+//! | body | attributes written | a Java consumer reads it with |
+//! |---|---|---|
+//! | text, at most [`LARGE_STRING_PART_CHARS`] (8192) chars | `body` = the text | `m.getLargeString("body")`, or `m.getStringProperty("body")` |
+//! | text, longer | `body#part0`, `body#part1`, ... of 8192 chars each (Java's `setLargeString("body", text)`) | `m.getLargeString("body")` |
+//! | bytes | the bytes in standard, padded base64 (RFC 4648), written as text is (`body` or `body#partN`), and `bodyEncoding` = `base64` | `Base64.getDecoder().decode(m.getLargeString("body"))` when `"base64".equals(m.getStringProperty("bodyEncoding"))` |
+//!
+//! Reading: [`MessageExt::body_text`] gives a text body (as Java's `getLargeString("body")`,
+//! whichever form it took) and `None` for a bytes body or none; [`MessageExt::body`] gives the
+//! bytes of either kind (a text body as its UTF-8 bytes), and `None` when there is no body or a
+//! bytes body does not decode (logged). A Java producer sends a text body with
+//! `setLargeString("body", text)` (or `setProperty("body", text)`), and bytes with
+//! `setLargeString("body", Base64.getEncoder().encodeToString(bytes))` plus
+//! `setProperty("bodyEncoding", "base64")`. Setting a body replaces the previous one, either
+//! kind, with all its parts. `bodyEncoding` is an ordinary attribute: the `qmq_` prefix is
+//! reserved for QMQ's own keys.
+//!
+//! ```
+//! use qmq_client::{new_message, MessageExt};
+//! let mut m = new_message("invoice.rendered");
+//! m.set_body(&[0x25, 0x50, 0x44, 0x46, 0xff]);
+//! assert_eq!(m.attr("body"), Some("JVBERv8="));
+//! assert_eq!(m.attr("bodyEncoding"), Some("base64"));
+//! assert_eq!(m.body().as_deref(), Some(&[0x25, 0x50, 0x44, 0x46, 0xff][..]));
+//! assert_eq!(m.body_text(), None); // bytes are not text
+//!
+//! m.set_body_text("{\"invoice\": 42}");
+//! assert_eq!(m.attr("body"), Some("{\"invoice\": 42}"));
+//! assert_eq!(m.attr("bodyEncoding"), None);
+//! assert_eq!(m.body().as_deref(), Some(&b"{\"invoice\": 42}"[..]));
+//! ```
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use chrono::{DateTime, TimeZone, Utc};
 use qmq_protocol::Message;
 
@@ -54,6 +93,16 @@ pub mod keys {
 /// Characters per attribute when a large string is split (QMQ: 32 KiB / 4, in UTF-16 units;
 /// here in chars, so one part is at most 32 KiB of UTF-8 and fits an attribute's u16 length).
 pub const LARGE_STRING_PART_CHARS: usize = 32 * 1024 / 4;
+
+/// The attribute holding a message's body (QMQ's convention), written as Java's
+/// `setLargeString` writes it: see [the module docs](self#body).
+pub const BODY: &str = "body";
+
+/// The attribute telling how a bytes body is encoded into [`BODY`]; absent for a text body.
+pub const BODY_ENCODING: &str = "bodyEncoding";
+
+/// The value of [`BODY_ENCODING`] for a bytes body: standard, padded base64 (RFC 4648).
+pub const BODY_ENCODING_BASE64: &str = "base64";
 
 /// QMQ allows at most this many tags per message.
 pub const MAX_TAGS: usize = 10;
@@ -121,6 +170,21 @@ pub trait MessageExt {
     fn get_date(&self, name: &str) -> Option<DateTime<Utc>>;
     /// A string set by [`MessageExt::set_large_string`] (either form), `None` if neither exists.
     fn get_large_string(&self, name: &str) -> Option<String>;
+
+    /// Sets the body to `text`: the [`BODY`] attribute as Java's `setLargeString("body", text)`
+    /// writes it (one attribute up to [`LARGE_STRING_PART_CHARS`] chars, else `body#partN`),
+    /// replacing any earlier body. See [the module docs](self#body).
+    fn set_body_text(&mut self, text: &str);
+    /// Sets the body to `bytes`: base64 (standard, padded) written as a text body, plus
+    /// [`BODY_ENCODING`]` = base64`, replacing any earlier body. A Java consumer reads it with
+    /// `Base64.getDecoder().decode(m.getLargeString("body"))`.
+    fn set_body(&mut self, bytes: &[u8]);
+    /// The text body, either form; `None` when there is no body or it is a bytes body (use
+    /// [`MessageExt::body`] for those).
+    fn body_text(&self) -> Option<String>;
+    /// The body as bytes: a bytes body decoded, a text body as its UTF-8 bytes; `None` when
+    /// there is no body, or a bytes body with an unknown encoding or invalid base64 (logged).
+    fn body(&self) -> Option<Vec<u8>>;
 
     /// Adds a tag (consumers may filter on tags).
     fn add_tag(&mut self, tag: &str) -> Result<(), PropertyError>;
@@ -191,14 +255,7 @@ impl MessageExt for Message {
 
     fn set_large_string(&mut self, name: &str, value: &str) -> Result<(), PropertyError> {
         check_name(name)?;
-        let chars: Vec<char> = value.chars().collect();
-        if chars.len() <= LARGE_STRING_PART_CHARS {
-            self.set_attr(name, value);
-            return Ok(());
-        }
-        for (idx, part) in chars.chunks(LARGE_STRING_PART_CHARS).enumerate() {
-            self.set_attr(&part_key(name, idx), part.iter().collect::<String>());
-        }
+        write_large(self, name, value);
         Ok(())
     }
 
@@ -239,6 +296,54 @@ impl MessageExt for Message {
             }
         }
         out
+    }
+
+    fn set_body_text(&mut self, text: &str) {
+        clear_body(self);
+        write_large(self, BODY, text);
+    }
+
+    fn set_body(&mut self, bytes: &[u8]) {
+        clear_body(self);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+        write_large(self, BODY, &encoded);
+        self.set_attr(BODY_ENCODING, BODY_ENCODING_BASE64);
+    }
+
+    fn body_text(&self) -> Option<String> {
+        if self.attr(BODY_ENCODING).is_some() {
+            return None;
+        }
+        self.get_large_string(BODY)
+    }
+
+    fn body(&self) -> Option<Vec<u8>> {
+        let stored = self.get_large_string(BODY);
+        match self.attr(BODY_ENCODING) {
+            None => stored.map(String::into_bytes),
+            Some(BODY_ENCODING_BASE64) => {
+                let stored = stored?;
+                match base64::engine::general_purpose::STANDARD.decode(stored.as_bytes()) {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) => {
+                        tracing::warn!(
+                            message_id = %self.message_id,
+                            error = %e,
+                            "the message's base64 body does not decode"
+                        );
+                        None
+                    }
+                }
+            }
+            Some(other) => {
+                tracing::warn!(
+                    message_id = %self.message_id,
+                    encoding = other,
+                    "the message's body has an unknown encoding"
+                );
+                None
+            }
+        }
     }
 
     fn add_tag(&mut self, tag: &str) -> Result<(), PropertyError> {
@@ -297,6 +402,30 @@ impl MessageExt for Message {
         self.get_date(keys::CREATE_TIME)
             .or_else(|| date(self.created_time))
     }
+}
+
+/// Writes `value` under `name` as Java's `LargeStringUtil` does: one attribute up to
+/// [`LARGE_STRING_PART_CHARS`] chars, else `name#part0`, `name#part1`, ...
+fn write_large(m: &mut Message, name: &str, value: &str) {
+    let chars: Vec<char> = value.chars().collect();
+    if chars.len() <= LARGE_STRING_PART_CHARS {
+        m.set_attr(name, value);
+        return;
+    }
+    for (idx, part) in chars.chunks(LARGE_STRING_PART_CHARS).enumerate() {
+        m.set_attr(&part_key(name, idx), part.iter().collect::<String>());
+    }
+}
+
+/// Removes the body attributes: `body`, every `body#partN` and `bodyEncoding`.
+fn clear_body(m: &mut Message) {
+    m.attrs.retain(|(key, _)| {
+        let part = key
+            .strip_prefix(BODY)
+            .and_then(|rest| rest.strip_prefix("#part"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        !(part || key == BODY || key == BODY_ENCODING)
+    });
 }
 
 /// Marks `m` as a delay message delivered at `at_ms`: the attribute Java consumers read, the
@@ -363,6 +492,122 @@ mod tests {
         assert_eq!(m.attr("small"), Some("x"));
         assert_eq!(m.get_large_string("small").as_deref(), Some("x"));
         assert_eq!(m.get_large_string("none"), None);
+    }
+
+    /// Through the stored wire form and back.
+    fn over_the_wire(m: &Message) -> Message {
+        let stored = m.to_stored().unwrap();
+        Message::decode_stored(&mut qmq_protocol::wire::Reader::new(&stored)).unwrap()
+    }
+
+    /// The body attributes, sorted, without their values.
+    fn body_keys(m: &Message) -> Vec<String> {
+        let mut keys: Vec<String> = m
+            .attrs
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| k.starts_with("body"))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn text_bodies_are_java_large_strings() {
+        for len in [0, 1, LARGE_STRING_PART_CHARS, LARGE_STRING_PART_CHARS + 1] {
+            let text: String = "é".repeat(len);
+            let mut m = new_message("s");
+            assert_eq!(m.body_text(), None);
+            assert_eq!(m.body(), None);
+            m.set_body_text(&text);
+            let m = over_the_wire(&m);
+            assert_eq!(m.body_text().as_deref(), Some(text.as_str()), "{len} chars");
+            assert_eq!(m.body(), Some(text.clone().into_bytes()), "{len} chars");
+            assert_eq!(m.get_large_string(BODY), Some(text.clone()));
+            if len <= LARGE_STRING_PART_CHARS {
+                // Java's getStringProperty("body") reads it as it is.
+                assert_eq!(body_keys(&m), ["body"]);
+                assert_eq!(m.attr(BODY), Some(text.as_str()));
+            } else {
+                assert_eq!(body_keys(&m), ["body#part0", "body#part1"]);
+                assert_eq!(
+                    m.attr("body#part0").map(|p| p.chars().count()),
+                    Some(LARGE_STRING_PART_CHARS)
+                );
+                assert_eq!(m.attr("body#part1"), Some("é"));
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_bodies_are_base64_large_strings() {
+        let mib: Vec<u8> = (0..1024 * 1024u32).map(|i| (i * 31 % 251) as u8).collect();
+        let not_utf8 = vec![0xff, 0xfe, 0x00, 0xc3, 0x28];
+        assert!(String::from_utf8(not_utf8.clone()).is_err());
+        for bytes in [Vec::new(), not_utf8, mib] {
+            let mut m = new_message("s");
+            m.set_body(&bytes);
+            let m = over_the_wire(&m);
+            assert_eq!(m.body().as_deref(), Some(bytes.as_slice()));
+            assert_eq!(m.body_text(), None, "a bytes body is not text");
+            assert_eq!(m.attr(BODY_ENCODING), Some(BODY_ENCODING_BASE64));
+            // What Java decodes: the large string, standard padded base64.
+            let encoded = m.get_large_string(BODY).unwrap();
+            assert_eq!(
+                encoded,
+                base64::engine::general_purpose::STANDARD.encode(&bytes)
+            );
+            let parts = encoded.len().div_ceil(LARGE_STRING_PART_CHARS);
+            if parts <= 1 {
+                assert_eq!(body_keys(&m), ["body", "bodyEncoding"]);
+            } else {
+                let mut keys: Vec<String> = (0..parts).map(|i| format!("body#part{i}")).collect();
+                keys.push("bodyEncoding".into());
+                keys.sort();
+                assert_eq!(body_keys(&m), keys);
+            }
+        }
+        let mut m = new_message("s");
+        m.set_body(b"hi\xff");
+        assert_eq!(m.attr(BODY), Some("aGn/"));
+        m.set_body(b"h");
+        assert_eq!(m.attr(BODY), Some("aA=="), "padded");
+    }
+
+    #[test]
+    fn a_new_body_replaces_every_part_of_the_old_one() {
+        let mut m = new_message("s");
+        m.set_string("other", "kept").unwrap();
+        m.set_body(&vec![7u8; 3 * LARGE_STRING_PART_CHARS]); // four parts of base64
+        assert_eq!(body_keys(&m).len(), 5);
+        m.set_body_text("short");
+        assert_eq!(body_keys(&m), ["body"]);
+        assert_eq!(m.body_text().as_deref(), Some("short"));
+        m.set_body_text(&"x".repeat(LARGE_STRING_PART_CHARS + 1));
+        assert_eq!(body_keys(&m), ["body#part0", "body#part1"]);
+        m.set_body(b"b");
+        assert_eq!(body_keys(&m), ["body", "bodyEncoding"]);
+        assert_eq!(m.get_string("other"), Some("kept"));
+        // Not a part: left alone.
+        m.set_string("body#partial", "y").unwrap();
+        m.set_body_text("t");
+        assert_eq!(m.get_string("body#partial"), Some("y"));
+    }
+
+    #[test]
+    fn undecodable_bytes_bodies_are_none() {
+        let mut m = new_message("s");
+        m.set_string(BODY, "not base64!").unwrap();
+        m.set_string(BODY_ENCODING, BODY_ENCODING_BASE64).unwrap();
+        assert_eq!(m.body(), None);
+        assert_eq!(m.body_text(), None);
+        m.set_string(BODY_ENCODING, "gzip").unwrap();
+        assert_eq!(m.body(), None);
+        // A Java producer's plain setProperty("body", text) is a text body.
+        let mut j = new_message("s");
+        j.set_string(BODY, "from java").unwrap();
+        assert_eq!(j.body_text().as_deref(), Some("from java"));
+        assert_eq!(j.body().as_deref(), Some(&b"from java"[..]));
     }
 
     #[test]

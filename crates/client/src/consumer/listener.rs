@@ -122,6 +122,10 @@ pub enum ConsumeError {
     /// The consumer was shut down.
     #[error("consumer is shut down")]
     Closed,
+    /// A `#[consumer]` function could not be subscribed: a placeholder, its state or its
+    /// idempotent checker is missing (see [`crate::annotation`]).
+    #[error(transparent)]
+    Registration(#[from] crate::annotation::RegistrationError),
 }
 
 /// A running subscription; [`Subscription::shutdown`] stops it cleanly.
