@@ -122,6 +122,25 @@ async fn every_example_runs_against_a_standalone() {
         }
     }
 
+    // macro_consumer: `#[consumer]` functions with a placeholder, shared state and a named
+    // checker; every order is shipped, and the one `vip` order is greeted too.
+    let out = run(
+        "macro_consumer",
+        &[&meta, "--count", &(sent.len() + 1).to_string()],
+    )
+    .await;
+    for id in &sent {
+        assert!(
+            out.contains(&format!("shipping {id}")),
+            "macro_consumer did not ship {id}:\n{out}"
+        );
+    }
+    assert_eq!(out.matches("VIP order ").count(), 1, "{out}");
+
+    // body_producer: text and bytes bodies (read back by Java in scripts/java-compat.sh).
+    let out = run("body_producer", &[&meta]).await;
+    assert_eq!(out.matches("sent ").count(), 3, "{out}");
+
     // pull: ten pulls of batches, acked.
     let out = run("pull", &[&meta]).await;
     for id in &sent {
