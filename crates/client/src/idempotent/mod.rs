@@ -92,11 +92,11 @@ pub fn message_key(message: &ReceivedMessage) -> String {
 /// # #[cfg(feature = "sql")]
 /// # async fn demo(consumer: qmq_client::Consumer) -> Result<(), Box<dyn std::error::Error>> {
 /// use qmq_client::idempotent::{Idempotent, SqlChecker};
-/// use qmq_client::{ReceivedMessage, SubscribeOptions};
+/// use qmq_client::SubscribeOptions;
 ///
 /// let checker = SqlChecker::connect("postgres://postgres@127.0.0.1/test", "deduplicate_tbl").await?;
 /// checker.create_table().await?;
-/// let handler = Idempotent::new(checker, |m: ReceivedMessage| async move {
+/// let handler = Idempotent::new(checker, |m| async move {
 ///     println!("charging for {}", m.message_id);
 ///     Ok(())
 /// });
@@ -108,9 +108,25 @@ pub struct Idempotent<C, H> {
     handler: Arc<H>,
 }
 
+impl<C, F, Fut> Idempotent<C, F>
+where
+    C: IdempotentChecker,
+    F: Fn(ReceivedMessage) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = HandleResult> + Send + 'static,
+{
+    /// Wraps the closure or function `handler` with `checker`; the closure's argument type is
+    /// inferred (`|m| async move { .. }`). Other [`MessageHandler`]s go through
+    /// [`Idempotent::wrap`].
+    pub fn new(checker: C, handler: F) -> Self {
+        Self::wrap(checker, handler)
+    }
+}
+
 impl<C: IdempotentChecker, H: MessageHandler> Idempotent<C, H> {
-    /// Wraps `handler` with `checker`.
-    pub fn new(checker: C, handler: H) -> Self {
+    /// Wraps any [`MessageHandler`] with `checker` (a type of one's own, another wrapper). A
+    /// closure works too, but its argument type must then be written out: use
+    /// [`Idempotent::new`].
+    pub fn wrap(checker: C, handler: H) -> Self {
         Self {
             checker: Arc::new(checker),
             handler: Arc::new(handler),
