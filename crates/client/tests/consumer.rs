@@ -21,12 +21,6 @@ fn consumer_config() -> ConsumerConfig {
     }
 }
 
-fn setup(b: &qmq_broker::BrokerHandle) -> (Arc<StaticRouter>, Producer) {
-    let router = Arc::new(StaticRouter::new([addr(b)]));
-    let producer = Producer::new(router.clone(), ProducerConfig::default());
-    (router, producer)
-}
-
 async fn produce(p: &Producer, subject: &str, n: usize, tags: &[&str]) -> HashSet<String> {
     let mut ids = HashSet::new();
     for _ in 0..n {
@@ -50,14 +44,6 @@ async fn recv_n<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize) -> Vec<T> {
     .await
     .unwrap_or_else(|_| panic!("only {} of {n} arrived", out.len()));
     out
-}
-
-/// Asserts the group has nothing left on `subject` (one long poll comes back empty).
-async fn assert_drained(broker: &str, subject: &str, group: &str) {
-    let conn = Connection::connect(broker).await.unwrap();
-    let mut c = PullConsumer::new(conn, subject, group, "checker");
-    let (_, msgs) = c.pull(10, Duration::from_millis(300)).await.unwrap();
-    assert!(msgs.is_empty(), "{} left on {subject}", msgs.len());
 }
 
 #[tokio::test]

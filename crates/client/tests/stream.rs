@@ -27,12 +27,6 @@ fn consumer_config() -> ConsumerConfig {
     }
 }
 
-fn setup(b: &qmq_broker::BrokerHandle) -> (Arc<StaticRouter>, Producer) {
-    let router = Arc::new(StaticRouter::new([addr(b)]));
-    let producer = Producer::new(router.clone(), ProducerConfig::default());
-    (router, producer)
-}
-
 /// Sends `n` messages; their ids in sending (and pull-log) order.
 async fn produce(p: &Producer, subject: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
@@ -59,14 +53,6 @@ fn progress(b: &qmq_broker::BrokerHandle, subject: &str, group: &str) -> (i64, i
         consumer: ME.into(),
     });
     (p.pulled, p.acked)
-}
-
-/// Asserts the group has nothing left on `subject` (one long poll comes back empty).
-async fn assert_drained(broker: &str, subject: &str, group: &str) {
-    let conn = Connection::connect(broker).await.unwrap();
-    let mut c = PullConsumer::new(conn, subject, group, "checker");
-    let (_, msgs) = c.pull(10, Duration::from_millis(300)).await.unwrap();
-    assert!(msgs.is_empty(), "{} left on {subject}", msgs.len());
 }
 
 #[tokio::test]

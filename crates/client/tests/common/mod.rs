@@ -230,3 +230,18 @@ pub async fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A static router to `b` and a producer on it.
+pub fn setup(b: &BrokerHandle) -> (Arc<qmq_client::StaticRouter>, qmq_client::Producer) {
+    let router = Arc::new(qmq_client::StaticRouter::new([addr(b)]));
+    let producer = qmq_client::Producer::new(router.clone(), qmq_client::ProducerConfig::default());
+    (router, producer)
+}
+
+/// Asserts `group` has nothing left on `subject` (one long poll comes back empty).
+pub async fn assert_drained(broker: &str, subject: &str, group: &str) {
+    let conn = Connection::connect(broker).await.unwrap();
+    let mut c = PullConsumer::new(conn, subject, group, "checker");
+    let (_, msgs) = c.pull(10, Duration::from_millis(300)).await.unwrap();
+    assert!(msgs.is_empty(), "{} left on {subject}", msgs.len());
+}
