@@ -1,0 +1,137 @@
+//! `qmq standalone` runs the backup by default: messages sent with `qmq send` are found by
+//! `qmq query --id` (polled until indexed, with a deadline) and listed by `qmq query
+//! --subject`; `--backup-enabled false` runs none.
+
+mod common;
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{field, free_port, qmq, Proc};
+
+fn run(args: &[&str]) -> Output {
+    qmq().args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn standalone(dir: &std::path::Path, extra: &[&str]) -> (Proc, String, String) {
+    let broker = format!("127.0.0.1:{}", free_port());
+    let mut cmd = qmq();
+    cmd.args(["standalone", "--flush", "sync", "--listen", &broker])
+        .args(["--meta-http-listen", "127.0.0.1:0"])
+        .args(["--meta-tcp-listen", "127.0.0.1:0"])
+        .args(["--delay-listen", "127.0.0.1:0"])
+        .args(["--backup-http-listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir);
+    let server = Proc::spawn(cmd);
+    let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));
+    (server, broker, ready)
+}
+
+#[test]
+fn sent_messages_are_found_by_id_and_by_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, broker, ready) = standalone(dir.path(), &[]);
+    // The existing fields are unchanged; the backup's address comes last.
+    for key in ["broker", "http", "tcp", "delay"] {
+        field(&ready, key);
+    }
+    let backup = field(&ready, "backup");
+
+    let mut ids = Vec::new();
+    for body in ["one", "two", "three"] {
+        let out = run(&["send", "--broker", &broker, "--subject", "orders", body]);
+        assert!(out.status.success(), "{out:?}");
+        let text = stdout(&out);
+        let id = text
+            .trim()
+            .strip_prefix("sent ")
+            .unwrap_or_else(|| panic!("unexpected send output {text:?}"))
+            .to_owned();
+        ids.push(id);
+    }
+
+    // Indexed shortly after: poll each id until it is found, within a deadline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        loop {
+            let out = run(&["query", "--backup", &backup, "--id", id]);
+            assert!(out.status.success(), "{out:?}");
+            let table = stdout(&out);
+            if table.lines().skip(1).any(|l| l.starts_with(id.as_str())) {
+                let row = table.lines().find(|l| l.starts_with(id.as_str())).unwrap();
+                let cells: Vec<&str> = row.split_whitespace().collect();
+                assert_eq!(cells[1], "orders", "{table}");
+                assert_eq!(cells[3], "broker-1", "{table}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} was never indexed: {table}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // All three by subject, in sequence order; JSON too.
+    let out = run(&[
+        "query",
+        "--backup",
+        &backup,
+        "--subject",
+        "orders",
+        "--from",
+        "0",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let table = stdout(&out);
+    let listed: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(listed, ids, "{table}");
+    let out = run(&[
+        "query",
+        "--backup",
+        &backup,
+        "--subject",
+        "orders",
+        "--from",
+        "0",
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seqs: Vec<u64> = json["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [0, 1, 2]);
+
+    // A bad time is the server's refusal, reported.
+    let out = run(&[
+        "query",
+        "--backup",
+        &backup,
+        "--subject",
+        "orders",
+        "--from",
+        "yesterday",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad time"));
+    server.terminate();
+}
+
+#[test]
+fn the_backup_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, _, ready) = standalone(dir.path(), &["--backup-enabled", "false"]);
+    assert!(!ready.contains("backup"), "{ready}");
+    assert!(!dir.path().join("backup").exists());
+    server.terminate();
+}
