@@ -49,12 +49,21 @@ impl BackupConfig {
     }
 }
 
+/// One followed group.
+#[derive(Debug)]
+struct Following {
+    group: String,
+    addr: String,
+    stop: CancellationToken,
+    handle: FollowerHandle,
+}
+
 /// A running backup server.
 #[derive(Debug)]
 pub struct BackupServer {
     store: Arc<IndexStore>,
     http_addr: SocketAddr,
-    followers: Vec<(String, FollowerHandle)>,
+    followers: Vec<Following>,
     tasks: Vec<JoinHandle<()>>,
     stop: CancellationToken,
 }
@@ -93,19 +102,57 @@ impl BackupServer {
                 stop.clone(),
             )));
         }
-        let mut followers = Vec::new();
-        for group in config.groups {
-            let name = group.group.clone();
-            followers.push((name, follower::spawn(store.clone(), group, stop.clone())?));
-        }
-        info!(http = %http_addr, index = %store.path().display(), groups = followers.len(), "backup server started");
-        Ok(Self {
+        let mut server = Self {
             store,
             http_addr,
-            followers,
+            followers: Vec::new(),
             tasks,
             stop,
-        })
+        };
+        for group in config.groups {
+            server.follow(group).await?;
+        }
+        info!(http = %http_addr, index = %server.store.path().display(), groups = server.followers.len(), "backup server started");
+        Ok(server)
+    }
+
+    /// Follows `config.group` at `config.sync_addr` from now on: a group not followed yet gets
+    /// a follower; one followed at another address (its slave changed, or it lost its slave)
+    /// is stopped and followed again at the new one, from its stored offset (a group's
+    /// members hold the same log at the same offsets); one followed at that address is left
+    /// alone.
+    pub async fn follow(&mut self, config: FollowerConfig) -> Result<(), BackupError> {
+        if let Some(i) = self.followers.iter().position(|f| f.group == config.group) {
+            if self.followers[i].addr == config.sync_addr {
+                return Ok(());
+            }
+            let old = self.followers.remove(i);
+            info!(
+                group = old.group,
+                from = old.addr,
+                to = config.sync_addr,
+                "following the group elsewhere"
+            );
+            old.stop.cancel();
+            old.handle.join().await;
+        }
+        let stop = self.stop.child_token();
+        let following = Following {
+            group: config.group.clone(),
+            addr: config.sync_addr.clone(),
+            stop: stop.clone(),
+            handle: follower::spawn(self.store.clone(), config, stop)?,
+        };
+        self.followers.push(following);
+        Ok(())
+    }
+
+    /// The followed groups and their sync addresses.
+    pub fn followed(&self) -> Vec<(String, String)> {
+        self.followers
+            .iter()
+            .map(|f| (f.group.clone(), f.addr.clone()))
+            .collect()
     }
 
     /// The HTTP API's address.
@@ -122,15 +169,15 @@ impl BackupServer {
     pub fn follower(&self, group: &str) -> Option<&FollowerHandle> {
         self.followers
             .iter()
-            .find(|(g, _)| g == group)
-            .map(|(_, f)| f)
+            .find(|f| f.group == group)
+            .map(|f| &f.handle)
     }
 
     /// Stops everything and waits for it.
     pub async fn shutdown(self) {
         self.stop.cancel();
-        for (_, f) in self.followers {
-            f.join().await;
+        for f in self.followers {
+            f.handle.join().await;
         }
         for t in self.tasks {
             let _ = t.await;

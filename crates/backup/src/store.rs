@@ -263,6 +263,18 @@ impl IndexStore {
                 reason: format!("negative sequence {} of {}", bad.sequence, bad.message_id),
             });
         }
+        if chunk.records.is_empty() && next == from {
+            // An idle poll's answer: nothing to write (no transaction, no fsync).
+            let stored = self.offset(group, INDEX_STREAM)?;
+            if stored.unwrap_or(0) != from {
+                return Err(BackupError::OffsetMismatch {
+                    group: group.to_owned(),
+                    stored,
+                    from,
+                });
+            }
+            return Ok(Applied::default());
+        }
         let cutoff = self.cutoff(now_ms());
         let okey = offset_key(group, INDEX_STREAM);
         let mut applied = Applied::default();

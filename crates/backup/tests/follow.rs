@@ -243,6 +243,43 @@ async fn a_server_restarted_on_its_data_dir_catches_up_after_the_broker_was_down
     b.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_group_followed_at_another_address_goes_on_where_it_was() {
+    let b = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = BackupConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    config.groups = vec![fast("g", b.sync_addr)];
+    let mut server = BackupServer::start(config, CancellationToken::new())
+        .await
+        .unwrap();
+    b.send("s", ids("x", 0..30)).await;
+    caught_up(server.follower("g").unwrap(), b.log_end()).await;
+
+    // A second sync port of the same log (as a group's other member holds the same log at the
+    // same offsets): the group moves there, and the same address again changes nothing.
+    let other_stop = CancellationToken::new();
+    let (other, _task) = sync_server::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        b.broker.store().clone(),
+        b.gate.clone(),
+        Arc::new(SlaveLag::default()),
+        SyncSettings::default(),
+        other_stop.clone(),
+    )
+    .await
+    .unwrap();
+    server.follow(fast("g", other)).await.unwrap();
+    server.follow(fast("g", other)).await.unwrap();
+    assert_eq!(server.followed(), [("g".to_string(), other.to_string())]);
+    b.sync_stop.cancel();
+    b.send("s", ids("x", 30..60)).await;
+    caught_up(server.follower("g").unwrap(), b.log_end()).await;
+    assert_indexed_once(server.store(), "s", &ids("x", 0..60));
+    server.shutdown().await;
+    other_stop.cancel();
+    b.shutdown().await;
+}
+
 /// A "broker" that answers every request with `SUCCESS` and `body`.
 async fn fake_broker(body: &'static [u8]) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -142,6 +142,20 @@ fn a_chunk_applies_once_and_only_from_the_stored_offset() {
     let applied = store.apply("g", 100, &again).unwrap();
     assert_eq!((applied.indexed, applied.duplicates), (1, 1));
     assert_eq!(store.by_id("a").unwrap().len(), 1);
+    // An idle poll's empty answer changes nothing; from a wrong offset it is refused too.
+    let idle = SyncIndexChunk {
+        next: 200,
+        records: vec![],
+    };
+    assert_eq!(store.apply("g", 200, &idle).unwrap(), Default::default());
+    let stale = SyncIndexChunk {
+        next: 100,
+        records: vec![],
+    };
+    assert!(matches!(
+        store.apply("g", 100, &stale),
+        Err(BackupError::OffsetMismatch { .. })
+    ));
     // A negative sequence is refused as a whole.
     let bad = SyncIndexChunk {
         next: 300,

@@ -32,9 +32,13 @@ pub struct BackupArgs {
     sync: Vec<(String, String)>,
     /// Meta server HTTP address (`host:port`): follow every realtime broker group registered
     /// there (`tools add-broker`), from its slave where it has one, else its master. Read at
-    /// start-up.
+    /// start-up and every `--meta-refresh-secs`: new groups are followed, and a group whose
+    /// address changed is followed at the new one from where it was.
     #[arg(long, env = "QMQ_METASERVER")]
     meta: Option<String>,
+    /// Seconds between readings of the meta server's broker list (with `--meta`).
+    #[arg(long, default_value_t = 30)]
+    meta_refresh_secs: u64,
     /// Admin API token for `--meta`.
     #[arg(long, env = "QMQ_TOKEN", default_value = "", hide_env_values = true)]
     token: String,
@@ -109,23 +113,14 @@ pub fn sync_targets(brokers: &[BrokerSpec]) -> Vec<(String, String)> {
 pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
     let mut targets = args.sync.clone();
     if let Some(meta) = &args.meta {
-        let text = qmq_meta::cli::run_tools(qmq_meta::cli::ToolsArgs {
-            metaserver: meta.clone(),
-            token: args.token.clone(),
-            command: qmq_meta::cli::ToolsCommand::ListBrokers { broker_group: None },
-        })
-        .await
-        .with_context(|| format!("asking the meta server at {meta} for its broker groups"))?;
-        let brokers: Vec<BrokerSpec> = serde_json::from_str(&text)
-            .context("the meta server's list of brokers is not understood")?;
-        for (g, a) in sync_targets(&brokers) {
+        for (g, a) in meta_targets(meta, &args.token).await? {
             if !targets.iter().any(|(t, _)| *t == g) {
                 targets.push((g, a));
             }
         }
     }
-    if targets.is_empty() {
-        bail!("nothing to follow: give --sync GROUP=HOST:PORT or --meta with registered broker groups");
+    if targets.is_empty() && args.meta.is_none() {
+        bail!("nothing to follow: give --sync GROUP=HOST:PORT or --meta");
     }
     let mut config = BackupConfig::new(args.data_dir.join(BACKUP_DIR), args.http_listen);
     config.retention = retention(args.retention_days);
@@ -133,7 +128,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(g, a)| FollowerConfig::new(g, a))
         .collect();
-    let server = BackupServer::start(config, CancellationToken::new())
+    let mut server = BackupServer::start(config, CancellationToken::new())
         .await
         .context("starting the backup server")?;
     let groups: Vec<String> = targets.iter().map(|(g, a)| format!("{g}={a}")).collect();
@@ -142,9 +137,56 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
         server.http_addr(),
         groups.join(",")
     );
-    crate::servers::wait_for_signal().await?;
+    let Some(meta) = args.meta.clone() else {
+        crate::servers::wait_for_signal().await?;
+        server.shutdown().await;
+        return Ok(());
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(args.meta_refresh_secs.max(1)));
+    tick.tick().await;
+    let signal = crate::servers::wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            s = &mut signal => {
+                s?;
+                break;
+            }
+            _ = tick.tick() => {}
+        }
+        let found = match meta_targets(&meta, &args.token).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading the meta server's broker groups failed");
+                continue;
+            }
+        };
+        for (g, a) in found {
+            // `--sync` names a group's address for good.
+            if args.sync.iter().any(|(t, _)| *t == g) {
+                continue;
+            }
+            if let Err(e) = server.follow(FollowerConfig::new(&g, &a)).await {
+                tracing::warn!(group = g, error = %e, "following a broker group failed");
+            }
+        }
+    }
     server.shutdown().await;
     Ok(())
+}
+
+/// The groups the meta server at `meta` knows, with the sync address to follow for each.
+async fn meta_targets(meta: &str, token: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let text = qmq_meta::cli::run_tools(qmq_meta::cli::ToolsArgs {
+        metaserver: meta.to_owned(),
+        token: token.to_owned(),
+        command: qmq_meta::cli::ToolsCommand::ListBrokers { broker_group: None },
+    })
+    .await
+    .with_context(|| format!("asking the meta server at {meta} for its broker groups"))?;
+    let brokers: Vec<BrokerSpec> = serde_json::from_str(&text)
+        .context("the meta server's list of brokers is not understood")?;
+    Ok(sync_targets(&brokers))
 }
 
 /// The backup of a standalone's broker: its own sync port on loopback (nothing else is served

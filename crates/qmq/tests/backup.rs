@@ -1,6 +1,7 @@
 //! `qmq standalone` runs the backup by default: messages sent with `qmq send` are found by
 //! `qmq query --id` (polled until indexed, with a deadline) and listed by `qmq query
-//! --subject`; `--backup-enabled false` runs none.
+//! --subject`; the index survives a restart and takes up where it stopped; `--backup-enabled
+//! false` runs none.
 
 mod common;
 
@@ -124,6 +125,66 @@ fn sent_messages_are_found_by_id_and_by_subject() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad time"));
+    server.terminate();
+}
+
+fn send(broker: &str, subject: &str, body: &str) -> String {
+    let out = run(&["send", "--broker", broker, "--subject", subject, body]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    text.trim()
+        .strip_prefix("sent ")
+        .unwrap_or_else(|| panic!("unexpected send output {text:?}"))
+        .to_owned()
+}
+
+/// The ids `qmq query --subject` lists, once `expected` many are indexed (polled, with a
+/// deadline).
+fn listed(backup: &str, subject: &str, expected: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(&[
+            "query",
+            "--backup",
+            backup,
+            "--subject",
+            subject,
+            "--from",
+            "0",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let table = stdout(&out);
+        let ids: Vec<String> = table
+            .lines()
+            .skip(1)
+            .filter(|l| !l.starts_with('('))
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect();
+        if ids.len() >= expected {
+            return ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {expected} indexed: {table}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_index_survives_a_restart_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, broker, ready) = standalone(dir.path(), &[]);
+    let mut ids = vec![send(&broker, "s", "a"), send(&broker, "s", "b")];
+    assert_eq!(listed(&field(&ready, "backup"), "s", 2), ids);
+    server.terminate();
+
+    // Started again on the same directory (other ports): what was indexed is still there,
+    // and messages sent now are added, none twice.
+    let (mut server, broker, ready) = standalone(dir.path(), &[]);
+    let backup = field(&ready, "backup");
+    ids.push(send(&broker, "s", "c"));
+    assert_eq!(listed(&backup, "s", 3), ids);
     server.terminate();
 }
 
