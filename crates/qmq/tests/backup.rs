@@ -1,14 +1,14 @@
 //! `qmq standalone` runs the backup by default: messages sent with `qmq send` are found by
 //! `qmq query --id` (polled until indexed, with a deadline) and listed by `qmq query
 //! --subject`; the index survives a restart and takes up where it stopped; `--backup-enabled
-//! false` runs none.
+//! false` runs none. `qmq backup --meta` follows a replicated group from its slave.
 
 mod common;
 
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{field, free_port, qmq, Proc};
+use common::{field, free_port, qmq, Member, Proc};
 
 fn run(args: &[&str]) -> Output {
     qmq().args(args).output().unwrap()
@@ -195,4 +195,75 @@ fn the_backup_can_be_turned_off() {
     assert!(!ready.contains("backup"), "{ready}");
     assert!(!dir.path().join("backup").exists());
     server.terminate();
+}
+
+#[test]
+fn qmq_backup_follows_a_replicated_group_from_its_slave() {
+    const TOKEN: &str = "backup-test-token";
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = qmq();
+    cmd.args(["meta", "--meta-http-listen", "127.0.0.1:0"])
+        .args(["--meta-tcp-listen", "127.0.0.1:0", "--admin-token", TOKEN])
+        .args(["--advertised-host", "127.0.0.1", "--data-dir"])
+        .arg(tmp.path().join("meta"));
+    let mut meta = Proc::spawn(cmd);
+    let (_, ready) = meta.wait_line("ready", 0, Duration::from_secs(30));
+    let (http, tcp) = (field(&ready, "http"), field(&ready, "tcp"));
+    let members = [0, 1].map(|i| Member {
+        port: free_port(),
+        sync: free_port(),
+        dir: tmp.path().join(format!("node{i}")),
+    });
+    for (role, m) in [("0", &members[0]), ("1", &members[1])] {
+        let out = qmq()
+            .args(["tools", "--metaserver", &http, "--token", TOKEN])
+            .args(["add-broker", "--broker-group", "bg", "--role", role])
+            .args(["--hostname", "127.0.0.1", "--ip", "127.0.0.1"])
+            .args(["--serve-port", &m.port.to_string()])
+            .args(["--sync-port", &m.sync.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let start = |m: &Member| {
+        let mut cmd = qmq();
+        cmd.args([
+            "broker",
+            "--flush",
+            "sync",
+            "--group",
+            "bg",
+            "--replication",
+            "async",
+        ])
+        .args(["--listen", &m.addr(), "--sync-listen", &m.sync_addr()])
+        .args(["--hostname", "127.0.0.1", "--meta", &tcp, "--data-dir"])
+        .arg(&m.dir);
+        Proc::spawn(cmd)
+    };
+    let mut master = start(&members[0]);
+    master.wait_line("master epoch=1", 0, Duration::from_secs(30));
+    let mut slave = start(&members[1]);
+    slave.wait_line("slave epoch=1", 0, Duration::from_secs(30));
+
+    let mut cmd = qmq();
+    cmd.args(["backup", "--meta", &http, "--token", TOKEN])
+        .args(["--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("backup"));
+    let mut backup = Proc::spawn(cmd);
+    let (_, ready) = backup.wait_line("qmq backup ready", 0, Duration::from_secs(30));
+    assert_eq!(
+        field(&ready, "following"),
+        format!("bg={}", members[1].sync_addr()),
+        "the slave is followed"
+    );
+    let ids: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|b| send(&members[0].addr(), "replicated", b))
+        .collect();
+    assert_eq!(listed(&field(&ready, "http"), "replicated", 3), ids);
+    backup.terminate();
+    slave.terminate();
+    master.terminate();
+    meta.terminate();
 }
