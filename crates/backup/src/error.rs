@@ -39,8 +39,21 @@ pub enum BackupError {
         addr: String,
         /// The requested offset.
         offset: u64,
-        /// The response code (`PARAM_ERROR` when the offset is past the broker's log end).
+        /// The response code.
         code: i16,
+    },
+    /// The requested offset is past the broker's message log (`PARAM_ERROR`): the broker's
+    /// data is not the one this index followed (replaced or wiped), or the group name points
+    /// at another group's broker.
+    #[error(
+        "broker {addr} has no message log offset {offset} (past its end): was its data \
+         replaced, or is this another group's broker?"
+    )]
+    BeyondEnd {
+        /// The broker's sync address.
+        addr: String,
+        /// The requested offset.
+        offset: u64,
     },
     /// The broker's answer went backwards (its next offset is below the requested one).
     #[error("broker {addr} answered offset {next} to a request from {offset}")]

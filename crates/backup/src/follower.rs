@@ -211,6 +211,12 @@ pub async fn fetch(
             addr: addr.to_owned(),
             source,
         })?;
+    if resp.header.code == response::PARAM_ERROR {
+        return Err(BackupError::BeyondEnd {
+            addr: addr.to_owned(),
+            offset: from,
+        });
+    }
     if resp.header.code != response::SUCCESS {
         return Err(BackupError::Refused {
             addr: addr.to_owned(),

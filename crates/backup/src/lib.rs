@@ -12,6 +12,8 @@
 //! This is the first slice of the backup: consumption records (sync type 1), dead letters and
 //! replay come later, as tables and offset streams of their own in the same store.
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod follower;
 pub mod http;

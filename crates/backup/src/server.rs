@@ -110,7 +110,10 @@ impl BackupServer {
             stop,
         };
         for group in config.groups {
-            server.follow(group).await?;
+            if let Err(e) = server.follow(group).await {
+                server.stop.cancel();
+                return Err(e);
+            }
         }
         info!(http = %http_addr, index = %server.store.path().display(), groups = server.followers.len(), "backup server started");
         Ok(server)

@@ -330,6 +330,20 @@ async fn garbage_from_a_broker_is_an_error_not_a_panic() {
         "{err}"
     );
 
+    // An offset past the broker's end (its data was replaced) is named as such.
+    let b = Broker::start().await;
+    b.send("s", ids("x", 0..1)).await;
+    let conn = Connection::connect(&b.sync_addr.to_string()).await.unwrap();
+    let beyond = b.log_end() + 100;
+    let err = follower::fetch(&conn, &b.sync_addr.to_string(), beyond, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BackupError::BeyondEnd { offset, .. } if offset == beyond),
+        "{err}"
+    );
+    b.shutdown().await;
+
     // A follower of garbage keeps running, stores nothing and moves no offset.
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(IndexStore::open(&dir.path().join("i.redb"), None).unwrap());
