@@ -54,6 +54,10 @@ impl QmqServer {
                 "127.0.0.1:0",
                 "--delay-listen",
                 "127.0.0.1:0",
+                // The backup's index is not part of the compared workloads (and its default
+                // port would be shared by concurrent servers).
+                "--backup-enabled",
+                "false",
             ])
             .arg("--data-dir")
             .arg(dir)

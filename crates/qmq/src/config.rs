@@ -9,6 +9,7 @@
 //! `delay_max_message_bytes` from `[delay] max_message_bytes`. `[watchdog]` holds the keys of
 //! `qmq watchdog`; `standalone` reads its `watchdog_<key>` flags from `[watchdog] <key>`, and
 //! `[watchdog] enabled` is standalone's alone (`qmq watchdog` has no such flag and ignores it).
+//! `[backup]` works the same way for `qmq backup` and standalone's `backup_<key>` flags.
 //! A value in a table overrides the same key at the top level.
 //!
 //! The file's values become the flags' defaults, so clap's own order decides: command line,
@@ -32,15 +33,30 @@ use crate::Cli;
 const ROLES: [&str; 3] = ["broker", "meta", "delay"];
 
 /// The server subcommands, which take `--config`.
-const SERVERS: [&str; 5] = ["standalone", "broker", "meta", "delay", "watchdog"];
+const SERVERS: [&str; 6] = [
+    "standalone",
+    "broker",
+    "meta",
+    "delay",
+    "watchdog",
+    "backup",
+];
 
 /// The watchdog's table: like a role's, but not part of the cluster's shared keys; `standalone`
 /// reads its `watchdog_<key>` flags from `[watchdog] <key>`.
 const WATCHDOG: &str = "watchdog";
 
+/// The backup server's table, like the watchdog's: `standalone` reads its `backup_<key>`
+/// flags from `[backup] <key>`.
+const BACKUP: &str = "backup";
+
+/// The servers with a table of their own that `standalone` also runs, under flags prefixed
+/// with the table's name.
+const SATELLITES: [&str; 2] = [WATCHDOG, BACKUP];
+
 /// Whether `key` names a table of the file.
 fn is_table(key: &str) -> bool {
-    ROLES.contains(&key) || key == WATCHDOG
+    ROLES.contains(&key) || SATELLITES.contains(&key)
 }
 
 /// The id of the `--config` argument.
@@ -183,8 +199,8 @@ impl File {
                 };
                 let role = subcommand(cmd, key);
                 for (k, _) in table.iter() {
-                    let standalone_only =
-                        key == WATCHDOG && standalone_watchdog_keys(cmd).any(|(sk, _)| sk == k);
+                    let standalone_only = SATELLITES.contains(&key)
+                        && standalone_satellite_keys(cmd, key).any(|(sk, _)| sk == k);
                     if find_key(role, k).is_none() && !standalone_only {
                         bad.push(format!("unknown key `{k}` in [{key}]"));
                     }
@@ -237,13 +253,18 @@ fn keys(cmd: &Command) -> impl Iterator<Item = (String, &Arg)> {
         .filter_map(|a| key_of(a).map(|k| (k, a)))
 }
 
-/// The keys of `[watchdog]` that only `standalone` reads (as its `watchdog_<key>` flags;
-/// `qmq watchdog` has no such flag), with their arguments.
-fn standalone_watchdog_keys(cmd: &Command) -> impl Iterator<Item = (String, &Arg)> {
-    let watchdog = subcommand(cmd, WATCHDOG);
+/// The keys of the satellite table `table` (`[watchdog]`, `[backup]`) that only `standalone`
+/// reads (as its `<table>_<key>` flags; the satellite's own command has no such flag), with
+/// their arguments.
+fn standalone_satellite_keys<'c>(
+    cmd: &'c Command,
+    table: &str,
+) -> impl Iterator<Item = (String, &'c Arg)> + 'c {
+    let own = subcommand(cmd, table);
+    let prefix = format!("{table}_");
     keys(subcommand(cmd, "standalone")).filter_map(move |(k, arg)| {
-        let k = k.strip_prefix("watchdog_")?.to_owned();
-        find_key(watchdog, &k).is_none().then_some((k, arg))
+        let k = k.strip_prefix(&prefix)?.to_owned();
+        find_key(own, &k).is_none().then_some((k, arg))
     })
 }
 
@@ -269,8 +290,8 @@ fn top_level_keys(cmd: &Command) -> Vec<String> {
 /// Where server subcommand `server` reads its key `key`: a table and the key in it (also
 /// looked up at the top level when not in that table).
 fn source(cmd: &Command, server: &str, key: &str) -> Option<(&'static str, String)> {
-    if server == WATCHDOG {
-        return Some((WATCHDOG, key.to_owned()));
+    if let Some(table) = SATELLITES.iter().find(|t| **t == server) {
+        return Some((table, key.to_owned()));
     }
     if server != "standalone" {
         return ROLES
@@ -278,8 +299,10 @@ fn source(cmd: &Command, server: &str, key: &str) -> Option<(&'static str, Strin
             .find(|r| **r == server)
             .map(|r| (*r, key.to_owned()));
     }
-    if let Some(k) = key.strip_prefix("watchdog_") {
-        return Some((WATCHDOG, k.to_owned()));
+    for table in SATELLITES {
+        if let Some(k) = key.strip_prefix(table).and_then(|k| k.strip_prefix('_')) {
+            return Some((table, k.to_owned()));
+        }
     }
     if key == "delay_max_message_bytes" {
         return Some(("delay", "max_message_bytes".to_owned()));
@@ -616,15 +639,15 @@ pub fn default_file() -> String {
             entry(&mut out, arg);
         }
     }
-    for role in ROLES.into_iter().chain([WATCHDOG]) {
+    for role in ROLES.into_iter().chain(SATELLITES) {
         let _ = write!(out, "\n[{role}]\n");
         for (key, arg) in keys(subcommand(&cmd, role)) {
             if !shared.contains(&key) {
                 entry(&mut out, arg);
             }
         }
-        if role == WATCHDOG {
-            for (key, arg) in standalone_watchdog_keys(&cmd) {
+        if SATELLITES.contains(&role) {
+            for (key, arg) in standalone_satellite_keys(&cmd, role) {
                 entry_as(&mut out, arg, &key);
             }
         }
@@ -738,6 +761,7 @@ mod tests {
             crate::Command::Meta(a) => format!("{a:?}"),
             crate::Command::Delay(a) => format!("{a:?}"),
             crate::Command::Watchdog(a) => format!("{a:?}"),
+            crate::Command::Backup(a) => format!("{a:?}"),
             _ => panic!("not a server"),
         };
         format!("log_format: {:?} {text}", cli.log_format)
@@ -787,10 +811,11 @@ mod tests {
         let cmd = command();
         for server in SERVERS {
             for (key, arg) in keys(subcommand(&cmd, server)) {
-                // Standalone's own names for keys of [delay] and [watchdog].
+                // Standalone's own names for keys of [delay], [watchdog] and [backup].
                 if arg.is_hide_set()
                     || key == "delay_max_message_bytes"
                     || key.starts_with("watchdog_")
+                    || key.starts_with("backup_")
                 {
                     continue;
                 }
@@ -884,6 +909,27 @@ mod tests {
         assert!(default_file().contains("\nenabled = true\n"));
         let e = error(with_file("[watchdog]\nbogus = 1\n", &["standalone"]));
         assert!(e.contains("unknown key `bogus` in [watchdog]"), "{e}");
+    }
+
+    #[test]
+    fn the_backup_table_sets_backup_and_standalone() {
+        let text = "[backup]\nenabled = false\nhttp_listen = \"127.0.0.1:9\"\nretention_days = 3\n";
+        let s = settings(&with_file(text, &["standalone"]).unwrap());
+        assert!(s.contains("backup_enabled: false"), "{s}");
+        assert!(s.contains("backup_http_listen: 127.0.0.1:9"), "{s}");
+        assert!(s.contains("backup_retention_days: 3"), "{s}");
+        let s = settings(&with_file(text, &["backup"]).unwrap());
+        assert!(s.contains("http_listen: 127.0.0.1:9"), "{s}");
+        assert!(s.contains("retention_days: 3"), "{s}");
+        let text = default_file();
+        let backup = &text[text.find("\n[backup]\n").unwrap()..];
+        assert!(
+            backup.contains("\nhttp_listen = \"0.0.0.0:20883\"\n"),
+            "{backup}"
+        );
+        assert!(backup.contains("\nenabled = true\n"), "{backup}");
+        let e = error(with_file("[backup]\nbogus = 1\n", &["standalone"]));
+        assert!(e.contains("unknown key `bogus` in [backup]"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `qmq`: one executable for every qmq-rs server and tool.
 
+mod backup;
 mod cli;
 mod config;
 mod directives;
@@ -34,7 +35,7 @@ struct Cli {
 enum Command {
     /// Everything in one process on embedded defaults: meta server (SQLite), broker and delay
     /// server, all data under one directory.
-    Standalone(servers::StandaloneArgs),
+    Standalone(Box<servers::StandaloneArgs>),
     /// A meta server.
     Meta(servers::MetaOnlyArgs),
     /// A realtime broker.
@@ -54,6 +55,12 @@ enum Command {
     Send(cli::SendArgs),
     /// Configuration files: `qmq config default` prints one with every key at its default.
     Config(config::ConfigArgs),
+    /// The backup server: follows broker groups' message index (sync type 5) into a local
+    /// store and serves queries over HTTP (`qmq query`, QMQ's `/api/message`).
+    Backup(backup::BackupArgs),
+    /// Find messages in a backup server's index: `--id <message-id>`, or `--subject s
+    /// [--from t] [--to t]`; printed as a table.
+    Query(backup::QueryArgs),
     /// Consume messages from the shell (printed one per line, then acked; `--json`,
     /// `--follow`).
     Consume(cli::ConsumeArgs),
@@ -90,6 +97,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             | Command::Broker(_)
             | Command::Delay(_)
             | Command::Watchdog(_)
+            | Command::Backup(_)
     );
     if server {
         // Before anything is started or printed: SIGTERM right after "ready" shuts down cleanly.
@@ -98,7 +106,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Standalone(args) => {
             let listeners = args.listeners();
-            listen::explained(servers::standalone(args).await, &listeners)
+            listen::explained(servers::standalone(*args).await, &listeners)
         }
         Command::Meta(args) => {
             let listeners = args.listeners();
@@ -113,6 +121,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen::explained(servers::delay(args).await, &listeners)
         }
         Command::Watchdog(args) => watchdog::run(args).await,
+        Command::Backup(args) => {
+            let listeners = args.listeners();
+            listen::explained(backup::run(args).await, &listeners)
+        }
+        Command::Query(args) => backup::query(args).await,
         Command::Tools(args) => {
             println!("{}", qmq_meta::cli::run_tools(args).await?);
             Ok(())

@@ -269,6 +269,8 @@ pub struct StandaloneArgs {
     #[command(flatten)]
     watchdog: crate::watchdog::StandaloneWatchdogArgs,
     #[command(flatten)]
+    backup: crate::backup::StandaloneBackupArgs,
+    #[command(flatten)]
     otlp: OtlpArgs,
 }
 
@@ -880,16 +882,30 @@ async fn standalone_servers(args: StandaloneArgs) -> anyhow::Result<()> {
         &format!("127.0.0.1:{}", meta.http_addr().port()),
         registry.as_ref(),
     )?;
+    // The message index of this broker, queried over HTTP (`--backup-enabled false`: none).
+    let backup = crate::backup::StandaloneBackup::start(
+        &args.backup,
+        &data_dir,
+        &args.broker.group,
+        &broker,
+    )
+    .await?;
     let metrics = serve_metrics(args.broker.metrics_listen, registry).await?;
     println!(
-        "qmq standalone ready: broker {} meta http {} tcp {} delay {}",
+        "qmq standalone ready: broker {} meta http {} tcp {} delay {}{}",
         broker.addr(),
         meta.http_addr(),
         meta.tcp_addr(),
-        delay.server.local_addr()
+        delay.server.local_addr(),
+        backup
+            .as_ref()
+            .map_or_else(String::new, |b| format!(" backup {}", b.http_addr()))
     );
     wait_for_signal().await?;
     poller.abort();
+    if let Some(b) = backup {
+        b.shutdown().await;
+    }
     if let Some(w) = watchdog {
         w.shutdown().await;
     }
@@ -1075,6 +1091,12 @@ impl StandaloneArgs {
         let mut l = self.broker.listeners();
         l.extend(self.meta.listeners());
         l.extend(self.delay.listeners());
+        if self.backup.backup_enabled {
+            l.push((
+                self.backup.backup_http_listen,
+                "--backup-http-listen / QMQ_BACKUP_HTTP_LISTEN",
+            ));
+        }
         l
     }
 }

@@ -35,7 +35,14 @@ fn standalone_with(extra: &[&str], stderr: Stdio) -> Standalone {
     let port = free_port();
     let mut child = qmq()
         .args(extra)
-        .args(["standalone", "--flush", "sync", "--listen"])
+        .args([
+            "standalone",
+            "--backup-http-listen",
+            "127.0.0.1:0",
+            "--flush",
+            "sync",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .args([
             "--meta-http-listen",

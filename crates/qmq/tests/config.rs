@@ -176,6 +176,8 @@ fn the_default_file_starts_a_standalone_server() {
     // directory), everything else comes from the file on standard input.
     let mut command = server(&[
         "standalone",
+        "--backup-http-listen",
+        "127.0.0.1:0",
         "--config",
         "-",
         "--data-dir",

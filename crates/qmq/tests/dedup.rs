@@ -18,7 +18,14 @@ use common::{metrics_addr, scrape, Proc};
 /// for its "ready" line.
 fn start(dir: &std::path::Path, port: u16) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qmq"))
-        .args(["standalone", "--flush", "sync", "--listen"])
+        .args([
+            "standalone",
+            "--backup-http-listen",
+            "127.0.0.1:0",
+            "--flush",
+            "sync",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .args([
             "--meta-http-listen",
@@ -162,15 +169,22 @@ fn with_body(body: &str) -> Message {
 /// returns it once ready, and its metrics address.
 fn start_watched(dir: &std::path::Path, port: u16) -> (Proc, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qmq"));
-    cmd.args(["standalone", "--flush", "sync", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--meta-http-listen", "127.0.0.1:0"])
-        .args(["--meta-tcp-listen", "127.0.0.1:0"])
-        .args(["--admin-token", "secret", "--metrics-listen", "127.0.0.1:0"])
-        .arg("--delay-listen")
-        .arg(format!("127.0.0.1:{}", port + 1))
-        .arg("--data-dir")
-        .arg(dir);
+    cmd.args([
+        "standalone",
+        "--backup-http-listen",
+        "127.0.0.1:0",
+        "--flush",
+        "sync",
+        "--listen",
+    ])
+    .arg(format!("127.0.0.1:{port}"))
+    .args(["--meta-http-listen", "127.0.0.1:0"])
+    .args(["--meta-tcp-listen", "127.0.0.1:0"])
+    .args(["--admin-token", "secret", "--metrics-listen", "127.0.0.1:0"])
+    .arg("--delay-listen")
+    .arg(format!("127.0.0.1:{}", port + 1))
+    .arg("--data-dir")
+    .arg(dir);
     let server = Proc::spawn(cmd);
     let metrics = metrics_addr(&server);
     server.wait_line("ready", 0, Duration::from_secs(60));

@@ -34,7 +34,14 @@ fn start_with_line(dir: &std::path::Path, port: u16) -> (Child, String) {
 fn standalone(dir: &std::path::Path, port: u16) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_qmq"));
     command
-        .args(["standalone", "--flush", "sync", "--listen"])
+        .args([
+            "standalone",
+            "--backup-http-listen",
+            "127.0.0.1:0",
+            "--flush",
+            "sync",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .args([
             "--meta-http-listen",

@@ -21,16 +21,23 @@ use common::Proc;
 /// given HTTP and TCP ports (fixed, so clients find it again after the restart).
 fn standalone(dir: &std::path::Path, port: u16, http: u16, tcp: u16) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qmq"));
-    cmd.args(["standalone", "--flush", "sync", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--meta-http-listen")
-        .arg(format!("127.0.0.1:{http}"))
-        .arg("--meta-tcp-listen")
-        .arg(format!("127.0.0.1:{tcp}"))
-        .args(["--admin-token", "secret", "--delay-listen"])
-        .arg(format!("127.0.0.1:{}", port + 1))
-        .arg("--data-dir")
-        .arg(dir);
+    cmd.args([
+        "standalone",
+        "--backup-http-listen",
+        "127.0.0.1:0",
+        "--flush",
+        "sync",
+        "--listen",
+    ])
+    .arg(format!("127.0.0.1:{port}"))
+    .arg("--meta-http-listen")
+    .arg(format!("127.0.0.1:{http}"))
+    .arg("--meta-tcp-listen")
+    .arg(format!("127.0.0.1:{tcp}"))
+    .args(["--admin-token", "secret", "--delay-listen"])
+    .arg(format!("127.0.0.1:{}", port + 1))
+    .arg("--data-dir")
+    .arg(dir);
     let server = Proc::spawn(cmd);
     server.wait_line("ready", 0, Duration::from_secs(60));
     server

@@ -50,14 +50,22 @@ async fn stat_shows_subject_lag_and_online_consumer() {
     let dir = tempfile::tempdir().unwrap();
     let broker = format!("127.0.0.1:{}", free_port());
     let mut cmd = qmq();
-    cmd.args(["standalone", "--flush", "sync", "--listen", &broker])
-        .args(["--meta-http-listen", "127.0.0.1:0"])
-        .args(["--meta-tcp-listen", "127.0.0.1:0"])
-        .args(["--admin-token", "secret"])
-        .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.path());
+    cmd.args([
+        "standalone",
+        "--backup-http-listen",
+        "127.0.0.1:0",
+        "--flush",
+        "sync",
+        "--listen",
+        &broker,
+    ])
+    .args(["--meta-http-listen", "127.0.0.1:0"])
+    .args(["--meta-tcp-listen", "127.0.0.1:0"])
+    .args(["--admin-token", "secret"])
+    .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
+    .args(["--metrics-listen", "127.0.0.1:0"])
+    .arg("--data-dir")
+    .arg(dir.path());
     let server = Proc::spawn(cmd);
     let metrics = metrics_addr(&server);
     let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));

@@ -138,18 +138,24 @@ impl Drop for Outbox {
 fn standalone(dir: &std::path::Path, extra: &[&str]) -> (Proc, String, String) {
     let port = free_port_pair();
     let mut cmd = qmq();
-    cmd.args(["standalone", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--meta-http-listen",
-            "127.0.0.1:0",
-            "--meta-tcp-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--admin-token", TOKEN, "--new-group-start", "earliest"])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(dir);
+    cmd.args([
+        "standalone",
+        "--backup-http-listen",
+        "127.0.0.1:0",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args([
+        "--meta-http-listen",
+        "127.0.0.1:0",
+        "--meta-tcp-listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
+    .args(["--admin-token", TOKEN, "--new-group-start", "earliest"])
+    .args(extra)
+    .arg("--data-dir")
+    .arg(dir);
     let server = Proc::spawn(cmd);
     let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));
     (server, field(&ready, "broker"), field(&ready, "http"))

@@ -215,14 +215,20 @@ pub fn standalone_with_metrics(
     extra: &[&str],
 ) -> (Proc, String, String) {
     let mut cmd = qmq();
-    cmd.args(["standalone", "--listen", broker])
-        .args(extra)
-        .args(["--meta-http-listen", "127.0.0.1:0"])
-        .args(["--meta-tcp-listen", "127.0.0.1:0"])
-        .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir);
+    cmd.args([
+        "standalone",
+        "--backup-http-listen",
+        "127.0.0.1:0",
+        "--listen",
+        broker,
+    ])
+    .args(extra)
+    .args(["--meta-http-listen", "127.0.0.1:0"])
+    .args(["--meta-tcp-listen", "127.0.0.1:0"])
+    .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
+    .args(["--metrics-listen", "127.0.0.1:0"])
+    .arg("--data-dir")
+    .arg(dir);
     let server = Proc::spawn(cmd);
     let metrics = metrics_addr(&server);
     let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));

@@ -1,0 +1,207 @@
+//! The storage measurement behind the backup's choice of store (README, "Backup"): 1,000,000
+//! index entries written in sync-sized batches (5,000 records, one durable transaction each),
+//! then one message id looked up and one subject/time range read, with redb (the
+//! [`IndexStore`] itself) and, with `--features bench-fjall`, fjall holding the same keys.
+//!
+//! `cargo run --release -p qmq-backup --example store_bench --features bench-fjall [-- N]`
+
+use std::time::{Duration, Instant};
+
+use qmq_backup::{IndexStore, RangeQuery};
+use qmq_protocol::{SyncIndexChunk, SyncIndexRecord};
+
+const BATCH: usize = 5_000;
+const SUBJECTS: usize = 20;
+/// Creation times 1 ms apart per message: 1,000,000 messages span ~17 minutes.
+const T0: i64 = 1_700_000_000_000;
+const GROUP: &str = "broker-0";
+
+fn record(i: usize) -> SyncIndexRecord {
+    SyncIndexRecord {
+        sequence: (i / SUBJECTS) as i64,
+        created_time: T0 + i as i64,
+        subject: format!("subject.{:02}", i % SUBJECTS),
+        message_id: format!("260101.101500.10.0.0.1.{}.{i}", 4000 + i % 7),
+    }
+}
+
+fn report(
+    name: &str,
+    n: usize,
+    write: Duration,
+    id: Duration,
+    range: Duration,
+    rows: usize,
+    bytes: u64,
+) {
+    println!(
+        "{name:6} insert {n} in {:.2} s ({:.0}/s) | by id: {:.1} µs | subject range ({rows} rows): {:.1} µs | on disk {:.0} MiB",
+        write.as_secs_f64(),
+        n as f64 / write.as_secs_f64(),
+        id.as_secs_f64() * 1e6,
+        range.as_secs_f64() * 1e6,
+        bytes as f64 / (1024.0 * 1024.0),
+    );
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            total += if meta.is_dir() {
+                dir_size(&e.path())
+            } else {
+                meta.len()
+            };
+        }
+    }
+    total
+}
+
+/// Ids and ranges probed: spread over the data set.
+fn probes(n: usize) -> Vec<usize> {
+    (0..1000).map(|k| (k * 7919 * 13) % n).collect()
+}
+
+fn bench_redb(n: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = IndexStore::open(&dir.path().join("index.redb"), None).expect("open");
+    let started = Instant::now();
+    let mut offset = 0u64;
+    for batch in (0..n).collect::<Vec<_>>().chunks(BATCH) {
+        let chunk = SyncIndexChunk {
+            next: offset as i64 + batch.len() as i64,
+            records: batch.iter().map(|i| record(*i)).collect(),
+        };
+        store.apply(GROUP, offset, &chunk).expect("apply");
+        offset = chunk.next as u64;
+    }
+    let write = started.elapsed();
+    let ps = probes(n);
+    let started = Instant::now();
+    for i in &ps {
+        let r = record(*i);
+        let found = store.by_id(&r.message_id).expect("by id");
+        assert_eq!(found.len(), 1);
+    }
+    let id = started.elapsed() / ps.len() as u32;
+    let started = Instant::now();
+    let mut rows = 0;
+    for i in &ps {
+        let r = record(*i);
+        let page = store
+            .range(&RangeQuery {
+                subject: r.subject,
+                from: r.created_time,
+                to: r.created_time + 2_000,
+                limit: 100,
+                cursor: None,
+            })
+            .expect("range");
+        rows = page.entries.len();
+    }
+    let range = started.elapsed() / ps.len() as u32;
+    report("redb", n, write, id, range, rows, dir_size(dir.path()));
+}
+
+#[cfg(feature = "bench-fjall")]
+fn bench_fjall(n: usize) {
+    use fjall::{Database, KeyspaceCreateOptions, PersistMode};
+    use qmq_backup::keys::{prefix_end, put_str, put_time, put_u64};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Database::builder(dir.path()).open().expect("open");
+    let ks = |name: &str| {
+        db.keyspace(name, KeyspaceCreateOptions::default)
+            .expect("keyspace")
+    };
+    let (messages, by_subject, by_id, by_time, offsets) = (
+        ks("messages"),
+        ks("by_subject"),
+        ks("by_id"),
+        ks("by_time"),
+        ks("offsets"),
+    );
+    let started = Instant::now();
+    let mut offset = 0u64;
+    for batch in (0..n).collect::<Vec<_>>().chunks(BATCH) {
+        // The same keys as the redb store, and the same check-then-insert of the primary key.
+        let mut b = db.batch().durability(Some(PersistMode::SyncAll));
+        for i in batch {
+            let r = record(*i);
+            let seq = r.sequence as u64;
+            let mut pk = Vec::new();
+            put_str(&mut pk, GROUP);
+            put_str(&mut pk, &r.subject);
+            put_u64(&mut pk, seq);
+            if messages.get(&pk).expect("get").is_some() {
+                continue;
+            }
+            let mut t = Vec::new();
+            put_time(&mut t, r.created_time);
+            let mut pv = t.clone();
+            pv.extend_from_slice(r.message_id.as_bytes());
+            b.insert(&messages, pk, pv);
+            let mut k = Vec::new();
+            put_str(&mut k, &r.subject);
+            put_time(&mut k, r.created_time);
+            put_str(&mut k, GROUP);
+            put_u64(&mut k, seq);
+            b.insert(&by_subject, k, r.message_id.as_bytes());
+            let mut k = Vec::new();
+            put_str(&mut k, &r.message_id);
+            put_str(&mut k, GROUP);
+            put_str(&mut k, &r.subject);
+            put_u64(&mut k, seq);
+            b.insert(&by_id, k, t.clone());
+            let mut k = t.clone();
+            put_str(&mut k, GROUP);
+            put_str(&mut k, &r.subject);
+            put_u64(&mut k, seq);
+            b.insert(&by_time, k, r.message_id.as_bytes());
+        }
+        offset += batch.len() as u64;
+        b.insert(&offsets, GROUP, offset.to_be_bytes());
+        b.commit().expect("commit");
+    }
+    let write = started.elapsed();
+    let ps = probes(n);
+    let started = Instant::now();
+    for i in &ps {
+        let r = record(*i);
+        let mut p = Vec::new();
+        put_str(&mut p, &r.message_id);
+        assert_eq!(by_id.prefix(&p).count(), 1);
+    }
+    let id = started.elapsed() / ps.len() as u32;
+    let started = Instant::now();
+    let mut rows = 0;
+    for i in &ps {
+        let r = record(*i);
+        let mut start = Vec::new();
+        put_str(&mut start, &r.subject);
+        let mut end = start.clone();
+        put_time(&mut start, r.created_time);
+        put_time(&mut end, r.created_time + 2_000);
+        let end = prefix_end(&end).expect("end");
+        rows = 0;
+        for kv in by_subject.range(start..end).take(100) {
+            let (_key, _value) = kv.into_inner().expect("row");
+            rows += 1;
+        }
+    }
+    let range = started.elapsed() / ps.len() as u32;
+    db.persist(PersistMode::SyncAll).expect("persist");
+    report("fjall", n, write, id, range, rows, dir_size(dir.path()));
+}
+
+fn main() {
+    let n = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    bench_redb(n);
+    #[cfg(feature = "bench-fjall")]
+    bench_fjall(n);
+}

@@ -1,0 +1,515 @@
+//! The index store: one redb file holding, per broker group, every indexed message and the
+//! group's sync offset, so that a chunk's records and the offset past them commit together.
+//!
+//! Tables (all keys are byte strings laid out by [`crate::keys`]):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `messages` | group, subject, sequence | created time, message id |
+//! | `by_subject` | subject, created time, group, sequence | message id |
+//! | `by_id` | message id, group, subject, sequence | created time |
+//! | `by_time` | created time, group, subject, sequence | message id |
+//! | `offsets` | group, stream (`index`) | next offset to ask for (`u64`) |
+//!
+//! `messages` is the primary copy (one entry per message of a group's subject); the others are
+//! the query paths and the retention order. Later record kinds (consumption records, dead
+//! letters) get tables of their own and offsets under other stream names (`action`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use qmq_protocol::SyncIndexChunk;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tracing::debug;
+
+use crate::keys::{prefix_end, put_str, put_time, put_u64, KeyReader};
+use crate::BackupError;
+
+type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+const MESSAGES: Table = TableDefinition::new("messages");
+const BY_SUBJECT: Table = TableDefinition::new("by_subject");
+const BY_ID: Table = TableDefinition::new("by_id");
+const BY_TIME: Table = TableDefinition::new("by_time");
+const OFFSETS: Table = TableDefinition::new("offsets");
+
+/// The offset stream of the message index (sync type 5).
+pub const INDEX_STREAM: &str = "index";
+
+/// One indexed message: where it is stored and what identifies it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IndexEntry {
+    /// The subject.
+    pub subject: String,
+    /// The producer-assigned message id.
+    pub message_id: String,
+    /// The message's consume-log sequence in its subject on its broker group.
+    pub sequence: u64,
+    /// The message's creation time (ms since the epoch).
+    pub created_time: i64,
+    /// The broker group that stores it.
+    pub broker_group: String,
+}
+
+/// A subject's messages created in a time range, oldest first, a page at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeQuery {
+    /// The subject.
+    pub subject: String,
+    /// The earliest creation time (ms, inclusive).
+    pub from: i64,
+    /// The latest creation time (ms, inclusive).
+    pub to: i64,
+    /// Most entries in the page.
+    pub limit: usize,
+    /// Where to continue: the `next` of the previous page.
+    pub cursor: Option<Vec<u8>>,
+}
+
+/// One page of a [`RangeQuery`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Page {
+    /// The entries, oldest first.
+    pub entries: Vec<IndexEntry>,
+    /// The cursor of the next page, if there are more entries.
+    pub next: Option<Vec<u8>>,
+}
+
+/// What [`IndexStore::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// Records newly indexed.
+    pub indexed: usize,
+    /// Records already indexed (the same message again).
+    pub duplicates: usize,
+    /// Records older than the retention, not indexed.
+    pub expired: usize,
+}
+
+/// The backup's message index, in one redb file. Cheap to share behind an `Arc`; every method
+/// blocks on disk (call from `spawn_blocking` in async code).
+pub struct IndexStore {
+    db: Database,
+    path: PathBuf,
+    retention: Option<Duration>,
+}
+
+impl std::fmt::Debug for IndexStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexStore")
+            .field("path", &self.path)
+            .field("retention", &self.retention)
+            .finish()
+    }
+}
+
+fn primary_key(group: &str, subject: &str, sequence: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + group.len() + subject.len() + 8);
+    put_str(&mut k, group);
+    put_str(&mut k, subject);
+    put_u64(&mut k, sequence);
+    k
+}
+
+fn subject_key(subject: &str, time: i64, group: &str, sequence: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + group.len() + subject.len() + 16);
+    put_str(&mut k, subject);
+    put_time(&mut k, time);
+    put_str(&mut k, group);
+    put_u64(&mut k, sequence);
+    k
+}
+
+fn id_key(id: &str, group: &str, subject: &str, sequence: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + id.len() + group.len() + subject.len() + 8);
+    put_str(&mut k, id);
+    put_str(&mut k, group);
+    put_str(&mut k, subject);
+    put_u64(&mut k, sequence);
+    k
+}
+
+fn time_key(time: i64, group: &str, subject: &str, sequence: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + group.len() + subject.len() + 16);
+    put_time(&mut k, time);
+    put_str(&mut k, group);
+    put_str(&mut k, subject);
+    put_u64(&mut k, sequence);
+    k
+}
+
+fn offset_key(group: &str, stream: &str) -> Vec<u8> {
+    let mut k = Vec::new();
+    put_str(&mut k, group);
+    put_str(&mut k, stream);
+    k
+}
+
+fn time_of(v: &[u8]) -> Result<i64, BackupError> {
+    KeyReader::new(v).time().ok_or(BackupError::Corrupt {
+        what: "created time",
+    })
+}
+
+fn text(v: &[u8], what: &'static str) -> Result<String, BackupError> {
+    String::from_utf8(v.to_vec()).map_err(|_| BackupError::Corrupt { what })
+}
+
+/// The primary value: created time then the id.
+fn primary_value(time: i64, id: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + id.len());
+    put_time(&mut v, time);
+    v.extend_from_slice(id.as_bytes());
+    v
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl IndexStore {
+    /// Opens (or creates) the index in `path` (a file), dropping entries older than
+    /// `retention` when [`IndexStore::purge_expired`] runs and never indexing them.
+    pub fn open(path: &Path, retention: Option<Duration>) -> Result<Self, BackupError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| BackupError::Store(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path).map_err(|source| BackupError::Open {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        // Create the tables so that readers never see a missing one.
+        let txn = db.begin_write()?;
+        for table in [MESSAGES, BY_SUBJECT, BY_ID, BY_TIME, OFFSETS] {
+            txn.open_table(table)?;
+        }
+        txn.commit()?;
+        Ok(Self {
+            db,
+            path: path.to_owned(),
+            retention,
+        })
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The retention (entries older than this are dropped), if any.
+    pub fn retention(&self) -> Option<Duration> {
+        self.retention
+    }
+
+    /// The creation time before which entries are expired, at `now` (ms).
+    fn cutoff(&self, now: i64) -> Option<i64> {
+        self.retention
+            .map(|r| now.saturating_sub(i64::try_from(r.as_millis()).unwrap_or(i64::MAX)))
+    }
+
+    /// The next offset of `group`'s `stream` to ask its broker for; `None` before the first
+    /// chunk was stored.
+    pub fn offset(&self, group: &str, stream: &str) -> Result<Option<u64>, BackupError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(OFFSETS)?;
+        let v = t.get(offset_key(group, stream).as_slice())?;
+        v.map(|v| {
+            KeyReader::new(v.value())
+                .u64()
+                .ok_or(BackupError::Corrupt { what: "offset" })
+        })
+        .transpose()
+    }
+
+    /// Every group with an index offset, with the offset.
+    pub fn offsets(&self) -> Result<Vec<(String, u64)>, BackupError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(OFFSETS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let mut kr = KeyReader::new(k.value());
+            let group = kr
+                .str()
+                .ok_or(BackupError::Corrupt { what: "offset key" })?;
+            if kr.str() != Some(INDEX_STREAM) {
+                continue;
+            }
+            let offset = KeyReader::new(v.value())
+                .u64()
+                .ok_or(BackupError::Corrupt { what: "offset" })?;
+            out.push((group.to_owned(), offset));
+        }
+        Ok(out)
+    }
+
+    /// Indexes a chunk `group`'s broker answered to a request from `from`, and moves the
+    /// group's offset to the chunk's `next`, in one transaction: after a crash either both are
+    /// stored or neither. Refused ([`BackupError::OffsetMismatch`]) unless the stored offset is
+    /// `from` (or none is stored and `from` is 0), so a chunk is never applied twice.
+    pub fn apply(
+        &self,
+        group: &str,
+        from: u64,
+        chunk: &SyncIndexChunk,
+    ) -> Result<Applied, BackupError> {
+        let next = u64::try_from(chunk.next).map_err(|_| BackupError::Corrupt {
+            what: "negative next offset",
+        })?;
+        if let Some(bad) = chunk.records.iter().find(|r| r.sequence < 0) {
+            return Err(BackupError::BadRecord {
+                group: group.to_owned(),
+                reason: format!("negative sequence {} of {}", bad.sequence, bad.message_id),
+            });
+        }
+        if chunk.records.is_empty() && next == from {
+            // An idle poll's answer: nothing to write (no transaction, no fsync).
+            let stored = self.offset(group, INDEX_STREAM)?;
+            if stored.unwrap_or(0) != from {
+                return Err(BackupError::OffsetMismatch {
+                    group: group.to_owned(),
+                    stored,
+                    from,
+                });
+            }
+            return Ok(Applied::default());
+        }
+        let cutoff = self.cutoff(now_ms());
+        let okey = offset_key(group, INDEX_STREAM);
+        let mut applied = Applied::default();
+        let txn = self.db.begin_write()?;
+        {
+            let mut offsets = txn.open_table(OFFSETS)?;
+            let stored = match offsets.get(okey.as_slice())? {
+                Some(v) => Some(
+                    KeyReader::new(v.value())
+                        .u64()
+                        .ok_or(BackupError::Corrupt { what: "offset" })?,
+                ),
+                None => None,
+            };
+            if stored.unwrap_or(0) != from {
+                return Err(BackupError::OffsetMismatch {
+                    group: group.to_owned(),
+                    stored,
+                    from,
+                });
+            }
+            let mut messages = txn.open_table(MESSAGES)?;
+            let mut by_subject = txn.open_table(BY_SUBJECT)?;
+            let mut by_id = txn.open_table(BY_ID)?;
+            let mut by_time = txn.open_table(BY_TIME)?;
+            for r in &chunk.records {
+                if cutoff.is_some_and(|c| r.created_time < c) {
+                    applied.expired += 1;
+                    continue;
+                }
+                let seq = r.sequence as u64;
+                let pk = primary_key(group, &r.subject, seq);
+                let value = primary_value(r.created_time, &r.message_id);
+                let old = messages
+                    .insert(pk.as_slice(), value.as_slice())?
+                    .map(|v| v.value().to_vec());
+                if let Some(old) = old {
+                    if old == value {
+                        applied.duplicates += 1;
+                        continue;
+                    }
+                    // The same place now holds another message (a broker that started over):
+                    // the old one's query entries go.
+                    let old_time = time_of(&old)?;
+                    let old_id = text(&old[8..], "message id")?;
+                    by_subject.remove(subject_key(&r.subject, old_time, group, seq).as_slice())?;
+                    by_id.remove(id_key(&old_id, group, &r.subject, seq).as_slice())?;
+                    by_time.remove(time_key(old_time, group, &r.subject, seq).as_slice())?;
+                }
+                let mut t = Vec::with_capacity(8);
+                put_time(&mut t, r.created_time);
+                by_subject.insert(
+                    subject_key(&r.subject, r.created_time, group, seq).as_slice(),
+                    r.message_id.as_bytes(),
+                )?;
+                by_id.insert(
+                    id_key(&r.message_id, group, &r.subject, seq).as_slice(),
+                    t.as_slice(),
+                )?;
+                by_time.insert(
+                    time_key(r.created_time, group, &r.subject, seq).as_slice(),
+                    r.message_id.as_bytes(),
+                )?;
+                applied.indexed += 1;
+            }
+            let mut n = Vec::with_capacity(8);
+            put_u64(&mut n, next);
+            offsets.insert(okey.as_slice(), n.as_slice())?;
+        }
+        txn.commit()?;
+        debug!(group, from, next, ?applied, "index chunk stored");
+        Ok(applied)
+    }
+
+    /// Every message with id `message_id` (one per broker group and subject that holds it).
+    pub fn by_id(&self, message_id: &str) -> Result<Vec<IndexEntry>, BackupError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BY_ID)?;
+        let mut prefix = Vec::new();
+        put_str(&mut prefix, message_id);
+        let end = prefix_end(&prefix);
+        let rows = match &end {
+            Some(end) => t.range::<&[u8]>(prefix.as_slice()..end.as_slice())?,
+            None => t.range::<&[u8]>(prefix.as_slice()..)?,
+        };
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, v) = row?;
+            let mut kr = KeyReader::new(k.value());
+            let corrupt = BackupError::Corrupt { what: "id key" };
+            let (Some(id), Some(group), Some(subject), Some(sequence)) =
+                (kr.str(), kr.str(), kr.str(), kr.u64())
+            else {
+                return Err(corrupt);
+            };
+            out.push(IndexEntry {
+                subject: subject.to_owned(),
+                message_id: id.to_owned(),
+                sequence,
+                created_time: time_of(v.value())?,
+                broker_group: group.to_owned(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The message at `sequence` of `subject` on `group`, if indexed.
+    pub fn get(
+        &self,
+        group: &str,
+        subject: &str,
+        sequence: u64,
+    ) -> Result<Option<IndexEntry>, BackupError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(MESSAGES)?;
+        let Some(v) = t.get(primary_key(group, subject, sequence).as_slice())? else {
+            return Ok(None);
+        };
+        let v = v.value();
+        Ok(Some(IndexEntry {
+            subject: subject.to_owned(),
+            message_id: text(v.get(8..).unwrap_or_default(), "message id")?,
+            sequence,
+            created_time: time_of(v)?,
+            broker_group: group.to_owned(),
+        }))
+    }
+
+    /// A page of `q.subject`'s messages created in `q.from..=q.to`, oldest first. A cursor
+    /// that is not of this subject is refused ([`BackupError::BadCursor`]).
+    pub fn range(&self, q: &RangeQuery) -> Result<Page, BackupError> {
+        let mut start = Vec::new();
+        put_str(&mut start, &q.subject);
+        let subject_prefix_len = start.len();
+        put_time(&mut start, q.from);
+        let mut end = start[..subject_prefix_len].to_vec();
+        put_time(&mut end, q.to);
+        // Past every key of time `to`.
+        let Some(end) = prefix_end(&end) else {
+            return Ok(Page::default());
+        };
+        if let Some(cursor) = &q.cursor {
+            if !cursor.starts_with(&start[..subject_prefix_len]) {
+                return Err(BackupError::BadCursor);
+            }
+            if *cursor > start {
+                start = cursor.clone();
+            }
+        }
+        if start >= end || q.limit == 0 {
+            return Ok(Page::default());
+        }
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BY_SUBJECT)?;
+        let mut page = Page::default();
+        for row in t.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+            let (k, v) = row?;
+            if page.entries.len() == q.limit {
+                page.next = Some(k.value().to_vec());
+                break;
+            }
+            let mut kr = KeyReader::new(k.value());
+            let (Some(subject), Some(time), Some(group), Some(sequence)) =
+                (kr.str(), kr.time(), kr.str(), kr.u64())
+            else {
+                return Err(BackupError::Corrupt {
+                    what: "subject key",
+                });
+            };
+            page.entries.push(IndexEntry {
+                subject: subject.to_owned(),
+                message_id: text(v.value(), "message id")?,
+                sequence,
+                created_time: time,
+                broker_group: group.to_owned(),
+            });
+        }
+        Ok(page)
+    }
+
+    /// Drops the entries created before the retention's cutoff, at most `max` of them (one
+    /// transaction); returns how many went. Nothing happens without a retention.
+    pub fn purge_expired(&self, max: usize) -> Result<usize, BackupError> {
+        match self.cutoff(now_ms()) {
+            Some(cutoff) => self.purge_before(cutoff, max),
+            None => Ok(0),
+        }
+    }
+
+    /// Drops the entries created before `cutoff` (ms), at most `max` of them, in one
+    /// transaction; returns how many went.
+    pub fn purge_before(&self, cutoff: i64, max: usize) -> Result<usize, BackupError> {
+        let mut end = Vec::new();
+        put_time(&mut end, cutoff);
+        let txn = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut by_time = txn.open_table(BY_TIME)?;
+            let mut messages = txn.open_table(MESSAGES)?;
+            let mut by_subject = txn.open_table(BY_SUBJECT)?;
+            let mut by_id = txn.open_table(BY_ID)?;
+            let mut expired = Vec::new();
+            for row in by_time.range::<&[u8]>(..end.as_slice())?.take(max) {
+                let (k, v) = row?;
+                expired.push((k.value().to_vec(), text(v.value(), "message id")?));
+            }
+            for (k, id) in expired {
+                let mut kr = KeyReader::new(&k);
+                let (Some(time), Some(group), Some(subject), Some(seq)) =
+                    (kr.time(), kr.str(), kr.str(), kr.u64())
+                else {
+                    return Err(BackupError::Corrupt { what: "time key" });
+                };
+                messages.remove(primary_key(group, subject, seq).as_slice())?;
+                by_subject.remove(subject_key(subject, time, group, seq).as_slice())?;
+                by_id.remove(id_key(&id, group, subject, seq).as_slice())?;
+                by_time.remove(k.as_slice())?;
+                n += 1;
+            }
+        }
+        txn.commit()?;
+        if n > 0 {
+            debug!(n, cutoff, "expired index entries dropped");
+        }
+        Ok(n)
+    }
+
+    /// How many messages are indexed.
+    pub fn len(&self) -> Result<u64, BackupError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(MESSAGES)?.len()?)
+    }
+
+    /// Whether nothing is indexed.
+    pub fn is_empty(&self) -> Result<bool, BackupError> {
+        Ok(self.len()? == 0)
+    }
+}

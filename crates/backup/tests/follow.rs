@@ -1,0 +1,362 @@
+//! The follower against a real broker's sync port: everything sent gets indexed; a follower
+//! killed while messages keep coming resumes from its stored offset with neither gap nor
+//! duplicate; a broker that goes away is retried and caught up with; garbage from a "broker"
+//! is an error, not a panic. Every wait is on the follower's offset reaching the broker's log
+//! end, with a deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use qmq_backup::follower::{self, FollowerConfig, FollowerHandle};
+use qmq_backup::server::{BackupConfig, BackupServer};
+use qmq_backup::{BackupError, IndexStore, RangeQuery};
+use qmq_broker::config::BrokerConfig;
+use qmq_broker::replication::sync_server::{self, SlaveLag, SyncSettings};
+use qmq_broker::replication::{Gate, ReplicationMode};
+use qmq_broker::{serve_with, BrokerHandle};
+use qmq_protocol::codes::{command, response};
+use qmq_protocol::send::{decode_send_response, encode_send_request};
+use qmq_protocol::{Frame, FrameCodec, Message, MessageFlags};
+use qmq_store::{FlushPolicy, LogStream, StoreConfig};
+use qmq_transport::Connection;
+use tokio::net::TcpListener;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// Deadline of every wait.
+const T: Duration = Duration::from_secs(20);
+
+struct Broker {
+    _dir: tempfile::TempDir,
+    broker: BrokerHandle,
+    gate: Arc<Gate>,
+    client: Connection,
+    sync_addr: SocketAddr,
+    sync_stop: CancellationToken,
+}
+
+impl Broker {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StoreConfig::new(dir.path());
+        store.flush = FlushPolicy::SyncBeforeAck;
+        let mut config = BrokerConfig::new(store);
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let gate = Arc::new(Gate::new(ReplicationMode::Async));
+        gate.become_master(1);
+        gate.extend_lease(tokio::time::Instant::now(), Duration::from_secs(3600));
+        let broker = serve_with(config, Some(gate.clone())).await.unwrap();
+        let client = Connection::connect(&broker.addr().to_string())
+            .await
+            .unwrap();
+        let mut b = Self {
+            _dir: dir,
+            broker,
+            gate,
+            client,
+            sync_addr: "127.0.0.1:0".parse().unwrap(),
+            sync_stop: CancellationToken::new(),
+        };
+        b.start_sync().await;
+        b
+    }
+
+    /// (Re)starts the sync port, on the same address after the first time.
+    async fn start_sync(&mut self) {
+        self.sync_stop = CancellationToken::new();
+        let settings = SyncSettings {
+            poll: Duration::from_millis(200),
+            ..SyncSettings::default()
+        };
+        let (addr, _task) = sync_server::spawn(
+            self.sync_addr,
+            self.broker.store().clone(),
+            self.gate.clone(),
+            Arc::new(SlaveLag::default()),
+            settings,
+            self.sync_stop.clone(),
+        )
+        .await
+        .unwrap();
+        self.sync_addr = addr;
+    }
+
+    fn log_end(&self) -> u64 {
+        self.broker.store().log_end(LogStream::Message)
+    }
+
+    async fn send(&self, subject: &str, ids: impl IntoIterator<Item = String>) {
+        let messages: Vec<Message> = ids
+            .into_iter()
+            .map(|id| Message {
+                flags: MessageFlags(0),
+                created_time: chrono_now(),
+                expire_or_schedule: chrono_now() + 60_000,
+                subject: subject.into(),
+                message_id: id,
+                tags: vec![],
+                attrs: vec![("body".into(), "b".into())],
+            })
+            .collect();
+        let mut body = BytesMut::new();
+        encode_send_request(&messages, &mut body).unwrap();
+        let resp = self
+            .client
+            .request(command::SEND_MESSAGE, body.freeze(), T)
+            .await
+            .unwrap();
+        assert_eq!(resp.header.code, response::SUCCESS);
+        assert!(decode_send_response(&resp.body).unwrap().is_empty());
+    }
+
+    async fn shutdown(self) {
+        self.sync_stop.cancel();
+        self.broker.shutdown().await.unwrap();
+    }
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn ids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Waits until the follower's stored offset reaches `end`.
+async fn caught_up(f: &FollowerHandle, end: u64) {
+    let mut offset = f.offset();
+    tokio::time::timeout(T, offset.wait_for(|o| *o >= end))
+        .await
+        .unwrap_or_else(|_| panic!("the follower did not reach {end}"))
+        .unwrap();
+}
+
+fn fast(group: &str, addr: SocketAddr) -> FollowerConfig {
+    let mut c = FollowerConfig::new(group, addr.to_string());
+    c.backoff_max = Duration::from_millis(200);
+    c
+}
+
+/// Every id of `subject` exactly once, in sequence order.
+fn assert_indexed_once(store: &IndexStore, subject: &str, expected: &[String]) {
+    let page = store
+        .range(&RangeQuery {
+            subject: subject.into(),
+            from: 0,
+            to: i64::MAX,
+            limit: 100_000,
+            cursor: None,
+        })
+        .unwrap();
+    let mut got: Vec<_> = page
+        .entries
+        .iter()
+        .map(|e| (e.sequence, e.message_id.clone()))
+        .collect();
+    got.sort();
+    let want: Vec<_> = expected
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (i as u64, id.clone()))
+        .collect();
+    assert_eq!(got, want);
+    for id in expected {
+        assert_eq!(store.by_id(id).unwrap().len(), 1, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_follower_resumes_with_neither_gap_nor_duplicate() {
+    let b = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(IndexStore::open(&dir.path().join("i.redb"), None).unwrap());
+    b.send("orders", ids("a", 0..50)).await;
+
+    let f = follower::spawn(
+        store.clone(),
+        fast("g", b.sync_addr),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    caught_up(&f, b.log_end()).await;
+    assert_indexed_once(&store, "orders", &ids("a", 0..50));
+
+    // Killed; messages keep coming.
+    f.abort();
+    f.join().await;
+    let at_kill = store.offset("g", qmq_backup::INDEX_STREAM).unwrap();
+    for batch in 0..4 {
+        b.send("orders", ids("a", 50 + batch * 25..75 + batch * 25))
+            .await;
+    }
+    assert_eq!(
+        store.offset("g", qmq_backup::INDEX_STREAM).unwrap(),
+        at_kill
+    );
+
+    // A new follower (as after a restart) takes up from the stored offset.
+    let stop = CancellationToken::new();
+    let f = follower::spawn(store.clone(), fast("g", b.sync_addr), stop.clone()).unwrap();
+    caught_up(&f, b.log_end()).await;
+    assert_indexed_once(&store, "orders", &ids("a", 0..150));
+    stop.cancel();
+    f.join().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_restarted_on_its_data_dir_catches_up_after_the_broker_was_down() {
+    let mut b = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |addr: SocketAddr| {
+        let mut c = BackupConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+        c.groups = vec![fast("g", addr)];
+        c
+    };
+    b.send("s", ids("x", 0..20)).await;
+    let server = BackupServer::start(config(b.sync_addr), CancellationToken::new())
+        .await
+        .unwrap();
+    caught_up(server.follower("g").unwrap(), b.log_end()).await;
+    server.shutdown().await;
+
+    // Backup stopped; the broker's sync port goes down too; messages arrive meanwhile.
+    b.sync_stop.cancel();
+    b.send("s", ids("x", 20..40)).await;
+    let server = BackupServer::start(config(b.sync_addr), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(server.store().len().unwrap(), 20, "kept across the restart");
+    // The follower retries until the sync port is back, then catches up.
+    b.send("s", ids("x", 40..45)).await;
+    b.start_sync().await;
+    caught_up(server.follower("g").unwrap(), b.log_end()).await;
+    assert_indexed_once(server.store(), "s", &ids("x", 0..45));
+    server.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_group_followed_at_another_address_goes_on_where_it_was() {
+    let b = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = BackupConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    config.groups = vec![fast("g", b.sync_addr)];
+    let mut server = BackupServer::start(config, CancellationToken::new())
+        .await
+        .unwrap();
+    b.send("s", ids("x", 0..30)).await;
+    caught_up(server.follower("g").unwrap(), b.log_end()).await;
+
+    // A second sync port of the same log (as a group's other member holds the same log at the
+    // same offsets): the group moves there, and the same address again changes nothing.
+    let other_stop = CancellationToken::new();
+    let (other, _task) = sync_server::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        b.broker.store().clone(),
+        b.gate.clone(),
+        Arc::new(SlaveLag::default()),
+        SyncSettings::default(),
+        other_stop.clone(),
+    )
+    .await
+    .unwrap();
+    server.follow(fast("g", other)).await.unwrap();
+    server.follow(fast("g", other)).await.unwrap();
+    assert_eq!(server.followed(), [("g".to_string(), other.to_string())]);
+    b.sync_stop.cancel();
+    b.send("s", ids("x", 30..60)).await;
+    caught_up(server.follower("g").unwrap(), b.log_end()).await;
+    assert_indexed_once(server.store(), "s", &ids("x", 0..60));
+    server.shutdown().await;
+    other_stop.cancel();
+    b.shutdown().await;
+}
+
+/// A "broker" that answers every request with `SUCCESS` and `body`.
+async fn fake_broker(body: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut framed = Framed::new(socket, FrameCodec::default());
+                while let Some(Ok(req)) = framed.next().await {
+                    let header = req.header.response(response::SUCCESS);
+                    if framed.send(Frame::new(header, body)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn garbage_from_a_broker_is_an_error_not_a_panic() {
+    let cases: [&'static [u8]; 4] = [
+        b"",
+        b"\x00\x00\x00\x05",
+        // size 4 but only 2 bytes of records follow
+        b"\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00\x10\x01\x02",
+        // a whole record with an empty subject
+        b"\x00\x00\x00\x14\x00\x00\x00\x00\x00\x00\x00\x10\
+          \x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00",
+    ];
+    for body in cases {
+        let addr = fake_broker(body).await;
+        let conn = Connection::connect(&addr.to_string()).await.unwrap();
+        let err = follower::fetch(&conn, &addr.to_string(), 0, T)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BackupError::BadAnswer { .. }), "{err}");
+    }
+    // An answer that goes backwards.
+    let addr = fake_broker(b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05").await;
+    let conn = Connection::connect(&addr.to_string()).await.unwrap();
+    let err = follower::fetch(&conn, &addr.to_string(), 10, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BackupError::WentBackwards { next: 5, .. }),
+        "{err}"
+    );
+
+    // An offset past the broker's end (its data was replaced) is named as such.
+    let b = Broker::start().await;
+    b.send("s", ids("x", 0..1)).await;
+    let conn = Connection::connect(&b.sync_addr.to_string()).await.unwrap();
+    let beyond = b.log_end() + 100;
+    let err = follower::fetch(&conn, &b.sync_addr.to_string(), beyond, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BackupError::BeyondEnd { offset, .. } if offset == beyond),
+        "{err}"
+    );
+    b.shutdown().await;
+
+    // A follower of garbage keeps running, stores nothing and moves no offset.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(IndexStore::open(&dir.path().join("i.redb"), None).unwrap());
+    let addr = fake_broker(b"\x00\x00\x00\x05").await;
+    let stop = CancellationToken::new();
+    let f = follower::spawn(store.clone(), fast("g", addr), stop.clone()).unwrap();
+    let conn = Connection::connect(&addr.to_string()).await.unwrap();
+    // One more bad answer seen here; the follower has had the same.
+    assert!(follower::fetch(&conn, &addr.to_string(), 0, T)
+        .await
+        .is_err());
+    stop.cancel();
+    f.join().await;
+    assert!(store.is_empty().unwrap());
+    assert_eq!(store.offset("g", qmq_backup::INDEX_STREAM).unwrap(), None);
+}

@@ -1,0 +1,269 @@
+//! `qmq standalone` runs the backup by default: messages sent with `qmq send` are found by
+//! `qmq query --id` (polled until indexed, with a deadline) and listed by `qmq query
+//! --subject`; the index survives a restart and takes up where it stopped; `--backup-enabled
+//! false` runs none. `qmq backup --meta` follows a replicated group from its slave.
+
+mod common;
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{field, free_port, qmq, Member, Proc};
+
+fn run(args: &[&str]) -> Output {
+    qmq().args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn standalone(dir: &std::path::Path, extra: &[&str]) -> (Proc, String, String) {
+    let broker = format!("127.0.0.1:{}", free_port());
+    let mut cmd = qmq();
+    cmd.args(["standalone", "--flush", "sync", "--listen", &broker])
+        .args(["--meta-http-listen", "127.0.0.1:0"])
+        .args(["--meta-tcp-listen", "127.0.0.1:0"])
+        .args(["--delay-listen", "127.0.0.1:0"])
+        .args(["--backup-http-listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir);
+    let server = Proc::spawn(cmd);
+    let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));
+    (server, broker, ready)
+}
+
+#[test]
+fn sent_messages_are_found_by_id_and_by_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, broker, ready) = standalone(dir.path(), &[]);
+    // The existing fields are unchanged; the backup's address comes last.
+    for key in ["broker", "http", "tcp", "delay"] {
+        field(&ready, key);
+    }
+    let backup = field(&ready, "backup");
+
+    let mut ids = Vec::new();
+    for body in ["one", "two", "three"] {
+        let out = run(&["send", "--broker", &broker, "--subject", "orders", body]);
+        assert!(out.status.success(), "{out:?}");
+        let text = stdout(&out);
+        let id = text
+            .trim()
+            .strip_prefix("sent ")
+            .unwrap_or_else(|| panic!("unexpected send output {text:?}"))
+            .to_owned();
+        ids.push(id);
+    }
+
+    // Indexed shortly after: poll each id until it is found, within a deadline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        loop {
+            let out = run(&["query", "--backup", &backup, "--id", id]);
+            assert!(out.status.success(), "{out:?}");
+            let table = stdout(&out);
+            if table.lines().skip(1).any(|l| l.starts_with(id.as_str())) {
+                let row = table.lines().find(|l| l.starts_with(id.as_str())).unwrap();
+                let cells: Vec<&str> = row.split_whitespace().collect();
+                assert_eq!(cells[1], "orders", "{table}");
+                assert_eq!(cells[3], "broker-1", "{table}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} was never indexed: {table}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // All three by subject, in sequence order; JSON too.
+    let out = run(&[
+        "query",
+        "--backup",
+        &backup,
+        "--subject",
+        "orders",
+        "--from",
+        "0",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let table = stdout(&out);
+    let listed: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(listed, ids, "{table}");
+    let out = run(&[
+        "query",
+        "--backup",
+        &backup,
+        "--subject",
+        "orders",
+        "--from",
+        "0",
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seqs: Vec<u64> = json["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [0, 1, 2]);
+
+    // A bad time is the server's refusal, reported.
+    let out = run(&[
+        "query",
+        "--backup",
+        &backup,
+        "--subject",
+        "orders",
+        "--from",
+        "yesterday",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad time"));
+    server.terminate();
+}
+
+fn send(broker: &str, subject: &str, body: &str) -> String {
+    let out = run(&["send", "--broker", broker, "--subject", subject, body]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    text.trim()
+        .strip_prefix("sent ")
+        .unwrap_or_else(|| panic!("unexpected send output {text:?}"))
+        .to_owned()
+}
+
+/// The ids `qmq query --subject` lists, once `expected` many are indexed (polled, with a
+/// deadline).
+fn listed(backup: &str, subject: &str, expected: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run(&[
+            "query",
+            "--backup",
+            backup,
+            "--subject",
+            subject,
+            "--from",
+            "0",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let table = stdout(&out);
+        let ids: Vec<String> = table
+            .lines()
+            .skip(1)
+            .filter(|l| !l.starts_with('('))
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect();
+        if ids.len() >= expected {
+            return ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {expected} indexed: {table}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_index_survives_a_restart_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, broker, ready) = standalone(dir.path(), &[]);
+    let mut ids = vec![send(&broker, "s", "a"), send(&broker, "s", "b")];
+    assert_eq!(listed(&field(&ready, "backup"), "s", 2), ids);
+    server.terminate();
+
+    // Started again on the same directory (other ports): what was indexed is still there,
+    // and messages sent now are added, none twice.
+    let (mut server, broker, ready) = standalone(dir.path(), &[]);
+    let backup = field(&ready, "backup");
+    ids.push(send(&broker, "s", "c"));
+    assert_eq!(listed(&backup, "s", 3), ids);
+    server.terminate();
+}
+
+#[test]
+fn the_backup_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, _, ready) = standalone(dir.path(), &["--backup-enabled", "false"]);
+    assert!(!ready.contains("backup"), "{ready}");
+    assert!(!dir.path().join("backup").exists());
+    server.terminate();
+}
+
+#[test]
+fn qmq_backup_follows_a_replicated_group_from_its_slave() {
+    const TOKEN: &str = "backup-test-token";
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = qmq();
+    cmd.args(["meta", "--meta-http-listen", "127.0.0.1:0"])
+        .args(["--meta-tcp-listen", "127.0.0.1:0", "--admin-token", TOKEN])
+        .args(["--advertised-host", "127.0.0.1", "--data-dir"])
+        .arg(tmp.path().join("meta"));
+    let mut meta = Proc::spawn(cmd);
+    let (_, ready) = meta.wait_line("ready", 0, Duration::from_secs(30));
+    let (http, tcp) = (field(&ready, "http"), field(&ready, "tcp"));
+    let members = [0, 1].map(|i| Member {
+        port: free_port(),
+        sync: free_port(),
+        dir: tmp.path().join(format!("node{i}")),
+    });
+    for (role, m) in [("0", &members[0]), ("1", &members[1])] {
+        let out = qmq()
+            .args(["tools", "--metaserver", &http, "--token", TOKEN])
+            .args(["add-broker", "--broker-group", "bg", "--role", role])
+            .args(["--hostname", "127.0.0.1", "--ip", "127.0.0.1"])
+            .args(["--serve-port", &m.port.to_string()])
+            .args(["--sync-port", &m.sync.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let start = |m: &Member| {
+        let mut cmd = qmq();
+        cmd.args([
+            "broker",
+            "--flush",
+            "sync",
+            "--group",
+            "bg",
+            "--replication",
+            "async",
+        ])
+        .args(["--listen", &m.addr(), "--sync-listen", &m.sync_addr()])
+        .args(["--hostname", "127.0.0.1", "--meta", &tcp, "--data-dir"])
+        .arg(&m.dir);
+        Proc::spawn(cmd)
+    };
+    let mut master = start(&members[0]);
+    master.wait_line("master epoch=1", 0, Duration::from_secs(30));
+    let mut slave = start(&members[1]);
+    slave.wait_line("slave epoch=1", 0, Duration::from_secs(30));
+
+    let mut cmd = qmq();
+    cmd.args(["backup", "--meta", &http, "--token", TOKEN])
+        .args(["--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("backup"));
+    let mut backup = Proc::spawn(cmd);
+    let (_, ready) = backup.wait_line("qmq backup ready", 0, Duration::from_secs(30));
+    assert_eq!(
+        field(&ready, "following"),
+        format!("bg={}", members[1].sync_addr()),
+        "the slave is followed"
+    );
+    let ids: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|b| send(&members[0].addr(), "replicated", b))
+        .collect();
+    assert_eq!(listed(&field(&ready, "http"), "replicated", 3), ids);
+    backup.terminate();
+    slave.terminate();
+    master.terminate();
+    meta.terminate();
+}
