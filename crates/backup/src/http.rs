@@ -31,7 +31,9 @@
 //!   "consumer_id"}…]}` oldest first. Pulls and acks are timed by when the backup received
 //!   them (`seen_at`), retry copies and dead letters by when it indexed them, the rest by the
 //!   message's creation time.
-//! * `GET /v1/status` → `{"messages": n, "groups":[{"group","offset"}…], "retention_ms"}`.
+//! * `GET /v1/status` → `{"messages": n, "groups":[{"group","offset","action_offset"}…],
+//!   "retention_ms"}` (`offset`: the message-index offset; `action_offset`: the action-log
+//!   offset, `null` before the first action chunk).
 //!
 //! An entry is `{"subject","message_id","sequence","created_time","broker_group"}`.
 
@@ -396,12 +398,19 @@ async fn life(State(store): State<Arc<IndexStore>>, Path(id): Path<String>) -> R
 
 async fn status(State(store): State<Arc<IndexStore>>) -> Response {
     let retention = store.retention().map(|r| r.as_millis() as u64);
-    match blocking(move || Ok((store.len()?, store.offsets()?))).await {
-        Ok((n, offsets)) => Json(json!({
+    let read = move || {
+        let actions = store.stream_offsets(crate::ACTION_STREAM)?;
+        Ok((store.len()?, store.offsets()?, actions))
+    };
+    match blocking(read).await {
+        Ok((n, offsets, actions)) => Json(json!({
             "messages": n,
             "groups": offsets
                 .into_iter()
-                .map(|(group, offset)| json!({"group": group, "offset": offset}))
+                .map(|(group, offset)| {
+                    let action = actions.iter().find(|(g, _)| *g == group).map(|(_, o)| *o);
+                    json!({"group": group, "offset": offset, "action_offset": action})
+                })
                 .collect::<Vec<_>>(),
             "retention_ms": retention,
         }))

@@ -225,6 +225,11 @@ impl IndexStore {
 
     /// Every group with an index offset, with the offset.
     pub fn offsets(&self) -> Result<Vec<(String, u64)>, BackupError> {
+        self.stream_offsets(INDEX_STREAM)
+    }
+
+    /// Every group with an offset of `stream` (`index`, `action`), with the offset.
+    pub fn stream_offsets(&self, stream: &str) -> Result<Vec<(String, u64)>, BackupError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(OFFSETS)?;
         let mut out = Vec::new();
@@ -234,7 +239,7 @@ impl IndexStore {
             let group = kr
                 .str()
                 .ok_or(BackupError::Corrupt { what: "offset key" })?;
-            if kr.str() != Some(INDEX_STREAM) {
+            if kr.str() != Some(stream) {
                 continue;
             }
             let offset = KeyReader::new(v.value())

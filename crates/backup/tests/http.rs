@@ -186,7 +186,7 @@ async fn json_endpoints_by_id_by_range_and_status() {
     let (_, status) = get_json(&store, "/v1/status").await;
     assert_eq!(
         status,
-        json!({"messages": 5, "groups": [{"group": "g1", "offset": 99}], "retention_ms": null})
+        json!({"messages": 5, "groups": [{"group": "g1", "offset": 99, "action_offset": null}], "retention_ms": null})
     );
 }
 
@@ -337,6 +337,11 @@ async fn records_and_life_of_a_message_with_a_retry_copy() {
             s("acked", "b", "retry"),
         ],
         "{life}"
+    );
+    let (_, status) = get_json(&store, "/v1/status").await;
+    assert_eq!(
+        status["groups"][0]["action_offset"],
+        json!(from + more.len() as u64)
     );
     let (_, unknown) = get_json(&store, "/v1/messages/nope/life").await;
     assert_eq!(unknown["events"], json!([]));
