@@ -1,7 +1,9 @@
 //! `qmq standalone` runs the backup by default: messages sent with `qmq send` are found by
 //! `qmq query --id` (polled until indexed, with a deadline) and listed by `qmq query
 //! --subject`; the index survives a restart and takes up where it stopped; `--backup-enabled
-//! false` runs none. `qmq backup --meta` follows a replicated group from its slave.
+//! false` runs none. `qmq backup --meta` follows a replicated group from its slave. `qmq trace`
+//! shows a message consumed by two groups, one of them failing it twice, in order: stored,
+//! pulled by both, two retry copies, acked.
 
 mod common;
 
