@@ -346,3 +346,43 @@ async fn records_and_life_of_a_message_with_a_retry_copy() {
     let (_, unknown) = get_json(&store, "/v1/messages/nope/life").await;
     assert_eq!(unknown["events"], json!([]));
 }
+
+#[tokio::test]
+async fn a_dead_letter_is_a_record_of_code_2_and_a_step_of_the_life() {
+    let (_dir, store) = store();
+    store
+        .apply(
+            "g1",
+            99,
+            &SyncIndexChunk {
+                next: 120,
+                records: vec![SyncIndexRecord {
+                    sequence: 4,
+                    created_time: 1_700_000_002_000,
+                    subject: "%DEAD_RETRY%orders%b".into(),
+                    message_id: "o-2".into(),
+                }],
+            },
+        )
+        .unwrap();
+    let uri = qmq_uri(json!({"subject": "orders", "messageId": "o-2", "recordCode": 2})).replace(
+        "/api/message?backupQuery",
+        "/api/message/records?recordQuery",
+    );
+    let (_, body) = get_json(&store, &uri).await;
+    let records = body["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{body}");
+    assert_eq!(records[0]["consumerGroup"], "b");
+    assert_eq!(records[0]["type"], 2);
+    assert_eq!(records[0]["sequence"], "4");
+    let (_, life) = get_json(&store, "/v1/messages/o-2/life").await;
+    let events: Vec<&str> = life["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["created", "stored", "dead_lettered"], "{life}");
+    assert_eq!(life["events"][2]["consumer_group"], "b");
+    assert_eq!(life["events"][2]["copy"], "dead");
+}

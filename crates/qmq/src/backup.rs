@@ -1,6 +1,6 @@
-//! `qmq backup` (the backup server: message index of broker groups, queried over HTTP),
-//! `qmq query` (a table of indexed messages from a backup server) and the backup inside
-//! `qmq standalone`.
+//! `qmq backup` (the backup server: message index and consumption records of broker groups,
+//! queried over HTTP), `qmq query` (a table of indexed messages from a backup server), `qmq
+//! trace` (a message's life from a backup server) and the backup inside `qmq standalone`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,8 @@ pub struct BackupArgs {
     /// Admin API token for `--meta`.
     #[arg(long, env = "QMQ_TOKEN", default_value = "", hide_env_values = true)]
     token: String,
-    /// Days an index entry is kept (by the message's creation time); 0 keeps everything.
+    /// Days an index entry is kept (by the message's creation time), and a consumption
+    /// record (by when the backup received it); 0 keeps everything.
     #[arg(long, default_value_t = 7)]
     retention_days: u64,
 }
@@ -50,8 +51,8 @@ pub struct BackupArgs {
 /// The backup inside `standalone`.
 #[derive(Args, Debug)]
 pub struct StandaloneBackupArgs {
-    /// Run the backup server (message index of this broker, queried over HTTP) in this
-    /// process. Standalone only.
+    /// Run the backup server (message index and consumption records of this broker, queried
+    /// over HTTP and by `qmq trace`) in this process. Standalone only.
     #[arg(
         long = "backup-enabled",
         default_value_t = true,
