@@ -37,8 +37,9 @@ pub(crate) const SEEN: Table = TableDefinition::new("seen");
 /// The offset stream of the action log (sync type 1).
 pub const ACTION_STREAM: &str = "action";
 
-/// Largest action-log record the backup accepts (a pull of 100 000 messages).
-const MAX_RECORD: usize = 1 << 20;
+/// Largest action-log record the backup accepts: far above any real one (a pull of millions
+/// of messages), so only a garbage length is refused as such rather than as a torn record.
+const MAX_RECORD: usize = 64 << 20;
 
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), BackupError> {
     for t in [PULLS, PULLS_BY_TIME, RECORDS, RECORDS_BY_TIME, SEEN] {
