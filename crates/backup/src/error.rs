@@ -93,6 +93,17 @@ pub enum BackupError {
         /// What is wrong.
         reason: String,
     },
+    /// A broker sent action-log bytes that are not whole, intact action records (bad frame,
+    /// CRC mismatch, undecodable action): the chunk is refused whole.
+    #[error("bad action log from {group} at offset {offset}: {reason}")]
+    BadActions {
+        /// The broker group.
+        group: String,
+        /// The action-log offset of the bad record.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// A paging cursor that is not one this query gave out.
     #[error("bad paging cursor")]
     BadCursor,

@@ -1,4 +1,5 @@
-//! Following one broker group's message index over sync type 5 (spec §1.5): ask the group's
+//! Following one broker group's message index over sync type 5 (spec §1.5), and its action log
+//! over sync type 1 (a second follower of the same group, [`Stream::Action`]): ask the group's
 //! sync address for the records from the stored offset, store them with the offset past them
 //! in one transaction, ask again. The broker long-polls when there is nothing new, so an idle
 //! follower costs one request per poll period.
@@ -12,14 +13,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use qmq_protocol::codes::{command, response};
-use qmq_protocol::{SyncIndexChunk, SyncLogRequest, SyncType};
+use qmq_protocol::{SyncChunk, SyncIndexChunk, SyncLogRequest, SyncType};
 use qmq_transport::Connection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{Applied, BackupError, IndexStore, INDEX_STREAM};
+use crate::{Applied, BackupError, IndexStore, ACTION_STREAM, INDEX_STREAM};
 
 /// Where and how to follow one broker group.
 #[derive(Debug, Clone)]
@@ -74,30 +75,62 @@ impl FollowerHandle {
     }
 }
 
-/// Starts following `config.group` into `store` until `stop` is cancelled.
+/// Which of a group's logs a follower follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The message index (sync type 5), offset stream [`INDEX_STREAM`].
+    Index,
+    /// The action log (sync type 1): consumption records, offset stream [`ACTION_STREAM`].
+    Action,
+}
+
+impl Stream {
+    /// The stream's offset name in the store.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Index => INDEX_STREAM,
+            Self::Action => ACTION_STREAM,
+        }
+    }
+}
+
+/// Starts following `config.group`'s message index into `store` until `stop` is cancelled.
 pub fn spawn(
     store: Arc<IndexStore>,
     config: FollowerConfig,
     stop: CancellationToken,
 ) -> Result<FollowerHandle, BackupError> {
-    let start = store.offset(&config.group, INDEX_STREAM)?.unwrap_or(0);
+    spawn_stream(store, config, Stream::Index, stop)
+}
+
+/// Starts following `config.group`'s `stream` into `store` until `stop` is cancelled.
+pub fn spawn_stream(
+    store: Arc<IndexStore>,
+    config: FollowerConfig,
+    stream: Stream,
+    stop: CancellationToken,
+) -> Result<FollowerHandle, BackupError> {
+    let start = store.offset(&config.group, stream.name())?.unwrap_or(0);
     let (tx, rx) = watch::channel(start);
-    let task = tokio::spawn(run(store, config, stop, tx));
+    let task = tokio::spawn(run(store, config, stream, stop, tx));
     Ok(FollowerHandle { offset: rx, task })
 }
 
 async fn run(
     store: Arc<IndexStore>,
     config: FollowerConfig,
+    stream: Stream,
     stop: CancellationToken,
     offset_tx: watch::Sender<u64>,
 ) {
     let group = config.group.clone();
+    let name = stream.name();
     info!(
         group,
+        stream = name,
         addr = config.sync_addr,
         offset = *offset_tx.borrow(),
-        "following the index"
+        "following"
     );
     let mut conn: Option<Connection> = None;
     let mut backoff = config.backoff_min;
@@ -105,7 +138,10 @@ async fn run(
     loop {
         // Only the network wait is cut short by `stop`: a store call always completes, so the
         // store is free once the task has ended.
-        let result = follow_once(&store, &config, &mut conn, &stop).await;
+        let result = match stream {
+            Stream::Index => follow_once(&store, &config, &mut conn, &stop).await,
+            Stream::Action => follow_actions_once(&store, &config, &mut conn, &stop).await,
+        };
         if stop.is_cancelled() {
             break;
         }
@@ -114,23 +150,24 @@ async fn run(
                 if failing {
                     info!(
                         group,
+                        stream = name,
                         addr = config.sync_addr,
                         offset = next,
-                        "index sync resumed"
+                        "sync resumed"
                     );
                     failing = false;
                 }
                 backoff = config.backoff_min;
-                if applied.indexed > 0 || *offset_tx.borrow() != next {
+                if applied || *offset_tx.borrow() != next {
                     offset_tx.send_replace(next);
                 }
             }
             Err(e) => {
                 conn = None;
                 if failing {
-                    tracing::debug!(group, error = %e, "index sync still failing");
+                    tracing::debug!(group, stream = name, error = %e, "sync still failing");
                 } else {
-                    warn!(group, error = %e, retry_in = ?backoff, "index sync failed; retrying");
+                    warn!(group, stream = name, error = %e, retry_in = ?backoff, "sync failed; retrying");
                     failing = true;
                 }
                 tokio::select! {
@@ -141,7 +178,113 @@ async fn run(
             }
         }
     }
-    info!(group, "index follower stopped");
+    info!(group, stream = name, "follower stopped");
+}
+
+/// Connects (or reuses the connection) to the group's sync address.
+async fn connection(
+    config: &FollowerConfig,
+    conn: &mut Option<Connection>,
+) -> Result<Connection, BackupError> {
+    match conn {
+        Some(c) if c.is_open() => Ok(c.clone()),
+        _ => {
+            let c = Connection::connect(&config.sync_addr)
+                .await
+                .map_err(|source| BackupError::Connection {
+                    addr: config.sync_addr.clone(),
+                    source,
+                })?;
+            *conn = Some(c.clone());
+            Ok(c)
+        }
+    }
+}
+
+/// One action-log request and its storing: returns the new offset and whether anything was
+/// stored.
+async fn follow_actions_once(
+    store: &Arc<IndexStore>,
+    config: &FollowerConfig,
+    conn: &mut Option<Connection>,
+    stop: &CancellationToken,
+) -> Result<(u64, bool), BackupError> {
+    let group = config.group.clone();
+    let from = {
+        let store = store.clone();
+        let group = group.clone();
+        blocking(move || store.offset(&group, ACTION_STREAM)).await?
+    }
+    .unwrap_or(0);
+    let request = async {
+        let c = connection(config, conn).await?;
+        fetch_actions(&c, &config.sync_addr, from, config.request_timeout).await
+    };
+    let chunk = tokio::select! {
+        _ = stop.cancelled() => return Ok((from, false)),
+        chunk = request => chunk?,
+    };
+    let start = chunk.start as u64;
+    let next = start + chunk.bytes.len() as u64;
+    let seen_at = chrono::Utc::now().timestamp_millis();
+    let store = store.clone();
+    let applied =
+        blocking(move || store.apply_actions(&group, from, start, &chunk.bytes, seen_at)).await?;
+    Ok((next, applied.actions > 0))
+}
+
+/// Asks `addr` for the action-log bytes from `from` on `conn`, and checks the answer's
+/// envelope (the records are checked when stored).
+pub async fn fetch_actions(
+    conn: &Connection,
+    addr: &str,
+    from: u64,
+    timeout: Duration,
+) -> Result<SyncChunk, BackupError> {
+    let offset = i64::try_from(from).map_err(|_| BackupError::Refused {
+        addr: addr.to_owned(),
+        offset: from,
+        code: response::PARAM_ERROR,
+    })?;
+    let mut body = BytesMut::new();
+    SyncLogRequest {
+        sync_type: SyncType::Action,
+        message_offset: 0,
+        action_offset: offset,
+    }
+    .encode(&mut body);
+    let resp = conn
+        .request(command::SYNC_LOG_REQUEST, body.freeze(), timeout)
+        .await
+        .map_err(|source| BackupError::Connection {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    if resp.header.code == response::PARAM_ERROR {
+        return Err(BackupError::BeyondEnd {
+            addr: addr.to_owned(),
+            offset: from,
+        });
+    }
+    if resp.header.code != response::SUCCESS {
+        return Err(BackupError::Refused {
+            addr: addr.to_owned(),
+            offset: from,
+            code: resp.header.code,
+        });
+    }
+    let chunk = SyncChunk::decode(&resp.body).map_err(|source| BackupError::BadAnswer {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    if chunk.start < offset {
+        return Err(BackupError::WentBackwards {
+            addr: addr.to_owned(),
+            offset: from,
+            next: chunk.start,
+        });
+    }
+    Ok(chunk)
 }
 
 /// One request and its storing: returns the new offset.
@@ -150,7 +293,7 @@ async fn follow_once(
     config: &FollowerConfig,
     conn: &mut Option<Connection>,
     stop: &CancellationToken,
-) -> Result<(u64, Applied), BackupError> {
+) -> Result<(u64, bool), BackupError> {
     let group = config.group.clone();
     let from = {
         let store = store.clone();
@@ -159,29 +302,17 @@ async fn follow_once(
     }
     .unwrap_or(0);
     let request = async {
-        let c = match conn {
-            Some(c) if c.is_open() => c.clone(),
-            _ => {
-                let c = Connection::connect(&config.sync_addr)
-                    .await
-                    .map_err(|source| BackupError::Connection {
-                        addr: config.sync_addr.clone(),
-                        source,
-                    })?;
-                *conn = Some(c.clone());
-                c
-            }
-        };
+        let c = connection(config, conn).await?;
         fetch(&c, &config.sync_addr, from, config.request_timeout).await
     };
     let chunk = tokio::select! {
-        _ = stop.cancelled() => return Ok((from, Applied::default())),
+        _ = stop.cancelled() => return Ok((from, false)),
         chunk = request => chunk?,
     };
     let next = chunk.next as u64;
     let store = store.clone();
-    let applied = blocking(move || store.apply(&group, from, &chunk)).await?;
-    Ok((next, applied))
+    let applied: Applied = blocking(move || store.apply(&group, from, &chunk)).await?;
+    Ok((next, applied.indexed > 0))
 }
 
 /// Asks `addr` for the index records from `from` on `conn`, and checks the answer.

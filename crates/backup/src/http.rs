@@ -10,6 +10,14 @@
 //!   subject, `len` ≤ 0, a bad cursor, a delay query — delay groups are not indexed yet) an
 //!   empty result; always HTTP 200.
 //!
+//! * `GET /api/message/records?recordQuery=<json>` — `{"subject", "messageId", "brokerGroup",
+//!   "sequence", "recordCode"}` (code 0: the records of that message; 1: of its retry copies;
+//!   2: one record per dead letter, for the group that gave up) → `{"records":[{
+//!   "consumerGroup", "action" (0 pull, 1 ack), "type" (the record code), "timestamp",
+//!   "consumerId", "sequence"}…]}`; `timestamp` is when the backup received the action (actions
+//!   carry no time), `sequence` the copy's sequence; 64-bit numbers as strings. Rejected or
+//!   unreadable queries answer `{"records":[]}`, HTTP 200.
+//!
 //! qmq-rs's own JSON (snake_case, numbers as numbers):
 //!
 //! * `GET /v1/messages/<message-id>` → `{"messages":[entry…]}` (one per broker group and
@@ -17,7 +25,15 @@
 //! * `GET /v1/messages?subject=s&from=t&to=t&limit=n&cursor=c` → `{"messages":[entry…],
 //!   "next":c|null}`; times in ms or RFC 3339, `from` defaults to 30 days before `to`, `to`
 //!   to now, `limit` to 100 (at most 10 000). 400 `{"error": …}` on bad input.
-//! * `GET /v1/status` → `{"messages": n, "groups":[{"group","offset"}…], "retention_ms"}`.
+//! * `GET /v1/messages/<message-id>/life` → [`crate::Life`]: `{"message_id", "messages":[entry…],
+//!   "events":[{"time", "event" (created, stored, retry, dead_lettered, pulled, acked),
+//!   "subject", "broker_group", "sequence", "copy" (original, retry, dead), "consumer_group",
+//!   "consumer_id"}…]}` oldest first. Pulls and acks are timed by when the backup received
+//!   them (`seen_at`), retry copies and dead letters by when it indexed them, the rest by the
+//!   message's creation time.
+//! * `GET /v1/status` → `{"messages": n, "groups":[{"group","offset","action_offset"}…],
+//!   "retention_ms"}` (`offset`: the message-index offset; `action_offset`: the action-log
+//!   offset, `null` before the first action chunk).
 //!
 //! An entry is `{"subject","message_id","sequence","created_time","broker_group"}`.
 
@@ -50,6 +66,8 @@ pub const MAX_LIMIT: usize = 10_000;
 pub fn router(store: Arc<IndexStore>) -> Router {
     Router::new()
         .route("/api/message", get(qmq_messages))
+        .route("/api/message/records", get(qmq_records))
+        .route("/v1/messages/{id}/life", get(life))
         .route("/v1/messages", get(messages))
         .route("/v1/messages/{id}", get(message_by_id))
         .route("/v1/status", get(status))
@@ -295,14 +313,104 @@ async fn messages(
     }
 }
 
+/// QMQ's record query (`RecordQuery`); unknown fields are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordQuery {
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    message_id: Option<String>,
+    #[serde(default)]
+    broker_group: Option<String>,
+    #[serde(default)]
+    sequence: Option<Value>,
+    #[serde(default)]
+    record_code: Option<Value>,
+}
+
+fn json_u64(v: &Option<Value>) -> Option<u64> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+async fn qmq_records(
+    State(store): State<Arc<IndexStore>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let empty = || json_response(StatusCode::OK, &json!({"records": []}));
+    let Some(raw) = params.get("recordQuery").filter(|q| !q.is_empty()) else {
+        return empty();
+    };
+    let q: RecordQuery = match serde_json::from_str(raw) {
+        Ok(q) => q,
+        Err(e) => {
+            warn!(error = %e, "unreadable recordQuery");
+            return empty();
+        }
+    };
+    let code = json_u64(&q.record_code).unwrap_or(0);
+    let Some(subject) = q.subject.filter(|s| !s.is_empty()) else {
+        return empty();
+    };
+    let id = q.message_id.unwrap_or_default();
+    let group = q.broker_group.unwrap_or_default();
+    let sequence = json_u64(&q.sequence);
+    let code = match (code, sequence) {
+        (0, Some(_)) if !group.is_empty() => 0u8,
+        (1 | 2, _) if !id.is_empty() => code as u8,
+        _ => return empty(),
+    };
+    let seq = sequence.unwrap_or(0);
+    match blocking(move || store.qmq_records(&subject, &id, &group, seq, code)).await {
+        Ok(records) => json_response(
+            StatusCode::OK,
+            &json!({
+                "records": records
+                    .iter()
+                    .map(|(e, r)| json!({
+                        "consumerGroup": r.consumer_group,
+                        "action": r.action.qmq_code(),
+                        "type": code,
+                        "timestamp": r.seen_at.to_string(),
+                        "consumerId": r.consumer_id,
+                        "sequence": e.sequence.to_string(),
+                    }))
+                    .collect::<Vec<_>>(),
+            }),
+        ),
+        Err(e) => {
+            warn!(error = %e, "record query failed");
+            empty()
+        }
+    }
+}
+
+async fn life(State(store): State<Arc<IndexStore>>, Path(id): Path<String>) -> Response {
+    match blocking(move || store.life(&id)).await {
+        Ok(life) => Json(life).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
 async fn status(State(store): State<Arc<IndexStore>>) -> Response {
     let retention = store.retention().map(|r| r.as_millis() as u64);
-    match blocking(move || Ok((store.len()?, store.offsets()?))).await {
-        Ok((n, offsets)) => Json(json!({
+    let read = move || {
+        let actions = store.stream_offsets(crate::ACTION_STREAM)?;
+        Ok((store.len()?, store.offsets()?, actions))
+    };
+    match blocking(read).await {
+        Ok((n, offsets, actions)) => Json(json!({
             "messages": n,
             "groups": offsets
                 .into_iter()
-                .map(|(group, offset)| json!({"group": group, "offset": offset}))
+                .map(|(group, offset)| {
+                    let action = actions.iter().find(|(g, _)| *g == group).map(|(_, o)| *o);
+                    json!({"group": group, "offset": offset, "action_offset": action})
+                })
                 .collect::<Vec<_>>(),
             "retention_ms": retention,
         }))

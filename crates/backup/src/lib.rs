@@ -9,8 +9,11 @@
 //! * [`http`]: the query API — QMQ's `GET /api/message?backupQuery=` and qmq-rs's own JSON
 //!   endpoints under `/v1`.
 //!
-//! This is the first slice of the backup: consumption records (sync type 1), dead letters and
-//! replay come later, as tables and offset streams of their own in the same store.
+//! * [`records`]: consumption records from each group's action log (sync type 1, a second
+//!   follower stream per group, its own `action` offset in the same store): who pulled and
+//!   acked which message, stamped with the backup's receive time (`seen_at`).
+//!
+//! Dead-letter bodies and replay come later, as tables of their own in the same store.
 
 #![warn(missing_docs)]
 
@@ -18,8 +21,12 @@ mod error;
 pub mod follower;
 pub mod http;
 pub mod keys;
+pub mod life;
+pub mod records;
 pub mod server;
 pub mod store;
 
 pub use error::BackupError;
+pub use life::{Event, EventKind, Life};
+pub use records::{AppliedActions, ConsumptionRecord, RecordAction, ACTION_STREAM};
 pub use store::{Applied, IndexEntry, IndexStore, Page, RangeQuery, INDEX_STREAM};

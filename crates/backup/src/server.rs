@@ -1,4 +1,5 @@
-//! The backup server: the index store, one follower per broker group, the retention sweep and
+//! The backup server: the index store, two followers per broker group (message index and
+//! action log), the retention sweep and
 //! the HTTP query API, started and stopped together.
 
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::follower::{self, blocking, FollowerConfig, FollowerHandle};
+use crate::follower::{self, blocking, FollowerConfig, FollowerHandle, Stream};
 use crate::{BackupError, IndexStore};
 
 /// The index file's name in the data directory.
@@ -56,6 +57,7 @@ struct Following {
     addr: String,
     stop: CancellationToken,
     handle: FollowerHandle,
+    actions: FollowerHandle,
 }
 
 /// A running backup server.
@@ -138,13 +140,15 @@ impl BackupServer {
             );
             old.stop.cancel();
             old.handle.join().await;
+            old.actions.join().await;
         }
         let stop = self.stop.child_token();
         let following = Following {
             group: config.group.clone(),
             addr: config.sync_addr.clone(),
             stop: stop.clone(),
-            handle: follower::spawn(self.store.clone(), config, stop)?,
+            handle: follower::spawn(self.store.clone(), config.clone(), stop.clone())?,
+            actions: follower::spawn_stream(self.store.clone(), config, Stream::Action, stop)?,
         };
         self.followers.push(following);
         Ok(())
@@ -168,7 +172,7 @@ impl BackupServer {
         &self.store
     }
 
-    /// The follower of `group`, if followed.
+    /// The index follower of `group`, if followed.
     pub fn follower(&self, group: &str) -> Option<&FollowerHandle> {
         self.followers
             .iter()
@@ -176,11 +180,20 @@ impl BackupServer {
             .map(|f| &f.handle)
     }
 
+    /// The action-log follower of `group`, if followed.
+    pub fn action_follower(&self, group: &str) -> Option<&FollowerHandle> {
+        self.followers
+            .iter()
+            .find(|f| f.group == group)
+            .map(|f| &f.actions)
+    }
+
     /// Stops everything and waits for it.
     pub async fn shutdown(self) {
         self.stop.cancel();
         for f in self.followers {
             f.handle.join().await;
+            f.actions.join().await;
         }
         for t in self.tasks {
             let _ = t.await;
@@ -188,9 +201,30 @@ impl BackupServer {
     }
 }
 
+/// Drops expired consumption records, a batch per transaction, until none is left.
+async fn sweep_records(store: &Arc<IndexStore>) {
+    loop {
+        let s = store.clone();
+        match blocking(move || s.purge_expired_records(PURGE_BATCH)).await {
+            Ok(n) if n >= PURGE_BATCH => continue,
+            Ok(n) => {
+                if n > 0 {
+                    info!(dropped = n, "expired consumption records dropped");
+                }
+                break;
+            }
+            Err(e) => {
+                warn!(error = %e, "backup record retention sweep failed");
+                break;
+            }
+        }
+    }
+}
+
 /// Drops expired entries every `interval`, a batch per transaction.
 async fn sweep(store: Arc<IndexStore>, interval: Duration, stop: CancellationToken) {
     loop {
+        sweep_records(&store).await;
         loop {
             let s = store.clone();
             match blocking(move || s.purge_expired(PURGE_BATCH)).await {

@@ -25,13 +25,13 @@ use tracing::debug;
 use crate::keys::{prefix_end, put_str, put_time, put_u64, KeyReader};
 use crate::BackupError;
 
-type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
+pub(crate) type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
 const MESSAGES: Table = TableDefinition::new("messages");
 const BY_SUBJECT: Table = TableDefinition::new("by_subject");
 const BY_ID: Table = TableDefinition::new("by_id");
 const BY_TIME: Table = TableDefinition::new("by_time");
-const OFFSETS: Table = TableDefinition::new("offsets");
+pub(crate) const OFFSETS: Table = TableDefinition::new("offsets");
 
 /// The offset stream of the message index (sync type 5).
 pub const INDEX_STREAM: &str = "index";
@@ -89,7 +89,7 @@ pub struct Applied {
 /// The backup's message index, in one redb file. Cheap to share behind an `Arc`; every method
 /// blocks on disk (call from `spawn_blocking` in async code).
 pub struct IndexStore {
-    db: Database,
+    pub(crate) db: Database,
     path: PathBuf,
     retention: Option<Duration>,
 }
@@ -138,7 +138,7 @@ fn time_key(time: i64, group: &str, subject: &str, sequence: u64) -> Vec<u8> {
     k
 }
 
-fn offset_key(group: &str, stream: &str) -> Vec<u8> {
+pub(crate) fn offset_key(group: &str, stream: &str) -> Vec<u8> {
     let mut k = Vec::new();
     put_str(&mut k, group);
     put_str(&mut k, stream);
@@ -163,7 +163,7 @@ fn primary_value(time: i64, id: &str) -> Vec<u8> {
     v
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
@@ -184,6 +184,7 @@ impl IndexStore {
         for table in [MESSAGES, BY_SUBJECT, BY_ID, BY_TIME, OFFSETS] {
             txn.open_table(table)?;
         }
+        crate::records::create_tables(&txn)?;
         txn.commit()?;
         Ok(Self {
             db,
@@ -203,7 +204,7 @@ impl IndexStore {
     }
 
     /// The creation time before which entries are expired, at `now` (ms).
-    fn cutoff(&self, now: i64) -> Option<i64> {
+    pub(crate) fn cutoff(&self, now: i64) -> Option<i64> {
         self.retention
             .map(|r| now.saturating_sub(i64::try_from(r.as_millis()).unwrap_or(i64::MAX)))
     }
@@ -224,6 +225,11 @@ impl IndexStore {
 
     /// Every group with an index offset, with the offset.
     pub fn offsets(&self) -> Result<Vec<(String, u64)>, BackupError> {
+        self.stream_offsets(INDEX_STREAM)
+    }
+
+    /// Every group with an offset of `stream` (`index`, `action`), with the offset.
+    pub fn stream_offsets(&self, stream: &str) -> Result<Vec<(String, u64)>, BackupError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(OFFSETS)?;
         let mut out = Vec::new();
@@ -233,7 +239,7 @@ impl IndexStore {
             let group = kr
                 .str()
                 .ok_or(BackupError::Corrupt { what: "offset key" })?;
-            if kr.str() != Some(INDEX_STREAM) {
+            if kr.str() != Some(stream) {
                 continue;
             }
             let offset = KeyReader::new(v.value())
@@ -300,6 +306,8 @@ impl IndexStore {
             let mut by_subject = txn.open_table(BY_SUBJECT)?;
             let mut by_id = txn.open_table(BY_ID)?;
             let mut by_time = txn.open_table(BY_TIME)?;
+            let mut seen = txn.open_table(crate::records::SEEN)?;
+            let received = now_ms();
             for r in &chunk.records {
                 if cutoff.is_some_and(|c| r.created_time < c) {
                     applied.expired += 1;
@@ -338,6 +346,16 @@ impl IndexStore {
                     time_key(r.created_time, group, &r.subject, seq).as_slice(),
                     r.message_id.as_bytes(),
                 )?;
+                if r.subject.starts_with('%') {
+                    // Retry and dead-letter copies keep their original's creation time: when
+                    // they were stored is known only from when they were seen.
+                    let mut v = Vec::with_capacity(8);
+                    put_time(&mut v, received);
+                    seen.insert(
+                        crate::records::seen_key(group, &r.subject, seq).as_slice(),
+                        v.as_slice(),
+                    )?;
+                }
                 applied.indexed += 1;
             }
             let mut n = Vec::with_capacity(8);
@@ -476,6 +494,7 @@ impl IndexStore {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut by_subject = txn.open_table(BY_SUBJECT)?;
             let mut by_id = txn.open_table(BY_ID)?;
+            let mut seen = txn.open_table(crate::records::SEEN)?;
             let mut expired = Vec::new();
             for row in by_time.range::<&[u8]>(..end.as_slice())?.take(max) {
                 let (k, v) = row?;
@@ -492,6 +511,9 @@ impl IndexStore {
                 by_subject.remove(subject_key(subject, time, group, seq).as_slice())?;
                 by_id.remove(id_key(&id, group, subject, seq).as_slice())?;
                 by_time.remove(k.as_slice())?;
+                if subject.starts_with('%') {
+                    seen.remove(crate::records::seen_key(group, subject, seq).as_slice())?;
+                }
                 n += 1;
             }
         }

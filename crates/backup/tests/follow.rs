@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use qmq_backup::follower::{self, FollowerConfig, FollowerHandle};
 use qmq_backup::server::{BackupConfig, BackupServer};
-use qmq_backup::{BackupError, IndexStore, RangeQuery};
+use qmq_backup::{BackupError, EventKind, IndexStore, RangeQuery, RecordAction};
 use qmq_broker::config::BrokerConfig;
 use qmq_broker::replication::sync_server::{self, SlaveLag, SyncSettings};
 use qmq_broker::replication::{Gate, ReplicationMode};
@@ -359,4 +359,248 @@ async fn garbage_from_a_broker_is_an_error_not_a_panic() {
     f.join().await;
     assert!(store.is_empty().unwrap());
     assert_eq!(store.offset("g", qmq_backup::INDEX_STREAM).unwrap(), None);
+}
+
+// ---- consumption records (sync type 1) ----
+
+fn consumer(subject: &str, group: &str, id: &str) -> qmq_store::ConsumerKey {
+    qmq_store::ConsumerKey {
+        subject: subject.into(),
+        group: group.into(),
+        consumer: id.into(),
+    }
+}
+
+impl Broker {
+    fn action_end(&self) -> u64 {
+        self.broker.store().log_end(LogStream::Action)
+    }
+
+    /// Pulls up to `max` messages for `key`; returns (pull seq, consume seq) pairs.
+    fn pull(&self, key: &qmq_store::ConsumerKey, max: usize) -> Vec<(u64, u64)> {
+        self.broker
+            .store()
+            .pull(
+                qmq_store::PullSpec {
+                    key,
+                    broadcast: false,
+                    max,
+                },
+                |_| true,
+            )
+            .unwrap()
+            .iter()
+            .map(|p| (p.pull_seq, p.sequence))
+            .collect()
+    }
+
+    fn ack(&self, key: &qmq_store::ConsumerKey, last: u64) {
+        self.broker.store().ack(key, last).unwrap();
+    }
+}
+
+/// The (consumer group, action) pairs recorded for `seq` of `subject`, sorted.
+fn recorded(store: &IndexStore, subject: &str, seq: u64) -> Vec<(String, RecordAction)> {
+    let mut v: Vec<_> = store
+        .records("g", subject, seq)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.consumer_group, r.action))
+        .collect();
+    v.sort_by_key(|(g, a)| (g.clone(), *a == RecordAction::Ack));
+    v
+}
+
+fn pair(g: &str, a: RecordAction) -> (String, RecordAction) {
+    (g.to_string(), a)
+}
+
+#[tokio::test]
+async fn pulls_and_acks_of_two_groups_are_recorded_on_the_right_messages() {
+    use RecordAction::{Ack, Pull};
+    let b = Broker::start().await;
+    b.send("orders", ids("a", 0..10)).await;
+    let (ka, kb) = (
+        consumer("orders", "ga", "c1"),
+        consumer("orders", "gb", "c2"),
+    );
+    let first = b.pull(&ka, 4);
+    let second = b.pull(&ka, 6);
+    assert_eq!(first.len() + second.len(), 10);
+    // ga acks its first six messages only; gb pulls and acks all ten.
+    b.ack(&ka, second[1].0);
+    let all = b.pull(&kb, 10);
+    b.ack(&kb, all[9].0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = BackupConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    config.groups = vec![fast("g", b.sync_addr)];
+    let server = BackupServer::start(config, CancellationToken::new())
+        .await
+        .unwrap();
+    caught_up(server.follower("g").unwrap(), b.log_end()).await;
+    caught_up(server.action_follower("g").unwrap(), b.action_end()).await;
+    let store = server.store();
+    for seq in 0..10u64 {
+        let want = if seq < 6 {
+            vec![
+                pair("ga", Pull),
+                pair("ga", Ack),
+                pair("gb", Pull),
+                pair("gb", Ack),
+            ]
+        } else {
+            vec![pair("ga", Pull), pair("gb", Pull), pair("gb", Ack)]
+        };
+        assert_eq!(recorded(store, "orders", seq), want, "sequence {seq}");
+    }
+    // The life of one message: stored, then both groups' pulls before their acks.
+    let life = store.life("a-0").unwrap();
+    let kinds: Vec<EventKind> = life.events.iter().map(|e| e.event).collect();
+    assert_eq!(kinds[..2], [EventKind::Created, EventKind::Stored]);
+    assert_eq!(kinds.iter().filter(|k| **k == EventKind::Pulled).count(), 2);
+    assert_eq!(kinds.iter().filter(|k| **k == EventKind::Acked).count(), 2);
+    for g in ["ga", "gb"] {
+        let at = |k: EventKind| {
+            life.events
+                .iter()
+                .position(|e| e.event == k && e.consumer_group.as_deref() == Some(g))
+                .unwrap()
+        };
+        assert!(at(EventKind::Pulled) < at(EventKind::Acked), "{g}");
+    }
+    server.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_action_follower_has_neither_gap_nor_duplicate() {
+    let b = Broker::start().await;
+    b.send("s", ids("x", 0..40)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(IndexStore::open(&dir.path().join("i.redb"), None).unwrap());
+    let k = consumer("s", "grp", "c");
+    let p = b.pull(&k, 10);
+    b.ack(&k, p[9].0);
+    let f = follower::spawn_stream(
+        store.clone(),
+        fast("g", b.sync_addr),
+        follower::Stream::Action,
+        CancellationToken::new(),
+    )
+    .unwrap();
+    caught_up(&f, b.action_end()).await;
+    f.abort();
+    f.join().await;
+    let at_kill = store.offset("g", qmq_backup::ACTION_STREAM).unwrap();
+    assert_eq!(at_kill, Some(b.action_end()));
+    // Consumption goes on while the follower is down.
+    for _ in 0..3 {
+        let p = b.pull(&k, 10);
+        b.ack(&k, p[p.len() - 1].0);
+    }
+    assert_eq!(
+        store.offset("g", qmq_backup::ACTION_STREAM).unwrap(),
+        at_kill
+    );
+    let stop = CancellationToken::new();
+    let f = follower::spawn_stream(
+        store.clone(),
+        fast("g", b.sync_addr),
+        follower::Stream::Action,
+        stop.clone(),
+    )
+    .unwrap();
+    caught_up(&f, b.action_end()).await;
+    for seq in 0..40u64 {
+        let got: Vec<_> = store
+            .records("g", "s", seq)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.consumer_group, r.consumer_id, r.action))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("grp".to_string(), "c".to_string(), RecordAction::Pull),
+                ("grp".to_string(), "c".to_string(), RecordAction::Ack),
+            ],
+            "sequence {seq}"
+        );
+    }
+    stop.cancel();
+    f.join().await;
+    b.shutdown().await;
+}
+
+fn action_record(payload: &[u8]) -> Vec<u8> {
+    let mut r = Vec::new();
+    r.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    r.extend_from_slice(&crc32c::crc32c(payload).to_be_bytes());
+    r.extend_from_slice(payload);
+    r
+}
+
+#[tokio::test]
+async fn garbage_action_bytes_are_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(IndexStore::open(&dir.path().join("i.redb"), None).unwrap());
+    let good = action_record(
+        &qmq_store::action::Action::Ack {
+            key: consumer("s", "g", "c"),
+            first: 0,
+            last: 0,
+        }
+        .encode(),
+    );
+    let mut bad_crc = good.clone();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0xff;
+    let mut zero_len = good.clone();
+    zero_len[..4].copy_from_slice(&[0, 0, 0, 0]);
+    let cases: Vec<Vec<u8>> = vec![
+        good[..5].to_vec(),                     // a torn header
+        good[..good.len() - 1].to_vec(),        // a torn payload
+        bad_crc,                                // a CRC mismatch
+        zero_len,                               // an empty record
+        action_record(b"\x09\x00\x00"),         // not an action
+        [good.clone(), vec![0xff; 3]].concat(), // a good record then junk
+    ];
+    for bytes in &cases {
+        let err = store.apply_actions("g", 0, 0, bytes, 1).unwrap_err();
+        assert!(matches!(err, BackupError::BadActions { .. }), "{err}");
+    }
+    assert_eq!(store.offset("g", qmq_backup::ACTION_STREAM).unwrap(), None);
+    // The good record alone is taken.
+    store.apply_actions("g", 0, 0, &good, 1).unwrap();
+    assert_eq!(
+        store.offset("g", qmq_backup::ACTION_STREAM).unwrap(),
+        Some(good.len() as u64)
+    );
+
+    // A follower fed garbage by a "broker" keeps running and moves no offset.
+    let store = Arc::new(IndexStore::open(&dir.path().join("j.redb"), None).unwrap());
+    // A sync chunk of 4 bytes from offset 0: a torn record header.
+    let addr =
+        fake_broker(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x01\x02\x03\x04").await;
+    let stop = CancellationToken::new();
+    let f = follower::spawn_stream(
+        store.clone(),
+        fast("g", addr),
+        follower::Stream::Action,
+        stop.clone(),
+    )
+    .unwrap();
+    let conn = Connection::connect(&addr.to_string()).await.unwrap();
+    let chunk = follower::fetch_actions(&conn, &addr.to_string(), 0, T)
+        .await
+        .unwrap();
+    let err = store.apply_actions("g", 0, 0, &chunk.bytes, 1).unwrap_err();
+    assert!(
+        matches!(err, BackupError::BadActions { offset: 0, .. }),
+        "{err}"
+    );
+    stop.cancel();
+    f.join().await;
+    assert_eq!(store.offset("g", qmq_backup::ACTION_STREAM).unwrap(), None);
 }

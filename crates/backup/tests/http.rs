@@ -186,6 +186,203 @@ async fn json_endpoints_by_id_by_range_and_status() {
     let (_, status) = get_json(&store, "/v1/status").await;
     assert_eq!(
         status,
-        json!({"messages": 5, "groups": [{"group": "g1", "offset": 99}], "retention_ms": null})
+        json!({"messages": 5, "groups": [{"group": "g1", "offset": 99, "action_offset": null}], "retention_ms": null})
     );
+}
+
+/// When the backup saw the first actions (after the messages' creation, before now) and the
+/// retry copy's (after now, when the copy is indexed in this test).
+const T1: i64 = 1_790_000_000_000;
+const T2: i64 = 1_900_000_000_000;
+
+fn framed(action: &qmq_store::action::Action) -> Vec<u8> {
+    let payload = action.encode();
+    let mut r = Vec::new();
+    r.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    r.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    r.extend_from_slice(&payload);
+    r
+}
+
+#[tokio::test]
+async fn records_and_life_of_a_message_with_a_retry_copy() {
+    use qmq_store::action::Action;
+    use qmq_store::ConsumerKey;
+    let (_dir, store) = store();
+    // o-1 failed by group "b": a retry copy, pulled and acked.
+    store
+        .apply(
+            "g1",
+            99,
+            &SyncIndexChunk {
+                next: 120,
+                records: vec![SyncIndexRecord {
+                    sequence: 0,
+                    created_time: 1_700_000_001_000,
+                    subject: "%RETRY%orders%b".into(),
+                    message_id: "o-1".into(),
+                }],
+            },
+        )
+        .unwrap();
+    let key = |subject: &str, group: &str| ConsumerKey {
+        subject: subject.into(),
+        group: group.into(),
+        consumer: "c".into(),
+    };
+    let pull = |subject: &str, group: &str, seqs: Vec<u64>| Action::Pull {
+        key: key(subject, group),
+        broadcast: false,
+        first_pull: 0,
+        next: seqs.last().map_or(0, |s| s + 1),
+        seqs,
+    };
+    let ack = |subject: &str, group: &str, last| Action::Ack {
+        key: key(subject, group),
+        first: 0,
+        last,
+    };
+    let mut bytes = Vec::new();
+    for a in [
+        pull("orders", "a", vec![0, 1]),
+        pull("orders", "b", vec![0, 1]),
+        ack("orders", "a", 1),
+        ack("orders", "b", 1),
+    ] {
+        bytes.extend(framed(&a));
+    }
+    store.apply_actions("g1", 0, 0, &bytes, T1).unwrap();
+    let mut more = framed(&pull("%RETRY%orders%b", "b", vec![0]));
+    more.extend(framed(&ack("%RETRY%orders%b", "b", 0)));
+    let from = bytes.len() as u64;
+    store.apply_actions("g1", from, from, &more, T2).unwrap();
+
+    let records_uri = |q: Value| {
+        qmq_uri(q).replace(
+            "/api/message?backupQuery",
+            "/api/message/records?recordQuery",
+        )
+    };
+    let (status, body) = get_json(
+        &store,
+        &records_uri(
+            json!({"subject": "orders", "messageId": "o-1", "brokerGroup": "g1",
+                            "sequence": 1, "recordCode": 0}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let records = body["records"].as_array().unwrap();
+    assert_eq!(records.len(), 4, "{body}");
+    assert_eq!(
+        records[0],
+        json!({"consumerGroup": "a", "action": 0, "type": 0, "timestamp": T1.to_string(),
+               "consumerId": "c", "sequence": "1"})
+    );
+    let (_, body) = get_json(
+        &store,
+        &records_uri(json!({"subject": "orders", "messageId": "o-1", "recordCode": 1})),
+    )
+    .await;
+    let actions: Vec<_> = body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["consumerGroup"].clone(),
+                r["action"].clone(),
+                r["type"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            (json!("b"), json!(0), json!(1)),
+            (json!("b"), json!(1), json!(1))
+        ]
+    );
+    let (_, body) = get_json(&store, &records_uri(json!({"subject": "orders"}))).await;
+    assert_eq!(body, json!({"records": []}));
+
+    let (status, life) = get_json(&store, "/v1/messages/o-1/life").await;
+    assert_eq!(status, StatusCode::OK);
+    let steps: Vec<(String, String, String)> = life["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_owned(),
+                e["consumer_group"].as_str().unwrap_or("").to_owned(),
+                e["copy"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let s = |e: &str, g: &str, c: &str| (e.to_owned(), g.to_owned(), c.to_owned());
+    assert_eq!(
+        steps[..2],
+        [s("created", "", "original"), s("stored", "", "original")]
+    );
+    assert_eq!(
+        steps[2..],
+        [
+            s("pulled", "a", "original"),
+            s("pulled", "b", "original"),
+            s("acked", "a", "original"),
+            s("acked", "b", "original"),
+            s("retry", "b", "retry"),
+            s("pulled", "b", "retry"),
+            s("acked", "b", "retry"),
+        ],
+        "{life}"
+    );
+    let (_, status) = get_json(&store, "/v1/status").await;
+    assert_eq!(
+        status["groups"][0]["action_offset"],
+        json!(from + more.len() as u64)
+    );
+    let (_, unknown) = get_json(&store, "/v1/messages/nope/life").await;
+    assert_eq!(unknown["events"], json!([]));
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_a_record_of_code_2_and_a_step_of_the_life() {
+    let (_dir, store) = store();
+    store
+        .apply(
+            "g1",
+            99,
+            &SyncIndexChunk {
+                next: 120,
+                records: vec![SyncIndexRecord {
+                    sequence: 4,
+                    created_time: 1_700_000_002_000,
+                    subject: "%DEAD_RETRY%orders%b".into(),
+                    message_id: "o-2".into(),
+                }],
+            },
+        )
+        .unwrap();
+    let uri = qmq_uri(json!({"subject": "orders", "messageId": "o-2", "recordCode": 2})).replace(
+        "/api/message?backupQuery",
+        "/api/message/records?recordQuery",
+    );
+    let (_, body) = get_json(&store, &uri).await;
+    let records = body["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{body}");
+    assert_eq!(records[0]["consumerGroup"], "b");
+    assert_eq!(records[0]["type"], 2);
+    assert_eq!(records[0]["sequence"], "4");
+    let (_, life) = get_json(&store, "/v1/messages/o-2/life").await;
+    let events: Vec<&str> = life["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["created", "stored", "dead_lettered"], "{life}");
+    assert_eq!(life["events"][2]["consumer_group"], "b");
+    assert_eq!(life["events"][2]["copy"], "dead");
 }

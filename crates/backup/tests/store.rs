@@ -235,3 +235,52 @@ fn retention_drops_old_entries_and_never_indexes_them() {
     // With a 1-hour retention nothing stored now is expired yet.
     assert_eq!(store.purge_expired(100).unwrap(), 0);
 }
+
+fn action_record(action: &qmq_store::action::Action) -> Vec<u8> {
+    let payload = action.encode();
+    let mut r = Vec::new();
+    r.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    r.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    r.extend_from_slice(&payload);
+    r
+}
+
+#[test]
+fn record_retention_drops_old_records_and_pull_mappings() {
+    use qmq_store::action::Action;
+    let dir = tempfile::tempdir().unwrap();
+    let store = IndexStore::open(&dir.path().join("i.redb"), None).unwrap();
+    let key = qmq_store::ConsumerKey {
+        subject: "s".into(),
+        group: "cg".into(),
+        consumer: "c".into(),
+    };
+    let pull = action_record(&Action::Pull {
+        key: key.clone(),
+        broadcast: false,
+        first_pull: 0,
+        seqs: vec![0, 1],
+        next: 2,
+    });
+    let ack = action_record(&Action::Ack {
+        key,
+        first: 0,
+        last: 1,
+    });
+    store.apply_actions("g", 0, 0, &pull, 100).unwrap();
+    assert_eq!(store.records("g", "s", 0).unwrap().len(), 1);
+    // Two records and two pull mappings seen at 100 go; nothing seen later would.
+    assert_eq!(store.purge_records_before(150, 1000).unwrap(), 4);
+    assert!(store.records("g", "s", 0).unwrap().is_empty());
+    // An ack of pulls no longer mapped records nothing and is counted.
+    let n = pull.len() as u64;
+    let applied = store.apply_actions("g", n, n, &ack, 200).unwrap();
+    assert_eq!((applied.records, applied.unmatched), (0, 2));
+    assert_eq!(
+        store.offset("g", qmq_backup::ACTION_STREAM).unwrap(),
+        Some(n + ack.len() as u64)
+    );
+    // A chunk from the wrong offset is refused.
+    let err = store.apply_actions("g", 0, 0, &pull, 300).unwrap_err();
+    assert!(matches!(err, BackupError::OffsetMismatch { .. }), "{err}");
+}

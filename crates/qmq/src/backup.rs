@@ -1,6 +1,6 @@
-//! `qmq backup` (the backup server: message index of broker groups, queried over HTTP),
-//! `qmq query` (a table of indexed messages from a backup server) and the backup inside
-//! `qmq standalone`.
+//! `qmq backup` (the backup server: message index and consumption records of broker groups,
+//! queried over HTTP), `qmq query` (a table of indexed messages from a backup server), `qmq
+//! trace` (a message's life from a backup server) and the backup inside `qmq standalone`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,8 @@ pub struct BackupArgs {
     /// Admin API token for `--meta`.
     #[arg(long, env = "QMQ_TOKEN", default_value = "", hide_env_values = true)]
     token: String,
-    /// Days an index entry is kept (by the message's creation time); 0 keeps everything.
+    /// Days an index entry is kept (by the message's creation time), and a consumption
+    /// record (by when the backup received it); 0 keeps everything.
     #[arg(long, default_value_t = 7)]
     retention_days: u64,
 }
@@ -50,8 +51,8 @@ pub struct BackupArgs {
 /// The backup inside `standalone`.
 #[derive(Args, Debug)]
 pub struct StandaloneBackupArgs {
-    /// Run the backup server (message index of this broker, queried over HTTP) in this
-    /// process. Standalone only.
+    /// Run the backup server (message index and consumption records of this broker, queried
+    /// over HTTP and by `qmq trace`) in this process. Standalone only.
     #[arg(
         long = "backup-enabled",
         default_value_t = true,
@@ -271,6 +272,105 @@ pub struct QueryArgs {
     /// Print the backup's JSON answer instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// `trace` settings.
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// The message id whose life to print.
+    id: String,
+    /// Backup server HTTP address (`host:port`).
+    #[arg(long, default_value = "127.0.0.1:20883", env = "QMQ_BACKUP")]
+    backup: String,
+    /// Print the backup's JSON answer (`/v1/messages/<id>/life`) instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `qmq trace`: prints a message's life, one line per step, oldest first. Fails when the
+/// message is not indexed.
+pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
+    let path = format!("/v1/messages/{}/life", encode(&args.id));
+    let (status, body) = http_get(&args.backup, &path)
+        .await
+        .with_context(|| format!("asking the backup server at {}", args.backup))?;
+    let answer: serde_json::Value = serde_json::from_slice(&body)
+        .with_context(|| format!("the backup server answered {status} with no JSON"))?;
+    if status != 200 {
+        bail!(
+            "the backup server refused the query: {}",
+            answer["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    let events = answer["events"].as_array().cloned().unwrap_or_default();
+    if events.is_empty() {
+        bail!(
+            "message {} is not in the backup's index (not stored, not indexed yet, or expired)",
+            args.id
+        );
+    }
+    if args.json {
+        println!("{answer}");
+        return Ok(());
+    }
+    print!("{}", render_trace(&events));
+    Ok(())
+}
+
+/// The timeline as lines: time (UTC), step, details.
+fn render_trace(events: &[serde_json::Value]) -> String {
+    let mut out = String::new();
+    for e in events {
+        let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+        let time = e["time"]
+            .as_i64()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            .unwrap_or_else(|| "?".into());
+        let place = format!(
+            "{} on {} at sequence {}",
+            s("subject"),
+            s("broker_group"),
+            e["sequence"]
+        );
+        let copy = match s("copy").as_str() {
+            "retry" => " (retry copy)",
+            "dead" => " (dead letter)",
+            _ => "",
+        };
+        let event = s("event");
+        let (step, detail) = match event.as_str() {
+            "created" => ("created", format!("subject {}", s("subject"))),
+            "stored" => ("stored", place),
+            "retry" => (
+                "retry",
+                format!("group {} failed it: {place}", s("consumer_group")),
+            ),
+            "dead_lettered" => (
+                "dead-lettered",
+                format!("group {} gave up: {place}", s("consumer_group")),
+            ),
+            "pulled" => (
+                "pulled",
+                format!(
+                    "by group {} consumer {}{copy}",
+                    s("consumer_group"),
+                    s("consumer_id")
+                ),
+            ),
+            "acked" => (
+                "acked",
+                format!(
+                    "by group {} consumer {}{copy}",
+                    s("consumer_group"),
+                    s("consumer_id")
+                ),
+            ),
+            other => (other, place),
+        };
+        out.push_str(&format!("{time}  {step:<13}  {detail}\n"));
+    }
+    out
 }
 
 /// The query string value `s`, percent-encoded.

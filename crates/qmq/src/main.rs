@@ -55,12 +55,16 @@ enum Command {
     Send(cli::SendArgs),
     /// Configuration files: `qmq config default` prints one with every key at its default.
     Config(config::ConfigArgs),
-    /// The backup server: follows broker groups' message index (sync type 5) into a local
-    /// store and serves queries over HTTP (`qmq query`, QMQ's `/api/message`).
+    /// The backup server: follows broker groups' message index (sync type 5) and action log
+    /// (sync type 1) into a local store and serves queries over HTTP (`qmq query`, `qmq
+    /// trace`, QMQ's `/api/message` and `/api/message/records`).
     Backup(backup::BackupArgs),
     /// Find messages in a backup server's index: `--id <message-id>`, or `--subject s
     /// [--from t] [--to t]`; printed as a table.
     Query(backup::QueryArgs),
+    /// A message's life from a backup server: created, stored, pulled and acked by which
+    /// groups and consumers, retried, dead-lettered; one line per step (`--json`).
+    Trace(backup::TraceArgs),
     /// Consume messages from the shell (printed one per line, then acked; `--json`,
     /// `--follow`).
     Consume(cli::ConsumeArgs),
@@ -126,6 +130,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen::explained(backup::run(args).await, &listeners)
         }
         Command::Query(args) => backup::query(args).await,
+        Command::Trace(args) => backup::trace(args).await,
         Command::Tools(args) => {
             println!("{}", qmq_meta::cli::run_tools(args).await?);
             Ok(())

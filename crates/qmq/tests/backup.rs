@@ -1,7 +1,9 @@
 //! `qmq standalone` runs the backup by default: messages sent with `qmq send` are found by
 //! `qmq query --id` (polled until indexed, with a deadline) and listed by `qmq query
 //! --subject`; the index survives a restart and takes up where it stopped; `--backup-enabled
-//! false` runs none. `qmq backup --meta` follows a replicated group from its slave.
+//! false` runs none. `qmq backup --meta` follows a replicated group from its slave. `qmq trace`
+//! shows a message consumed by two groups, one of them failing it twice, in order: stored,
+//! pulled by both, two retry copies, acked.
 
 mod common;
 
@@ -266,4 +268,135 @@ fn qmq_backup_follows_a_replicated_group_from_its_slave() {
     slave.terminate();
     master.terminate();
     meta.terminate();
+}
+
+/// The `qmq trace --json` events of `id` (none while it is not indexed).
+fn trace_events(backup: &str, id: &str) -> Vec<serde_json::Value> {
+    let out = run(&["trace", id, "--backup", backup, "--json"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["events"].as_array().cloned().unwrap_or_default()
+}
+
+fn is(e: &serde_json::Value, event: &str, group: &str) -> bool {
+    e["event"] == event && e["consumer_group"] == group
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_shows_a_message_stored_pulled_by_two_groups_retried_and_acked() {
+    use qmq_client::{
+        Consumer, ConsumerConfig, HandleError, MessageExt, MetaRouter, MetaRouterConfig,
+        ReceivedMessage, SubscribeOptions,
+    };
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, broker, ready) = standalone(dir.path(), &["--retry-delay-secs", "1"]);
+    let (http, backup) = (field(&ready, "http"), field(&ready, "backup"));
+    let out = run(&["send", "--broker", &broker, "--subject", "traced", "hello"]);
+    assert!(out.status.success(), "{out:?}");
+    let id = stdout(&out)
+        .trim()
+        .strip_prefix("sent ")
+        .unwrap()
+        .to_owned();
+
+    // Group "ok" takes it at once; group "flaky" fails the first two deliveries.
+    let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(&http, "test")));
+    let consumer = Consumer::new(router, ConsumerConfig::default());
+    let options = || SubscribeOptions {
+        new_group_start: qmq_client::NewGroupStart::Earliest,
+        ..SubscribeOptions::default()
+    };
+    let ok = |_m: ReceivedMessage| async { Ok(()) };
+    let flaky = |m: ReceivedMessage| async move {
+        if m.times() < 3 {
+            Err(HandleError::msg(format!("failing delivery {}", m.times())))
+        } else {
+            Ok(())
+        }
+    };
+    consumer
+        .subscribe("traced", "ok", ok, options())
+        .await
+        .unwrap();
+    consumer
+        .subscribe("traced", "flaky", flaky, options())
+        .await
+        .unwrap();
+
+    // Wait (with a deadline) until the backup holds both groups' last acks.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let events = tokio::task::block_in_place(|| trace_events(&backup, &id));
+        // The second retry copy (the third delivery) acked.
+        let retries: Vec<_> = events.iter().filter(|e| is(e, "retry", "flaky")).collect();
+        let done = retries.len() == 2
+            && events.iter().any(|e| {
+                is(e, "acked", "flaky")
+                    && e["subject"] == retries[1]["subject"]
+                    && e["sequence"] == retries[1]["sequence"]
+            });
+        if done && events.iter().any(|e| is(e, "acked", "ok")) {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trace never completed: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    consumer.shutdown().await;
+
+    let at = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        events
+            .iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("missing step in {events:#?}"))
+    };
+    let stored = at(&|e| e["event"] == "stored");
+    let pulled_ok = at(&|e| is(e, "pulled", "ok"));
+    let pulled_flaky = at(&|e| is(e, "pulled", "flaky") && e["copy"] == "original");
+    let first_retry = at(&|e| is(e, "retry", "flaky"));
+    let last_retry = events
+        .iter()
+        .rposition(|e| is(e, "retry", "flaky"))
+        .unwrap();
+    let last_ack = events
+        .iter()
+        .rposition(|e| is(e, "acked", "flaky"))
+        .unwrap();
+    assert_eq!(events[0]["event"], "created", "{events:#?}");
+    assert!(stored < pulled_ok && stored < pulled_flaky, "{events:#?}");
+    assert!(pulled_flaky < first_retry, "{events:#?}");
+    assert!(last_retry < last_ack, "{events:#?}");
+    assert_eq!(events[last_ack]["copy"], "retry", "{events:#?}");
+    assert_eq!(
+        events[last_ack]["sequence"], events[last_retry]["sequence"],
+        "{events:#?}"
+    );
+
+    // The readable form: the same steps, one line each, in the same order.
+    let out = run(&["trace", &id, "--backup", &backup]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    let steps: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_whitespace().nth(2).unwrap_or(""))
+        .collect();
+    // (Nothing happens to the message any more: the text shows the same steps.)
+    assert_eq!(steps.len(), events.len(), "{text}");
+    assert_eq!(steps[0], "created", "{text}");
+    assert_eq!(steps[stored], "stored", "{text}");
+    assert_eq!(steps[first_retry], "retry", "{text}");
+    assert_eq!(steps[last_ack], "acked", "{text}");
+    assert!(text.contains("by group flaky consumer"), "{text}");
+    assert!(text.contains("failed it: %RETRY%traced%flaky"), "{text}");
+
+    // Unknown ids are an error.
+    let out = run(&["trace", "no-such-id", "--backup", &backup]);
+    assert!(!out.status.success(), "{out:?}");
+    server.terminate();
 }
