@@ -10,7 +10,7 @@ mod common;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{field, free_port, qmq, Member, Proc};
+use common::{field, free_port, qmq, standalone_command, Member, Proc};
 
 fn run(args: &[&str]) -> Output {
     qmq().args(args).output().unwrap()
@@ -22,15 +22,8 @@ fn stdout(o: &Output) -> String {
 
 fn standalone(dir: &std::path::Path, extra: &[&str]) -> (Proc, String, String) {
     let broker = format!("127.0.0.1:{}", free_port());
-    let mut cmd = qmq();
-    cmd.args(["standalone", "--flush", "sync", "--listen", &broker])
-        .args(["--meta-http-listen", "127.0.0.1:0"])
-        .args(["--meta-tcp-listen", "127.0.0.1:0"])
-        .args(["--delay-listen", "127.0.0.1:0"])
-        .args(["--backup-http-listen", "127.0.0.1:0"])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(dir);
+    let mut cmd = standalone_command(dir, &broker);
+    cmd.args(["--flush", "sync"]).args(extra);
     let server = Proc::spawn(cmd);
     let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));
     (server, broker, ready)

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{field, free_port, free_port_pair, qmq, Proc};
+use common::{field, free_port_pair, standalone_command, Proc};
 
 /// How long one example may run.
 const LIMIT: Duration = Duration::from_secs(90);
@@ -76,22 +76,10 @@ fn ids_after(out: &str, prefix: &str) -> Vec<String> {
 async fn every_example_runs_against_a_standalone() {
     let dir = tempfile::tempdir().unwrap();
     let broker = format!("127.0.0.1:{}", free_port_pair());
-    let mut cmd = qmq();
-    cmd.args([
-        "standalone",
-        "--backup-http-listen",
-        "127.0.0.1:0",
-        "--listen",
-        &broker,
-    ])
-    .args(["--meta-http-listen", "127.0.0.1:0"])
-    .args(["--meta-tcp-listen", "127.0.0.1:0"])
-    .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
+    let mut cmd = standalone_command(dir.path(), &broker);
     // Every example's group reads what the producer example stored before it started,
     // and retries come back after 1 s rather than QMQ's 5 s.
-    .args(["--new-group-start", "earliest", "--retry-delay-secs", "1"])
-    .arg("--data-dir")
-    .arg(dir.path());
+    cmd.args(["--new-group-start", "earliest", "--retry-delay-secs", "1"]);
     let server = Proc::spawn(cmd);
     let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));
     let meta = field(&ready, "http");

@@ -115,20 +115,8 @@ async fn standalone_exports_broker_and_delay_spans_over_otlp() {
     let (collector, mut spans) = collector().await;
     let dir = tempfile::tempdir().unwrap();
     let broker = format!("127.0.0.1:{}", free_port());
-    let mut cmd = qmq();
-    cmd.args([
-        "standalone",
-        "--backup-http-listen",
-        "127.0.0.1:0",
-        "--listen",
-        &broker,
-    ])
-    .args(["--meta-http-listen", "127.0.0.1:0"])
-    .args(["--meta-tcp-listen", "127.0.0.1:0"])
-    .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
-    .args(["--otlp-endpoint", &format!("http://{collector}")])
-    .arg("--data-dir")
-    .arg(dir.path());
+    let mut cmd = standalone_command(dir.path(), &broker);
+    cmd.args(["--otlp-endpoint", &format!("http://{collector}")]);
     let mut server = Proc::spawn(cmd);
     // The collector runs on the other worker meanwhile.
     let (_, ready) = tokio::task::block_in_place(|| {

@@ -206,6 +206,21 @@ pub fn metrics_addr(proc: &Proc) -> String {
     line.rsplit(' ').next().unwrap().to_owned()
 }
 
+/// The `qmq standalone` command on `dir` with its broker on `broker` and every other listener
+/// (meta HTTP and TCP, delay server, backup HTTP) on a free loopback port, so that tests can
+/// run side by side; callers add their own flags.
+pub fn standalone_command(dir: &std::path::Path, broker: &str) -> Command {
+    let mut cmd = qmq();
+    cmd.args(["standalone", "--listen", broker])
+        .args(["--meta-http-listen", "127.0.0.1:0"])
+        .args(["--meta-tcp-listen", "127.0.0.1:0"])
+        .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--backup-http-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir);
+    cmd
+}
+
 /// Starts `qmq standalone` in `dir` with its broker on `broker`, everything else on free
 /// loopback ports, metrics on, and `extra` arguments; returns it, its metrics address and its
 /// ready line.
@@ -214,21 +229,8 @@ pub fn standalone_with_metrics(
     broker: &str,
     extra: &[&str],
 ) -> (Proc, String, String) {
-    let mut cmd = qmq();
-    cmd.args([
-        "standalone",
-        "--backup-http-listen",
-        "127.0.0.1:0",
-        "--listen",
-        broker,
-    ])
-    .args(extra)
-    .args(["--meta-http-listen", "127.0.0.1:0"])
-    .args(["--meta-tcp-listen", "127.0.0.1:0"])
-    .args(["--delay-listen", &format!("127.0.0.1:{}", free_port())])
-    .args(["--metrics-listen", "127.0.0.1:0"])
-    .arg("--data-dir")
-    .arg(dir);
+    let mut cmd = standalone_command(dir, broker);
+    cmd.args(extra).args(["--metrics-listen", "127.0.0.1:0"]);
     let server = Proc::spawn(cmd);
     let metrics = metrics_addr(&server);
     let (_, ready) = server.wait_line("qmq standalone ready", 0, Duration::from_secs(30));
