@@ -241,43 +241,12 @@ pub async fn fetch_actions(
     from: u64,
     timeout: Duration,
 ) -> Result<SyncChunk, BackupError> {
-    let offset = i64::try_from(from).map_err(|_| BackupError::Refused {
-        addr: addr.to_owned(),
-        offset: from,
-        code: response::PARAM_ERROR,
-    })?;
-    let mut body = BytesMut::new();
-    SyncLogRequest {
-        sync_type: SyncType::Action,
-        message_offset: 0,
-        action_offset: offset,
-    }
-    .encode(&mut body);
-    let resp = conn
-        .request(command::SYNC_LOG_REQUEST, body.freeze(), timeout)
-        .await
-        .map_err(|source| BackupError::Connection {
-            addr: addr.to_owned(),
-            source,
-        })?;
-    if resp.header.code == response::PARAM_ERROR {
-        return Err(BackupError::BeyondEnd {
-            addr: addr.to_owned(),
-            offset: from,
-        });
-    }
-    if resp.header.code != response::SUCCESS {
-        return Err(BackupError::Refused {
-            addr: addr.to_owned(),
-            offset: from,
-            code: resp.header.code,
-        });
-    }
-    let chunk = SyncChunk::decode(&resp.body).map_err(|source| BackupError::BadAnswer {
+    let body = request(conn, addr, from, SyncType::Action, timeout).await?;
+    let chunk = SyncChunk::decode(&body).map_err(|source| BackupError::BadAnswer {
         addr: addr.to_owned(),
         source,
     })?;
-    if chunk.start < offset {
+    if chunk.start < from as i64 {
         return Err(BackupError::WentBackwards {
             addr: addr.to_owned(),
             offset: from,
@@ -322,17 +291,45 @@ pub async fn fetch(
     from: u64,
     timeout: Duration,
 ) -> Result<SyncIndexChunk, BackupError> {
+    let body = request(conn, addr, from, SyncType::Index, timeout).await?;
+    let chunk = SyncIndexChunk::decode(&body).map_err(|source| BackupError::BadAnswer {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    if chunk.next < from as i64 {
+        return Err(BackupError::WentBackwards {
+            addr: addr.to_owned(),
+            offset: from,
+            next: chunk.next,
+        });
+    }
+    Ok(chunk)
+}
+
+/// One SYNC_LOG_REQUEST of `sync_type` from offset `from` to `addr`; the answer's body once its
+/// code says SUCCESS (PARAM_ERROR: `from` is past the log's end).
+async fn request(
+    conn: &Connection,
+    addr: &str,
+    from: u64,
+    sync_type: SyncType,
+    timeout: Duration,
+) -> Result<bytes::Bytes, BackupError> {
     let offset = i64::try_from(from).map_err(|_| BackupError::Refused {
         addr: addr.to_owned(),
         offset: from,
         code: response::PARAM_ERROR,
     })?;
+    let (message_offset, action_offset) = match sync_type {
+        SyncType::Action => (0, offset),
+        // A QMQ backup puts its index position in both fields.
+        _ => (offset, offset),
+    };
     let mut body = BytesMut::new();
     SyncLogRequest {
-        sync_type: SyncType::Index,
-        message_offset: offset,
-        // A QMQ backup puts its index position in both fields.
-        action_offset: offset,
+        sync_type,
+        message_offset,
+        action_offset,
     }
     .encode(&mut body);
     let resp = conn
@@ -342,31 +339,18 @@ pub async fn fetch(
             addr: addr.to_owned(),
             source,
         })?;
-    if resp.header.code == response::PARAM_ERROR {
-        return Err(BackupError::BeyondEnd {
+    match resp.header.code {
+        response::SUCCESS => Ok(resp.body),
+        response::PARAM_ERROR => Err(BackupError::BeyondEnd {
             addr: addr.to_owned(),
             offset: from,
-        });
-    }
-    if resp.header.code != response::SUCCESS {
-        return Err(BackupError::Refused {
+        }),
+        code => Err(BackupError::Refused {
             addr: addr.to_owned(),
             offset: from,
-            code: resp.header.code,
-        });
+            code,
+        }),
     }
-    let chunk = SyncIndexChunk::decode(&resp.body).map_err(|source| BackupError::BadAnswer {
-        addr: addr.to_owned(),
-        source,
-    })?;
-    if chunk.next < offset {
-        return Err(BackupError::WentBackwards {
-            addr: addr.to_owned(),
-            offset: from,
-            next: chunk.next,
-        });
-    }
-    Ok(chunk)
 }
 
 /// Runs a store call off the async threads.
