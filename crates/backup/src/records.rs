@@ -25,7 +25,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tracing::{debug, warn};
 
 use crate::keys::{prefix_end, put_str, put_time, put_u64, KeyReader};
-use crate::store::{now_ms, offset_key, Table, OFFSETS};
+use crate::store::{expect_offset, now_ms, offset_key, Table, OFFSETS};
 use crate::{BackupError, IndexStore};
 
 const PULLS: Table = TableDefinition::new("pulls");
@@ -232,21 +232,7 @@ impl IndexStore {
         let txn = self.db.begin_write()?;
         {
             let mut offsets = txn.open_table(OFFSETS)?;
-            let stored = match offsets.get(okey.as_slice())? {
-                Some(v) => Some(
-                    KeyReader::new(v.value())
-                        .u64()
-                        .ok_or(BackupError::Corrupt { what: "offset" })?,
-                ),
-                None => None,
-            };
-            if stored.unwrap_or(0) != from {
-                return Err(BackupError::OffsetMismatch {
-                    group: group.to_owned(),
-                    stored,
-                    from,
-                });
-            }
+            expect_offset(&offsets, &okey, group, from)?;
             let mut pulls = txn.open_table(PULLS)?;
             let mut pulls_by_time = txn.open_table(PULLS_BY_TIME)?;
             let mut records = txn.open_table(RECORDS)?;

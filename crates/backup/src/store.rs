@@ -287,21 +287,7 @@ impl IndexStore {
         let txn = self.db.begin_write()?;
         {
             let mut offsets = txn.open_table(OFFSETS)?;
-            let stored = match offsets.get(okey.as_slice())? {
-                Some(v) => Some(
-                    KeyReader::new(v.value())
-                        .u64()
-                        .ok_or(BackupError::Corrupt { what: "offset" })?,
-                ),
-                None => None,
-            };
-            if stored.unwrap_or(0) != from {
-                return Err(BackupError::OffsetMismatch {
-                    group: group.to_owned(),
-                    stored,
-                    from,
-                });
-            }
+            expect_offset(&offsets, &okey, group, from)?;
             let mut messages = txn.open_table(MESSAGES)?;
             let mut by_subject = txn.open_table(BY_SUBJECT)?;
             let mut by_id = txn.open_table(BY_ID)?;
@@ -534,4 +520,30 @@ impl IndexStore {
     pub fn is_empty(&self) -> Result<bool, BackupError> {
         Ok(self.len()? == 0)
     }
+}
+
+/// Checks that the stored offset under `key` (none: 0) is `from`, the offset a chunk about to be
+/// applied starts at: a chunk is applied exactly once, right after the previous one.
+pub(crate) fn expect_offset(
+    offsets: &redb::Table<'_, &'static [u8], &'static [u8]>,
+    key: &[u8],
+    group: &str,
+    from: u64,
+) -> Result<(), BackupError> {
+    let stored = match offsets.get(key)? {
+        Some(v) => Some(
+            KeyReader::new(v.value())
+                .u64()
+                .ok_or(BackupError::Corrupt { what: "offset" })?,
+        ),
+        None => None,
+    };
+    if stored.unwrap_or(0) != from {
+        return Err(BackupError::OffsetMismatch {
+            group: group.to_owned(),
+            stored,
+            from,
+        });
+    }
+    Ok(())
 }
