@@ -103,6 +103,43 @@ fn bench_redb(n: usize) {
     }
     let range = started.elapsed() / ps.len() as u32;
     report("redb", n, write, id, range, rows, dir_size(dir.path()));
+    bench_http(std::sync::Arc::new(store), n);
+}
+
+/// One message id looked up through the backup's HTTP API (`GET /v1/messages/<id>`: routing,
+/// the store call off the async threads, JSON), in process without a socket, so the figure is
+/// the server's share of a query's latency.
+fn bench_http(store: std::sync::Arc<IndexStore>, n: usize) {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let app = qmq_backup::http::router(store);
+        let ps = probes(n);
+        let started = Instant::now();
+        for i in &ps {
+            let id = record(*i).message_id;
+            let request = Request::get(format!("/v1/messages/{id}"))
+                .body(Body::empty())
+                .expect("request");
+            let answer = app.clone().oneshot(request).await.expect("answer");
+            assert!(answer.status().is_success());
+            let body = answer.into_body().collect().await.expect("body").to_bytes();
+            assert!(body.windows(id.len()).any(|w| w == id.as_bytes()));
+        }
+        let per = started.elapsed() / ps.len() as u32;
+        println!(
+            "http   GET /v1/messages/<id> (in process, no socket): {:.1} µs",
+            per.as_secs_f64() * 1e6
+        );
+    });
 }
 
 #[cfg(feature = "bench-fjall")]
