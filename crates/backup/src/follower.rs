@@ -210,12 +210,7 @@ async fn follow_actions_once(
     stop: &CancellationToken,
 ) -> Result<(u64, bool), BackupError> {
     let group = config.group.clone();
-    let from = {
-        let store = store.clone();
-        let group = group.clone();
-        blocking(move || store.offset(&group, ACTION_STREAM)).await?
-    }
-    .unwrap_or(0);
+    let from = stored_offset(store, &group, ACTION_STREAM).await?;
     let request = async {
         let c = connection(config, conn).await?;
         fetch_actions(&c, &config.sync_addr, from, config.request_timeout).await
@@ -264,12 +259,7 @@ async fn follow_once(
     stop: &CancellationToken,
 ) -> Result<(u64, bool), BackupError> {
     let group = config.group.clone();
-    let from = {
-        let store = store.clone();
-        let group = group.clone();
-        blocking(move || store.offset(&group, INDEX_STREAM)).await?
-    }
-    .unwrap_or(0);
+    let from = stored_offset(store, &group, INDEX_STREAM).await?;
     let request = async {
         let c = connection(config, conn).await?;
         fetch(&c, &config.sync_addr, from, config.request_timeout).await
@@ -351,6 +341,18 @@ async fn request(
             code,
         }),
     }
+}
+
+/// The offset `group`'s `stream` resumes from (0 before its first chunk).
+async fn stored_offset(
+    store: &Arc<IndexStore>,
+    group: &str,
+    stream: &'static str,
+) -> Result<u64, BackupError> {
+    let (store, group) = (store.clone(), group.to_owned());
+    Ok(blocking(move || store.offset(&group, stream))
+        .await?
+        .unwrap_or(0))
 }
 
 /// Runs a store call off the async threads.

@@ -291,17 +291,7 @@ pub struct TraceArgs {
 /// message is not indexed.
 pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let path = format!("/v1/messages/{}/life", encode(&args.id));
-    let (status, body) = http_get(&args.backup, &path)
-        .await
-        .with_context(|| format!("asking the backup server at {}", args.backup))?;
-    let answer: serde_json::Value = serde_json::from_slice(&body)
-        .with_context(|| format!("the backup server answered {status} with no JSON"))?;
-    if status != 200 {
-        bail!(
-            "the backup server refused the query: {}",
-            answer["error"].as_str().unwrap_or("no reason given")
-        );
-    }
+    let answer = ask_backup(&args.backup, &path).await?;
     let events = answer["events"].as_array().cloned().unwrap_or_default();
     if events.is_empty() {
         bail!(
@@ -404,17 +394,7 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --id or --subject"),
     };
-    let (status, body) = http_get(&args.backup, &path)
-        .await
-        .with_context(|| format!("asking the backup server at {}", args.backup))?;
-    let answer: serde_json::Value = serde_json::from_slice(&body)
-        .with_context(|| format!("the backup server answered {status} with no JSON"))?;
-    if status != 200 {
-        bail!(
-            "the backup server refused the query: {}",
-            answer["error"].as_str().unwrap_or("no reason given")
-        );
-    }
+    let answer = ask_backup(&args.backup, &path).await?;
     if args.json {
         println!("{answer}");
         return Ok(());
@@ -505,6 +485,23 @@ fn render_table(entries: &[serde_json::Value]) -> String {
         out.push_str("(no messages)\n");
     }
     out
+}
+
+/// `GET path` on the backup server at `backup`: its JSON answer, or an error saying why not
+/// (unreachable, not JSON, or refused with the server's reason).
+async fn ask_backup(backup: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let (status, body) = http_get(backup, path)
+        .await
+        .with_context(|| format!("asking the backup server at {backup}"))?;
+    let answer: serde_json::Value = serde_json::from_slice(&body)
+        .with_context(|| format!("the backup server answered {status} with no JSON"))?;
+    if status != 200 {
+        bail!(
+            "the backup server refused the query: {}",
+            answer["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(answer)
 }
 
 #[cfg(test)]
