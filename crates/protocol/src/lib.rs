@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod codes;
 mod error;
 pub mod frame;
@@ -48,6 +49,9 @@ pub mod replication;
 pub mod send;
 pub mod wire;
 
+pub use backup::{
+    FetchMessagesRequest, FetchMessagesResponse, StoredRecord, SyncMessagesChunk, FETCH_MESSAGES,
+};
 pub use codes::{Command, ResponseCode};
 pub use error::DecodeError;
 pub use frame::{Frame, FrameCodec, FrameError, Header};

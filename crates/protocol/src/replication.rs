@@ -40,6 +40,9 @@ pub enum SyncType {
     Heartbeat,
     /// Message index records for a backup server, from `message_offset`.
     Index,
+    /// Stored messages for a qmq-rs backup server, from `message_offset` (qmq-rs only, see
+    /// [`crate::SyncMessagesChunk`]).
+    Messages,
 }
 
 impl SyncType {
@@ -50,6 +53,7 @@ impl SyncType {
             Self::Message => 2,
             Self::Heartbeat => 3,
             Self::Index => 5,
+            Self::Messages => 6,
         }
     }
 
@@ -60,6 +64,7 @@ impl SyncType {
             2 => Ok(Self::Message),
             3 => Ok(Self::Heartbeat),
             5 => Ok(Self::Index),
+            6 => Ok(Self::Messages),
             other => Err(DecodeError::UnknownCode {
                 field: "sync type",
                 code: i64::from(other),
