@@ -274,7 +274,10 @@ mod tests {
         chunk.encode(&mut out).unwrap();
         let body = out.freeze();
         for cut in 0..body.len() {
-            assert!(SyncMessagesChunk::decode(&body.slice(..cut)).is_err(), "{cut}");
+            assert!(
+                SyncMessagesChunk::decode(&body.slice(..cut)).is_err(),
+                "{cut}"
+            );
         }
         // A record length beyond the chunk.
         let mut bad = BytesMut::from(&body[..]);
