@@ -1,6 +1,6 @@
-//! The sync port: serves this broker's message and action logs to a slave and its message
-//! index to a backup server (QMQ's SYNC_LOG_REQUEST, code 20, types 1, 2, 3 and 5, and
-//! SYNC_CHECKPOINT_REQUEST, code 21).
+//! The sync port: serves this broker's message and action logs to a slave and its messages to
+//! a backup server (QMQ's SYNC_LOG_REQUEST, code 20, types 1, 2, 3 and 5, qmq-rs's type 6,
+//! SYNC_CHECKPOINT_REQUEST, code 21, and qmq-rs's FETCH_MESSAGES, code 28).
 //!
 //! - Types 1 (action) and 2 (message): whole records from the asked offset (raised to the
 //!   oldest retained one when the log no longer holds it), never across a segment, at most
@@ -11,15 +11,19 @@
 //!   sends waiting for the slave ([`super::Gate::slave_reached`]).
 //! - Type 3 (heartbeat): answers both log ends (the action end read first); the master
 //!   records the slave's lag.
-//! - Type 5 (index, for a QMQ backup server, which asks a slave's sync port): one
-//!   [`SyncIndexRecord`] per message from the asked message-log offset (raised to the oldest
-//!   retained one), at most [`INDEX_MAX_RECORDS`] and about `batch_bytes` of them, in QMQ's
-//!   layout ([`SyncIndexChunk`]): the `i64` is the offset to ask for next. It long-polls like
-//!   types 1 and 2 and then answers no records and the asked offset. A backup is not a slave:
-//!   its offset is no proof of replication and releases no waiting send. Records carry the
-//!   store's subject and consume-log sequence, the message id and creation time of the stored
-//!   message (its append time when the creation time is not positive, which a Java backup
-//!   would take for the end of its index); a message without an id is passed over.
+//! - Types 5 (index, for a QMQ backup server, which asks a slave's sync port) and 6 (stored
+//!   messages, for qmq-rs's backup server): one record per message from the asked message-log
+//!   offset (raised to the oldest retained one), at most [`INDEX_MAX_RECORDS`] and about
+//!   `batch_bytes` of them (always at least one), read by one chunk reader and encoded per
+//!   type: type 5 in QMQ's layout ([`SyncIndexChunk`]), type 6 as a [`SyncMessagesChunk`]; in
+//!   both the `i64` is the offset to ask for next. They long-poll like types 1 and 2 and then
+//!   answer no records and the asked offset. A backup is not a slave: its offset is no proof
+//!   of replication and releases no waiting send. Records carry the store's subject (the one
+//!   the sequence counts in, a retry or dead-letter subject for those copies) and consume-log
+//!   sequence; a type-5 record the message id and creation time of the stored message (its
+//!   append time when the creation time is not positive, which a Java backup would take for
+//!   the end of its index), a type-6 record the whole stored message. A message whose stored
+//!   form gives no subject or id is passed over by both.
 //! - An offset beyond the log's end means the slave (or backup) holds data this log never
 //!   had: answered `PARAM_ERROR` (the slave stops and reports divergence); so is a negative
 //!   one. Other failures: `BROKER_ERROR`.
@@ -27,6 +31,11 @@
 //! - SYNC_CHECKPOINT_REQUEST: a resync snapshot of the store ([`Store::snapshot`]) in QMQ's
 //!   response shape with qmq-rs's content ([`SyncCheckpoint`]), for a slave that cannot
 //!   continue from its own logs (see [`super::follower`]).
+//! - FETCH_MESSAGES ([`FetchMessagesRequest`]): the stored messages of one subject at the asked
+//!   consume-log sequences, found ones in the asked order, the rest left out (an unknown
+//!   subject: none); what QMQ's slaves serve over HTTP, which qmq-rs's backup uses to show a
+//!   message's body. Served by masters and slaves alike. A malformed request is answered
+//!   `PARAM_ERROR`; an answer too large for one frame `BROKER_ERROR` (ask for fewer).
 //!
 //! Each connection is served in order (a slave uses one connection per stream); reads run on
 //! blocking threads.
@@ -40,10 +49,11 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use qmq_protocol::codes::{command, response};
 use qmq_protocol::{
-    Frame, FrameCodec, SyncCheckpoint, SyncChunk, SyncHeartbeat, SyncIndexChunk, SyncIndexRecord,
-    SyncLogRequest, SyncType,
+    frame, EncodeError, FetchMessagesRequest, FetchMessagesResponse, Frame, FrameCodec,
+    StoredRecord, SyncCheckpoint, SyncChunk, SyncHeartbeat, SyncIndexChunk, SyncIndexRecord,
+    SyncLogRequest, SyncMessagesChunk, SyncType, FETCH_MESSAGES,
 };
-use qmq_store::{IndexChunk, LogStream, Store, StoreError};
+use qmq_store::{IndexChunk, IndexRecord, LogStream, Store, StoreError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -51,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 use super::Gate;
 use crate::BrokerError;
 
-/// Most index records in one answer to a type-5 request (QMQ's `MessageIndexSyncWorker`
+/// Most records in one answer to a type-5 or type-6 request (QMQ's `MessageIndexSyncWorker`
 /// sends at most 5000).
 pub const INDEX_MAX_RECORDS: usize = 5000;
 
@@ -186,6 +196,9 @@ async fn answer(state: &State, frame: &Frame) -> (i16, Bytes) {
     if frame.header.code == command::SYNC_CHECKPOINT_REQUEST {
         return checkpoint(state).await;
     }
+    if frame.header.code == FETCH_MESSAGES {
+        return fetch(state, &frame.body).await;
+    }
     if frame.header.code != command::SYNC_LOG_REQUEST {
         return (response::UNKNOWN_CODE, Bytes::new());
     }
@@ -201,7 +214,10 @@ async fn answer(state: &State, frame: &Frame) -> (i16, Bytes) {
         SyncType::Action => (LogStream::Action, req.action_offset),
         SyncType::Heartbeat => return heartbeat(state, &req),
         // Not a slave's proof of replication: no `slave_reached`.
-        SyncType::Index => return index(state, req.message_offset).await,
+        SyncType::Index => return backup_sync(state, req.message_offset, BackupSync::Index).await,
+        SyncType::Messages => {
+            return backup_sync(state, req.message_offset, BackupSync::Messages).await
+        }
     };
     let Ok(offset) = u64::try_from(offset) else {
         return (response::PARAM_ERROR, Bytes::new());
@@ -257,38 +273,75 @@ async fn chunk(state: &State, stream: LogStream, offset: u64) -> Result<SyncChun
     }
 }
 
-/// Answers a type-5 request: the index records from message-log offset `offset`.
-async fn index(state: &State, offset: i64) -> (i16, Bytes) {
-    let Ok(from) = u64::try_from(offset) else {
-        tracing::warn!(offset, "index sync from a negative offset");
-        return (response::PARAM_ERROR, Bytes::new());
-    };
-    match index_chunk(state, from).await {
-        Ok(c) => {
-            let size: usize = c.records.iter().map(SyncIndexRecord::encoded_len).sum();
-            let mut out = BytesMut::with_capacity(12 + size);
-            match c.encode(&mut out) {
-                Ok(()) => (response::SUCCESS, out.freeze()),
-                Err(e) => {
-                    tracing::error!(error = %e, "encoding an index chunk failed");
-                    (response::BROKER_ERROR, Bytes::new())
-                }
+/// What a backup server asks a [`SyncLogRequest`] for: both answer the messages from a
+/// message-log offset, read by one chunk reader ([`backup_chunk`]), in their own layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BackupSync {
+    /// Type 5: QMQ's index records ([`SyncIndexChunk`]).
+    Index,
+    /// Type 6: qmq-rs's stored messages ([`SyncMessagesChunk`]).
+    Messages,
+}
+
+impl BackupSync {
+    /// What the logs call it.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Index => "index",
+            Self::Messages => "messages",
+        }
+    }
+
+    /// The answer body for `c`: about `max_bytes` of records (always the first).
+    fn encode(self, c: &IndexChunk, max_bytes: usize) -> Result<Bytes, EncodeError> {
+        let mut out = BytesMut::new();
+        match self {
+            Self::Index => {
+                let (next, records, size) =
+                    budgeted(c, max_bytes, index_record, SyncIndexRecord::encoded_len);
+                out.reserve(12 + size);
+                SyncIndexChunk { next, records }.encode(&mut out)?;
+            }
+            Self::Messages => {
+                let (next, records, size) =
+                    budgeted(c, max_bytes, stored_record, StoredRecord::encoded_len);
+                out.reserve(12 + size);
+                SyncMessagesChunk { next, records }.encode(&mut out)?;
             }
         }
+        Ok(out.freeze())
+    }
+}
+
+/// Answers a type-5 or type-6 request: the records from message-log offset `offset`.
+async fn backup_sync(state: &State, offset: i64, kind: BackupSync) -> (i16, Bytes) {
+    let what = kind.name();
+    let Ok(from) = u64::try_from(offset) else {
+        tracing::warn!(offset, what, "backup sync from a negative offset");
+        return (response::PARAM_ERROR, Bytes::new());
+    };
+    match backup_chunk(state, from).await {
+        Ok(c) => match kind.encode(&c, state.settings.batch_bytes) {
+            Ok(body) => (response::SUCCESS, body),
+            Err(e) => {
+                tracing::error!(error = %e, what, "encoding a backup sync chunk failed");
+                (response::BROKER_ERROR, Bytes::new())
+            }
+        },
         Err(BrokerError::Store(e @ StoreError::Ahead { .. })) => {
-            tracing::error!(error = %e, "a backup asks for the index beyond this log's end");
+            tracing::error!(error = %e, what, "a backup asks beyond this log's end");
             (response::PARAM_ERROR, Bytes::new())
         }
         Err(e) => {
-            tracing::error!(error = %e, offset, "serving an index sync request failed");
+            tracing::error!(error = %e, offset, what, "serving a backup sync request failed");
             (response::BROKER_ERROR, Bytes::new())
         }
     }
 }
 
-/// The index chunk at `from`, waiting up to the poll time for one when the log has nothing
-/// new; then no records and `next == from`.
-async fn index_chunk(state: &State, from: u64) -> Result<SyncIndexChunk, BrokerError> {
+/// The messages from message-log offset `from` for a backup (types 5 and 6), waiting up to
+/// the poll time for some when the log has nothing new; then no records and `next == from`.
+async fn backup_chunk(state: &State, from: u64) -> Result<IndexChunk, BrokerError> {
     let mut end = state.store.watch_log_end(LogStream::Message);
     let deadline = tokio::time::Instant::now() + state.settings.poll;
     let max_bytes = state.settings.batch_bytes;
@@ -300,58 +353,157 @@ async fn index_chunk(state: &State, from: u64) -> Result<SyncIndexChunk, BrokerE
         })
         .await??;
         if c.next != from || !c.records.is_empty() {
-            return Ok(index_records(c, max_bytes));
+            return Ok(c);
         }
         let waited = tokio::time::timeout_at(deadline, end.changed()).await;
         if !matches!(waited, Ok(Ok(()))) {
-            return Ok(SyncIndexChunk {
-                next: from as i64,
-                records: Vec::new(),
-            });
+            return Ok(c);
         }
     }
 }
 
-/// The wire records of `c`, about `max_bytes` of them (always the first): the stored
-/// message gives the id and creation time, the store the subject and sequence.
-fn index_records(c: IndexChunk, max_bytes: usize) -> SyncIndexChunk {
+/// The records a backup gets from `c`, as `build` makes them from a message and the head of
+/// its stored form, about `max_bytes` of them by `len` (always the first), the offset to ask
+/// for next and their size. A message whose stored head (subject, id) cannot be read, or whose sequence
+/// does not fit an `i64`, is passed over, for both types alike.
+fn budgeted<R>(
+    c: &IndexChunk,
+    max_bytes: usize,
+    build: impl Fn(&IndexRecord, SyncIndexRecord) -> R,
+    len: impl Fn(&R) -> usize,
+) -> (i64, Vec<R>, usize) {
     let mut records = Vec::with_capacity(c.records.len());
     let mut size = 0usize;
     let mut next = c.next;
     for r in &c.records {
-        let Ok(sequence) = i64::try_from(r.sequence) else {
+        let Some(head) = readable_head(r) else {
             continue;
         };
-        let mut record = match SyncIndexRecord::from_stored(sequence, &r.message) {
-            Ok(record) => record,
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    subject = %r.subject,
-                    sequence = r.sequence,
-                    "index: passing over a message without a readable id"
-                );
-                continue;
-            }
-        };
-        if record.subject != r.subject {
-            // The store's subject is the one the sequence counts in.
-            record.subject.clone_from(&r.subject);
-        }
-        if record.created_time <= 0 {
-            record.created_time = i64::try_from(r.appended_at_ms).unwrap_or(i64::MAX);
-        }
-        if size > 0 && size + record.encoded_len() > max_bytes {
+        let record = build(r, head);
+        if size > 0 && size + len(&record) > max_bytes {
             next = r.offset;
             break;
         }
-        size += record.encoded_len();
+        size += len(&record);
         records.push(record);
     }
-    SyncIndexChunk {
-        next: next as i64,
-        records,
+    (next as i64, records, size)
+}
+
+/// The head of `r`'s stored message as an index record, if it reads.
+fn readable_head(r: &IndexRecord) -> Option<SyncIndexRecord> {
+    let sequence = i64::try_from(r.sequence).ok()?;
+    match SyncIndexRecord::from_stored(sequence, &r.message) {
+        Ok(head) => Some(head),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                subject = %r.subject,
+                sequence = r.sequence,
+                "backup sync: passing over a message without a readable subject and id"
+            );
+            None
+        }
     }
+}
+
+/// A type-5 record: the stored message gives the id and creation time, the store the subject
+/// and sequence.
+fn index_record(r: &IndexRecord, mut record: SyncIndexRecord) -> SyncIndexRecord {
+    if record.subject != r.subject {
+        // The store's subject is the one the sequence counts in.
+        record.subject.clone_from(&r.subject);
+    }
+    if record.created_time <= 0 {
+        record.created_time = i64::try_from(r.appended_at_ms).unwrap_or(i64::MAX);
+    }
+    record
+}
+
+/// A type-6 record: the store's subject and sequence and the whole stored message.
+fn stored_record(r: &IndexRecord, head: SyncIndexRecord) -> StoredRecord {
+    StoredRecord {
+        sequence: head.sequence,
+        subject: r.subject.clone(),
+        stored: r.message.clone(),
+    }
+}
+
+/// Answers FETCH_MESSAGES: the stored messages of the asked subject at the asked sequences,
+/// in the asked order, leaving out those the store does not hold.
+async fn fetch(state: &State, body: &Bytes) -> (i16, Bytes) {
+    let req = match FetchMessagesRequest::decode(body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "malformed fetch messages request");
+            return (response::PARAM_ERROR, Bytes::new());
+        }
+    };
+    let store = state.store.clone();
+    let subject = req.subject.clone();
+    let found = match tokio::task::spawn_blocking(move || fetch_records(&store, req)).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, %subject, "fetching messages failed");
+            return (response::BROKER_ERROR, Bytes::new());
+        }
+        Err(e) => {
+            tracing::error!(error = %e, %subject, "the fetch messages task failed");
+            return (response::BROKER_ERROR, Bytes::new());
+        }
+    };
+    let size: usize = found.records.iter().map(StoredRecord::encoded_len).sum();
+    if 2 + frame::HEADER_LEN as usize + size > state.settings.max_frame {
+        tracing::warn!(
+            %subject,
+            size,
+            max_frame = state.settings.max_frame,
+            "fetched messages do not fit one frame; ask for fewer"
+        );
+        return (response::BROKER_ERROR, Bytes::new());
+    }
+    let mut out = BytesMut::with_capacity(size);
+    match found.encode(&mut out) {
+        Ok(()) => (response::SUCCESS, out.freeze()),
+        Err(e) => {
+            tracing::error!(error = %e, %subject, "encoding fetched messages failed");
+            (response::BROKER_ERROR, Bytes::new())
+        }
+    }
+}
+
+/// Reads `req`'s sequences of its subject, each run of consecutive ones in one store read.
+/// Blocking I/O: call it from a blocking thread.
+fn fetch_records(
+    store: &Store,
+    req: FetchMessagesRequest,
+) -> Result<FetchMessagesResponse, StoreError> {
+    let seqs = &req.sequences;
+    let mut records = Vec::new();
+    let mut i = 0;
+    while i < seqs.len() {
+        let Ok(first) = u64::try_from(seqs[i]) else {
+            // A negative sequence: never stored.
+            i += 1;
+            continue;
+        };
+        let mut n = 1;
+        while i + n < seqs.len() && seqs[i + n - 1].checked_add(1) == Some(seqs[i + n]) {
+            n += 1;
+        }
+        for m in store.read(&req.subject, first, n)? {
+            let Ok(sequence) = i64::try_from(m.sequence) else {
+                continue;
+            };
+            records.push(StoredRecord {
+                sequence,
+                subject: req.subject.clone(),
+                stored: m.message,
+            });
+        }
+        i += n;
+    }
+    Ok(FetchMessagesResponse { records })
 }
 
 /// A resync snapshot of the store, encoded as a [`SyncCheckpoint`].
