@@ -326,7 +326,9 @@ async fn an_idle_request_waits_then_answers_nothing_new_and_wakes_on_a_message()
         .await
         .unwrap();
     let second = rich("s", "second", &["t"]);
-    assert!(send(&m.client, &[second.clone()]).await.is_empty());
+    assert!(send(&m.client, std::slice::from_ref(&second))
+        .await
+        .is_empty());
     let resp = tokio::time::timeout(T, framed.next())
         .await
         .expect("the waiting request was not answered")
@@ -370,7 +372,9 @@ async fn fetch_answers_the_found_messages_in_the_asked_order() {
     assert!(send(&m.client, &sent).await.is_empty());
     let retry = "%RETRY%s%g";
     let retried = rich(retry, "s-1", &["t"]);
-    assert!(send(&m.client, &[retried.clone()]).await.is_empty());
+    assert!(send(&m.client, std::slice::from_ref(&retried))
+        .await
+        .is_empty());
     let conn = Connection::connect(&m.sync_addr).await.unwrap();
 
     // Out of order, with a run, a repeat, a sequence never stored and a negative one.
