@@ -91,13 +91,12 @@ fn bench_redb(n: usize) {
     for i in &ps {
         let r = record(*i);
         let page = store
-            .range(&RangeQuery {
-                subject: r.subject,
-                from: r.created_time,
-                to: r.created_time + 2_000,
-                limit: 100,
-                cursor: None,
-            })
+            .range(&RangeQuery::new(
+                r.subject,
+                r.created_time,
+                r.created_time + 2_000,
+                100,
+            ))
             .expect("range");
         rows = page.entries.len();
     }

@@ -116,6 +116,25 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
+    /// A broker group the backup does not follow, or has no address of the needed kind for.
+    #[error("no {what} address known for broker group {group}")]
+    UnknownGroup {
+        /// The broker group.
+        group: String,
+        /// `sync` (to read messages) or `client` (to send replays: `--broker GROUP=HOST:PORT`).
+        what: &'static str,
+    },
+    /// A broker answered a request with something other than success, or an unreadable body.
+    #[error("broker {addr}: {reason}")]
+    BrokerAnswer {
+        /// The broker's address.
+        addr: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A request the caller got wrong (unknown dead letter, bad parameter, ...).
+    #[error("{0}")]
+    Invalid(String),
     /// A blocking store task failed to run.
     #[error("backup index task: {0}")]
     Task(String),

@@ -1,5 +1,6 @@
-//! Following one broker group's message index over sync type 5 (spec §1.5), and its action log
-//! over sync type 1 (a second follower of the same group, [`Stream::Action`]): ask the group's
+//! Following one broker group's stored messages over sync type 6 (qmq-rs's richer form of QMQ's
+//! index type 5, spec §1.5) and its action log over sync type 1 (a second follower of the same
+//! group, [`Stream::Action`]): ask the group's
 //! sync address for the records from the stored offset, store them with the offset past them
 //! in one transaction, ask again. The broker long-polls when there is nothing new, so an idle
 //! follower costs one request per poll period.
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use qmq_protocol::codes::{command, response};
-use qmq_protocol::{SyncChunk, SyncIndexChunk, SyncLogRequest, SyncType};
+use qmq_protocol::{SyncChunk, SyncLogRequest, SyncMessagesChunk, SyncType};
 use qmq_transport::Connection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -29,6 +30,9 @@ pub struct FollowerConfig {
     pub group: String,
     /// The sync address (`host:port`) to ask: the group's slave if it has one, else its master.
     pub sync_addr: String,
+    /// The master's client address (`host:port`), where dead letters are replayed; `None`:
+    /// the group's dead letters cannot be replayed.
+    pub client_addr: Option<String>,
     /// How long one request may take; longer than the broker's long-poll wait.
     pub request_timeout: Duration,
     /// The first wait after a failure.
@@ -43,6 +47,7 @@ impl FollowerConfig {
         Self {
             group: group.into(),
             sync_addr: sync_addr.into(),
+            client_addr: None,
             request_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
@@ -78,7 +83,8 @@ impl FollowerHandle {
 /// Which of a group's logs a follower follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
-    /// The message index (sync type 5), offset stream [`INDEX_STREAM`].
+    /// The message index from the stored messages (sync type 6), offset stream
+    /// [`INDEX_STREAM`].
     Index,
     /// The action log (sync type 1): consumption records, offset stream [`ACTION_STREAM`].
     Action,
@@ -270,19 +276,20 @@ async fn follow_once(
     };
     let next = chunk.next as u64;
     let store = store.clone();
-    let applied: Applied = blocking(move || store.apply(&group, from, &chunk)).await?;
+    let applied: Applied = blocking(move || store.apply_messages(&group, from, &chunk)).await?;
     Ok((next, applied.indexed > 0))
 }
 
-/// Asks `addr` for the index records from `from` on `conn`, and checks the answer.
+/// Asks `addr` for the stored messages from `from` on `conn` (sync type 6), and checks the
+/// answer.
 pub async fn fetch(
     conn: &Connection,
     addr: &str,
     from: u64,
     timeout: Duration,
-) -> Result<SyncIndexChunk, BackupError> {
-    let body = request(conn, addr, from, SyncType::Index, timeout).await?;
-    let chunk = SyncIndexChunk::decode(&body).map_err(|source| BackupError::BadAnswer {
+) -> Result<SyncMessagesChunk, BackupError> {
+    let body = request(conn, addr, from, SyncType::Messages, timeout).await?;
+    let chunk = SyncMessagesChunk::decode(&body).map_err(|source| BackupError::BadAnswer {
         addr: addr.to_owned(),
         source,
     })?;

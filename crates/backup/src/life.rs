@@ -38,7 +38,11 @@ pub fn derived(subject: &str) -> Option<(CopyKind, &str, &str)> {
 pub enum EventKind {
     /// The producer created the message (its creation time).
     Created,
-    /// A broker group stored it (time: its creation time; brokers do not report when).
+    /// It was a delay message, held by a delay server until `delayed_until` (time: its
+    /// creation time).
+    Delayed,
+    /// A broker group stored it (time: its creation time, or its delivery time for a delay
+    /// message; brokers do not report when).
     Stored,
     /// A group failed it: a retry copy was stored (time: when the backup indexed the copy).
     Retry,
@@ -71,6 +75,12 @@ pub struct Event {
     /// The consumer id (pulls and acks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumer_id: Option<String>,
+    /// The producing application (`created`, when the message names it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_code: Option<String>,
+    /// The delivery time of a delay message (`delayed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delayed_until: Option<i64>,
 }
 
 /// A message's life: its index entries and the merged timeline, oldest first.
@@ -116,6 +126,8 @@ impl IndexStore {
                     copy: CopyKind::Original,
                     consumer_group: None,
                     consumer_id: None,
+                    app_code: c.details.as_ref().and_then(|d| d.app_code.clone()),
+                    delayed_until: None,
                 },
             ));
         }
@@ -124,8 +136,31 @@ impl IndexStore {
                 Some((kind, _, group)) => (kind, Some(group.to_owned())),
                 None => (CopyKind::Original, None),
             };
+            let delayed_until = e.details.as_ref().and_then(|d| d.delayed_until);
             let (kind, time) = match copy {
-                CopyKind::Original => (EventKind::Stored, e.created_time),
+                CopyKind::Original => match delayed_until {
+                    Some(until) => {
+                        keyed.push((
+                            e.created_time,
+                            EventKind::Delayed,
+                            0,
+                            Event {
+                                time: e.created_time,
+                                event: EventKind::Delayed,
+                                subject: e.subject.clone(),
+                                broker_group: e.broker_group.clone(),
+                                sequence: e.sequence,
+                                copy,
+                                consumer_group: None,
+                                consumer_id: None,
+                                app_code: None,
+                                delayed_until: Some(until),
+                            },
+                        ));
+                        (EventKind::Stored, until.max(e.created_time))
+                    }
+                    None => (EventKind::Stored, e.created_time),
+                },
                 CopyKind::Retry | CopyKind::Dead => {
                     let seen = self.seen_at(&e.broker_group, &e.subject, e.sequence)?;
                     let kind = if copy == CopyKind::Retry {
@@ -145,6 +180,8 @@ impl IndexStore {
                 copy,
                 consumer_group: group,
                 consumer_id: None,
+                app_code: None,
+                delayed_until: None,
             };
             keyed.push((time, kind, 0, base.clone()));
             for r in self.records(&e.broker_group, &e.subject, e.sequence)? {
@@ -194,6 +231,7 @@ impl IndexStore {
                 sequence,
                 created_time: 0,
                 broker_group: group.to_owned(),
+                details: None,
             };
             for r in self.records(group, subject, sequence)? {
                 out.push((entry.clone(), r));

@@ -12,7 +12,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::brokers::{Brokers, GroupAddrs};
 use crate::follower::{self, blocking, FollowerConfig, FollowerHandle, Stream};
+use crate::http::Api;
 use crate::{BackupError, IndexStore};
 
 /// The index file's name in the data directory.
@@ -34,6 +36,8 @@ pub struct BackupConfig {
     pub purge_interval: Duration,
     /// The broker groups to follow.
     pub groups: Vec<FollowerConfig>,
+    /// Admin tokens that may replay dead letters (none: replay is refused).
+    pub admin_tokens: Vec<String>,
 }
 
 impl BackupConfig {
@@ -46,6 +50,7 @@ impl BackupConfig {
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             purge_interval: Duration::from_secs(60),
             groups: Vec::new(),
+            admin_tokens: Vec::new(),
         }
     }
 }
@@ -64,6 +69,7 @@ struct Following {
 #[derive(Debug)]
 pub struct BackupServer {
     store: Arc<IndexStore>,
+    brokers: Arc<Brokers>,
     http_addr: SocketAddr,
     followers: Vec<Following>,
     tasks: Vec<JoinHandle<()>>,
@@ -89,10 +95,16 @@ impl BackupServer {
         })?;
         let stop = stop.child_token();
         let mut tasks = Vec::new();
+        let brokers = Arc::new(Brokers::default());
         {
-            let (store, stop) = (store.clone(), stop.clone());
+            let api = Api {
+                store: store.clone(),
+                brokers: brokers.clone(),
+                admin_tokens: Arc::new(config.admin_tokens.clone()),
+            };
+            let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::http::serve(listener, store, stop).await {
+                if let Err(e) = crate::http::serve(listener, api, stop).await {
                     warn!(error = %e, "backup HTTP server failed");
                 }
             }));
@@ -106,6 +118,7 @@ impl BackupServer {
         }
         let mut server = Self {
             store,
+            brokers,
             http_addr,
             followers: Vec::new(),
             tasks,
@@ -127,6 +140,13 @@ impl BackupServer {
     /// members hold the same log at the same offsets); one followed at that address is left
     /// alone.
     pub async fn follow(&mut self, config: FollowerConfig) -> Result<(), BackupError> {
+        self.brokers.set(
+            &config.group,
+            GroupAddrs {
+                sync: config.sync_addr.clone(),
+                client: config.client_addr.clone(),
+            },
+        );
         if let Some(i) = self.followers.iter().position(|f| f.group == config.group) {
             if self.followers[i].addr == config.sync_addr {
                 return Ok(());

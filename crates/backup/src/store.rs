@@ -9,20 +9,31 @@
 //! | `by_subject` | subject, created time, group, sequence | message id |
 //! | `by_id` | message id, group, subject, sequence | created time |
 //! | `by_time` | created time, group, subject, sequence | message id |
+//! | `details` | group, subject, sequence | [`Details`] as JSON (tags, app, delay, properties) |
+//! | `by_property` | subject, key, value, created time, group, sequence | message id |
+//! | `dead_content` | group, subject, sequence (dead letters only) | the stored message |
+//! | `dead_groups` | subject, consumer group (that has had dead letters) | — |
 //! | `offsets` | group, stream (`index`) | next offset to ask for (`u64`) |
 //!
 //! `messages` is the primary copy (one entry per message of a group's subject); the others are
-//! the query paths and the retention order. Later record kinds (consumption records, dead
-//! letters) get tables of their own and offsets under other stream names (`action`).
+//! the query paths, the retention order and what sync type 6 adds ([`crate::details`]).
+//! Consumption records have tables of their own ([`crate::records`]) and offsets under the
+//! stream name `action`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use qmq_protocol::SyncIndexChunk;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use tracing::debug;
+use bytes::Bytes;
+use qmq_protocol::{SyncIndexChunk, SyncMessagesChunk};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use tracing::{debug, warn};
 
+use crate::details::{Details, Indexed};
 use crate::keys::{prefix_end, put_str, put_time, put_u64, KeyReader};
+use crate::life::derived;
 use crate::BackupError;
 
 pub(crate) type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -31,7 +42,91 @@ const MESSAGES: Table = TableDefinition::new("messages");
 const BY_SUBJECT: Table = TableDefinition::new("by_subject");
 const BY_ID: Table = TableDefinition::new("by_id");
 const BY_TIME: Table = TableDefinition::new("by_time");
+const DETAILS: Table = TableDefinition::new("details");
+const BY_PROPERTY: Table = TableDefinition::new("by_property");
+const DEAD_CONTENT: Table = TableDefinition::new("dead_content");
+const DEAD_GROUPS: Table = TableDefinition::new("dead_groups");
 pub(crate) const OFFSETS: Table = TableDefinition::new("offsets");
+
+/// The tables one message writes, open in a write transaction.
+struct Tables<'t> {
+    messages: redb::Table<'t, &'static [u8], &'static [u8]>,
+    by_subject: redb::Table<'t, &'static [u8], &'static [u8]>,
+    by_id: redb::Table<'t, &'static [u8], &'static [u8]>,
+    by_time: redb::Table<'t, &'static [u8], &'static [u8]>,
+    details: redb::Table<'t, &'static [u8], &'static [u8]>,
+    by_property: redb::Table<'t, &'static [u8], &'static [u8]>,
+    dead_content: redb::Table<'t, &'static [u8], &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, BackupError> {
+        Ok(Self {
+            messages: txn.open_table(MESSAGES)?,
+            by_subject: txn.open_table(BY_SUBJECT)?,
+            by_id: txn.open_table(BY_ID)?,
+            by_time: txn.open_table(BY_TIME)?,
+            details: txn.open_table(DETAILS)?,
+            by_property: txn.open_table(BY_PROPERTY)?,
+            dead_content: txn.open_table(DEAD_CONTENT)?,
+        })
+    }
+
+    /// Removes everything but the primary entry of the message at `pk` (id `id`, created at
+    /// `time`): its query paths, details, property entries and dead-letter copy.
+    fn remove_queries(
+        &mut self,
+        pk: &[u8],
+        id: &str,
+        time: i64,
+        group: &str,
+        subject: &str,
+        seq: u64,
+    ) -> Result<(), BackupError> {
+        self.by_subject
+            .remove(subject_key(subject, time, group, seq).as_slice())?;
+        self.by_id
+            .remove(id_key(id, group, subject, seq).as_slice())?;
+        self.by_time
+            .remove(time_key(time, group, subject, seq).as_slice())?;
+        let details = self.details.remove(pk)?.map(|v| v.value().to_vec());
+        if let Some(details) = details {
+            for (k, v) in parse_details(&details)?.properties {
+                self.by_property
+                    .remove(property_key(subject, &k, &v, time, group, seq).as_slice())?;
+            }
+        }
+        self.dead_content.remove(pk)?;
+        Ok(())
+    }
+}
+
+fn parse_details(v: &[u8]) -> Result<Details, BackupError> {
+    serde_json::from_slice(v).map_err(|_| BackupError::Corrupt { what: "details" })
+}
+
+fn property_key(
+    subject: &str,
+    key: &str,
+    value: &str,
+    time: i64,
+    group: &str,
+    sequence: u64,
+) -> Vec<u8> {
+    let mut k = property_prefix(subject, key, value);
+    put_time(&mut k, time);
+    put_str(&mut k, group);
+    put_u64(&mut k, sequence);
+    k
+}
+
+fn property_prefix(subject: &str, key: &str, value: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + subject.len() + key.len() + value.len() + 24);
+    put_str(&mut k, subject);
+    put_str(&mut k, key);
+    put_str(&mut k, value);
+    k
+}
 
 /// The offset stream of the message index (sync type 5).
 pub const INDEX_STREAM: &str = "index";
@@ -49,6 +144,10 @@ pub struct IndexEntry {
     pub created_time: i64,
     /// The broker group that stores it.
     pub broker_group: String,
+    /// Tags, properties, application, delay (none from a QMQ type-5 index, or when the message
+    /// has none of them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Details>,
 }
 
 /// A subject's messages created in a time range, oldest first, a page at a time.
@@ -64,6 +163,25 @@ pub struct RangeQuery {
     pub limit: usize,
     /// Where to continue: the `next` of the previous page.
     pub cursor: Option<Vec<u8>>,
+    /// Only messages with this property (key, value).
+    pub property: Option<(String, String)>,
+    /// Only delay messages (QMQ's `isDelay`).
+    pub delayed_only: bool,
+}
+
+impl RangeQuery {
+    /// The first `limit` messages of `subject` created in `from..=to`, no filter.
+    pub fn new(subject: impl Into<String>, from: i64, to: i64, limit: usize) -> Self {
+        Self {
+            subject: subject.into(),
+            from,
+            to,
+            limit,
+            cursor: None,
+            property: None,
+            delayed_only: false,
+        }
+    }
 }
 
 /// One page of a [`RangeQuery`].
@@ -181,7 +299,17 @@ impl IndexStore {
         })?;
         // Create the tables so that readers never see a missing one.
         let txn = db.begin_write()?;
-        for table in [MESSAGES, BY_SUBJECT, BY_ID, BY_TIME, OFFSETS] {
+        for table in [
+            MESSAGES,
+            BY_SUBJECT,
+            BY_ID,
+            BY_TIME,
+            DETAILS,
+            BY_PROPERTY,
+            DEAD_CONTENT,
+            DEAD_GROUPS,
+            OFFSETS,
+        ] {
             txn.open_table(table)?;
         }
         crate::records::create_tables(&txn)?;
@@ -250,26 +378,62 @@ impl IndexStore {
         Ok(out)
     }
 
-    /// Indexes a chunk `group`'s broker answered to a request from `from`, and moves the
-    /// group's offset to the chunk's `next`, in one transaction: after a crash either both are
-    /// stored or neither. Refused ([`BackupError::OffsetMismatch`]) unless the stored offset is
-    /// `from` (or none is stored and `from` is 0), so a chunk is never applied twice.
+    /// Indexes a QMQ type-5 chunk (places only, no [`Details`]) `group`'s broker answered to
+    /// a request from `from`; see [`IndexStore::apply_indexed`].
     pub fn apply(
         &self,
         group: &str,
         from: u64,
         chunk: &SyncIndexChunk,
     ) -> Result<Applied, BackupError> {
-        let next = u64::try_from(chunk.next).map_err(|_| BackupError::Corrupt {
+        let records = chunk
+            .records
+            .iter()
+            .map(Indexed::from_index)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BackupError::BadRecord {
+                group: group.to_owned(),
+                reason: e.to_string(),
+            })?;
+        self.apply_indexed(group, from, chunk.next, &records)
+    }
+
+    /// Indexes a type-6 chunk (stored messages) `group`'s broker answered to a request from
+    /// `from`; see [`IndexStore::apply_indexed`]. A record whose message cannot be read is
+    /// passed over with a warning (the broker's own index passes such messages over too).
+    pub fn apply_messages(
+        &self,
+        group: &str,
+        from: u64,
+        chunk: &SyncMessagesChunk,
+    ) -> Result<Applied, BackupError> {
+        let mut records = Vec::with_capacity(chunk.records.len());
+        for r in &chunk.records {
+            match Indexed::from_stored(r) {
+                Ok(i) => records.push(i),
+                Err(e) => {
+                    warn!(group, subject = r.subject, sequence = r.sequence, error = %e, "passing over an unreadable message")
+                }
+            }
+        }
+        self.apply_indexed(group, from, chunk.next, &records)
+    }
+
+    /// Indexes `records` of `group` (answered to a request from `from`) and moves the group's
+    /// offset to `next`, in one transaction: after a crash either both are stored or neither.
+    /// Refused ([`BackupError::OffsetMismatch`]) unless the stored offset is `from` (or none is
+    /// stored and `from` is 0), so a chunk is never applied twice.
+    pub fn apply_indexed(
+        &self,
+        group: &str,
+        from: u64,
+        next: i64,
+        records: &[Indexed],
+    ) -> Result<Applied, BackupError> {
+        let next = u64::try_from(next).map_err(|_| BackupError::Corrupt {
             what: "negative next offset",
         })?;
-        if let Some(bad) = chunk.records.iter().find(|r| r.sequence < 0) {
-            return Err(BackupError::BadRecord {
-                group: group.to_owned(),
-                reason: format!("negative sequence {} of {}", bad.sequence, bad.message_id),
-            });
-        }
-        if chunk.records.is_empty() && next == from {
+        if records.is_empty() && next == from {
             // An idle poll's answer: nothing to write (no transaction, no fsync).
             let stored = self.offset(group, INDEX_STREAM)?;
             if stored.unwrap_or(0) != from {
@@ -288,21 +452,20 @@ impl IndexStore {
         {
             let mut offsets = txn.open_table(OFFSETS)?;
             expect_offset(&offsets, &okey, group, from)?;
-            let mut messages = txn.open_table(MESSAGES)?;
-            let mut by_subject = txn.open_table(BY_SUBJECT)?;
-            let mut by_id = txn.open_table(BY_ID)?;
-            let mut by_time = txn.open_table(BY_TIME)?;
+            let mut t = Tables::open(&txn)?;
             let mut seen = txn.open_table(crate::records::SEEN)?;
+            let mut dead_groups = txn.open_table(DEAD_GROUPS)?;
             let received = now_ms();
-            for r in &chunk.records {
+            for r in records {
                 if cutoff.is_some_and(|c| r.created_time < c) {
                     applied.expired += 1;
                     continue;
                 }
-                let seq = r.sequence as u64;
+                let seq = r.sequence;
                 let pk = primary_key(group, &r.subject, seq);
                 let value = primary_value(r.created_time, &r.message_id);
-                let old = messages
+                let old = t
+                    .messages
                     .insert(pk.as_slice(), value.as_slice())?
                     .map(|v| v.value().to_vec());
                 if let Some(old) = old {
@@ -314,24 +477,42 @@ impl IndexStore {
                     // the old one's query entries go.
                     let old_time = time_of(&old)?;
                     let old_id = text(&old[8..], "message id")?;
-                    by_subject.remove(subject_key(&r.subject, old_time, group, seq).as_slice())?;
-                    by_id.remove(id_key(&old_id, group, &r.subject, seq).as_slice())?;
-                    by_time.remove(time_key(old_time, group, &r.subject, seq).as_slice())?;
+                    t.remove_queries(&pk, &old_id, old_time, group, &r.subject, seq)?;
                 }
-                let mut t = Vec::with_capacity(8);
-                put_time(&mut t, r.created_time);
-                by_subject.insert(
+                let mut tv = Vec::with_capacity(8);
+                put_time(&mut tv, r.created_time);
+                t.by_subject.insert(
                     subject_key(&r.subject, r.created_time, group, seq).as_slice(),
                     r.message_id.as_bytes(),
                 )?;
-                by_id.insert(
+                t.by_id.insert(
                     id_key(&r.message_id, group, &r.subject, seq).as_slice(),
-                    t.as_slice(),
+                    tv.as_slice(),
                 )?;
-                by_time.insert(
+                t.by_time.insert(
                     time_key(r.created_time, group, &r.subject, seq).as_slice(),
                     r.message_id.as_bytes(),
                 )?;
+                if !r.details.is_empty() {
+                    let json = serde_json::to_vec(&r.details)
+                        .map_err(|e| BackupError::Store(format!("encoding details: {e}")))?;
+                    t.details.insert(pk.as_slice(), json.as_slice())?;
+                    for (k, v) in &r.details.properties {
+                        t.by_property.insert(
+                            property_key(&r.subject, k, v, r.created_time, group, seq).as_slice(),
+                            r.message_id.as_bytes(),
+                        )?;
+                    }
+                }
+                if let Some(stored) = &r.dead_letter {
+                    t.dead_content.insert(pk.as_slice(), stored.as_ref())?;
+                    if let Some((_, real, consumer_group)) = derived(&r.subject) {
+                        let mut k = Vec::new();
+                        put_str(&mut k, real);
+                        put_str(&mut k, consumer_group);
+                        dead_groups.insert(k.as_slice(), [].as_slice())?;
+                    }
+                }
                 if r.subject.starts_with('%') {
                     // Retry and dead-letter copies keep their original's creation time: when
                     // they were stored is known only from when they were seen.
@@ -357,6 +538,7 @@ impl IndexStore {
     pub fn by_id(&self, message_id: &str) -> Result<Vec<IndexEntry>, BackupError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(BY_ID)?;
+        let details = txn.open_table(DETAILS)?;
         let mut prefix = Vec::new();
         put_str(&mut prefix, message_id);
         let end = prefix_end(&prefix);
@@ -380,6 +562,10 @@ impl IndexStore {
                 sequence,
                 created_time: time_of(v.value())?,
                 broker_group: group.to_owned(),
+                details: details
+                    .get(primary_key(group, subject, sequence).as_slice())?
+                    .map(|d| parse_details(d.value()))
+                    .transpose()?,
             });
         }
         Ok(out)
@@ -394,34 +580,48 @@ impl IndexStore {
     ) -> Result<Option<IndexEntry>, BackupError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(MESSAGES)?;
-        let Some(v) = t.get(primary_key(group, subject, sequence).as_slice())? else {
+        let pk = primary_key(group, subject, sequence);
+        let Some(v) = t.get(pk.as_slice())? else {
             return Ok(None);
         };
         let v = v.value();
+        let details = txn.open_table(DETAILS)?;
+        let details = details
+            .get(pk.as_slice())?
+            .map(|d| parse_details(d.value()))
+            .transpose()?;
         Ok(Some(IndexEntry {
             subject: subject.to_owned(),
             message_id: text(v.get(8..).unwrap_or_default(), "message id")?,
             sequence,
             created_time: time_of(v)?,
             broker_group: group.to_owned(),
+            details,
         }))
     }
 
-    /// A page of `q.subject`'s messages created in `q.from..=q.to`, oldest first. A cursor
-    /// that is not of this subject is refused ([`BackupError::BadCursor`]).
+    /// A page of `q.subject`'s messages created in `q.from..=q.to` (with `q.property`,
+    /// delay messages only with `q.delayed_only`), oldest first. A cursor that is not of this
+    /// query's subject and property is refused ([`BackupError::BadCursor`]).
     pub fn range(&self, q: &RangeQuery) -> Result<Page, BackupError> {
-        let mut start = Vec::new();
-        put_str(&mut start, &q.subject);
-        let subject_prefix_len = start.len();
+        let (table, prefix) = match &q.property {
+            Some((k, v)) => (BY_PROPERTY, property_prefix(&q.subject, k, v)),
+            None => {
+                let mut p = Vec::new();
+                put_str(&mut p, &q.subject);
+                (BY_SUBJECT, p)
+            }
+        };
+        let mut start = prefix.clone();
         put_time(&mut start, q.from);
-        let mut end = start[..subject_prefix_len].to_vec();
+        let mut end = prefix.clone();
         put_time(&mut end, q.to);
         // Past every key of time `to`.
         let Some(end) = prefix_end(&end) else {
             return Ok(Page::default());
         };
         if let Some(cursor) = &q.cursor {
-            if !cursor.starts_with(&start[..subject_prefix_len]) {
+            if !cursor.starts_with(&prefix) {
                 return Err(BackupError::BadCursor);
             }
             if *cursor > start {
@@ -432,7 +632,8 @@ impl IndexStore {
             return Ok(Page::default());
         }
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(BY_SUBJECT)?;
+        let t = txn.open_table(table)?;
+        let details = txn.open_table(DETAILS)?;
         let mut page = Page::default();
         for row in t.range::<&[u8]>(start.as_slice()..end.as_slice())? {
             let (k, v) = row?;
@@ -440,23 +641,78 @@ impl IndexStore {
                 page.next = Some(k.value().to_vec());
                 break;
             }
-            let mut kr = KeyReader::new(k.value());
-            let (Some(subject), Some(time), Some(group), Some(sequence)) =
-                (kr.str(), kr.time(), kr.str(), kr.u64())
-            else {
+            let mut kr = KeyReader::new(&k.value()[prefix.len()..]);
+            let (Some(time), Some(group), Some(sequence)) = (kr.time(), kr.str(), kr.u64()) else {
                 return Err(BackupError::Corrupt {
                     what: "subject key",
                 });
             };
+            let d = details
+                .get(primary_key(group, &q.subject, sequence).as_slice())?
+                .map(|d| parse_details(d.value()))
+                .transpose()?;
+            if q.delayed_only && d.as_ref().and_then(|d| d.delayed_until).is_none() {
+                continue;
+            }
             page.entries.push(IndexEntry {
-                subject: subject.to_owned(),
+                subject: q.subject.clone(),
                 message_id: text(v.value(), "message id")?,
                 sequence,
                 created_time: time,
                 broker_group: group.to_owned(),
+                details: d,
             });
         }
         Ok(page)
+    }
+
+    /// The details kept of the message at `sequence` of `subject` on `group`.
+    pub fn details(
+        &self,
+        group: &str,
+        subject: &str,
+        sequence: u64,
+    ) -> Result<Option<Details>, BackupError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(DETAILS)?;
+        let v = t.get(primary_key(group, subject, sequence).as_slice())?;
+        v.map(|v| parse_details(v.value())).transpose()
+    }
+
+    /// The stored message of the dead letter at `sequence` of `subject` (a `%DEAD_RETRY%`
+    /// subject) on `group`, kept since it was indexed.
+    pub fn dead_letter(
+        &self,
+        group: &str,
+        subject: &str,
+        sequence: u64,
+    ) -> Result<Option<Bytes>, BackupError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(DEAD_CONTENT)?;
+        let v = t.get(primary_key(group, subject, sequence).as_slice())?;
+        Ok(v.map(|v| Bytes::copy_from_slice(v.value())))
+    }
+
+    /// The consumer groups of `subject` that have had dead letters, sorted.
+    pub fn dead_groups(&self, subject: &str) -> Result<Vec<String>, BackupError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(DEAD_GROUPS)?;
+        let mut prefix = Vec::new();
+        put_str(&mut prefix, subject);
+        let rows = match prefix_end(&prefix) {
+            Some(end) => t.range::<&[u8]>(prefix.as_slice()..end.as_slice())?,
+            None => t.range::<&[u8]>(prefix.as_slice()..)?,
+        };
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, _) = row?;
+            let mut kr = KeyReader::new(&k.value()[prefix.len()..]);
+            let g = kr.str().ok_or(BackupError::Corrupt {
+                what: "dead group key",
+            })?;
+            out.push(g.to_owned());
+        }
+        Ok(out)
     }
 
     /// Drops the entries created before the retention's cutoff, at most `max` of them (one
@@ -476,13 +732,10 @@ impl IndexStore {
         let txn = self.db.begin_write()?;
         let mut n = 0;
         {
-            let mut by_time = txn.open_table(BY_TIME)?;
-            let mut messages = txn.open_table(MESSAGES)?;
-            let mut by_subject = txn.open_table(BY_SUBJECT)?;
-            let mut by_id = txn.open_table(BY_ID)?;
+            let mut t = Tables::open(&txn)?;
             let mut seen = txn.open_table(crate::records::SEEN)?;
             let mut expired = Vec::new();
-            for row in by_time.range::<&[u8]>(..end.as_slice())?.take(max) {
+            for row in t.by_time.range::<&[u8]>(..end.as_slice())?.take(max) {
                 let (k, v) = row?;
                 expired.push((k.value().to_vec(), text(v.value(), "message id")?));
             }
@@ -493,10 +746,9 @@ impl IndexStore {
                 else {
                     return Err(BackupError::Corrupt { what: "time key" });
                 };
-                messages.remove(primary_key(group, subject, seq).as_slice())?;
-                by_subject.remove(subject_key(subject, time, group, seq).as_slice())?;
-                by_id.remove(id_key(&id, group, subject, seq).as_slice())?;
-                by_time.remove(k.as_slice())?;
+                let pk = primary_key(group, subject, seq);
+                t.messages.remove(pk.as_slice())?;
+                t.remove_queries(&pk, &id, time, group, subject, seq)?;
                 if subject.starts_with('%') {
                     seen.remove(crate::records::seen_key(group, subject, seq).as_slice())?;
                 }

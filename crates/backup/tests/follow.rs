@@ -147,13 +147,7 @@ fn fast(group: &str, addr: SocketAddr) -> FollowerConfig {
 /// Every id of `subject` exactly once, in sequence order.
 fn assert_indexed_once(store: &IndexStore, subject: &str, expected: &[String]) {
     let page = store
-        .range(&RangeQuery {
-            subject: subject.into(),
-            from: 0,
-            to: i64::MAX,
-            limit: 100_000,
-            cursor: None,
-        })
+        .range(&RangeQuery::new(subject, 0, i64::MAX, 100_000))
         .unwrap();
     let mut got: Vec<_> = page
         .entries

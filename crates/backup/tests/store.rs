@@ -17,13 +17,9 @@ fn rec(sequence: i64, created_time: i64, subject: &str, id: &str) -> SyncIndexRe
 }
 
 fn range(subject: &str, from: i64, to: i64, limit: usize, cursor: Option<Vec<u8>>) -> RangeQuery {
-    RangeQuery {
-        subject: subject.into(),
-        from,
-        to,
-        limit,
-        cursor,
-    }
+    let mut q = RangeQuery::new(subject, from, to, limit);
+    q.cursor = cursor;
+    q
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `qmq backup` (the backup server: message index and consumption records of broker groups,
 //! queried over HTTP), `qmq query` (a table of indexed messages from a backup server), `qmq
-//! trace` (a message's life from a backup server) and the backup inside `qmq standalone`.
+//! trace` (a message's life from a backup server), `qmq dead list|replay` (dead letters) and the
+//! backup inside `qmq standalone`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,19 @@ pub struct BackupArgs {
     /// A broker group to follow and its sync address, `group=host:port` (repeatable).
     #[arg(long = "sync", value_name = "GROUP=HOST:PORT", value_parser = parse_sync)]
     sync: Vec<(String, String)>,
+    /// A `--sync` group's master client address, `group=host:port` (repeatable): where its
+    /// dead letters are replayed (with `--meta` the meta server says).
+    #[arg(long = "broker", value_name = "GROUP=HOST:PORT", value_parser = parse_sync)]
+    broker: Vec<(String, String)>,
+    /// Token that may replay dead letters (`qmq dead replay --token`; repeatable). Without one
+    /// replay is refused.
+    #[arg(
+        long = "admin-token",
+        env = "QMQ_BACKUP_ADMIN_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    admin_tokens: Vec<String>,
     /// Meta server HTTP address (`host:port`): follow every realtime broker group registered
     /// there (`tools add-broker`), from its slave where it has one, else its master. Read at
     /// start-up and every `--meta-refresh-secs`: new groups are followed, and a group whose
@@ -90,9 +104,9 @@ fn retention(days: u64) -> Option<Duration> {
     (days > 0).then(|| Duration::from_secs(days.saturating_mul(24 * 3600)))
 }
 
-/// The sync address to follow for each realtime group among `brokers`: the slave's where the
-/// group has one, else the master's.
-pub fn sync_targets(brokers: &[BrokerSpec]) -> Vec<(String, String)> {
+/// The sync address to follow for each realtime group among `brokers` (the slave's where the
+/// group has one, else the master's) and the master's client address.
+pub fn sync_targets(brokers: &[BrokerSpec]) -> Vec<Target> {
     let mut groups: Vec<&str> = brokers.iter().map(|b| b.group.as_str()).collect();
     groups.sort_unstable();
     groups.dedup();
@@ -103,8 +117,15 @@ pub fn sync_targets(brokers: &[BrokerSpec]) -> Vec<(String, String)> {
                 .iter()
                 .find(|b| b.group == g && b.role == role.code() && b.sync_port > 0)
         };
+        let master = brokers
+            .iter()
+            .find(|b| b.group == g && b.role == BrokerRole::Master.code() && b.serve_port > 0);
         if let Some(b) = of(BrokerRole::Slave).or_else(|| of(BrokerRole::Master)) {
-            out.push((g.to_owned(), format!("{}:{}", b.ip, b.sync_port)));
+            out.push(Target {
+                group: g.to_owned(),
+                sync: format!("{}:{}", b.ip, b.sync_port),
+                client: master.map(|m| format!("{}:{}", m.ip, m.serve_port)),
+            });
         }
     }
     out
@@ -112,11 +133,25 @@ pub fn sync_targets(brokers: &[BrokerSpec]) -> Vec<(String, String)> {
 
 /// `qmq backup`: runs until SIGINT/SIGTERM.
 pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
-    let mut targets = args.sync.clone();
+    let client_of = |g: &str| {
+        args.broker
+            .iter()
+            .find(|(b, _)| b == g)
+            .map(|(_, a)| a.clone())
+    };
+    let mut targets: Vec<Target> = args
+        .sync
+        .iter()
+        .map(|(g, a)| Target {
+            group: g.clone(),
+            sync: a.clone(),
+            client: client_of(g),
+        })
+        .collect();
     if let Some(meta) = &args.meta {
-        for (g, a) in meta_targets(meta, &args.token).await? {
-            if !targets.iter().any(|(t, _)| *t == g) {
-                targets.push((g, a));
+        for t in meta_targets(meta, &args.token).await? {
+            if !targets.iter().any(|s| s.group == t.group) {
+                targets.push(t);
             }
         }
     }
@@ -125,14 +160,15 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
     }
     let mut config = BackupConfig::new(args.data_dir.join(BACKUP_DIR), args.http_listen);
     config.retention = retention(args.retention_days);
-    config.groups = targets
-        .iter()
-        .map(|(g, a)| FollowerConfig::new(g, a))
-        .collect();
+    config.admin_tokens = args.admin_tokens.clone();
+    config.groups = targets.iter().map(Target::follower).collect();
     let mut server = BackupServer::start(config, CancellationToken::new())
         .await
         .context("starting the backup server")?;
-    let groups: Vec<String> = targets.iter().map(|(g, a)| format!("{g}={a}")).collect();
+    let groups: Vec<String> = targets
+        .iter()
+        .map(|t| format!("{}={}", t.group, t.sync))
+        .collect();
     println!(
         "qmq backup ready: http {} following {}",
         server.http_addr(),
@@ -162,13 +198,13 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
-        for (g, a) in found {
+        for t in found {
             // `--sync` names a group's address for good.
-            if args.sync.iter().any(|(t, _)| *t == g) {
+            if args.sync.iter().any(|(g, _)| *g == t.group) {
                 continue;
             }
-            if let Err(e) = server.follow(FollowerConfig::new(&g, &a)).await {
-                tracing::warn!(group = g, error = %e, "following a broker group failed");
+            if let Err(e) = server.follow(t.follower()).await {
+                tracing::warn!(group = t.group, error = %e, "following a broker group failed");
             }
         }
     }
@@ -176,8 +212,27 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One group to follow: its sync address and its master's client address (for replays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The broker group.
+    pub group: String,
+    /// The sync address followed.
+    pub sync: String,
+    /// The master's client address, if known.
+    pub client: Option<String>,
+}
+
+impl Target {
+    fn follower(&self) -> FollowerConfig {
+        let mut c = FollowerConfig::new(&self.group, &self.sync);
+        c.client_addr.clone_from(&self.client);
+        c
+    }
+}
+
 /// The groups the meta server at `meta` knows, with the sync address to follow for each.
-async fn meta_targets(meta: &str, token: &str) -> anyhow::Result<Vec<(String, String)>> {
+async fn meta_targets(meta: &str, token: &str) -> anyhow::Result<Vec<Target>> {
     let text = qmq_meta::cli::run_tools(qmq_meta::cli::ToolsArgs {
         metaserver: meta.to_owned(),
         token: token.to_owned(),
@@ -204,6 +259,7 @@ impl StandaloneBackup {
         data_dir: &Path,
         group: &str,
         broker: &qmq_broker::BrokerHandle,
+        admin_tokens: &[String],
     ) -> anyhow::Result<Option<Self>> {
         use qmq_broker::replication::sync_server::{self, SlaveLag, SyncSettings};
         use qmq_broker::replication::{Gate, ReplicationMode};
@@ -225,7 +281,10 @@ impl StandaloneBackup {
         .context("starting the broker's sync port for the backup")?;
         let mut config = BackupConfig::new(data_dir.join(BACKUP_DIR), args.backup_http_listen);
         config.retention = retention(args.backup_retention_days);
-        config.groups = vec![FollowerConfig::new(group, sync_addr.to_string())];
+        config.admin_tokens = admin_tokens.to_vec();
+        let mut follower = FollowerConfig::new(group, sync_addr.to_string());
+        follower.client_addr = Some(format!("127.0.0.1:{}", broker.addr().port()));
+        config.groups = vec![follower];
         let server = match BackupServer::start(config, CancellationToken::new()).await {
             Ok(s) => s,
             Err(e) => {
@@ -255,7 +314,7 @@ pub struct QueryArgs {
     #[arg(long, default_value = "127.0.0.1:20883", env = "QMQ_BACKUP")]
     backup: String,
     /// The message id to find (in every subject and broker group).
-    #[arg(long, conflicts_with_all = ["subject", "from", "to"], required_unless_present = "subject")]
+    #[arg(long, conflicts_with_all = ["subject", "from", "to", "key"], required_unless_present = "subject")]
     id: Option<String>,
     /// The subject whose messages to list.
     #[arg(long)]
@@ -266,6 +325,9 @@ pub struct QueryArgs {
     /// Latest creation time: ms since the epoch or RFC 3339 (default: now).
     #[arg(long)]
     to: Option<String>,
+    /// Only messages with this property, `key=value` (a property the producer set).
+    #[arg(long, value_name = "KEY=VALUE")]
+    key: Option<String>,
     /// Most messages listed.
     #[arg(long, default_value_t = 100)]
     limit: usize,
@@ -330,7 +392,26 @@ fn render_trace(events: &[serde_json::Value]) -> String {
         };
         let event = s("event");
         let (step, detail) = match event.as_str() {
-            "created" => ("created", format!("subject {}", s("subject"))),
+            "created" => (
+                "created",
+                match e["app_code"].as_str() {
+                    Some(app) => format!("subject {} by app {app}", s("subject")),
+                    None => format!("subject {}", s("subject")),
+                },
+            ),
+            "delayed" => (
+                "delayed",
+                format!(
+                    "until {}",
+                    e["delayed_until"]
+                        .as_i64()
+                        .and_then(chrono::DateTime::from_timestamp_millis)
+                        .map_or_else(
+                            || "?".into(),
+                            |t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+                        )
+                ),
+            ),
             "stored" => ("stored", place),
             "retry" => (
                 "retry",
@@ -385,7 +466,7 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
                 encode(subject),
                 args.limit
             );
-            for (k, v) in [("from", &args.from), ("to", &args.to)] {
+            for (k, v) in [("from", &args.from), ("to", &args.to), ("key", &args.key)] {
                 if let Some(v) = v {
                     p.push_str(&format!("&{k}={}", encode(v)));
                 }
@@ -407,9 +488,156 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `dead` settings.
+#[derive(Args, Debug)]
+pub struct DeadArgs {
+    #[command(subcommand)]
+    command: DeadCommand,
+}
+
+/// `qmq dead list|replay`.
+#[derive(clap::Subcommand, Debug)]
+enum DeadCommand {
+    /// Lists the dead letters of a subject (every group's, or `--group`'s), oldest first.
+    List {
+        #[command(flatten)]
+        which: DeadWhich,
+        /// Most dead letters listed.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the backup's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sends a group's dead letters again, to its retry subject (`%RETRY%<subject>%<group>`),
+    /// where its consumers get them like any retry; needs a backup admin token.
+    Replay {
+        #[command(flatten)]
+        which: DeadWhich,
+        /// Only this message id (repeatable; default: every dead letter in the time range).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// A token the backup accepts (`backup --admin-token`; standalone: `--admin-token`).
+        #[arg(long, env = "QMQ_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+}
+
+/// Which dead letters.
+#[derive(Args, Debug)]
+struct DeadWhich {
+    /// Backup server HTTP address (`host:port`).
+    #[arg(long, default_value = "127.0.0.1:20883", env = "QMQ_BACKUP")]
+    backup: String,
+    /// The subject the messages were sent to.
+    #[arg(long)]
+    subject: String,
+    /// The consumer group that gave up on them (required to replay).
+    #[arg(long)]
+    group: Option<String>,
+    /// Earliest creation time: ms since the epoch or RFC 3339 (default: 30 days before --to).
+    #[arg(long)]
+    from: Option<String>,
+    /// Latest creation time: ms since the epoch or RFC 3339 (default: now).
+    #[arg(long)]
+    to: Option<String>,
+}
+
+/// `qmq dead`: lists or replays dead letters through a backup server.
+pub async fn dead(args: DeadArgs) -> anyhow::Result<()> {
+    match args.command {
+        DeadCommand::List { which, limit, json } => {
+            let mut path = format!("/v1/dead?subject={}&limit={limit}", encode(&which.subject));
+            for (k, v) in [
+                ("group", &which.group),
+                ("from", &which.from),
+                ("to", &which.to),
+            ] {
+                if let Some(v) = v {
+                    path.push_str(&format!("&{k}={}", encode(v)));
+                }
+            }
+            let answer = ask_backup(&which.backup, &path).await?;
+            if json {
+                println!("{answer}");
+                return Ok(());
+            }
+            let entries = answer["dead_letters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            print!("{}", render_table(&entries));
+            if let Some(next) = answer["next"].as_str() {
+                println!("(more: the next page starts at cursor {next})");
+            }
+            Ok(())
+        }
+        DeadCommand::Replay { which, ids, token } => {
+            let Some(group) = which.group else {
+                bail!("replay needs --group: dead letters go back to one group's retry subject");
+            };
+            let mut body = serde_json::json!({
+                "subject": which.subject,
+                "group": group,
+                "ids": ids,
+            });
+            for (k, v) in [("from", &which.from), ("to", &which.to)] {
+                if let Some(v) = v {
+                    body[k] = serde_json::Value::String(v.clone());
+                }
+            }
+            let (status, answer) = http_call(
+                &which.backup,
+                hyper::Method::POST,
+                "/v1/dead/replay",
+                Some(&token),
+                bytes::Bytes::from(body.to_string()),
+            )
+            .await
+            .with_context(|| format!("asking the backup server at {}", which.backup))?;
+            let answer = backup_answer(status, &answer)?;
+            let done = answer["replayed"].as_array().cloned().unwrap_or_default();
+            let mut failed = 0;
+            for r in &done {
+                match r["error"].as_str() {
+                    None => println!(
+                        "replayed {} to {} on {}",
+                        r["message_id"].as_str().unwrap_or("?"),
+                        r["retry_subject"].as_str().unwrap_or("?"),
+                        r["broker_group"].as_str().unwrap_or("?")
+                    ),
+                    Some(e) => {
+                        failed += 1;
+                        println!("FAILED {}: {e}", r["message_id"].as_str().unwrap_or("?"));
+                    }
+                }
+            }
+            if done.is_empty() {
+                bail!("no dead letters matched");
+            }
+            if failed > 0 {
+                bail!("{failed} of {} dead letters were not replayed", done.len());
+            }
+            Ok(())
+        }
+    }
+}
+
 /// One HTTP/1.1 GET of `path` from `addr`: the status and the body (10 s at most).
 async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, bytes::Bytes)> {
-    use http_body_util::{BodyExt, Empty};
+    http_call(addr, hyper::Method::GET, path, None, bytes::Bytes::new()).await
+}
+
+/// One HTTP/1.1 request to `addr` (with the admin `token` header and a JSON `body` when
+/// given): the status and the body (10 s at most).
+async fn http_call(
+    addr: &str,
+    method: hyper::Method,
+    path: &str,
+    token: Option<&str>,
+    body: bytes::Bytes,
+) -> anyhow::Result<(u16, bytes::Bytes)> {
+    use http_body_util::{BodyExt, Full};
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -417,9 +645,15 @@ async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, bytes::Bytes)>
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         let driver = tokio::spawn(conn);
-        let req = hyper::Request::get(path)
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, addr)
-            .body(Empty::<bytes::Bytes>::new())?;
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(t) = token {
+            req = req.header(qmq_backup::http::TOKEN_HEADER, t);
+        }
+        let req = req.body(Full::new(body))?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
@@ -493,7 +727,12 @@ async fn ask_backup(backup: &str, path: &str) -> anyhow::Result<serde_json::Valu
     let (status, body) = http_get(backup, path)
         .await
         .with_context(|| format!("asking the backup server at {backup}"))?;
-    let answer: serde_json::Value = serde_json::from_slice(&body)
+    backup_answer(status, &body)
+}
+
+/// The JSON of a backup answer, or an error with the server's reason.
+fn backup_answer(status: u16, body: &[u8]) -> anyhow::Result<serde_json::Value> {
+    let answer: serde_json::Value = serde_json::from_slice(body)
         .with_context(|| format!("the backup server answered {status} with no JSON"))?;
     if status != 200 {
         bail!(
@@ -527,11 +766,16 @@ mod tests {
             spec("b", BrokerRole::Master, "10.0.0.3", 20882),
             spec("c", BrokerRole::DelayMaster, "10.0.0.4", 20802),
         ];
+        let t = |g: &str, sync: &str, client: &str| Target {
+            group: g.into(),
+            sync: sync.into(),
+            client: Some(client.into()),
+        };
         assert_eq!(
             sync_targets(&brokers),
             [
-                ("a".to_owned(), "10.0.0.2:20882".to_owned()),
-                ("b".to_owned(), "10.0.0.3:20882".to_owned())
+                t("a", "10.0.0.2:20882", "10.0.0.1:20881"),
+                t("b", "10.0.0.3:20882", "10.0.0.3:20881")
             ]
         );
     }

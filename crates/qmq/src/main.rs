@@ -65,6 +65,9 @@ enum Command {
     /// A message's life from a backup server: created, stored, pulled and acked by which
     /// groups and consumers, retried, dead-lettered; one line per step (`--json`).
     Trace(backup::TraceArgs),
+    /// Dead letters through a backup server: `dead list --subject s [--group g]`, `dead replay
+    /// --subject s --group g [--id id] --token t` (back to the group's retry subject).
+    Dead(backup::DeadArgs),
     /// Consume messages from the shell (printed one per line, then acked; `--json`,
     /// `--follow`).
     Consume(cli::ConsumeArgs),
@@ -131,6 +134,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Query(args) => backup::query(args).await,
         Command::Trace(args) => backup::trace(args).await,
+        Command::Dead(args) => backup::dead(args).await,
         Command::Tools(args) => {
             println!("{}", qmq_meta::cli::run_tools(args).await?);
             Ok(())

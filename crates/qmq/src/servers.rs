@@ -888,6 +888,7 @@ async fn standalone_servers(args: StandaloneArgs) -> anyhow::Result<()> {
         &data_dir,
         &args.broker.group,
         &broker,
+        &args.meta.admin_tokens,
     )
     .await?;
     let metrics = serve_metrics(args.broker.metrics_listen, registry).await?;

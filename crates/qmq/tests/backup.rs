@@ -2,8 +2,10 @@
 //! `qmq query --id` (polled until indexed, with a deadline) and listed by `qmq query
 //! --subject`; the index survives a restart and takes up where it stopped; `--backup-enabled
 //! false` runs none. `qmq backup --meta` follows a replicated group from its slave. `qmq trace`
-//! shows a message consumed by two groups, one of them failing it twice, in order: stored,
-//! pulled by both, two retry copies, acked.
+//! shows a delay message consumed by two groups, one of them failing it twice, in order:
+//! created, delayed until its time, stored, pulled by both, two retry copies, acked. A dead
+//! letter is listed with its property (found by `qmq query --key`), its body read from the
+//! broker, replayed with the admin token (refused without) and then consumed.
 
 mod common;
 
@@ -278,7 +280,7 @@ fn is(e: &serde_json::Value, event: &str, group: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trace_shows_a_message_stored_pulled_by_two_groups_retried_and_acked() {
+async fn trace_shows_a_delayed_message_stored_pulled_by_two_groups_retried_and_acked() {
     use qmq_client::{
         Consumer, ConsumerConfig, HandleError, MessageExt, MetaRouter, MetaRouterConfig,
         ReceivedMessage, SubscribeOptions,
@@ -288,13 +290,20 @@ async fn trace_shows_a_message_stored_pulled_by_two_groups_retried_and_acked() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, broker, ready) = standalone(dir.path(), &["--retry-delay-secs", "1"]);
     let (http, backup) = (field(&ready, "http"), field(&ready, "backup"));
-    let out = run(&["send", "--broker", &broker, "--subject", "traced", "hello"]);
+    let _ = broker;
+    let out = run(&[
+        "send",
+        "--meta",
+        &http,
+        "--subject",
+        "traced",
+        "--delay",
+        "2s",
+        "hello",
+    ]);
     assert!(out.status.success(), "{out:?}");
-    let id = stdout(&out)
-        .trim()
-        .strip_prefix("sent ")
-        .unwrap()
-        .to_owned();
+    // "sent <id> due <time>"
+    let id = stdout(&out).split_whitespace().nth(1).unwrap().to_owned();
 
     // Group "ok" takes it at once; group "flaky" fails the first two deliveries.
     let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(&http, "test")));
@@ -362,6 +371,12 @@ async fn trace_shows_a_message_stored_pulled_by_two_groups_retried_and_acked() {
         .rposition(|e| is(e, "acked", "flaky"))
         .unwrap();
     assert_eq!(events[0]["event"], "created", "{events:#?}");
+    assert_eq!(events[1]["event"], "delayed", "{events:#?}");
+    let created = events[0]["time"].as_i64().unwrap();
+    let until = events[1]["delayed_until"].as_i64().unwrap();
+    assert!(until >= created + 1_500, "{events:#?}");
+    assert_eq!(stored, 2, "{events:#?}");
+    assert_eq!(events[stored]["time"].as_i64(), Some(until), "{events:#?}");
     assert!(stored < pulled_ok && stored < pulled_flaky, "{events:#?}");
     assert!(pulled_flaky < first_retry, "{events:#?}");
     assert!(last_retry < last_ack, "{events:#?}");
@@ -382,6 +397,7 @@ async fn trace_shows_a_message_stored_pulled_by_two_groups_retried_and_acked() {
     // (Nothing happens to the message any more: the text shows the same steps.)
     assert_eq!(steps.len(), events.len(), "{text}");
     assert_eq!(steps[0], "created", "{text}");
+    assert_eq!(steps[1], "delayed", "{text}");
     assert_eq!(steps[stored], "stored", "{text}");
     assert_eq!(steps[first_retry], "retry", "{text}");
     assert_eq!(steps[last_ack], "acked", "{text}");
@@ -391,5 +407,220 @@ async fn trace_shows_a_message_stored_pulled_by_two_groups_retried_and_acked() {
     // Unknown ids are an error.
     let out = run(&["trace", "no-such-id", "--backup", &backup]);
     assert!(!out.status.success(), "{out:?}");
+    server.terminate();
+}
+
+/// `GET path` from the backup: status and JSON.
+fn backup_get(backup: &str, path: &str) -> (u16, serde_json::Value) {
+    let mut stream = std::net::TcpStream::connect(backup).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {backup}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").unwrap().1;
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_listed_read_replayed_and_consumed() {
+    use qmq_client::{
+        Consumer, ConsumerConfig, HandleError, MessageExt, MetaRouter, MetaRouterConfig,
+        ReceivedMessage, SubscribeOptions,
+    };
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, broker, ready) = standalone(
+        dir.path(),
+        &["--retry-delay-secs", "1", "--admin-token", "sesame"],
+    );
+    let (http, backup) = (field(&ready, "http"), field(&ready, "backup"));
+    let out = run(&[
+        "send",
+        "--broker",
+        &broker,
+        "--subject",
+        "orders",
+        "-p",
+        "order=42",
+        "the body",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let id = stdout(&out).split_whitespace().nth(1).unwrap().to_owned();
+
+    // Group "doomed" fails every delivery and gives up after one retry.
+    let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(&http, "test")));
+    let options = || SubscribeOptions {
+        new_group_start: qmq_client::NewGroupStart::Earliest,
+        ..SubscribeOptions::default()
+    };
+    let failing = Consumer::new(
+        router.clone(),
+        ConsumerConfig {
+            max_retry_num: 1,
+            ..ConsumerConfig::default()
+        },
+    );
+    failing
+        .subscribe(
+            "orders",
+            "doomed",
+            |_m: ReceivedMessage| async { Err(HandleError::msg("no")) },
+            options(),
+        )
+        .await
+        .unwrap();
+
+    // Listed, with its property, once indexed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let out = run(&[
+            "dead",
+            "list",
+            "--backup",
+            &backup,
+            "--subject",
+            "orders",
+            "--group",
+            "doomed",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let list = json["dead_letters"].as_array().cloned().unwrap_or_default();
+        if !list.is_empty() {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "no dead letter listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    failing.shutdown().await;
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    let dead = &listed[0];
+    assert_eq!(dead["message_id"], id.as_str());
+    assert_eq!(dead["consumer_group"], "doomed");
+    assert_eq!(dead["subject"], "%DEAD_RETRY%orders%doomed");
+    assert_eq!(
+        dead["details"]["properties"],
+        serde_json::json!([["order", "42"]]),
+        "{dead:#?}"
+    );
+    let text = stdout(&run(&[
+        "dead",
+        "list",
+        "--backup",
+        &backup,
+        "--subject",
+        "orders",
+    ]));
+    assert!(
+        text.contains(&id) && text.contains("%DEAD_RETRY%orders%doomed"),
+        "{text}"
+    );
+
+    // Found by its property, not by another value.
+    let by_key = |kv: &str| {
+        let out = run(&[
+            "query",
+            "--backup",
+            &backup,
+            "--subject",
+            "orders",
+            "--key",
+            kv,
+            "--json",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["messages"].as_array().cloned().unwrap_or_default()
+    };
+    let found = tokio::task::block_in_place(|| by_key("order=42"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0]["message_id"], id.as_str());
+    assert!(tokio::task::block_in_place(|| by_key("order=43")).is_empty());
+
+    // Its body, read from the broker.
+    let path = format!(
+        "/v1/message?group={}&subject=%25DEAD_RETRY%25orders%25doomed&sequence={}",
+        dead["broker_group"].as_str().unwrap(),
+        dead["sequence"]
+    );
+    let (status, detail) = tokio::task::block_in_place(|| backup_get(&backup, &path));
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["body"], "the body", "{detail}");
+    assert_eq!(detail["source"], "broker", "{detail}");
+    assert_eq!(detail["attrs"]["order"], "42", "{detail}");
+
+    // Replay needs the token.
+    let replay = |token: &str| {
+        run(&[
+            "dead",
+            "replay",
+            "--backup",
+            &backup,
+            "--subject",
+            "orders",
+            "--group",
+            "doomed",
+            "--id",
+            &id,
+            "--token",
+            token,
+        ])
+    };
+    let refused = tokio::task::block_in_place(|| replay("wrong"));
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("admin token"),
+        "{refused:?}"
+    );
+
+    // The group, fixed, gets it again from its retry subject once replayed.
+    let got: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let fixed = Consumer::new(router, ConsumerConfig::default());
+    {
+        let got = got.clone();
+        fixed
+            .subscribe(
+                "orders",
+                "doomed",
+                move |m: ReceivedMessage| {
+                    let got = got.clone();
+                    async move {
+                        let body = m.body_text().unwrap_or_default();
+                        got.lock().unwrap().push((m.message_id.clone(), body));
+                        Ok(())
+                    }
+                },
+                options(),
+            )
+            .await
+            .unwrap();
+    }
+    let out = tokio::task::block_in_place(|| replay("sesame"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("to %RETRY%orders%doomed"),
+        "{}",
+        stdout(&out)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the replayed letter never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fixed.shutdown().await;
+    assert_eq!(
+        got.lock().unwrap().clone(),
+        vec![(id.clone(), "the body".to_owned())]
+    );
     server.terminate();
 }
