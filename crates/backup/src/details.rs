@@ -51,6 +51,10 @@ pub struct Details {
     /// The indexed properties, in wire order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub properties: Vec<(String, String)>,
+    /// This copy is a delay server's: held there until `delayed_until`, then sent to a broker
+    /// (whose copy is another entry).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 impl Details {
@@ -81,6 +85,7 @@ impl Details {
             delayed_until,
             times: attr("qmq_times").and_then(|v| v.parse().ok()),
             properties,
+            held: false,
         }
     }
 }
@@ -117,17 +122,20 @@ pub enum UnreadableRecord {
 }
 
 impl Indexed {
-    /// The entry of a type-6 record: place, details and, for a dead letter, the message.
-    pub fn from_stored(record: &StoredRecord) -> Result<Self, UnreadableRecord> {
+    /// The entry of a type-6 record: place, details and, for a dead letter, the message;
+    /// `held`: the record is a delay server's (its sequence is a message-log offset).
+    pub fn from_stored(record: &StoredRecord, held: bool) -> Result<Self, UnreadableRecord> {
         let sequence = u64::try_from(record.sequence)
             .map_err(|_| UnreadableRecord::Sequence(record.sequence))?;
         let m = Message::decode_stored(&mut Reader::new(&record.stored))?;
         if m.message_id.is_empty() {
             return Err(UnreadableRecord::NoId);
         }
-        let dead = matches!(derived(&record.subject), Some((CopyKind::Dead, _, _)));
+        let dead = !held && matches!(derived(&record.subject), Some((CopyKind::Dead, _, _)));
+        let mut details = Details::of(&m);
+        details.held = held;
         Ok(Self {
-            details: Details::of(&m),
+            details,
             subject: record.subject.clone(),
             message_id: m.message_id,
             sequence,
@@ -217,32 +225,45 @@ mod tests {
     #[test]
     fn dead_letters_keep_their_message() {
         let stored = message(&[("order", "1")]).to_stored().unwrap();
-        let dead = Indexed::from_stored(&StoredRecord {
-            sequence: 4,
-            subject: "%DEAD_RETRY%s%g".into(),
-            stored: stored.clone(),
-        })
+        let dead = Indexed::from_stored(
+            &StoredRecord {
+                sequence: 4,
+                subject: "%DEAD_RETRY%s%g".into(),
+                stored: stored.clone(),
+            },
+            false,
+        )
         .unwrap();
         assert_eq!(dead.dead_letter.as_ref(), Some(&stored));
         assert_eq!((dead.sequence, dead.message_id.as_str()), (4, "id"));
-        let live = Indexed::from_stored(&StoredRecord {
-            sequence: 4,
-            subject: "s".into(),
-            stored: stored.clone(),
-        })
+        let live = Indexed::from_stored(
+            &StoredRecord {
+                sequence: 4,
+                subject: "s".into(),
+                stored: stored.clone(),
+            },
+            true,
+        )
         .unwrap();
         assert!(live.dead_letter.is_none());
-        let bad = Indexed::from_stored(&StoredRecord {
-            sequence: -1,
-            subject: "s".into(),
-            stored,
-        });
+        assert!(live.details.held);
+        let bad = Indexed::from_stored(
+            &StoredRecord {
+                sequence: -1,
+                subject: "s".into(),
+                stored,
+            },
+            false,
+        );
         assert!(matches!(bad, Err(UnreadableRecord::Sequence(-1))));
-        let garbage = Indexed::from_stored(&StoredRecord {
-            sequence: 1,
-            subject: "s".into(),
-            stored: Bytes::from_static(b"\x00\x01"),
-        });
+        let garbage = Indexed::from_stored(
+            &StoredRecord {
+                sequence: 1,
+                subject: "s".into(),
+                stored: Bytes::from_static(b"\x00\x01"),
+            },
+            false,
+        );
         assert!(matches!(garbage, Err(UnreadableRecord::Message(_))));
     }
 }

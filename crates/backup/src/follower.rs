@@ -23,11 +23,24 @@ use tracing::{info, warn};
 
 use crate::{Applied, BackupError, IndexStore, ACTION_STREAM, INDEX_STREAM};
 
+/// What serves a followed group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GroupKind {
+    /// Realtime brokers: stored messages and the action log are followed.
+    #[default]
+    Broker,
+    /// Delay servers: their message log (messages waiting for their time) is followed; they
+    /// have no consumers, so no action log.
+    Delay,
+}
+
 /// Where and how to follow one broker group.
 #[derive(Debug, Clone)]
 pub struct FollowerConfig {
     /// The broker group's name (stored with every entry).
     pub group: String,
+    /// Broker or delay group.
+    pub kind: GroupKind,
     /// The sync address (`host:port`) to ask: the group's slave if it has one, else its master.
     pub sync_addr: String,
     /// The master's client address (`host:port`), where dead letters are replayed; `None`:
@@ -46,6 +59,7 @@ impl FollowerConfig {
     pub fn new(group: impl Into<String>, sync_addr: impl Into<String>) -> Self {
         Self {
             group: group.into(),
+            kind: GroupKind::Broker,
             sync_addr: sync_addr.into(),
             client_addr: None,
             request_timeout: Duration::from_secs(10),
@@ -276,7 +290,9 @@ async fn follow_once(
     };
     let next = chunk.next as u64;
     let store = store.clone();
-    let applied: Applied = blocking(move || store.apply_messages(&group, from, &chunk)).await?;
+    let held = config.kind == GroupKind::Delay;
+    let applied: Applied =
+        blocking(move || store.apply_messages(&group, from, &chunk, held)).await?;
     Ok((next, applied.indexed > 0))
 }
 

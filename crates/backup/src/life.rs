@@ -39,7 +39,7 @@ pub enum EventKind {
     /// The producer created the message (its creation time).
     Created,
     /// It was a delay message, held by a delay server until `delayed_until` (time: its
-    /// creation time).
+    /// creation time; `broker_group` the delay group when delay groups are followed).
     Delayed,
     /// A broker group stored it (time: its creation time, or its delivery time for a delay
     /// message; brokers do not report when).
@@ -131,32 +131,42 @@ impl IndexStore {
                 },
             ));
         }
+        let held_copy = entries
+            .iter()
+            .any(|e| e.details.as_ref().is_some_and(|d| d.held));
         for e in &entries {
             let (copy, group) = match derived(&e.subject) {
                 Some((kind, _, group)) => (kind, Some(group.to_owned())),
                 None => (CopyKind::Original, None),
             };
             let delayed_until = e.details.as_ref().and_then(|d| d.delayed_until);
+            let held = e.details.as_ref().is_some_and(|d| d.held);
             let (kind, time) = match copy {
+                // A delay server's copy: held from its creation until its time.
+                CopyKind::Original if held => (EventKind::Delayed, e.created_time),
+                // A broker's copy of a delay message: stored when its time came, held before
+                // by a delay server (its own entry when delay groups are followed).
                 CopyKind::Original => match delayed_until {
                     Some(until) => {
-                        keyed.push((
-                            e.created_time,
-                            EventKind::Delayed,
-                            0,
-                            Event {
-                                time: e.created_time,
-                                event: EventKind::Delayed,
-                                subject: e.subject.clone(),
-                                broker_group: e.broker_group.clone(),
-                                sequence: e.sequence,
-                                copy,
-                                consumer_group: None,
-                                consumer_id: None,
-                                app_code: None,
-                                delayed_until: Some(until),
-                            },
-                        ));
+                        if !held_copy {
+                            keyed.push((
+                                e.created_time,
+                                EventKind::Delayed,
+                                0,
+                                Event {
+                                    time: e.created_time,
+                                    event: EventKind::Delayed,
+                                    subject: e.subject.clone(),
+                                    broker_group: e.broker_group.clone(),
+                                    sequence: e.sequence,
+                                    copy,
+                                    consumer_group: None,
+                                    consumer_id: None,
+                                    app_code: None,
+                                    delayed_until: Some(until),
+                                },
+                            ));
+                        }
                         (EventKind::Stored, until.max(e.created_time))
                     }
                     None => (EventKind::Stored, e.created_time),
@@ -181,7 +191,7 @@ impl IndexStore {
                 consumer_group: group,
                 consumer_id: None,
                 app_code: None,
-                delayed_until: None,
+                delayed_until: if held { delayed_until } else { None },
             };
             keyed.push((time, kind, 0, base.clone()));
             for r in self.records(&e.broker_group, &e.subject, e.sequence)? {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::brokers::{Brokers, GroupAddrs};
-use crate::follower::{self, blocking, FollowerConfig, FollowerHandle, Stream};
+use crate::follower::{self, blocking, FollowerConfig, FollowerHandle, GroupKind, Stream};
 use crate::http::Api;
 use crate::{BackupError, IndexStore};
 
@@ -62,7 +62,8 @@ struct Following {
     addr: String,
     stop: CancellationToken,
     handle: FollowerHandle,
-    actions: FollowerHandle,
+    /// None for a delay group.
+    actions: Option<FollowerHandle>,
 }
 
 /// A running backup server.
@@ -160,7 +161,9 @@ impl BackupServer {
             );
             old.stop.cancel();
             old.handle.join().await;
-            old.actions.join().await;
+            if let Some(a) = old.actions {
+                a.join().await;
+            }
         }
         let stop = self.stop.child_token();
         let following = Following {
@@ -168,7 +171,15 @@ impl BackupServer {
             addr: config.sync_addr.clone(),
             stop: stop.clone(),
             handle: follower::spawn(self.store.clone(), config.clone(), stop.clone())?,
-            actions: follower::spawn_stream(self.store.clone(), config, Stream::Action, stop)?,
+            actions: match config.kind {
+                GroupKind::Broker => Some(follower::spawn_stream(
+                    self.store.clone(),
+                    config,
+                    Stream::Action,
+                    stop,
+                )?),
+                GroupKind::Delay => None,
+            },
         };
         self.followers.push(following);
         Ok(())
@@ -205,7 +216,7 @@ impl BackupServer {
         self.followers
             .iter()
             .find(|f| f.group == group)
-            .map(|f| &f.actions)
+            .and_then(|f| f.actions.as_ref())
     }
 
     /// Stops everything and waits for it.
@@ -213,7 +224,9 @@ impl BackupServer {
         self.stop.cancel();
         for f in self.followers {
             f.handle.join().await;
-            f.actions.join().await;
+            if let Some(a) = f.actions {
+                a.join().await;
+            }
         }
         for t in self.tasks {
             let _ = t.await;

@@ -398,18 +398,20 @@ impl IndexStore {
         self.apply_indexed(group, from, chunk.next, &records)
     }
 
-    /// Indexes a type-6 chunk (stored messages) `group`'s broker answered to a request from
-    /// `from`; see [`IndexStore::apply_indexed`]. A record whose message cannot be read is
-    /// passed over with a warning (the broker's own index passes such messages over too).
+    /// Indexes a type-6 chunk (stored messages) `group`'s server answered to a request from
+    /// `from` (`held`: a delay server's, see [`Details::held`]); see
+    /// [`IndexStore::apply_indexed`]. A record whose message cannot be read is passed over
+    /// with a warning (the broker's own index passes such messages over too).
     pub fn apply_messages(
         &self,
         group: &str,
         from: u64,
         chunk: &SyncMessagesChunk,
+        held: bool,
     ) -> Result<Applied, BackupError> {
         let mut records = Vec::with_capacity(chunk.records.len());
         for r in &chunk.records {
-            match Indexed::from_stored(r) {
+            match Indexed::from_stored(r, held) {
                 Ok(i) => records.push(i),
                 Err(e) => {
                     warn!(group, subject = r.subject, sequence = r.sequence, error = %e, "passing over an unreadable message")

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use qmq_backup::follower::FollowerConfig;
+use qmq_backup::follower::{FollowerConfig, GroupKind};
 use qmq_backup::server::{BackupConfig, BackupServer};
 use qmq_meta::model::BrokerSpec;
 use qmq_protocol::BrokerRole;
@@ -31,6 +31,10 @@ pub struct BackupArgs {
     /// A broker group to follow and its sync address, `group=host:port` (repeatable).
     #[arg(long = "sync", value_name = "GROUP=HOST:PORT", value_parser = parse_sync)]
     sync: Vec<(String, String)>,
+    /// A delay group to follow and its master's sync address, `group=host:port` (repeatable):
+    /// messages waiting there for their time are found before they are due.
+    #[arg(long = "delay-sync", value_name = "GROUP=HOST:PORT", value_parser = parse_sync)]
+    delay_sync: Vec<(String, String)>,
     /// A `--sync` group's master client address, `group=host:port` (repeatable): where its
     /// dead letters are replayed (with `--meta` the meta server says).
     #[arg(long = "broker", value_name = "GROUP=HOST:PORT", value_parser = parse_sync)]
@@ -105,7 +109,8 @@ fn retention(days: u64) -> Option<Duration> {
 }
 
 /// The sync address to follow for each realtime group among `brokers` (the slave's where the
-/// group has one, else the master's) and the master's client address.
+/// group has one, else the master's) with the master's client address, and for each delay
+/// group its master's (a delay slave serves no one).
 pub fn sync_targets(brokers: &[BrokerSpec]) -> Vec<Target> {
     let mut groups: Vec<&str> = brokers.iter().map(|b| b.group.as_str()).collect();
     groups.sort_unstable();
@@ -125,6 +130,14 @@ pub fn sync_targets(brokers: &[BrokerSpec]) -> Vec<Target> {
                 group: g.to_owned(),
                 sync: format!("{}:{}", b.ip, b.sync_port),
                 client: master.map(|m| format!("{}:{}", m.ip, m.serve_port)),
+                kind: GroupKind::Broker,
+            });
+        } else if let Some(b) = of(BrokerRole::DelayMaster) {
+            out.push(Target {
+                group: g.to_owned(),
+                sync: format!("{}:{}", b.ip, b.sync_port),
+                client: None,
+                kind: GroupKind::Delay,
             });
         }
     }
@@ -146,7 +159,14 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
             group: g.clone(),
             sync: a.clone(),
             client: client_of(g),
+            kind: GroupKind::Broker,
         })
+        .chain(args.delay_sync.iter().map(|(g, a)| Target {
+            group: g.clone(),
+            sync: a.clone(),
+            client: None,
+            kind: GroupKind::Delay,
+        }))
         .collect();
     if let Some(meta) = &args.meta {
         for t in meta_targets(meta, &args.token).await? {
@@ -156,7 +176,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
         }
     }
     if targets.is_empty() && args.meta.is_none() {
-        bail!("nothing to follow: give --sync GROUP=HOST:PORT or --meta");
+        bail!("nothing to follow: give --sync GROUP=HOST:PORT, --delay-sync or --meta");
     }
     let mut config = BackupConfig::new(args.data_dir.join(BACKUP_DIR), args.http_listen);
     config.retention = retention(args.retention_days);
@@ -199,8 +219,13 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
             }
         };
         for t in found {
-            // `--sync` names a group's address for good.
-            if args.sync.iter().any(|(g, _)| *g == t.group) {
+            // `--sync` and `--delay-sync` name a group's address for good.
+            if args
+                .sync
+                .iter()
+                .chain(&args.delay_sync)
+                .any(|(g, _)| *g == t.group)
+            {
                 continue;
             }
             if let Err(e) = server.follow(t.follower()).await {
@@ -221,12 +246,15 @@ pub struct Target {
     pub sync: String,
     /// The master's client address, if known.
     pub client: Option<String>,
+    /// Broker or delay group.
+    pub kind: GroupKind,
 }
 
 impl Target {
     fn follower(&self) -> FollowerConfig {
         let mut c = FollowerConfig::new(&self.group, &self.sync);
         c.client_addr.clone_from(&self.client);
+        c.kind = self.kind;
         c
     }
 }
@@ -245,20 +273,23 @@ async fn meta_targets(meta: &str, token: &str) -> anyhow::Result<Vec<Target>> {
     Ok(sync_targets(&brokers))
 }
 
-/// The backup of a standalone's broker: its own sync port on loopback (nothing else is served
-/// there) and the backup server following it.
+/// The backup of a standalone's broker and delay server: their own sync ports on loopback
+/// (nothing else is served there) and the backup server following them.
 pub struct StandaloneBackup {
     server: BackupServer,
     sync_stop: CancellationToken,
+    delay_sync: qmq_delay::replication::sync_server::SyncServer,
 }
 
 impl StandaloneBackup {
-    /// Starts the backup of `broker` (group `group`) under `data_dir`, if enabled.
+    /// Starts the backup of `broker` (group `group`) and of the delay server `delay` (its
+    /// group and engine) under `data_dir`, if enabled; `admin_tokens` may replay dead letters.
     pub async fn start(
         args: &StandaloneBackupArgs,
         data_dir: &Path,
         group: &str,
         broker: &qmq_broker::BrokerHandle,
+        delay: (&str, &Arc<qmq_delay::DelayEngine>),
         admin_tokens: &[String],
     ) -> anyhow::Result<Option<Self>> {
         use qmq_broker::replication::sync_server::{self, SlaveLag, SyncSettings};
@@ -266,11 +297,12 @@ impl StandaloneBackup {
         if !args.backup_enabled {
             return Ok(None);
         }
+        let loopback: SocketAddr = "127.0.0.1:0".parse().context("loopback address")?;
         let sync_stop = CancellationToken::new();
         // An unreplicated broker has no gate: this one is never master and only sees the
-        // backup's index requests.
+        // backup's requests.
         let (sync_addr, _task) = sync_server::spawn(
-            "127.0.0.1:0".parse().context("loopback address")?,
+            loopback,
             broker.store().clone(),
             Arc::new(Gate::new(ReplicationMode::Async)),
             Arc::new(SlaveLag::default()),
@@ -279,20 +311,42 @@ impl StandaloneBackup {
         )
         .await
         .context("starting the broker's sync port for the backup")?;
+        // Likewise the delay server's: only the backup's type-6 requests, which release nothing.
+        let delay_sync = match qmq_delay::replication::sync_server::SyncServer::bind(
+            loopback,
+            Arc::new(Gate::new(ReplicationMode::Async)),
+            qmq_delay::replication::sync_server::SyncSettings::default(),
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                sync_stop.cancel();
+                return Err(e).context("starting the delay server's sync port for the backup");
+            }
+        };
+        delay_sync.set_engine(Some(delay.1.clone()));
         let mut config = BackupConfig::new(data_dir.join(BACKUP_DIR), args.backup_http_listen);
         config.retention = retention(args.backup_retention_days);
         config.admin_tokens = admin_tokens.to_vec();
         let mut follower = FollowerConfig::new(group, sync_addr.to_string());
         follower.client_addr = Some(format!("127.0.0.1:{}", broker.addr().port()));
-        config.groups = vec![follower];
+        let mut delayed = FollowerConfig::new(delay.0, delay_sync.local_addr().to_string());
+        delayed.kind = GroupKind::Delay;
+        config.groups = vec![follower, delayed];
         let server = match BackupServer::start(config, CancellationToken::new()).await {
             Ok(s) => s,
             Err(e) => {
                 sync_stop.cancel();
+                delay_sync.shutdown().await;
                 return Err(e).context("starting the backup server");
             }
         };
-        Ok(Some(Self { server, sync_stop }))
+        Ok(Some(Self {
+            server,
+            sync_stop,
+            delay_sync,
+        }))
     }
 
     /// The HTTP query API's address.
@@ -300,10 +354,11 @@ impl StandaloneBackup {
         self.server.http_addr()
     }
 
-    /// Stops the backup and its sync port.
+    /// Stops the backup and its sync ports.
     pub async fn shutdown(self) {
         self.server.shutdown().await;
         self.sync_stop.cancel();
+        self.delay_sync.shutdown().await;
     }
 }
 
@@ -770,12 +825,19 @@ mod tests {
             group: g.into(),
             sync: sync.into(),
             client: Some(client.into()),
+            kind: GroupKind::Broker,
         };
         assert_eq!(
             sync_targets(&brokers),
             [
                 t("a", "10.0.0.2:20882", "10.0.0.1:20881"),
-                t("b", "10.0.0.3:20882", "10.0.0.3:20881")
+                t("b", "10.0.0.3:20882", "10.0.0.3:20881"),
+                Target {
+                    group: "c".into(),
+                    sync: "10.0.0.4:20802".into(),
+                    client: None,
+                    kind: GroupKind::Delay,
+                },
             ]
         );
     }

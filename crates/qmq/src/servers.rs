@@ -888,6 +888,7 @@ async fn standalone_servers(args: StandaloneArgs) -> anyhow::Result<()> {
         &data_dir,
         &args.broker.group,
         &broker,
+        (&args.delay.delay_group, delay.server.engine()),
         &args.meta.admin_tokens,
     )
     .await?;

@@ -372,6 +372,8 @@ async fn trace_shows_a_delayed_message_stored_pulled_by_two_groups_retried_and_a
         .unwrap();
     assert_eq!(events[0]["event"], "created", "{events:#?}");
     assert_eq!(events[1]["event"], "delayed", "{events:#?}");
+    // Held by the delay server (followed too), then stored by the broker at its time.
+    assert_eq!(events[1]["broker_group"], "delay-1", "{events:#?}");
     let created = events[0]["time"].as_i64().unwrap();
     let until = events[1]["delayed_until"].as_i64().unwrap();
     assert!(until >= created + 1_500, "{events:#?}");
@@ -622,5 +624,54 @@ async fn a_dead_letter_is_listed_read_replayed_and_consumed() {
         got.lock().unwrap().clone(),
         vec![(id.clone(), "the body".to_owned())]
     );
+    server.terminate();
+}
+
+#[test]
+fn a_message_waiting_in_the_delay_server_is_found_before_it_is_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, _broker, ready) = standalone(dir.path(), &[]);
+    let (http, backup) = (field(&ready, "http"), field(&ready, "backup"));
+    let out = run(&[
+        "send",
+        "--meta",
+        &http,
+        "--subject",
+        "later",
+        "--delay",
+        "1h",
+        "-p",
+        "k=v",
+        "tomorrow",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let id = stdout(&out).split_whitespace().nth(1).unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = trace_events(&backup, &id);
+        if events.iter().any(|e| e["event"] == "delayed") {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "never indexed: {events:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(events.len(), 2, "created and delayed only: {events:#?}");
+    assert_eq!(events[0]["event"], "created");
+    let delayed = &events[1];
+    let until = delayed["delayed_until"].as_i64().unwrap();
+    let created = events[0]["time"].as_i64().unwrap();
+    assert!(until >= created + 3_500_000, "{delayed}");
+    assert_eq!(delayed["broker_group"], "delay-1", "{delayed}");
+    let text = stdout(&run(&["trace", &id, "--backup", &backup]));
+    assert!(text.contains("delayed") && text.contains("until"), "{text}");
+
+    // QMQ's delay query lists it; the realtime query of the subject too (in the delay group).
+    let q = "/api/message?backupQuery=%7B%22subject%22%3A%22later%22%2C%22isDelay%22%3Atrue%2C%22len%22%3A10%7D";
+    let (status, answer) = backup_get(&backup, q);
+    assert_eq!(status, 200);
+    let list = answer["list"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 1, "{answer}");
+    assert_eq!(list[0]["messageId"], id.as_str());
+    assert_eq!(list[0]["brokerGroup"], "delay-1");
     server.terminate();
 }

@@ -13,6 +13,11 @@
 //!   [`DispatchChunk`](crate::replication::DispatchChunk).
 //! - **type 3 (heartbeat)**: answers `i64 message-log end | i64 0`; the master records the
 //!   slave's lag.
+//! - **type 6 (stored messages, for a qmq-rs backup server)**: the message log from the asked
+//!   offset like type 2 (long-poll, `PARAM_ERROR` beyond the end), answered as a
+//!   [`SyncMessagesChunk`]: per record its message-log offset (as the `sequence`), subject and
+//!   stored message, and the offset to ask for next. Not a slave's proof of anything: it
+//!   releases no send.
 //!
 //! While this server has no engine (it is a slave, or between roles) every request is answered
 //! `BROKER_REJECT`, except a slave's heartbeat, answered with its replica's message-log end.
@@ -26,7 +31,10 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use parking_lot::RwLock;
 use qmq_protocol::codes::{command, response};
-use qmq_protocol::{Frame, FrameCodec, SyncChunk, SyncHeartbeat, SyncLogRequest, SyncType};
+use qmq_protocol::{
+    Frame, FrameCodec, StoredRecord, SyncChunk, SyncHeartbeat, SyncLogRequest, SyncMessagesChunk,
+    SyncType,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -237,6 +245,7 @@ async fn answer(state: &State, frame: &Frame) -> (i16, Bytes) {
             .encode(&mut out);
             return (response::SUCCESS, out.freeze());
         }
+        SyncType::Messages => return stored_messages(state, engine, req.message_offset).await,
         _ => return (response::BROKER_ERROR, Bytes::new()),
     }
     let Ok(offset) = u64::try_from(req.message_offset) else {
@@ -272,6 +281,65 @@ async fn answer(state: &State, frame: &Frame) -> (i16, Bytes) {
             tracing::error!(error = %e, "encoding a sync chunk failed");
             (response::BROKER_ERROR, Bytes::new())
         }
+    }
+}
+
+/// Answers a type-6 request: the message-log records from `offset` as stored messages.
+async fn stored_messages(state: &State, engine: Arc<DelayEngine>, offset: i64) -> (i16, Bytes) {
+    let Ok(from) = u64::try_from(offset) else {
+        return (response::PARAM_ERROR, Bytes::new());
+    };
+    let chunk = match wal_chunk(state, engine, from).await {
+        Ok(WalChunk::Records { start, bytes }) => messages_of(start, &bytes),
+        Ok(WalChunk::AtEnd) => SyncMessagesChunk {
+            next: offset,
+            records: Vec::new(),
+        },
+        Ok(WalChunk::Ahead { end }) => {
+            tracing::error!(offset, end, "a backup asks beyond this message log's end");
+            return (response::PARAM_ERROR, Bytes::new());
+        }
+        Err(e) => {
+            tracing::error!(error = %e, offset, "serving a backup's sync request failed");
+            return (response::BROKER_ERROR, Bytes::new());
+        }
+    };
+    let mut out = BytesMut::new();
+    match chunk.encode(&mut out) {
+        Ok(()) => (response::SUCCESS, out.freeze()),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding a stored-messages chunk failed");
+            (response::BROKER_ERROR, Bytes::new())
+        }
+    }
+}
+
+/// The stored messages of whole message-log records `bytes` starting at offset `start`; a
+/// record that is not a message-log payload is passed over (with a warning).
+fn messages_of(start: u64, bytes: &Bytes) -> SyncMessagesChunk {
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    while let Some(head) = bytes.get(at..at + crate::record::FRAME_HEADER) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let Some(payload) =
+            bytes.get(at + crate::record::FRAME_HEADER..at + crate::record::FRAME_HEADER + len)
+        else {
+            break;
+        };
+        let offset = start + at as u64;
+        match crate::record::DelayRecord::decode_payload(payload) {
+            Some(r) => records.push(StoredRecord {
+                sequence: offset as i64,
+                subject: r.subject,
+                stored: r.message,
+            }),
+            None => tracing::warn!(offset, "backup sync: passing over an unreadable record"),
+        }
+        at += crate::record::FRAME_HEADER + len;
+    }
+    SyncMessagesChunk {
+        next: (start + at as u64) as i64,
+        records,
     }
 }
 
@@ -321,5 +389,37 @@ async fn dispatch_state(state: &State, engine: Arc<DelayEngine>, body: &[u8]) ->
             tracing::error!(error = %e, "reading dispatch logs for a slave failed");
             (response::BROKER_ERROR, Bytes::new())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_messages_are_read_from_whole_records() {
+        let mut log = Vec::new();
+        let mut payload = Vec::new();
+        crate::record::encode_payload(&mut payload, 5_000, "a.b", "id-1", b"first");
+        crate::record::put_frame(&mut log, &[&payload]);
+        let second_at = log.len() as u64;
+        crate::record::put_frame(&mut log, &[b"not a payload"]);
+        let third_at = log.len() as u64;
+        payload.clear();
+        crate::record::encode_payload(&mut payload, 6_000, "c", "id-2", b"second");
+        crate::record::put_frame(&mut log, &[&payload]);
+        let chunk = messages_of(100, &Bytes::from(log.clone()));
+        assert_eq!(chunk.next, 100 + log.len() as i64);
+        assert_eq!(
+            chunk.records.len(),
+            2,
+            "the unreadable record is passed over"
+        );
+        assert_eq!(chunk.records[0].sequence, 100);
+        assert_eq!(chunk.records[0].subject, "a.b");
+        assert_eq!(&chunk.records[0].stored[..], b"first");
+        assert_eq!(chunk.records[1].sequence, (100 + third_at) as i64);
+        assert_eq!(&chunk.records[1].stored[..], b"second");
+        assert!(second_at < third_at);
     }
 }
