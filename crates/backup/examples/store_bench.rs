@@ -2,12 +2,15 @@
 //! index entries written in sync-sized batches (5,000 records, one durable transaction each),
 //! then one message id looked up and one subject/time range read, with redb (the
 //! [`IndexStore`] itself) and, with `--features bench-fjall`, fjall holding the same keys.
+//! A second redb run writes what a sync type-6 chunk brings instead (each entry with 2 tags, an
+//! application and 3 indexed properties, through [`IndexStore::apply_indexed`]), so its
+//! insert rate and disk size stand next to the plain index's.
 //!
 //! `cargo run --release -p qmq-backup --example store_bench --features bench-fjall [-- N]`
 
 use std::time::{Duration, Instant};
 
-use qmq_backup::{IndexStore, RangeQuery};
+use qmq_backup::{Details, IndexStore, Indexed, RangeQuery};
 use qmq_protocol::{SyncIndexChunk, SyncIndexRecord};
 
 const BATCH: usize = 5_000;
@@ -25,17 +28,19 @@ fn record(i: usize) -> SyncIndexRecord {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     name: &str,
     n: usize,
     write: Duration,
     id: Duration,
+    range_kind: &str,
     range: Duration,
     rows: usize,
     bytes: u64,
 ) {
     println!(
-        "{name:6} insert {n} in {:.2} s ({:.0}/s) | by id: {:.1} µs | subject range ({rows} rows): {:.1} µs | on disk {:.0} MiB",
+        "{name:6} insert {n} in {:.2} s ({:.0}/s) | by id: {:.1} µs | {range_kind} range ({rows} rows): {:.1} µs | on disk {:.0} MiB",
         write.as_secs_f64(),
         n as f64 / write.as_secs_f64(),
         id.as_secs_f64() * 1e6,
@@ -101,7 +106,16 @@ fn bench_redb(n: usize) {
         rows = page.entries.len();
     }
     let range = started.elapsed() / ps.len() as u32;
-    report("redb", n, write, id, range, rows, dir_size(dir.path()));
+    report(
+        "redb",
+        n,
+        write,
+        id,
+        "subject",
+        range,
+        rows,
+        dir_size(dir.path()),
+    );
     bench_http(std::sync::Arc::new(store), n);
 }
 
@@ -139,6 +153,78 @@ fn bench_http(store: std::sync::Arc<IndexStore>, n: usize) {
             per.as_secs_f64() * 1e6
         );
     });
+}
+
+/// Cities of the `city` property: a query by one of them finds every tenth message.
+const CITIES: usize = 10;
+
+/// [`record`]'s message as a type-6 chunk would index it: 2 tags, an application, 3
+/// properties.
+fn indexed(i: usize) -> Indexed {
+    let r = record(i);
+    Indexed {
+        subject: r.subject,
+        message_id: r.message_id,
+        sequence: r.sequence as u64,
+        created_time: r.created_time,
+        details: Details {
+            tags: vec![format!("tag{}", i % 3), "bench".into()],
+            app_code: Some("bench-app".into()),
+            delayed_until: None,
+            times: None,
+            properties: vec![
+                ("order".into(), format!("order-{i}")),
+                ("city".into(), format!("city-{}", i % CITIES)),
+                ("channel".into(), format!("ch{}", i % 3)),
+            ],
+        },
+        dead_letter: None,
+    }
+}
+
+/// The redb index of type-6 entries: writes (details and property entries on top of the
+/// plain index), a message id looked up (with its details) and a property query.
+fn bench_redb_details(n: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = IndexStore::open(&dir.path().join("index.redb"), None).expect("open");
+    let started = Instant::now();
+    let mut offset = 0u64;
+    for batch in (0..n).collect::<Vec<_>>().chunks(BATCH) {
+        let records: Vec<Indexed> = batch.iter().map(|i| indexed(*i)).collect();
+        let next = offset + batch.len() as u64;
+        store
+            .apply_indexed(GROUP, offset, next as i64, &records)
+            .expect("apply");
+        offset = next;
+    }
+    let write = started.elapsed();
+    let ps = probes(n);
+    let started = Instant::now();
+    for i in &ps {
+        let found = store.by_id(&record(*i).message_id).expect("by id");
+        assert_eq!(found.len(), 1);
+        assert!(found[0].details.is_some());
+    }
+    let id = started.elapsed() / ps.len() as u32;
+    let started = Instant::now();
+    let mut rows = 0;
+    for i in &ps {
+        let r = record(*i);
+        let mut q = RangeQuery::new(r.subject, r.created_time, r.created_time + 20_000, 100);
+        q.property = Some(("city".into(), format!("city-{}", i % CITIES)));
+        rows = store.range(&q).expect("property range").entries.len();
+    }
+    let range = started.elapsed() / ps.len() as u32;
+    report(
+        "redb6",
+        n,
+        write,
+        id,
+        "property",
+        range,
+        rows,
+        dir_size(dir.path()),
+    );
 }
 
 #[cfg(feature = "bench-fjall")]
@@ -229,7 +315,16 @@ fn bench_fjall(n: usize) {
     }
     let range = started.elapsed() / ps.len() as u32;
     db.persist(PersistMode::SyncAll).expect("persist");
-    report("fjall", n, write, id, range, rows, dir_size(dir.path()));
+    report(
+        "fjall",
+        n,
+        write,
+        id,
+        "subject",
+        range,
+        rows,
+        dir_size(dir.path()),
+    );
 }
 
 fn main() {
@@ -238,6 +333,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     bench_redb(n);
+    bench_redb_details(n);
     #[cfg(feature = "bench-fjall")]
     bench_fjall(n);
 }

@@ -101,6 +101,22 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// Whether `cursor` is a key of the query whose keys start with `prefix`: the prefix alone (a
+/// dead-letter listing's start of a group) or the prefix then a creation time, a broker
+/// group and a sequence, nothing more. A property query's prefix extends its subject's, so
+/// starting with the prefix is not enough: a property query's cursor in a plain query of the
+/// same subject would be taken for a time.
+fn is_cursor_of(cursor: &[u8], prefix: &[u8]) -> bool {
+    let Some(rest) = cursor.strip_prefix(prefix) else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    let mut kr = KeyReader::new(rest);
+    kr.time().is_some() && kr.str().is_some() && kr.u64().is_some() && kr.is_empty()
+}
+
 fn parse_details(v: &[u8]) -> Result<Details, BackupError> {
     serde_json::from_slice(v).map_err(|_| BackupError::Corrupt { what: "details" })
 }
@@ -623,7 +639,7 @@ impl IndexStore {
             return Ok(Page::default());
         };
         if let Some(cursor) = &q.cursor {
-            if !cursor.starts_with(&prefix) {
+            if !is_cursor_of(cursor, &prefix) {
                 return Err(BackupError::BadCursor);
             }
             if *cursor > start {

@@ -1,8 +1,8 @@
 //! The follower against a real broker's sync port: everything sent gets indexed; a follower
 //! killed while messages keep coming resumes from its stored offset with neither gap nor
 //! duplicate; a broker that goes away is retried and caught up with; garbage from a "broker"
-//! is an error, not a panic. Every wait is on the follower's offset reaching the broker's log
-//! end, with a deadline.
+//! is an error, not a panic; dead letters are replayed to their broker's retry subject. Every
+//! wait is on the follower's offset reaching the broker's log end, with a deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
+use qmq_backup::brokers::{Brokers, GroupAddrs};
+use qmq_backup::dead::{self, Replay};
 use qmq_backup::follower::{self, FollowerConfig, FollowerHandle};
 use qmq_backup::server::{BackupConfig, BackupServer};
 use qmq_backup::{BackupError, EventKind, IndexStore, RangeQuery, RecordAction};
@@ -597,4 +599,165 @@ async fn garbage_action_bytes_are_an_error() {
     stop.cancel();
     f.join().await;
     assert_eq!(store.offset("g", qmq_backup::ACTION_STREAM).unwrap(), None);
+}
+
+// ---- dead letters replayed to a real broker ----
+
+/// Indexes two dead letters of `orders` for consumer group `cg` held by broker group `bg`
+/// (as a type-6 chunk would bring them): tried 3 times, one a delay message.
+fn dead_letters(store: &IndexStore) -> Vec<Message> {
+    let now = chrono_now();
+    let letters: Vec<Message> = (0..2)
+        .map(|i| Message {
+            flags: MessageFlags::default().with_tags(true).with_delay(i == 0),
+            created_time: now - 1_000 + i,
+            expire_or_schedule: now - 500,
+            subject: "%DEAD_RETRY%orders%cg".into(),
+            message_id: format!("dead-{i}"),
+            tags: vec!["red".into()],
+            attrs: vec![
+                ("order".into(), format!("4{i}")),
+                ("qmq_times".into(), "3".into()),
+                ("body".into(), format!("body {i}")),
+            ],
+        })
+        .collect();
+    let records = letters
+        .iter()
+        .enumerate()
+        .map(|(i, m)| qmq_protocol::StoredRecord {
+            sequence: i as i64,
+            subject: "%DEAD_RETRY%orders%cg".into(),
+            stored: m.to_stored().unwrap(),
+        })
+        .collect();
+    store
+        .apply_messages(
+            "bg",
+            0,
+            &qmq_protocol::SyncMessagesChunk { next: 10, records },
+        )
+        .unwrap();
+    letters
+}
+
+fn replay_all() -> Replay {
+    Replay {
+        subject: "orders".into(),
+        group: "cg".into(),
+        ids: vec![],
+        from: 0,
+        to: i64::MAX,
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_are_replayed_to_the_retry_subject_of_their_broker() {
+    let b = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(IndexStore::open(&dir.path().join("i.redb"), None).unwrap());
+    let letters = dead_letters(&store);
+    let retry = "%RETRY%orders%cg";
+    let brokers = Brokers::new(T);
+
+    // No client address for the group: every letter says so, nothing is sent.
+    brokers.set(
+        "bg",
+        GroupAddrs {
+            sync: b.sync_addr.to_string(),
+            client: None,
+        },
+    );
+    let end = b.log_end();
+    let out = dead::replay(store.clone(), &brokers, replay_all())
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 2, "{out:?}");
+    for o in &out {
+        let error = o.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("client address") && error.contains("bg"),
+            "{o:?}"
+        );
+        assert_eq!(o.retry_subject, retry);
+    }
+    assert_eq!(b.log_end(), end, "nothing was stored");
+    assert!(brokers
+        .fetch("bg", retry, vec![0, 1])
+        .await
+        .unwrap()
+        .is_empty());
+
+    // With the client address: both stored on the retry subject, in order.
+    brokers.set(
+        "bg",
+        GroupAddrs {
+            sync: b.sync_addr.to_string(),
+            client: Some(b.broker.addr().to_string()),
+        },
+    );
+    let out = dead::replay(store.clone(), &brokers, replay_all())
+        .await
+        .unwrap();
+    let done: Vec<(&str, &str, u64, Option<&str>)> = out
+        .iter()
+        .map(|o| {
+            (
+                o.message_id.as_str(),
+                o.broker_group.as_str(),
+                o.sequence,
+                o.error.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(done, [("dead-0", "bg", 0, None), ("dead-1", "bg", 1, None)]);
+    let mut stored = brokers.fetch("bg", retry, vec![0, 1, 2]).await.unwrap();
+    stored.sort_by_key(|r| r.sequence);
+    assert_eq!(
+        stored.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        [0, 1],
+        "each letter once"
+    );
+    for (record, letter) in stored.iter().zip(&letters) {
+        assert_eq!(record.subject, retry);
+        let m =
+            Message::decode_stored(&mut qmq_protocol::wire::Reader::new(&record.stored)).unwrap();
+        assert_eq!(m.subject, retry);
+        assert_eq!(m.message_id, letter.message_id);
+        assert_eq!(m.tags, letter.tags);
+        assert!(!m.flags.is_delay(), "{m:?}");
+        let attr = |k: &str| {
+            m.attrs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(attr("qmq_times"), None, "{m:?}");
+        for (k, v) in letter.attrs.iter().filter(|(k, _)| k != "qmq_times") {
+            assert_eq!(attr(k), Some(v.as_str()), "{k}: {m:?}");
+        }
+    }
+
+    // By id: only that one, again (a replay is not deduplicated).
+    let mut one = replay_all();
+    one.ids = vec!["dead-1".into()];
+    let out = dead::replay(store.clone(), &brokers, one).await.unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].message_id.as_str(), out[0].error.as_deref()),
+        ("dead-1", None)
+    );
+    let again = brokers.fetch("bg", retry, vec![2, 3]).await.unwrap();
+    assert_eq!(again.len(), 1);
+    let m = Message::decode_stored(&mut qmq_protocol::wire::Reader::new(&again[0].stored)).unwrap();
+    assert_eq!(m.message_id, "dead-1");
+
+    // Another consumer group has no letters: nothing to do.
+    let mut other = replay_all();
+    other.group = "nobody".into();
+    assert!(dead::replay(store.clone(), &brokers, other)
+        .await
+        .unwrap()
+        .is_empty());
+    b.shutdown().await;
 }

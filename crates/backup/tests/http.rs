@@ -1,14 +1,19 @@
 //! The HTTP query API over a filled index: QMQ's `/api/message` (its JSON fields, 64-bit
 //! numbers as strings, the paging cursor, empty results for rejected queries) and the `/v1`
-//! JSON endpoints.
+//! JSON endpoints; over stored messages (sync type 6), dead letters, delay messages, property
+//! queries, the replay endpoint's checks and message bodies from the backup's copy.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use qmq_backup::brokers::Brokers;
+use qmq_backup::http::Api;
 use qmq_backup::IndexStore;
-use qmq_protocol::{SyncIndexChunk, SyncIndexRecord};
+use qmq_protocol::{
+    Message, MessageFlags, StoredRecord, SyncIndexChunk, SyncIndexRecord, SyncMessagesChunk,
+};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -385,4 +390,360 @@ async fn a_dead_letter_is_a_record_of_code_2_and_a_step_of_the_life() {
     assert_eq!(events, ["created", "stored", "dead_lettered"], "{life}");
     assert_eq!(life["events"][2]["consumer_group"], "b");
     assert_eq!(life["events"][2]["copy"], "dead");
+}
+
+/// An index of stored messages (sync type 6): in `orders` a delay message and one with
+/// properties, and two dead letters (consumer groups `a` and `b`) held by broker group `g1`,
+/// which [`Brokers`] does not know.
+fn stored_api() -> (tempfile::TempDir, Api) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = IndexStore::open(&dir.path().join("i.redb"), None).unwrap();
+    let m = |id: &str, t: i64, attrs: &[(&str, &str)]| Message {
+        flags: MessageFlags::default(),
+        created_time: t,
+        expire_or_schedule: t + 60_000,
+        subject: "orders".into(),
+        message_id: id.into(),
+        tags: vec![],
+        attrs: attrs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    };
+    let mut dead_a = m(
+        "d-1",
+        1_700_000_001_000,
+        &[("order", "42"), ("body", "dead body"), ("qmq_times", "3")],
+    );
+    dead_a.flags = dead_a.flags.with_tags(true);
+    dead_a.tags = vec!["red".into()];
+    let record = |seq: i64, subject: &str, m: &Message| StoredRecord {
+        sequence: seq,
+        subject: subject.into(),
+        stored: m.to_stored().unwrap(),
+    };
+    let records = vec![
+        record(
+            0,
+            "orders",
+            &m(
+                "late",
+                1_700_000_000_000,
+                &[("qmq_scheduleReceiveTime", "1700000900000")],
+            ),
+        ),
+        record(1, "orders", &m("kv", 1_700_000_000_500, &[("order", "42")])),
+        record(
+            2,
+            "orders",
+            &m("other", 1_700_000_000_600, &[("order", "43")]),
+        ),
+        record(0, "%DEAD_RETRY%orders%a", &dead_a),
+        record(
+            0,
+            "%DEAD_RETRY%orders%b",
+            &m("d-2", 1_700_000_002_000, &[("body", "b")]),
+        ),
+    ];
+    store
+        .apply_messages("g1", 0, &SyncMessagesChunk { next: 10, records })
+        .unwrap();
+    let api = Api {
+        store: Arc::new(store),
+        brokers: Arc::new(Brokers::default()),
+        admin_tokens: Arc::new(vec!["sesame".to_owned()]),
+    };
+    (dir, api)
+}
+
+/// Sends `req` to the application over `api`: status and body text.
+async fn call(api: &Api, req: Request<Body>) -> (StatusCode, String) {
+    let resp = qmq_backup::http::router_with(api.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn api_get(api: &Api, uri: &str) -> (StatusCode, Value) {
+    let (status, body) = call(api, Request::get(uri).body(Body::empty()).unwrap()).await;
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{uri}: {e}: {body:?}"));
+    (status, json)
+}
+
+const WIDE: (i64, i64) = (0, 1_800_000_000_000);
+
+#[tokio::test]
+async fn qmq_dead_letter_query_and_delay_messages() {
+    let (_dir, api) = stored_api();
+    let dead_uri = |q: Value| qmq_uri(q).replace("/api/message?", "/api/message/dead?");
+    let (status, page) = api_get(
+        &api,
+        &dead_uri(json!({"subject": "orders", "len": 10,
+                         "msgCreateTimeBegin": WIDE.0, "msgCreateTimeEnd": WIDE.1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        page,
+        json!({"list": [
+            {"subject": "%DEAD_RETRY%orders%a", "messageId": "d-1", "sequence": "0",
+             "createTime": "1700000001000", "brokerGroup": "g1", "consumerGroup": "a"},
+            {"subject": "%DEAD_RETRY%orders%b", "messageId": "d-2", "sequence": "0",
+             "createTime": "1700000002000", "brokerGroup": "g1", "consumerGroup": "b"},
+        ], "next": null})
+    );
+    // One group; paged.
+    let (_, only_b) = api_get(
+        &api,
+        &dead_uri(json!({"subject": "orders", "consumerGroup": "b", "len": 10,
+                         "msgCreateTimeBegin": WIDE.0, "msgCreateTimeEnd": WIDE.1})),
+    )
+    .await;
+    assert_eq!(only_b["list"].as_array().unwrap().len(), 1);
+    assert_eq!(only_b["list"][0]["messageId"], "d-2");
+    let (_, first) = api_get(
+        &api,
+        &dead_uri(json!({"subject": "orders", "len": 1,
+                         "msgCreateTimeBegin": WIDE.0, "msgCreateTimeEnd": WIDE.1})),
+    )
+    .await;
+    assert_eq!(first["list"][0]["messageId"], "d-1");
+    let next = first["next"].as_str().unwrap();
+    let (_, second) = api_get(
+        &api,
+        &dead_uri(json!({"subject": "orders", "len": 1, "start": next,
+                         "msgCreateTimeBegin": WIDE.0, "msgCreateTimeEnd": WIDE.1})),
+    )
+    .await;
+    assert_eq!(second["list"][0]["messageId"], "d-2");
+    assert_eq!(second["next"], Value::Null);
+    // Rejected: an empty result.
+    let (_, rejected) = api_get(&api, &dead_uri(json!({"subject": "orders", "len": 0}))).await;
+    assert_eq!(rejected, json!({"list": [], "next": null}));
+
+    // isDelay: the delay message only; without it, all three.
+    let (_, delayed) = api_get(
+        &api,
+        &qmq_uri(json!({"subject": "orders", "isDelay": true, "len": 10,
+                        "msgCreateTimeBegin": WIDE.0, "msgCreateTimeEnd": WIDE.1})),
+    )
+    .await;
+    let ids = |v: &Value| -> Vec<Value> {
+        v["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["messageId"].clone())
+            .collect()
+    };
+    assert_eq!(ids(&delayed), [json!("late")]);
+    let (_, all) = api_get(
+        &api,
+        &qmq_uri(json!({"subject": "orders", "isDelay": false, "len": 10,
+                        "msgCreateTimeBegin": WIDE.0, "msgCreateTimeEnd": WIDE.1})),
+    )
+    .await;
+    assert_eq!(ids(&all), [json!("late"), json!("kv"), json!("other")]);
+    // By id, delay messages only.
+    let (_, by_id) = api_get(
+        &api,
+        &qmq_uri(
+            json!({"subject": "orders", "messageId": "kv", "isDelay": true, "len": 10,
+                        "msgCreateTimeBegin": WIDE.0, "msgCreateTimeEnd": WIDE.1}),
+        ),
+    )
+    .await;
+    assert!(ids(&by_id).is_empty());
+}
+
+#[tokio::test]
+async fn v1_dead_letters_and_messages_by_property() {
+    let (_dir, api) = stored_api();
+    let (status, dead) = api_get(
+        &api,
+        &format!("/v1/dead?subject=orders&from={}&to={}", WIDE.0, WIDE.1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let letters = dead["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 2, "{dead}");
+    assert_eq!(letters[0]["consumer_group"], "a");
+    assert_eq!(letters[0]["message_id"], "d-1");
+    assert_eq!(letters[0]["sequence"], 0);
+    assert_eq!(letters[0]["subject"], "%DEAD_RETRY%orders%a");
+    assert_eq!(
+        letters[0]["details"]["properties"],
+        json!([["order", "42"]])
+    );
+    assert_eq!(letters[1]["consumer_group"], "b");
+    assert_eq!(dead["next"], Value::Null);
+    let (_, only_a) = api_get(
+        &api,
+        &format!(
+            "/v1/dead?subject=orders&group=a&from={}&to={}",
+            WIDE.0, WIDE.1
+        ),
+    )
+    .await;
+    assert_eq!(only_a["dead_letters"].as_array().unwrap().len(), 1);
+    let (status, _) = api_get(&api, "/v1/dead?group=a").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (status, found) = api_get(
+        &api,
+        &format!(
+            "/v1/messages?subject=orders&key=order%3D42&from={}&to={}",
+            WIDE.0, WIDE.1
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<_> = found["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message_id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("kv")], "{found}");
+    let (_, delayed) = api_get(
+        &api,
+        &format!(
+            "/v1/messages?subject=orders&delayed=true&from={}&to={}",
+            WIDE.0, WIDE.1
+        ),
+    )
+    .await;
+    assert_eq!(delayed["messages"][0]["message_id"], "late");
+    assert_eq!(delayed["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        delayed["messages"][0]["details"]["delayed_until"],
+        1_700_000_900_000i64
+    );
+    for bad in ["order", "%3D42"] {
+        let (status, body) = api_get(&api, &format!("/v1/messages?subject=orders&key={bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "key={bad}");
+        assert!(body["error"].as_str().unwrap().contains("k=v"), "{body}");
+    }
+}
+
+fn replay_request(token: Option<&str>, body: &str) -> Request<Body> {
+    let mut req = Request::post("/v1/dead/replay").header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header(qmq_backup::http::TOKEN_HEADER, t);
+    }
+    req.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn a_replay_needs_an_admin_token_and_a_whole_request() {
+    let (_dir, api) = stored_api();
+    let good = r#"{"subject":"orders","group":"a"}"#;
+    for token in [None, Some("wrong"), Some("")] {
+        let (status, body) = call(&api, replay_request(token, good)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}: {body}");
+    }
+    for bad in [
+        "{not json",
+        r#"{"subject":"orders"}"#,
+        r#"{"subject":"orders","group":""}"#,
+        r#"{"subject":"orders","group":"a","from":"yesterday"}"#,
+    ] {
+        let (status, body) = call(&api, replay_request(Some("sesame"), bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        let json: Value = serde_json::from_str(&body).unwrap();
+        assert!(json["error"].is_string(), "{body}");
+    }
+    // Authorised and whole: the letter is found, and its broker group has no client address.
+    let (status, body) = call(
+        &api,
+        replay_request(
+            Some("sesame"),
+            &format!(
+                r#"{{"subject":"orders","group":"a","from":{},"to":{}}}"#,
+                WIDE.0, WIDE.1
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let json: Value = serde_json::from_str(&body).unwrap();
+    let replayed = json["replayed"].as_array().unwrap();
+    assert_eq!(replayed.len(), 1, "{body}");
+    assert_eq!(replayed[0]["message_id"], "d-1");
+    assert_eq!(replayed[0]["retry_subject"], "%RETRY%orders%a");
+    assert!(
+        replayed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("client address"),
+        "{body}"
+    );
+    // Without any admin token configured, every replay is refused.
+    let closed = Api {
+        admin_tokens: Arc::new(Vec::new()),
+        ..api.clone()
+    };
+    let (status, _) = call(&closed, replay_request(Some(""), good)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_read_from_the_backups_copy_when_its_broker_is_unknown() {
+    let (_dir, api) = stored_api();
+    let (status, m) = api_get(
+        &api,
+        "/v1/message?group=g1&subject=%25DEAD_RETRY%25orders%25a&sequence=0",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(m["source"], "backup");
+    assert_eq!(m["message_id"], "d-1");
+    assert_eq!(m["subject"], "%DEAD_RETRY%orders%a");
+    assert_eq!(m["broker_group"], "g1");
+    assert_eq!(m["created_time"], 1_700_000_001_000i64);
+    assert_eq!(m["body"], "dead body");
+    assert_eq!(m["tags"], json!(["red"]));
+    assert_eq!(m["attrs"]["order"], "42");
+    assert_eq!(m["attrs"]["qmq_times"], "3");
+
+    // Not a dead letter, or a dead letter not held: the broker would be needed, and it is
+    // not known.
+    for uri in [
+        "/v1/message?group=g1&subject=orders&sequence=1",
+        "/v1/message?group=g1&subject=%25DEAD_RETRY%25orders%25a&sequence=7",
+    ] {
+        let (status, body) = api_get(&api, uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("g1"), "{body}");
+    }
+    let (status, _) = api_get(&api, "/v1/message?group=g1&subject=orders").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // QMQ's detail query of the dead letter: its attributes.
+    let detail_uri = |q: Value| qmq_uri(q).replace("/api/message?", "/api/message/detail?");
+    let (status, detail) = api_get(
+        &api,
+        &detail_uri(
+            json!({"subject": "%DEAD_RETRY%orders%a", "brokerGroup": "g1",
+                           "sequence": "0"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        detail,
+        json!({"subject": "%DEAD_RETRY%orders%a", "messageId": "d-1", "brokerGroup": "g1",
+               "sequence": "0", "tags": ["red"], "storeAtFailed": false, "durable": true,
+               "attrs": {"order": "42", "body": "dead body", "qmq_times": "3"}})
+    );
+    // Not held anywhere: `{}`.
+    let (_, none) = api_get(
+        &api,
+        &detail_uri(json!({"subject": "orders", "brokerGroup": "g1", "sequence": 1})),
+    )
+    .await;
+    assert_eq!(none, json!({}));
 }
