@@ -177,6 +177,7 @@ fn indexed(i: usize) -> Indexed {
                 ("city".into(), format!("city-{}", i % CITIES)),
                 ("channel".into(), format!("ch{}", i % 3)),
             ],
+            held: false,
         },
         dead_letter: None,
     }

@@ -636,6 +636,7 @@ fn dead_letters(store: &IndexStore) -> Vec<Message> {
             "bg",
             0,
             &qmq_protocol::SyncMessagesChunk { next: 10, records },
+            false,
         )
         .unwrap();
     letters

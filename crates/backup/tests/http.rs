@@ -446,7 +446,7 @@ fn stored_api() -> (tempfile::TempDir, Api) {
         ),
     ];
     store
-        .apply_messages("g1", 0, &SyncMessagesChunk { next: 10, records })
+        .apply_messages("g1", 0, &SyncMessagesChunk { next: 10, records }, false)
         .unwrap();
     let api = Api {
         store: Arc::new(store),

@@ -105,6 +105,7 @@ fn a_type_6_chunk_indexes_tags_app_delivery_time_and_properties() {
                 500,
                 vec![stored(0, "orders", &tagged), stored(1, "orders", &plain)],
             ),
+            false,
         )
         .unwrap();
     assert_eq!(applied.indexed, 2);
@@ -116,6 +117,7 @@ fn a_type_6_chunk_indexes_tags_app_delivery_time_and_properties() {
         delayed_until: Some(1_700_000_090_000),
         times: None,
         properties: vec![("order".into(), "42".into()), ("city".into(), "bj".into())],
+        held: false,
     };
     let entry = IndexEntry {
         subject: "orders".into(),
@@ -148,7 +150,12 @@ fn a_type_6_chunk_indexes_tags_app_delivery_time_and_properties() {
     flagged.flags = flagged.flags.with_delay(true);
     flagged.expire_or_schedule = T0 + 99_000;
     store
-        .apply_messages("g", 500, &chunk(600, vec![stored(2, "orders", &flagged)]))
+        .apply_messages(
+            "g",
+            500,
+            &chunk(600, vec![stored(2, "orders", &flagged)]),
+            false,
+        )
         .unwrap();
     let mut q = RangeQuery::new("orders", 0, T0 * 2, 10);
     q.delayed_only = true;
@@ -200,7 +207,9 @@ fn a_property_query_finds_exactly_the_matching_messages_page_by_page() {
         "orders",
         &message("orders", "o-8", T0 + 8, &[("orderx", "42")]),
     ));
-    store.apply_messages("g", 0, &chunk(100, records)).unwrap();
+    store
+        .apply_messages("g", 0, &chunk(100, records), false)
+        .unwrap();
 
     let expected = ["o-0", "o-2", "o-3", "o-5", "o-6"];
     for limit in 1..=6 {
@@ -274,7 +283,9 @@ fn an_unreadable_message_is_passed_over_and_the_offset_moves() {
         stored(2, "s", &message("s", "", T0 + 1, &[("k", "v")])),
         stored(3, "s", &message("s", "c", T0 + 2, &[("k", "v")])),
     ];
-    let applied = store.apply_messages("g", 0, &chunk(700, records)).unwrap();
+    let applied = store
+        .apply_messages("g", 0, &chunk(700, records), false)
+        .unwrap();
     assert_eq!((applied.indexed, applied.duplicates), (2, 0));
     assert_eq!(store.offset("g", INDEX_STREAM).unwrap(), Some(700));
     assert_eq!(store.len().unwrap(), 2);
@@ -290,6 +301,7 @@ fn an_unreadable_message_is_passed_over_and_the_offset_moves() {
             "g",
             700,
             &chunk(800, vec![stored(4, "s", &message("s", "d", T0 + 3, &[]))]),
+            false,
         )
         .unwrap();
     assert_eq!(store.len().unwrap(), 3);
@@ -313,6 +325,7 @@ fn retention_drops_details_properties_and_dead_letter_copies() {
                     stored(1, "%DEAD_RETRY%orders%cg", &new_dead),
                 ],
             ),
+            false,
         )
         .unwrap();
     assert_eq!(
@@ -391,6 +404,7 @@ fn a_reused_place_drops_the_old_messages_properties_and_copy() {
                     stored(0, dead, &message("orders", "c", T0 + 2, &[("order", "1")])),
                 ],
             ),
+            false,
         )
         .unwrap();
     // The broker started over: the same places hold other messages; one has no details.
@@ -408,6 +422,7 @@ fn a_reused_place_drops_the_old_messages_properties_and_copy() {
                     stored(0, dead, &replaced_dead),
                 ],
             ),
+            false,
         )
         .unwrap();
     assert_eq!((applied.indexed, applied.duplicates), (3, 0));
@@ -460,10 +475,16 @@ fn dead_store() -> (tempfile::TempDir, IndexStore) {
                     stored(0, "%RETRY%orders%g1", &message("orders", "r", T0, &[])),
                 ],
             ),
+            false,
         )
         .unwrap();
     store
-        .apply_messages("b2", 0, &chunk(50, vec![letter(0, "g1", "g1-b", T0 + 4)]))
+        .apply_messages(
+            "b2",
+            0,
+            &chunk(50, vec![letter(0, "g1", "g1-b", T0 + 4)]),
+            false,
+        )
         .unwrap();
     (dir, store)
 }

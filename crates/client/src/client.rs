@@ -104,6 +104,7 @@ pub struct Client {
     router: Arc<MetaRouter>,
     meta_http: Arc<str>,
     meta_tcp: Arc<str>,
+    app_code: Arc<str>,
 }
 
 impl std::fmt::Debug for Client {
@@ -152,7 +153,7 @@ impl Client {
 
     /// A producer builder routing through this client (QMQ's `MessageProducerProvider`).
     pub fn producer(&self) -> ProducerBuilder {
-        Producer::builder(self.router())
+        Producer::builder(self.router()).app_code(&self.app_code)
     }
 
     /// A consumer builder routing through this client (QMQ's `MessageConsumerProvider`).
@@ -223,6 +224,7 @@ impl ClientBuilder {
             return Err(ConnectError::NoAppCode);
         }
         let meta_http: Arc<str> = self.config.meta_http.as_str().into();
+        let app_code: Arc<str> = self.config.app_code.as_str().into();
         let router = Arc::new(MetaRouter::new(self.config));
         let meta_tcp = router.check(self.connect_timeout).await?;
         tracing::debug!(meta_http = %meta_http, meta_tcp, "connected to the meta server");
@@ -230,6 +232,7 @@ impl ClientBuilder {
             router,
             meta_http,
             meta_tcp: meta_tcp.into(),
+            app_code,
         })
     }
 }

@@ -369,3 +369,33 @@ async fn send_all_fails_only_the_messages_that_cannot_be_stored() {
         .await;
     assert!(results.iter().all(|r| matches!(r, Err(SendError::Closed))));
 }
+
+#[tokio::test]
+async fn the_producers_application_is_stamped_unless_a_message_names_one() {
+    let (b, _dir) = broker().await;
+    let producer = Producer::builder(Arc::new(StaticRouter::new([addr(&b)])))
+        .config(config())
+        .app_code("shop")
+        .build()
+        .unwrap();
+    let plain = new_message("p.app");
+    let mut named = new_message("p.app");
+    named.set_attr(message::keys::APP_CODE, "billing".to_owned());
+    let (plain_id, named_id) = (plain.message_id.clone(), named.message_id.clone());
+    producer.send(plain).await.unwrap();
+    producer.send(named).await.unwrap();
+    producer.close().await;
+    let got = pull_n(&addr(&b), "p.app", "g", 2).await;
+    let app = |id: &str| {
+        let m = got.iter().find(|m| m.message_id == id).unwrap();
+        let apps: Vec<_> = m
+            .attrs
+            .iter()
+            .filter(|(k, _)| k == message::keys::APP_CODE)
+            .map(|(_, v)| v.clone())
+            .collect();
+        apps
+    };
+    assert_eq!(app(&plain_id), vec!["shop".to_owned()]);
+    assert_eq!(app(&named_id), vec!["billing".to_owned()]);
+}

@@ -343,7 +343,13 @@ const IN_FLIGHT: usize = 1000;
 /// route, keeping each message's id); prints each id once stored. Returns how many failed.
 async fn send_routed(meta: &str, messages: Vec<Message>) -> usize {
     let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(meta, APP_CODE)));
-    let producer = Arc::new(Producer::new(router, ProducerConfig::default()));
+    let producer = Arc::new(Producer::new(
+        router,
+        ProducerConfig {
+            app_code: Some(APP_CODE.to_owned()),
+            ..ProducerConfig::default()
+        },
+    ));
     let mut running = tokio::task::JoinSet::new();
     let mut failed = 0;
     type Sent = (

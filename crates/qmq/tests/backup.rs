@@ -371,6 +371,8 @@ async fn trace_shows_a_delayed_message_stored_pulled_by_two_groups_retried_and_a
         .rposition(|e| is(e, "acked", "flaky"))
         .unwrap();
     assert_eq!(events[0]["event"], "created", "{events:#?}");
+    // `qmq send --meta` produces as the application qmq-cli.
+    assert_eq!(events[0]["app_code"], "qmq-cli", "{events:#?}");
     assert_eq!(events[1]["event"], "delayed", "{events:#?}");
     // Held by the delay server (followed too), then stored by the broker at its time.
     assert_eq!(events[1]["broker_group"], "delay-1", "{events:#?}");
@@ -400,6 +402,7 @@ async fn trace_shows_a_delayed_message_stored_pulled_by_two_groups_retried_and_a
     assert_eq!(steps.len(), events.len(), "{text}");
     assert_eq!(steps[0], "created", "{text}");
     assert_eq!(steps[1], "delayed", "{text}");
+    assert!(text.contains("by app qmq-cli"), "{text}");
     assert_eq!(steps[stored], "stored", "{text}");
     assert_eq!(steps[first_retry], "retry", "{text}");
     assert_eq!(steps[last_ack], "acked", "{text}");

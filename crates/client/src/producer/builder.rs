@@ -53,6 +53,13 @@ impl Producer {
 }
 
 impl ProducerBuilder {
+    /// The application stamped on messages without a `qmq_appCode`
+    /// ([`ProducerConfig::app_code`]).
+    pub fn app_code(mut self, app_code: &str) -> Self {
+        self.config.app_code = Some(app_code.to_owned());
+        self
+    }
+
     /// Replaces every setting with `config`'s (the setters after this one change it further).
     pub fn config(mut self, config: ProducerConfig) -> Self {
         self.config = config;

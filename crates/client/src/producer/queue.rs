@@ -40,6 +40,10 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Per-broker circuit breaker settings.
     pub breaker: BreakerConfig,
+    /// The application sending, stamped on every message that has no `qmq_appCode` yet (as
+    /// the Java client stamps its `appCode`): consumers and the backup's message trace see who
+    /// produced it. [`Client::producer`](crate::Client::producer) sets the client's.
+    pub app_code: Option<String>,
 }
 
 impl Default for ProducerConfig {
@@ -52,6 +56,7 @@ impl Default for ProducerConfig {
             max_in_flight: 4,
             retry_backoff: Duration::from_millis(50),
             breaker: BreakerConfig::default(),
+            app_code: None,
         }
     }
 }
@@ -119,6 +124,7 @@ impl Job {
 pub struct Producer {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    app_code: Option<Arc<str>>,
 }
 
 impl Producer {
@@ -140,12 +146,27 @@ impl Producer {
         runtime: &tokio::runtime::Handle,
     ) -> Self {
         monitoring::describe();
+        let app_code = config
+            .app_code
+            .as_deref()
+            .filter(|a| !a.is_empty())
+            .map(Arc::from);
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let brokers = Arc::new(Brokers::new(router, config.breaker));
         let worker = runtime.spawn(dispatch(rx, brokers, config));
         Self {
             tx: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
+            app_code,
+        }
+    }
+
+    /// Stamps the producer's application on `message` unless it names one.
+    fn stamp(&self, message: &mut Message) {
+        let Some(app) = &self.app_code else { return };
+        let key = crate::message::keys::APP_CODE;
+        if !message.attrs.iter().any(|(k, _)| k == key) {
+            message.attrs.push((key.to_owned(), app.to_string()));
         }
     }
 
@@ -219,6 +240,7 @@ impl Producer {
         &self,
         mut message: Message,
     ) -> Result<oneshot::Receiver<Result<SendReceipt, SendError>>, SendError> {
+        self.stamp(&mut message);
         let trace = SendTrace::start(&mut message);
         let (reply, rx) = oneshot::channel();
         let permit = match self.sender() {
@@ -259,6 +281,7 @@ impl Producer {
         mut message: Message,
         callback: impl FnOnce(Result<SendReceipt, SendError>) + Send + 'static,
     ) -> Result<(), SendError> {
+        self.stamp(&mut message);
         let trace = SendTrace::start(&mut message);
         let permit = match self.sender() {
             Ok(tx) => tx.try_reserve_owned().map_err(|e| match e {
