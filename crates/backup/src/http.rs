@@ -49,7 +49,8 @@
 //! * `GET /v1/messages/<message-id>/life` → [`crate::Life`]: `{"message_id", "messages":[entry…],
 //!   "events":[{"time", "event" (created, delayed, stored, retry, dead_lettered, pulled,
 //!   acked), "subject", "broker_group", "sequence", "copy" (original, retry, dead),
-//!   "consumer_group", "consumer_id", "app_code" (created), "delayed_until" (delayed)}…]}`
+//!   "consumer_group", "consumer_id", "app_code" and "producer_host" (created),
+//!   "delayed_until" (delayed)}…]}`
 //!   oldest first. Pulls and acks are timed by when the backup received
 //!   them (`seen_at`), retry copies and dead letters by when it indexed them, the rest by the
 //!   message's creation time.

@@ -32,6 +32,24 @@ pub fn derived(subject: &str) -> Option<(CopyKind, &str, &str)> {
     parts.next().is_none().then_some((kind, real, group))
 }
 
+/// The host a QMQ-style message id names: the Java, .NET and Rust clients make ids
+/// `yyMMdd.HHmmss.<host address>.<process id>.<counter>` (QMQ's `TimestampAndHostIdGenerator`),
+/// the only place a QMQ message records where it was produced. `None` for other ids (set by
+/// the application).
+pub fn producer_host(message_id: &str) -> Option<&str> {
+    let mut parts = message_id.splitn(3, '.');
+    let (date, time, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    let six_digits = |s: &str| s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit());
+    if !six_digits(date) || !six_digits(time) {
+        return None;
+    }
+    let (rest, counter) = rest.rsplit_once('.')?;
+    let (host, pid) = rest.rsplit_once('.')?;
+    let counter = counter.strip_prefix('-').unwrap_or(counter);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(counter) && digits(pid) && !host.is_empty()).then_some(host)
+}
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,6 +96,10 @@ pub struct Event {
     /// The producing application (`created`, when the message names it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_code: Option<String>,
+    /// The producing host (`created`), read from a QMQ-style message id (see
+    /// [`producer_host`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub producer_host: Option<String>,
     /// The delivery time of a delay message (`delayed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delayed_until: Option<i64>,
@@ -127,6 +149,7 @@ impl IndexStore {
                     consumer_group: None,
                     consumer_id: None,
                     app_code: c.details.as_ref().and_then(|d| d.app_code.clone()),
+                    producer_host: producer_host(message_id).map(str::to_owned),
                     delayed_until: None,
                 },
             ));
@@ -163,6 +186,7 @@ impl IndexStore {
                                     consumer_group: None,
                                     consumer_id: None,
                                     app_code: None,
+                                    producer_host: None,
                                     delayed_until: Some(until),
                                 },
                             ));
@@ -191,6 +215,7 @@ impl IndexStore {
                 consumer_group: group,
                 consumer_id: None,
                 app_code: None,
+                producer_host: None,
                 delayed_until: if held { delayed_until } else { None },
             };
             keyed.push((time, kind, 0, base.clone()));
@@ -290,5 +315,23 @@ mod tests {
         assert_eq!(derived("%RETRY%s%g"), Some((CopyKind::Retry, "s", "g")));
         assert_eq!(derived("%DEAD_RETRY%s%g"), Some((CopyKind::Dead, "s", "g")));
         assert_eq!(derived("%RETRY%s"), None);
+    }
+
+    #[test]
+    fn the_producing_host_is_read_from_qmq_ids() {
+        assert_eq!(
+            producer_host("261202.102538.10.0.0.7.13153.0"),
+            Some("10.0.0.7")
+        );
+        assert_eq!(producer_host("190101.000000.web-1.42.-3"), Some("web-1"));
+        for other in [
+            "order-42",
+            "261202.102538",
+            "26120.102538.h.1.2",
+            "261202.102538.h.x.2",
+            "261202.102538..1.2",
+        ] {
+            assert_eq!(producer_host(other), None, "{other}");
+        }
     }
 }

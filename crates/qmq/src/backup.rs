@@ -447,13 +447,16 @@ fn render_trace(events: &[serde_json::Value]) -> String {
         };
         let event = s("event");
         let (step, detail) = match event.as_str() {
-            "created" => (
-                "created",
-                match e["app_code"].as_str() {
-                    Some(app) => format!("subject {} by app {app}", s("subject")),
-                    None => format!("subject {}", s("subject")),
-                },
-            ),
+            "created" => {
+                let mut d = format!("subject {}", s("subject"));
+                if let Some(app) = e["app_code"].as_str() {
+                    d.push_str(&format!(" by app {app}"));
+                }
+                if let Some(host) = e["producer_host"].as_str() {
+                    d.push_str(&format!(" on host {host}"));
+                }
+                ("created", d)
+            }
             "delayed" => (
                 "delayed",
                 format!(

@@ -1,7 +1,8 @@
 //! `qmq standalone` runs the backup by default: messages sent with `qmq send` are found by
 //! `qmq query --id` (polled until indexed, with a deadline) and listed by `qmq query
 //! --subject`; the index survives a restart and takes up where it stopped; `--backup-enabled
-//! false` runs none. `qmq backup --meta` follows a replicated group from its slave. `qmq trace`
+//! false` runs none. `qmq backup --meta` follows a replicated group from its slave (index and
+//! consumption records). `qmq trace`
 //! shows a delay message consumed by two groups, one of them failing it twice, in order:
 //! created, delayed until its time, stored, pulled by both, two retry copies, acked. A dead
 //! letter is listed with its property (found by `qmq query --key`), its body read from the
@@ -259,6 +260,28 @@ fn qmq_backup_follows_a_replicated_group_from_its_slave() {
         .map(|b| send(&members[0].addr(), "replicated", b))
         .collect();
     assert_eq!(listed(&field(&ready, "http"), "replicated", 3), ids);
+    // The consumption records come from the slave's copy of the action log.
+    let out = run(&[
+        "consume",
+        "--broker",
+        &members[0].addr(),
+        "-s",
+        "replicated",
+        "-g",
+        "readers",
+        "--count",
+        "3",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let http_backup = field(&ready, "http");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !trace_events(&http_backup, &ids[2])
+        .iter()
+        .any(|e| is(e, "acked", "readers"))
+    {
+        assert!(Instant::now() < deadline, "no ack seen through the slave");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     backup.terminate();
     slave.terminate();
     master.terminate();
@@ -373,6 +396,8 @@ async fn trace_shows_a_delayed_message_stored_pulled_by_two_groups_retried_and_a
     assert_eq!(events[0]["event"], "created", "{events:#?}");
     // `qmq send --meta` produces as the application qmq-cli.
     assert_eq!(events[0]["app_code"], "qmq-cli", "{events:#?}");
+    // The host the message id names (the CLI's ids are QMQ-style).
+    assert!(events[0]["producer_host"].is_string(), "{events:#?}");
     assert_eq!(events[1]["event"], "delayed", "{events:#?}");
     // Held by the delay server (followed too), then stored by the broker at its time.
     assert_eq!(events[1]["broker_group"], "delay-1", "{events:#?}");
@@ -402,7 +427,7 @@ async fn trace_shows_a_delayed_message_stored_pulled_by_two_groups_retried_and_a
     assert_eq!(steps.len(), events.len(), "{text}");
     assert_eq!(steps[0], "created", "{text}");
     assert_eq!(steps[1], "delayed", "{text}");
-    assert!(text.contains("by app qmq-cli"), "{text}");
+    assert!(text.contains("by app qmq-cli on host "), "{text}");
     assert_eq!(steps[stored], "stored", "{text}");
     assert_eq!(steps[first_retry], "retry", "{text}");
     assert_eq!(steps[last_ack], "acked", "{text}");
