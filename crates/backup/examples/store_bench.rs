@@ -4,12 +4,14 @@
 //! [`IndexStore`] itself) and, with `--features bench-fjall`, fjall holding the same keys.
 //! A second redb run writes what a sync type-6 chunk brings instead (each entry with 2 tags, an
 //! application and 3 indexed properties, through [`IndexStore::apply_indexed`]), so its
-//! insert rate and disk size stand next to the plain index's.
+//! insert rate and disk size stand next to the plain index's; a third the same entries with no
+//! property indexed (`--index-properties none`).
 //!
 //! `cargo run --release -p qmq-backup --example store_bench --features bench-fjall [-- N]`
 
 use std::time::{Duration, Instant};
 
+use qmq_backup::details::PropertyIndex;
 use qmq_backup::{Details, IndexStore, Indexed, RangeQuery};
 use qmq_protocol::{SyncIndexChunk, SyncIndexRecord};
 
@@ -183,11 +185,15 @@ fn indexed(i: usize) -> Indexed {
     }
 }
 
-/// The redb index of type-6 entries: writes (details and property entries on top of the
-/// plain index), a message id looked up (with its details) and a property query.
-fn bench_redb_details(n: usize) {
+/// The redb index of type-6 entries: writes (details and, as `index` says, property entries
+/// on top of the plain index), a message id looked up (with its details) and a property query
+/// (a subject range when no property is indexed).
+fn bench_redb_details(n: usize, name: &str, index: PropertyIndex) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = IndexStore::open(&dir.path().join("index.redb"), None).expect("open");
+    let by_property = index != PropertyIndex::None;
+    let store = IndexStore::open(&dir.path().join("index.redb"), None)
+        .expect("open")
+        .with_property_index(index);
     let started = Instant::now();
     let mut offset = 0u64;
     for batch in (0..n).collect::<Vec<_>>().chunks(BATCH) {
@@ -212,16 +218,20 @@ fn bench_redb_details(n: usize) {
     for i in &ps {
         let r = record(*i);
         let mut q = RangeQuery::new(r.subject, r.created_time, r.created_time + 20_000, 100);
-        q.property = Some(("city".into(), format!("city-{}", i % CITIES)));
-        rows = store.range(&q).expect("property range").entries.len();
+        if by_property {
+            q.property = Some(("city".into(), format!("city-{}", i % CITIES)));
+        } else {
+            q.to = r.created_time + 2_000;
+        }
+        rows = store.range(&q).expect("range").entries.len();
     }
     let range = started.elapsed() / ps.len() as u32;
     report(
-        "redb6",
+        name,
         n,
         write,
         id,
-        "property",
+        if by_property { "property" } else { "subject" },
         range,
         rows,
         dir_size(dir.path()),
@@ -334,7 +344,8 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     bench_redb(n);
-    bench_redb_details(n);
+    bench_redb_details(n, "redb6", PropertyIndex::All);
+    bench_redb_details(n, "redb6-", PropertyIndex::None);
     #[cfg(feature = "bench-fjall")]
     bench_fjall(n);
 }

@@ -24,6 +24,51 @@ pub const MAX_PROPERTY_BYTES: usize = 256;
 /// Most properties of one message that are indexed (the first ones, in wire order).
 pub const MAX_PROPERTIES: usize = 32;
 
+/// Which properties get an entry in the property index (all of them are kept with the
+/// message either way): each indexed property costs a key per message, so a backup that only
+/// needs some can say which.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PropertyIndex {
+    /// Every property.
+    #[default]
+    All,
+    /// None: no query by property.
+    None,
+    /// Only these keys.
+    Keys(Vec<String>),
+}
+
+impl PropertyIndex {
+    /// Whether properties named `key` are indexed.
+    pub fn covers(&self, key: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::None => false,
+            Self::Keys(keys) => keys.iter().any(|k| k == key),
+        }
+    }
+}
+
+impl std::str::FromStr for PropertyIndex {
+    type Err = String;
+
+    /// `all`, `none`, or keys separated by commas.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "all" => Ok(Self::All),
+            "none" => Ok(Self::None),
+            "" => Err("give all, none or property keys separated by commas".into()),
+            keys => Ok(Self::Keys(
+                keys.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            )),
+        }
+    }
+}
+
 /// Attribute keys that are the message's payload or QMQ's own, never indexed as properties.
 fn is_property(key: &str) -> bool {
     !(key.starts_with("qmq_")
@@ -205,6 +250,16 @@ mod tests {
         let mut flagged = message(&[]);
         flagged.flags = flagged.flags.with_delay(true);
         assert_eq!(Details::of(&flagged).delayed_until, Some(2000));
+    }
+
+    #[test]
+    fn the_property_index_covers_what_it_names() {
+        let all: PropertyIndex = "all".parse().unwrap();
+        let none: PropertyIndex = "none".parse().unwrap();
+        let some: PropertyIndex = "order, city".parse().unwrap();
+        assert!(all.covers("x") && !none.covers("x"));
+        assert!(some.covers("order") && some.covers("city") && !some.covers("x"));
+        assert!("".parse::<PropertyIndex>().is_err());
     }
 
     #[test]

@@ -406,6 +406,7 @@ async fn messages(
         }))
         .into_response(),
         Err(BackupError::BadCursor) => bad_request("bad cursor"),
+        Err(e @ BackupError::Invalid(_)) => bad_request(e),
         Err(e) => internal(e),
     }
 }

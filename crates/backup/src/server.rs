@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::brokers::{Brokers, GroupAddrs};
+use crate::details::PropertyIndex;
 use crate::follower::{self, blocking, FollowerConfig, FollowerHandle, GroupKind, Stream};
 use crate::http::Api;
 use crate::{BackupError, IndexStore};
@@ -38,6 +39,8 @@ pub struct BackupConfig {
     pub groups: Vec<FollowerConfig>,
     /// Admin tokens that may replay dead letters (none: replay is refused).
     pub admin_tokens: Vec<String>,
+    /// Which properties are indexed for queries by value.
+    pub property_index: PropertyIndex,
 }
 
 impl BackupConfig {
@@ -51,6 +54,7 @@ impl BackupConfig {
             purge_interval: Duration::from_secs(60),
             groups: Vec::new(),
             admin_tokens: Vec::new(),
+            property_index: PropertyIndex::All,
         }
     }
 }
@@ -83,7 +87,13 @@ impl BackupServer {
     pub async fn start(config: BackupConfig, stop: CancellationToken) -> Result<Self, BackupError> {
         let path = config.data_dir.join(INDEX_FILE);
         let retention = config.retention;
-        let store = Arc::new(blocking(move || IndexStore::open(&path, retention)).await?);
+        let properties = config.property_index.clone();
+        let store = Arc::new(
+            blocking(move || {
+                Ok(IndexStore::open(&path, retention)?.with_property_index(properties))
+            })
+            .await?,
+        );
         let listener = TcpListener::bind(config.http_listen)
             .await
             .map_err(|source| BackupError::Io {

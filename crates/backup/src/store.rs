@@ -31,7 +31,7 @@ use redb::{
 };
 use tracing::{debug, warn};
 
-use crate::details::{Details, Indexed};
+use crate::details::{Details, Indexed, PropertyIndex};
 use crate::keys::{prefix_end, put_str, put_time, put_u64, KeyReader};
 use crate::life::derived;
 use crate::BackupError;
@@ -226,6 +226,7 @@ pub struct IndexStore {
     pub(crate) db: Database,
     path: PathBuf,
     retention: Option<Duration>,
+    properties: PropertyIndex,
 }
 
 impl std::fmt::Debug for IndexStore {
@@ -334,7 +335,15 @@ impl IndexStore {
             db,
             path: path.to_owned(),
             retention,
+            properties: PropertyIndex::All,
         })
+    }
+
+    /// Indexes only the properties `index` covers from now on (all by default); queries by
+    /// another property are refused ([`BackupError::Invalid`]).
+    pub fn with_property_index(mut self, index: PropertyIndex) -> Self {
+        self.properties = index;
+        self
     }
 
     /// The store's file.
@@ -516,6 +525,9 @@ impl IndexStore {
                         .map_err(|e| BackupError::Store(format!("encoding details: {e}")))?;
                     t.details.insert(pk.as_slice(), json.as_slice())?;
                     for (k, v) in &r.details.properties {
+                        if !self.properties.covers(k) {
+                            continue;
+                        }
                         t.by_property.insert(
                             property_key(&r.subject, k, v, r.created_time, group, seq).as_slice(),
                             r.message_id.as_bytes(),
@@ -623,6 +635,11 @@ impl IndexStore {
     /// query's subject and property is refused ([`BackupError::BadCursor`]).
     pub fn range(&self, q: &RangeQuery) -> Result<Page, BackupError> {
         let (table, prefix) = match &q.property {
+            Some((k, _)) if !self.properties.covers(k) => {
+                return Err(BackupError::Invalid(format!(
+                    "property {k:?} is not indexed (backup --index-properties)"
+                )))
+            }
             Some((k, v)) => (BY_PROPERTY, property_prefix(&q.subject, k, v)),
             None => {
                 let mut p = Vec::new();

@@ -590,3 +590,28 @@ fn dead_letters_are_listed_group_by_group_across_pages() {
         "a retry copy is not a dead letter"
     );
 }
+
+#[test]
+fn only_the_chosen_properties_are_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = IndexStore::open(&dir.path().join("i.redb"), None)
+        .unwrap()
+        .with_property_index("order".parse().unwrap());
+    let m = message("s", "a", T0, &[("order", "1"), ("city", "bj")]);
+    store
+        .apply_messages("g", 0, &chunk(10, vec![stored(0, "s", &m)]), false)
+        .unwrap();
+    assert_eq!(
+        ids(&store
+            .range(&by_property("s", "order", "1", 10, None))
+            .unwrap()),
+        ["a"]
+    );
+    assert!(matches!(
+        store.range(&by_property("s", "city", "bj", 10, None)),
+        Err(BackupError::Invalid(_))
+    ));
+    // Kept with the message all the same.
+    let details = store.details("g", "s", 0).unwrap().unwrap();
+    assert_eq!(details.properties.len(), 2);
+}

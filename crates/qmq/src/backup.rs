@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use qmq_backup::details::PropertyIndex;
 use qmq_backup::follower::{FollowerConfig, GroupKind};
 use qmq_backup::server::{BackupConfig, BackupServer};
 use qmq_meta::model::BrokerSpec;
@@ -64,6 +65,10 @@ pub struct BackupArgs {
     /// record (by when the backup received it); 0 keeps everything.
     #[arg(long, default_value_t = 7)]
     retention_days: u64,
+    /// Which message properties get an index entry for `qmq query --key`: `all`, `none`, or
+    /// keys separated by commas (each indexed property costs a key per message).
+    #[arg(long, default_value = "all", value_name = "all|none|KEY,...")]
+    index_properties: PropertyIndex,
 }
 
 /// The backup inside `standalone`.
@@ -88,6 +93,13 @@ pub struct StandaloneBackupArgs {
     /// Days an index entry is kept (`backup --retention-days`); 0 keeps everything.
     #[arg(long = "backup-retention-days", default_value_t = 7)]
     pub backup_retention_days: u64,
+    /// Which message properties are indexed (`backup --index-properties`).
+    #[arg(
+        long = "backup-index-properties",
+        default_value = "all",
+        value_name = "all|none|KEY,..."
+    )]
+    pub backup_index_properties: PropertyIndex,
 }
 
 impl BackupArgs {
@@ -181,6 +193,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
     let mut config = BackupConfig::new(args.data_dir.join(BACKUP_DIR), args.http_listen);
     config.retention = retention(args.retention_days);
     config.admin_tokens = args.admin_tokens.clone();
+    config.property_index = args.index_properties.clone();
     config.groups = targets.iter().map(Target::follower).collect();
     let mut server = BackupServer::start(config, CancellationToken::new())
         .await
@@ -329,6 +342,7 @@ impl StandaloneBackup {
         let mut config = BackupConfig::new(data_dir.join(BACKUP_DIR), args.backup_http_listen);
         config.retention = retention(args.backup_retention_days);
         config.admin_tokens = admin_tokens.to_vec();
+        config.property_index = args.backup_index_properties.clone();
         let mut follower = FollowerConfig::new(group, sync_addr.to_string());
         follower.client_addr = Some(format!("127.0.0.1:{}", broker.addr().port()));
         let mut delayed = FollowerConfig::new(delay.0, delay_sync.local_addr().to_string());
