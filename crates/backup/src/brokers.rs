@@ -61,13 +61,31 @@ impl Brokers {
         g.get(group).cloned()
     }
 
-    async fn connect(&self, addr: &str) -> Result<Connection, BackupError> {
-        Connection::connect(addr)
+    /// One request of `code` with `body` to `addr` on a new connection: the answer's body
+    /// once its code says SUCCESS (`what` names the request in the error otherwise).
+    async fn call(
+        &self,
+        addr: &str,
+        code: i16,
+        body: bytes::Bytes,
+        what: &str,
+    ) -> Result<bytes::Bytes, BackupError> {
+        let failed = |source| BackupError::Connection {
+            addr: addr.to_owned(),
+            source,
+        };
+        let conn = Connection::connect(addr).await.map_err(failed)?;
+        let resp = conn
+            .request(code, body, self.timeout)
             .await
-            .map_err(|source| BackupError::Connection {
+            .map_err(failed)?;
+        if resp.header.code != response::SUCCESS {
+            return Err(BackupError::BrokerAnswer {
                 addr: addr.to_owned(),
-                source,
-            })
+                reason: format!("{what} answered code {}", resp.header.code),
+            });
+        }
+        Ok(resp.body)
     }
 
     /// The stored messages of `subject` at `sequences` on `group` (those it still has).
@@ -91,21 +109,10 @@ impl Brokers {
         }
         .encode(&mut body)
         .map_err(|e| BackupError::Invalid(e.to_string()))?;
-        let conn = self.connect(&addr).await?;
-        let resp = conn
-            .request(FETCH_MESSAGES, body.freeze(), self.timeout)
-            .await
-            .map_err(|source| BackupError::Connection {
-                addr: addr.clone(),
-                source,
-            })?;
-        if resp.header.code != response::SUCCESS {
-            return Err(BackupError::BrokerAnswer {
-                addr,
-                reason: format!("FETCH_MESSAGES answered code {}", resp.header.code),
-            });
-        }
-        FetchMessagesResponse::decode(&resp.body)
+        let answer = self
+            .call(&addr, FETCH_MESSAGES, body.freeze(), "FETCH_MESSAGES")
+            .await?;
+        FetchMessagesResponse::decode(&answer)
             .map(|r| r.records)
             .map_err(|e| BackupError::BrokerAnswer {
                 addr,
@@ -129,22 +136,11 @@ impl Brokers {
         let mut body = BytesMut::new();
         encode_send_request(messages, &mut body)
             .map_err(|e| BackupError::Invalid(format!("cannot encode a replay: {e}")))?;
-        let conn = self.connect(&addr).await?;
-        let resp = conn
-            .request(command::SEND_MESSAGE, body.freeze(), self.timeout)
-            .await
-            .map_err(|source| BackupError::Connection {
-                addr: addr.clone(),
-                source,
-            })?;
-        if resp.header.code != response::SUCCESS {
-            return Err(BackupError::BrokerAnswer {
-                addr,
-                reason: format!("SEND_MESSAGE answered code {}", resp.header.code),
-            });
-        }
+        let answer = self
+            .call(&addr, command::SEND_MESSAGE, body.freeze(), "SEND_MESSAGE")
+            .await?;
         let mut failures =
-            decode_send_response(&resp.body).map_err(|e| BackupError::BrokerAnswer {
+            decode_send_response(&answer).map_err(|e| BackupError::BrokerAnswer {
                 addr,
                 reason: format!("unreadable send answer: {e}"),
             })?;

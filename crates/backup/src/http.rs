@@ -175,6 +175,52 @@ struct BackupQuery {
     sequence: Option<Value>,
 }
 
+/// The paging part of a QMQ query, checked: `None` when the query is to be rejected (no
+/// subject, `len` ≤ 0, an unreadable time or cursor).
+struct QmqPage {
+    subject: String,
+    from: i64,
+    to: i64,
+    limit: usize,
+    cursor: Option<Vec<u8>>,
+}
+
+impl BackupQuery {
+    fn page(&self) -> Option<QmqPage> {
+        let subject = self.subject.clone().filter(|s| !s.is_empty())?;
+        if self.len <= 0 {
+            return None;
+        }
+        let begin = json_time(&self.msg_create_time_begin).ok()?;
+        let to = json_time(&self.msg_create_time_end)
+            .ok()?
+            .unwrap_or_else(now_ms);
+        let cursor = match self.start.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(unhex(s)?),
+        };
+        Some(QmqPage {
+            subject,
+            from: begin.unwrap_or_else(|| to.saturating_sub(window_ms())),
+            to,
+            limit: (self.len as usize).min(MAX_LIMIT),
+            cursor,
+        })
+    }
+}
+
+/// The `backupQuery` parameter, or the answer QMQ gives without a readable one (an empty
+/// body when it is missing, `[]` when it is not JSON).
+fn backup_query(params: &HashMap<String, String>) -> Result<BackupQuery, Box<Response>> {
+    let Some(raw) = params.get("backupQuery").filter(|q| !q.is_empty()) else {
+        return Err(Box::new((StatusCode::OK, "").into_response()));
+    };
+    serde_json::from_str(raw).map_err(|e| {
+        warn!(error = %e, "unreadable backupQuery");
+        Box::new(json_response(StatusCode::OK, &json!([])))
+    })
+}
+
 fn json_response(status: StatusCode, body: &Value) -> Response {
     (
         status,
@@ -244,15 +290,9 @@ async fn qmq_messages(
     State(store): State<Arc<IndexStore>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(raw) = params.get("backupQuery").filter(|q| !q.is_empty()) else {
-        return (StatusCode::OK, "").into_response();
-    };
-    let query: BackupQuery = match serde_json::from_str(raw) {
+    let query = match backup_query(&params) {
         Ok(q) => q,
-        Err(e) => {
-            warn!(error = %e, "unreadable backupQuery");
-            return json_response(StatusCode::OK, &json!([]));
-        }
+        Err(r) => return *r,
     };
     match qmq_query(store, query).await {
         Ok(Some(page)) => json_response(
@@ -272,48 +312,29 @@ async fn qmq_messages(
 
 /// Runs a QMQ query; `None` when it is rejected.
 async fn qmq_query(store: Arc<IndexStore>, q: BackupQuery) -> Result<Option<Page>, BackupError> {
-    let Some(subject) = q.subject.filter(|s| !s.is_empty()) else {
+    let Some(p) = q.page() else {
         return Ok(None);
     };
-    if q.len <= 0 {
-        return Ok(None);
-    }
-    let limit = (q.len as usize).min(MAX_LIMIT);
-    let (Ok(begin), Ok(end)) = (
-        json_time(&q.msg_create_time_begin),
-        json_time(&q.msg_create_time_end),
-    ) else {
-        return Ok(None);
-    };
-    let to = end.unwrap_or_else(now_ms);
-    let from = begin.unwrap_or_else(|| to.saturating_sub(window_ms()));
     if let Some(id) = q.message_id.filter(|s| !s.is_empty()) {
         let entries = blocking(move || store.by_id(&id)).await?;
         let entries = entries
             .into_iter()
-            .filter(|e| e.subject == subject && (from..=to).contains(&e.created_time))
+            .filter(|e| e.subject == p.subject && (p.from..=p.to).contains(&e.created_time))
             .filter(|e| {
                 !q.is_delay
                     || e.details
                         .as_ref()
                         .is_some_and(|d| d.delayed_until.is_some())
             })
-            .take(limit)
+            .take(p.limit)
             .collect();
         return Ok(Some(Page {
             entries,
             next: None,
         }));
     }
-    let cursor = match q.start.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => match unhex(s) {
-            Some(c) => Some(c),
-            None => return Ok(None),
-        },
-    };
-    let mut rq = RangeQuery::new(subject, from, to, limit);
-    rq.cursor = cursor;
+    let mut rq = RangeQuery::new(p.subject, p.from, p.to, p.limit);
+    rq.cursor = p.cursor;
     rq.delayed_only = q.is_delay;
     match blocking(move || store.range(&rq)).await {
         Ok(page) => Ok(Some(page)),
@@ -458,41 +479,20 @@ async fn qmq_dead(
     State(store): State<Arc<IndexStore>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(raw) = params.get("backupQuery").filter(|q| !q.is_empty()) else {
-        return (StatusCode::OK, "").into_response();
-    };
-    let q: BackupQuery = match serde_json::from_str(raw) {
+    let q = match backup_query(&params) {
         Ok(q) => q,
-        Err(e) => {
-            warn!(error = %e, "unreadable backupQuery");
-            return json_response(StatusCode::OK, &json!([]));
-        }
+        Err(r) => return *r,
     };
-    let Some(subject) = q.subject.filter(|s| !s.is_empty()) else {
+    let Some(p) = q.page() else {
         return empty_result();
-    };
-    let (Ok(begin), Ok(end)) = (
-        json_time(&q.msg_create_time_begin),
-        json_time(&q.msg_create_time_end),
-    ) else {
-        return empty_result();
-    };
-    if q.len <= 0 {
-        return empty_result();
-    }
-    let to = end.unwrap_or_else(now_ms);
-    let cursor = match q.start.as_deref().filter(|s| !s.is_empty()).map(unhex) {
-        None => None,
-        Some(Some(c)) => Some(c),
-        Some(None) => return empty_result(),
     };
     let dq = DeadQuery {
-        subject,
+        subject: p.subject,
         group: q.consumer_group.filter(|g| !g.is_empty()),
-        from: begin.unwrap_or_else(|| to.saturating_sub(window_ms())),
-        to,
-        limit: (q.len as usize).min(MAX_LIMIT),
-        cursor,
+        from: p.from,
+        to: p.to,
+        limit: p.limit,
+        cursor: p.cursor,
     };
     match blocking(move || store.dead_letters(&dq)).await {
         Ok(page) => json_response(

@@ -3,122 +3,34 @@
 //! consume-log sequence) and FETCH_MESSAGES (a subject's stored messages at given sequences).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
-use qmq_broker::replication::sync_server::{self, SlaveLag, SyncSettings};
-use qmq_broker::replication::{Gate, ReplicationMode};
-use qmq_broker::{serve_with, BrokerHandle};
+use qmq_broker::replication::ReplicationMode;
 use qmq_protocol::backup::MAX_FETCH;
 use qmq_protocol::codes::{command, response};
 use qmq_protocol::wire::{put_string, Reader};
 use qmq_protocol::*;
-use qmq_store::LogStream;
 use qmq_transport::Connection;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
-use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{message, qmq_config, send, T};
+use common::{backup_request_body, backup_sync_on, message, send, SyncMaster, T};
 
-/// A master broker (leased for the whole test) with its sync port.
-struct Master {
-    _dir: tempfile::TempDir,
-    broker: BrokerHandle,
-    gate: Arc<Gate>,
-    /// A client connection.
-    client: Connection,
-    sync_addr: String,
-    stop: CancellationToken,
-}
-
-impl Master {
-    async fn start(poll: Duration, batch_bytes: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let gate = Arc::new(Gate::new(ReplicationMode::Async));
-        gate.become_master(1);
-        gate.extend_lease(tokio::time::Instant::now(), Duration::from_secs(3600));
-        let broker = serve_with(qmq_config(dir.path()), Some(gate.clone()))
-            .await
-            .unwrap();
-        let stop = CancellationToken::new();
-        let settings = SyncSettings {
-            poll,
-            batch_bytes,
-            ..SyncSettings::default()
-        };
-        let (addr, _task) = sync_server::spawn(
-            "127.0.0.1:0".parse().unwrap(),
-            broker.store().clone(),
-            gate.clone(),
-            Arc::new(SlaveLag::default()),
-            settings,
-            stop.clone(),
-        )
-        .await
-        .unwrap();
-        let client = Connection::connect(&broker.addr().to_string())
-            .await
-            .unwrap();
-        Self {
-            _dir: dir,
-            broker,
-            gate,
-            client,
-            sync_addr: addr.to_string(),
-            stop,
-        }
-    }
-
-    fn log_end(&self) -> u64 {
-        self.broker.store().log_end(LogStream::Message)
-    }
-
-    /// What the store holds for `subject`'s message `sequence`: its message-log offset and
-    /// stored bytes.
-    fn stored(&self, subject: &str, sequence: u64) -> (u64, Bytes) {
-        let found = self.broker.store().read(subject, sequence, 1).unwrap();
-        assert_eq!(found.len(), 1, "{subject} #{sequence} is not stored");
-        assert_eq!(found[0].sequence, sequence);
-        (found[0].offset, found[0].message.clone())
-    }
-
-    async fn shutdown(self) {
-        self.stop.cancel();
-        self.broker.shutdown().await.unwrap();
-    }
-}
-
-fn request_body(sync_type: SyncType, message_offset: i64) -> Bytes {
-    let mut body = BytesMut::new();
-    SyncLogRequest {
-        sync_type,
-        message_offset,
-        action_offset: message_offset,
-    }
-    .encode(&mut body);
-    body.freeze()
-}
-
-/// One SYNC_LOG_REQUEST on `conn`; returns the response code and body.
-async fn sync_on(conn: &Connection, sync_type: SyncType, offset: i64) -> (i16, Bytes) {
-    let resp = conn
-        .request(
-            command::SYNC_LOG_REQUEST,
-            request_body(sync_type, offset),
-            T,
-        )
-        .await
-        .unwrap();
-    (resp.header.code, resp.body)
+/// What the store holds for `subject`'s message `sequence`: its message-log offset and
+/// stored bytes.
+fn stored(m: &SyncMaster, subject: &str, sequence: u64) -> (u64, Bytes) {
+    let found = m.broker.store().read(subject, sequence, 1).unwrap();
+    assert_eq!(found.len(), 1, "{subject} #{sequence} is not stored");
+    assert_eq!(found[0].sequence, sequence);
+    (found[0].offset, found[0].message.clone())
 }
 
 /// A type-6 request on `conn` that must succeed; returns the decoded chunk.
 async fn messages_on(conn: &Connection, offset: u64) -> SyncMessagesChunk {
-    let (code, body) = sync_on(conn, SyncType::Messages, offset as i64).await;
+    let (code, body) = backup_sync_on(conn, SyncType::Messages, offset as i64).await;
     assert_eq!(code, response::SUCCESS);
     SyncMessagesChunk::decode(&body).unwrap()
 }
@@ -181,7 +93,12 @@ fn assert_same(stored: &Message, sent: &Message) {
 
 #[tokio::test]
 async fn type_6_carries_every_stored_message_with_its_subject_and_sequence() {
-    let m = Master::start(Duration::from_millis(200), 1024 * 1024).await;
+    let m = SyncMaster::start(
+        ReplicationMode::Async,
+        Duration::from_millis(200),
+        1024 * 1024,
+    )
+    .await;
     let retry = "%RETRY%orders%g";
     let dead = "%DEAD_RETRY%orders%g";
     let sent = [
@@ -208,7 +125,7 @@ async fn type_6_carries_every_stored_message_with_its_subject_and_sequence() {
         assert_eq!(record.sequence, *expected, "{} sequence", record.subject);
         *expected += 1;
         // The consume log says the same: this sequence of this subject is this message.
-        let (offset, bytes) = m.stored(&record.subject, record.sequence as u64);
+        let (offset, bytes) = stored(&m, &record.subject, record.sequence as u64);
         assert_eq!(record.stored, bytes);
         assert!(last_offset < Some(offset), "records in log order");
         last_offset = Some(offset);
@@ -218,7 +135,7 @@ async fn type_6_carries_every_stored_message_with_its_subject_and_sequence() {
     assert_eq!(next_seq[dead], 1);
 
     // From the middle (the retry copy on): the records from it on.
-    let (from, _) = m.stored(retry, 0);
+    let (from, _) = stored(&m, retry, 0);
     let chunk = messages(&m.sync_addr, from).await;
     assert_eq!(
         chunk
@@ -238,7 +155,7 @@ async fn type_6_carries_every_stored_message_with_its_subject_and_sequence() {
 #[tokio::test]
 async fn next_resumes_over_small_chunks_without_duplicates_or_gaps() {
     let batch = 600;
-    let m = Master::start(Duration::from_millis(200), batch).await;
+    let m = SyncMaster::start(ReplicationMode::Async, Duration::from_millis(200), batch).await;
     let mut sent: Vec<Message> = (0..30)
         .map(|i| rich(if i % 3 == 0 { "b" } else { "a" }, &format!("id-{i}"), &[]))
         .collect();
@@ -266,7 +183,7 @@ async fn next_resumes_over_small_chunks_without_duplicates_or_gaps() {
         // `next` is where the next record of the log starts.
         if chunk.next != end {
             let after = chunk.records.last().unwrap();
-            let (at, _) = m.stored(&after.subject, after.sequence as u64);
+            let (at, _) = stored(&m, &after.subject, after.sequence as u64);
             assert!(at < chunk.next as u64);
         }
         got.extend(chunk.records);
@@ -288,12 +205,12 @@ async fn next_resumes_over_small_chunks_without_duplicates_or_gaps() {
 #[tokio::test]
 async fn an_idle_request_waits_then_answers_nothing_new_and_wakes_on_a_message() {
     let poll = Duration::from_millis(300);
-    let m = Master::start(poll, 1024 * 1024).await;
+    let m = SyncMaster::start(ReplicationMode::Async, poll, 1024 * 1024).await;
     assert!(send(&m.client, &[rich("s", "first", &[])]).await.is_empty());
     let end = m.log_end() as i64;
 
     let started = tokio::time::Instant::now();
-    let (code, body) = sync_on(
+    let (code, body) = backup_sync_on(
         &Connection::connect(&m.sync_addr).await.unwrap(),
         SyncType::Messages,
         end,
@@ -312,7 +229,12 @@ async fn an_idle_request_waits_then_answers_nothing_new_and_wakes_on_a_message()
     m.shutdown().await;
 
     // The poll outlasts the request's deadline: only the new message can answer it in time.
-    let m = Master::start(Duration::from_secs(600), 1024 * 1024).await;
+    let m = SyncMaster::start(
+        ReplicationMode::Async,
+        Duration::from_secs(600),
+        1024 * 1024,
+    )
+    .await;
     assert!(send(&m.client, &[rich("s", "first", &[])]).await.is_empty());
     let end = m.log_end();
     let stream = TcpStream::connect(&m.sync_addr).await.unwrap();
@@ -321,7 +243,7 @@ async fn an_idle_request_waits_then_answers_nothing_new_and_wakes_on_a_message()
     framed
         .send(Frame::new(
             header,
-            request_body(SyncType::Messages, end as i64),
+            backup_request_body(SyncType::Messages, end as i64),
         ))
         .await
         .unwrap();
@@ -349,12 +271,17 @@ async fn an_idle_request_waits_then_answers_nothing_new_and_wakes_on_a_message()
 
 #[tokio::test]
 async fn beyond_the_end_or_negative_is_a_param_error() {
-    let m = Master::start(Duration::from_millis(200), 1024 * 1024).await;
+    let m = SyncMaster::start(
+        ReplicationMode::Async,
+        Duration::from_millis(200),
+        1024 * 1024,
+    )
+    .await;
     assert!(send(&m.client, &[rich("s", "1", &[])]).await.is_empty());
     let end = m.log_end() as i64;
     let conn = Connection::connect(&m.sync_addr).await.unwrap();
     for offset in [end + 1, end + 1_000_000, -1] {
-        let (code, body) = sync_on(&conn, SyncType::Messages, offset).await;
+        let (code, body) = backup_sync_on(&conn, SyncType::Messages, offset).await;
         assert_eq!(code, response::PARAM_ERROR, "offset {offset}");
         assert!(body.is_empty());
     }
@@ -365,7 +292,12 @@ async fn beyond_the_end_or_negative_is_a_param_error() {
 
 #[tokio::test]
 async fn fetch_answers_the_found_messages_in_the_asked_order() {
-    let m = Master::start(Duration::from_millis(200), 1024 * 1024).await;
+    let m = SyncMaster::start(
+        ReplicationMode::Async,
+        Duration::from_millis(200),
+        1024 * 1024,
+    )
+    .await;
     let sent: Vec<Message> = (0..5)
         .map(|i| rich("s", &format!("s-{i}"), &["t"]))
         .collect();
@@ -384,7 +316,7 @@ async fn fetch_answers_the_found_messages_in_the_asked_order() {
     assert_eq!(seqs, [3, 0, 1, 2, 4, 3], "found ones in the asked order");
     for r in &found {
         assert_eq!(r.subject, "s");
-        assert_eq!(r.stored, m.stored("s", r.sequence as u64).1);
+        assert_eq!(r.stored, stored(&m, "s", r.sequence as u64).1);
         assert_same(&decode(&r.stored), &sent[r.sequence as usize]);
     }
 
@@ -405,7 +337,12 @@ async fn fetch_answers_the_found_messages_in_the_asked_order() {
 
 #[tokio::test]
 async fn a_malformed_or_oversized_fetch_is_a_param_error_and_the_connection_goes_on() {
-    let m = Master::start(Duration::from_millis(200), 1024 * 1024).await;
+    let m = SyncMaster::start(
+        ReplicationMode::Async,
+        Duration::from_millis(200),
+        1024 * 1024,
+    )
+    .await;
     assert!(send(&m.client, &[rich("s", "only", &[])]).await.is_empty());
     let conn = Connection::connect(&m.sync_addr).await.unwrap();
 

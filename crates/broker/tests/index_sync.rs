@@ -3,112 +3,31 @@
 //! from a message in the middle; `PARAM_ERROR` beyond the log's end; a long poll that answers
 //! when a message arrives; and an index request is no slave's proof of replication.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use qmq_broker::replication::sync_server::{self, SlaveLag, SyncSettings, INDEX_MAX_RECORDS};
-use qmq_broker::replication::{Gate, ReplicationMode, SyncTimeout};
-use qmq_broker::{serve_with, BrokerHandle};
+use qmq_broker::replication::sync_server::{SyncSettings, INDEX_MAX_RECORDS};
+use qmq_broker::replication::{ReplicationMode, SyncTimeout};
 use qmq_protocol::codes::{command, response};
 use qmq_protocol::*;
 use qmq_store::LogStream;
 use qmq_transport::Connection;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
-use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{message, qmq_config, send, T};
+use common::{backup_request_body, backup_sync_on, message, send, SyncMaster, T};
 
-/// A master broker (leased for the whole test) with its sync port.
-struct Master {
-    _dir: tempfile::TempDir,
-    broker: BrokerHandle,
-    gate: Arc<Gate>,
-    /// A client connection.
-    client: Connection,
-    sync_addr: String,
-    stop: CancellationToken,
+/// The message-log offset of `subject`'s message `sequence`.
+fn offset_of(m: &SyncMaster, subject: &str, sequence: u64) -> u64 {
+    m.broker.store().read(subject, sequence, 1).unwrap()[0].offset
 }
 
-impl Master {
-    async fn start(mode: ReplicationMode, poll: Duration) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let gate = Arc::new(Gate::new(mode));
-        gate.become_master(1);
-        gate.extend_lease(tokio::time::Instant::now(), Duration::from_secs(3600));
-        let broker = serve_with(qmq_config(dir.path()), Some(gate.clone()))
-            .await
-            .unwrap();
-        let stop = CancellationToken::new();
-        let settings = SyncSettings {
-            poll,
-            ..SyncSettings::default()
-        };
-        let (addr, _task) = sync_server::spawn(
-            "127.0.0.1:0".parse().unwrap(),
-            broker.store().clone(),
-            gate.clone(),
-            Arc::new(SlaveLag::default()),
-            settings,
-            stop.clone(),
-        )
-        .await
-        .unwrap();
-        let client = Connection::connect(&broker.addr().to_string())
-            .await
-            .unwrap();
-        Self {
-            _dir: dir,
-            broker,
-            gate,
-            client,
-            sync_addr: addr.to_string(),
-            stop,
-        }
-    }
-
-    fn log_end(&self) -> u64 {
-        self.broker.store().log_end(LogStream::Message)
-    }
-
-    /// The message-log offset of `subject`'s message `sequence`.
-    fn offset_of(&self, subject: &str, sequence: u64) -> u64 {
-        self.broker.store().read(subject, sequence, 1).unwrap()[0].offset
-    }
-
-    async fn shutdown(self) {
-        self.stop.cancel();
-        self.broker.shutdown().await.unwrap();
-    }
-}
-
-fn request_body(sync_type: SyncType, message_offset: i64) -> Bytes {
-    let mut body = BytesMut::new();
-    SyncLogRequest {
-        sync_type,
-        message_offset,
-        // A QMQ backup puts its index position in both fields.
-        action_offset: message_offset,
-    }
-    .encode(&mut body);
-    body.freeze()
-}
-
-/// One SYNC_LOG_REQUEST; returns the response code and body.
+/// One SYNC_LOG_REQUEST on a new connection; returns the response code and body.
 async fn sync(addr: &str, sync_type: SyncType, offset: i64) -> (i16, Bytes) {
     let conn = Connection::connect(addr).await.unwrap();
-    let resp = conn
-        .request(
-            command::SYNC_LOG_REQUEST,
-            request_body(sync_type, offset),
-            T,
-        )
-        .await
-        .unwrap();
-    (resp.header.code, resp.body)
+    backup_sync_on(&conn, sync_type, offset).await
 }
 
 /// A type-5 request that must succeed; returns the decoded chunk.
@@ -136,7 +55,12 @@ fn record(sequence: i64, created_time: i64, subject: &str, id: &str) -> SyncInde
 
 #[tokio::test]
 async fn the_index_lists_every_message_from_any_message() {
-    let m = Master::start(ReplicationMode::Async, Duration::from_millis(200)).await;
+    let m = SyncMaster::start(
+        ReplicationMode::Async,
+        Duration::from_millis(200),
+        SyncSettings::default().batch_bytes,
+    )
+    .await;
     let sent = [
         msg("orders", "o-1", 1_700_000_000_001),
         msg("payments", "p-1", 1_700_000_000_002),
@@ -161,7 +85,7 @@ async fn the_index_lists_every_message_from_any_message() {
     assert_eq!(chunk.next, end as i64, "the offset to ask for next");
 
     // From the third message (orders #1): the records from it on.
-    let from = m.offset_of("orders", 1);
+    let from = offset_of(&m, "orders", 1);
     assert!(from > 0);
     let chunk = index(&m.sync_addr, from).await;
     assert_eq!(chunk.records, all[2..]);
@@ -181,7 +105,12 @@ async fn the_index_lists_every_message_from_any_message() {
 
 #[tokio::test]
 async fn at_most_5000_records_per_answer() {
-    let m = Master::start(ReplicationMode::Async, Duration::from_millis(200)).await;
+    let m = SyncMaster::start(
+        ReplicationMode::Async,
+        Duration::from_millis(200),
+        SyncSettings::default().batch_bytes,
+    )
+    .await;
     let n = INDEX_MAX_RECORDS + 3;
     assert_eq!(INDEX_MAX_RECORDS, 5000);
     let all: Vec<Message> = (0..n)
@@ -194,7 +123,7 @@ async fn at_most_5000_records_per_answer() {
     assert_eq!(first.records.len(), INDEX_MAX_RECORDS);
     assert_eq!(
         first.next as u64,
-        m.offset_of("bulk", INDEX_MAX_RECORDS as u64)
+        offset_of(&m, "bulk", INDEX_MAX_RECORDS as u64)
     );
     let rest = index(&m.sync_addr, first.next as u64).await;
     assert_eq!(rest.records.len(), 3);
@@ -208,7 +137,12 @@ async fn at_most_5000_records_per_answer() {
 
 #[tokio::test]
 async fn beyond_the_end_is_a_param_error() {
-    let m = Master::start(ReplicationMode::Async, Duration::from_millis(200)).await;
+    let m = SyncMaster::start(
+        ReplicationMode::Async,
+        Duration::from_millis(200),
+        SyncSettings::default().batch_bytes,
+    )
+    .await;
     assert!(send(&m.client, &[msg("s", "1", 1)]).await.is_empty());
     let end = m.log_end() as i64;
     for offset in [end + 1, end + 1_000_000, -1] {
@@ -224,7 +158,12 @@ async fn beyond_the_end_is_a_param_error() {
 #[tokio::test]
 async fn a_waiting_request_answers_when_a_message_arrives() {
     // The poll outlasts the request's deadline: only the new message can answer it in time.
-    let m = Master::start(ReplicationMode::Async, Duration::from_secs(600)).await;
+    let m = SyncMaster::start(
+        ReplicationMode::Async,
+        Duration::from_secs(600),
+        SyncSettings::default().batch_bytes,
+    )
+    .await;
     assert!(send(&m.client, &[msg("s", "first", 1)]).await.is_empty());
     let end = m.log_end();
 
@@ -234,7 +173,7 @@ async fn a_waiting_request_answers_when_a_message_arrives() {
     framed
         .send(Frame::new(
             header,
-            request_body(SyncType::Index, end as i64),
+            backup_request_body(SyncType::Index, end as i64),
         ))
         .await
         .unwrap();
@@ -256,12 +195,13 @@ async fn a_waiting_request_answers_when_a_message_arrives() {
 
 #[tokio::test]
 async fn index_requests_release_no_send_waiting_for_the_slave() {
-    let m = Master::start(
+    let m = SyncMaster::start(
         ReplicationMode::Sync {
             timeout: Duration::from_secs(600),
             on_timeout: SyncTimeout::Fail,
         },
         Duration::from_millis(200),
+        SyncSettings::default().batch_bytes,
     )
     .await;
     let client = m.client.clone();

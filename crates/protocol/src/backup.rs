@@ -12,6 +12,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::replication::{decode_sized, encode_sized};
 use crate::wire::{put_string, Reader};
 use crate::{DecodeError, EncodeError};
 
@@ -110,34 +111,15 @@ pub struct SyncMessagesChunk {
 impl SyncMessagesChunk {
     /// Appends the body to `out`.
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
-        let size_at = out.len();
-        out.put_i32(0);
-        out.put_i64(self.next);
-        for record in &self.records {
-            record.encode(out)?;
-        }
-        let size = out.len() - size_at - 12;
-        let size = i32::try_from(size).map_err(|_| EncodeError::TooLong {
-            field: "sync messages chunk",
-            len: size,
-            max: i32::MAX as usize,
-        })?;
-        out[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
-        Ok(())
+        encode_sized(out, self.next, "sync messages chunk", |out| {
+            self.records.iter().try_for_each(|r| r.encode(out))
+        })
     }
 
     /// Decodes a body: exactly `size` bytes of whole records must follow the header.
     pub fn decode(body: &Bytes) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(body);
-        let size = r.i32("sync messages size")?;
-        let size = usize::try_from(size).map_err(|_| DecodeError::NegativeLength {
-            field: "sync messages size",
-            len: i64::from(size),
-        })?;
-        let next = r.i64("sync messages next offset")?;
-        r.bytes(size, "sync messages records")?;
-        r.finish("sync messages chunk")?;
-        let records = decode_records(&body.slice(12..12 + size))?;
+        let (next, at) = decode_sized(body, "sync messages")?;
+        let records = decode_records(&body.slice(at..))?;
         Ok(Self { next, records })
     }
 }

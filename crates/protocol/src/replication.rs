@@ -242,6 +242,43 @@ impl SyncIndexRecord {
     }
 }
 
+/// Writes `i32 size ; i64 next ; size bytes` with the bytes `records` appends: the layout of
+/// the answers to a backup's sync requests (types 5 and 6).
+pub(crate) fn encode_sized(
+    out: &mut BytesMut,
+    next: i64,
+    what: &'static str,
+    records: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+) -> Result<(), EncodeError> {
+    let size_at = out.len();
+    out.put_i32(0);
+    out.put_i64(next);
+    records(out)?;
+    let size = out.len() - size_at - 12;
+    let size = i32::try_from(size).map_err(|_| EncodeError::TooLong {
+        field: what,
+        len: size,
+        max: i32::MAX as usize,
+    })?;
+    out[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
+    Ok(())
+}
+
+/// Reads the head [`encode_sized`] writes: `next` and where the records start; exactly `size`
+/// bytes must follow the head.
+pub(crate) fn decode_sized(body: &[u8], what: &'static str) -> Result<(i64, usize), DecodeError> {
+    let mut r = Reader::new(body);
+    let size = r.i32(what)?;
+    let size = usize::try_from(size).map_err(|_| DecodeError::NegativeLength {
+        field: what,
+        len: i64::from(size),
+    })?;
+    let next = r.i64(what)?;
+    r.bytes(size, what)?;
+    r.finish(what)?;
+    Ok((next, 12))
+}
+
 /// A short string that must not be empty.
 fn non_empty(r: &mut Reader<'_>, field: &'static str) -> Result<String, DecodeError> {
     let s = r.string(field)?;
@@ -273,33 +310,15 @@ pub struct SyncIndexChunk {
 impl SyncIndexChunk {
     /// Appends the body to `out`.
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
-        let size_at = out.len();
-        out.put_i32(0);
-        out.put_i64(self.next);
-        for record in &self.records {
-            record.encode(out)?;
-        }
-        let size = out.len() - size_at - 12;
-        let size = i32::try_from(size).map_err(|_| EncodeError::TooLong {
-            field: "sync index chunk",
-            len: size,
-            max: i32::MAX as usize,
-        })?;
-        out[size_at..size_at + 4].copy_from_slice(&size.to_be_bytes());
-        Ok(())
+        encode_sized(out, self.next, "sync index chunk", |out| {
+            self.records.iter().try_for_each(|r| r.encode(out))
+        })
     }
 
     /// Decodes a body: exactly `size` bytes of whole records must follow the header.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(body);
-        let size = r.i32("sync index size")?;
-        let size = usize::try_from(size).map_err(|_| DecodeError::NegativeLength {
-            field: "sync index size",
-            len: i64::from(size),
-        })?;
-        let next = r.i64("sync index next offset")?;
-        let data = r.bytes(size, "sync index records")?;
-        r.finish("sync index chunk")?;
+        let (next, at) = decode_sized(body, "sync index")?;
+        let data = &body[at..];
         let mut records = Vec::new();
         let mut r = Reader::new(data);
         while !r.is_empty() {

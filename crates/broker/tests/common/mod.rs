@@ -153,3 +153,105 @@ pub fn bodies(ms: &[Message]) -> Vec<String> {
         .map(|m| m.attr("body").unwrap().to_owned())
         .collect()
 }
+
+/// A master broker (leased for the whole test) with its sync port, as a slave or a backup
+/// server sees it.
+pub struct SyncMaster {
+    _dir: tempfile::TempDir,
+    /// The broker.
+    pub broker: BrokerHandle,
+    /// Its replication gate.
+    pub gate: std::sync::Arc<qmq_broker::replication::Gate>,
+    /// A client connection.
+    pub client: Connection,
+    /// The sync port's address.
+    pub sync_addr: String,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl SyncMaster {
+    /// A master in `mode` whose sync port long-polls for `poll` and answers about
+    /// `batch_bytes` per chunk.
+    pub async fn start(
+        mode: qmq_broker::replication::ReplicationMode,
+        poll: Duration,
+        batch_bytes: usize,
+    ) -> Self {
+        use qmq_broker::replication::sync_server::{self, SlaveLag, SyncSettings};
+        let dir = tempfile::tempdir().unwrap();
+        let gate = std::sync::Arc::new(qmq_broker::replication::Gate::new(mode));
+        gate.become_master(1);
+        gate.extend_lease(tokio::time::Instant::now(), Duration::from_secs(3600));
+        let broker = qmq_broker::serve_with(qmq_config(dir.path()), Some(gate.clone()))
+            .await
+            .unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let settings = SyncSettings {
+            poll,
+            batch_bytes,
+            ..SyncSettings::default()
+        };
+        let (addr, _task) = sync_server::spawn(
+            "127.0.0.1:0".parse().unwrap(),
+            broker.store().clone(),
+            gate.clone(),
+            std::sync::Arc::new(SlaveLag::default()),
+            settings,
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let client = Connection::connect(&broker.addr().to_string())
+            .await
+            .unwrap();
+        Self {
+            _dir: dir,
+            broker,
+            gate,
+            client,
+            sync_addr: addr.to_string(),
+            stop,
+        }
+    }
+
+    /// The message log's end.
+    pub fn log_end(&self) -> u64 {
+        self.broker.store().log_end(qmq_store::LogStream::Message)
+    }
+
+    /// Stops the sync port and the broker.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.broker.shutdown().await.unwrap();
+    }
+}
+
+/// A backup's SYNC_LOG_REQUEST body of `sync_type` from `message_offset` (a QMQ backup puts
+/// its index position in both fields).
+pub fn backup_request_body(sync_type: SyncType, message_offset: i64) -> bytes::Bytes {
+    let mut body = BytesMut::new();
+    SyncLogRequest {
+        sync_type,
+        message_offset,
+        action_offset: message_offset,
+    }
+    .encode(&mut body);
+    body.freeze()
+}
+
+/// One backup SYNC_LOG_REQUEST on `conn`; returns the response code and body.
+pub async fn backup_sync_on(
+    conn: &Connection,
+    sync_type: SyncType,
+    offset: i64,
+) -> (i16, bytes::Bytes) {
+    let resp = conn
+        .request(
+            command::SYNC_LOG_REQUEST,
+            backup_request_body(sync_type, offset),
+            T,
+        )
+        .await
+        .unwrap();
+    (resp.header.code, resp.body)
+}
