@@ -44,7 +44,7 @@ struct Args {
     /// Only these systems (default: all three).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Only these workloads: throughput, latency, drain (default: all three), and replication
+    /// Only these workloads: throughput, batch, latency, drain (default: all four), and replication
     /// (qmq-rs only, never by default: produce with replication off/async/sync, slave lag,
     /// failover time).
     #[arg(long, value_delimiter = ',')]
@@ -171,9 +171,34 @@ async fn main() -> anyhow::Result<()> {
                 let n = name("tp");
                 let cpu = cpu_of(system);
                 let r = throughput(
-                    system, &ep, &n, count, size, producers, consumers, &workload,
+                    system,
+                    &ep,
+                    &n,
+                    count,
+                    size,
+                    producers,
+                    consumers,
+                    systems::QMQ_BATCH,
+                    &workload,
                 )
                 .await;
+                let r = with_cpu(r, cpu, cpu_of(system));
+                systems::cleanup(system, &ep, &n).await;
+                rows.push(r.with_context(|| format!("{workload} on {}", system.name()))?);
+            }
+        }
+    }
+    // Batch sizes: produce only, 100 B, 1 and 2 producers, 30 / 256 / 1000 messages per
+    // request (qmq-rs) or in-flight window (every system, see `systems::window`).
+    for batch in [30usize, 256, 1000].into_iter().filter(|_| wants("batch")) {
+        for producers in [1usize, 2] {
+            let count = 20_000 * scale;
+            let workload = format!("produce 100B x{producers}p batch {batch}");
+            for system in in_turn() {
+                let n = name("batch");
+                let cpu = cpu_of(system);
+                let r =
+                    throughput(system, &ep, &n, count, 100, producers, 0, batch, &workload).await;
                 let r = with_cpu(r, cpu, cpu_of(system));
                 systems::cleanup(system, &ep, &n).await;
                 rows.push(r.with_context(|| format!("{workload} on {}", system.name()))?);
@@ -253,8 +278,16 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Spawns `producers` tasks sending `count` messages of `size` bytes in all.
-    fn spawn_producers(&self, tasks: &mut Tasks, producers: usize, count: usize, size: usize) {
+    /// Spawns `producers` tasks sending `count` messages of `size` bytes in all, `batch` per
+    /// request.
+    fn spawn_producers(
+        &self,
+        tasks: &mut Tasks,
+        producers: usize,
+        count: usize,
+        size: usize,
+        batch: usize,
+    ) {
         for _ in 0..producers {
             let (system, ep, name, pb) = (
                 self.system,
@@ -263,7 +296,17 @@ impl Run<'_> {
                 self.pb.clone(),
             );
             tasks.spawn(async move {
-                systems::produce(system, &ep, &name, count / producers, size, None, &pb).await
+                systems::produce(
+                    system,
+                    &ep,
+                    &name,
+                    count / producers,
+                    size,
+                    None,
+                    batch,
+                    &pb,
+                )
+                .await
             });
         }
     }
@@ -315,6 +358,7 @@ async fn throughput(
     size: usize,
     producers: usize,
     consumers: usize,
+    batch: usize,
     workload: &str,
 ) -> anyhow::Result<Row> {
     systems::prepare(system, ep, name).await?;
@@ -328,7 +372,7 @@ async fn throughput(
         pb: &pb,
     };
     let mut tasks = Tasks::new();
-    run.spawn_producers(&mut tasks, producers, count, size);
+    run.spawn_producers(&mut tasks, producers, count, size, batch);
     let finished = run.spawn_group(&mut tasks, consumers, count / producers * producers, None);
     join(tasks).await?;
     pb.finish_and_clear();
@@ -363,7 +407,7 @@ async fn latency(
     };
     let mut consumer = Tasks::new();
     let finished = run.spawn_group(&mut consumer, 1, count, Some(hist.clone()));
-    systems::produce(system, ep, name, count, 100, Some(rate), &pb).await?;
+    systems::produce(system, ep, name, count, 100, Some(rate), 1, &pb).await?;
     join(consumer).await?;
     pb.finish_and_clear();
     Ok(row(
@@ -397,7 +441,7 @@ async fn drain(
         name,
         pb: &pb,
     }
-    .spawn_producers(&mut fill, 4, backlog, 100);
+    .spawn_producers(&mut fill, 4, backlog, 100, systems::QMQ_BATCH);
     join(fill).await?;
     pb.finish_and_clear();
     let total = backlog / 4 * 4;

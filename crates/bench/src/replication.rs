@@ -397,6 +397,7 @@ async fn produce_row(
                 count / producers,
                 size,
                 None,
+                systems::QMQ_BATCH,
                 &pb,
             )
             .await

@@ -16,10 +16,16 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 
-/// In-flight window per producer (messages), the same for every system.
+/// Least in-flight window per producer (messages), the same for every system.
 pub const WINDOW: usize = 256;
-/// qmq-rs send batch (the QMQ client's default).
-const QMQ_BATCH: usize = 30;
+/// The batch of the default rows: qmq-rs's send batch (the QMQ client's default).
+pub const QMQ_BATCH: usize = 30;
+
+/// Messages in flight per producer at batch size `batch`, the same for every system: at
+/// least [`WINDOW`], and room for two batches.
+pub fn window(batch: usize) -> usize {
+    WINDOW.max(2 * batch)
+}
 
 /// Which system.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -187,7 +193,11 @@ async fn rabbit_connect(url: &str) -> anyhow::Result<lapin::Connection> {
         .context("connecting to RabbitMQ")
 }
 
-/// Sends `count` messages of `size` bytes to `name`, at most `rate` per second if given.
+/// Sends `count` messages of `size` bytes to `name`, at most `rate` per second if given,
+/// `batch` messages per request where the system has batches (qmq-rs: one SEND of `batch`
+/// messages; NATS and RabbitMQ publish one message per request, so for them the batch only
+/// sets the in-flight window, [`window`], as it does for qmq-rs).
+#[allow(clippy::too_many_arguments)]
 pub async fn produce(
     system: System,
     ep: &Endpoints,
@@ -195,17 +205,19 @@ pub async fn produce(
     count: usize,
     size: usize,
     rate: Option<u64>,
+    batch: usize,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
     let pace = Pacer::new(rate);
+    let window = window(batch);
     match system {
         System::Qmq | System::QmqMetrics | System::QmqNoDedup => {
             let conn = qmq_client::Connection::connect(ep.qmq_of(system)).await?;
-            let batch = if rate.is_some() { 1 } else { QMQ_BATCH };
+            let batch = if rate.is_some() { 1 } else { batch.max(1) };
             let mut in_flight = FuturesUnordered::new();
             let mut sent = 0;
             while sent < count || !in_flight.is_empty() {
-                while sent < count && in_flight.len() * batch < WINDOW {
+                while sent < count && in_flight.len() * batch < window {
                     let n = batch.min(count - sent);
                     pace.wait(sent).await;
                     let messages: Vec<_> = (0..n)
@@ -243,7 +255,7 @@ pub async fn produce(
             let mut in_flight = FuturesUnordered::new();
             let mut sent = 0;
             while sent < count || !in_flight.is_empty() {
-                while sent < count && in_flight.len() < WINDOW {
+                while sent < count && in_flight.len() < window {
                     pace.wait(sent).await;
                     let ack = js
                         .publish(name.to_owned(), Bytes::from(body(size)))
@@ -267,7 +279,7 @@ pub async fn produce(
             let mut in_flight = FuturesUnordered::new();
             let mut sent = 0;
             while sent < count || !in_flight.is_empty() {
-                while sent < count && in_flight.len() < WINDOW {
+                while sent < count && in_flight.len() < window {
                     pace.wait(sent).await;
                     let confirm = ch
                         .basic_publish(
