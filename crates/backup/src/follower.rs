@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::metrics::BackupMetrics;
 use crate::{Applied, BackupError, IndexStore, ACTION_STREAM, INDEX_STREAM};
 
 /// What serves a followed group.
@@ -52,6 +53,9 @@ pub struct FollowerConfig {
     pub backoff_min: Duration,
     /// The longest wait between attempts.
     pub backoff_max: Duration,
+    /// Where the follower records what it did ([`BackupServer`](crate::server::BackupServer)
+    /// sets its own; by default metrics no registry serves).
+    pub metrics: Arc<BackupMetrics>,
 }
 
 impl FollowerConfig {
@@ -65,6 +69,7 @@ impl FollowerConfig {
             request_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            metrics: Arc::new(BackupMetrics::default()),
         }
     }
 }
@@ -131,6 +136,9 @@ pub fn spawn_stream(
     stop: CancellationToken,
 ) -> Result<FollowerHandle, BackupError> {
     let start = store.offset(&config.group, stream.name())?.unwrap_or(0);
+    config
+        .metrics
+        .following(&config.group, stream.name(), start);
     let (tx, rx) = watch::channel(start);
     let task = tokio::spawn(run(store, config, stream, stop, tx));
     Ok(FollowerHandle { offset: rx, task })
@@ -166,7 +174,9 @@ async fn run(
             break;
         }
         match result {
-            Ok((next, applied)) => {
+            Ok((next, items)) => {
+                config.metrics.synced(&group, name, next, items);
+                let applied = items > 0;
                 if failing {
                     info!(
                         group,
@@ -183,6 +193,7 @@ async fn run(
                 }
             }
             Err(e) => {
+                config.metrics.sync_failed(&group, name);
                 conn = None;
                 if failing {
                     tracing::debug!(group, stream = name, error = %e, "sync still failing");
@@ -228,7 +239,7 @@ async fn follow_actions_once(
     config: &FollowerConfig,
     conn: &mut Option<Connection>,
     stop: &CancellationToken,
-) -> Result<(u64, bool), BackupError> {
+) -> Result<(u64, usize), BackupError> {
     let group = config.group.clone();
     let from = stored_offset(store, &group, ACTION_STREAM).await?;
     let request = async {
@@ -236,7 +247,7 @@ async fn follow_actions_once(
         fetch_actions(&c, &config.sync_addr, from, config.request_timeout).await
     };
     let chunk = tokio::select! {
-        _ = stop.cancelled() => return Ok((from, false)),
+        _ = stop.cancelled() => return Ok((from, 0)),
         chunk = request => chunk?,
     };
     let start = chunk.start as u64;
@@ -245,7 +256,7 @@ async fn follow_actions_once(
     let store = store.clone();
     let applied =
         blocking(move || store.apply_actions(&group, from, start, &chunk.bytes, seen_at)).await?;
-    Ok((next, applied.actions > 0))
+    Ok((next, applied.records))
 }
 
 /// Asks `addr` for the action-log bytes from `from` on `conn`, and checks the answer's
@@ -277,7 +288,7 @@ async fn follow_once(
     config: &FollowerConfig,
     conn: &mut Option<Connection>,
     stop: &CancellationToken,
-) -> Result<(u64, bool), BackupError> {
+) -> Result<(u64, usize), BackupError> {
     let group = config.group.clone();
     let from = stored_offset(store, &group, INDEX_STREAM).await?;
     let request = async {
@@ -285,7 +296,7 @@ async fn follow_once(
         fetch(&c, &config.sync_addr, from, config.request_timeout).await
     };
     let chunk = tokio::select! {
-        _ = stop.cancelled() => return Ok((from, false)),
+        _ = stop.cancelled() => return Ok((from, 0)),
         chunk = request => chunk?,
     };
     let next = chunk.next as u64;
@@ -293,7 +304,7 @@ async fn follow_once(
     let held = config.kind == GroupKind::Delay;
     let applied: Applied =
         blocking(move || store.apply_messages(&group, from, &chunk, held)).await?;
-    Ok((next, applied.indexed > 0))
+    Ok((next, applied.indexed))
 }
 
 /// Asks `addr` for the stored messages from `from` on `conn` (sync type 6), and checks the

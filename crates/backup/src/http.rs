@@ -54,6 +54,7 @@
 //!   oldest first. Pulls and acks are timed by when the backup received
 //!   them (`seen_at`), retry copies and dead letters by when it indexed them, the rest by the
 //!   message's creation time.
+//! * `GET /metrics` → the backup's metrics in the Prometheus text format ([`crate::metrics`]).
 //! * `GET /v1/status` → `{"messages": n, "groups":[{"group","offset","action_offset"}…],
 //!   "retention_ms"}` (`offset`: the message-index offset; `action_offset`: the action-log
 //!   offset, `null` before the first action chunk).
@@ -82,6 +83,7 @@ use tracing::warn;
 use crate::brokers::Brokers;
 use crate::dead::{DeadQuery, Replay};
 use crate::follower::blocking;
+use crate::metrics::BackupMetrics;
 use crate::{BackupError, IndexEntry, IndexStore, Page, RangeQuery};
 
 /// Default look-back of a query without a start time.
@@ -104,6 +106,25 @@ pub struct Api {
     pub brokers: Arc<Brokers>,
     /// Tokens accepted in [`TOKEN_HEADER`] by `POST /v1/dead/replay`.
     pub admin_tokens: Arc<Vec<String>>,
+    /// The registry `GET /metrics` serves.
+    pub registry: qmq_metrics::Registry,
+    /// The metrics replays record into (registered in `registry`).
+    pub metrics: Arc<BackupMetrics>,
+}
+
+impl Api {
+    /// An API over `store` and `brokers` accepting `admin_tokens`, with its own metrics
+    /// registry.
+    pub fn new(store: Arc<IndexStore>, brokers: Arc<Brokers>, admin_tokens: Vec<String>) -> Self {
+        let registry = qmq_metrics::Registry::new();
+        Self {
+            store,
+            brokers,
+            admin_tokens: Arc::new(admin_tokens),
+            metrics: Arc::new(BackupMetrics::new(&registry)),
+            registry,
+        }
+    }
 }
 
 impl FromRef<Api> for Arc<IndexStore> {
@@ -114,11 +135,7 @@ impl FromRef<Api> for Arc<IndexStore> {
 
 /// The HTTP application over `store` alone: no broker to read bodies from, no replay.
 pub fn router(store: Arc<IndexStore>) -> Router {
-    router_with(Api {
-        store,
-        brokers: Arc::new(Brokers::default()),
-        admin_tokens: Arc::new(Vec::new()),
-    })
+    router_with(Api::new(store, Arc::new(Brokers::default()), Vec::new()))
 }
 
 /// The HTTP application over `api`.
@@ -135,6 +152,7 @@ pub fn router_with(api: Api) -> Router {
         .route("/v1/dead", get(dead))
         .route("/v1/dead/replay", post(replay))
         .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(api)
 }
 
@@ -700,7 +718,12 @@ async fn replay(State(api): State<Api>, headers: HeaderMap, body: axum::body::By
         to,
     };
     match crate::dead::replay(api.store.clone(), &api.brokers, req).await {
-        Ok(done) => Json(json!({ "replayed": done })).into_response(),
+        Ok(done) => {
+            for d in &done {
+                api.metrics.replayed(d.error.is_none());
+            }
+            Json(json!({ "replayed": done })).into_response()
+        }
         Err(e @ BackupError::Invalid(_)) => bad_request(e),
         Err(e) => internal(e),
     }
@@ -786,6 +809,21 @@ async fn life(State(store): State<Arc<IndexStore>>, Path(id): Path<String>) -> R
     match blocking(move || store.life(&id)).await {
         Ok(life) => Json(life).into_response(),
         Err(e) => internal(e),
+    }
+}
+
+/// `GET /metrics`: the backup's metrics ([`crate::metrics`]) in the Prometheus text format.
+async fn metrics(State(api): State<Api>) -> Response {
+    let registry = api.registry.clone();
+    match tokio::task::spawn_blocking(move || registry.encode()).await {
+        Ok(Ok(text)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, qmq_metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Ok(Err(e)) => internal(BackupError::Store(e.to_string())),
+        Err(e) => internal(BackupError::Task(e.to_string())),
     }
 }
 

@@ -15,6 +15,7 @@
 //! * [`life`]: a message's life merged from both.
 //! * [`brokers`] and [`dead`]: message bodies read from their broker (FETCH_MESSAGES), dead
 //!   letters listed and replayed to their group's retry subject.
+//! * [`metrics`]: what the followers and replays did, at `GET /metrics`.
 //! * [`http`]: the query API — QMQ's `GET /api/message`, `/api/message/dead`,
 //!   `/api/message/detail` and `/api/message/records`, and qmq-rs's own JSON endpoints under
 //!   `/v1`.
@@ -29,6 +30,7 @@ pub mod follower;
 pub mod http;
 pub mod keys;
 pub mod life;
+pub mod metrics;
 pub mod records;
 pub mod server;
 pub mod store;

@@ -16,6 +16,7 @@ use crate::brokers::{Brokers, GroupAddrs};
 use crate::details::PropertyIndex;
 use crate::follower::{self, blocking, FollowerConfig, FollowerHandle, GroupKind, Stream};
 use crate::http::Api;
+use crate::metrics::BackupMetrics;
 use crate::{BackupError, IndexStore};
 
 /// The index file's name in the data directory.
@@ -75,6 +76,7 @@ struct Following {
 pub struct BackupServer {
     store: Arc<IndexStore>,
     brokers: Arc<Brokers>,
+    metrics: Arc<BackupMetrics>,
     http_addr: SocketAddr,
     followers: Vec<Following>,
     tasks: Vec<JoinHandle<()>>,
@@ -107,11 +109,15 @@ impl BackupServer {
         let stop = stop.child_token();
         let mut tasks = Vec::new();
         let brokers = Arc::new(Brokers::default());
+        let registry = qmq_metrics::Registry::new();
+        let metrics = Arc::new(BackupMetrics::new(&registry));
         {
             let api = Api {
                 store: store.clone(),
                 brokers: brokers.clone(),
                 admin_tokens: Arc::new(config.admin_tokens.clone()),
+                registry,
+                metrics: metrics.clone(),
             };
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
@@ -130,6 +136,7 @@ impl BackupServer {
         let mut server = Self {
             store,
             brokers,
+            metrics,
             http_addr,
             followers: Vec::new(),
             tasks,
@@ -150,7 +157,8 @@ impl BackupServer {
     /// is stopped and followed again at the new one, from its stored offset (a group's
     /// members hold the same log at the same offsets); one followed at that address is left
     /// alone.
-    pub async fn follow(&mut self, config: FollowerConfig) -> Result<(), BackupError> {
+    pub async fn follow(&mut self, mut config: FollowerConfig) -> Result<(), BackupError> {
+        config.metrics = self.metrics.clone();
         self.brokers.set(
             &config.group,
             GroupAddrs {

@@ -448,11 +448,11 @@ fn stored_api() -> (tempfile::TempDir, Api) {
     store
         .apply_messages("g1", 0, &SyncMessagesChunk { next: 10, records }, false)
         .unwrap();
-    let api = Api {
-        store: Arc::new(store),
-        brokers: Arc::new(Brokers::default()),
-        admin_tokens: Arc::new(vec!["sesame".to_owned()]),
-    };
+    let api = Api::new(
+        Arc::new(store),
+        Arc::new(Brokers::default()),
+        vec!["sesame".to_owned()],
+    );
     (dir, api)
 }
 

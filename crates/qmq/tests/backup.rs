@@ -123,7 +123,43 @@ fn sent_messages_are_found_by_id_and_by_subject() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad time"));
+
+    // The backup's metrics count what it indexed and where its followers are.
+    let text = metrics_text(&backup);
+    let indexed = metric(
+        &text,
+        "qmq_backup_indexed_messages_total{group=\"broker-1\"}",
+    );
+    assert!(indexed >= 3.0, "{text}");
+    let offset = metric(
+        &text,
+        "qmq_backup_sync_offset{group=\"broker-1\",stream=\"index\"}",
+    );
+    assert!(offset > 0.0, "{text}");
+    assert!(text.contains("qmq_backup_sync_errors_total"), "{text}");
     server.terminate();
+}
+
+/// The backup's `GET /metrics` text.
+fn metrics_text(backup: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(backup).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {backup}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    raw.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+/// The value of the series `series` (name and labels as printed) in `text`.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
 }
 
 fn send(broker: &str, subject: &str, body: &str) -> String {
@@ -651,6 +687,12 @@ async fn a_dead_letter_is_listed_read_replayed_and_consumed() {
     assert_eq!(
         got.lock().unwrap().clone(),
         vec![(id.clone(), "the body".to_owned())]
+    );
+    let text = tokio::task::block_in_place(|| metrics_text(&backup));
+    assert_eq!(
+        metric(&text, "qmq_backup_replayed_total{result=\"sent\"}"),
+        1.0,
+        "{text}"
     );
     server.terminate();
 }
