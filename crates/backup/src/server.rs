@@ -42,6 +42,10 @@ pub struct BackupConfig {
     pub admin_tokens: Vec<String>,
     /// Which properties are indexed for queries by value.
     pub property_index: PropertyIndex,
+    /// The registry to put the backup's metrics in (a process's shared one, so they are also
+    /// served with its other metrics); `None`: one of its own. `GET /metrics` on the backup's
+    /// HTTP port serves this registry either way.
+    pub registry: Option<qmq_metrics::Registry>,
 }
 
 impl BackupConfig {
@@ -56,6 +60,7 @@ impl BackupConfig {
             groups: Vec::new(),
             admin_tokens: Vec::new(),
             property_index: PropertyIndex::All,
+            registry: None,
         }
     }
 }
@@ -109,7 +114,7 @@ impl BackupServer {
         let stop = stop.child_token();
         let mut tasks = Vec::new();
         let brokers = Arc::new(Brokers::default());
-        let registry = qmq_metrics::Registry::new();
+        let registry = config.registry.clone().unwrap_or_default();
         let metrics = Arc::new(BackupMetrics::new(&registry));
         {
             let api = Api {

@@ -296,7 +296,8 @@ pub struct StandaloneBackup {
 
 impl StandaloneBackup {
     /// Starts the backup of `broker` (group `group`) and of the delay server `delay` (its
-    /// group and engine) under `data_dir`, if enabled; `admin_tokens` may replay dead letters.
+    /// group and engine) under `data_dir`, if enabled; `admin_tokens` may replay dead letters;
+    /// its metrics go into `registry` (the standalone's one endpoint) when there is one.
     pub async fn start(
         args: &StandaloneBackupArgs,
         data_dir: &Path,
@@ -304,6 +305,7 @@ impl StandaloneBackup {
         broker: &qmq_broker::BrokerHandle,
         delay: (&str, &Arc<qmq_delay::DelayEngine>),
         admin_tokens: &[String],
+        registry: Option<&qmq_metrics::Registry>,
     ) -> anyhow::Result<Option<Self>> {
         use qmq_broker::replication::sync_server::{self, SlaveLag, SyncSettings};
         use qmq_broker::replication::{Gate, ReplicationMode};
@@ -343,6 +345,7 @@ impl StandaloneBackup {
         config.retention = retention(args.backup_retention_days);
         config.admin_tokens = admin_tokens.to_vec();
         config.property_index = args.backup_index_properties.clone();
+        config.registry = registry.cloned();
         let mut follower = FollowerConfig::new(group, sync_addr.to_string());
         follower.client_addr = Some(format!("127.0.0.1:{}", broker.addr().port()));
         let mut delayed = FollowerConfig::new(delay.0, delay_sync.local_addr().to_string());

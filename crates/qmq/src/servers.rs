@@ -890,6 +890,7 @@ async fn standalone_servers(args: StandaloneArgs) -> anyhow::Result<()> {
         &broker,
         (&args.delay.delay_group, delay.server.engine()),
         &args.meta.admin_tokens,
+        registry.as_ref(),
     )
     .await?;
     let metrics = serve_metrics(args.broker.metrics_listen, registry).await?;

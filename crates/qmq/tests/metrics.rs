@@ -239,6 +239,22 @@ async fn delay_and_meta_metrics_share_the_standalone_endpoint() {
         sample(&before, "qmq_delay_pending_messages", &[]),
         Some(0.0)
     );
+    // The backup's followers, in the same endpoint, from their start.
+    for (group, stream) in [
+        ("broker-1", "index"),
+        ("broker-1", "action"),
+        ("delay-1", "index"),
+    ] {
+        assert!(
+            sample(
+                &before,
+                "qmq_backup_sync_errors_total",
+                &[("group", group), ("stream", stream)]
+            )
+            .is_some(),
+            "{group} {stream}"
+        );
+    }
     assert_eq!(
         sample(&before, "qmq_broker_role", &[("role", "master")]),
         Some(1.0),
