@@ -44,18 +44,23 @@ pub fn qmq() -> Command {
     Command::new(env!("CARGO_BIN_EXE_qmq"))
 }
 
-/// A child process whose stdout lines are collected as they come; killed when dropped.
+/// Log lines of a child kept for a failure message (the last ones).
+const LOG_TAIL: usize = 40;
+
+/// A child process whose stdout lines are collected as they come, and the last lines of its
+/// log (stderr) kept for failure messages; killed when dropped.
 pub struct Proc {
     pub child: Child,
     pub lines: Arc<Mutex<Vec<String>>>,
+    log_tail: Arc<Mutex<std::collections::VecDeque<String>>>,
 }
 
 impl Proc {
-    /// Spawns `command` with its stdout collected (stderr discarded).
+    /// Spawns `command` with its stdout collected and the tail of its stderr kept.
     pub fn spawn(mut command: Command) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -67,7 +72,30 @@ impl Proc {
                 l.lock().unwrap().push(line);
             }
         });
-        Self { child, lines }
+        let log_tail = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let err = child.stderr.take().unwrap();
+        let t = log_tail.clone();
+        // Drained for as long as the child writes, so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut tail = t.lock().unwrap();
+                if tail.len() == LOG_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            log_tail,
+        }
+    }
+
+    /// The last lines the child logged.
+    pub fn log_tail(&self) -> Vec<String> {
+        self.log_tail.lock().unwrap().iter().cloned().collect()
     }
 
     /// Waits (up to `within`) for a line containing `needle` after the first `skip` lines;
@@ -88,8 +116,9 @@ impl Proc {
             }
             assert!(
                 Instant::now() < deadline,
-                "no line with {needle:?} within {within:?}; lines: {:?}",
-                self.lines.lock().unwrap()
+                "no line with {needle:?} within {within:?}; lines: {:?}; last log lines:\n{}",
+                self.lines.lock().unwrap(),
+                self.log_tail().join("\n")
             );
             std::thread::sleep(Duration::from_millis(20));
         }
