@@ -380,8 +380,9 @@ async fn message_by_id(State(store): State<Arc<IndexStore>>, Path(id): Path<Stri
     }
 }
 
-/// A page window from `/v1` parameters: `from`, `to`, `limit`, `cursor`.
+/// A `/v1` listing's parameters: `subject` (required), `from`, `to`, `limit`, `cursor`.
 struct Window {
+    subject: String,
     from: i64,
     to: i64,
     limit: usize,
@@ -389,6 +390,9 @@ struct Window {
 }
 
 fn window(params: &HashMap<String, String>) -> Result<Window, String> {
+    let Some(subject) = params.get("subject").filter(|s| !s.is_empty()).cloned() else {
+        return Err("subject is required".into());
+    };
     let time = |name: &str| params.get(name).map(|s| parse_time(s)).transpose();
     let (from, to) = match (time("from"), time("to")) {
         (Ok(from), Ok(to)) => (from, to),
@@ -409,6 +413,7 @@ fn window(params: &HashMap<String, String>) -> Result<Window, String> {
         },
     };
     Ok(Window {
+        subject,
         from,
         to,
         limit,
@@ -420,9 +425,6 @@ async fn messages(
     State(store): State<Arc<IndexStore>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(subject) = params.get("subject").filter(|s| !s.is_empty()).cloned() else {
-        return bad_request("subject is required");
-    };
     let w = match window(&params) {
         Ok(w) => w,
         Err(e) => return bad_request(e),
@@ -434,7 +436,7 @@ async fn messages(
             _ => return bad_request(format!("key must be k=v, got {kv:?}")),
         },
     };
-    let mut q = RangeQuery::new(subject, w.from, w.to, w.limit);
+    let mut q = RangeQuery::new(w.subject, w.from, w.to, w.limit);
     q.cursor = w.cursor;
     q.property = property;
     q.delayed_only = params.get("delayed").is_some_and(|d| d == "true");
@@ -455,15 +457,12 @@ async fn dead(
     State(store): State<Arc<IndexStore>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(subject) = params.get("subject").filter(|s| !s.is_empty()).cloned() else {
-        return bad_request("subject is required");
-    };
     let w = match window(&params) {
         Ok(w) => w,
         Err(e) => return bad_request(e),
     };
     let q = DeadQuery {
-        subject,
+        subject: w.subject,
         group: params.get("group").filter(|g| !g.is_empty()).cloned(),
         from: w.from,
         to: w.to,

@@ -377,10 +377,9 @@ impl IndexStore {
         subject: &str,
         sequence: u64,
     ) -> Result<Option<i64>, BackupError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(SEEN)?;
-        let v = t.get(message_prefix(group, subject, sequence).as_slice())?;
-        Ok(v.and_then(|v| KeyReader::new(v.value()).time()))
+        Ok(self
+            .value(SEEN, &message_prefix(group, subject, sequence))?
+            .and_then(|v| KeyReader::new(&v).time()))
     }
 
     /// Drops consumption records and pull mappings seen before `cutoff` (ms), at most `max`

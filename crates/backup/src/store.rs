@@ -701,6 +701,13 @@ impl IndexStore {
         Ok(page)
     }
 
+    /// The value under `key` in `table`, read in a transaction of its own.
+    pub(crate) fn value(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, BackupError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(table)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
     /// The details kept of the message at `sequence` of `subject` on `group`.
     pub fn details(
         &self,
@@ -708,10 +715,9 @@ impl IndexStore {
         subject: &str,
         sequence: u64,
     ) -> Result<Option<Details>, BackupError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(DETAILS)?;
-        let v = t.get(primary_key(group, subject, sequence).as_slice())?;
-        v.map(|v| parse_details(v.value())).transpose()
+        self.value(DETAILS, &primary_key(group, subject, sequence))?
+            .map(|v| parse_details(&v))
+            .transpose()
     }
 
     /// The stored message of the dead letter at `sequence` of `subject` (a `%DEAD_RETRY%`
@@ -722,10 +728,9 @@ impl IndexStore {
         subject: &str,
         sequence: u64,
     ) -> Result<Option<Bytes>, BackupError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(DEAD_CONTENT)?;
-        let v = t.get(primary_key(group, subject, sequence).as_slice())?;
-        Ok(v.map(|v| Bytes::copy_from_slice(v.value())))
+        Ok(self
+            .value(DEAD_CONTENT, &primary_key(group, subject, sequence))?
+            .map(Bytes::from))
     }
 
     /// The consumer groups of `subject` that have had dead letters, sorted.

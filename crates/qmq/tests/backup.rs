@@ -44,15 +44,7 @@ fn sent_messages_are_found_by_id_and_by_subject() {
 
     let mut ids = Vec::new();
     for body in ["one", "two", "three"] {
-        let out = run(&["send", "--broker", &broker, "--subject", "orders", body]);
-        assert!(out.status.success(), "{out:?}");
-        let text = stdout(&out);
-        let id = text
-            .trim()
-            .strip_prefix("sent ")
-            .unwrap_or_else(|| panic!("unexpected send output {text:?}"))
-            .to_owned();
-        ids.push(id);
+        ids.push(send(&broker, "orders", body));
     }
 
     // Indexed shortly after: poll each id until it is found, within a deadline.
@@ -142,17 +134,25 @@ fn sent_messages_are_found_by_id_and_by_subject() {
 
 /// The backup's `GET /metrics` text.
 fn metrics_text(backup: &str) -> String {
+    let (status, body) = raw_get(backup, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// One HTTP/1.1 `GET path` from `addr`: the status and the body.
+fn raw_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(backup).unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(
         stream,
-        "GET /metrics HTTP/1.1\r\nHost: {backup}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).unwrap();
-    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
-    raw.split_once("\r\n\r\n").unwrap().1.to_owned()
+    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
 }
 
 /// The value of the series `series` (name and labels as printed) in `text`.
@@ -163,11 +163,18 @@ fn metric(text: &str, series: &str) -> f64 {
 }
 
 fn send(broker: &str, subject: &str, body: &str) -> String {
-    let out = run(&["send", "--broker", broker, "--subject", subject, body]);
+    sent(&["send", "--broker", broker, "--subject", subject, body])
+}
+
+/// Runs `qmq <args>` (a send), which must succeed; the id it printed (`sent <id>`, with
+/// `due <time>` after it for a delay message).
+fn sent(args: &[&str]) -> String {
+    let out = run(args);
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
     text.trim()
         .strip_prefix("sent ")
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("unexpected send output {text:?}"))
         .to_owned()
 }
@@ -347,10 +354,9 @@ async fn trace_shows_a_delayed_message_stored_pulled_by_two_groups_retried_and_a
     use std::sync::Arc;
 
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, broker, ready) = standalone(dir.path(), &["--retry-delay-secs", "1"]);
+    let (mut server, _broker, ready) = standalone(dir.path(), &["--retry-delay-secs", "1"]);
     let (http, backup) = (field(&ready, "http"), field(&ready, "backup"));
-    let _ = broker;
-    let out = run(&[
+    let id = sent(&[
         "send",
         "--meta",
         &http,
@@ -360,9 +366,6 @@ async fn trace_shows_a_delayed_message_stored_pulled_by_two_groups_retried_and_a
         "2s",
         "hello",
     ]);
-    assert!(out.status.success(), "{out:?}");
-    // "sent <id> due <time>"
-    let id = stdout(&out).split_whitespace().nth(1).unwrap().to_owned();
 
     // Group "ok" takes it at once; group "flaky" fails the first two deliveries.
     let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(&http, "test")));
@@ -478,20 +481,10 @@ async fn trace_shows_a_delayed_message_stored_pulled_by_two_groups_retried_and_a
 
 /// `GET path` from the backup: status and JSON.
 fn backup_get(backup: &str, path: &str) -> (u16, serde_json::Value) {
-    let mut stream = std::net::TcpStream::connect(backup).unwrap();
-    use std::io::{Read, Write};
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {backup}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = raw.split_once("\r\n\r\n").unwrap().1;
+    let (status, body) = raw_get(backup, path);
     (
         status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
     )
 }
 
@@ -509,7 +502,7 @@ async fn a_dead_letter_is_listed_read_replayed_and_consumed() {
         &["--retry-delay-secs", "1", "--admin-token", "sesame"],
     );
     let (http, backup) = (field(&ready, "http"), field(&ready, "backup"));
-    let out = run(&[
+    let id = sent(&[
         "send",
         "--broker",
         &broker,
@@ -519,8 +512,6 @@ async fn a_dead_letter_is_listed_read_replayed_and_consumed() {
         "order=42",
         "the body",
     ]);
-    assert!(out.status.success(), "{out:?}");
-    let id = stdout(&out).split_whitespace().nth(1).unwrap().to_owned();
 
     // Group "doomed" fails every delivery and gives up after one retry.
     let router = Arc::new(MetaRouter::new(MetaRouterConfig::new(&http, "test")));
@@ -702,7 +693,7 @@ fn a_message_waiting_in_the_delay_server_is_found_before_it_is_due() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, _broker, ready) = standalone(dir.path(), &[]);
     let (http, backup) = (field(&ready, "http"), field(&ready, "backup"));
-    let out = run(&[
+    let id = sent(&[
         "send",
         "--meta",
         &http,
@@ -714,8 +705,6 @@ fn a_message_waiting_in_the_delay_server_is_found_before_it_is_due() {
         "k=v",
         "tomorrow",
     ]);
-    assert!(out.status.success(), "{out:?}");
-    let id = stdout(&out).split_whitespace().nth(1).unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
     let events = loop {
         let events = trace_events(&backup, &id);
